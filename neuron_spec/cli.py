@@ -1,0 +1,325 @@
+"""The `neuron-spec` command: thin subcommands over library calls.
+
+Exit codes: 0 ok, 1 preflight or generation failed, 2 usage or config error.
+User errors never show a traceback unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .errors import ConfigError, NeuronSpecError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .config import ConfigFile
+    from .host import HostFacts
+    from .plan import Plan
+    from .preflight import Report
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+_EPILOG = """\
+examples:
+  neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml
+  neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml --instance inf2.48xlarge
+  neuron-spec plan configs/inf2-llama2-70b-7b-bf16.yaml --json
+  neuron-spec schema > neuron-spec.schema.json
+
+exit codes: 0 ok, 1 preflight errors, 2 usage or config error.
+docs: docs/configuration.md (every field), docs/findings/ (every finding code).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own usage errors: exit 2, no traceback
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="neuron-spec",
+        description="Speculative decoding for Llama on AWS Inferentia2 and Trainium: check a "
+        "YAML deployment before anything is loaded, plan its NeuronCore layout, and run it.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"neuron-spec {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def with_config(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=description)
+        sp.add_argument("config", metavar="CONFIG", help="YAML deployment config (see configs/)")
+        sp.add_argument(
+            "--instance",
+            metavar="TYPE",
+            help="check against this instance type instead of the config's (e.g. trn1.32xlarge)",
+        )
+        sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        sp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        return sp
+
+    with_config(
+        "validate",
+        "check a config against the Neuron runtime's rules and the memory budget",
+        "Load CONFIG, then run every preflight rule against the instance (the config's, or "
+        "--instance): tp_degree the runtime accepts, draft/target core sharing, memory per "
+        "NeuronCore, lengths, vocabularies, checkpoints. Nothing is loaded or compiled. "
+        "Exit 0 when there are no errors, 1 when there are, 2 when the config itself is invalid.",
+    )
+    with_config(
+        "plan",
+        "show memory per model, the core layout and a tp recommendation",
+        "For each model: padded parameters, weights, KV cache, runtime overhead, total bytes, "
+        "minimum cores and the tp values at which it fits; then the shared core layout, the "
+        "largest tp both models can share, and the expected speedup for a range of acceptance "
+        "rates.",
+    )
+    sc = sub.add_parser(
+        "schema",
+        help="print the config's JSON Schema",
+        description="Print the JSON Schema of the config, for editor validation "
+        "(e.g. yaml-language-server: # yaml-language-server: $schema=neuron-spec.schema.json).",
+    )
+    sc.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+# --- shared steps ------------------------------------------------------------------------------
+
+
+def _load(path: str) -> ConfigFile:
+    from .config import load_config
+
+    return load_config(path)
+
+
+def _host(cfg: ConfigFile, override: str | None) -> HostFacts:
+    from .catalog import INSTANCES
+    from .config import did_you_mean
+    from .host import resolve_host
+
+    if override is not None and override not in INSTANCES:
+        raise UsageError(
+            f"--instance {override!r} is not a known instance type."
+            f"{did_you_mean(override, list(INSTANCES))} Known: {', '.join(INSTANCES)}."
+        )
+    return resolve_host(cfg.spec.instance, override)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as _escape
+
+    return _escape(text)
+
+
+def _host_line(host: HostFacts) -> str:
+    if host.instance is None:
+        return "host: no Neuron instance detected"
+    how = {"catalog": "from the catalog", "detected": "detected"}.get(host.source, host.source)
+    return f"host: {host.instance} ({how}): {host.cores} NeuronCores, " \
+           f"{host.memory_per_core_bytes / 1024**3:.0f} GiB each"  # fmt: skip
+
+
+def _findings_json(report: Report, cfg: ConfigFile) -> list[dict[str, Any]]:
+    return [{**f.to_dict(), "location": cfg.where(f.path)} for f in report.findings]
+
+
+def _render_report(console: Console, report: Report, cfg: ConfigFile) -> None:
+    console.print(f"[bold]{cfg.path}[/bold]  {_host_line(report.host)}")
+    for f in report.findings:
+        style = _SEVERITY_STYLE[f.severity]
+        console.print(f"[{style}]{f.severity:<7}[/] [bold]{f.code}[/bold]  {f.path}  "
+                      f"[dim]{cfg.where(f.path)}[/dim]")  # fmt: skip
+        console.print(f"  {f.message}", markup=False)
+        if f.fix:
+            console.print(f"  [green]Fix:[/green] {escape(f.fix)}")
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    verdict = "[bold red]FAIL[/]" if n_err else "[bold green]OK[/]"
+    console.print(f"{verdict}: {n_err} error(s), {n_warn} warning(s). "
+                  "Each code is explained in docs/findings/<code>.md.")  # fmt: skip
+
+
+# --- subcommands -------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .preflight import preflight
+
+    cfg = _load(args.config)
+    host = _host(cfg, args.instance)
+    report = preflight(cfg.spec, host, cfg.base_dir)
+    if args.json:
+        out = {
+            "config": str(cfg.path),
+            "ok": report.ok,
+            "host": host.to_dict(),
+            "findings": _findings_json(report, cfg),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        _render_report(_console(), report, cfg)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def _render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> None:
+    from rich.table import Table
+
+    from .memory import fmt_bytes
+
+    console.print(f"[bold]{cfg.path}[/bold]  {_host_line(p.host)}")
+    t = Table(title="memory per model at the configured tp", title_justify="left")
+    t.add_column("")
+    roles = list(p.models)
+    for role in roles:
+        t.add_column(role, justify="right")
+
+    def row(label: str, fn: Any) -> None:
+        t.add_row(label, *(fn(p.models[r]) for r in roles))
+
+    def fits(mp: Any) -> str:
+        f = mp.fitting_tps
+        return ", ".join(map(str, f)) if 0 < len(f) <= 6 else (f"{f[0]} .. {f[-1]}" if f else "-")
+
+    row("model", lambda mp: mp.architecture)
+    row("amp / tp_degree", lambda mp: f"{mp.memory.amp} / {mp.memory.tp}")
+    row("parameters (padded)", lambda mp: f"{mp.memory.padded_parameters / 1e9:.2f}B")
+    row("weights", lambda mp: _gb(mp.memory.weight_bytes))
+    row("KV cache", lambda mp: _gb(mp.memory.kv_cache_bytes))
+    row("runtime overhead", lambda mp: _gb(mp.memory.overhead_bytes))
+    row("total", lambda mp: _gb(mp.memory.total_bytes))
+    row("per core", lambda mp: fmt_bytes(mp.memory.per_core_bytes))
+    row("min cores (total / budget)", lambda mp: str(mp.min_cores))
+    row("fits alone at tp", fits)
+    row("est. decode step", lambda mp: f"{mp.step_ms:.1f} ms" if mp.step_ms else "-")
+    console.print(t)
+    if p.layout:
+        lay = p.layout
+        console.print(
+            f"layout: both models on cores {lay.visible_cores} (NEURON_RT_VISIBLE_CORES), "
+            f"{fmt_bytes(lay.per_core_bytes)} per core of {fmt_bytes(lay.budget_per_core)} "
+            f"({lay.utilization:.0%})"
+        )
+    rec = p.recommendation
+    if rec is not None:
+        if rec.target_tp:
+            console.print(f"[bold]recommendation:[/bold] target.tp_degree: {rec.target_tp}, "
+                          f"draft.tp_degree: {rec.draft_tp}")  # fmt: skip
+        else:
+            console.print("[bold]recommendation:[/bold] none")
+        for r in rec.reasons:
+            console.print(f"  - {escape(r)}")
+    sp = p.speculation
+    if sp.rows:
+        st = Table(
+            title=f"expected speedup (draft_tokens {sp.draft_tokens}, window k={sp.window}, "
+            f"estimated c = draft/target step time = {sp.c_estimate:.2f})",
+            title_justify="left",
+        )
+        for col in ("alpha", f"speedup at {sp.draft_tokens}", "best draft_tokens", "best speedup"):
+            st.add_column(col, justify="right")
+        for row in sp.rows:
+            st.add_row(*(str(row[k]) for k in ("alpha", "speedup_at_draft_tokens",
+                                                "best_draft_tokens", "best_speedup")))  # fmt: skip
+        console.print(st)
+    for n in p.notes:
+        console.print(f"[dim]note: {n}[/dim]")
+    if not report.ok:
+        console.print(f"[bold red]preflight: {len(report.errors)} error(s)[/]; run "
+                      f"`neuron-spec validate {cfg.path}` for the details.")  # fmt: skip
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import plan
+    from .preflight import preflight
+
+    cfg = _load(args.config)
+    host = _host(cfg, args.instance)
+    p = plan(cfg.spec, host, cfg.base_dir)
+    report = preflight(cfg.spec, host, cfg.base_dir)
+    if args.json:
+        out = {"config": str(cfg.path), "ok": report.ok, **p.to_dict(),
+               "findings": _findings_json(report, cfg)}  # fmt: skip
+        print(json.dumps(out, indent=2))
+    else:
+        _render_plan(_console(), p, report, cfg)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema}
+
+
+def _report_error(exc: NeuronSpecError, as_json: bool) -> None:
+    if as_json:
+        body: dict[str, Any] = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, ConfigError):
+            body["problems"] = [p.to_dict() for p in exc.problems]
+        print(json.dumps(body, indent=2))
+        return
+    if isinstance(exc, ConfigError):
+        sys.stderr.write(f"error: {len(exc.problems)} problem(s) in the config:\n")
+        for p in exc.problems:
+            sys.stderr.write(f"  {p.render()}\n")
+    else:
+        sys.stderr.write(f"error: {exc}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return COMMANDS[args.command](args)
+    except NeuronSpecError as exc:
+        if debug:
+            raise
+        _report_error(exc, bool(getattr(args, "json", False)))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        if debug:
+            raise
+        sys.stderr.write(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in neuron-spec; rerun with --debug for the traceback.\n"
+        )
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

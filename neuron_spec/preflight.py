@@ -1,0 +1,581 @@
+"""Preflight: will the Neuron runtime accept this deployment, and does it fit?
+
+One small function per rule. Each takes a Context (the spec, the host, the resolved models and
+their memory) and yields Findings. `preflight()` runs every rule and collects everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .catalog import TP_RULES, Architecture
+from .checkpoint import ResolvedModel, resolve_model
+from .config import DeploymentSpec, ModelSpec
+from .host import HostFacts
+from .memory import HIGH_WATER, ModelMemory, fmt_bytes, kv_heads_shardable, model_memory
+
+Severity = Literal["error", "warning", "info"]
+_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+# Every code a rule may emit, with a one-line title. docs/findings/<code>.md explains each.
+FINDING_CODES: dict[str, str] = {
+    "host-unknown": "instance is 'auto' but this machine is not a known Neuron instance",
+    "tp-unsupported": "tp_degree is not a core count the Neuron runtime accepts on this platform",
+    "tp-undocumented": "tp_degree is accepted but outside the values the libraries document",
+    "tp-exceeds-cores": "tp_degree is larger than the instance's NeuronCores",
+    "tp-mismatch": "draft and target tp_degree differ in one process",
+    "tp-default": "tp_degree is not set and falls back to 1",
+    "kv-heads-indivisible": "KV heads cannot be split evenly over tp_degree",
+    "memory-over-budget": "the models do not fit the NeuronCore memory budget",
+    "memory-high": "the models use more than 90 % of a NeuronCore's memory",
+    "batch-speculation": "batch_size > 1 with speculation on transformers-neuronx",
+    "context-estimate": "context_length_estimate exceeds n_positions",
+    "sequence-too-long": "prompt + new tokens do not fit n_positions",
+    "window-overflow": "the speculation window can run past n_positions",
+    "positions-beyond-model": "n_positions exceeds what the model was trained for",
+    "vocab-mismatch": "draft and target vocabularies differ",
+    "architecture-unsupported": "the model is not a Llama (LlamaForSampling only)",
+    "architecture-unknown": "the model's architecture could not be determined",
+    "eos-list": "the model has several EOS ids; transformers-neuronx takes one",
+    "token-id-zero": "token id 0 is a real token; transformers-neuronx counts it as padding",
+    "checkpoint-missing": "the checkpoint cannot be found or read",
+    "checkpoint-catalog": "the model is a catalog name: sized, but not loadable",
+    "checkpoint-not-lazy": "the checkpoint is loaded whole into host memory",
+    "draft-not-smaller": "the draft is not smaller than the target",
+    "acceptor-ignores-sampling": "the acceptor ignores the configured sampling settings",
+    "cores-idle": "some NeuronCores of the instance stay idle",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    code: str
+    path: str  # dotted field path in the config
+    message: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "path": self.path,
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    findings: tuple[Finding, ...]
+    host: HostFacts
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class Context:
+    spec: DeploymentSpec
+    host: HostFacts
+    models: dict[str, ResolvedModel]
+    memory: dict[str, ModelMemory] = field(default_factory=dict)  # at the configured tp
+
+    @property
+    def neuronx(self) -> bool:
+        return self.spec.backend == "neuronx"
+
+    def arch(self, role: str) -> Architecture | None:
+        return self.models[role].architecture
+
+    def model_spec(self, role: str) -> ModelSpec:
+        return self.spec.target if role == "target" else self.spec.draft
+
+
+def build_context(spec: DeploymentSpec, host: HostFacts, base_dir: Path) -> Context:
+    models = {
+        role: resolve_model(m.model, base_dir, m.architecture) for role, m in spec.models()
+    }
+    memory = {}
+    for role, m in spec.models():
+        arch = models[role].architecture
+        if arch is not None:
+            memory[role] = model_memory(arch, tp=m.tp_degree, amp=m.amp,
+                                        n_positions=m.max_positions, batch_size=m.batch_size)  # fmt: skip
+    return Context(spec, host, models, memory)
+
+
+Rule = Callable[[Context], Iterator[Finding]]
+RULES: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+def _roles(ctx: Context) -> Iterator[tuple[str, ModelSpec]]:
+    return ctx.spec.models()
+
+
+# --- host and topology ---------------------------------------------------------------------
+
+
+@rule
+def host_known(ctx: Context) -> Iterator[Finding]:
+    if ctx.neuronx and not ctx.host.is_neuron:
+        yield Finding(
+            "error",
+            "host-unknown",
+            "instance",
+            "instance is 'auto', but this machine answered neither the EC2 metadata service "
+            "with a Neuron instance type nor neuron-ls, so the NeuronCore count and memory "
+            "are unknown.",
+            "run on the Neuron instance, or check against one: --instance trn1.32xlarge "
+            "(or set instance: in the config).",
+        )
+
+
+@rule
+def tp_on_platform(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx or ctx.host.platform is None:
+        return
+    tp_rule = TP_RULES[ctx.host.platform]
+    where = ctx.host.instance or ctx.host.platform
+    for role, m in _roles(ctx):
+        tp = m.tp_degree
+        valid = [t for t in tp_rule.candidates(ctx.host.cores)]
+        if not tp_rule.allowed(tp):
+            near = sorted(valid, key=lambda t: (abs(t - tp), -t))[:3]
+            yield Finding(
+                "error",
+                "tp-unsupported",
+                f"{role}.tp_degree",
+                f"tp_degree={tp} is not accepted on {where}: the Neuron runtime accepts "
+                f"{tp_rule.description} NeuronCores for one model there; it fails at load "
+                "with 'Unsupported topology'.",
+                f"set {role}.tp_degree to one of {', '.join(map(str, sorted(near)))}.",
+            )
+        elif tp not in tp_rule.documented and tp <= ctx.host.cores:
+            yield Finding(
+                "warning",
+                "tp-undocumented",
+                f"{role}.tp_degree",
+                f"tp_degree={tp} is accepted by the runtime on {ctx.host.platform}, but "
+                f"transformers-neuronx documents and benchmarks only "
+                f"{', '.join(map(str, tp_rule.documented))}.",
+                "prefer a documented value unless you have tested this one.",
+            )
+
+
+@rule
+def tp_within_cores(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx or not ctx.host.is_neuron:
+        return
+    for role, m in _roles(ctx):
+        if m.tp_degree > ctx.host.cores:
+            valid = TP_RULES[ctx.host.platform].candidates(ctx.host.cores)  # type: ignore[index]
+            yield Finding(
+                "error",
+                "tp-exceeds-cores",
+                f"{role}.tp_degree",
+                f"tp_degree={m.tp_degree} needs {m.tp_degree} NeuronCores, but "
+                f"{ctx.host.instance or 'this host'} has {ctx.host.cores}.",
+                f"set {role}.tp_degree to at most {valid[-1]} (valid here: "
+                f"{', '.join(map(str, valid))}), or use a larger instance.",
+            )
+
+
+@rule
+def tp_equal(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx:
+        return
+    t, d = ctx.spec.target.tp_degree, ctx.spec.draft.tp_degree
+    if t != d:
+        yield Finding(
+            "error",
+            "tp-mismatch",
+            "draft.tp_degree",
+            f"draft.tp_degree={d} but target.tp_degree={t}. Draft and target share NeuronCores "
+            "in one process and both load starting at core 0; once a set of cores is "
+            "initialized for one model, another model may use only exactly the same set, so a "
+            "subset fails at load with 'nrt_load_collectives - global nec_comm is already "
+            "init'd'. SpeculativeGenerator needs both models in one process.",
+            f"set draft.tp_degree: {t} (or both to the tp `neuron-spec plan` recommends).",
+        )
+
+
+@rule
+def tp_set(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx:
+        return
+    for role, m in _roles(ctx):
+        if "tp_degree" not in m.model_fields_set:
+            yield Finding(
+                "warning",
+                "tp-default",
+                f"{role}.tp_degree",
+                f"{role}.tp_degree is not set, so 1 is used (transformers-neuronx's own default "
+                "would be 2).",
+                "set tp_degree explicitly; `neuron-spec plan` recommends one.",
+            )
+
+
+@rule
+def kv_heads_split(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx:
+        return
+    for role, m in _roles(ctx):
+        arch = ctx.arch(role)
+        if arch is not None and not kv_heads_shardable(arch, m.tp_degree):
+            yield Finding(
+                "error",
+                "kv-heads-indivisible",
+                f"{role}.tp_degree",
+                f"{arch.name} has {arch.num_kv_heads} KV heads, which cannot be split evenly "
+                f"over tp_degree={m.tp_degree} (transformers-neuronx fails to shard them).",
+                "choose a tp_degree that divides the KV heads, or one above them.",
+            )
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def _fitting_tps(ctx: Context, arch: Architecture, m: ModelSpec, extra_per_core: int = 0) -> list[int]:  # fmt: skip
+    if ctx.host.platform is None:
+        return []
+    out = []
+    for tp in TP_RULES[ctx.host.platform].candidates(ctx.host.cores):
+        mem = model_memory(arch, tp=tp, amp=m.amp, n_positions=m.max_positions,
+                           batch_size=m.batch_size)  # fmt: skip
+        if mem.per_core_bytes + extra_per_core <= ctx.host.memory_per_core_bytes:
+            out.append(tp)
+    return out
+
+
+@rule
+def memory_budget(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx or not ctx.host.is_neuron or len(ctx.memory) < 2:
+        return
+    budget = ctx.host.memory_per_core_bytes
+    over_alone = False
+    for role, m in _roles(ctx):
+        mem, arch = ctx.memory[role], ctx.arch(role)
+        if mem.per_core_bytes > budget and arch is not None:
+            over_alone = True
+            fits = _fitting_tps(ctx, arch, m)
+            fix = (
+                f"raise {role}.tp_degree to {fits[0]} or more (fits at: "
+                f"{', '.join(map(str, fits))})"
+                if fits
+                else f"it does not fit this instance at any tp; use amp: bf16, fewer "
+                f"n_positions, or a larger instance (needs {mem.min_cores(budget)} cores)"
+            )
+            yield Finding(
+                "error",
+                "memory-over-budget",
+                f"{role}.tp_degree",
+                f"{arch.name} in {m.amp} at tp_degree={m.tp_degree} needs "
+                f"{fmt_bytes(mem.per_core_bytes)} per NeuronCore (weights "
+                f"{fmt_bytes(mem.weight_bytes / mem.tp)}, KV cache "
+                f"{fmt_bytes(mem.kv_cache_bytes / mem.tp)}, runtime "
+                f"{fmt_bytes(mem.overhead_bytes / mem.tp)}); the budget is {fmt_bytes(budget)}.",
+                fix + ".",
+            )
+    if over_alone:
+        return
+    t, d = ctx.memory["target"], ctx.memory["draft"]
+    shared = t.per_core_bytes + d.per_core_bytes
+    breakdown = (
+        f"target {fmt_bytes(t.per_core_bytes)} + draft {fmt_bytes(d.per_core_bytes)} = "
+        f"{fmt_bytes(shared)} per NeuronCore of {fmt_bytes(budget)}"
+    )
+    if shared > budget:
+        yield Finding(
+            "error",
+            "memory-over-budget",
+            "target.tp_degree",
+            f"each model fits alone, but they share cores 0..{min(t.tp, d.tp) - 1} and their "
+            f"loads add up: {breakdown}.",
+            "raise both tp_degree values (see `neuron-spec plan`), or use amp: bf16.",
+        )
+    elif shared > HIGH_WATER * budget:
+        yield Finding(
+            "warning",
+            "memory-high",
+            "target.tp_degree",
+            f"{breakdown} ({shared / budget:.0%}); runtime buffers that the estimate cannot "
+            "see may push it over at load.",
+            "raise tp_degree, or lower n_positions / batch_size to leave headroom.",
+        )
+
+
+# --- batching and lengths ----------------------------------------------------------------
+
+
+@rule
+def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx:
+        return
+    for role, m in _roles(ctx):
+        if m.batch_size > 1:
+            yield Finding(
+                "error",
+                "batch-speculation",
+                f"{role}.batch_size",
+                f"batch_size={m.batch_size} with speculation on transformers-neuronx: its "
+                "SpeculativeGenerator samples batch 1 only in API v1 (NotImplementedError), and "
+                "in v2 reuses row 0's acceptance length for every row, corrupting the others.",
+                f"set {role}.batch_size: 1 and serve requests one at a time (neuron-spec queues "
+                "them), or use the reference backend for batched experiments.",
+            )
+
+
+@rule
+def context_estimate(ctx: Context) -> Iterator[Finding]:
+    for role, m in _roles(ctx):
+        cle = m.context_length_estimate
+        if cle is not None and max(cle) > m.max_positions:
+            yield Finding(
+                "error",
+                "context-estimate",
+                f"{role}.context_length_estimate",
+                f"context_length_estimate={max(cle)} exceeds n_positions={m.max_positions}; "
+                "transformers-neuronx asserts max(context_length_estimate) <= max(n_positions).",
+                f"lower it to at most {m.max_positions}, or raise n_positions.",
+            )
+
+
+@rule
+def sequence_fits(ctx: Context) -> Iterator[Finding]:
+    g = ctx.spec.generation
+    need = g.max_prompt_tokens + g.max_new_tokens
+    gamma = ctx.spec.speculation.draft_tokens
+    for role, m in _roles(ctx):
+        if need > m.max_positions:
+            yield Finding(
+                "error",
+                "sequence-too-long",
+                f"{role}.n_positions",
+                f"generation.max_prompt_tokens ({g.max_prompt_tokens}) + max_new_tokens "
+                f"({g.max_new_tokens}) = {need} exceeds {role}.n_positions={m.max_positions}; "
+                "transformers-neuronx does not check this and writes past its KV cache.",
+                f"raise {role}.n_positions to at least {need}, or lower the lengths.",
+            )
+        elif need + gamma > m.max_positions:
+            yield Finding(
+                "warning",
+                "window-overflow",
+                f"{role}.n_positions",
+                f"near the end of a {need}-token sequence the speculation window "
+                f"(draft_tokens={gamma}) reaches position {need + gamma} > "
+                f"n_positions={m.max_positions}; the last steps fall back to plain decoding.",
+                f"raise {role}.n_positions to {need + gamma}.",
+            )
+
+
+@rule
+def positions_vs_model(ctx: Context) -> Iterator[Finding]:
+    for role, m in _roles(ctx):
+        arch = ctx.arch(role)
+        if arch is not None and m.max_positions > arch.max_positions:
+            yield Finding(
+                "warning",
+                "positions-beyond-model",
+                f"{role}.n_positions",
+                f"n_positions={m.max_positions} exceeds {arch.name}'s trained context "
+                f"({arch.max_positions}); quality degrades beyond it.",
+                f"lower {role}.n_positions to {arch.max_positions}.",
+            )
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+@rule
+def checkpoints(ctx: Context) -> Iterator[Finding]:
+    for role, m in _roles(ctx):
+        r = ctx.models[role]
+        if r.problem:
+            yield Finding(
+                "error",
+                "checkpoint-missing",
+                f"{role}.model",
+                f"{r.problem}.",
+                "point model at a directory with config.json and weights (safetensors "
+                "preferred), or use a catalog name to check sizes before downloading.",
+            )
+        elif r.kind == "catalog" and ctx.neuronx:
+            yield Finding(
+                "info",
+                "checkpoint-catalog",
+                f"{role}.model",
+                f"'{m.model}' is a catalog name: sizes come from the built-in table; loading "
+                "needs the checkpoint on disk.",
+                f"before loading, set {role}.model to the downloaded checkpoint directory.",
+            )
+        elif r.kind == "s3" and r.architecture is None:
+            yield Finding(
+                "warning",
+                "architecture-unknown",
+                f"{role}.architecture",
+                f"{m.model} is not downloaded yet, so its size cannot be checked.",
+                f"set {role}.architecture to its catalog name (e.g. llama-2-70b).",
+            )
+
+
+@rule
+def host_memory(ctx: Context) -> Iterator[Finding]:
+    ram = ctx.host.host_ram_bytes
+    for role, _m in _roles(ctx):
+        r = ctx.models[role]
+        if r.lazy_loadable is False:
+            size = r.weight_bytes_on_disk or 0
+            tail = f" ({fmt_bytes(size)} on disk; host RAM {fmt_bytes(ram)})" if ram else ""
+            yield Finding(
+                "warning",
+                "checkpoint-not-lazy",
+                f"{role}.model",
+                f"{r.weights} is read into host memory as a whole before it is sharded{tail}; "
+                "safetensors and the split format load layer by layer.",
+                "convert it once to safetensors (save_pretrained(..., safe_serialization=True)).",
+            )
+
+
+@rule
+def llama_only(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx:
+        return
+    for role, _m in _roles(ctx):
+        arch = ctx.arch(role)
+        if arch is not None and not arch.is_llama:
+            yield Finding(
+                "error",
+                "architecture-unsupported",
+                f"{role}.model",
+                f"{arch.name} is a '{arch.model_type}' model; neuron-spec loads models with "
+                "transformers-neuronx's LlamaForSampling, which supports the Llama architecture "
+                "only.",
+                "use a Llama-architecture model (Llama-2, Llama-3, SmolLM2, ...), or the "
+                "reference backend.",
+            )
+
+
+@rule
+def vocabularies(ctx: Context) -> Iterator[Finding]:
+    t, d = ctx.arch("target"), ctx.arch("draft")
+    if t is not None and d is not None and t.vocab_size != d.vocab_size:
+        yield Finding(
+            "error",
+            "vocab-mismatch",
+            "draft.model",
+            f"the draft's vocabulary has {d.vocab_size} tokens and the target's "
+            f"{t.vocab_size}: speculative decoding compares token ids position by position, "
+            "so both models must share one tokenizer.",
+            "pick a draft from the target's family (e.g. Llama-2-7B for Llama-2-70B).",
+        )
+
+
+@rule
+def llama3_quirks(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx:
+        return
+    arch = ctx.arch("target")
+    if arch is None:
+        return
+    eos = ctx.spec.generation.eos_token_id
+    eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else arch.eos_token_id)
+    if len(eos_ids) > 1:
+        yield Finding(
+            "warning",
+            "eos-list",
+            "generation.eos_token_id",
+            f"the target ends sequences at any of {list(eos_ids)}; transformers-neuronx's "
+            "SpeculativeGenerator takes a single eos_token_id.",
+            "neuron-spec stops on every id itself; set generation.eos_token_id to silence this.",
+        )
+    if arch.family == "llama-3" or arch.vocab_size >= 128000:
+        yield Finding(
+            "warning",
+            "token-id-zero",
+            "target.model",
+            f"in {arch.name}'s vocabulary token id 0 is a real token ('!' in Llama-3), but "
+            "transformers-neuronx counts accepted tokens with count_nonzero, so a generated "
+            "id 0 is miscounted as padding.",
+            "neuron-spec recounts from explicit lengths; expect raw library figures to differ.",
+        )
+
+
+@rule
+def draft_smaller(ctx: Context) -> Iterator[Finding]:
+    t, d = ctx.arch("target"), ctx.arch("draft")
+    if t is not None and d is not None and d.parameters() >= t.parameters():
+        yield Finding(
+            "warning",
+            "draft-not-smaller",
+            "draft.model",
+            f"the draft ({d.parameters() / 1e9:.2f}B parameters) is not smaller than the "
+            f"target ({t.parameters() / 1e9:.2f}B): each step would cost more than it saves.",
+            "use a much smaller draft from the same family (about 10x fewer parameters).",
+        )
+
+
+@rule
+def acceptor_sampling(ctx: Context) -> Iterator[Finding]:
+    s, acc = ctx.spec.sampling, ctx.spec.speculation.acceptor
+    warped = s.temperature > 0 and (s.temperature != 1.0 or s.top_k > 0 or s.top_p < 1.0)
+    if acc == "greedy" and s.temperature > 0:
+        yield Finding(
+            "warning",
+            "acceptor-ignores-sampling",
+            "speculation.acceptor",
+            f"acceptor 'greedy' decodes greedily; sampling.temperature={s.temperature} is "
+            "ignored.",
+            "use acceptor: lossless to sample, or set sampling.temperature: 0.",
+        )
+    elif acc == "neuronx-default" and warped:
+        yield Finding(
+            "warning",
+            "acceptor-ignores-sampling",
+            "speculation.acceptor",
+            "acceptor 'neuronx-default' drafts by argmax and accepts against the raw softmax: "
+            "temperature, top_k and top_p are ignored, and the output follows neither greedy "
+            "decoding nor the target's distribution.",
+            "use acceptor: lossless (exact sampling) or greedy (exact greedy).",
+        )
+
+
+@rule
+def idle_cores(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx or not ctx.host.is_neuron:
+        return
+    used = max(ctx.spec.target.tp_degree, ctx.spec.draft.tp_degree)
+    if used < ctx.host.cores:
+        yield Finding(
+            "info",
+            "cores-idle",
+            "target.tp_degree",
+            f"the pair uses {used} of {ctx.host.cores} NeuronCores; a decode step is "
+            "memory-bandwidth-bound, so more cores usually means faster tokens.",
+            "see `neuron-spec plan` for the largest tp both models can share.",
+        )
+
+
+def preflight(spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None) -> Report:
+    """Run every rule and return all findings, errors first."""
+    ctx = build_context(spec, host, base_dir or Path.cwd())
+    findings = [f for r in RULES for f in r(ctx)]
+    findings.sort(key=lambda f: _ORDER[f.severity])
+    return Report(tuple(findings), host)
