@@ -35,9 +35,18 @@ class InstanceType:
         return self.memory_per_core_gib * GIB
 
 
-_AWS_INF2 = "AWS Inf2 instance page; Neuron SDK docs, inf2 architecture (2 NeuronCore-v2 per chip, 32 GiB HBM per chip)"
-_AWS_TRN1 = "AWS Trn1 instance page; Neuron SDK docs, trn1 architecture (2 NeuronCore-v2 per chip, 32 GiB HBM per chip)"
-_AWS_TRN2 = "AWS Trn2 instance page; Neuron SDK docs, trn2 architecture (8 NeuronCore-v3 per chip shown as 4 logical at LNC=2, 96 GiB HBM per chip)"
+_AWS_INF2 = (
+    "AWS Inf2 instance page; Neuron SDK docs, inf2 architecture "
+    "(2 NeuronCore-v2 per chip, 32 GiB HBM per chip)"
+)
+_AWS_TRN1 = (
+    "AWS Trn1 instance page; Neuron SDK docs, trn1 architecture "
+    "(2 NeuronCore-v2 per chip, 32 GiB HBM per chip)"
+)
+_AWS_TRN2 = (
+    "AWS Trn2 instance page; Neuron SDK docs, trn2 architecture "
+    "(8 NeuronCore-v3 per chip shown as 4 logical at LNC=2, 96 GiB HBM per chip)"
+)
 
 INSTANCES: dict[str, InstanceType] = {
     row.name: row
@@ -45,7 +54,9 @@ INSTANCES: dict[str, InstanceType] = {
         InstanceType("inf2.xlarge", "inf2", 1, 2, 16, 4, 16, "none", _AWS_INF2),
         InstanceType("inf2.8xlarge", "inf2", 1, 2, 16, 32, 128, "none", _AWS_INF2),
         InstanceType("inf2.24xlarge", "inf2", 6, 12, 16, 96, 384, "NeuronLink-v2 chain", _AWS_INF2),
-        InstanceType("inf2.48xlarge", "inf2", 12, 24, 16, 192, 768, "NeuronLink-v2 ring", _AWS_INF2),
+        InstanceType(
+            "inf2.48xlarge", "inf2", 12, 24, 16, 192, 768, "NeuronLink-v2 ring", _AWS_INF2
+        ),
         InstanceType("trn1.2xlarge", "trn1", 1, 2, 16, 8, 32, "none", _AWS_TRN1),
         InstanceType(
             "trn1.32xlarge", "trn1", 16, 32, 16, 128, 512, "NeuronLink-v2 2D torus", _AWS_TRN1
@@ -147,7 +158,7 @@ class Architecture:
         return self.head_dim or self.hidden_size // self.num_heads
 
     def parameters(self) -> int:
-        """Unpadded parameter count: embeddings (+ LM head if untied), L decoder layers, final norm."""
+        """Unpadded parameters: embeddings (+ LM head if untied), decoder layers, final norm."""
         h, i, d = self.hidden_size, self.intermediate_size, self.dim_per_head
         per_layer = (
             2 * h * self.num_heads * d  # q_proj, o_proj
@@ -169,47 +180,115 @@ ARCHITECTURES: dict[str, Architecture] = {
     row.name: row
     for row in (
         Architecture(
-            "llama-2-7b", "llama", 4096, 11008, 32, 32, 32, 32000, 4096,
-            bos_token_id=1, eos_token_id=(2,), published_parameters=6_738_415_616,
+            "llama-2-7b",
+            "llama",
+            4096,
+            11008,
+            32,
+            32,
+            32,
+            32000,
+            4096,
+            bos_token_id=1,
+            eos_token_id=(2,),
+            published_parameters=6_738_415_616,
             aliases=("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", "llama2-7b"),
-            source=_HF.format("meta-llama/Llama-2-7b-hf"), family="llama-2",
+            source=_HF.format("meta-llama/Llama-2-7b-hf"),
+            family="llama-2",
         ),
         Architecture(
-            "llama-2-13b", "llama", 5120, 13824, 40, 40, 40, 32000, 4096,
-            bos_token_id=1, eos_token_id=(2,), published_parameters=13_015_864_320,
+            "llama-2-13b",
+            "llama",
+            5120,
+            13824,
+            40,
+            40,
+            40,
+            32000,
+            4096,
+            bos_token_id=1,
+            eos_token_id=(2,),
+            published_parameters=13_015_864_320,
             aliases=("meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-13b-chat-hf", "llama2-13b"),
-            source=_HF.format("meta-llama/Llama-2-13b-hf"), family="llama-2",
+            source=_HF.format("meta-llama/Llama-2-13b-hf"),
+            family="llama-2",
         ),
         Architecture(
-            "llama-2-70b", "llama", 8192, 28672, 80, 64, 8, 32000, 4096,
-            bos_token_id=1, eos_token_id=(2,), published_parameters=68_976_648_192,
+            "llama-2-70b",
+            "llama",
+            8192,
+            28672,
+            80,
+            64,
+            8,
+            32000,
+            4096,
+            bos_token_id=1,
+            eos_token_id=(2,),
+            published_parameters=68_976_648_192,
             aliases=("meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-70b-chat-hf", "llama2-70b"),
-            source=_HF.format("meta-llama/Llama-2-70b-hf"), family="llama-2",
+            source=_HF.format("meta-llama/Llama-2-70b-hf"),
+            family="llama-2",
         ),
         Architecture(
-            "llama-3-8b", "llama", 4096, 14336, 32, 32, 8, 128256, 8192,
-            bos_token_id=128000, eos_token_id=(128001,), published_parameters=8_030_261_248,
+            "llama-3-8b",
+            "llama",
+            4096,
+            14336,
+            32,
+            32,
+            8,
+            128256,
+            8192,
+            bos_token_id=128000,
+            eos_token_id=(128001,),
+            published_parameters=8_030_261_248,
             aliases=("meta-llama/Meta-Llama-3-8B", "llama3-8b"),
-            source=_HF.format("meta-llama/Meta-Llama-3-8B"), family="llama-3",
+            source=_HF.format("meta-llama/Meta-Llama-3-8B"),
+            family="llama-3",
         ),
         Architecture(
-            "llama-3-70b", "llama", 8192, 28672, 80, 64, 8, 128256, 8192,
-            bos_token_id=128000, eos_token_id=(128001,), published_parameters=70_553_706_496,
+            "llama-3-70b",
+            "llama",
+            8192,
+            28672,
+            80,
+            64,
+            8,
+            128256,
+            8192,
+            bos_token_id=128000,
+            eos_token_id=(128001,),
+            published_parameters=70_553_706_496,
             aliases=("meta-llama/Meta-Llama-3-70B", "llama3-70b"),
-            source=_HF.format("meta-llama/Meta-Llama-3-70B"), family="llama-3",
+            source=_HF.format("meta-llama/Meta-Llama-3-70B"),
+            family="llama-3",
         ),
         Architecture(
-            "smollm2-135m", "llama", 576, 1536, 30, 9, 3, 49152, 8192,
-            tie_word_embeddings=True, bos_token_id=1, eos_token_id=(2,),
+            "smollm2-135m",
+            "llama",
+            576,
+            1536,
+            30,
+            9,
+            3,
+            49152,
+            8192,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=(2,),
             published_parameters=134_515_008,
-            aliases=("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M",
-                     "smollm2-135m-instruct"),
+            aliases=(
+                "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "HuggingFaceTB/SmolLM2-135M",
+                "smollm2-135m-instruct",
+            ),
             source=_HF.format("HuggingFaceTB/SmolLM2-135M-Instruct")
             + "; parameter count from its model card (134.5M)",
             family="smollm2",
         ),
     )
-}  # fmt: skip
+}
 
 _ALIASES: dict[str, str] = {
     key.lower(): arch.name for arch in ARCHITECTURES.values() for key in (arch.name, *arch.aliases)

@@ -49,11 +49,14 @@ def _expand(value: str, base_dir: Path) -> Path:
 
 
 def architecture_from_hf_config(cfg: dict[str, Any], name: str) -> Architecture:
-    """An Architecture from a Hugging Face config.json mapping. Raises KeyError/TypeError/ValueError."""
+    """An Architecture from a Hugging Face config.json mapping (KeyError if incomplete)."""
     heads = int(cfg["num_attention_heads"])
     eos = cfg.get("eos_token_id")
-    eos_ids = tuple(int(x) for x in eos) if isinstance(eos, list) else (
-        (int(eos),) if eos is not None else ())  # fmt: skip
+    eos_ids = (
+        tuple(int(x) for x in eos)
+        if isinstance(eos, list)
+        else ((int(eos),) if eos is not None else ())
+    )
     return Architecture(
         name=name,
         model_type=str(cfg.get("model_type", "unknown")),
@@ -75,36 +78,66 @@ def architecture_from_hf_config(cfg: dict[str, Any], name: str) -> Architecture:
 def _directory(spec_model: str, path: Path, override: Architecture | None) -> ResolvedModel:
     loc = str(path)
     if not path.exists():
-        return ResolvedModel(spec_model, "directory", loc, override,
-                             problem=f"checkpoint directory {loc} does not exist")  # fmt: skip
+        return ResolvedModel(
+            spec_model,
+            "directory",
+            loc,
+            override,
+            problem=f"checkpoint directory {loc} does not exist",
+        )
     if not path.is_dir():
-        return ResolvedModel(spec_model, "directory", loc, override,
-                             problem=f"{loc} is a file; expected a checkpoint directory "
-                                     "or a .gguf file")  # fmt: skip
+        return ResolvedModel(
+            spec_model,
+            "directory",
+            loc,
+            override,
+            problem=f"{loc} is a file; expected a checkpoint directory or a .gguf file",
+        )
     weights, lazy, size = None, None, None
     for name, is_lazy in WEIGHT_FORMATS:
         candidate = path / name.rstrip("/")
-        if (candidate.is_dir() if name.endswith("/") else candidate.is_file()):
+        if candidate.is_dir() if name.endswith("/") else candidate.is_file():
             weights, lazy = name.rstrip("/"), is_lazy
             size = _size_of(path, name.rstrip("/"))
             break
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        return ResolvedModel(spec_model, "directory", loc, override, weights, lazy,
-                             problem=f"{loc} has no config.json", weight_bytes_on_disk=size)  # fmt: skip
+        return ResolvedModel(
+            spec_model,
+            "directory",
+            loc,
+            override,
+            weights,
+            lazy,
+            problem=f"{loc} has no config.json",
+            weight_bytes_on_disk=size,
+        )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         arch = override or architecture_from_hf_config(cfg, path.name)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return ResolvedModel(spec_model, "directory", loc, override, weights, lazy,
-                             problem=f"{cfg_path} is unreadable ({type(exc).__name__}: {exc})",
-                             weight_bytes_on_disk=size)  # fmt: skip
+        return ResolvedModel(
+            spec_model,
+            "directory",
+            loc,
+            override,
+            weights,
+            lazy,
+            problem=f"{cfg_path} is unreadable ({type(exc).__name__}: {exc})",
+            weight_bytes_on_disk=size,
+        )
     if weights is None:
-        return ResolvedModel(spec_model, "directory", loc, arch,
-                             problem=f"{loc} has no weights (model.safetensors, "
-                                     "pytorch_model.bin, or their index files)")  # fmt: skip
-    return ResolvedModel(spec_model, "directory", loc, arch, weights, lazy,
-                         weight_bytes_on_disk=size)  # fmt: skip
+        return ResolvedModel(
+            spec_model,
+            "directory",
+            loc,
+            arch,
+            problem=f"{loc} has no weights (model.safetensors, "
+            "pytorch_model.bin, or their index files)",
+        )
+    return ResolvedModel(
+        spec_model, "directory", loc, arch, weights, lazy, weight_bytes_on_disk=size
+    )
 
 
 def _size_of(directory: Path, name: str) -> int | None:
@@ -114,14 +147,17 @@ def _size_of(directory: Path, name: str) -> int | None:
             return sum(f.stat().st_size for f in target.iterdir() if f.is_file())
         if name.endswith(".index.json"):
             index = json.loads(target.read_text(encoding="utf-8"))
-            files = set(index.get("weight_map", {}).values())
-            return sum((directory / f).stat().st_size for f in files if (directory / f).exists())
+            files: set[str] = set(index.get("weight_map", {}).values())
+            sizes: list[int] = [(directory / f).stat().st_size for f in files]
+            return sum(sizes)
         return target.stat().st_size
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def resolve_model(spec_model: str, base_dir: Path, architecture: str | None = None) -> ResolvedModel:
+def resolve_model(
+    spec_model: str, base_dir: Path, architecture: str | None = None
+) -> ResolvedModel:
     """Find a model's weights and architecture. Never raises for a missing checkpoint: the
     problem is recorded, and the preflight turns it into a finding."""
     override = find_architecture(architecture) if architecture else None
@@ -139,8 +175,19 @@ def resolve_model(spec_model: str, base_dir: Path, architecture: str | None = No
 # --------------------------------------------------------------------------------------------
 # GGUF header reader (format: github.com/ggml-org/ggml docs/gguf.md)
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-            11: "<q", 12: "<d"}  # fmt: skip
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -230,14 +277,17 @@ def architecture_from_gguf(meta: dict[str, Any], tensors: list[str], name: str) 
 def _gguf(spec_model: str, path: Path, override: Architecture | None) -> ResolvedModel:
     loc = str(path)
     if not path.is_file():
-        return ResolvedModel(spec_model, "gguf", loc, override,
-                             problem=f"GGUF file {loc} does not exist")  # fmt: skip
+        return ResolvedModel(
+            spec_model, "gguf", loc, override, problem=f"GGUF file {loc} does not exist"
+        )
     try:
         meta, tensors = read_gguf_metadata(path)
         arch = override or architecture_from_gguf(meta, tensors, path.name)
     except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        return ResolvedModel(spec_model, "gguf", loc, override,
-                             problem=f"{loc} is not a readable GGUF file ({exc})")  # fmt: skip
+        return ResolvedModel(
+            spec_model, "gguf", loc, override, problem=f"{loc} is not a readable GGUF file ({exc})"
+        )
     # transformers dequantizes a GGUF file into host memory as a whole: not lazy.
-    return ResolvedModel(spec_model, "gguf", loc, arch, path.name, False,
-                         weight_bytes_on_disk=path.stat().st_size)  # fmt: skip
+    return ResolvedModel(
+        spec_model, "gguf", loc, arch, path.name, False, weight_bytes_on_disk=path.stat().st_size
+    )

@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
             help="check against this instance type instead of the config's (e.g. trn1.32xlarge)",
         )
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
-        sp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        sp.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         return sp
 
     with_config(
@@ -92,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of the config, for editor validation "
         "(e.g. yaml-language-server: # yaml-language-server: $schema=neuron-spec.schema.json).",
     )
-    sc.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    sc.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     return p
 
 
@@ -134,8 +138,10 @@ def _host_line(host: HostFacts) -> str:
     if host.instance is None:
         return "host: no Neuron instance detected"
     how = {"catalog": "from the catalog", "detected": "detected"}.get(host.source, host.source)
-    return f"host: {host.instance} ({how}): {host.cores} NeuronCores, " \
-           f"{host.memory_per_core_bytes / 1024**3:.0f} GiB each"  # fmt: skip
+    return (
+        f"host: {host.instance} ({how}): {host.cores} NeuronCores, "
+        f"{host.memory_per_core_bytes / 1024**3:.0f} GiB each"
+    )
 
 
 def _findings_json(report: Report, cfg: ConfigFile) -> list[dict[str, Any]]:
@@ -146,15 +152,19 @@ def _render_report(console: Console, report: Report, cfg: ConfigFile) -> None:
     console.print(f"[bold]{cfg.path}[/bold]  {_host_line(report.host)}")
     for f in report.findings:
         style = _SEVERITY_STYLE[f.severity]
-        console.print(f"[{style}]{f.severity:<7}[/] [bold]{f.code}[/bold]  {f.path}  "
-                      f"[dim]{cfg.where(f.path)}[/dim]")  # fmt: skip
+        console.print(
+            f"[{style}]{f.severity:<7}[/] [bold]{f.code}[/bold]  {f.path}  "
+            f"[dim]{cfg.where(f.path)}[/dim]"
+        )
         console.print(f"  {f.message}", markup=False)
         if f.fix:
             console.print(f"  [green]Fix:[/green] {escape(f.fix)}")
     n_err, n_warn = len(report.errors), len(report.warnings)
     verdict = "[bold red]FAIL[/]" if n_err else "[bold green]OK[/]"
-    console.print(f"{verdict}: {n_err} error(s), {n_warn} warning(s). "
-                  "Each code is explained in docs/findings/<code>.md.")  # fmt: skip
+    console.print(
+        f"{verdict}: {n_err} error(s), {n_warn} warning(s). "
+        "Each code is explained in docs/findings/<code>.md."
+    )
 
 
 # --- subcommands -------------------------------------------------------------------------------
@@ -224,8 +234,10 @@ def _render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> 
     rec = p.recommendation
     if rec is not None:
         if rec.target_tp:
-            console.print(f"[bold]recommendation:[/bold] target.tp_degree: {rec.target_tp}, "
-                          f"draft.tp_degree: {rec.draft_tp}")  # fmt: skip
+            console.print(
+                f"[bold]recommendation:[/bold] target.tp_degree: {rec.target_tp}, "
+                f"draft.tp_degree: {rec.draft_tp}"
+            )
         else:
             console.print("[bold]recommendation:[/bold] none")
         for r in rec.reasons:
@@ -239,15 +251,26 @@ def _render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> 
         )
         for col in ("alpha", f"speedup at {sp.draft_tokens}", "best draft_tokens", "best speedup"):
             st.add_column(col, justify="right")
-        for row in sp.rows:
-            st.add_row(*(str(row[k]) for k in ("alpha", "speedup_at_draft_tokens",
-                                                "best_draft_tokens", "best_speedup")))  # fmt: skip
+        for spec_row in sp.rows:
+            st.add_row(
+                *(
+                    str(spec_row[k])
+                    for k in (
+                        "alpha",
+                        "speedup_at_draft_tokens",
+                        "best_draft_tokens",
+                        "best_speedup",
+                    )
+                )
+            )
         console.print(st)
     for n in p.notes:
         console.print(f"[dim]note: {n}[/dim]")
     if not report.ok:
-        console.print(f"[bold red]preflight: {len(report.errors)} error(s)[/]; run "
-                      f"`neuron-spec validate {cfg.path}` for the details.")  # fmt: skip
+        console.print(
+            f"[bold red]preflight: {len(report.errors)} error(s)[/]; run "
+            f"`neuron-spec validate {cfg.path}` for the details."
+        )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -259,8 +282,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     p = plan(cfg.spec, host, cfg.base_dir)
     report = preflight(cfg.spec, host, cfg.base_dir)
     if args.json:
-        out = {"config": str(cfg.path), "ok": report.ok, **p.to_dict(),
-               "findings": _findings_json(report, cfg)}  # fmt: skip
+        out = {
+            "config": str(cfg.path),
+            "ok": report.ok,
+            **p.to_dict(),
+            "findings": _findings_json(report, cfg),
+        }
         print(json.dumps(out, indent=2))
     else:
         _render_plan(_console(), p, report, cfg)

@@ -8,6 +8,7 @@ whether a deployment will run on a given host live in preflight.py.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ def _positions(value: object) -> tuple[int, ...]:
         if item < 1:
             raise ValueError(f"{item} is not positive; lengths start at 1")
         out.append(item)
-    if any(b <= a for a, b in zip(out, out[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(out)):
         raise ValueError(f"buckets {out} must be strictly increasing")
     return tuple(out)
 
@@ -89,7 +90,7 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """One model of the pair (draft or target), as transformers-neuronx's LlamaForSampling loads it."""
+    """One model of the pair (draft or target), as LlamaForSampling loads it."""
 
     model: str = Field(
         description="A catalog name (e.g. llama-2-70b), a local checkpoint directory holding "
@@ -229,7 +230,7 @@ class CompileSpec(_Strict):
     )
     neuron_cache_url: str | None = Field(
         default=None,
-        description="Neuron persistent compile cache (NEURON_COMPILE_CACHE_URL): a path or s3:// URL.",
+        description="Neuron compile cache (NEURON_COMPILE_CACHE_URL): a path or an s3:// URL.",
     )
 
     @field_validator("s3_mirror")
@@ -276,8 +277,14 @@ class DeploymentSpec(_Strict):
         yield "draft", self.draft
 
 
-_CATALOG_MODELS = ("llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3-8b", "llama-3-70b",
-                   "smollm2-135m")  # fmt: skip
+_CATALOG_MODELS = (
+    "llama-2-7b",
+    "llama-2-13b",
+    "llama-2-70b",
+    "llama-3-8b",
+    "llama-3-70b",
+    "smollm2-135m",
+)
 
 
 def looks_like_path(value: str) -> bool:
@@ -339,8 +346,9 @@ def _yaml_problem(exc: BaseException, file: str | None) -> ConfigProblem:
     )
 
 
-def _walk(node: yaml.Node, prefix: str, out: dict[str, tuple[int, int]],
-          dupes: list[tuple[str, int, int]]) -> None:  # fmt: skip
+def _walk(
+    node: yaml.Node, prefix: str, out: dict[str, tuple[int, int]], dupes: list[tuple[str, int, int]]
+) -> None:
     out.setdefault(prefix, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -438,8 +446,9 @@ def _split_fix(text: str) -> tuple[str, str]:
     return text, ""
 
 
-def _problem_from_pydantic(err: Mapping[str, Any], positions: Mapping[str, tuple[int, int]],
-                           file: str | None) -> ConfigProblem:  # fmt: skip
+def _problem_from_pydantic(
+    err: Mapping[str, Any], positions: Mapping[str, tuple[int, int]], file: str | None
+) -> ConfigProblem:
     loc: tuple[int | str, ...] = tuple(err["loc"])
     kind = err["type"]
     observed = err.get("input")
@@ -468,8 +477,14 @@ def _problem_from_pydantic(err: Mapping[str, Any], positions: Mapping[str, tuple
             fix = f"write it as a mapping with keys {', '.join(sorted(parent.model_fields))}."
     else:
         message = f"got {observed!r}: {err['msg']}."
-        if kind in ("int_type", "int_parsing", "float_type", "float_parsing", "string_type",
-                    "bool_type") and isinstance(observed, str):  # fmt: skip
+        if kind in (
+            "int_type",
+            "int_parsing",
+            "float_type",
+            "float_parsing",
+            "string_type",
+            "bool_type",
+        ) and isinstance(observed, str):
             fix = "write the value without quotes."
     pos = None
     for cut in range(len(loc), -1, -1):
@@ -486,8 +501,9 @@ def _problem_from_pydantic(err: Mapping[str, Any], positions: Mapping[str, tuple
     )
 
 
-def spec_from_data(data: Any, positions: Mapping[str, tuple[int, int]] | None = None,
-                   file: str | None = None) -> DeploymentSpec:  # fmt: skip
+def spec_from_data(
+    data: Any, positions: Mapping[str, tuple[int, int]] | None = None, file: str | None = None
+) -> DeploymentSpec:
     """Validate parsed YAML (or any plain data) into a DeploymentSpec, or raise ConfigError."""
     positions = positions or {}
     if not isinstance(data, dict):

@@ -79,7 +79,9 @@ class PreflightError(NeuronSpecError):
 
     def __init__(self, report: object, message: str | None = None):
         self.report = report
-        super().__init__(message or "preflight found errors; run `neuron-spec validate` to see them")
+        super().__init__(
+            message or "preflight found errors; run `neuron-spec validate` to see them"
+        )
 
 
 class BackendUnavailableError(NeuronSpecError):

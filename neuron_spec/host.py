@@ -74,13 +74,13 @@ def imds_instance_type(endpoint: str | None = None, timeout: float = IMDS_TIMEOU
             method="PUT",
             headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
         )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (fixed host)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             token = resp.read().decode()
         req = urllib.request.Request(
             f"{base}/latest/meta-data/instance-type",
             headers={"X-aws-ec2-metadata-token": token},
         )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.read().decode().strip() or None
     except (urllib.error.URLError, OSError, ValueError):
         return None
@@ -112,8 +112,14 @@ def detect_host() -> HostFacts:
         for row in INSTANCES.values():
             if row.cores == cores:
                 facts = HostFacts.from_instance(row, source="detected")
-                return HostFacts(None, facts.platform, cores, facts.memory_per_core_bytes,
-                                 _host_ram(), "detected")  # fmt: skip
+                return HostFacts(
+                    None,
+                    facts.platform,
+                    cores,
+                    facts.memory_per_core_bytes,
+                    _host_ram(),
+                    "detected",
+                )
     return HostFacts.none()
 
 

@@ -111,8 +111,15 @@ class ModelMemory:
         }
 
 
-def model_memory(arch: Architecture, *, tp: int, amp: str, n_positions: int, batch_size: int,
-                 overhead_per_core: int = RUNTIME_OVERHEAD_PER_CORE) -> ModelMemory:  # fmt: skip
+def model_memory(
+    arch: Architecture,
+    *,
+    tp: int,
+    amp: str,
+    n_positions: int,
+    batch_size: int,
+    overhead_per_core: int = RUNTIME_OVERHEAD_PER_CORE,
+) -> ModelMemory:
     nbytes = BYTES_PER_ELEMENT[amp]
     shape = padded_shape(arch, tp)
     padded = padded_parameters(arch, tp)

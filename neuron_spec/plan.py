@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import GB, HBM_BYTES_PER_S_PER_CORE, TP_RULES, ARCHITECTURES, Architecture
+from .catalog import ARCHITECTURES, GB, HBM_BYTES_PER_S_PER_CORE, TP_RULES, Architecture
 from .config import DeploymentSpec, ModelSpec
 from .host import HostFacts
 from .memory import HIGH_WATER, ModelMemory, fmt_bytes, kv_heads_shardable, model_memory
@@ -146,7 +146,9 @@ class Plan:
 
 
 def _memory_at(arch: Architecture, m: ModelSpec, tp: int) -> ModelMemory:
-    return model_memory(arch, tp=tp, amp=m.amp, n_positions=m.max_positions, batch_size=m.batch_size)
+    return model_memory(
+        arch, tp=tp, amp=m.amp, n_positions=m.max_positions, batch_size=m.batch_size
+    )
 
 
 def _tp_candidates(host: HostFacts) -> list[int]:
@@ -173,27 +175,37 @@ def _recommend(ctx: Context) -> Recommendation:
     host, spec = ctx.host, ctx.spec
     t_arch, d_arch = ctx.arch("target"), ctx.arch("draft")
     if t_arch is None or d_arch is None or not host.is_neuron or host.platform is None:
-        return Recommendation(None, None, None, ("no recommendation: a model's size or the "
-                                                  "host is unknown",))  # fmt: skip
+        return Recommendation(
+            None, None, None, ("no recommendation: a model's size or the host is unknown",)
+        )
     budget = host.memory_per_core_bytes
     rule = TP_RULES[host.platform]
     shared: list[tuple[int, int]] = []
     for tp in _tp_candidates(host):
         if not (kv_heads_shardable(t_arch, tp) and kv_heads_shardable(d_arch, tp)):
             continue
-        load = (_memory_at(t_arch, spec.target, tp).per_core_bytes
-                + _memory_at(d_arch, spec.draft, tp).per_core_bytes)  # fmt: skip
+        load = (
+            _memory_at(t_arch, spec.target, tp).per_core_bytes
+            + _memory_at(d_arch, spec.draft, tp).per_core_bytes
+        )
         if load <= budget:
             shared.append((tp, load))
     if not shared:
-        need = (_memory_at(t_arch, spec.target, host.cores).total_bytes
-                + _memory_at(d_arch, spec.draft, host.cores).total_bytes)  # fmt: skip
-        return Recommendation(None, None, None, (
-            f"the pair does not fit {host.instance or 'this host'} at any tp the runtime "
-            f"accepts ({rule.description}); together they need about {need / GB:.0f} GB, "
-            f"{host.cores} cores offer {host.cores * budget / GB:.0f} GB.",
-            "use amp: bf16, shorter n_positions, or a larger instance.",
-        ))  # fmt: skip
+        need = (
+            _memory_at(t_arch, spec.target, host.cores).total_bytes
+            + _memory_at(d_arch, spec.draft, host.cores).total_bytes
+        )
+        return Recommendation(
+            None,
+            None,
+            None,
+            (
+                f"the pair does not fit {host.instance or 'this host'} at any tp the runtime "
+                f"accepts ({rule.description}); together they need about {need / GB:.0f} GB, "
+                f"{host.cores} cores offer {host.cores * budget / GB:.0f} GB.",
+                "use amp: bf16, shorter n_positions, or a larger instance.",
+            ),
+        )
     tp, load = shared[-1]
     reasons = [
         "draft and target run in one process and both load from core 0, so they must share "
@@ -204,8 +216,12 @@ def _recommend(ctx: Context) -> Recommendation:
         "decoding is memory-bandwidth-bound: every extra core adds HBM bandwidth, so the "
         "largest shared tp is the fastest.",
     ]
-    t_alone = [t for t in _tp_candidates(host) if kv_heads_shardable(t_arch, t)
-               and _memory_at(t_arch, spec.target, t).per_core_bytes <= budget]  # fmt: skip
+    t_alone = [
+        t
+        for t in _tp_candidates(host)
+        if kv_heads_shardable(t_arch, t)
+        and _memory_at(t_arch, spec.target, t).per_core_bytes <= budget
+    ]
     if t_alone and t_alone[0] < tp and t_alone[0] * 2 <= host.cores:
         reasons.append(
             f"the target alone would fit from tp {t_alone[0]}, leaving cores for the draft, "
@@ -213,8 +229,10 @@ def _recommend(ctx: Context) -> Recommendation:
             f"drive, and each model would get fewer cores' bandwidth; sharing tp {tp} wins."
         )
     if load > HIGH_WATER * budget:
-        reasons.append(f"at {load / budget:.0%} of the budget the margin is thin; consider "
-                       "shorter n_positions.")  # fmt: skip
+        reasons.append(
+            f"at {load / budget:.0%} of the budget the margin is thin; consider "
+            "shorter n_positions."
+        )
     return Recommendation(tp, tp, load, tuple(reasons))
 
 
@@ -227,19 +245,22 @@ def _speculation(ctx: Context, rec: Recommendation) -> SpeculationPlan:
     if t_arch is not None and d_arch is not None and bw is not None:
         tp = rec.target_tp or spec.target.tp_degree
         t_s = step_seconds(_memory_at(t_arch, spec.target, tp), t_arch, bw)
-        d_s = step_seconds(_memory_at(d_arch, spec.draft, rec.draft_tp or spec.draft.tp_degree),
-                           d_arch, bw)  # fmt: skip
+        d_s = step_seconds(
+            _memory_at(d_arch, spec.draft, rec.draft_tp or spec.draft.tp_degree), d_arch, bw
+        )
         c = d_s / t_s
     rows: list[dict[str, float | int]] = []
     if c is not None:
         for alpha in ALPHAS:
             g, s = best_gamma(alpha, c)
-            rows.append({
-                "alpha": alpha,
-                "speedup_at_draft_tokens": round(expected_speedup(alpha, gamma, c), 3),
-                "best_draft_tokens": g,
-                "best_speedup": round(s, 3),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "alpha": alpha,
+                    "speedup_at_draft_tokens": round(expected_speedup(alpha, gamma, c), 3),
+                    "best_draft_tokens": g,
+                    "best_speedup": round(s, 3),
+                }
+            )
     return SpeculationPlan(gamma, spec.speculation.window, c, tuple(rows))
 
 
@@ -250,8 +271,10 @@ def plan(spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None) ->
     for role, _m in spec.models():
         mp = _model_plan(ctx, role)
         if mp is None:
-            notes.append(f"{role}: architecture unknown ({ctx.models[role].problem or 'no config'})"
-                         "; set model to a catalog name or a readable checkpoint.")  # fmt: skip
+            notes.append(
+                f"{role}: architecture unknown ({ctx.models[role].problem or 'no config'})"
+                "; set model to a catalog name or a readable checkpoint."
+            )
         else:
             models[role] = mp
     layout = None
@@ -264,12 +287,16 @@ def plan(spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None) ->
             budget_per_core=host.memory_per_core_bytes,
         )
     if not host.is_neuron:
-        notes.append("no Neuron host: pass --instance (e.g. trn1.32xlarge) for a layout and a "
-                     "tp recommendation.")  # fmt: skip
+        notes.append(
+            "no Neuron host: pass --instance (e.g. trn1.32xlarge) for a layout and a "
+            "tp recommendation."
+        )
     rec = _recommend(ctx)
     if spec.backend == "reference":
-        notes.append("backend is 'reference': tp_degree and the NeuronCore budget do not apply "
-                     "to this run; the figures show what the pair needs on Neuron.")  # fmt: skip
+        notes.append(
+            "backend is 'reference': tp_degree and the NeuronCore budget do not apply "
+            "to this run; the figures show what the pair needs on Neuron."
+        )
     notes.append(
         "speedup estimates use a decode-step latency model calibrated on published Neuron "
         "figures; measure with `neuron-spec bench` once the models load."

@@ -105,15 +105,18 @@ class Context:
 
 
 def build_context(spec: DeploymentSpec, host: HostFacts, base_dir: Path) -> Context:
-    models = {
-        role: resolve_model(m.model, base_dir, m.architecture) for role, m in spec.models()
-    }
+    models = {role: resolve_model(m.model, base_dir, m.architecture) for role, m in spec.models()}
     memory = {}
     for role, m in spec.models():
         arch = models[role].architecture
         if arch is not None:
-            memory[role] = model_memory(arch, tp=m.tp_degree, amp=m.amp,
-                                        n_positions=m.max_positions, batch_size=m.batch_size)  # fmt: skip
+            memory[role] = model_memory(
+                arch,
+                tp=m.tp_degree,
+                amp=m.amp,
+                n_positions=m.max_positions,
+                batch_size=m.batch_size,
+            )
     return Context(spec, host, models, memory)
 
 
@@ -253,13 +256,16 @@ def kv_heads_split(ctx: Context) -> Iterator[Finding]:
 # --- memory --------------------------------------------------------------------------------
 
 
-def _fitting_tps(ctx: Context, arch: Architecture, m: ModelSpec, extra_per_core: int = 0) -> list[int]:  # fmt: skip
+def _fitting_tps(
+    ctx: Context, arch: Architecture, m: ModelSpec, extra_per_core: int = 0
+) -> list[int]:
     if ctx.host.platform is None:
         return []
     out = []
     for tp in TP_RULES[ctx.host.platform].candidates(ctx.host.cores):
-        mem = model_memory(arch, tp=tp, amp=m.amp, n_positions=m.max_positions,
-                           batch_size=m.batch_size)  # fmt: skip
+        mem = model_memory(
+            arch, tp=tp, amp=m.amp, n_positions=m.max_positions, batch_size=m.batch_size
+        )
         if mem.per_core_bytes + extra_per_core <= ctx.host.memory_per_core_bytes:
             out.append(tp)
     return out
@@ -541,8 +547,7 @@ def acceptor_sampling(ctx: Context) -> Iterator[Finding]:
             "warning",
             "acceptor-ignores-sampling",
             "speculation.acceptor",
-            f"acceptor 'greedy' decodes greedily; sampling.temperature={s.temperature} is "
-            "ignored.",
+            f"acceptor 'greedy' decodes greedily; sampling.temperature={s.temperature} is ignored.",
             "use acceptor: lossless to sample, or set sampling.temperature: 0.",
         )
     elif acc == "neuronx-default" and warped:

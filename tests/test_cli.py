@@ -1,0 +1,182 @@
+"""The CLI as users meet it: exit codes, located messages, JSON, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from neuron_spec.cli import main
+
+from .conftest import BASE_CONFIG, CONFIGS
+
+TRN1_BF16 = str(CONFIGS / "trn1-llama2-70b-7b-bf16.yaml")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def validate_json(capsys, path, *extra: str) -> tuple[int, dict]:
+    code, out, _ = run(capsys, "validate", str(path), "--json", *extra)
+    return code, json.loads(out)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(capsys, path):
+    code, body = validate_json(capsys, path)
+    assert code == 0 and body["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "new", "instance", "code", "path"),
+    [
+        ("tp24-trn1", "tp_degree: 32", "tp_degree: 24", None, "tp-unsupported", "target.tp_degree"),
+        (
+            "tp16-12cores",
+            "tp_degree: 32",
+            "tp_degree: 16",
+            "inf2.24xlarge",
+            "tp-exceeds-cores",
+            "target.tp_degree",
+        ),
+        (
+            "draft16-target32",
+            "tp_degree: 32, n_positions: 2048, batch_size: 1}\nspec",
+            "tp_degree: 16, n_positions: 2048, batch_size: 1}\nspec",
+            None,
+            "tp-mismatch",
+            "draft.tp_degree",
+        ),
+        (
+            "70b-tp8",
+            "tp_degree: 32",
+            "tp_degree: 8",
+            None,
+            "memory-over-budget",
+            "target.tp_degree",
+        ),
+        (
+            "batch4",
+            "batch_size: 1}\ndraft",
+            "batch_size: 4}\ndraft",
+            None,
+            "batch-speculation",
+            "target.batch_size",
+        ),
+    ],
+)
+def test_validate_rejects_with_located_message(
+    capsys, write_config, case, old, new, instance, code, path
+):
+    cfg = write_config(BASE_CONFIG.replace(old, new))
+    extra = ("--instance", instance) if instance else ()
+    exit_code, body = validate_json(capsys, cfg, *extra)
+    assert exit_code == 1 and body["ok"] is False
+    hits = [f for f in body["findings"] if f["code"] == code and f["severity"] == "error"]
+    assert hits, body["findings"]
+    assert hits[0]["path"] == path
+    line = 3 if path.startswith("target") else 4
+    assert hits[0]["location"] == f"{cfg}:{line}"
+    assert set(hits[0]) >= {"severity", "code", "path", "message", "fix"}
+    # the human rendering says the same, with the location
+    exit_code, out, _ = run(capsys, "validate", str(cfg), *extra)
+    assert exit_code == 1 and code in out and f"{cfg.name}:{line}" in out
+
+
+def test_key_typo_exit2_with_did_you_mean(capsys, write_config):
+    cfg = write_config(BASE_CONFIG.replace("acceptor:", "aceptor:"))
+    code, _, err = run(capsys, "validate", str(cfg))
+    assert code == 2
+    assert "Did you mean 'acceptor'" in err and f"{cfg}:5" in err
+    assert "Traceback" not in err
+
+
+def test_yaml_syntax_error_exit2_with_line(capsys, write_config):
+    cfg = write_config("instance: trn1.32xlarge\ntarget:\n  model: [llama-2-70b\ndraft: {}\n")
+    code, _, err = run(capsys, "validate", str(cfg))
+    assert code == 2 and "YAML syntax error" in err
+    assert f"{cfg}:" in err
+
+
+def test_config_error_as_json(capsys, write_config):
+    cfg = write_config(BASE_CONFIG.replace("tp_degree: 32", "tp_degree: -1"))
+    code, out, _ = run(capsys, "validate", str(cfg), "--json")
+    body = json.loads(out)
+    assert code == 2 and body["error"] == "ConfigError"
+    assert {p["path"] for p in body["problems"]} == {"target.tp_degree", "draft.tp_degree"}
+
+
+def test_unknown_instance_flag_is_usage_error(capsys):
+    code, _, err = run(capsys, "validate", TRN1_BF16, "--instance", "trn1.32xl")
+    assert code == 2 and "Did you mean 'trn1.32xlarge'" in err
+
+
+def test_missing_config_file(capsys):
+    code, _, err = run(capsys, "plan", "/nonexistent/x.yaml")
+    assert code == 2 and "file not found" in err
+
+
+def test_usage_errors_exit2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["validate"])
+    assert exc.value.code == 2
+    assert main([]) == 2
+
+
+def test_plan_json_shape(capsys):
+    code, out, _ = run(capsys, "plan", TRN1_BF16, "--json")
+    body = json.loads(out)
+    assert code == 0
+    for role in ("target", "draft"):
+        assert body["models"][role]["min_cores"] >= 1
+        assert body["models"][role]["total_bytes"] > 0
+        assert body["recommendation"][role]["tp_degree"] == 32
+
+
+def test_plan_human_output(capsys):
+    code, out, _ = run(capsys, "plan", TRN1_BF16, "--instance", "inf2.48xlarge")
+    # the config's tp 32 exceeds inf2.48xlarge's cores: plan still prints, exits 1
+    assert code == 1
+    assert "recommendation" in out and "tp_degree: 24" in out
+
+
+def test_schema_is_json_schema(capsys):
+    code, out, _ = run(capsys, "schema")
+    schema = json.loads(out)
+    assert code == 0 and schema["type"] == "object"
+    assert {"target", "draft", "speculation"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+
+
+def _subprocess(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_validate_imports_no_heavy_libraries():
+    code = (
+        "import sys\n"
+        "from neuron_spec.cli import main\n"
+        f"rc = main(['validate', {TRN1_BF16!r}])\n"
+        f"rc2 = main(['plan', {TRN1_BF16!r}, '--json'])\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'boto3', 'botocore', "
+        "'transformers_neuronx', 'numpy') if m in sys.modules)\n"
+        "print('HEAVY', heavy, rc, rc2)\n"
+    )
+    proc = _subprocess("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY [] 0 0" in proc.stdout
+
+
+def test_module_entry_point_and_internal_errors_have_no_traceback(write_config):
+    proc = _subprocess("-m", "neuron_spec", "validate", TRN1_BF16, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"] is True
+    bad = write_config("target: [1, 2\n")
+    proc = _subprocess("-m", "neuron_spec", "validate", str(bad))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = _subprocess("-m", "neuron_spec", "--debug", "validate", str(bad))
+    assert proc.returncode != 0 and "Traceback" in proc.stderr

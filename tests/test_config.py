@@ -1,0 +1,223 @@
+"""Config loading: the shape users write, and errors that say where and how to fix."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from neuron_spec.config import DeploymentSpec, load_config, load_config_text, spec_from_data
+from neuron_spec.errors import ConfigError
+
+from .conftest import BASE_CONFIG, CONFIGS
+
+
+def test_base_config_loads_typed_and_frozen():
+    cfg = load_config_text(BASE_CONFIG)
+    spec = cfg.spec
+    assert spec.target.tp_degree == 32 and spec.target.amp == "bf16"
+    assert spec.speculation.draft_tokens == 6
+    assert spec.speculation.window == 7  # the compiled window k = gamma + 1
+    assert spec.target.n_positions == (2048,)
+    with pytest.raises(ValidationError):
+        spec.target.tp_degree = 8  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    assert isinstance(load_config(path).spec, DeploymentSpec)
+
+
+def _problems(text: str) -> list:
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text, "x.yaml")
+    return exc.value.problems
+
+
+def test_unknown_key_says_did_you_mean_with_line():
+    [p] = _problems(
+        BASE_CONFIG.replace(
+            "tp_degree: 32, n_positions: 2048, batch_size: 1}\ndraft",
+            "tp_degre: 32, n_positions: 2048, batch_size: 1}\ndraft",
+        )
+    )
+    assert p.path == "target.tp_degre"
+    assert "Did you mean 'tp_degree'" in p.message
+    assert p.line == 3 and p.file == "x.yaml"
+
+
+def test_every_problem_is_reported_at_once():
+    text = (
+        BASE_CONFIG.replace(
+            "amp: bf16, tp_degree: 32, n_positions: 2048, batch_size: 1}\nspeculation",
+            "amp: bf17, tp_degree: 32, n_positions: 2048, batch_size: 1}\nspeculation",
+        )
+        .replace("trn1.32xlarge", "trn1.32xlarg")
+        .replace("draft_tokens: 6", "draft_tokens: 0")
+    )
+    problems = _problems(text)
+    paths = {p.path for p in problems}
+    assert paths == {"instance", "draft.amp", "speculation.draft_tokens"}
+    inst = next(p for p in problems if p.path == "instance")
+    assert "Did you mean 'trn1.32xlarge'" in inst.message and inst.line == 1
+
+
+def test_unknown_catalog_model_suggests_the_close_one():
+    [p] = _problems(BASE_CONFIG.replace("model: llama-2-7b,", "model: llama-2-7bb,"))
+    assert p.path == "draft.model" and "Did you mean 'llama-2-7b'" in p.message
+    assert p.line == 4
+
+
+def test_yaml_syntax_error_has_line_and_column():
+    [p] = _problems("instance: trn1.32xlarge\ntarget: {model: llama-2-70b\ndraft: x\n")
+    assert "YAML syntax error" in p.message
+    assert p.line is not None and p.line >= 2 and p.column is not None
+
+
+def test_duplicate_keys_are_errors():
+    [p] = _problems(BASE_CONFIG + "instance: inf2.48xlarge\n")
+    assert p.path == "instance" and p.line == 8 and "twice" in p.message
+
+
+def test_quoted_numbers_and_bools_are_rejected():
+    text = BASE_CONFIG.replace(
+        "tp_degree: 32, n_positions: 2048, batch_size: 1}\ndraft",
+        'tp_degree: "32", n_positions: 2048, batch_size: true}\ndraft',
+    )
+    problems = _problems(text)
+    assert {p.path for p in problems} == {"target.tp_degree", "target.batch_size"}
+    assert any("without quotes" in p.fix for p in problems)
+
+
+def test_missing_required_section():
+    [p] = _problems("instance: trn1.32xlarge\ntarget: {model: llama-2-70b}\n")
+    assert p.path == "draft" and "missing" in p.message
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "42\n", "null\n"])
+def test_non_mapping_documents(text):
+    [p] = _problems(text)
+    assert "mapping" in p.message
+
+
+def test_buckets_must_increase_and_context_estimate_zero_allowed():
+    [p] = _problems(
+        BASE_CONFIG.replace(
+            "n_positions: 2048, batch_size: 1}\nspec",
+            "n_positions: [512, 256], batch_size: 1}\nspec",
+        )
+    )
+    assert p.path == "draft.n_positions" and "increasing" in p.message
+    ok = load_config_text(
+        BASE_CONFIG.replace(
+            "batch_size: 1}\nspec", "batch_size: 1, context_length_estimate: 0}\nspec"
+        )
+    )
+    assert ok.spec.draft.context_length_estimate == (0,)
+
+
+def test_custom_acceptor_path_accepted_and_garbage_rejected():
+    ok = load_config_text(BASE_CONFIG.replace("acceptor: lossless", "acceptor: my.pkg:Acc"))
+    assert ok.spec.speculation.acceptor == "my.pkg:Acc"
+    [p] = _problems(BASE_CONFIG.replace("acceptor: lossless", "acceptor: lossles"))
+    assert "Did you mean 'lossless'" in p.message
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="directory"):
+        load_config(tmp_path)
+
+
+def test_yaml_is_loaded_safely():
+    [p] = _problems("!!python/object/apply:os.system ['echo pwned']\n")
+    assert "YAML" in p.message
+
+
+# --- property-based: the loader's only outcomes are a spec or a ConfigError ------------------
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_base = yaml.safe_load(BASE_CONFIG)
+_paths = [(k, None) for k in _base] + [
+    (k, kk) for k, v in _base.items() if isinstance(v, dict) for kk in v
+]
+
+
+@st.composite
+def mutated_configs(draw):
+    data = yaml.safe_load(BASE_CONFIG)
+    for _ in range(draw(st.integers(1, 4))):
+        key, sub = draw(st.sampled_from(_paths))
+        action = draw(st.sampled_from(["set", "delete", "rename"]))
+        holder = data if sub is None else data.get(key)
+        name = key if sub is None else sub
+        if not isinstance(holder, dict) or name not in holder:
+            continue
+        if action == "set":
+            holder[name] = draw(_values)
+        elif action == "delete":
+            del holder[name]
+        else:
+            holder[name + draw(st.text(min_size=1, max_size=3))] = holder.pop(name)
+    return data
+
+
+def _load_only_spec_or_config_error(text: str) -> None:
+    try:
+        cfg = load_config_text(text)
+    except ConfigError as exc:
+        assert exc.problems and all(p.message for p in exc.problems)
+    else:
+        assert isinstance(cfg.spec, DeploymentSpec)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_configs())
+def test_mutated_configs(data):
+    _load_only_spec_or_config_error(yaml.safe_dump(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_random_text(text):
+    _load_only_spec_or_config_error(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=120).map(
+        lambda b: BASE_CONFIG[: len(b) % len(BASE_CONFIG)] + b.decode("latin-1")
+    )
+)
+def test_truncated_and_corrupted_yaml(text):
+    _load_only_spec_or_config_error(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_values)
+def test_random_data(data):
+    with contextlib.suppress(ConfigError):
+        spec_from_data(data)
+
+
+def test_deep_nesting_is_a_config_error():
+    with pytest.raises(ConfigError):
+        load_config_text("a: " + "[" * 5000 + "]" * 5000)
