@@ -5,12 +5,7 @@ Rules never read the machine themselves: they receive a HostFacts, so tests use 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from .catalog import INSTANCES, InstanceType, Platform
@@ -67,6 +62,9 @@ def _host_ram() -> int | None:
 
 def imds_instance_type(endpoint: str | None = None, timeout: float = IMDS_TIMEOUT_S) -> str | None:
     """The EC2 instance type via IMDSv2 (token, then metadata), or None off EC2."""
+    import urllib.error
+    import urllib.request
+
     base = (endpoint or os.environ.get("NEURON_SPEC_IMDS_ENDPOINT") or IMDS_ENDPOINT).rstrip("/")
     try:
         req = urllib.request.Request(
@@ -88,6 +86,10 @@ def imds_instance_type(endpoint: str | None = None, timeout: float = IMDS_TIMEOU
 
 def neuron_ls_cores(timeout: float = 10.0) -> int | None:
     """Total NeuronCores reported by `neuron-ls --json-output`, or None without the tool."""
+    import json
+    import shutil
+    import subprocess
+
     exe = shutil.which("neuron-ls")
     if exe is None:
         return None

@@ -58,6 +58,10 @@ class Finding:
     message: str
     fix: str = ""
 
+    def __post_init__(self) -> None:
+        if self.code not in FINDING_CODES:  # a programming error: every code is documented
+            raise ValueError(f"unregistered finding code {self.code!r}")
+
     def to_dict(self) -> dict[str, str]:
         return {
             "severity": self.severity,

@@ -1,0 +1,30 @@
+# Shared by scripts/*.sh: create or reuse a virtual environment and install neuron-spec into it.
+# Usage: source scripts/_env.sh; ns_env VENV_DIR EXTRAS [torch]
+# Re-running is cheap: the install is skipped while pyproject.toml and the extras are unchanged.
+
+ns_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+ns_log() { printf '\033[1m[neuron-spec]\033[0m %s\n' "$*" >&2; }
+
+ns_env() {
+  local venv="$1" extras="$2" want_torch="${3:-}"
+  local py="${PYTHON:-python3}"
+  if [ ! -x "$venv/bin/python" ]; then
+    ns_log "creating virtual environment $venv ($("$py" --version 2>&1))"
+    "$py" -m venv "$venv"
+  fi
+  local stamp="$venv/.neuron-spec-installed"
+  local want
+  want="$(cat "$ns_root/pyproject.toml" | sha256sum | cut -c1-16) extras=$extras torch=$want_torch"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  ns_log "installing neuron-spec[$extras] into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  if [ -n "$want_torch" ]; then
+    # The CPU build, pinned: an unpinned torch would pull several GB of CUDA packages.
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==${NEURON_SPEC_TORCH:-2.13.0}"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ns_root[$extras]"
+  echo "$want" > "$stamp"
+}

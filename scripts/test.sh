@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install everything the tests need into .venv (once), then run lint, types and the test suite.
+#   bash scripts/test.sh              # everything
+#   bash scripts/test.sh -k preflight # extra arguments go to pytest
+set -euo pipefail
+source "$(dirname "$0")/_env.sh"
+cd "$ns_root"
+venv="${NEURON_SPEC_VENV:-$ns_root/.venv}"
+ns_env "$venv" "dev"
+ns_log "ruff check"
+"$venv/bin/ruff" check neuron_spec tests benchmarks
+ns_log "ruff format --check"
+"$venv/bin/ruff" format --check neuron_spec tests benchmarks
+ns_log "mypy"
+"$venv/bin/mypy" neuron_spec
+ns_log "pytest"
+"$venv/bin/python" -m pytest "$@"
