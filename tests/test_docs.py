@@ -38,6 +38,12 @@ def test_configuration_reference_is_current():
 
 def test_reference_lists_every_field():
     ref = reference()
-    for path in ("target.tp_degree", "draft.n_positions", "speculation.draft_tokens",
-                 "sampling.top_p", "generation.max_new_tokens", "compile.s3_mirror"):
+    for path in (
+        "target.tp_degree",
+        "draft.n_positions",
+        "speculation.draft_tokens",
+        "sampling.top_p",
+        "generation.max_new_tokens",
+        "compile.s3_mirror",
+    ):
         assert f"`{path}`" in ref
