@@ -89,6 +89,38 @@ def _parser() -> argparse.ArgumentParser:
         "largest tp both models can share, and the expected speedup for a range of acceptance "
         "rates.",
     )
+    g = with_config(
+        "generate",
+        "generate text with speculative decoding",
+        "Run the preflight, load the draft/target pair (progress on stderr), and generate from "
+        "PROMPT. Prints the text and the figures: time to first token, time per output token, "
+        "tokens/s, target passes, drafted/accepted tokens, acceptance rate, mean tokens per "
+        "target pass, per-position acceptance and the estimated acceptance probability alpha.",
+    )
+    g.add_argument("--prompt", action="append", required=True, metavar="TEXT",
+                   help="prompt text; repeat for a batch")
+    g.add_argument("--max-new-tokens", type=_positive_int, metavar="N")
+    g.add_argument("--temperature", type=_non_negative_float, metavar="T", help="0 = greedy")
+    g.add_argument("--top-k", type=_non_negative_int, metavar="K", help="0 = off")
+    g.add_argument("--top-p", type=_probability, metavar="P", help="1.0 = off")
+    g.add_argument("--seed", type=int, metavar="S")
+    g.add_argument("--draft-tokens", type=_non_negative_int, metavar="G",
+                   help="override speculation.draft_tokens (0 = target only)")
+    g.add_argument("--stream", action="store_true", help="print text as tokens are accepted")
+    b = with_config(
+        "bench",
+        "compare target-only decoding with speculation at several draft_tokens",
+        "Load the pair once, then decode the same prompts target-only and with each "
+        "draft_tokens value. Reports tokens/s, speedup over target-only, acceptance, alpha, the "
+        "measured draft/target cost ratio c, the speedup S(alpha, gamma, c) the formula "
+        "predicts beside the measured one, and the best draft_tokens.",
+    )
+    b.add_argument("--draft-tokens", type=_int_list, default=[1, 2, 4, 6, 8], metavar="LIST",
+                   help="comma-separated values of gamma (default 1,2,4,6,8)")
+    b.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: 3 built-in)")
+    b.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N")
+    b.add_argument("--repeat", type=_positive_int, default=1, metavar="R",
+                   help="runs per setting; the fastest is kept")
     sc = sub.add_parser(
         "schema",
         help="print the config's JSON Schema",
@@ -99,6 +131,44 @@ def _parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("draft token counts must be positive integers")
+    return sorted(set(values))
 
 
 # --- shared steps ------------------------------------------------------------------------------
@@ -113,13 +183,15 @@ def _load(path: str) -> ConfigFile:
 def _host(cfg: ConfigFile, override: str | None) -> HostFacts:
     from .catalog import INSTANCES
     from .config import did_you_mean
-    from .host import resolve_host
+    from .host import HostFacts, resolve_host
 
     if override is not None and override not in INSTANCES:
         raise UsageError(
             f"--instance {override!r} is not a known instance type."
             f"{did_you_mean(override, list(INSTANCES))} Known: {', '.join(INSTANCES)}."
         )
+    if cfg.spec.backend == "reference" and override is None and cfg.spec.instance == "auto":
+        return HostFacts.none()  # the reference backend runs anywhere: nothing to detect
     return resolve_host(cfg.spec.instance, override)
 
 
@@ -302,7 +374,175 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema}
+def _preflight_or_stop(cfg: ConfigFile, instance: str | None, as_json: bool) -> Report | None:
+    """Run the preflight; on errors, print them and return None (the caller exits 1)."""
+    from .preflight import preflight
+
+    report = preflight(cfg.spec, _host(cfg, instance), cfg.base_dir)
+    if report.ok:
+        return report
+    if as_json:
+        print(json.dumps({"ok": False, "findings": _findings_json(report, cfg)}, indent=2))
+    else:
+        console = _console()
+        console.stderr = True
+        _render_report(console, report, cfg)
+        sys.stderr.write("stopped before loading anything: fix the errors above.\n")
+    return None
+
+
+def _load_generator(cfg: ConfigFile) -> Any:
+    from rich.console import Console
+
+    from .backends import load_generator
+
+    err = Console(stderr=True, highlight=False)
+    with err.status("loading models...") as status:
+        gen = load_generator(cfg, progress=lambda msg: status.update(msg))
+    err.print(f"[dim]loaded on {gen.device}[/dim]")
+    return gen
+
+
+def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.1f} ms"
+
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="dim")
+    t.add_column()
+    tpot = metrics["time_per_output_token_s"]
+    rate = metrics["acceptance_rate"]
+    t.add_row("tokens", f"{metrics['new_tokens']} new, {metrics['prompt_tokens']} prompt")
+    t.add_row("time to first token", ms(metrics["time_to_first_token_s"]))
+    t.add_row("time per output token",
+              f"mean {ms(tpot['mean'])}, p50 {ms(tpot['p50'])}, p90 {ms(tpot['p90'])}, "
+              f"p99 {ms(tpot['p99'])}")  # fmt: skip
+    t.add_row("throughput", f"{metrics['tokens_per_s']:.1f} tokens/s")
+    t.add_row("target passes", str(metrics["target_passes"]))
+    if metrics["draft_tokens"]:
+        t.add_row("draft tokens per step", str(metrics["draft_tokens"]))
+        t.add_row("accepted / drafted",
+                  f"{metrics['accepted']} / {metrics['drafted']}"
+                  + (f" ({rate:.0%})" if rate is not None else ""))  # fmt: skip
+        if metrics["mean_tokens_per_pass"] is not None:
+            t.add_row("mean tokens per target pass", f"{metrics['mean_tokens_per_pass']:.2f}")
+        t.add_row("per-position acceptance",
+                  " ".join(f"{p:.2f}" for p in metrics["per_position_acceptance"]))  # fmt: skip
+        if metrics["alpha"] is not None:
+            t.add_row("alpha (estimated)", f"{metrics['alpha']:.3f}")
+    console.print(t)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if args.stream and len(args.prompt) > 1:
+        raise UsageError("--stream takes a single --prompt")
+    if _preflight_or_stop(cfg, args.instance, args.json) is None:
+        return EXIT_FAILED
+    gen = _load_generator(cfg)
+    on_text = None
+    if args.stream and not args.json:
+        def on_text(_row: int, text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    try:
+        result = gen.generate(
+            args.prompt if len(args.prompt) > 1 else args.prompt[0],
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+            draft_tokens=args.draft_tokens, on_text=on_text,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result.to_dict(single=len(args.prompt) == 1), indent=2))
+        return EXIT_OK
+    console = _console()
+    if args.stream:
+        sys.stdout.write("\n")
+    else:
+        for i, text in enumerate(result.text):
+            if len(result.text) > 1:
+                console.print(f"[bold]--- prompt {i + 1}[/bold]")
+            console.print(args.prompt[i] + text, markup=False)
+    console.print()
+    _render_metrics(console, result.metrics.to_dict())
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from .bench import DEFAULT_PROMPTS, run_bench
+
+    cfg = _load(args.config)
+    prompts = list(DEFAULT_PROMPTS)
+    if args.prompts:
+        try:
+            with open(args.prompts, encoding="utf-8") as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        except OSError as exc:
+            raise UsageError(f"--prompts {args.prompts}: {exc.strerror}") from None
+        if not prompts:
+            raise UsageError(f"--prompts {args.prompts}: no prompts in the file")
+    if _preflight_or_stop(cfg, args.instance, args.json) is None:
+        return EXIT_FAILED
+    gen = _load_generator(cfg)
+    total = (1 + len(args.draft_tokens)) * args.repeat
+    with Progress(transient=True, console=_stderr_console()) as progress:
+        task = progress.add_task("benchmarking", total=total)
+        report = run_bench(gen, prompts, args.draft_tokens, args.max_new_tokens, args.repeat,
+                           tick=lambda label: progress.update(task, advance=1,
+                                                              description=label))  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    _render_bench(_console(), report)
+    return EXIT_OK
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _render_bench(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    base = report["baseline"]
+    console.print(f"target only: {base['tokens_per_s']:.1f} tokens/s over {report['prompts']} "
+                  f"prompt(s) x {report['max_new_tokens']} tokens; target step "
+                  f"{base['target_step_ms']:.1f} ms")  # fmt: skip
+    t = Table()
+    cols = ("draft_tokens", "tokens/s", "speedup", "predicted", "acceptance", "tokens/pass",
+            "alpha", "c", "same output")  # fmt: skip
+    for c in cols:
+        t.add_column(c, justify="right")
+
+    def f(v: Any, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v))
+
+    for r in report["speculative"]:
+        t.add_row(str(r["draft_tokens"]), f(r["tokens_per_s"], "{:.1f}"), f(r["speedup"]),
+                  f(r["predicted_speedup"]), f(r["acceptance_rate"], "{:.0%}"),
+                  f(r["mean_tokens_per_pass"]), f(r["alpha"], "{:.3f}"), f(r["c"]),
+                  f(r["outputs_match_target"]))  # fmt: skip
+    console.print(t)
+    console.print(f"best draft_tokens: {report['best_draft_tokens']} "
+                  f"(speedup {report['best_speedup']:.2f}x)")  # fmt: skip
+
+
+COMMANDS = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "generate": cmd_generate,
+    "bench": cmd_bench,
+    "schema": cmd_schema,
+}
 
 
 def _report_error(exc: NeuronSpecError, as_json: bool) -> None:

@@ -1,0 +1,203 @@
+"""Acceptors: decide which draft tokens to keep. Usable by neuron-spec's engine and by
+transformers-neuronx's SpeculativeGenerator (both API generations).
+
+Each acceptor has
+- `samples_draft`: whether drafts must be *sampled* from the warped draft distribution
+  (lossless) or taken by argmax (greedy, neuronx-default);
+- `accept(draft_ids (B, g), draft_logits (B, g, V), target_logits (B, g+1, V))` ->
+  `(tokens (B, g+1), counts (B,))`, explicit counts, for neuron-spec's own loop;
+- `__call__(draft_ids, draft_scores, target_scores)`, transformers-neuronx's TokenAcceptor
+  convention: v1 (<= 0.12) passes `(1, k-1)`, `(k-1, V)`, `(k, V)` and expects `(1, n)`;
+  v2 (0.13) passes `(bs, k-1)`, `(bs, k-1, V)`, `(bs, k, V)` and expects `(bs, k)` int64
+  right-padded with 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+import torch
+
+from .config import SamplingSpec
+from .errors import ConfigError, ConfigProblem
+from .sampling import greedy_step, sample, speculative_step, warp
+
+
+class Acceptor(Protocol):
+    samples_draft: bool
+
+    def accept(
+        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def draft_token(self, draft_logits: torch.Tensor) -> torch.Tensor: ...
+
+
+class _Base:
+    """Shared plumbing: the transformers-neuronx call convention on top of `accept`."""
+
+    samples_draft = False
+
+    def __init__(self, sampling: SamplingSpec | None = None, generator: torch.Generator | None = None):
+        self.sampling = sampling or SamplingSpec()
+        if generator is None:
+            generator = torch.Generator()
+            if self.sampling.seed is not None:
+                generator.manual_seed(self.sampling.seed)
+            else:
+                generator.seed()
+        self.generator = generator
+
+    def accept(
+        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def draft_token(self, draft_logits: torch.Tensor) -> torch.Tensor:
+        """Pick the next draft token from draft logits (B, V) -> (B,)."""
+        return draft_logits.argmax(dim=-1)
+
+    def __call__(
+        self, draft_ids: torch.Tensor, draft_scores: torch.Tensor, target_scores: torch.Tensor
+    ) -> torch.Tensor:
+        if draft_scores.dim() == 2:  # v1: one sequence, no batch dimension on the scores
+            tokens, counts = self.accept(
+                draft_ids.reshape(1, -1), draft_scores.unsqueeze(0), target_scores.unsqueeze(0)
+            )
+            return tokens[:, : int(counts[0])]
+        tokens, counts = self.accept(draft_ids, draft_scores, target_scores)
+        k = tokens.shape[1]
+        keep = torch.arange(k, device=tokens.device).unsqueeze(0) < counts.unsqueeze(1)
+        return torch.where(keep, tokens, torch.zeros_like(tokens)).to(torch.int64)
+
+
+class GreedyAcceptor(_Base):
+    """Keep drafts while they equal the target's argmax; then the target's argmax.
+    The output equals the target's own greedy decoding, token for token."""
+
+    name = "greedy"
+
+    def accept(
+        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return greedy_step(draft_ids, target_logits)
+
+
+class LosslessAcceptor(_Base):
+    """Speculative sampling with the configured warping (temperature, top-k, top-p) applied to
+    both distributions; drafts must be sampled from the warped draft distribution. The output
+    is distributed exactly as sampling from the warped target. At temperature 0 it is greedy."""
+
+    name = "lossless"
+    samples_draft = True
+
+    def _warp(self, logits: torch.Tensor) -> torch.Tensor:
+        s = self.sampling
+        return warp(logits, s.temperature, s.top_k, s.top_p)
+
+    def draft_token(self, draft_logits: torch.Tensor) -> torch.Tensor:
+        if self.sampling.temperature == 0:
+            return draft_logits.argmax(dim=-1)
+        return sample(self._warp(draft_logits), self.generator)
+
+    def accept(
+        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sampling.temperature == 0:
+            return greedy_step(draft_ids, target_logits)
+        q = self._warp(draft_logits)  # (B, g, V)
+        p = self._warp(target_logits)  # (B, g+1, V)
+        return speculative_step(draft_ids, q, p, self.generator)
+
+
+class NeuronxDefaultAcceptor(_Base):
+    """transformers-neuronx's DefaultTokenAcceptor, reproduced for comparison: drafts by argmax,
+    then the speculative-sampling rule on the raw softmax of both models, ignoring temperature,
+    top-k and top-p. Because the drafts were not sampled from q, the output follows neither
+    greedy decoding nor the target's distribution."""
+
+    name = "neuronx-default"
+
+    def accept(
+        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        q = torch.softmax(draft_logits.float(), dim=-1)
+        p = torch.softmax(target_logits.float(), dim=-1)
+        return speculative_step(draft_ids, q, p, self.generator)
+
+
+class CallableAcceptor(_Base):
+    """Adapts a user's transformers-neuronx-style acceptor (only `__call__`) to `accept`.
+
+    The user's acceptor is called with v2 shapes; its zero-padded (bs, k) result is counted as
+    transformers-neuronx counts it (non-zero entries), so a real token id 0 ends the count.
+    """
+
+    name = "custom"
+
+    def __init__(self, inner: Any, sampling: SamplingSpec | None = None):
+        super().__init__(sampling)
+        self.inner = inner
+        self.samples_draft = bool(getattr(inner, "samples_draft", False))
+
+    def draft_token(self, draft_logits: torch.Tensor) -> torch.Tensor:
+        fn = getattr(self.inner, "draft_token", None)
+        return fn(draft_logits) if fn else draft_logits.argmax(dim=-1)
+
+    def accept(
+        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self.inner, "accept"):
+            out: tuple[torch.Tensor, torch.Tensor] = self.inner.accept(
+                draft_ids, draft_logits, target_logits
+            )
+            return out
+        result = torch.as_tensor(self.inner(draft_ids, draft_logits, target_logits))
+        if result.dim() == 1:
+            result = result.unsqueeze(0)
+        k = target_logits.shape[1]
+        tokens = torch.zeros(result.shape[0], k, dtype=torch.long)
+        tokens[:, : result.shape[1]] = result[:, :k].long()
+        counts = (tokens != 0).int().cumprod(dim=-1).sum(dim=-1).clamp(min=1)
+        return tokens, counts.long()
+
+
+BUILTIN: dict[str, type[_Base]] = {
+    "greedy": GreedyAcceptor,
+    "lossless": LosslessAcceptor,
+    "neuronx-default": NeuronxDefaultAcceptor,
+}
+
+
+def make_acceptor(name: str, sampling: SamplingSpec, path: str = "speculation.acceptor") -> _Base:
+    """Build the acceptor a config names: a built-in, or 'package.module:Class'."""
+    if name in BUILTIN:
+        return BUILTIN[name](sampling)
+    module_name, _, class_name = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            [ConfigProblem(path, f"cannot import acceptor {name!r}: {exc}.",
+                           "check the module is importable (on PYTHONPATH) and the class name.")]
+        ) from None  # fmt: skip
+    try:
+        inner = cls(sampling) if _takes_argument(cls) else cls()
+    except Exception as exc:  # a user's constructor: report, don't crash
+        raise ConfigError(
+            [ConfigProblem(path, f"constructing {name} failed: {type(exc).__name__}: {exc}.")]
+        ) from None
+    if isinstance(inner, _Base):
+        return inner
+    return CallableAcceptor(inner, sampling)
+
+
+def _takes_argument(cls: type) -> bool:
+    import inspect
+
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)

@@ -1,0 +1,184 @@
+"""Reference backend: PyTorch + Hugging Face transformers, on CPU or CUDA.
+
+Loads draft and target from a checkpoint directory (safetensors or .bin) or a .gguf file and
+runs them through neuron-spec's speculative engine with real KV caches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailableError, ConfigError, ConfigProblem
+
+try:  # the reference extra; its absence is reported when a backend is actually needed
+    import torch
+except ImportError:  # pragma: no cover - exercised by the light install
+    torch = None  # type: ignore[assignment]
+
+DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+
+
+def require_torch() -> None:
+    if torch is None:
+        raise BackendUnavailableError(
+            "the reference backend needs PyTorch and transformers, which are not installed. "
+            "Install them with: pip install torch==2.13.0 && pip install 'neuron-spec[reference]'"
+        )
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError(
+            "the reference backend needs transformers: pip install 'neuron-spec[reference]'"
+        ) from None
+
+
+def pick_device() -> str:
+    """NEURON_SPEC_DEVICE if set (cpu, cuda, cuda:1), else CUDA when present, else CPU."""
+    forced = os.environ.get("NEURON_SPEC_DEVICE")
+    if forced:
+        return forced
+    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+
+
+def _crop(cache: Any, length: int) -> None:
+    """Keep the first `length` cache columns (works with transformers 4.x and 5.x)."""
+    current = cache.get_seq_length()
+    if length < current:
+        cache.crop(length - current)  # negative: remove that many from the end
+
+
+class HFRunner:
+    """One transformers causal LM with a DynamicCache and a per-row live-column mask."""
+
+    def __init__(self, model: Any, device: str | None = None):
+        self.model = model
+        self.device = device or str(next(model.parameters()).device)
+        self.vocab_size = int(model.config.vocab_size)
+        self.cache: Any = None
+        self.mask = torch.zeros((0, 0), dtype=torch.bool)
+        self.n_live = torch.zeros(0, dtype=torch.long)
+
+    def reset(self, batch: int) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        self.mask = torch.zeros((batch, 0), dtype=torch.bool)
+        self.n_live = torch.zeros(batch, dtype=torch.long)
+
+    @property
+    def length(self) -> int:
+        return int(self.mask.shape[1])
+
+    def feed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positions = (self.n_live.unsqueeze(1) + mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        full_mask = torch.cat([self.mask, mask], dim=1)
+        out = self.model(
+            input_ids=tokens.to(self.device),
+            attention_mask=full_mask.long().to(self.device),
+            position_ids=positions.to(self.device),
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.mask = full_mask
+        self.n_live = self.n_live + mask.long().sum(dim=1)
+        return out.logits.float().cpu()  # (B, w, V)
+
+    def invalidate_from(self, start: torch.Tensor) -> None:
+        columns = torch.arange(self.length).unsqueeze(0)  # (1, T)
+        self.mask = self.mask & (columns < start.unsqueeze(1))
+        keep = min(self.length, int(start.max()))
+        _crop(self.cache, keep)
+        self.mask = self.mask[:, :keep]
+        self.n_live = self.mask.long().sum(dim=1)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    path: str
+    amp: str
+    device: str
+
+
+def _model_location(model: str, base_dir: Path) -> Path:
+    p = Path(os.path.expandvars(os.path.expanduser(model)))
+    return p if p.is_absolute() else (base_dir / p)
+
+
+def load_model(model: str, amp: str, base_dir: Path, tokenizer: str | None = None,
+               device: str | None = None, path_field: str = "model") -> LoadedModel:  # fmt: skip
+    """Load a causal LM and its tokenizer from a checkpoint directory or a .gguf file."""
+    require_torch()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI shows its own progress
+    hf_logging.set_verbosity_error()
+
+    device = device or pick_device()
+    location = _model_location(model, base_dir)
+    if not location.exists():
+        raise ConfigError(
+            [ConfigProblem(path_field, f"{location} does not exist; the reference backend loads "
+                           "weights from disk (catalog names only size a model).",
+                           "point it at a checkpoint directory or a .gguf file.")]
+        )  # fmt: skip
+    dtype = getattr(torch, DTYPES[amp])
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if location.is_file() and location.suffix.lower() == ".gguf":
+        src, kwargs["gguf_file"] = str(location.parent), location.name
+    else:
+        src = str(location)
+    tok_src = str(_model_location(tokenizer, base_dir)) if tokenizer else src
+    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs and not tokenizer else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(tok_src, **tok_kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            [ConfigProblem(path_field, f"transformers could not load {location}: {exc}",
+                           "check the directory holds config.json, weights and a tokenizer.")]
+        ) from None  # fmt: skip
+    lm.to(device)
+    lm.eval()
+    return LoadedModel(lm, tok, str(location), amp, device)
+
+
+def _eos_ids(lm: Any, tok: Any, override: int | list[int] | None) -> list[int]:
+    if override is not None:
+        return list(override) if isinstance(override, list) else [override]
+    for source in (getattr(lm, "generation_config", None), lm.config, tok):
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            return list(value) if isinstance(value, list | tuple) else [int(value)]
+    return []
+
+
+def load_reference_generator(cfg: Any, progress: Any = None) -> Any:
+    """Load target and draft with transformers; return a Generator on HF runners."""
+    from ..generate import Generator
+
+    spec = cfg.spec
+    say = progress or (lambda _msg: None)
+    device = pick_device()
+    say(f"loading target {spec.target.model} ({spec.target.amp}, {device})")
+    target = load_model(spec.target.model, spec.target.amp, cfg.base_dir, spec.target.tokenizer,
+                        device, "target.model")  # fmt: skip
+    say(f"loading draft {spec.draft.model} ({spec.draft.amp}, {device})")
+    draft = load_model(spec.draft.model, spec.draft.amp, cfg.base_dir, spec.draft.tokenizer,
+                       device, "draft.model")  # fmt: skip
+    t_vocab, d_vocab = target.model.config.vocab_size, draft.model.config.vocab_size
+    if t_vocab != d_vocab:
+        raise ConfigError([ConfigProblem("draft.model", f"the draft's vocabulary ({d_vocab}) "
+                                         f"differs from the target's ({t_vocab}).",
+                                         "use a draft that shares the target's tokenizer.")])  # fmt: skip
+    tok = target.tokenizer
+    eos = _eos_ids(target.model, tok, spec.generation.eos_token_id)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
+    return Generator(cfg, HFRunner(target.model, device), HFRunner(draft.model, device), tok,
+                     eos, int(pad), device)  # fmt: skip

@@ -1,0 +1,103 @@
+"""`neuron-spec bench`: target-only decoding against speculation at several gamma."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .generate import Generation, Generator
+from .speedup import alpha_from_mean_tokens, expected_speedup
+
+DEFAULT_PROMPTS = (
+    "The history of the printing press begins",
+    "Write a short explanation of why the sky is blue.",
+    "def fibonacci(n):",
+)
+
+
+@dataclass
+class BenchRow:
+    draft_tokens: int  # 0 = target only
+    seconds: float
+    new_tokens: int
+    target_passes: int
+    drafted: int
+    accepted: int
+    draft_step_ms: float | None
+    target_step_ms: float | None
+    outputs: list[list[int]]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"draft_tokens": self.draft_tokens, "seconds": round(self.seconds, 4),
+                "new_tokens": self.new_tokens, "tokens_per_s": round(self.tokens_per_s, 3),
+                "target_passes": self.target_passes, "drafted": self.drafted,
+                "accepted": self.accepted}  # fmt: skip
+
+
+def _run(gen: Generator, prompts: Sequence[str], gamma: int, max_new: int) -> BenchRow:
+    results: list[Generation] = [gen.generate(p, max_new_tokens=max_new, draft_tokens=gamma)
+                                 for p in prompts]  # fmt: skip
+    m = [r.metrics for r in results]
+    d_ms = [x.draft_step_ms for x in m if x.draft_step_ms is not None]
+    t_ms = [x.target_step_ms for x in m if x.target_step_ms is not None]
+    return BenchRow(
+        draft_tokens=gamma,
+        seconds=sum(x.seconds for x in m),
+        new_tokens=sum(x.new_tokens for x in m),
+        target_passes=sum(x.target_passes for x in m),
+        drafted=sum(x.drafted for x in m),
+        accepted=sum(x.accepted for x in m),
+        draft_step_ms=sum(d_ms) / len(d_ms) if d_ms else None,
+        target_step_ms=sum(t_ms) / len(t_ms) if t_ms else None,
+        outputs=[r.token_ids[0] for r in results],
+    )
+
+
+def run_bench(gen: Generator, prompts: Sequence[str], gammas: Sequence[int], max_new: int,
+              repeat: int = 1, tick: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    tick = tick or (lambda _s: None)
+    gen.generate(prompts[0], max_new_tokens=4, draft_tokens=max(gammas))  # warm-up
+    best: dict[int, BenchRow] = {}
+    for gamma in [0, *gammas]:
+        for _ in range(repeat):
+            row = _run(gen, prompts, gamma, max_new)
+            if gamma not in best or row.seconds < best[gamma].seconds:
+                best[gamma] = row
+            tick("target only" if gamma == 0 else f"draft_tokens={gamma}")
+    base = best[0]
+    greedy = gen.spec.sampling.temperature == 0
+    rows = []
+    for gamma in gammas:
+        r = best[gamma]
+        steps = r.target_passes
+        mean_l = (r.accepted + steps) / steps if steps else None
+        alpha = alpha_from_mean_tokens(mean_l, gamma) if mean_l else None
+        c = (r.draft_step_ms / base.target_step_ms
+             if r.draft_step_ms and base.target_step_ms else None)  # fmt: skip
+        rows.append({
+            **r.to_dict(),
+            "speedup": round(r.tokens_per_s / base.tokens_per_s, 3),
+            "acceptance_rate": round(r.accepted / r.drafted, 4) if r.drafted else None,
+            "mean_tokens_per_pass": round(mean_l, 3) if mean_l else None,
+            "alpha": round(alpha, 4) if alpha is not None else None,
+            "c": round(c, 4) if c is not None else None,
+            "predicted_speedup": (round(expected_speedup(alpha, gamma, c), 3)
+                                  if alpha is not None and c is not None else None),
+            "outputs_match_target": (r.outputs == base.outputs) if greedy else None,
+        })  # fmt: skip
+    best_row = max(rows, key=lambda x: x["speedup"])
+    return {
+        "prompts": len(prompts),
+        "max_new_tokens": max_new,
+        "temperature": gen.spec.sampling.temperature,
+        "acceptor": gen.spec.speculation.acceptor,
+        "baseline": {**base.to_dict(), "target_step_ms": round(base.target_step_ms or 0, 3)},
+        "speculative": rows,
+        "best_draft_tokens": best_row["draft_tokens"],
+        "best_speedup": best_row["speedup"],
+    }

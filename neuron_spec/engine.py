@@ -1,0 +1,194 @@
+"""The speculative decoding loop, independent of how the models are run.
+
+A `Runner` wraps one model with its KV cache. The cache is a row of columns per sequence;
+a boolean mask marks which columns are live. Feeding appends columns; rejected draft tokens
+are rolled back by masking their columns and cropping the columns no row needs, never by
+recomputing from the prompt. Rows of a batch accept different numbers of tokens, so each
+row's live columns may have holes; position ids count live columns, so a row's positions are
+exactly those of its own sequence.
+
+Invariant between steps: each model's cache holds every committed token of a row except the
+ones in that row's to-do list, which are fed at the start of the next step (the target's
+to-do is the last emitted token; the draft's also holds the last draft token when every
+draft was accepted, since the draft never fed it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .acceptors import Acceptor
+
+
+class Runner(Protocol):
+    """One model and its cache."""
+
+    vocab_size: int
+
+    def reset(self, batch: int) -> None: ...
+
+    @property
+    def length(self) -> int:
+        """Columns in the cache (live or not)."""
+        ...
+
+    def feed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Append columns tokens (B, w) with live mask (B, w); return logits (B, w, V)."""
+        ...
+
+    def invalidate_from(self, start: torch.Tensor) -> None:
+        """Mark row b's columns >= start[b] dead; crop columns that are dead in every row."""
+        ...
+
+
+StreamCallback = Callable[[int, list[int]], None]
+
+
+@dataclass
+class StepRecord:
+    seconds: float
+    drafted: int  # gamma for this step
+    accepted: list[int]  # per row, drafts accepted (before EOS / length truncation)
+    emitted: list[int]  # per row, tokens actually appended
+
+
+@dataclass
+class EngineResult:
+    tokens: list[list[int]]  # generated ids per row (prompt excluded)
+    finished_by_eos: list[bool]
+    steps: list[StepRecord]
+    start: float
+    first_token_at: list[float | None]  # per row, perf_counter time of its first token
+    draft_step_seconds: list[float] = field(default_factory=list)  # 1-token draft feeds
+    target_step_seconds: list[float] = field(default_factory=list)  # target passes
+    end: float = 0.0
+
+
+def _chunk(todo: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-aligned (B, w) tokens and live mask from per-row token lists."""
+    width = max(1, max(len(t) for t in todo))
+    tokens = torch.full((len(todo), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(todo), width), dtype=torch.bool)
+    for b, row in enumerate(todo):
+        if row:
+            tokens[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[b, width - len(row) :] = True
+    return tokens, mask
+
+
+def _timed_feed(runner: Runner, tokens: torch.Tensor, mask: torch.Tensor, sink: list[float] | None) -> torch.Tensor:
+    t0 = time.perf_counter()
+    out = runner.feed(tokens, mask)
+    if sink is not None:
+        sink.append(time.perf_counter() - t0)
+    return out
+
+
+@torch.inference_mode()
+def speculative_generate(
+    target: Runner,
+    draft: Runner | None,
+    acceptor: Acceptor,
+    prompts: Sequence[Sequence[int]],
+    *,
+    draft_tokens: int,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int] = (),
+    pad_token_id: int = 0,
+    on_tokens: StreamCallback | None = None,
+) -> EngineResult:
+    """Generate up to max_new_tokens per prompt. draft=None or draft_tokens=0: target only."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    batch = len(prompts)
+    gamma_max = draft_tokens if draft is not None else 0
+    eos = set(eos_token_ids)
+    target.reset(batch)
+    if draft is not None:
+        draft.reset(batch)
+    target_todo: list[list[int]] = [list(p) for p in prompts]
+    draft_todo: list[list[int]] = [list(p) for p in prompts]
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [False] * batch
+    by_eos = [False] * batch
+    result = EngineResult(out, by_eos, [], time.perf_counter(), [None] * batch)
+
+    while not all(done):
+        t_step = time.perf_counter()
+        remaining = max(max_new_tokens - len(out[b]) for b in range(batch) if not done[b])
+        gamma = min(gamma_max, remaining - 1)  # no point drafting past the budget
+
+        # 1. Draft gamma tokens, one at a time (the first feed catches the draft's cache up).
+        draft_ids = torch.zeros((batch, gamma), dtype=torch.long)
+        draft_logits: list[torch.Tensor] = []
+        d_start = 0
+        if gamma > 0 and draft is not None:
+            tokens, mask = _chunk(draft_todo, pad_token_id)
+            logits = draft.feed(tokens, mask)[:, -1]  # (B, V)
+            d_start = draft.length  # column where d_1 will be written
+            for i in range(gamma):
+                draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
+                draft_logits.append(logits)
+                if i < gamma - 1:
+                    one = torch.ones((batch, 1), dtype=torch.bool)
+                    logits = _timed_feed(draft, draft_ids[:, i : i + 1], one, result.draft_step_seconds)[:, -1]
+
+        # 2. The target scores its to-do tokens plus the gamma drafts in one pass.
+        tokens, mask = _chunk(target_todo, pad_token_id)
+        t_width = tokens.shape[1]
+        t_start = target.length
+        tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
+        mask = torch.cat([mask, torch.ones((batch, gamma), dtype=torch.bool)], dim=1)
+        t_logits = _timed_feed(target, tokens, mask, result.target_step_seconds)[:, -(gamma + 1) :]
+
+        # 3. Accept a prefix of the drafts and emit one more token: (B, gamma + 1), (B,).
+        q_logits = torch.stack(draft_logits, dim=1) if gamma > 0 else t_logits[:, :0]
+        emitted, counts = acceptor.accept(draft_ids, q_logits, t_logits)
+        n_acc = (counts - 1).clamp(min=0, max=gamma)  # (B,)
+
+        # 4. Roll back what was rejected.
+        target.invalidate_from(t_start + t_width + n_acc)
+        if gamma > 0 and draft is not None:
+            draft.invalidate_from(d_start + n_acc)
+
+        # 5. Commit, per row: stop at EOS or the token budget.
+        now = time.perf_counter()
+        record = StepRecord(now - t_step, gamma, [], [])
+        for b in range(batch):
+            n = int(counts[b])
+            new = [int(x) for x in emitted[b, :n]]
+            accepted = int(n_acc[b])
+            if done[b]:
+                record.accepted.append(0)
+                record.emitted.append(0)
+                new_todo = [new[-1]]
+            else:
+                keep = new[: max_new_tokens - len(out[b])]
+                for i, tok in enumerate(keep):
+                    if tok in eos:
+                        keep = keep[: i + 1]
+                        by_eos[b] = True
+                        break
+                out[b].extend(keep)
+                if result.first_token_at[b] is None and keep:
+                    result.first_token_at[b] = now
+                record.accepted.append(accepted)
+                record.emitted.append(len(keep))
+                if by_eos[b] or len(out[b]) >= max_new_tokens:
+                    done[b] = True
+                if on_tokens is not None and keep:
+                    on_tokens(b, keep)
+                new_todo = [new[-1]]
+            target_todo[b] = new_todo
+            if gamma > 0:
+                draft_todo[b] = ([int(draft_ids[b, -1])] if accepted == gamma else []) + new_todo
+            else:
+                draft_todo[b] = draft_todo[b] + new_todo
+        result.steps.append(record)
+    result.end = time.perf_counter()
+    return result

@@ -1,0 +1,191 @@
+"""Generator: text in, text and figures out, on whichever backend the config names."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import ConfigFile, SamplingSpec
+from .engine import EngineResult, Runner, speculative_generate
+from .speedup import alpha_from_mean_tokens
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+@dataclass
+class Metrics:
+    """Figures of one generate call (all rows of a batch together)."""
+
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+    time_to_first_token_s: float | None
+    time_per_output_token_s: dict[str, float | None]  # mean, p50, p90, p99
+    tokens_per_s: float
+    target_passes: int
+    draft_tokens: int  # gamma as configured
+    drafted: int
+    accepted: int
+    acceptance_rate: float | None  # accepted / drafted
+    mean_tokens_per_pass: float | None  # L: tokens emitted per target pass, per row
+    per_position_acceptance: list[float]  # P(draft i accepted | drafted), i = 1..gamma
+    alpha: float | None  # per-token acceptance probability, from L
+    draft_step_ms: float | None  # mean time of a 1-token draft pass
+    target_step_ms: float | None  # mean time of a target pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metrics:
+    new_tokens = sum(len(t) for t in res.tokens)
+    seconds = max(res.end - res.start, 1e-9)
+    firsts = [t - res.start for t in res.first_token_at if t is not None]
+    per_token: list[float] = []
+    drafted = accepted = row_steps = full_row_steps = full_accepted = 0
+    pos_drafted = [0] * gamma
+    pos_accepted = [0] * gamma
+    for i, step in enumerate(res.steps):
+        for acc, emitted in zip(step.accepted, step.emitted, strict=True):
+            if emitted == 0:
+                continue  # the row had finished
+            row_steps += 1
+            drafted += step.drafted
+            accepted += acc
+            if step.drafted == gamma:
+                full_row_steps += 1
+                full_accepted += acc
+            for j in range(step.drafted):
+                pos_drafted[j] += 1
+                pos_accepted[j] += int(acc > j)
+            if i > 0:
+                per_token.extend([step.seconds / emitted] * emitted)
+    mean_l = (full_accepted + full_row_steps) / full_row_steps if full_row_steps else None
+    alpha = alpha_from_mean_tokens(mean_l, gamma) if (mean_l is not None and gamma > 0) else None
+    return Metrics(
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        seconds=seconds,
+        time_to_first_token_s=statistics.fmean(firsts) if firsts else None,
+        time_per_output_token_s={
+            "mean": statistics.fmean(per_token) if per_token else None,
+            "p50": _percentile(per_token, 0.50),
+            "p90": _percentile(per_token, 0.90),
+            "p99": _percentile(per_token, 0.99),
+        },
+        tokens_per_s=new_tokens / seconds,
+        target_passes=len(res.steps),
+        draft_tokens=gamma,
+        drafted=drafted,
+        accepted=accepted,
+        acceptance_rate=accepted / drafted if drafted else None,
+        mean_tokens_per_pass=(accepted + row_steps) / row_steps if row_steps else None,
+        per_position_acceptance=[a / d if d else 0.0 for a, d in zip(pos_accepted, pos_drafted, strict=True)],
+        alpha=alpha,
+        draft_step_ms=statistics.fmean(res.draft_step_seconds) * 1e3 if res.draft_step_seconds else None,
+        target_step_ms=statistics.fmean(res.target_step_seconds) * 1e3 if res.target_step_seconds else None,
+    )
+
+
+@dataclass
+class Generation:
+    text: list[str]
+    token_ids: list[list[int]]  # generated tokens only, per prompt
+    finished_by_eos: list[bool]
+    metrics: Metrics
+    prompt_token_ids: list[list[int]] = field(default_factory=list)
+
+    def to_dict(self, single: bool = False) -> dict[str, Any]:
+        if single and len(self.text) == 1:
+            return {"text": self.text[0], "token_ids": self.token_ids[0],
+                    "finished_by_eos": self.finished_by_eos[0], "metrics": self.metrics.to_dict()}  # fmt: skip
+        return {"text": self.text, "token_ids": self.token_ids,
+                "finished_by_eos": self.finished_by_eos, "metrics": self.metrics.to_dict()}  # fmt: skip
+
+
+TextCallback = Callable[[int, str], None]
+
+
+class Generator:
+    """A loaded draft/target pair plus its tokenizer; `generate` as often as you like."""
+
+    def __init__(self, cfg: ConfigFile, target: Runner, draft: Runner | None, tokenizer: Any,
+                 eos_token_ids: Sequence[int], pad_token_id: int, device: str = "cpu"):  # fmt: skip
+        self.cfg = cfg
+        self.spec = cfg.spec
+        self.target = target
+        self.draft = draft
+        self.tokenizer = tokenizer
+        self.eos_token_ids = list(eos_token_ids)
+        self.pad_token_id = pad_token_id
+        self.device = device
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        ids = [list(self.tokenizer(p).input_ids) for p in prompts]
+        for p, row in zip(prompts, ids, strict=True):
+            if not row:
+                raise ValueError(f"prompt {p!r} encodes to no tokens")
+        return ids
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        draft_tokens: int | None = None,
+        on_text: TextCallback | None = None,
+        prompt_token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> Generation:
+        from .acceptors import make_acceptor
+
+        batch = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = [list(p) for p in prompt_token_ids] if prompt_token_ids is not None else self.encode(batch)
+        s = self.spec.sampling
+        sampling = SamplingSpec(
+            temperature=s.temperature if temperature is None else float(temperature),
+            top_k=s.top_k if top_k is None else top_k,
+            top_p=s.top_p if top_p is None else float(top_p),
+            seed=s.seed if seed is None else seed,
+        )
+        acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
+        gamma = self.spec.speculation.draft_tokens if draft_tokens is None else draft_tokens
+        callback = None
+        if on_text is not None:
+            so_far: list[list[int]] = [[] for _ in ids]
+            shown = [""] * len(ids)
+
+            def callback(row: int, new: list[int]) -> None:
+                so_far[row].extend(new)
+                text = self.tokenizer.decode(so_far[row], skip_special_tokens=True)
+                if text.endswith("\ufffd"):
+                    return  # an incomplete multi-byte character: wait for the rest
+                on_text(row, text[len(shown[row]) :])
+                shown[row] = text
+
+        res = speculative_generate(
+            self.target,
+            self.draft if gamma > 0 else None,
+            acceptor,
+            ids,
+            draft_tokens=gamma,
+            max_new_tokens=max_new_tokens or self.spec.generation.max_new_tokens,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            on_tokens=callback,
+        )
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in res.tokens]
+        metrics = compute_metrics(res, sum(len(p) for p in ids), gamma)
+        return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids)
