@@ -75,10 +75,11 @@ def speculative_step(
     n_accepted = accepted.int().cumprod(dim=-1).sum(dim=-1)  # (B,): length of accepted prefix
     rows = torch.arange(batch, device=p.device)  # (B,)
     p_n = p[rows, n_accepted]  # (B, V): target at the first rejection, or the bonus position
-    q_n = torch.cat([q, torch.zeros_like(q[:, :1])], dim=1)[rows, n_accepted]  # (B, V); 0 at bonus
+    no_draft = q.new_zeros(batch, 1, p.shape[-1])  # q is 0 at the bonus position
+    q_n = torch.cat([q, no_draft], dim=1)[rows, n_accepted]  # (B, V)
     last = sample(_residual(p_n, q_n), generator)  # (B,): resample from norm(max(p - q, 0))
     positions = torch.arange(gamma + 1, device=p.device).unsqueeze(0)  # (1, gamma + 1)
-    padded = torch.cat([draft_tokens, torch.zeros_like(draft_tokens[:, :1])], dim=1)
+    padded = torch.cat([draft_tokens, draft_tokens.new_zeros(batch, 1)], dim=1)  # (B, gamma + 1)
     tokens = torch.where(positions < n_accepted.unsqueeze(1), padded, torch.zeros_like(padded))
     tokens[rows, n_accepted] = last  # (B, gamma + 1)
     return tokens, (n_accepted + 1).long()

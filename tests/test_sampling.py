@@ -1,0 +1,160 @@
+"""Sampling math: warping, the vectorised step against its loop form, and the distribution
+of speculative sampling measured with chi-square tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from neuron_spec.acceptors import (GreedyAcceptor, LosslessAcceptor, NeuronxDefaultAcceptor,
+                                   make_acceptor)  # fmt: skip
+from neuron_spec.config import SamplingSpec
+from neuron_spec.engine import speculative_generate
+from neuron_spec.sampling import greedy_step, speculative_step, speculative_step_loop, warp
+
+from .stubs import StubRunner
+
+pytestmark = pytest.mark.reference
+
+# A test passes the chi-square check when p >= P_ACCEPT; a deviation must give p <= P_DEVIATE.
+# Seeds are fixed, so each outcome is deterministic.
+P_ACCEPT = 1e-3
+P_DEVIATE = 1e-8
+
+
+def test_warp_greedy_is_one_hot():
+    probs = warp(torch.tensor([[0.1, 3.0, 2.0]]), 0.0)
+    assert probs.tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_warp_top_k_and_top_p():
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.1]))
+    assert (warp(logits, 1.0, top_k=2) > 0).tolist() == [True, True, False, False]
+    assert torch.allclose(warp(logits, 1.0, top_k=2), torch.tensor([2 / 3, 1 / 3, 0, 0]))
+    # top_p 0.7: 0.5 < 0.7, 0.5 + 0.25 >= 0.7 -> keep two
+    assert (warp(logits, 1.0, top_p=0.7) > 0).tolist() == [True, True, False, False]
+    # top_p smaller than the best token still keeps it
+    assert (warp(logits, 1.0, top_p=0.1) > 0).tolist() == [True, False, False, False]
+    assert torch.allclose(warp(logits, 1.0), torch.tensor([0.5, 0.25, 0.15, 0.1]))
+    hot = warp(logits, 0.5)
+    assert hot[0] > 0.5 and torch.isclose(hot.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_vectorised_step_equals_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    batch, gamma, vocab = 6, 4, 7
+    q = torch.softmax(torch.randn(batch, gamma, vocab, generator=g), dim=-1)
+    p = torch.softmax(torch.randn(batch, gamma + 1, vocab, generator=g), dim=-1)
+    drafts = torch.multinomial(q.reshape(-1, vocab), 1, generator=g).reshape(batch, gamma)
+    a = speculative_step(drafts, q, p, torch.Generator().manual_seed(100 + seed))
+    b = speculative_step_loop(drafts, q, p, torch.Generator().manual_seed(100 + seed))
+    assert torch.equal(a[1], b[1])
+    for row in range(batch):
+        n = int(a[1][row])
+        assert torch.equal(a[0][row, :n], b[0][row, :n])
+        assert torch.equal(a[0][row, :n - 1], drafts[row, :n - 1])
+
+
+def test_greedy_step():
+    logits = torch.zeros(2, 4, 5)
+    for pos, tok in enumerate([1, 2, 3, 4]):
+        logits[:, pos, tok] = 1.0
+    tokens, counts = greedy_step(torch.tensor([[1, 2, 0], [1, 2, 3]]), logits)
+    assert counts.tolist() == [3, 4]
+    assert tokens[0, :3].tolist() == [1, 2, 3] and tokens[1].tolist() == [1, 2, 3, 4]
+
+
+def test_acceptor_shapes_v1_and_v2():
+    acc = GreedyAcceptor()
+    k, vocab = 4, 6
+    target = torch.zeros(k, vocab)
+    for pos, tok in enumerate([3, 1, 5, 2]):
+        target[pos, tok] = 5.0
+    draft_ids = torch.tensor([[3, 1, 4]])
+    v1 = acc(draft_ids, torch.zeros(k - 1, vocab), target)  # v1: 2-D scores
+    assert v1.tolist() == [[3, 1, 5]]
+    v2 = acc(torch.cat([draft_ids, torch.tensor([[0, 0, 0]])]), torch.zeros(2, k - 1, vocab),
+             torch.stack([target, target]))  # v2: 3-D, zero right-padded (bs, k)
+    assert v2.dtype == torch.int64 and v2.shape == (2, k)
+    assert v2.tolist() == [[3, 1, 5, 0], [3, 0, 0, 0]]
+
+
+def test_custom_acceptor_by_import_path():
+    acc = make_acceptor("neuron_spec.acceptors:GreedyAcceptor", SamplingSpec())
+    assert isinstance(acc, GreedyAcceptor)
+
+
+# --- distribution tests on Markov-chain stubs ----------------------------------------------
+
+VOCAB, STEPS, ROWS = 5, 4, 6000
+
+
+def chains(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(VOCAB, VOCAB, generator=g) * 1.5
+    draft = target + torch.randn(VOCAB, VOCAB, generator=g) * 1.0  # a rough draft
+    return target, draft
+
+
+def exact_marginals(table: torch.Tensor, start: int, sampling: SamplingSpec) -> list[torch.Tensor]:
+    """P(token at position t) for t = 1..STEPS under the warped target chain."""
+    trans = warp(table, sampling.temperature, sampling.top_k, sampling.top_p).double()
+    dist = torch.zeros(VOCAB, dtype=torch.double)
+    dist[start] = 1.0
+    out = []
+    for _ in range(STEPS):
+        dist = dist @ trans
+        out.append(dist)
+    return out
+
+
+def sampled_tokens(acceptor, target: torch.Tensor, draft: torch.Tensor, gamma: int) -> torch.Tensor:
+    res = speculative_generate(StubRunner(target), StubRunner(draft), acceptor,
+                               [[0]] * ROWS, draft_tokens=gamma, max_new_tokens=STEPS)
+    return torch.tensor(res.tokens)  # (ROWS, STEPS)
+
+
+def worst_p_value(tokens: torch.Tensor, marginals: list[torch.Tensor]) -> float:
+    worst = 1.0
+    for t, probs in enumerate(marginals):
+        observed = torch.bincount(tokens[:, t], minlength=VOCAB).double()
+        keep = probs > 0
+        assert observed[~keep].sum() == 0, "sampled a token the warped target forbids"
+        expected = probs[keep] / probs[keep].sum() * observed[keep].sum()
+        worst = min(worst, float(chisquare(observed[keep].numpy(), expected.numpy()).pvalue))
+    return worst
+
+
+SETTINGS = {
+    "t1": SamplingSpec(temperature=1.0, seed=11),
+    "t0.7-top3": SamplingSpec(temperature=0.7, top_k=3, seed=12),
+    "t0.9-top_p0.8": SamplingSpec(temperature=0.9, top_p=0.8, seed=13),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+@pytest.mark.parametrize("gamma", [1, 3])
+def test_lossless_matches_the_target_distribution(name, gamma):
+    sampling = SETTINGS[name]
+    target, draft = chains(seed=3)
+    tokens = sampled_tokens(LosslessAcceptor(sampling), target, draft, gamma)
+    assert worst_p_value(tokens, exact_marginals(target, 0, sampling)) >= P_ACCEPT
+
+
+def test_neuronx_default_deviates_from_the_target_distribution():
+    sampling = SamplingSpec(temperature=1.0, seed=21)
+    target, draft = chains(seed=3)
+    tokens = sampled_tokens(NeuronxDefaultAcceptor(sampling), target, draft, 3)
+    assert worst_p_value(tokens, exact_marginals(target, 0, sampling)) <= P_DEVIATE
+
+
+def test_lossless_at_temperature_zero_is_greedy():
+    target, draft = chains(seed=4)
+    sampling = SamplingSpec(temperature=0.0)
+    tokens = sampled_tokens(LosslessAcceptor(sampling), target, draft, 2)
+    greedy = [int(target[0].argmax())]
+    for _ in range(STEPS - 1):
+        greedy.append(int(target[greedy[-1]].argmax()))
+    assert (tokens == torch.tensor(greedy)).all()
