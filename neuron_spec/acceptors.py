@@ -39,7 +39,9 @@ class _Base:
 
     samples_draft = False
 
-    def __init__(self, sampling: SamplingSpec | None = None, generator: torch.Generator | None = None):
+    def __init__(
+        self, sampling: SamplingSpec | None = None, generator: torch.Generator | None = None
+    ):
         self.sampling = sampling or SamplingSpec()
         if generator is None:
             generator = torch.Generator()
@@ -179,9 +181,14 @@ def make_acceptor(name: str, sampling: SamplingSpec, path: str = "speculation.ac
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
-            [ConfigProblem(path, f"cannot import acceptor {name!r}: {exc}.",
-                           "check the module is importable (on PYTHONPATH) and the class name.")]
-        ) from None  # fmt: skip
+            [
+                ConfigProblem(
+                    path,
+                    f"cannot import acceptor {name!r}: {exc}.",
+                    "check the module is importable (on PYTHONPATH) and the class name.",
+                )
+            ]
+        ) from None
     try:
         inner = cls(sampling) if _takes_argument(cls) else cls()
     except Exception as exc:  # a user's constructor: report, don't crash

@@ -11,7 +11,7 @@ from .speedup import alpha_from_mean_tokens, expected_speedup
 
 DEFAULT_PROMPTS = (
     "The history of the printing press begins",
-    "Write a short explanation of why the sky is blue.",
+    "Once upon a time, in a small village by the sea,",
     "def fibonacci(n):",
 )
 
@@ -33,15 +33,21 @@ class BenchRow:
         return self.new_tokens / self.seconds
 
     def to_dict(self) -> dict[str, Any]:
-        return {"draft_tokens": self.draft_tokens, "seconds": round(self.seconds, 4),
-                "new_tokens": self.new_tokens, "tokens_per_s": round(self.tokens_per_s, 3),
-                "target_passes": self.target_passes, "drafted": self.drafted,
-                "accepted": self.accepted}  # fmt: skip
+        return {
+            "draft_tokens": self.draft_tokens,
+            "seconds": round(self.seconds, 4),
+            "new_tokens": self.new_tokens,
+            "tokens_per_s": round(self.tokens_per_s, 3),
+            "target_passes": self.target_passes,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+        }
 
 
 def _run(gen: Generator, prompts: Sequence[str], gamma: int, max_new: int) -> BenchRow:
-    results: list[Generation] = [gen.generate(p, max_new_tokens=max_new, draft_tokens=gamma)
-                                 for p in prompts]  # fmt: skip
+    results: list[Generation] = [
+        gen.generate(p, max_new_tokens=max_new, draft_tokens=gamma) for p in prompts
+    ]
     m = [r.metrics for r in results]
     d_ms = [x.draft_step_ms for x in m if x.draft_step_ms is not None]
     t_ms = [x.target_step_ms for x in m if x.target_step_ms is not None]
@@ -58,8 +64,14 @@ def _run(gen: Generator, prompts: Sequence[str], gamma: int, max_new: int) -> Be
     )
 
 
-def run_bench(gen: Generator, prompts: Sequence[str], gammas: Sequence[int], max_new: int,
-              repeat: int = 1, tick: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_bench(
+    gen: Generator,
+    prompts: Sequence[str],
+    gammas: Sequence[int],
+    max_new: int,
+    repeat: int = 1,
+    tick: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     tick = tick or (lambda _s: None)
     gen.generate(prompts[0], max_new_tokens=4, draft_tokens=max(gammas))  # warm-up
     best: dict[int, BenchRow] = {}
@@ -77,19 +89,27 @@ def run_bench(gen: Generator, prompts: Sequence[str], gammas: Sequence[int], max
         steps = r.target_passes
         mean_l = (r.accepted + steps) / steps if steps else None
         alpha = alpha_from_mean_tokens(mean_l, gamma) if mean_l else None
-        c = (r.draft_step_ms / base.target_step_ms
-             if r.draft_step_ms and base.target_step_ms else None)  # fmt: skip
-        rows.append({
-            **r.to_dict(),
-            "speedup": round(r.tokens_per_s / base.tokens_per_s, 3),
-            "acceptance_rate": round(r.accepted / r.drafted, 4) if r.drafted else None,
-            "mean_tokens_per_pass": round(mean_l, 3) if mean_l else None,
-            "alpha": round(alpha, 4) if alpha is not None else None,
-            "c": round(c, 4) if c is not None else None,
-            "predicted_speedup": (round(expected_speedup(alpha, gamma, c), 3)
-                                  if alpha is not None and c is not None else None),
-            "outputs_match_target": (r.outputs == base.outputs) if greedy else None,
-        })  # fmt: skip
+        c = (
+            r.draft_step_ms / base.target_step_ms
+            if r.draft_step_ms and base.target_step_ms
+            else None
+        )
+        rows.append(
+            {
+                **r.to_dict(),
+                "speedup": round(r.tokens_per_s / base.tokens_per_s, 3),
+                "acceptance_rate": round(r.accepted / r.drafted, 4) if r.drafted else None,
+                "mean_tokens_per_pass": round(mean_l, 3) if mean_l else None,
+                "alpha": round(alpha, 4) if alpha is not None else None,
+                "c": round(c, 4) if c is not None else None,
+                "predicted_speedup": (
+                    round(expected_speedup(alpha, gamma, c), 3)
+                    if alpha is not None and c is not None
+                    else None
+                ),
+                "outputs_match_target": (r.outputs == base.outputs) if greedy else None,
+            }
+        )
     best_row = max(rows, key=lambda x: x["speedup"])
     return {
         "prompts": len(prompts),

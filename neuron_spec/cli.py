@@ -97,15 +97,24 @@ def _parser() -> argparse.ArgumentParser:
         "tokens/s, target passes, drafted/accepted tokens, acceptance rate, mean tokens per "
         "target pass, per-position acceptance and the estimated acceptance probability alpha.",
     )
-    g.add_argument("--prompt", action="append", required=True, metavar="TEXT",
-                   help="prompt text; repeat for a batch")
+    g.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        metavar="TEXT",
+        help="prompt text; repeat for a batch",
+    )
     g.add_argument("--max-new-tokens", type=_positive_int, metavar="N")
     g.add_argument("--temperature", type=_non_negative_float, metavar="T", help="0 = greedy")
     g.add_argument("--top-k", type=_non_negative_int, metavar="K", help="0 = off")
     g.add_argument("--top-p", type=_probability, metavar="P", help="1.0 = off")
     g.add_argument("--seed", type=int, metavar="S")
-    g.add_argument("--draft-tokens", type=_non_negative_int, metavar="G",
-                   help="override speculation.draft_tokens (0 = target only)")
+    g.add_argument(
+        "--draft-tokens",
+        type=_non_negative_int,
+        metavar="G",
+        help="override speculation.draft_tokens (0 = target only)",
+    )
     g.add_argument("--stream", action="store_true", help="print text as tokens are accepted")
     b = with_config(
         "bench",
@@ -115,12 +124,22 @@ def _parser() -> argparse.ArgumentParser:
         "measured draft/target cost ratio c, the speedup S(alpha, gamma, c) the formula "
         "predicts beside the measured one, and the best draft_tokens.",
     )
-    b.add_argument("--draft-tokens", type=_int_list, default=[1, 2, 4, 6, 8], metavar="LIST",
-                   help="comma-separated values of gamma (default 1,2,4,6,8)")
+    b.add_argument(
+        "--draft-tokens",
+        type=_int_list,
+        default=[1, 2, 4, 6, 8],
+        metavar="LIST",
+        help="comma-separated values of gamma (default 1,2,4,6,8)",
+    )
     b.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: 3 built-in)")
     b.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N")
-    b.add_argument("--repeat", type=_positive_int, default=1, metavar="R",
-                   help="runs per setting; the fastest is kept")
+    b.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="R",
+        help="runs per setting; the fastest is kept",
+    )
     sc = sub.add_parser(
         "schema",
         help="print the config's JSON Schema",
@@ -165,7 +184,9 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError("draft token counts must be positive integers")
     return sorted(set(values))
@@ -416,20 +437,26 @@ def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:
     rate = metrics["acceptance_rate"]
     t.add_row("tokens", f"{metrics['new_tokens']} new, {metrics['prompt_tokens']} prompt")
     t.add_row("time to first token", ms(metrics["time_to_first_token_s"]))
-    t.add_row("time per output token",
-              f"mean {ms(tpot['mean'])}, p50 {ms(tpot['p50'])}, p90 {ms(tpot['p90'])}, "
-              f"p99 {ms(tpot['p99'])}")  # fmt: skip
+    t.add_row(
+        "time per output token",
+        f"mean {ms(tpot['mean'])}, p50 {ms(tpot['p50'])}, p90 {ms(tpot['p90'])}, "
+        f"p99 {ms(tpot['p99'])}",
+    )
     t.add_row("throughput", f"{metrics['tokens_per_s']:.1f} tokens/s")
     t.add_row("target passes", str(metrics["target_passes"]))
     if metrics["draft_tokens"]:
         t.add_row("draft tokens per step", str(metrics["draft_tokens"]))
-        t.add_row("accepted / drafted",
-                  f"{metrics['accepted']} / {metrics['drafted']}"
-                  + (f" ({rate:.0%})" if rate is not None else ""))  # fmt: skip
+        t.add_row(
+            "accepted / drafted",
+            f"{metrics['accepted']} / {metrics['drafted']}"
+            + (f" ({rate:.0%})" if rate is not None else ""),
+        )
         if metrics["mean_tokens_per_pass"] is not None:
             t.add_row("mean tokens per target pass", f"{metrics['mean_tokens_per_pass']:.2f}")
-        t.add_row("per-position acceptance",
-                  " ".join(f"{p:.2f}" for p in metrics["per_position_acceptance"]))  # fmt: skip
+        t.add_row(
+            "per-position acceptance",
+            " ".join(f"{p:.2f}" for p in metrics["per_position_acceptance"]),
+        )
         if metrics["alpha"] is not None:
             t.add_row("alpha (estimated)", f"{metrics['alpha']:.3f}")
     console.print(t)
@@ -444,6 +471,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     gen = _load_generator(cfg)
     on_text = None
     if args.stream and not args.json:
+
         def on_text(_row: int, text: str) -> None:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -451,10 +479,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         result = gen.generate(
             args.prompt if len(args.prompt) > 1 else args.prompt[0],
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-            draft_tokens=args.draft_tokens, on_text=on_text,
-        )  # fmt: skip
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            draft_tokens=args.draft_tokens,
+            on_text=on_text,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -494,9 +526,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     total = (1 + len(args.draft_tokens)) * args.repeat
     with Progress(transient=True, console=_stderr_console()) as progress:
         task = progress.add_task("benchmarking", total=total)
-        report = run_bench(gen, prompts, args.draft_tokens, args.max_new_tokens, args.repeat,
-                           tick=lambda label: progress.update(task, advance=1,
-                                                              description=label))  # fmt: skip
+        report = run_bench(
+            gen,
+            prompts,
+            args.draft_tokens,
+            args.max_new_tokens,
+            args.repeat,
+            tick=lambda label: progress.update(task, advance=1, description=label),
+        )
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -514,12 +551,23 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
     from rich.table import Table
 
     base = report["baseline"]
-    console.print(f"target only: {base['tokens_per_s']:.1f} tokens/s over {report['prompts']} "
-                  f"prompt(s) x {report['max_new_tokens']} tokens; target step "
-                  f"{base['target_step_ms']:.1f} ms")  # fmt: skip
+    console.print(
+        f"target only: {base['tokens_per_s']:.1f} tokens/s over {report['prompts']} "
+        f"prompt(s) x {report['max_new_tokens']} tokens; target step "
+        f"{base['target_step_ms']:.1f} ms"
+    )
     t = Table()
-    cols = ("draft_tokens", "tokens/s", "speedup", "predicted", "acceptance", "tokens/pass",
-            "alpha", "c", "same output")  # fmt: skip
+    cols = (
+        "draft_tokens",
+        "tokens/s",
+        "speedup",
+        "predicted",
+        "acceptance",
+        "tokens/pass",
+        "alpha",
+        "c",
+        "same output",
+    )
     for c in cols:
         t.add_column(c, justify="right")
 
@@ -527,13 +575,21 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
         return "-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v))
 
     for r in report["speculative"]:
-        t.add_row(str(r["draft_tokens"]), f(r["tokens_per_s"], "{:.1f}"), f(r["speedup"]),
-                  f(r["predicted_speedup"]), f(r["acceptance_rate"], "{:.0%}"),
-                  f(r["mean_tokens_per_pass"]), f(r["alpha"], "{:.3f}"), f(r["c"]),
-                  f(r["outputs_match_target"]))  # fmt: skip
+        t.add_row(
+            str(r["draft_tokens"]),
+            f(r["tokens_per_s"], "{:.1f}"),
+            f(r["speedup"]),
+            f(r["predicted_speedup"]),
+            f(r["acceptance_rate"], "{:.0%}"),
+            f(r["mean_tokens_per_pass"]),
+            f(r["alpha"], "{:.3f}"),
+            f(r["c"]),
+            f(r["outputs_match_target"]),
+        )
     console.print(t)
-    console.print(f"best draft_tokens: {report['best_draft_tokens']} "
-                  f"(speedup {report['best_speedup']:.2f}x)")  # fmt: skip
+    console.print(
+        f"best draft_tokens: {report['best_draft_tokens']} (speedup {report['best_speedup']:.2f}x)"
+    )
 
 
 COMMANDS = {

@@ -37,8 +37,10 @@ class Runner(Protocol):
         """Columns in the cache (live or not)."""
         ...
 
-    def feed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Append columns tokens (B, w) with live mask (B, w); return logits (B, w, V)."""
+    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """Append columns tokens (B, w) with live mask (B, w); return the logits of the last
+        `keep` columns (B, keep, V). Fewer logits, less work: the vocabulary projection is a
+        large share of a small model's step."""
         ...
 
     def invalidate_from(self, start: torch.Tensor) -> None:
@@ -81,9 +83,11 @@ def _chunk(todo: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch
     return tokens, mask
 
 
-def _timed_feed(runner: Runner, tokens: torch.Tensor, mask: torch.Tensor, sink: list[float] | None) -> torch.Tensor:
+def _timed_feed(
+    runner: Runner, tokens: torch.Tensor, mask: torch.Tensor, keep: int, sink: list[float] | None
+) -> torch.Tensor:
     t0 = time.perf_counter()
-    out = runner.feed(tokens, mask)
+    out = runner.feed(tokens, mask, keep)
     if sink is not None:
         sink.append(time.perf_counter() - t0)
     return out
@@ -129,14 +133,15 @@ def speculative_generate(
         d_start = 0
         if gamma > 0 and draft is not None:
             tokens, mask = _chunk(draft_todo, pad_token_id)
-            logits = draft.feed(tokens, mask)[:, -1]  # (B, V)
+            logits = draft.feed(tokens, mask, 1)[:, -1]  # (B, V)
             d_start = draft.length  # column where d_1 will be written
             for i in range(gamma):
                 draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
                 draft_logits.append(logits)
                 if i < gamma - 1:
                     one = torch.ones((batch, 1), dtype=torch.bool)
-                    logits = _timed_feed(draft, draft_ids[:, i : i + 1], one, result.draft_step_seconds)[:, -1]
+                    step_ids = draft_ids[:, i : i + 1]
+                    logits = _timed_feed(draft, step_ids, one, 1, result.draft_step_seconds)[:, -1]
 
         # 2. The target scores its to-do tokens plus the gamma drafts in one pass.
         tokens, mask = _chunk(target_todo, pad_token_id)
@@ -144,7 +149,7 @@ def speculative_generate(
         t_start = target.length
         tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
         mask = torch.cat([mask, torch.ones((batch, gamma), dtype=torch.bool)], dim=1)
-        t_logits = _timed_feed(target, tokens, mask, result.target_step_seconds)[:, -(gamma + 1) :]
+        t_logits = _timed_feed(target, tokens, mask, gamma + 1, result.target_step_seconds)
 
         # 3. Accept a prefix of the drafts and emit one more token: (B, gamma + 1), (B,).
         q_logits = torch.stack(draft_logits, dim=1) if gamma > 0 else t_logits[:, :0]

@@ -89,10 +89,16 @@ def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metric
         accepted=accepted,
         acceptance_rate=accepted / drafted if drafted else None,
         mean_tokens_per_pass=(accepted + row_steps) / row_steps if row_steps else None,
-        per_position_acceptance=[a / d if d else 0.0 for a, d in zip(pos_accepted, pos_drafted, strict=True)],
+        per_position_acceptance=[
+            a / d if d else 0.0 for a, d in zip(pos_accepted, pos_drafted, strict=True)
+        ],
         alpha=alpha,
-        draft_step_ms=statistics.fmean(res.draft_step_seconds) * 1e3 if res.draft_step_seconds else None,
-        target_step_ms=statistics.fmean(res.target_step_seconds) * 1e3 if res.target_step_seconds else None,
+        draft_step_ms=statistics.fmean(res.draft_step_seconds) * 1e3
+        if res.draft_step_seconds
+        else None,
+        target_step_ms=statistics.fmean(res.target_step_seconds) * 1e3
+        if res.target_step_seconds
+        else None,
     )
 
 
@@ -106,10 +112,18 @@ class Generation:
 
     def to_dict(self, single: bool = False) -> dict[str, Any]:
         if single and len(self.text) == 1:
-            return {"text": self.text[0], "token_ids": self.token_ids[0],
-                    "finished_by_eos": self.finished_by_eos[0], "metrics": self.metrics.to_dict()}  # fmt: skip
-        return {"text": self.text, "token_ids": self.token_ids,
-                "finished_by_eos": self.finished_by_eos, "metrics": self.metrics.to_dict()}  # fmt: skip
+            return {
+                "text": self.text[0],
+                "token_ids": self.token_ids[0],
+                "finished_by_eos": self.finished_by_eos[0],
+                "metrics": self.metrics.to_dict(),
+            }
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "finished_by_eos": self.finished_by_eos,
+            "metrics": self.metrics.to_dict(),
+        }
 
 
 TextCallback = Callable[[int, str], None]
@@ -118,8 +132,16 @@ TextCallback = Callable[[int, str], None]
 class Generator:
     """A loaded draft/target pair plus its tokenizer; `generate` as often as you like."""
 
-    def __init__(self, cfg: ConfigFile, target: Runner, draft: Runner | None, tokenizer: Any,
-                 eos_token_ids: Sequence[int], pad_token_id: int, device: str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        cfg: ConfigFile,
+        target: Runner,
+        draft: Runner | None,
+        tokenizer: Any,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        device: str = "cpu",
+    ):
         self.cfg = cfg
         self.spec = cfg.spec
         self.target = target
@@ -152,7 +174,11 @@ class Generator:
         from .acceptors import make_acceptor
 
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
-        ids = [list(p) for p in prompt_token_ids] if prompt_token_ids is not None else self.encode(batch)
+        ids = (
+            [list(p) for p in prompt_token_ids]
+            if prompt_token_ids is not None
+            else self.encode(batch)
+        )
         s = self.spec.sampling
         sampling = SamplingSpec(
             temperature=s.temperature if temperature is None else float(temperature),

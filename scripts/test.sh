@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 cd "$ns_root"
 venv="${NEURON_SPEC_VENV:-$ns_root/.venv}"
-ns_env "$venv" "dev"
+ns_env "$venv" "dev,reference" torch
 ns_log "ruff check"
 "$venv/bin/ruff" check neuron_spec tests benchmarks
 ns_log "ruff format --check"
@@ -14,4 +14,4 @@ ns_log "ruff format --check"
 ns_log "mypy"
 "$venv/bin/mypy" neuron_spec
 ns_log "pytest"
-"$venv/bin/python" -m pytest "$@"
+NEURON_SPEC_REQUIRE_TORCH=1 "$venv/bin/python" -m pytest "$@"

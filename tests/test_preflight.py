@@ -11,7 +11,7 @@ from neuron_spec.config import load_config, load_config_text
 from neuron_spec.host import HostFacts
 from neuron_spec.preflight import FINDING_CODES, RULES, preflight
 
-from .conftest import BASE_CONFIG, CONFIGS, host
+from .conftest import BASE_CONFIG, host, shipped_configs
 
 
 def codes(
@@ -36,9 +36,9 @@ def test_base_config_passes_on_trn1():
     assert not [c for c, s in found.items() if s == "error"]
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_have_no_errors(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("path", shipped_configs())
+def test_shipped_configs_have_no_errors(path, shipped):
+    cfg = load_config(shipped(path))
     instance = cfg.spec.instance if cfg.spec.instance != "auto" else None
     h = host(instance) if instance else HostFacts.none()
     report = preflight(cfg.spec, h, cfg.base_dir)

@@ -7,8 +7,12 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from neuron_spec.acceptors import (GreedyAcceptor, LosslessAcceptor, NeuronxDefaultAcceptor,
-                                   make_acceptor)  # fmt: skip
+from neuron_spec.acceptors import (
+    GreedyAcceptor,
+    LosslessAcceptor,
+    NeuronxDefaultAcceptor,
+    make_acceptor,
+)
 from neuron_spec.config import SamplingSpec
 from neuron_spec.engine import speculative_generate
 from neuron_spec.sampling import greedy_step, speculative_step, speculative_step_loop, warp
@@ -54,7 +58,7 @@ def test_vectorised_step_equals_loop(seed):
     for row in range(batch):
         n = int(a[1][row])
         assert torch.equal(a[0][row, :n], b[0][row, :n])
-        assert torch.equal(a[0][row, :n - 1], drafts[row, :n - 1])
+        assert torch.equal(a[0][row, : n - 1], drafts[row, : n - 1])
 
 
 def test_greedy_step():
@@ -75,8 +79,11 @@ def test_acceptor_shapes_v1_and_v2():
     draft_ids = torch.tensor([[3, 1, 4]])
     v1 = acc(draft_ids, torch.zeros(k - 1, vocab), target)  # v1: 2-D scores
     assert v1.tolist() == [[3, 1, 5]]
-    v2 = acc(torch.cat([draft_ids, torch.tensor([[0, 0, 0]])]), torch.zeros(2, k - 1, vocab),
-             torch.stack([target, target]))  # v2: 3-D, zero right-padded (bs, k)
+    v2 = acc(
+        torch.cat([draft_ids, torch.tensor([[0, 0, 0]])]),
+        torch.zeros(2, k - 1, vocab),
+        torch.stack([target, target]),
+    )  # v2: 3-D, zero right-padded (bs, k)
     assert v2.dtype == torch.int64 and v2.shape == (2, k)
     assert v2.tolist() == [[3, 1, 5, 0], [3, 0, 0, 0]]
 
@@ -111,8 +118,14 @@ def exact_marginals(table: torch.Tensor, start: int, sampling: SamplingSpec) -> 
 
 
 def sampled_tokens(acceptor, target: torch.Tensor, draft: torch.Tensor, gamma: int) -> torch.Tensor:
-    res = speculative_generate(StubRunner(target), StubRunner(draft), acceptor,
-                               [[0]] * ROWS, draft_tokens=gamma, max_new_tokens=STEPS)
+    res = speculative_generate(
+        StubRunner(target),
+        StubRunner(draft),
+        acceptor,
+        [[0]] * ROWS,
+        draft_tokens=gamma,
+        max_new_tokens=STEPS,
+    )
     return torch.tensor(res.tokens)  # (ROWS, STEPS)
 
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailableError, ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from ..config import ConfigFile
+    from ..generate import Generator
+    from . import Progress
 
 try:  # the reference extra; its absence is reported when a backend is actually needed
     import torch
@@ -72,7 +77,7 @@ class HFRunner:
     def length(self) -> int:
         return int(self.mask.shape[1])
 
-    def feed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
         positions = (self.n_live.unsqueeze(1) + mask.long().cumsum(dim=1) - 1).clamp(min=0)
         full_mask = torch.cat([self.mask, mask], dim=1)
         out = self.model(
@@ -81,11 +86,13 @@ class HFRunner:
             position_ids=positions.to(self.device),
             past_key_values=self.cache,
             use_cache=True,
+            logits_to_keep=keep,
         )
         self.cache = out.past_key_values
         self.mask = full_mask
         self.n_live = self.n_live + mask.long().sum(dim=1)
-        return out.logits.float().cpu()  # (B, w, V)
+        logits: torch.Tensor = out.logits[:, -keep:].float().cpu()  # (B, keep, V)
+        return logits
 
     def invalidate_from(self, start: torch.Tensor) -> None:
         columns = torch.arange(self.length).unsqueeze(0)  # (1, T)
@@ -110,8 +117,14 @@ def _model_location(model: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else (base_dir / p)
 
 
-def load_model(model: str, amp: str, base_dir: Path, tokenizer: str | None = None,
-               device: str | None = None, path_field: str = "model") -> LoadedModel:  # fmt: skip
+def load_model(
+    model: str,
+    amp: str,
+    base_dir: Path,
+    tokenizer: str | None = None,
+    device: str | None = None,
+    path_field: str = "model",
+) -> LoadedModel:
     """Load a causal LM and its tokenizer from a checkpoint directory or a .gguf file."""
     require_torch()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,10 +137,15 @@ def load_model(model: str, amp: str, base_dir: Path, tokenizer: str | None = Non
     location = _model_location(model, base_dir)
     if not location.exists():
         raise ConfigError(
-            [ConfigProblem(path_field, f"{location} does not exist; the reference backend loads "
-                           "weights from disk (catalog names only size a model).",
-                           "point it at a checkpoint directory or a .gguf file.")]
-        )  # fmt: skip
+            [
+                ConfigProblem(
+                    path_field,
+                    f"{location} does not exist; the reference backend loads "
+                    "weights from disk (catalog names only size a model).",
+                    "point it at a checkpoint directory or a .gguf file.",
+                )
+            ]
+        )
     dtype = getattr(torch, DTYPES[amp])
     kwargs: dict[str, Any] = {"dtype": dtype}
     if location.is_file() and location.suffix.lower() == ".gguf":
@@ -135,15 +153,22 @@ def load_model(model: str, amp: str, base_dir: Path, tokenizer: str | None = Non
     else:
         src = str(location)
     tok_src = str(_model_location(tokenizer, base_dir)) if tokenizer else src
-    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs and not tokenizer else {}
+    tok_kwargs = (
+        {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs and not tokenizer else {}
+    )
     try:
         tok = AutoTokenizer.from_pretrained(tok_src, **tok_kwargs)
         lm = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            [ConfigProblem(path_field, f"transformers could not load {location}: {exc}",
-                           "check the directory holds config.json, weights and a tokenizer.")]
-        ) from None  # fmt: skip
+            [
+                ConfigProblem(
+                    path_field,
+                    f"transformers could not load {location}: {exc}",
+                    "check the directory holds config.json, weights and a tokenizer.",
+                )
+            ]
+        ) from None
     lm.to(device)
     lm.eval()
     return LoadedModel(lm, tok, str(location), amp, device)
@@ -159,7 +184,7 @@ def _eos_ids(lm: Any, tok: Any, override: int | list[int] | None) -> list[int]:
     return []
 
 
-def load_reference_generator(cfg: Any, progress: Any = None) -> Any:
+def load_reference_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     """Load target and draft with transformers; return a Generator on HF runners."""
     from ..generate import Generator
 
@@ -167,18 +192,38 @@ def load_reference_generator(cfg: Any, progress: Any = None) -> Any:
     say = progress or (lambda _msg: None)
     device = pick_device()
     say(f"loading target {spec.target.model} ({spec.target.amp}, {device})")
-    target = load_model(spec.target.model, spec.target.amp, cfg.base_dir, spec.target.tokenizer,
-                        device, "target.model")  # fmt: skip
+    target = load_model(
+        spec.target.model,
+        spec.target.amp,
+        cfg.base_dir,
+        spec.target.tokenizer,
+        device,
+        "target.model",
+    )
     say(f"loading draft {spec.draft.model} ({spec.draft.amp}, {device})")
-    draft = load_model(spec.draft.model, spec.draft.amp, cfg.base_dir, spec.draft.tokenizer,
-                       device, "draft.model")  # fmt: skip
+    draft = load_model(
+        spec.draft.model, spec.draft.amp, cfg.base_dir, spec.draft.tokenizer, device, "draft.model"
+    )
     t_vocab, d_vocab = target.model.config.vocab_size, draft.model.config.vocab_size
     if t_vocab != d_vocab:
-        raise ConfigError([ConfigProblem("draft.model", f"the draft's vocabulary ({d_vocab}) "
-                                         f"differs from the target's ({t_vocab}).",
-                                         "use a draft that shares the target's tokenizer.")])  # fmt: skip
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "draft.model",
+                    f"the draft's vocabulary ({d_vocab}) differs from the target's ({t_vocab}).",
+                    "use a draft that shares the target's tokenizer.",
+                )
+            ]
+        )
     tok = target.tokenizer
     eos = _eos_ids(target.model, tok, spec.generation.eos_token_id)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
-    return Generator(cfg, HFRunner(target.model, device), HFRunner(draft.model, device), tok,
-                     eos, int(pad), device)  # fmt: skip
+    return Generator(
+        cfg,
+        HFRunner(target.model, device),
+        HFRunner(draft.model, device),
+        tok,
+        eos,
+        int(pad),
+        device,
+    )

@@ -1,0 +1,134 @@
+"""The reference backend on tiny random Llama pairs built here: greedy speculative output
+equals the target's own greedy decoding, token for token, with real KV caches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from neuron_spec.acceptors import GreedyAcceptor, LosslessAcceptor
+from neuron_spec.backends.reference import HFRunner
+from neuron_spec.config import SamplingSpec
+from neuron_spec.engine import speculative_generate
+
+pytestmark = pytest.mark.reference
+VOCAB = 96
+
+
+def tiny_llama(seed: int, layers: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(cfg).double().eval()  # float64: no argmax ties from rounding
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    target = tiny_llama(0)
+    draft = copy.deepcopy(target)  # a perturbed copy: accepts often, not always
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in draft.parameters():
+            param.add_(torch.randn(param.shape, generator=g, dtype=param.dtype) * 0.003)
+    return target, draft
+
+
+def greedy_reference(model, prompt: list[int], n: int, eos: set[int] = frozenset()) -> list[int]:
+    """The target alone, recomputing the whole sequence each step (no cache at all)."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(nxt)
+            if nxt in eos:
+                break
+    return ids[len(prompt) :]
+
+
+PROMPTS = [[1, 5, 9, 3], [2, 7], [4, 4, 4, 8, 10, 11, 12]]
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 4, 7])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_speculative_equals_target_greedy(pair, gamma, batch):
+    target, draft = pair
+    prompts = PROMPTS[:batch]
+    res = speculative_generate(
+        HFRunner(target),
+        HFRunner(draft),
+        GreedyAcceptor(),
+        prompts,
+        draft_tokens=gamma,
+        max_new_tokens=24,
+    )
+    assert res.tokens == [greedy_reference(target, p, 24) for p in prompts]
+    accepted = sum(sum(s.accepted) for s in res.steps)
+    drafted = sum(s.drafted * len(s.accepted) for s in res.steps)
+    assert 0 < accepted < drafted  # rejections and rollbacks really happened
+
+
+def test_eos_inside_the_output_per_row(pair):
+    target, draft = pair
+    refs = [greedy_reference(target, p, 24) for p in PROMPTS]
+    eos = refs[1][5]  # a token the second row emits at position 6
+    expect = [greedy_reference(target, p, 24, {eos}) for p in PROMPTS]
+    res = speculative_generate(
+        HFRunner(target),
+        HFRunner(draft),
+        GreedyAcceptor(),
+        PROMPTS,
+        draft_tokens=3,
+        max_new_tokens=24,
+        eos_token_ids=[eos],
+    )
+    assert res.tokens == expect
+    assert res.finished_by_eos[1] and len(res.tokens[1]) <= 6
+
+
+def test_identical_draft_accepts_everything_and_catches_up(pair):
+    target, _ = pair
+    res = speculative_generate(
+        HFRunner(target),
+        HFRunner(copy.deepcopy(target)),
+        GreedyAcceptor(),
+        [PROMPTS[0]],
+        draft_tokens=4,
+        max_new_tokens=20,
+    )
+    assert res.tokens[0] == greedy_reference(target, PROMPTS[0], 20)
+    assert all(s.accepted[0] == s.drafted for s in res.steps)
+
+
+def test_cache_holds_exactly_the_committed_tokens(pair):
+    target, draft = pair
+    t_runner, d_runner = HFRunner(target), HFRunner(draft)
+    res = speculative_generate(
+        t_runner, d_runner, GreedyAcceptor(), [PROMPTS[2]], draft_tokens=4, max_new_tokens=16
+    )
+    # every committed token but the last is live in the target's cache; nothing else is
+    assert int(t_runner.n_live[0]) == len(PROMPTS[2]) + len(res.tokens[0]) - 1
+    assert t_runner.length == t_runner.cache.get_seq_length()
+    assert bool(t_runner.mask.all())  # batch 1: rejected columns were cropped, not masked
+
+
+def test_sampled_generation_is_seeded_and_reproducible(pair):
+    target, draft = pair
+
+    def once(seed: int) -> list[list[int]]:
+        acc = LosslessAcceptor(SamplingSpec(temperature=1.0, seed=seed))
+        return speculative_generate(
+            HFRunner(target), HFRunner(draft), acc, PROMPTS, draft_tokens=3, max_new_tokens=12
+        ).tokens
+
+    assert once(5) == once(5)
+    assert once(5) != once(6)
