@@ -208,3 +208,50 @@ def _takes_argument(cls: type) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+class SampledDraftProvider:
+    """A transformers-neuronx `DraftProvider` whose drafts are *sampled* from the warped
+    draft distribution, the companion of LosslessAcceptor on the Neuron path.
+
+    transformers-neuronx's own DraftModelForSpeculation drafts by argmax, which breaks the
+    speculative-sampling guarantee. This provider keeps its call convention:
+    `__call__(input_ids, k, cache_ids=None, start_ids=None) -> (tokens, scores)`.
+    - cache_ids None or starting at 0: context encoding; one token, scores (batch, vocab).
+    - otherwise: k tokens drafted one at a time; tokens (batch, k), scores (k, batch, vocab).
+    Scores are the draft's raw logits, so the acceptor warps p and q the same way.
+
+    `model(input_ids, cache_ids, start_ids)` must return the logits of the last position,
+    (batch, vocab), as LlamaForSampling's forward does.
+    """
+
+    def __init__(self, model: Any, acceptor: _Base):
+        self.model = model
+        self.acceptor = acceptor  # provides the warping and the seeded generator
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.acceptor.draft_token(logits).reshape(-1, 1).to(torch.int64)  # (batch, 1)
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        k: int,
+        cache_ids: torch.Tensor | None = None,
+        start_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = input_ids.shape[0]
+        start = 0 if cache_ids is None else int(cache_ids.reshape(-1)[0])
+        logits = self.model(input_ids, cache_ids, start_ids)  # (batch, vocab)
+        if start == 0:
+            return self._pick(logits), logits
+        tokens, scores = [], []
+        for i in range(k):
+            token = self._pick(logits)
+            tokens.append(token)
+            scores.append(logits)
+            if i == k - 1:
+                break
+            position = torch.full((batch,), start + i + 1, dtype=torch.int32)
+            next_cache = position if batch == 1 else position.reshape(batch, 1)
+            logits = self.model(token, next_cache, start_ids)
+        return torch.cat(tokens, dim=1), torch.stack(scores)

@@ -129,15 +129,19 @@ def sampled_tokens(acceptor, target: torch.Tensor, draft: torch.Tensor, gamma: i
     return torch.tensor(res.tokens)  # (ROWS, STEPS)
 
 
+def chi2_p_value(samples: torch.Tensor, probs: torch.Tensor) -> float:
+    """Chi-square goodness of fit of token samples to probabilities; tokens the
+    distribution forbids must never appear."""
+    observed = torch.bincount(samples, minlength=VOCAB).double()
+    keep = probs > 0
+    assert observed[~keep].sum() == 0, "sampled a token the distribution forbids"
+    p = probs[keep].double()
+    expected = p / p.sum() * observed[keep].sum()
+    return float(chisquare(observed[keep].numpy(), expected.numpy()).pvalue)
+
+
 def worst_p_value(tokens: torch.Tensor, marginals: list[torch.Tensor]) -> float:
-    worst = 1.0
-    for t, probs in enumerate(marginals):
-        observed = torch.bincount(tokens[:, t], minlength=VOCAB).double()
-        keep = probs > 0
-        assert observed[~keep].sum() == 0, "sampled a token the warped target forbids"
-        expected = probs[keep] / probs[keep].sum() * observed[keep].sum()
-        worst = min(worst, float(chisquare(observed[keep].numpy(), expected.numpy()).pvalue))
-    return worst
+    return min(chi2_p_value(tokens[:, t], probs) for t, probs in enumerate(marginals))
 
 
 SETTINGS = {
@@ -171,3 +175,46 @@ def test_lossless_at_temperature_zero_is_greedy():
     for _ in range(STEPS - 1):
         greedy.append(int(target[greedy[-1]].argmax()))
     assert (tokens == torch.tensor(greedy)).all()
+
+
+class _TnxLikeDraft:
+    """LlamaForSampling's forward shape: (input_ids, cache_ids, start_ids) -> (batch, vocab),
+    here a Markov chain over the last input token; records the cache_ids it was given."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+        self.calls: list[list[int] | None] = []
+
+    def __call__(self, input_ids, cache_ids, start_ids):
+        self.calls.append(None if cache_ids is None else cache_ids.reshape(-1).tolist())
+        return self.table[input_ids[:, -1]]
+
+
+def test_sampled_draft_provider_follows_the_draft_provider_contract():
+    from neuron_spec.acceptors import SampledDraftProvider
+
+    table, _ = chains(seed=5)
+    greedy = SampledDraftProvider(_TnxLikeDraft(table), LosslessAcceptor(SamplingSpec()))
+    token, scores = greedy(torch.tensor([[0, 1, 2]]), 4)  # context encoding
+    assert token.shape == (1, 1) and scores.shape == (1, VOCAB)
+    model = _TnxLikeDraft(table)
+    greedy.model = model
+    tokens, scores = greedy(torch.tensor([[3]]), 3, cache_ids=torch.tensor([7]))
+    assert tokens.shape == (1, 3) and scores.shape == (3, 1, VOCAB)
+    chain = [3]
+    for _ in range(3):
+        chain.append(int(table[chain[-1]].argmax()))
+    assert tokens[0].tolist() == chain[1:]  # temperature 0: argmax drafts
+    assert model.calls == [[7], [8], [9]]  # one position further each call
+
+
+def test_sampled_draft_provider_samples_from_the_warped_draft():
+    from neuron_spec.acceptors import SampledDraftProvider
+
+    table, _ = chains(seed=5)
+    sampling = SamplingSpec(temperature=0.8, top_k=3, seed=9)
+    provider = SampledDraftProvider(_TnxLikeDraft(table), LosslessAcceptor(sampling))
+    draws = torch.cat(
+        [provider(torch.tensor([[2]]), 1, cache_ids=torch.tensor([5]))[0] for _ in range(4000)]
+    ).flatten()
+    assert chi2_p_value(draws, warp(table[2], 0.8, 3)) >= P_ACCEPT
