@@ -133,7 +133,8 @@ def speculative_generate(
         d_start = 0
         if gamma > 0 and draft is not None:
             tokens, mask = _chunk(draft_todo, pad_token_id)
-            logits = draft.feed(tokens, mask, 1)[:, -1]  # (B, V)
+            sink = result.draft_step_seconds if tokens.shape[1] == 1 else None  # 1-token steps
+            logits = _timed_feed(draft, tokens, mask, 1, sink)[:, -1]  # (B, V)
             d_start = draft.length  # column where d_1 will be written
             for i in range(gamma):
                 draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)

@@ -1,0 +1,127 @@
+"""generate / bench through the CLI on a tiny random pair saved to disk: the target as
+safetensors, the draft as pytorch_model.bin, both with the demo model's tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+pytestmark = [pytest.mark.reference, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def tiny_pair_config(tmp_path_factory, demo_checkpoint) -> Path:
+    root = tmp_path_factory.mktemp("pair")
+    tok = AutoTokenizer.from_pretrained(demo_checkpoint)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    torch.manual_seed(0)
+    target = LlamaForCausalLM(cfg)
+    draft = LlamaForCausalLM(cfg)
+    draft.load_state_dict(target.state_dict())
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    target.save_pretrained(root / "target", safe_serialization=True)
+    # a legacy .bin checkpoint (transformers 5 writes only safetensors itself)
+    draft.save_pretrained(root / "draft")
+    (root / "draft" / "model.safetensors").unlink()
+    torch.save(draft.state_dict(), root / "draft" / "pytorch_model.bin")
+    for d in ("target", "draft"):
+        tok.save_pretrained(root / d)
+    assert (root / "draft" / "pytorch_model.bin").is_file()
+    config = root / "pair.yaml"
+    config.write_text(
+        "backend: reference\n"
+        "target: {model: ./target, amp: f32, n_positions: 512}\n"
+        "draft: {model: ./draft, amp: f32, n_positions: 512}\n"
+        "speculation: {draft_tokens: 3, acceptor: greedy}\n"
+        "generation: {max_new_tokens: 12, max_prompt_tokens: 64}\n"
+    )
+    return config
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "neuron_spec", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_validate_warns_about_the_bin_checkpoint(tiny_pair_config):
+    proc = cli("validate", str(tiny_pair_config), "--json")
+    body = json.loads(proc.stdout)
+    assert proc.returncode == 0
+    codes = {f["code"]: f["path"] for f in body["findings"]}
+    assert codes.get("checkpoint-not-lazy") == "draft.model"
+
+
+def test_generate_stream_prints_the_same_text(tiny_pair_config):
+    as_json = json.loads(
+        cli("generate", str(tiny_pair_config), "--prompt", "Hello there", "--json").stdout
+    )
+    streamed = cli("generate", str(tiny_pair_config), "--prompt", "Hello there", "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.startswith(as_json["text"])
+    assert "accepted / drafted" in streamed.stdout
+    assert len(as_json["token_ids"]) == 12
+
+
+def test_bench_json(tiny_pair_config, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello there\n\nOnce upon a time\n")
+    proc = cli(
+        "bench",
+        str(tiny_pair_config),
+        "--draft-tokens",
+        "1,3",
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "8",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["prompts"] == 2
+    assert [r["draft_tokens"] for r in report["speculative"]] == [1, 3]
+    for row in report["speculative"]:
+        assert row["outputs_match_target"] is True  # greedy: identical to target-only
+        assert row["speedup"] > 0 and row["c"] is not None and row["predicted_speedup"] > 0
+        assert 0.0 <= row["alpha"] <= 1.0
+    assert report["best_draft_tokens"] in (1, 3)
+
+
+def test_generate_stops_on_a_preflight_error_before_loading(tiny_pair_config, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = tiny_pair_config.read_text().replace("./draft", str(tmp_path / "missing"))
+    bad.write_text(text.replace("./target", str(tiny_pair_config.parent / "target")))
+    proc = cli("generate", str(bad), "--prompt", "x")
+    assert proc.returncode == 1
+    assert "checkpoint-missing" in proc.stderr and "before loading" in proc.stderr
+
+
+def test_neuronx_backend_says_it_is_not_built_yet(tmp_path):
+    cfg = tmp_path / "n.yaml"
+    shutil.copy(Path(__file__).parent.parent / "configs" / "trn1-llama2-70b-7b-bf16.yaml", cfg)
+    proc = cli("generate", str(cfg), "--prompt", "x")
+    assert proc.returncode == 2 and "not implemented yet" in proc.stderr
+    assert "Traceback" not in proc.stderr
