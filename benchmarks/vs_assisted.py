@@ -3,7 +3,10 @@ generation vs target-only decoding, on the same prompts and the same gamma.
 
 transformers' assisted generation runs with `assistant_model=draft`, `num_assistant_tokens=gamma`,
 a constant schedule and the confidence threshold off, so both engines draft exactly gamma tokens
-per step. The script checks that all three produce identical tokens, then prints JSON with
+per step. transformers reads these settings from the *assistant's* generation_config, not from
+generate()'s keyword arguments (which it passes on but does not apply to the assistant):
+without setting them there, it silently uses its adaptive schedule and confidence threshold,
+drafting anywhere from 2 to 20 tokens per step, and the comparison is not like for like. The script checks that all three produce identical tokens, then prints JSON with
 tokens/s for each (median of --repeat runs) and the ratio of this engine to assisted generation.
 Goal: ratio >= 1.2.
 
