@@ -50,6 +50,9 @@ class _Base:
             else:
                 generator.seed()
         self.generator = generator
+        # (drafted, accepted) of every call made through the transformers-neuronx convention:
+        # exact counts, where the library itself counts non-zero ids
+        self.calls: list[tuple[int, int]] = []
 
     def accept(
         self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
@@ -67,8 +70,10 @@ class _Base:
             tokens, counts = self.accept(
                 draft_ids.reshape(1, -1), draft_scores.unsqueeze(0), target_scores.unsqueeze(0)
             )
+            self.calls.append((draft_ids.numel(), int(counts[0]) - 1))
             return tokens[:, : int(counts[0])]
         tokens, counts = self.accept(draft_ids, draft_scores, target_scores)
+        self.calls.append((draft_ids.shape[1], int(counts[0]) - 1))
         k = tokens.shape[1]
         keep = torch.arange(k, device=tokens.device).unsqueeze(0) < counts.unsqueeze(1)
         return torch.where(keep, tokens, torch.zeros_like(tokens)).to(torch.int64)

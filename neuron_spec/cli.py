@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,6 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--prompt",
         action="append",
-        required=True,
         metavar="TEXT",
         help="prompt text; repeat for a batch",
     )
@@ -116,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override speculation.draft_tokens (0 = target only)",
     )
     g.add_argument("--stream", action="store_true", help="print text as tokens are accepted")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the load plan (calls, keyword arguments, environment) and stop; "
+        "imports nothing from transformers-neuronx",
+    )
     b = with_config(
         "bench",
         "compare target-only decoding with speculation at several draft_tokens",
@@ -140,6 +146,51 @@ def _parser() -> argparse.ArgumentParser:
         metavar="R",
         help="runs per setting; the fastest is kept",
     )
+    e = with_config(
+        "env",
+        "print the environment a launch exports (NEURON_RT_VISIBLE_CORES, compiler settings)",
+        "Print `export NAME=value` lines for the planned NeuronCore layout and the compiler "
+        "settings of CONFIG (scripts/launch.sh evaluates them). With --json, a mapping.",
+    )
+    e.set_defaults(json=False)
+    cache = sub.add_parser(
+        "cache",
+        help="list or prune compiled artifacts",
+        description="The compiled-artifact cache holds the NEFFs transformers-neuronx saves, one "
+        "verified entry per cache key (everything that shapes the compiled graphs).",
+    )
+    cache.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    for name, help_ in (
+        ("list", "show entries, their size and whether they verify"),
+        ("prune", "remove entries (old, broken, or all)"),
+    ):
+        cp = csub.add_parser(name, help=help_, description=help_)
+        where = cp.add_mutually_exclusive_group()
+        where.add_argument("--config", metavar="CONFIG", help="use CONFIG's compile.artifact_cache")
+        where.add_argument(
+            "--dir",
+            metavar="DIR",
+            help="the cache directory (default ~/.cache/neuron-spec/compiled)",
+        )
+        cp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        cp.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        if name == "prune":
+            cp.add_argument(
+                "--older-than",
+                type=_non_negative_float,
+                metavar="DAYS",
+                help="remove entries created more than DAYS days ago",
+            )
+            cp.add_argument(
+                "--broken", action="store_true", help="remove entries that fail verification"
+            )
+            cp.add_argument("--all", action="store_true", help="remove every entry")
+            cp.add_argument("--dry-run", action="store_true", help="only say what would go")
     sc = sub.add_parser(
         "schema",
         help="print the config's JSON Schema",
@@ -464,6 +515,10 @@ def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    if args.dry_run:
+        return _dry_run(cfg, args.json)
+    if not args.prompt:
+        raise UsageError("generate needs --prompt TEXT (or --dry-run)")
     if args.stream and len(args.prompt) > 1:
         raise UsageError("--stream takes a single --prompt")
     if _preflight_or_stop(cfg, args.instance, args.json) is None:
@@ -592,12 +647,110 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
     )
 
 
+def _dry_run(cfg: ConfigFile, as_json: bool) -> int:
+    if cfg.spec.backend != "neuronx":
+        raise UsageError(
+            "--dry-run shows the transformers-neuronx load plan; this config uses "
+            "the reference backend"
+        )
+    from .loadplan import build_load_plan
+
+    plan = build_load_plan(cfg)
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return EXIT_OK
+    console = _console()
+    version = plan.tnx_version or "not installed here"
+    console.print(
+        f"[bold]load plan[/bold] for {cfg.path} (transformers-neuronx {version}, API {plan.api})"
+    )
+    console.print("\n[bold]environment[/bold] (scripts/launch.sh exports these)")
+    for name, value in plan.env.items():
+        console.print(f"  export {name}={shlex.quote(value)}", markup=False, soft_wrap=True)
+    console.print("\n[bold]calls, in order[/bold]")
+    for i, call in enumerate(plan.calls(), 1):
+        console.print(f"  {i:2d}. {call}", markup=False, highlight=False, soft_wrap=True)
+    console.print("\n[bold]compiled-artifact cache keys[/bold]")
+    for ml in (plan.draft, plan.target):
+        console.print(f"  {ml.role}: {ml.cache_key}", markup=False)
+    for note in plan.notes:
+        console.print(f"[dim]note: {escape(note)}[/dim]")
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from .loadplan import planned_env
+
+    cfg = _load(args.config)
+    env = planned_env(cfg)
+    if args.json:
+        print(json.dumps(env, indent=2))
+    else:
+        for name, value in env.items():
+            print(f"export {name}={shlex.quote(value)}")
+    return EXIT_OK
+
+
+def _cache_for(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from .artifacts import ArtifactCache
+    from .loadplan import artifact_root
+
+    if args.config:
+        cfg = _load(args.config)
+        return ArtifactCache(artifact_root(cfg), cfg.spec.compile.s3_mirror)
+    root = Path(args.dir).expanduser() if args.dir else Path.home() / ".cache/neuron-spec/compiled"
+    return ArtifactCache(root)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    if args.cache_command is None:
+        raise UsageError("cache needs an action: list or prune")
+    cache = _cache_for(args)
+    if args.cache_command == "list":
+        entries = cache.entries()
+        if args.json:
+            print(
+                json.dumps(
+                    {"root": str(cache.root), "entries": [e.to_dict() for e in entries]}, indent=2
+                )
+            )
+            return EXIT_OK
+        console = _console()
+        console.print(f"{cache.root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+        for e in entries:
+            desc = e.description
+            what = f"{desc.get('role', '?')} {desc.get('model', '?')}"
+            state = "ok" if e.ok else f"[red]broken: {escape(e.problem or '')}[/red]"
+            console.print(f"  {e.key}  {e.size_bytes / 1e6:9.1f} MB  {escape(what)}  {state}")
+        return EXIT_OK
+    if not (args.all or args.broken or args.older_than is not None):
+        raise UsageError("prune needs --all, --broken or --older-than DAYS")
+    older = args.older_than * 86400 if args.older_than is not None else None
+    gone = cache.prune(
+        older_than_s=older, broken=args.broken, everything=args.all, dry_run=args.dry_run
+    )
+    if args.json:
+        print(
+            json.dumps({"removed": [e.to_dict() for e in gone], "dry_run": args.dry_run}, indent=2)
+        )
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{verb} {len(gone)} entr{'y' if len(gone) == 1 else 'ies'} from {cache.root}")
+        for e in gone:
+            print(f"  {e.key}  {e.size_bytes / 1e6:.1f} MB")
+    return EXIT_OK
+
+
 COMMANDS = {
     "validate": cmd_validate,
     "plan": cmd_plan,
     "generate": cmd_generate,
     "bench": cmd_bench,
     "schema": cmd_schema,
+    "env": cmd_env,
+    "cache": cmd_cache,
 }
 
 

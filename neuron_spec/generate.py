@@ -127,6 +127,8 @@ class Generation:
 
 
 TextCallback = Callable[[int, str], None]
+# (prompts, acceptor, draft_tokens, max_new_tokens, eos_token_ids, pad_token_id, on_tokens)
+Decoder = Callable[..., EngineResult]
 
 
 class Generator:
@@ -135,17 +137,20 @@ class Generator:
     def __init__(
         self,
         cfg: ConfigFile,
-        target: Runner,
+        target: Runner | None,
         draft: Runner | None,
         tokenizer: Any,
         eos_token_ids: Sequence[int],
         pad_token_id: int,
         device: str = "cpu",
+        decoder: Decoder | None = None,
     ):
         self.cfg = cfg
         self.spec = cfg.spec
         self.target = target
         self.draft = draft
+        self.decoder: Decoder = decoder or self._decode_with_runners
+        self.backend: Any = None  # the loaded backend object, when it is not the runners
         self.tokenizer = tokenizer
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
@@ -201,11 +206,9 @@ class Generator:
                 on_text(row, text[len(shown[row]) :])
                 shown[row] = text
 
-        res = speculative_generate(
-            self.target,
-            self.draft if gamma > 0 else None,
-            acceptor,
+        res = self.decoder(
             ids,
+            acceptor,
             draft_tokens=gamma,
             max_new_tokens=max_new_tokens or self.spec.generation.max_new_tokens,
             eos_token_ids=self.eos_token_ids,
@@ -215,3 +218,13 @@ class Generator:
         texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in res.tokens]
         metrics = compute_metrics(res, sum(len(p) for p in ids), gamma)
         return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids)
+
+    def _decode_with_runners(
+        self, prompts: Sequence[Sequence[int]], acceptor: Any, *, draft_tokens: int, **kwargs: Any
+    ) -> EngineResult:
+        if self.target is None:
+            raise ValueError("a Generator without a decoder needs a target runner")
+        draft = self.draft if draft_tokens > 0 else None
+        return speculative_generate(
+            self.target, draft, acceptor, prompts, draft_tokens=draft_tokens, **kwargs
+        )

@@ -103,6 +103,26 @@ class HFRunner:
         self.n_live = self.mask.long().sum(dim=1)
 
 
+def load_tokenizer(path: str) -> Any:
+    """A tokenizer from a directory (needs transformers, not torch)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise BackendUnavailableError("loading the tokenizer needs transformers") from None
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "target.tokenizer",
+                    f"cannot load a tokenizer from {path}: {exc}",
+                    "set target.tokenizer to the original checkpoint directory.",
+                )
+            ]
+        ) from None
+
+
 @dataclass
 class LoadedModel:
     model: Any
