@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
         sp.add_argument(
+            "--backend",
+            choices=("neuronx", "reference"),
+            help="override the config's backend (e.g. run a neuronx pair on the CPU)",
+        )
+        sp.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
         return sp
@@ -246,10 +251,15 @@ def _int_list(text: str) -> list[int]:
 # --- shared steps ------------------------------------------------------------------------------
 
 
-def _load(path: str) -> ConfigFile:
+def _load(path: str, backend: str | None = None) -> ConfigFile:
+    import dataclasses
+
     from .config import load_config
 
-    return load_config(path)
+    cfg = load_config(path)
+    if backend is not None and backend != cfg.spec.backend:
+        cfg = dataclasses.replace(cfg, spec=cfg.spec.model_copy(update={"backend": backend}))
+    return cfg
 
 
 def _host(cfg: ConfigFile, override: str | None) -> HostFacts:
@@ -318,7 +328,7 @@ def _render_report(console: Console, report: Report, cfg: ConfigFile) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .preflight import preflight
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.backend)
     host = _host(cfg, args.instance)
     report = preflight(cfg.spec, host, cfg.base_dir)
     if args.json:
@@ -422,7 +432,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import plan
     from .preflight import preflight
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.backend)
     host = _host(cfg, args.instance)
     p = plan(cfg.spec, host, cfg.base_dir)
     report = preflight(cfg.spec, host, cfg.base_dir)
@@ -514,7 +524,7 @@ def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.backend)
     if args.dry_run:
         return _dry_run(cfg, args.json)
     if not args.prompt:
@@ -565,7 +575,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import DEFAULT_PROMPTS, run_bench
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.backend)
     prompts = list(DEFAULT_PROMPTS)
     if args.prompts:
         try:

@@ -131,3 +131,17 @@ def resolve_host(config_instance: str, override: str | None = None) -> HostFacts
     if name != "auto":
         return HostFacts.from_instance(INSTANCES[name])
     return detect_host()
+
+
+def main() -> int:
+    """`python -m neuron_spec.host`: print what detect_host() finds, as JSON (stdlib only, so
+    scripts/launch.sh can run it with a bare python3 before any environment exists)."""
+    import json
+
+    facts = detect_host()
+    print(json.dumps(facts.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

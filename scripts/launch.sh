@@ -1,45 +1,111 @@
 #!/usr/bin/env bash
 # neuron-spec launcher.
-#   bash scripts/launch.sh                      # the CPU demo: SmolLM2-135M on the reference backend
-#   bash scripts/launch.sh CONFIG [-- ARGS...]  # preflight, plan, then generate with CONFIG
-# Sets up a virtual environment once (.venv-launch), runs the preflight and stops on any error
-# before anything is loaded, then generates. ARGS after -- go to `neuron-spec generate`
-# (default: a sample prompt).
+#
+#   bash scripts/launch.sh                                  # the CPU demo (SmolLM2-135M)
+#   bash scripts/launch.sh [--any-instance] CONFIG [-- GENERATE-ARGS...]
+#
+# On an Inferentia2/Trainium host (neuron-ls, or the EC2 metadata service, says so):
+#   1. uses the Neuron DLAMI's transformers-neuronx environment when it exists
+#      (/opt/aws_neuronx_venv_transformers_neuronx, or $NEURON_SPEC_NEURON_VENV), installing
+#      neuron-spec into it once without touching torch-neuronx;
+#   2. refuses a config written for another instance type (--any-instance to override);
+#   3. exports NEURON_RT_VISIBLE_CORES for the planned core layout, and NEURON_CC_FLAGS and
+#      NEURON_COMPILE_CACHE_URL from the config;
+#   4. runs the preflight and stops on any error, before anything is loaded;
+#   5. generates (compiling on the first run, loading cached artifacts afterwards).
+# Anywhere else it says so and runs the pair on the reference backend (PyTorch + transformers).
+# GENERATE-ARGS go to `neuron-spec generate` (default: a sample prompt).
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 
+any_instance=0
 config=""
-if [ $# -gt 0 ] && [ "$1" != "--" ]; then
-  config="$1"; shift
-fi
-[ "${1:-}" = "--" ] && shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --any-instance) any_instance=1; shift ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -*) ns_log "unknown option $1 (see --help)"; exit 2 ;;
+    *) if [ -z "$config" ]; then config="$1"; shift; else break; fi ;;
+  esac
+done
 extra=("$@")
 [ -n "$config" ] || config="$ns_root/configs/demo-cpu.yaml"
 [ -f "$config" ] || { ns_log "no such config: $config"; exit 2; }
-
-venv="${NEURON_SPEC_VENV:-$ns_root/.venv-launch}"
+if [ ${#extra[@]} -eq 0 ]; then
+  extra=(--prompt "Speculative decoding makes large language models faster because")
+fi
 backend="$(sed -n 's/^backend:[[:space:]]*\([a-z]*\).*/\1/p' "$config" | head -n1)"
-if [ "$backend" = "reference" ]; then
+backend="${backend:-neuronx}"
+want_instance="$(sed -n 's/^instance:[[:space:]]*\([A-Za-z0-9.]*\).*/\1/p' "$config" | head -n1)"
+
+# --- what machine is this? (stdlib-only Python: nothing needs to be installed yet) --------
+host_json="$(PYTHONPATH="$ns_root${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m neuron_spec.host)"
+host_field() { "${PYTHON:-python3}" -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else v)' "$host_json" "$1"; }
+host_instance="$(host_field instance)"
+host_cores="$(host_field cores)"
+
+run_reference() {
   ns_env "$venv" "reference" torch
   if grep -q "neuron-spec/models/smollm2-135m-instruct" "$config"; then
     ns_log "demo model: SmolLM2-135M-Instruct (fetched once into ~/.cache/neuron-spec/models)"
     "$venv/bin/python" -m neuron_spec.models > /dev/null
   fi
-else
-  ns_env "$venv" ""
+  ns="$venv/bin/neuron-spec"
+  ns_log "preflight: $config"
+  "$ns" validate "$config" --backend reference || {
+    ns_log "preflight failed: nothing was loaded"; exit 1; }
+  ns_log "generate (reference backend)"
+  exec "$ns" generate "$config" --backend reference "${extra[@]}"
+}
+
+venv="${NEURON_SPEC_VENV:-$ns_root/.venv-launch}"
+if [ "$backend" = "reference" ]; then
+  run_reference
 fi
-ns="$venv/bin/neuron-spec"
+
+if [ "${host_cores:-0}" = "0" ]; then
+  ns_log "this is not a Neuron host (no neuron-ls, no Neuron instance type from EC2 metadata):"
+  ns_log "running the pair of $config on the reference backend instead"
+  run_reference
+fi
+
+# --- a Neuron host ------------------------------------------------------------------------
+ns_log "Neuron host: ${host_instance:-unknown instance type}, $host_cores NeuronCores"
+if [ -n "$want_instance" ] && [ "$want_instance" != "auto" ] && [ -n "$host_instance" ] \
+   && [ "$want_instance" != "$host_instance" ] && [ "$any_instance" = "0" ]; then
+  ns_log "$config is written for $want_instance, but this is $host_instance."
+  ns_log "check it for this host with: neuron-spec plan $config --instance $host_instance"
+  ns_log "or run it anyway with --any-instance"
+  exit 2
+fi
+
+dlami="${NEURON_SPEC_NEURON_VENV:-/opt/aws_neuronx_venv_transformers_neuronx}"
+if [ -x "$dlami/bin/python" ]; then
+  py="$dlami/bin/python"
+  if ! "$py" -c "import neuron_spec" 2>/dev/null; then
+    ns_log "installing neuron-spec into $dlami (torch-neuronx is left as it is)"
+    "$py" -m pip install --quiet --disable-pip-version-check -e "$ns_root"
+  fi
+  ns=("$py" -m neuron_spec)
+else
+  ns_log "no DLAMI transformers-neuronx environment at $dlami; using $venv"
+  ns_log "(transformers-neuronx must be importable there: see docs/neuron.md)"
+  ns_env "$venv" ""
+  ns=("$venv/bin/neuron-spec")
+fi
+
+instance_args=()
+[ -n "$host_instance" ] && instance_args=(--instance "$host_instance")
 
 ns_log "preflight: $config"
-"$ns" validate "$config" || { ns_log "preflight failed: nothing was loaded"; exit 1; }
-if [ "$backend" != "reference" ]; then
-  ns_log "plan: $config"
-  "$ns" plan "$config"
-  ns_log "generation on Neuron (transformers-neuronx) is not implemented yet; the preflight and plan above are what runs today"
-  exit 0
-fi
-if [ ${#extra[@]} -eq 0 ]; then
-  extra=(--prompt "Speculative decoding makes large language models faster because")
-fi
-ns_log "generate"
-"$ns" generate "$config" "${extra[@]}"
+"${ns[@]}" validate "$config" "${instance_args[@]}" || {
+  ns_log "preflight failed: nothing was loaded"; exit 1; }
+
+ns_log "environment for the planned layout:"
+exports="$("${ns[@]}" env "$config")"
+printf '%s\n' "$exports" | sed 's/^/    /' >&2
+eval "$exports"
+
+ns_log "generate (transformers-neuronx; the first run compiles, later runs load cached artifacts)"
+exec "${ns[@]}" generate "$config" "${instance_args[@]}" "${extra[@]}"

@@ -163,8 +163,9 @@ def test_validate_imports_no_heavy_libraries():
         "from neuron_spec.cli import main\n"
         f"rc = main(['validate', {TRN1_BF16!r}])\n"
         f"rc2 = main(['plan', {TRN1_BF16!r}, '--json'])\n"
+        f"main(['generate', {TRN1_BF16!r}, '--dry-run'])\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'boto3', 'botocore', "
-        "'transformers_neuronx', 'numpy') if m in sys.modules)\n"
+        "'transformers_neuronx', 'numpy', 'rich.progress') if m in sys.modules)\n"
         "print('HEAVY', heavy, rc, rc2)\n"
     )
     proc = _subprocess("-c", code)

@@ -119,9 +119,10 @@ def test_generate_stops_on_a_preflight_error_before_loading(tiny_pair_config, tm
     assert "checkpoint-missing" in proc.stderr and "before loading" in proc.stderr
 
 
-def test_neuronx_backend_says_it_is_not_built_yet(tmp_path):
+def test_neuronx_without_the_library_says_how_to_get_it(tmp_path):
     cfg = tmp_path / "n.yaml"
     shutil.copy(Path(__file__).parent.parent / "configs" / "trn1-llama2-70b-7b-bf16.yaml", cfg)
     proc = cli("generate", str(cfg), "--prompt", "x")
-    assert proc.returncode == 2 and "not implemented yet" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert "transformers-neuronx is not installed" in proc.stderr
+    assert "Deep Learning AMI" in proc.stderr and "Traceback" not in proc.stderr

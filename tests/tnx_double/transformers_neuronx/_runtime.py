@@ -36,8 +36,11 @@ def claim_cores(tp: int) -> None:
 
 
 def record(event: str, **details: object) -> None:
-    entry = {"event": event, **details,
-             "env": {k: v for k, v in os.environ.items() if k.startswith("NEURON_")}}
+    entry = {
+        "event": event,
+        **details,
+        "env": {k: v for k, v in os.environ.items() if k.startswith("NEURON_")},
+    }
     events.append(entry)
     path = os.environ.get("TNX_DOUBLE_RECORD")
     if path:

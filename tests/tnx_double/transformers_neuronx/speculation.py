@@ -73,15 +73,18 @@ class SpeculativeGenerator:
         self.draft, self.target, self.k = draft, target, k
         self.acceptor = acceptor or DefaultTokenAcceptor()
 
-    def sample(self, input_ids, sequence_length, start_ids=None, eos_token_id=None,
-               streamer=None, **kwargs):
+    def sample(
+        self, input_ids, sequence_length, start_ids=None, eos_token_id=None, streamer=None, **kwargs
+    ):
         if api() == "v1":
             if kwargs:
                 raise TypeError(f"sample() got unexpected keyword arguments {sorted(kwargs)}")
             return self._sample(input_ids, sequence_length, start_ids, eos_token_id, streamer)
         allowed = {"pad_token_id", "attention_mask", "output_logits"}
         if set(kwargs) - allowed:
-            raise TypeError(f"sample() got unexpected keyword arguments {sorted(set(kwargs) - allowed)}")
+            raise TypeError(
+                f"sample() got unexpected keyword arguments {sorted(set(kwargs) - allowed)}"
+            )
         if eos_token_id is not None and not isinstance(eos_token_id, int):
             raise ValueError("eos_token_id must be a single int")
         if input_ids.shape[0] > 1 and kwargs.get("attention_mask") is None:
@@ -121,8 +124,9 @@ class SpeculativeGenerator:
                 accepted = self.acceptor(draft_ids, draft_scores.squeeze(1), scores.squeeze(-1))
                 tokens = accepted.reshape(-1).tolist()
             else:
-                accepted = self.acceptor(draft_ids, draft_scores.permute(1, 0, 2),
-                                         scores.permute(2, 0, 1))
+                accepted = self.acceptor(
+                    draft_ids, draft_scores.permute(1, 0, 2), scores.permute(2, 0, 1)
+                )
                 if accepted.shape != (1, k) or accepted.dtype != torch.int64:
                     raise ValueError(f"acceptor returned {tuple(accepted.shape)} {accepted.dtype}")
                 n = int(torch.count_nonzero(accepted[0]))  # the library's own count

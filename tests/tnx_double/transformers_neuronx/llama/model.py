@@ -22,11 +22,15 @@ def _int_or_int_list(name, value):
 
 
 def _find_checkpoint(path):
-    for name, is_dir in (("model.safetensors", False), ("model.safetensors.index.json", False),
-                         ("pytorch_model.bin", True), ("pytorch_model.bin", False),
-                         ("pytorch_model.bin.index.json", False)):
+    for name, is_dir in (
+        ("model.safetensors", False),
+        ("model.safetensors.index.json", False),
+        ("pytorch_model.bin", True),
+        ("pytorch_model.bin", False),
+        ("pytorch_model.bin.index.json", False),
+    ):
         full = os.path.join(path, name)
-        if (os.path.isdir(full) if is_dir else os.path.isfile(full)):
+        if os.path.isdir(full) if is_dir else os.path.isfile(full):
             return name, is_dir
     raise FileNotFoundError(f"Can't find a checkpoint in {path}")
 
@@ -36,8 +40,18 @@ class LlamaForSampling:
         raise RuntimeError("use LlamaForSampling.from_pretrained")
 
     @classmethod
-    def from_pretrained(cls, path, *, n_positions=2048, batch_size=1, amp="f32", tp_degree=2,
-                        context_length_estimate=None, neuron_config=None, **kwargs):
+    def from_pretrained(
+        cls,
+        path,
+        *,
+        n_positions=2048,
+        batch_size=1,
+        amp="f32",
+        tp_degree=2,
+        context_length_estimate=None,
+        neuron_config=None,
+        **kwargs,
+    ):
         self = object.__new__(cls)
         self.n_positions = _int_or_int_list("n_positions", n_positions)
         self.batch_sizes = _int_or_int_list("batch_size", batch_size)
@@ -79,13 +93,19 @@ class LlamaForSampling:
 
     def _graphs(self):
         flags = os.environ.get("NEURON_CC_FLAGS", "")
-        base = {"path_config": self.config, "amp": self.amp, "tp": self.tp_degree,
-                "version": __version__, "flags": flags, "neuron_config": repr(self.neuron_config)}
+        base = {
+            "path_config": self.config,
+            "amp": self.amp,
+            "tp": self.tp_degree,
+            "version": __version__,
+            "flags": flags,
+            "neuron_config": repr(self.neuron_config),
+        }
         graphs = {f"token_{n}": n for n in self.n_positions}
         for c in self.cle or self.n_positions:
             for bs in self.batch_sizes:
                 graphs[f"context_{c}_{bs}"] = (c, bs)
-        for (k, bs) in sorted(self.speculation):
+        for k, bs in sorted(self.speculation):
             graphs[f"speculation_{k}_{bs}"] = (k, bs)
         out = {}
         for name, shape in graphs.items():
@@ -145,11 +165,19 @@ class LlamaForSampling:
         if cache_ids is None:
             positions = torch.arange(seq).repeat(batch, 1)
         else:
-            positions = cache_ids.reshape(batch, -1) if cache_ids.dim() == 2 else cache_ids.reshape(1, -1).repeat(batch, 1)
+            positions = (
+                cache_ids.reshape(batch, -1)
+                if cache_ids.dim() == 2
+                else cache_ids.reshape(1, -1).repeat(batch, 1)
+            )
         if positions.shape[1] != seq:
-            raise ValueError(f"cache_ids {tuple(positions.shape)} do not match input_ids {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"cache_ids {tuple(positions.shape)} do not match input_ids {tuple(input_ids.shape)}"
+            )
         if int(positions.max()) >= max(self.n_positions):
-            raise IndexError(f"cache position {int(positions.max())} >= n_positions {max(self.n_positions)}")
+            raise IndexError(
+                f"cache position {int(positions.max())} >= n_positions {max(self.n_positions)}"
+            )
         for b in range(batch):
             row = self.tokens.setdefault(b, {})
             if int(positions[b, 0]) == 0:
@@ -171,8 +199,9 @@ class LlamaForSampling:
         """Logits of the last position: (batch, vocab), float32."""
         self._require_neuron()
         positions = self._write(input_ids, cache_ids)
-        return torch.stack([self._logits_at(b, int(positions[b, -1]))
-                            for b in range(input_ids.shape[0])])
+        return torch.stack(
+            [self._logits_at(b, int(positions[b, -1])) for b in range(input_ids.shape[0])]
+        )
 
     def speculative_forward(self, input_ids, cache_ids, start_ids=None, speculation_length=None):
         """Logits for each of k positions: (k, vocab, batch)."""
@@ -181,18 +210,38 @@ class LlamaForSampling:
         if (speculation_length or k, batch) not in self.speculation:
             raise KeyError((speculation_length or k, batch))
         positions = self._write(input_ids, cache_ids)
-        out = torch.stack([torch.stack([self._logits_at(b, int(positions[b, j]))
-                                        for b in range(batch)], dim=-1) for j in range(k)])
+        out = torch.stack(
+            [
+                torch.stack(
+                    [self._logits_at(b, int(positions[b, j])) for b in range(batch)], dim=-1
+                )
+                for j in range(k)
+            ]
+        )
         return out  # (k, vocab, batch)
 
     @torch.no_grad()
-    def sample(self, input_ids, sequence_length, start_ids=None, top_k=50, top_p=1.0,
-               temperature=1.0, eos_token_override=None, streamer=None, **kwargs):
+    def sample(
+        self,
+        input_ids,
+        sequence_length,
+        start_ids=None,
+        top_k=50,
+        top_p=1.0,
+        temperature=1.0,
+        eos_token_override=None,
+        streamer=None,
+        **kwargs,
+    ):
         self._require_neuron()
         for name, value in (("temperature", temperature), ("top_p", top_p)):
             if not isinstance(value, float):
                 raise ValueError(f"{name} must be a float, got {value!r}")
-        eos = eos_token_override if eos_token_override is not None else self.config.get("eos_token_id")
+        eos = (
+            eos_token_override
+            if eos_token_override is not None
+            else self.config.get("eos_token_id")
+        )
         ids = input_ids.clone()
         logits = self.forward(ids)
         done = torch.zeros(ids.shape[0], dtype=torch.bool)

@@ -1,0 +1,76 @@
+"""Shared helpers for tests of the Neuron backend: a tiny Llama checkpoint with its own
+tokenizer (built here, no download), and the transformers_neuronx test double."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+DOUBLE = Path(__file__).parent / "tnx_double"
+WORDS = [f"w{i}" for i in range(93)]
+
+
+def make_checkpoint(
+    directory: Path,
+    seed: int = 0,
+    noise: float = 0.0,
+    base: Path | None = None,
+    bin_format: bool = False,
+) -> Path:
+    """A 2-layer Llama with a word-level tokenizer over 96 ids, saved to directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    if base is not None:
+        model.load_state_dict(LlamaForCausalLM.from_pretrained(base).state_dict())
+    if noise:
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * noise)
+    model.save_pretrained(directory)
+    if bin_format:
+        (directory / "model.safetensors").unlink()
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    fast.save_pretrained(directory)
+    return directory
+
+
+def use_double(monkeypatch, version: str) -> None:
+    """Put the double on sys.path at `version`, freshly imported, with a clean runtime."""
+    monkeypatch.setenv("TNX_DOUBLE_VERSION", version)
+    monkeypatch.syspath_prepend(str(DOUBLE))
+    for name in list(sys.modules):
+        if name == "transformers_neuronx" or name.startswith("transformers_neuronx."):
+            monkeypatch.delitem(sys.modules, name)
+    import transformers_neuronx._runtime as runtime
+
+    runtime.reset()
+
+
+def reset_cores() -> None:
+    """A new process, as far as the double's NeuronCores are concerned."""
+    import transformers_neuronx._runtime as runtime
+
+    runtime.reset()

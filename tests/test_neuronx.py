@@ -1,0 +1,235 @@
+"""The transformers-neuronx backend against the test double (API v1 and v2)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuron_spec.artifacts import verify
+from neuron_spec.backends import load_generator
+from neuron_spec.config import load_config
+from neuron_spec.errors import BackendUnavailableError
+
+from .neuron_fixtures import make_checkpoint, reset_cores, use_double
+
+pytestmark = pytest.mark.reference
+V1, V2 = "0.11.351", "0.13.322"
+PROMPTS = ["w1 w5 w9 w3", "w7 w7 w2", "w40 w41 w42 w43 w44"]
+
+
+@pytest.fixture(scope="module")
+def pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    target = make_checkpoint(root / "target", seed=0)
+    draft = make_checkpoint(root / "draft", seed=0, noise=0.003, base=target)
+    return target, draft
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    import sys
+
+    for name in list(os.environ):
+        if name.startswith("NEURON_"):
+            monkeypatch.delenv(name)
+    yield
+    for name in list(os.environ):  # the backend exports the planned layout for the runtime
+        if name.startswith("NEURON_"):
+            del os.environ[name]
+    for name in list(sys.modules):  # unload the double: the next test picks its own version
+        if name.startswith("transformers_neuronx"):
+            del sys.modules[name]
+
+
+def write_config(
+    tmp_path: Path,
+    target: Path,
+    draft: Path,
+    backend: str,
+    *,
+    tp: int = 32,
+    acceptor: str = "greedy",
+    temperature: float = 0.0,
+    extra: str = "",
+) -> Path:
+    cfg = tmp_path / f"{backend}-{tp}-{acceptor}.yaml"
+    cfg.write_text(
+        f"instance: trn1.32xlarge\nbackend: {backend}\n"
+        f"target: {{model: {target}, amp: f32, tp_degree: {tp}, n_positions: 256}}\n"
+        f"draft: {{model: {draft}, amp: f32, tp_degree: {tp}, n_positions: 256}}\n"
+        f"speculation: {{draft_tokens: 3, acceptor: {acceptor}}}\n"
+        f"sampling: {{temperature: {temperature}, seed: 4}}\n"
+        f"generation: {{max_new_tokens: 20, max_prompt_tokens: 32}}\n"
+        f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n{extra}"
+    )
+    return cfg
+
+
+@pytest.mark.parametrize("version", [V1, V2])
+def test_greedy_neuronx_equals_reference(tmp_path, monkeypatch, pair_dirs, version):
+    use_double(monkeypatch, version)
+    target, draft = pair_dirs
+    neuron = load_generator(load_config(write_config(tmp_path, target, draft, "neuronx")))
+    reference = load_generator(load_config(write_config(tmp_path, target, draft, "reference")))
+    drafted = accepted = 0
+    for prompt in PROMPTS:
+        a = neuron.generate(prompt)
+        b = reference.generate(prompt)
+        assert a.token_ids == b.token_ids
+        assert a.text == b.text
+        assert len(a.token_ids[0]) == 20 or a.finished_by_eos[0]
+        drafted += a.metrics.drafted
+        accepted += a.metrics.accepted
+    assert drafted > 0 and 0 < accepted <= drafted  # exact counts, from the acceptor's records
+    pair = neuron.backend
+    # kwargs come only from the validated spec: nothing the library would silently ignore
+    assert pair.draft.ignored_kwargs == {} and pair.target.ignored_kwargs == {}
+    assert pair.target.speculation == {(4, 1): True}  # window = draft_tokens + 1
+    assert os.environ["NEURON_RT_VISIBLE_CORES"] == "0-31"
+
+
+@pytest.mark.parametrize("version", [V1, V2])
+def test_second_run_loads_compiled_artifacts(tmp_path, monkeypatch, pair_dirs, version):
+    use_double(monkeypatch, version)
+    import transformers_neuronx._runtime as runtime
+
+    target, draft = pair_dirs
+    cfg = load_config(write_config(tmp_path, target, draft, "neuronx"))
+    first = load_generator(cfg)
+    assert first.backend.events == [("draft", "compiled"), ("target", "compiled")]
+    out1 = first.generate(PROMPTS[0]).token_ids
+    reset_cores()  # a new process
+    second = load_generator(cfg)
+    assert second.backend.events == [("draft", "loaded"), ("target", "loaded")]
+    assert [e["event"] for e in runtime.events] == ["load", "load"]
+    assert second.generate(PROMPTS[0]).token_ids == out1
+    entries = sorted((tmp_path / "compiled").iterdir())
+    assert len(entries) == 2 and all(verify(e) is None for e in entries)
+
+
+def test_corrupted_entry_is_rebuilt_not_loaded(tmp_path, monkeypatch, pair_dirs):
+    use_double(monkeypatch, V2)
+    import transformers_neuronx._runtime as runtime
+
+    target, draft = pair_dirs
+    cfg = load_config(write_config(tmp_path, target, draft, "neuronx"))
+    gen = load_generator(cfg)
+    target_key = gen.backend.plan.target.cache_key
+    neff = next((tmp_path / "compiled" / target_key).glob("*.neff"))
+    neff.write_bytes(neff.read_bytes()[:-10] + b"corrupted!")  # same size, wrong bytes
+    reset_cores()
+    again = load_generator(cfg)
+    assert again.backend.events == [("draft", "loaded"), ("target", "compiled")]
+    assert [e["event"] for e in runtime.events] == ["load", "compile"]
+    assert verify(tmp_path / "compiled" / target_key) is None
+    assert any("fails its checksum" in w for w in again.backend.cache.warnings)
+
+
+def test_partial_entry_without_manifest_is_never_loaded(tmp_path, monkeypatch, pair_dirs):
+    use_double(monkeypatch, V2)
+    target, draft = pair_dirs
+    cfg = load_config(write_config(tmp_path, target, draft, "neuronx"))
+    gen = load_generator(cfg)
+    key = gen.backend.plan.draft.cache_key
+    (tmp_path / "compiled" / key / "manifest.json").unlink()  # as if killed mid-write
+    reset_cores()
+    again = load_generator(cfg)
+    assert again.backend.events[0] == ("draft", "compiled")
+
+
+def test_lossless_sampling_uses_the_sampled_draft_provider(tmp_path, monkeypatch, pair_dirs):
+    use_double(monkeypatch, V2)
+    import transformers_neuronx.speculation as spec_mod
+
+    seen = []
+    original = spec_mod.SpeculativeGenerator.__init__
+
+    def spy(self, draft, target, k=4, acceptor=None):
+        seen.append(type(draft).__name__)
+        original(self, draft, target, k, acceptor)
+
+    monkeypatch.setattr(spec_mod.SpeculativeGenerator, "__init__", spy)
+    target, draft = pair_dirs
+    cfg = write_config(tmp_path, target, draft, "neuronx", acceptor="lossless", temperature=0.8)
+    gen = load_generator(load_config(cfg))
+    a = gen.generate(PROMPTS[1], seed=11)
+    b = gen.generate(PROMPTS[1], seed=11)
+    assert seen == ["SampledDraftProvider", "SampledDraftProvider"]
+    assert a.token_ids == b.token_ids  # seeded
+    assert a.metrics.drafted >= a.metrics.accepted
+
+
+def test_different_tp_for_a_second_model_fails_like_the_runtime(tmp_path, monkeypatch, pair_dirs):
+    use_double(monkeypatch, V2)
+    from transformers_neuronx import LlamaForSampling
+
+    target, draft = pair_dirs
+    a = LlamaForSampling.from_pretrained(str(draft), n_positions=128, amp="f32", tp_degree=8)
+    a.to_neuron()
+    b = LlamaForSampling.from_pretrained(str(target), n_positions=128, amp="f32", tp_degree=16)
+    with pytest.raises(RuntimeError, match="nrt_load_collectives"):
+        b.to_neuron()
+
+
+def test_the_double_enforces_the_contract(tmp_path, monkeypatch, pair_dirs):
+    use_double(monkeypatch, V2)
+    from transformers_neuronx import LlamaForSampling
+
+    target, _ = pair_dirs
+    m = LlamaForSampling.from_pretrained(
+        str(target), n_positions=128, amp="f32", tp_degree=2, typo_kwarg=1
+    )
+    assert m.ignored_kwargs == {"typo_kwarg": 1}  # silently ignored, as the real library does
+    with pytest.raises(TypeError):
+        LlamaForSampling.from_pretrained(str(target), n_positions="128")
+    with pytest.raises(AssertionError):
+        LlamaForSampling.from_pretrained(str(target), n_positions=128, context_length_estimate=256)
+    with pytest.raises(RuntimeError, match="to_neuron"):
+        m.save(str(tmp_path / "early"))
+    m.enable_speculative_decoder(4)
+    m.load(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError):
+        m.to_neuron()
+    m.load_dir = None
+    m.to_neuron()
+    with pytest.raises(RuntimeError, match="before to_neuron"):
+        m.enable_speculative_decoder(5)
+    ids = torch.tensor([[1, 5, 9]])
+    assert m(ids).shape == (1, 96)
+    assert m.speculative_forward(
+        torch.tensor([[4, 5, 6, 7]]), torch.arange(3, 7), None, 4
+    ).shape == (4, 96, 1)
+    with pytest.raises(KeyError):
+        m.speculative_forward(torch.tensor([[4, 5]]), torch.arange(3, 5), None, 2)
+    with pytest.raises(ValueError, match="float"):
+        m.sample(ids, sequence_length=8, temperature=1)
+    assert m.sample(ids, sequence_length=8, top_k=1).shape[1] <= 8
+
+
+def test_missing_library_is_a_clear_error(tmp_path, pair_dirs, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers_neuronx", None)  # import fails
+    target, draft = pair_dirs
+    with pytest.raises(BackendUnavailableError, match="Deep Learning AMI"):
+        load_generator(load_config(write_config(tmp_path, target, draft, "neuronx")))
+
+
+def test_bin_checkpoint_is_split_once_and_tokenizer_stays(tmp_path, monkeypatch, pair_dirs):
+    use_double(monkeypatch, V2)
+    target, _ = pair_dirs
+    draft_bin = make_checkpoint(
+        tmp_path / "draft-bin", seed=0, noise=0.003, base=target, bin_format=True
+    )
+    cfg = load_config(write_config(tmp_path, target, draft_bin, "neuronx"))
+    gen = load_generator(cfg)
+    plan = gen.backend.plan
+    assert plan.draft.prepare == "split"
+    split = Path(plan.draft.checkpoint)
+    assert (split / "pytorch_model.bin" / "key_to_filename.json").is_file()
+    assert plan.draft.tokenizer == str(draft_bin)
+    assert gen.generate(PROMPTS[0]).token_ids  # generates from the split checkpoint
