@@ -6,8 +6,9 @@ a constant schedule and the confidence threshold off, so both engines draft exac
 per step. transformers reads these settings from the *assistant's* generation_config, not from
 generate()'s keyword arguments (which it passes on but does not apply to the assistant):
 without setting them there, it silently uses its adaptive schedule and confidence threshold,
-drafting anywhere from 2 to 20 tokens per step, and the comparison is not like for like. The script checks that all three produce identical tokens, then prints JSON with
-tokens/s for each (median of --repeat runs) and the ratio of this engine to assisted generation.
+drafting anywhere from 2 to 20 tokens per step, and the comparison is not like for like.
+The script checks that all three produce identical tokens, then prints JSON with tokens/s
+for each (median of --repeat runs) and the ratio of this engine to assisted generation.
 Goal: ratio >= 1.2.
 
     python benchmarks/vs_assisted.py [--gamma 4] [--max-new-tokens 64] [--repeat 3]

@@ -59,9 +59,15 @@ class Entry:
         return self.problem is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "path": str(self.path), "size_bytes": self.size_bytes,
-                "created": self.created, "ok": self.ok, "problem": self.problem,
-                "description": self.description}  # fmt: skip
+        return {
+            "key": self.key,
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "created": self.created,
+            "ok": self.ok,
+            "problem": self.problem,
+            "description": self.description,
+        }
 
 
 def verify(path: Path) -> str | None:
@@ -123,8 +129,9 @@ class ArtifactCache:
         os.replace(d, trash)  # atomic: readers never see a half-deleted entry
         shutil.rmtree(trash, ignore_errors=True)
 
-    def store(self, key: str, write: Callable[[Path], None],
-              description: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    def store(
+        self, key: str, write: Callable[[Path], None], description: dict[str, Any] | None = None
+    ) -> Path:
         """Run write(tmp_dir), then publish tmp_dir as the entry for key, atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -138,9 +145,11 @@ class ArtifactCache:
                 "key": key,
                 "created": time.time(),
                 "description": description or {},
-                "files": {str(f.relative_to(tmp)): {"size": f.stat().st_size,
-                                                    "sha256": sha256_file(f)} for f in files},
-            }  # fmt: skip
+                "files": {
+                    str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": sha256_file(f)}
+                    for f in files
+                },
+            }
             _write_json(tmp / MANIFEST, manifest)
             final = self.path(key)
             if final.exists():
@@ -175,17 +184,24 @@ class ArtifactCache:
             out.append(Entry(d.name, d, size, created, desc, problem))
         return out
 
-    def prune(self, *, older_than_s: float | None = None, broken: bool = False,
-              everything: bool = False, dry_run: bool = False) -> list[Entry]:  # fmt: skip
+    def prune(
+        self,
+        *,
+        older_than_s: float | None = None,
+        broken: bool = False,
+        everything: bool = False,
+        dry_run: bool = False,
+    ) -> list[Entry]:
         """Remove entries: all, the broken ones, or those older than a duration.
         Also clears temporary directories left by interrupted writes."""
         now = time.time()
         doomed = [
-            e for e in self.entries()
+            e
+            for e in self.entries()
             if everything
             or (broken and not e.ok)
             or (older_than_s is not None and (e.created or 0) < now - older_than_s)
-        ]  # fmt: skip
+        ]
         if not dry_run:
             for e in doomed:
                 self.discard(e.key)
@@ -219,7 +235,7 @@ class ArtifactCache:
             for f in _files(d):
                 client.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(d)}")
             client.upload_file(str(d / MANIFEST), bucket, f"{prefix}/{MANIFEST}")  # last
-        except Exception as exc:  # noqa: BLE001 - boto3/botocore raise many types
+        except Exception as exc:
             self.warnings.append(f"could not push {key} to {self.s3_uri}: {exc}")
 
     def _pull(self, key: str) -> bool:
@@ -242,7 +258,7 @@ class ArtifactCache:
                 return False
             os.replace(tmp, self.path(key))
             return True
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.warnings.append(f"could not pull {key} from {self.s3_uri}: {exc}")
             return False
         finally:

@@ -90,15 +90,19 @@ class ModelLoad:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
         out = []
         if self.prepare == "split":
-            out.append(f"transformers_neuronx.module.save_pretrained_split("
-                       f"LlamaForCausalLM.from_pretrained({self.model!r}), {self.checkpoint!r})")  # fmt: skip
+            out.append(
+                f"transformers_neuronx.module.save_pretrained_split("
+                f"LlamaForCausalLM.from_pretrained({self.model!r}), {self.checkpoint!r})"
+            )
         out.append(f"{var} = LlamaForSampling.from_pretrained({self.checkpoint!r}, {args})")
         if self.window is not None:
             if api == "v1":
                 out.append(f"{var}.enable_speculative_decoder({self.window})")
             else:
-                out.append(f"{var}.enable_speculative_decoder({self.window}, "
-                           f"batch_sizes={self.batch_sizes!r})")  # fmt: skip
+                out.append(
+                    f"{var}.enable_speculative_decoder({self.window}, "
+                    f"batch_sizes={self.batch_sizes!r})"
+                )
         out.append(f"{var}.load(<artifact cache>/{self.cache_key})   # only on a cache hit")
         out.append(f"{var}.to_neuron()")
         out.append(f"{var}.save(<artifact cache>/{self.cache_key})   # only on a cache miss")
@@ -191,8 +195,12 @@ def artifact_root(cfg: ConfigFile) -> Path:
     return p if p.is_absolute() else cfg.base_dir / p
 
 
-def build_load_plan(cfg: ConfigFile, tnx_version: str | None = None,
-                    cc_version: str | None = None, env: dict[str, str] | None = None) -> LoadPlan:  # fmt: skip
+def build_load_plan(
+    cfg: ConfigFile,
+    tnx_version: str | None = None,
+    cc_version: str | None = None,
+    env: dict[str, str] | None = None,
+) -> LoadPlan:
     spec = cfg.spec
     tnx_version = tnx_version if tnx_version is not None else installed_version(TNX_DIST)
     cc_version = cc_version if cc_version is not None else installed_version(CC_DIST)
@@ -207,16 +215,20 @@ def build_load_plan(cfg: ConfigFile, tnx_version: str | None = None,
         tokenizer = None
         if resolved.kind == "catalog":
             prepare, checkpoint = "catalog", f"<checkpoint directory of {m.model}>"
-            notes.append(f"{role}.model is a catalog name: set it to the checkpoint directory "
-                         "before loading.")  # fmt: skip
+            notes.append(
+                f"{role}.model is a catalog name: set it to the checkpoint directory "
+                "before loading."
+            )
         elif resolved.problem:
             prepare, checkpoint = "missing", resolved.location
             notes.append(f"{role}: {resolved.problem}.")
         elif resolved.lazy_loadable is False and resolved.kind == "directory":
             prepare, checkpoint = "split", str(split_dir(resolved, root))
             tokenizer = resolved.location
-            notes.append(f"{role}: {resolved.weights} is converted once to the split format "
-                         f"in {checkpoint}; the tokenizer stays in {resolved.location}.")  # fmt: skip
+            notes.append(
+                f"{role}: {resolved.weights} is converted once to the split format "
+                f"in {checkpoint}; the tokenizer stays in {resolved.location}."
+            )
         else:
             prepare, checkpoint = "direct", resolved.location
             tokenizer = resolved.location
@@ -257,9 +269,11 @@ def build_load_plan(cfg: ConfigFile, tnx_version: str | None = None,
         else "draft (argmax drafts)"
     )
     if api == "unknown":
-        notes.append("transformers-neuronx is not installed here: the calls are shown for "
-                     "API v2 (0.13); v1 (0.10-0.12) differs in enable_speculative_decoder and "
-                     "sample. Versions in the cache key are filled in at load time.")  # fmt: skip
+        notes.append(
+            "transformers-neuronx is not installed here: the calls are shown for "
+            "API v2 (0.13); v1 (0.10-0.12) differs in enable_speculative_decoder and "
+            "sample. Versions in the cache key are filled in at load time."
+        )
     return LoadPlan(
         api=api,
         tnx_version=tnx_version,

@@ -14,9 +14,9 @@ ns_env() {
     "$py" -m venv "$venv"
   fi
   local stamp="$venv/.neuron-spec-installed"
-  local want
-  want="$(cat "$ns_root/pyproject.toml" | sha256sum | cut -c1-16) extras=$extras torch=$want_torch"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  local hash
+  hash="$(sha256sum "$ns_root/pyproject.toml" | cut -c1-16)"
+  if [ -f "$stamp" ] && ns_satisfied "$stamp" "$hash" "$extras" "$want_torch"; then
     return 0
   fi
   ns_log "installing neuron-spec[$extras] into $venv"
@@ -26,5 +26,18 @@ ns_env() {
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==${NEURON_SPEC_TORCH:-2.13.0}"
   fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ns_root[$extras]"
-  echo "$want" > "$stamp"
+  printf '%s\n%s\n%s\n' "$hash" "$extras" "${want_torch:+torch}" > "$stamp"
+}
+
+# True when the stamp shows the same pyproject.toml, every requested extra, and torch if wanted.
+ns_satisfied() {
+  local stamp="$1" hash="$2" extras="$3" want_torch="$4"
+  [ "$(sed -n 1p "$stamp")" = "$hash" ] || return 1
+  local have
+  have=",$(sed -n 2p "$stamp"),"
+  local e
+  for e in ${extras//,/ }; do
+    case "$have" in *",$e,"*) ;; *) return 1 ;; esac
+  done
+  [ -z "$want_torch" ] || [ "$(sed -n 3p "$stamp")" = "torch" ]
 }

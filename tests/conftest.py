@@ -16,7 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # Modules that import torch at the top. Without torch (the core-only install) they are not
 # collected; scripts/test.sh sets NEURON_SPEC_REQUIRE_TORCH=1 so a full run can never skip
 # them silently.
-_TORCH_MODULES = ["test_engine.py", "test_sampling.py", "test_reference.py", "test_model.py"]
+_TORCH_MODULES = [
+    "test_cli_reference.py",
+    "test_engine.py",
+    "test_launch.py",
+    "test_model.py",
+    "test_neuronx.py",
+    "test_reference.py",
+    "test_sampling.py",
+]
 if importlib.util.find_spec("torch") is None:
     if os.environ.get("NEURON_SPEC_REQUIRE_TORCH") == "1":
         raise RuntimeError("torch is required for the full test suite: bash scripts/test.sh")

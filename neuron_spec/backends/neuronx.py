@@ -102,8 +102,10 @@ class NeuronxPair:
     def _prepare(self, ml: ModelLoad) -> None:
         """Convert a .bin checkpoint once into the split format (atomically)."""
         if ml.prepare in ("catalog", "missing"):
-            raise UsageError(f"{ml.role}.model: {ml.checkpoint} cannot be loaded; "
-                             "run `neuron-spec validate` for details.")  # fmt: skip
+            raise UsageError(
+                f"{ml.role}.model: {ml.checkpoint} cannot be loaded; "
+                "run `neuron-spec validate` for details."
+            )
         if ml.prepare != "split" or Path(ml.checkpoint).is_dir():
             return
         self.say(f"converting {ml.model} to the split format (once)")
@@ -142,8 +144,9 @@ class NeuronxPair:
                 self.events.append((ml.role, "loaded"))
                 return model
             except FileNotFoundError as exc:  # a graph whose hash has no NEFF: stale entry
-                self.cache.warnings.append(f"{ml.role}: cached artifacts do not match ({exc}); "
-                                           "compiling again")  # fmt: skip
+                self.cache.warnings.append(
+                    f"{ml.role}: cached artifacts do not match ({exc}); compiling again"
+                )
                 self.cache.discard(ml.cache_key)
         self.say(f"{ml.role}: compiling with neuronx-cc (tens of minutes for a 70B model)")
         model = self._build(ml)
@@ -154,9 +157,17 @@ class NeuronxPair:
 
     # --- generation ------------------------------------------------------------------------
 
-    def decode(self, prompts: Sequence[Sequence[int]], acceptor: Any, *, draft_tokens: int,
-               max_new_tokens: int, eos_token_ids: Sequence[int] = (), pad_token_id: int = 0,
-               on_tokens: Any = None) -> EngineResult:  # fmt: skip
+    def decode(
+        self,
+        prompts: Sequence[Sequence[int]],
+        acceptor: Any,
+        *,
+        draft_tokens: int,
+        max_new_tokens: int,
+        eos_token_ids: Sequence[int] = (),
+        pad_token_id: int = 0,
+        on_tokens: Any = None,
+    ) -> EngineResult:
         window = self.plan.window
         if draft_tokens not in (0, window - 1):
             raise UsageError(
@@ -171,8 +182,15 @@ class NeuronxPair:
         by_eos: list[bool] = []
         for row, prompt in enumerate(prompts):
             callback = None if on_tokens is None else (lambda _r, t, row=row: on_tokens(row, t))
-            tokens, row_steps, first = self._one(prompt, acceptor, draft_tokens, max_new_tokens,
-                                                 eos_token_ids, pad_token_id, callback)  # fmt: skip
+            tokens, row_steps, first = self._one(
+                prompt,
+                acceptor,
+                draft_tokens,
+                max_new_tokens,
+                eos_token_ids,
+                pad_token_id,
+                callback,
+            )
             eos_hit = bool(tokens) and tokens[-1] in set(eos_token_ids)
             rows.append(tokens)
             by_eos.append(eos_hit)
@@ -182,8 +200,16 @@ class NeuronxPair:
         result.end = time.perf_counter()
         return result
 
-    def _one(self, prompt: Sequence[int], acceptor: Any, draft_tokens: int, max_new: int,
-             eos_ids: Sequence[int], pad: int, on_tokens: Any) -> tuple[list[int], list[StepRecord], float | None]:  # fmt: skip
+    def _one(
+        self,
+        prompt: Sequence[int],
+        acceptor: Any,
+        draft_tokens: int,
+        max_new: int,
+        eos_ids: Sequence[int],
+        pad: int,
+        on_tokens: Any,
+    ) -> tuple[list[int], list[StepRecord], float | None]:
         import torch
 
         ids = torch.tensor([list(prompt)], dtype=torch.long)
@@ -223,15 +249,22 @@ class NeuronxPair:
 
     def _target_only(self, ids: Any, seq_len: int, acceptor: Any, eos: list[int]) -> Any:
         s = acceptor.sampling
-        kwargs: dict[str, Any] = {"top_k": 1} if s.temperature == 0 else {
-            "top_k": s.top_k if s.top_k > 0 else 0, "top_p": float(s.top_p),
-            "temperature": float(s.temperature)}  # fmt: skip
+        kwargs: dict[str, Any] = (
+            {"top_k": 1}
+            if s.temperature == 0
+            else {
+                "top_k": s.top_k if s.top_k > 0 else 0,
+                "top_p": float(s.top_p),
+                "temperature": float(s.temperature),
+            }
+        )
         if eos:
             kwargs["eos_token_override"] = eos[0]
         return self.target.sample(ids, sequence_length=seq_len, **kwargs)
 
-    def _speculate(self, ids: Any, seq_len: int, acceptor: Any, eos: list[int], pad: int,
-                   streamer: _Streamer) -> Any:  # fmt: skip
+    def _speculate(
+        self, ids: Any, seq_len: int, acceptor: Any, eos: list[int], pad: int, streamer: _Streamer
+    ) -> Any:
         import torch
 
         speculation = importlib.import_module("transformers_neuronx.speculation")

@@ -7,7 +7,7 @@ events) lives in `_runtime`. If TNX_DOUBLE_RECORD names a file, every to_neuron(
 JSON line with the event and the NEURON_* environment, so tests in other processes can see it.
 """
 
-from .version import __version__
 from .llama.model import LlamaForSampling
+from .version import __version__
 
 __all__ = ["LlamaForSampling", "__version__"]

@@ -82,7 +82,7 @@ class LlamaForSampling:
         if self.on_neuron:
             raise RuntimeError("enable_speculative_decoder must be called before to_neuron()")
         if api() == "v1":
-            if kwargs or batch_sizes is not None and __version__.startswith("0.10.0.21"):
+            if kwargs or (batch_sizes is not None and __version__.startswith("0.10.0.21")):
                 raise TypeError("enable_speculative_decoder() got an unexpected keyword argument")
         elif set(kwargs) - {"token_tree"}:
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
@@ -172,7 +172,8 @@ class LlamaForSampling:
             )
         if positions.shape[1] != seq:
             raise ValueError(
-                f"cache_ids {tuple(positions.shape)} do not match input_ids {tuple(input_ids.shape)}"
+                f"cache_ids {tuple(positions.shape)} do not match "
+                f"input_ids {tuple(input_ids.shape)}"
             )
         if int(positions.max()) >= max(self.n_positions):
             raise IndexError(

@@ -1,0 +1,178 @@
+"""scripts/launch.sh end to end on a simulated Neuron host: a fake neuron-ls, a fake EC2
+metadata service (IMDSv2) on 127.0.0.1, the transformers_neuronx test double, and this test
+environment standing in for the DLAMI's transformers-neuronx environment."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from .neuron_fixtures import DOUBLE, make_checkpoint
+
+pytestmark = pytest.mark.reference
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = ROOT / "scripts" / "launch.sh"
+
+
+class _Imds(http.server.BaseHTTPRequestHandler):
+    instance = "trn1.32xlarge"
+
+    def do_PUT(self):
+        ok = self.path == "/latest/api/token" and self.headers.get(
+            "X-aws-ec2-metadata-token-ttl-seconds"
+        )
+        self._reply(200 if ok else 400, "token-123")
+
+    def do_GET(self):
+        ok = (
+            self.path == "/latest/meta-data/instance-type"
+            and self.headers.get("X-aws-ec2-metadata-token") == "token-123"
+        )
+        self._reply(200 if ok else 401, self.instance)
+
+    def _reply(self, code, body):
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def imds():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Imds)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def neuron_host(tmp_path_factory, imds):
+    root = tmp_path_factory.mktemp("host")
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    devices = [
+        {
+            "neuron_device": i,
+            "nc_count": 2,
+            "memory_size": 34359738368,
+            "neuroncore_ids": [2 * i, 2 * i + 1],
+            "connected_to": [],
+            "neuron_processes": [],
+        }
+        for i in range(16)
+    ]
+    ls = bin_dir / "neuron-ls"
+    ls.write_text(f"#!/bin/sh\ncat <<'JSON'\n{json.dumps(devices)}\nJSON\n")
+    ls.chmod(0o755)
+    target = make_checkpoint(root / "target", seed=0)
+    draft = make_checkpoint(root / "draft", seed=0, noise=0.003, base=target)
+    return {"root": root, "bin": bin_dir, "target": target, "draft": draft, "imds": imds}
+
+
+def config(host, name: str, *, instance="trn1.32xlarge", draft_tp=32) -> Path:
+    path = host["root"] / name
+    path.write_text(
+        f"instance: {instance}\nbackend: neuronx\n"
+        f"target: {{model: {host['target']}, amp: f32, tp_degree: 32, n_positions: 256}}\n"
+        f"draft: {{model: {host['draft']}, amp: f32, tp_degree: {draft_tp}, n_positions: 256}}\n"
+        "speculation: {draft_tokens: 3, acceptor: greedy}\n"
+        "generation: {max_new_tokens: 12, max_prompt_tokens: 32}\n"
+        f"compile: {{artifact_cache: {host['root'] / 'compiled'}, cc_flags: '-O1'}}\n"
+    )
+    return path
+
+
+def launch(host, *args, neuron=True, record=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_")}
+    env.update(
+        PATH=(f"{host['bin']}:" if neuron else "") + env["PATH"],
+        NEURON_SPEC_IMDS_ENDPOINT=host["imds"] if neuron else "http://127.0.0.1:9",
+        NEURON_SPEC_NEURON_VENV=sys.prefix,  # our environment plays the DLAMI's
+        NEURON_SPEC_VENV=sys.prefix,  # and the reference fallback's (it has torch)
+        PYTHONPATH=str(DOUBLE),
+        PYTHON=sys.executable,
+        TNX_DOUBLE_VERSION="0.13.322",
+        TNX_DOUBLE_RECORD=str(record or host["root"] / "unused.jsonl"),
+    )
+    return subprocess.run(
+        ["bash", str(LAUNCH), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def events(record: Path) -> list[dict]:
+    if not record.exists():
+        return []
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def test_good_config_generates_with_the_planned_environment(neuron_host):
+    record = neuron_host["root"] / "good.jsonl"
+    proc = launch(
+        neuron_host,
+        str(config(neuron_host, "good.yaml")),
+        "--",
+        "--prompt",
+        "w1 w2 w3",
+        record=record,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Neuron host: trn1.32xlarge, 32 NeuronCores" in proc.stderr
+    assert "accepted / drafted" in proc.stdout
+    seen = events(record)
+    assert [e["event"] for e in seen] == ["compile", "compile"]
+    for e in seen:  # what the runtime saw when the models were loaded
+        assert e["env"]["NEURON_RT_VISIBLE_CORES"] == "0-31"
+        assert e["env"]["NEURON_CC_FLAGS"] == "-O1"
+    again = launch(
+        neuron_host,
+        str(config(neuron_host, "good.yaml")),
+        "--",
+        "--prompt",
+        "w1 w2 w3",
+        record=record,
+    )
+    assert again.returncode == 0, again.stderr
+    assert [e["event"] for e in events(record)][2:] == ["load", "load"]  # compiled once
+
+
+def test_preflight_error_stops_before_loading(neuron_host):
+    record = neuron_host["root"] / "bad.jsonl"
+    proc = launch(neuron_host, str(config(neuron_host, "bad.yaml", draft_tp=16)), record=record)
+    assert proc.returncode == 1
+    assert "tp-mismatch" in proc.stdout and "nothing was loaded" in proc.stderr
+    assert events(record) == []
+
+
+def test_config_for_another_instance_is_refused(neuron_host):
+    record = neuron_host["root"] / "other.jsonl"
+    cfg = config(neuron_host, "inf2.yaml", instance="inf2.48xlarge")
+    proc = launch(neuron_host, str(cfg), record=record)
+    assert proc.returncode == 2
+    assert "written for inf2.48xlarge, but this is trn1.32xlarge" in proc.stderr
+    assert events(record) == []
+
+
+def test_off_neuron_runs_the_reference_backend(neuron_host):
+    record = neuron_host["root"] / "cpu.jsonl"
+    proc = launch(
+        neuron_host,
+        str(config(neuron_host, "cpu.yaml")),
+        "--",
+        "--prompt",
+        "w4 w5",
+        neuron=False,
+        record=record,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "not a Neuron host" in proc.stderr and "reference backend" in proc.stderr
+    assert "accepted / drafted" in proc.stdout
+    assert events(record) == []  # transformers-neuronx was never used
