@@ -138,9 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--draft-tokens",
         type=_int_list,
-        default=[1, 2, 4, 6, 8],
         metavar="LIST",
-        help="comma-separated values of gamma (default 1,2,4,6,8)",
+        help="comma-separated values of gamma (default 1,2,4,6,8 on the reference backend; on "
+        "neuronx only the compiled speculation.draft_tokens, since each gamma is its own graph)",
     )
     b.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: 3 built-in)")
     b.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N")
@@ -587,14 +587,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError(f"--prompts {args.prompts}: no prompts in the file")
     if _preflight_or_stop(cfg, args.instance, args.json) is None:
         return EXIT_FAILED
+    gammas = args.draft_tokens
+    if gammas is None:
+        configured = cfg.spec.speculation.draft_tokens
+        gammas = [configured] if cfg.spec.backend == "neuronx" else [1, 2, 4, 6, 8]
     gen = _load_generator(cfg)
-    total = (1 + len(args.draft_tokens)) * args.repeat
+    total = (1 + len(gammas)) * args.repeat
     with Progress(transient=True, console=_stderr_console()) as progress:
         task = progress.add_task("benchmarking", total=total)
         report = run_bench(
             gen,
             prompts,
-            args.draft_tokens,
+            gammas,
             args.max_new_tokens,
             args.repeat,
             tick=lambda label: progress.update(task, advance=1, description=label),

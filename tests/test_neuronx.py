@@ -232,3 +232,18 @@ def test_bin_checkpoint_is_split_once_and_tokenizer_stays(tmp_path, monkeypatch,
     assert (split / "pytorch_model.bin" / "key_to_filename.json").is_file()
     assert plan.draft.tokenizer == str(draft_bin)
     assert gen.generate(PROMPTS[0]).token_ids  # generates from the split checkpoint
+
+
+def test_bench_compares_target_sample_with_the_compiled_window(tmp_path, monkeypatch, pair_dirs):
+    use_double(monkeypatch, V2)
+    from neuron_spec.bench import run_bench
+    from neuron_spec.errors import UsageError
+
+    target, draft = pair_dirs
+    gen = load_generator(load_config(write_config(tmp_path, target, draft, "neuronx")))
+    report = run_bench(gen, PROMPTS[:1] + PROMPTS[2:], [3], max_new=12)
+    row = report["speculative"][0]
+    assert row["draft_tokens"] == 3 and row["outputs_match_target"] is True
+    assert report["baseline"]["new_tokens"] == row["new_tokens"]
+    with pytest.raises(UsageError, match="compiled for draft_tokens=3"):
+        gen.generate(PROMPTS[0], draft_tokens=5)
