@@ -110,8 +110,9 @@ def test_second_run_loads_compiled_artifacts(tmp_path, monkeypatch, pair_dirs, v
     assert len(entries) == 2 and all(verify(e) is None for e in entries)
 
 
-def test_corrupted_entry_is_rebuilt_not_loaded(tmp_path, monkeypatch, pair_dirs):
-    use_double(monkeypatch, V2)
+@pytest.mark.parametrize("version", [V1, V2])
+def test_corrupted_entry_is_rebuilt_not_loaded(tmp_path, monkeypatch, pair_dirs, version):
+    use_double(monkeypatch, version)
     import transformers_neuronx._runtime as runtime
 
     target, draft = pair_dirs
@@ -247,3 +248,20 @@ def test_bench_compares_target_sample_with_the_compiled_window(tmp_path, monkeyp
     assert report["baseline"]["new_tokens"] == row["new_tokens"]
     with pytest.raises(UsageError, match="compiled for draft_tokens=3"):
         gen.generate(PROMPTS[0], draft_tokens=5)
+
+
+def test_loading_artifacts_of_another_shape_fails_on_the_hash(tmp_path, monkeypatch, pair_dirs):
+    use_double(monkeypatch, V2)
+    from transformers_neuronx import LlamaForSampling
+
+    target, _ = pair_dirs
+    a = LlamaForSampling.from_pretrained(str(target), n_positions=128, amp="f32", tp_degree=2)
+    a.enable_speculative_decoder(4)
+    a.to_neuron()
+    a.save(str(tmp_path / "neffs"))
+    reset_cores()
+    b = LlamaForSampling.from_pretrained(str(target), n_positions=128, amp="f32", tp_degree=2)
+    b.enable_speculative_decoder(5)  # another window: another speculation graph
+    b.load(str(tmp_path / "neffs"))
+    with pytest.raises(FileNotFoundError, match="speculation_5"):
+        b.to_neuron()
