@@ -151,6 +151,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="R",
         help="runs per setting; the fastest is kept",
     )
+    sv = with_config(
+        "serve",
+        "serve an OpenAI-compatible completions API",
+        "Run the preflight, start an HTTP server at once (GET /health answers 503 while the "
+        "models load, 200 when ready), load the pair, then serve POST /v1/completions "
+        "(OpenAI-compatible: prompt, max_tokens, temperature, top_p, stop, seed, stream) and "
+        "GET /metrics (Prometheus). Requests run one at a time from a bounded queue; a full "
+        "queue answers 429 with Retry-After. SIGTERM drains gracefully.",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=_positive_int, default=8080, help="port (default 8080)")
+    sv.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="requests that may wait for the model (default 16)",
+    )
     e = with_config(
         "env",
         "print the environment a launch exports (NEURON_RT_VISIBLE_CORES, compiler settings)",
@@ -692,6 +710,15 @@ def _dry_run(cfg: ConfigFile, as_json: bool) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    cfg = _load(args.config, args.backend)
+    if _preflight_or_stop(cfg, args.instance, False) is None:
+        return EXIT_FAILED
+    return serve(cfg, args.host, args.port, args.queue_size)
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from .loadplan import planned_env
 
@@ -764,6 +791,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "schema": cmd_schema,
     "env": cmd_env,
+    "serve": cmd_serve,
     "cache": cmd_cache,
 }
 

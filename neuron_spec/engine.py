@@ -48,7 +48,13 @@ class Runner(Protocol):
         ...
 
 
-StreamCallback = Callable[[int, list[int]], None]
+# Called with (row, new tokens) as they are accepted; returning True ends that row (a stop
+# string was reached, say).
+StreamCallback = Callable[[int, list[int]], "bool | None"]
+
+
+class GenerationCancelled(Exception):
+    """Raised out of the loop when `cancelled()` turns true (e.g. the client went away)."""
 
 
 @dataclass
@@ -105,6 +111,7 @@ def speculative_generate(
     eos_token_ids: Sequence[int] = (),
     pad_token_id: int = 0,
     on_tokens: StreamCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> EngineResult:
     """Generate up to max_new_tokens per prompt. draft=None or draft_tokens=0: target only."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -123,6 +130,8 @@ def speculative_generate(
     result = EngineResult(out, by_eos, [], time.perf_counter(), [None] * batch)
 
     while not all(done):
+        if cancelled is not None and cancelled():
+            raise GenerationCancelled()
         t_step = time.perf_counter()
         remaining = max(max_new_tokens - len(out[b]) for b in range(batch) if not done[b])
         gamma = min(gamma_max, remaining - 1)  # no point drafting past the budget
@@ -187,8 +196,8 @@ def speculative_generate(
                 record.emitted.append(len(keep))
                 if by_eos[b] or len(out[b]) >= max_new_tokens:
                     done[b] = True
-                if on_tokens is not None and keep:
-                    on_tokens(b, keep)
+                if on_tokens is not None and keep and on_tokens(b, keep):
+                    done[b] = True
                 new_todo = [new[-1]]
             target_todo[b] = new_todo
             if gamma > 0:

@@ -12,6 +12,12 @@ from .engine import EngineResult, Runner, speculative_generate
 from .speedup import alpha_from_mean_tokens
 
 
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the earliest stop string in text, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
 def _percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
@@ -38,6 +44,8 @@ class Metrics:
     acceptance_rate: float | None  # accepted / drafted
     mean_tokens_per_pass: float | None  # L: tokens emitted per target pass, per row
     per_position_acceptance: list[float]  # P(draft i accepted | drafted), i = 1..gamma
+    per_position_drafted: list[int]  # how often position i was drafted
+    per_position_accepted: list[int]  # how often position i was accepted
     alpha: float | None  # per-token acceptance probability, from L
     draft_step_ms: float | None  # mean time of a 1-token draft pass
     target_step_ms: float | None  # mean time of a target pass
@@ -92,6 +100,8 @@ def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metric
         per_position_acceptance=[
             a / d if d else 0.0 for a, d in zip(pos_accepted, pos_drafted, strict=True)
         ],
+        per_position_drafted=pos_drafted,
+        per_position_accepted=pos_accepted,
         alpha=alpha,
         draft_step_ms=statistics.fmean(res.draft_step_seconds) * 1e3
         if res.draft_step_seconds
@@ -109,6 +119,7 @@ class Generation:
     finished_by_eos: list[bool]
     metrics: Metrics
     prompt_token_ids: list[list[int]] = field(default_factory=list)
+    finished_by_stop: list[bool] = field(default_factory=list)
 
     def to_dict(self, single: bool = False) -> dict[str, Any]:
         if single and len(self.text) == 1:
@@ -175,7 +186,13 @@ class Generator:
         draft_tokens: int | None = None,
         on_text: TextCallback | None = None,
         prompt_token_ids: Sequence[Sequence[int]] | None = None,
+        stop: Sequence[str] = (),
+        cancelled: Callable[[], bool] | None = None,
     ) -> Generation:
+        """Generate for one prompt or a batch. `on_text(row, delta)` receives text as tokens are
+        accepted; `stop` strings end a row (the text is cut before the stop string, which is
+        not returned); `cancelled()` is polled between steps and aborts the call with
+        GenerationCancelled when it turns true."""
         from .acceptors import make_acceptor
 
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -194,17 +211,26 @@ class Generator:
         acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
         gamma = self.spec.speculation.draft_tokens if draft_tokens is None else draft_tokens
         callback = None
-        if on_text is not None:
+        stops = [s for s in stop if s]
+        stopped = [False] * len(ids)
+        if on_text is not None or stops:
             so_far: list[list[int]] = [[] for _ in ids]
             shown = [""] * len(ids)
+            hold = max((len(s) for s in stops), default=1) - 1  # may be the start of a stop
 
-            def callback(row: int, new: list[int]) -> None:
+            def callback(row: int, new: list[int]) -> bool:
                 so_far[row].extend(new)
                 text = self.tokenizer.decode(so_far[row], skip_special_tokens=True)
-                if text.endswith("\ufffd"):
-                    return  # an incomplete multi-byte character: wait for the rest
-                on_text(row, text[len(shown[row]) :])
-                shown[row] = text
+                cut = _first_stop(text, stops)
+                if cut is not None:
+                    text, stopped[row] = text[:cut], True
+                elif text.endswith("\ufffd"):
+                    return False  # an incomplete multi-byte character: wait for the rest
+                safe = len(text) if stopped[row] else max(len(shown[row]), len(text) - hold)
+                if on_text is not None and safe > len(shown[row]):
+                    on_text(row, text[len(shown[row]) : safe])
+                shown[row] = text[:safe]
+                return stopped[row]
 
         res = self.decoder(
             ids,
@@ -214,10 +240,17 @@ class Generator:
             eos_token_ids=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
             on_tokens=callback,
+            cancelled=cancelled,
         )
         texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in res.tokens]
+        for row, text in enumerate(texts):
+            cut = _first_stop(text, stops)
+            if cut is not None:
+                texts[row], stopped[row] = text[:cut], True
+            elif on_text is not None and len(text) > len(shown[row]):
+                on_text(row, text[len(shown[row]) :])  # flush what was held back
         metrics = compute_metrics(res, sum(len(p) for p in ids), gamma)
-        return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids)
+        return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stopped)
 
     def _decode_with_runners(
         self, prompts: Sequence[Sequence[int]], acceptor: Any, *, draft_tokens: int, **kwargs: Any

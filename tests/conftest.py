@@ -13,7 +13,7 @@ from neuron_spec.host import HostFacts
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Modules that import torch at the top. Without torch (the core-only install) they are not
+# Modules that import torch (or the serve extra) at the top. Without torch (the core-only install) they are not
 # collected; scripts/test.sh sets NEURON_SPEC_REQUIRE_TORCH=1 so a full run can never skip
 # them silently.
 _TORCH_MODULES = [
@@ -24,6 +24,7 @@ _TORCH_MODULES = [
     "test_neuronx.py",
     "test_reference.py",
     "test_sampling.py",
+    "test_serve.py",  # needs the serve extra and httpx
 ]
 if importlib.util.find_spec("torch") is None:
     if os.environ.get("NEURON_SPEC_REQUIRE_TORCH") == "1":

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..acceptors import SampledDraftProvider
 from ..artifacts import ArtifactCache
-from ..engine import EngineResult, StepRecord
+from ..engine import EngineResult, GenerationCancelled, StepRecord
 from ..errors import BackendUnavailableError, GenerationError, UsageError
 from ..loadplan import LoadPlan, ModelLoad, api_generation, artifact_root, build_load_plan
 
@@ -59,8 +59,9 @@ def import_tnx() -> tuple[Any, str]:
 class _Streamer:
     """Receives tokens from SpeculativeGenerator.sample as they are accepted."""
 
-    def __init__(self, on_tokens: Any, acceptor: Any, window: int, api: str):
+    def __init__(self, on_tokens: Any, acceptor: Any, window: int, api: str, cancelled: Any = None):
         self.on_tokens = on_tokens
+        self.cancelled = cancelled
         self.acceptor = acceptor
         self.window = window
         self.api = api
@@ -69,6 +70,8 @@ class _Streamer:
     def put(self, value: Any) -> None:
         import torch
 
+        if self.cancelled is not None and self.cancelled():
+            raise GenerationCancelled()  # propagates out of sample(): the request is gone
         tokens = torch.as_tensor(value).reshape(-1).tolist()
         self.times.append(time.perf_counter())
         if self.api == "v2" and len(tokens) == self.window and self.acceptor.calls:
@@ -167,6 +170,7 @@ class NeuronxPair:
         eos_token_ids: Sequence[int] = (),
         pad_token_id: int = 0,
         on_tokens: Any = None,
+        cancelled: Any = None,
     ) -> EngineResult:
         window = self.plan.window
         if draft_tokens not in (0, window - 1):
@@ -190,6 +194,7 @@ class NeuronxPair:
                 eos_token_ids,
                 pad_token_id,
                 callback,
+                cancelled,
             )
             eos_hit = bool(tokens) and tokens[-1] in set(eos_token_ids)
             rows.append(tokens)
@@ -209,6 +214,7 @@ class NeuronxPair:
         eos_ids: Sequence[int],
         pad: int,
         on_tokens: Any,
+        cancelled: Any = None,
     ) -> tuple[list[int], list[StepRecord], float | None]:
         import torch
 
@@ -221,7 +227,7 @@ class NeuronxPair:
                 out = self._target_only(ids, seq_len, acceptor, eos)
                 streamer = None
             else:
-                streamer = _Streamer(on_tokens, acceptor, self.plan.window, self.api)
+                streamer = _Streamer(on_tokens, acceptor, self.plan.window, self.api, cancelled)
                 out = self._speculate(ids, seq_len, acceptor, eos, pad, streamer)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise GenerationError(f"transformers-neuronx generation failed: {exc}") from exc

@@ -1,0 +1,471 @@
+"""`neuron-spec serve`: an OpenAI-compatible completions server (Starlette + uvicorn).
+
+- POST /v1/completions: prompt (string or list), max_tokens, temperature, top_p, stop, seed,
+  stream (server-sent events ending in `data: [DONE]`); `usage` in every response and the
+  request's speculation figures under `speculation`.
+- GET /health: 503 while the models load, 200 once ready.
+- GET /metrics: Prometheus text format.
+
+Generation runs on one worker thread, one request at a time (transformers-neuronx speculation
+is batch 1), fed from a bounded queue: a full queue answers 429 with Retry-After. A client that
+disconnects mid-stream has its generation cancelled at the next step, freeing the worker.
+SIGTERM stops accepting work, answers queued requests 503, and lets the running one finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import ConfigFile
+from .engine import GenerationCancelled
+from .errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
+
+MAX_PROMPTS = 16
+MAX_STOPS = 4
+
+
+class CompletionRequest(BaseModel):
+    """The subset of OpenAI's /v1/completions that neuron-spec serves."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+    user: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str | list[str]) -> str | list[str]:
+        items = [v] if isinstance(v, str) else v
+        if not items or len(items) > MAX_PROMPTS:
+            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
+        if any(not p for p in items):
+            raise ValueError("prompts must not be empty")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > MAX_STOPS or any(not s for s in items):
+            raise ValueError(f"give up to {MAX_STOPS} non-empty stop strings")
+        return v
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+def _error(
+    status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
+) -> JSONResponse:
+    from starlette.responses import JSONResponse
+
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status)
+
+
+@dataclass
+class Job:
+    request: CompletionRequest
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[tuple[str, Any]]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def push(self, kind: str, payload: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        p = "neuron_spec_"
+        self.requests = Counter(
+            p + "requests", "Completion requests by outcome", ["status"], registry=r
+        )
+        self.errors = Counter(p + "request_errors", "Failed requests by kind", ["kind"], registry=r)
+        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed", registry=r)
+        self.tokens = Counter(p + "generated_tokens", "Tokens generated", registry=r)
+        self.ttft = Histogram(
+            p + "time_to_first_token_seconds",
+            "Time to first token",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.tpot = Histogram(
+            p + "time_per_output_token_seconds",
+            "Time per output token",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.drafted = Counter(p + "draft_tokens", "Draft tokens proposed", registry=r)
+        self.accepted = Counter(p + "accepted_tokens", "Draft tokens accepted", registry=r)
+        self.pos_drafted = Counter(
+            p + "position_drafted", "Drafts proposed at each position", ["position"], registry=r
+        )
+        self.pos_accepted = Counter(
+            p + "position_accepted", "Drafts accepted at each position", ["position"], registry=r
+        )
+        self.queue_depth = Gauge(p + "queue_depth", "Requests waiting", registry=r)
+        self.ready = Gauge(p + "ready", "1 once the models are loaded", registry=r)
+
+    def observe(self, m: Any) -> None:
+        self.prompt_tokens.inc(m.prompt_tokens)
+        self.tokens.inc(m.new_tokens)
+        self.drafted.inc(m.drafted)
+        self.accepted.inc(m.accepted)
+        if m.time_to_first_token_s is not None:
+            self.ttft.observe(m.time_to_first_token_s)
+        if m.time_per_output_token_s["mean"] is not None and m.new_tokens > 1:
+            for _ in range(m.new_tokens - 1):
+                self.tpot.observe(m.time_per_output_token_s["mean"])
+        for i, (d, a) in enumerate(
+            zip(m.per_position_drafted, m.per_position_accepted, strict=True), 1
+        ):
+            self.pos_drafted.labels(str(i)).inc(d)
+            self.pos_accepted.labels(str(i)).inc(a)
+
+
+class ServerState:
+    """Everything the handlers share: the generator, the queue, the worker, the metrics."""
+
+    def __init__(self, cfg: ConfigFile, queue_size: int = 16, retry_after_s: int = 2):
+        self.cfg = cfg
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.retry_after_s = retry_after_s
+        self.metrics = Metrics()
+        self.generator: Any = None
+        self.load_error: str | None = None
+        self.shutting_down = False
+        self.running: Job | None = None
+        self.on_fatal: Any = None  # called when loading fails: the server exits
+        self.model_name = cfg.spec.target.model.rstrip("/").split("/")[-1]
+        self._worker = threading.Thread(target=self._work, name="neuron-spec-worker", daemon=True)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, loader: Any) -> None:
+        def load() -> None:
+            try:
+                self.generator = loader(self.cfg)
+                self.metrics.ready.set(1)
+                self._worker.start()
+            except Exception as exc:
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                if self.on_fatal is not None:
+                    self.on_fatal()
+
+        threading.Thread(target=load, name="neuron-spec-loader", daemon=True).start()
+
+    def begin_shutdown(self) -> None:
+        """Stop taking work; answer queued requests 503; let the running one finish."""
+        self.shutting_down = True
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.push("error", (503, "the server is shutting down"))
+        with contextlib.suppress(queue.Full):
+            self.jobs.put_nowait(None)
+
+    def cancel_running(self) -> None:
+        job = self.running
+        if job is not None:
+            job.cancelled.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.generator is not None and not self.shutting_down
+
+    # --- work ------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> bool:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            return False
+        self.metrics.queue_depth.set(self.jobs.qsize())
+        return True
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            self.metrics.queue_depth.set(self.jobs.qsize())
+            if job is None:
+                return
+            if job.cancelled.is_set():
+                self.metrics.requests.labels("cancelled").inc()
+                continue
+            self.running = job
+            try:
+                job.push("done", self._run(job))
+                self.metrics.requests.labels("ok").inc()
+            except GenerationCancelled:
+                self.metrics.requests.labels("cancelled").inc()
+            except Exception as exc:
+                self.metrics.requests.labels("error").inc()
+                self.metrics.errors.labels(type(exc).__name__).inc()
+                job.push("error", (500, f"generation failed: {type(exc).__name__}: {exc}"))
+            finally:
+                self.running = None
+
+    def _run(self, job: Job) -> dict[str, Any]:
+        req, gen = job.request, self.generator
+        choices = []
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0}
+        for index, prompt in enumerate(req.prompts()):
+            on_text = None
+            if req.stream:
+
+                def on_text(_row: int, delta: str, index: int = index) -> None:
+                    job.push("delta", (index, delta))
+
+            result = gen.generate(
+                prompt,
+                max_new_tokens=req.max_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                seed=req.seed,
+                stop=req.stops(),
+                on_text=on_text,
+                cancelled=job.cancelled.is_set,
+            )
+            m = result.metrics
+            self.metrics.observe(m)
+            stopped = result.finished_by_stop[0] or result.finished_by_eos[0]
+            choices.append(
+                {
+                    "text": result.text[0],
+                    "index": index,
+                    "logprobs": None,
+                    "finish_reason": "stop" if stopped else "length",
+                }
+            )
+            usage["prompt_tokens"] += m.prompt_tokens
+            usage["completion_tokens"] += m.new_tokens
+            spec["drafted"] += m.drafted
+            spec["accepted"] += m.accepted
+            spec["target_passes"] += m.target_passes
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        spec["acceptance_rate"] = spec["accepted"] / spec["drafted"] if spec["drafted"] else None
+        return {"choices": choices, "usage": usage, "speculation": spec}
+
+
+def build_app(state: ServerState, loader: Any) -> Any:
+    from contextlib import asynccontextmanager
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    async def health(_request: Request) -> Response:
+        if state.load_error:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        if state.shutting_down:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        if not state.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "model": state.model_name})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def response_body(job: Job, result: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": job.id,
+            "object": "text_completion",
+            "created": job.created,
+            "model": state.model_name,
+            **result,
+        }
+
+    async def completions(request: Request) -> Response:
+        try:
+            payload = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            state.metrics.requests.labels("invalid").inc()
+            return _error(400, f"the body is not valid JSON: {exc}")
+        try:
+            body = CompletionRequest.model_validate(payload)
+        except ValidationError as exc:
+            state.metrics.requests.labels("invalid").inc()
+            first = exc.errors()[0]
+            param = ".".join(str(x) for x in first["loc"] if not isinstance(x, int)) or None
+            if first["type"] == "extra_forbidden":
+                return _error(400, f"unknown field {param!r}", param)
+            got = first.get("input")
+            return _error(400, f"{param}: {first['msg']} (got {got!r})", param)
+        if state.shutting_down:
+            return _error(503, "the server is shutting down", kind="server_error")
+        if not state.ready:
+            return _error(503, "the models are still loading; poll /health", kind="server_error")
+        loop = asyncio.get_running_loop()
+        job = Job(body, loop, asyncio.Queue())
+        if not state.submit(job):
+            state.metrics.requests.labels("rejected").inc()
+            resp = _error(429, "the request queue is full; retry later", kind="rate_limit_error")
+            resp.headers["Retry-After"] = str(state.retry_after_s)
+            return resp
+        if body.stream:
+            return StreamingResponse(
+                _stream(job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        try:
+            kind, payload = await job.events.get()
+            while kind == "delta":
+                kind, payload = await job.events.get()
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+        if kind == "error":
+            status, message = payload
+            return _error(status, message, kind="server_error")
+        return JSONResponse(response_body(job, payload))
+
+    def _sse(data: dict[str, Any]) -> str:
+        return f"data: {json.dumps(data)}\n\n"
+
+    async def _stream(job: Job) -> AsyncIterator[str]:
+        try:
+            while True:
+                kind, payload = await job.events.get()
+                if kind == "delta":
+                    index, text = payload
+                    yield _sse(
+                        response_body(
+                            job,
+                            {
+                                "choices": [
+                                    {
+                                        "text": text,
+                                        "index": index,
+                                        "logprobs": None,
+                                        "finish_reason": None,
+                                    }
+                                ]
+                            },
+                        )
+                    )
+                elif kind == "done":
+                    for choice in payload["choices"]:
+                        last = {**choice, "text": ""}
+                        yield _sse(response_body(job, {"choices": [last]}))
+                    yield _sse(
+                        response_body(
+                            job,
+                            {
+                                "choices": [],
+                                "usage": payload["usage"],
+                                "speculation": payload["speculation"],
+                            },
+                        )
+                    )
+                    yield "data: [DONE]\n\n"
+                    return
+                else:
+                    status, message = payload
+                    yield _sse(
+                        {"error": {"message": message, "type": "server_error", "code": status}}
+                    )
+                    yield "data: [DONE]\n\n"
+                    return
+        finally:
+            job.cancelled.set()  # the client went away, or we are done: free the worker
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        state.start(loader)
+        yield
+        state.begin_shutdown()
+        state.cancel_running()
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Route("/v1/completions", completions, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def serve(
+    cfg: ConfigFile, host: str, port: int, queue_size: int = 16, graceful_timeout_s: int = 30
+) -> int:
+    """Run the server until SIGTERM/SIGINT. Returns the process exit code."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise BackendUnavailableError(
+            "serving needs the serve extra: pip install 'neuron-spec[serve]'"
+        ) from None
+    from .backends import load_generator
+
+    state = ServerState(cfg, queue_size)
+    app = build_app(state, load_generator)
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Drain (queued requests get 503, the running one finishes), then exit 0. uvicorn's
+            # own handler would also re-raise the signal once it has shut down, so a server
+            # that stopped cleanly would look killed to its supervisor.
+            state.begin_shutdown()
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        lifespan="on",
+        timeout_graceful_shutdown=graceful_timeout_s,
+    )
+    server = _Server(config)
+
+    def fatal() -> None:
+        server.should_exit = True
+
+    state.on_fatal = fatal
+    server.run()
+    if state.load_error:
+        import sys
+
+        sys.stderr.write(f"error: loading the models failed: {state.load_error}\n")
+        return 1
+    return 0

@@ -1,0 +1,310 @@
+"""`neuron-spec serve` as a real process on 127.0.0.1, over real sockets."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import CONFIGS
+
+pytestmark = [pytest.mark.reference, pytest.mark.model]
+DEMO = CONFIGS / "demo-cpu.yaml"
+PROMPT = "The capital of France is"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, queue_size: int, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "neuron_spec",
+                "serve",
+                str(DEMO),
+                "--port",
+                str(self.port),
+                "--queue-size",
+                str(queue_size),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.health: list[int] = []
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert self.proc.poll() is None, log.read_text()
+            try:
+                code = httpx.get(self.url + "/health", timeout=2).status_code
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            self.health.append(code)
+            if code == 200:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the server did not become ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+    def complete(self, **body) -> httpx.Response:
+        return httpx.post(self.url + "/v1/completions", json=body, timeout=300)
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith(name + "_created"):
+                head, value = line.rsplit(" ", 1)
+                if head == name or head.startswith(name + "{"):
+                    total += float(value)
+        return total
+
+
+@pytest.fixture(scope="module")
+def server(demo_checkpoint, tmp_path_factory):
+    s = Server(queue_size=64, log=tmp_path_factory.mktemp("serve") / "server.log")
+    yield s
+    s.stop()
+
+
+def test_health_goes_from_503_to_200(server):
+    assert server.health[-1] == 200
+    assert 503 in server.health  # it answered while the models were loading
+
+
+def test_completion_equals_cli_generate(server):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neuron_spec",
+            "generate",
+            str(DEMO),
+            "--prompt",
+            PROMPT,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    expected = json.loads(proc.stdout)
+    r = server.complete(prompt=PROMPT, max_tokens=24, temperature=0.0)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"] == expected["text"]
+    assert body["usage"]["completion_tokens"] == len(expected["token_ids"])
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + len(
+        expected["token_ids"]
+    )
+    assert body["speculation"]["drafted"] >= body["speculation"]["accepted"] >= 0
+
+
+def read_stream(response: httpx.Response) -> tuple[list[dict], bool]:
+    events, done = [], False
+    for line in response.iter_lines():
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: ") :]
+        if data == "[DONE]":
+            done = True
+            break
+        events.append(json.loads(data))
+    return events, done
+
+
+def test_stream_concatenates_to_the_same_text(server):
+    plain = server.complete(prompt=PROMPT, max_tokens=32, temperature=0.0).json()
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        timeout=300,
+        json={"prompt": PROMPT, "max_tokens": 32, "temperature": 0.0, "stream": True},
+    ) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events, done = read_stream(r)
+    assert done
+    text = "".join(c["text"] for e in events for c in e["choices"])
+    deltas = [e for e in events if e["choices"] and e["choices"][0]["text"]]
+    assert len(deltas) >= 3
+    assert text == plain["choices"][0]["text"]
+    assert events[-1]["usage"] == plain["usage"]
+
+
+def test_metrics_count_the_request(server):
+    before_tokens = server.metric("neuron_spec_generated_tokens_total")
+    before_accepted = server.metric("neuron_spec_accepted_tokens_total")
+    before_ok = server.metric('neuron_spec_requests_total{status="ok"}')
+    body = server.complete(prompt="Once upon a time", max_tokens=20, temperature=0.0).json()
+    assert (
+        server.metric("neuron_spec_generated_tokens_total") - before_tokens
+        == body["usage"]["completion_tokens"]
+    )
+    assert (
+        server.metric("neuron_spec_accepted_tokens_total") - before_accepted
+        == body["speculation"]["accepted"]
+    )
+    assert server.metric('neuron_spec_requests_total{status="ok"}') - before_ok == 1
+    text = httpx.get(server.url + "/metrics").text
+    assert "neuron_spec_time_to_first_token_seconds_bucket" in text
+    assert 'neuron_spec_position_accepted_total{position="1"}' in text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": PROMPT, "temperature": 5.0}, "temperature"),
+        ({"prompt": PROMPT, "max_tokens": 0}, "max_tokens"),
+        ({"prompt": PROMPT, "top_p": 0.0}, "top_p"),
+        ({"prompt": PROMPT, "max_tokens": "8"}, "max_tokens"),
+        ({"prompt": ""}, "prompt"),
+        ({"max_tokens": 4}, "prompt"),
+        ({"prompt": PROMPT, "n": 3}, "n"),
+        ({"prompt": PROMPT, "best_of": 2}, "best_of"),
+    ],
+)
+def test_invalid_fields_get_400_naming_the_field(server, body, param):
+    r = server.complete(**body)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == param
+
+
+def test_malformed_json_gets_400(server):
+    r = httpx.post(server.url + "/v1/completions", content=b"{not json", timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+
+def test_stop_strings_and_prompt_lists(server):
+    body = server.complete(
+        prompt=[PROMPT, "Once upon a time"], max_tokens=24, temperature=0.0, stop=["\n"]
+    ).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    first = body["choices"][0]
+    assert "\n" not in first["text"] and first["finish_reason"] == "stop"
+
+
+def test_a_dropped_stream_does_not_stall_the_next_request(server):
+    before = server.metric('neuron_spec_requests_total{status="cancelled"}')
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        timeout=300,
+        json={
+            "prompt": "Write a long story:",
+            "max_tokens": 1000,
+            "temperature": 0.0,
+            "stream": True,
+        },
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # one event, then hang up
+    t0 = time.perf_counter()
+    r = server.complete(prompt=PROMPT, max_tokens=4, temperature=0.0)
+    assert r.status_code == 200
+    assert time.perf_counter() - t0 < 20  # 1000 tokens would take about a minute
+    deadline = time.time() + 10
+    while server.metric('neuron_spec_requests_total{status="cancelled"}') == before:
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+
+def test_openai_client(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    plain = server.complete(prompt=PROMPT, max_tokens=12, temperature=0.0).json()
+    out = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0.0)
+    assert out.choices[0].text == plain["choices"][0]["text"]
+    assert out.usage.completion_tokens == plain["usage"]["completion_tokens"]
+    chunks = client.completions.create(
+        model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0.0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == out.choices[0].text
+
+
+def test_fifty_concurrent_requests(server):
+    def one(i: int) -> tuple[int, float, int]:
+        t0 = time.perf_counter()
+        r = server.complete(
+            prompt=f"Question {i}: what is {i} plus {i}?", max_tokens=4, temperature=0.0
+        )
+        return r.status_code, time.perf_counter() - t0, len(r.json()["choices"])
+
+    with cf.ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, range(50)))
+    codes = [c for c, _, _ in results]
+    assert codes == [200] * 50  # no 5xx, no 429, nothing lost
+    assert all(n == 1 for _, _, n in results)
+    latencies = sorted(t for _, t, _ in results)
+    print(
+        json.dumps(
+            {"requests": 50, "p50_s": latencies[24], "p90_s": latencies[44], "max_s": latencies[-1]}
+        )
+    )
+
+
+def test_full_queue_answers_429_and_sigterm_drains(demo_checkpoint, tmp_path):
+    s = Server(queue_size=1, log=tmp_path / "small.log")
+    try:
+        with httpx.stream(
+            "POST",
+            s.url + "/v1/completions",
+            timeout=300,
+            json={
+                "prompt": "Write a long story:",
+                "max_tokens": 60,
+                "temperature": 0.0,
+                "stream": True,
+            },
+        ) as running:
+            lines = running.iter_lines()
+            next(line for line in lines if line.startswith("data: "))  # it is running now
+            with cf.ThreadPoolExecutor(max_workers=3) as pool:
+                futures = [
+                    pool.submit(s.complete, prompt=PROMPT, max_tokens=2, temperature=0.0)
+                    for _ in range(3)
+                ]
+                time.sleep(1.0)
+                os.kill(s.proc.pid, signal.SIGTERM)  # graceful: the running request finishes
+                rest = [line for line in lines if line.startswith("data: ")]
+                responses = [f.result(timeout=120) for f in futures]
+        assert rest[-1] == "data: [DONE]"
+        codes = sorted(r.status_code for r in responses)
+        assert 429 in codes
+        limited = next(r for r in responses if r.status_code == 429)
+        assert limited.headers["Retry-After"].isdigit()
+        assert all(c in (200, 429, 503) for c in codes)  # the queued one: done, or told to go
+        assert s.proc.wait(60) == 0
+    finally:
+        s.stop()
