@@ -1,0 +1,40 @@
+"""Use the official `openai` Python client against `neuron-spec serve`.
+
+neuron-spec serve configs/demo-cpu.yaml --port 8080 &
+python examples/openai_client.py --base-url http://127.0.0.1:8080/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from openai import OpenAI
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
+    ap.add_argument("--prompt", default="The three primary colours are")
+    args = ap.parse_args()
+    # neuron-spec does not check API keys; the client insists on one being set.
+    client = OpenAI(base_url=args.base_url, api_key="not-needed")
+
+    done = client.completions.create(
+        model="neuron-spec", prompt=args.prompt, max_tokens=32, temperature=0.0
+    )
+    print(args.prompt + done.choices[0].text)
+    print(f"[{done.usage.completion_tokens} tokens, finish_reason={done.choices[0].finish_reason}]")
+    # neuron-spec adds the request's speculation figures to the response
+    print("speculation:", (done.model_extra or {}).get("speculation"))
+
+    print("\nstreaming:")
+    for chunk in client.completions.create(
+        model="neuron-spec", prompt=args.prompt, max_tokens=32, temperature=0.7, seed=1, stream=True
+    ):
+        if chunk.choices:
+            print(chunk.choices[0].text, end="", flush=True)
+    print()
+
+
+if __name__ == "__main__":
+    main()
