@@ -169,6 +169,63 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="requests that may wait for the model (default 16)",
     )
+    dep = sub.add_parser(
+        "deploy",
+        help="deploy to SageMaker real-time endpoints, or delete one",
+        description="Package the config, an inference entry point and neuron-spec (as wheels) "
+        "into model.tar.gz, upload it, and create or update a SageMaker endpoint; or delete "
+        "an endpoint with its configuration and model. See docs/deploy.md.",
+    )
+    dep.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    dsub = dep.add_subparsers(dest="deploy_command", metavar="ACTION", parser_class=_Parser)
+    ds = dsub.add_parser(
+        "sagemaker",
+        help="create or update an endpoint",
+        description="Validate, package, upload, create the model, the endpoint "
+        "configuration and the endpoint (or update it), and wait until "
+        "InService.",
+    )
+    ds.add_argument("config", metavar="CONFIG")
+    ds.add_argument("--role", required=True, metavar="ARN", help="SageMaker execution role ARN")
+    ds.add_argument(
+        "--bucket",
+        required=True,
+        metavar="S3URL",
+        help="where model.tar.gz goes: s3://bucket[/prefix]",
+    )
+    ds.add_argument("--instance-type", default="ml.inf2.48xlarge", metavar="TYPE")
+    ds.add_argument("--initial-instance-count", type=_positive_int, default=1, metavar="N")
+    ds.add_argument(
+        "--endpoint-name", metavar="NAME", help="default: neuron-spec-<config file name>"
+    )
+    ds.add_argument("--region", metavar="R", help="AWS region (default: boto3's)")
+    ds.add_argument(
+        "--image-uri",
+        metavar="URI",
+        help="inference container (default: AWS's PyTorch Neuron inference DLC)",
+    )
+    ds.add_argument("--wait-timeout", type=_positive_int, default=3600, metavar="S")
+    ds.add_argument(
+        "--no-dependency-wheels",
+        action="store_true",
+        help="ship only neuron-spec's wheel (the container must reach a package "
+        "index for PyYAML, pydantic and rich)",
+    )
+    ds.add_argument("--dry-run", action="store_true", help="print every API request; send none")
+    ds.add_argument("--json", action="store_true")
+    ds.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    dd = dsub.add_parser("delete", help="delete an endpoint, its configuration and its model")
+    dd.add_argument("name", metavar="NAME")
+    dd.add_argument("--region", metavar="R")
+    dd.add_argument("--dry-run", action="store_true", help="print the requests; send none")
+    dd.add_argument("--json", action="store_true")
+    dd.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     e = with_config(
         "env",
         "print the environment a launch exports (NEURON_RT_VISIBLE_CORES, compiler settings)",
@@ -719,6 +776,69 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(cfg, args.host, args.port, args.queue_size)
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from . import deploy as dp
+
+    def say(msg: str) -> None:
+        sys.stderr.write(f"[deploy] {msg}\n")
+
+    if args.deploy_command is None:
+        raise UsageError("deploy needs an action: sagemaker or delete")
+    if args.deploy_command == "delete":
+        reqs = dp.delete(args.name, args.region, say, dry_run=args.dry_run)
+        if args.json:
+            print(json.dumps([{"operation": r.operation, "params": r.params} for r in reqs]))
+        elif args.dry_run:
+            print("\n".join(r.render() for r in reqs))
+        return EXIT_OK
+    cfg = _load(args.config)
+    opts = dp.DeployOptions(
+        role_arn=args.role,
+        bucket=args.bucket,
+        instance_type=args.instance_type,
+        initial_instance_count=args.initial_instance_count,
+        endpoint_name=args.endpoint_name,
+        region=args.region,
+        image_uri=args.image_uri,
+        wait_timeout_s=args.wait_timeout,
+    )
+    problems = dp.validate(cfg, opts)
+    if problems:
+        raise UsageError("cannot deploy:\n  " + "\n  ".join(problems))
+    catalog_name = args.instance_type.removeprefix("ml.")
+    from .catalog import INSTANCES
+
+    neuron_instance = cfg.spec.backend == "neuronx" and catalog_name in INSTANCES
+    if neuron_instance and _preflight_or_stop(cfg, catalog_name, args.json) is None:
+        return EXIT_FAILED
+    if args.dry_run:
+        reqs = dp.dry_run(cfg, opts)
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "service": r.service,
+                            "operation": r.operation,
+                            "params": {k: v for k, v in r.params.items() if k != "Body"},
+                        }
+                        for r in reqs
+                    ],
+                    indent=2,
+                )
+            )
+        else:
+            print("\n".join(r.render() for r in reqs))
+        return EXIT_OK
+    result = dp.deploy(cfg, opts, say, with_dependencies=not args.no_dependency_wheels)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        verb = "updated" if result["updated"] else "created"
+        print(f"endpoint {result['endpoint']} {verb}: {result['status']}")
+    return EXIT_OK
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from .loadplan import planned_env
 
@@ -792,6 +912,7 @@ COMMANDS = {
     "schema": cmd_schema,
     "env": cmd_env,
     "serve": cmd_serve,
+    "deploy": cmd_deploy,
     "cache": cmd_cache,
 }
 

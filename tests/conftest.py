@@ -13,9 +13,9 @@ from neuron_spec.host import HostFacts
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Modules that import torch (or the serve extra) at the top. Without torch (the core-only install) they are not
-# collected; scripts/test.sh sets NEURON_SPEC_REQUIRE_TORCH=1 so a full run can never skip
-# them silently.
+# Modules that import torch (or the serve extra) at the top. Without torch (the core-only
+# install) they are not collected; scripts/test.sh sets NEURON_SPEC_REQUIRE_TORCH=1 so a full
+# run can never skip them silently.
 _TORCH_MODULES = [
     "test_cli_reference.py",
     "test_engine.py",
@@ -89,3 +89,77 @@ def shipped(request: pytest.FixtureRequest) -> Callable[[Path], Path]:
         return path
 
     return get
+
+
+def _add_update_endpoint() -> None:
+    """moto (through 5.2.5) does not implement SageMaker's UpdateEndpoint. Give the fake
+    server that operation, modelled on its own CreateEndpoint, so a re-deploy is exercised over
+    real HTTP like every other call: switch the endpoint to another endpoint configuration."""
+    from moto.core.responses import ActionResult
+    from moto.sagemaker.models import SageMakerModelBackend
+    from moto.sagemaker.responses import SageMakerResponse
+
+    if hasattr(SageMakerResponse, "update_endpoint"):
+        return
+
+    def backend_update(self, endpoint_name, endpoint_config_name):
+        endpoint = self.endpoints[endpoint_name]
+        config = self.describe_endpoint_config(endpoint_config_name)  # raises when missing
+        endpoint.endpoint_config_name = endpoint_config_name
+        endpoint.production_variants = endpoint._process_production_variants(
+            config["ProductionVariants"]
+        )
+        return endpoint
+
+    def response_update(self):
+        endpoint = self.sagemaker_backend.update_endpoint(
+            self._get_param("EndpointName"), self._get_param("EndpointConfigName")
+        )
+        return ActionResult({"EndpointArn": endpoint.arn})
+
+    SageMakerModelBackend.update_endpoint = backend_update
+    SageMakerResponse.update_endpoint = response_update
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A moto server on 127.0.0.1 (S3 and SageMaker APIs) and the environment pointing boto3
+    at it; yields its URL."""
+    pytest.importorskip("boto3")
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _add_update_endpoint()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_server(moto_endpoint):
+    import boto3
+
+    client = boto3.client("s3")
+    buckets = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    if "fleet-artifacts" not in buckets:
+        client.create_bucket(Bucket="fleet-artifacts")
+    return client

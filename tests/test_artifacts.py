@@ -4,8 +4,6 @@ a real S3 API (a moto server on 127.0.0.1, through boto3's HTTP calls)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -132,43 +130,6 @@ def test_env_command_follows_the_config(tmp_path, capsys):
 
 
 # --- the S3 mirror, against a moto server ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {
-        k: os.environ.get(k)
-        for k in (
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION",
-            "AWS_ENDPOINT_URL",
-        )
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=endpoint,
-    )
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="fleet-artifacts")
-    yield client
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.mark.aws

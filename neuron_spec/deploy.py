@@ -1,0 +1,404 @@
+"""SageMaker real-time endpoints through boto3.
+
+deploy: validate the inputs (before any request) -> package model.tar.gz (the config, the
+inference entry point, neuron-spec and its dependencies as wheels) -> upload it to S3 ->
+create the model and the endpoint configuration -> create the endpoint, or update it when it
+exists -> wait until InService (or report why it failed).
+delete: remove the endpoint, its endpoint configuration and its model.
+
+Every API request is first built as data (`Request`), so `--dry-run` prints exactly what would
+be sent. Credentials come from boto3's usual chain and are never printed.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigFile
+from .errors import NeuronSpecError, UsageError
+
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+BUCKET_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
+ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+NEURON_INSTANCE_TYPES = (
+    "ml.inf2.xlarge",
+    "ml.inf2.8xlarge",
+    "ml.inf2.24xlarge",
+    "ml.inf2.48xlarge",
+    "ml.trn1.2xlarge",
+    "ml.trn1.32xlarge",
+)
+# AWS Deep Learning Container for PyTorch inference on Neuron (transformers-neuronx inside).
+DEFAULT_IMAGE = (
+    "763104351884.dkr.ecr.{region}.amazonaws.com/"
+    "pytorch-inference-neuronx:2.1.2-neuronx-py310-sdk2.20.2-ubuntu20.04"
+)
+# Compilation of a 70B pair takes tens of minutes: the container must be given that long.
+STARTUP_TIMEOUT_S = 3600
+DOWNLOAD_TIMEOUT_S = 3600
+VOLUME_GB = 512
+CONTAINER_PYTHON = ("3.10", "manylinux2014_x86_64")
+
+
+class DeployError(NeuronSpecError):
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Request:
+    service: str  # "s3" | "sagemaker"
+    operation: str  # boto3 method name
+    params: dict[str, Any]
+    note: str = ""
+
+    def render(self) -> str:
+        shown = {k: ("<model.tar.gz bytes>" if k == "Body" else v) for k, v in self.params.items()}
+        return f"{self.service}.{self.operation}({shown})" + (
+            f"  # {self.note}" if self.note else ""
+        )
+
+
+@dataclass
+class DeployOptions:
+    role_arn: str
+    bucket: str  # s3://bucket[/prefix]
+    instance_type: str = "ml.inf2.48xlarge"
+    initial_instance_count: int = 1
+    endpoint_name: str | None = None
+    region: str | None = None
+    image_uri: str | None = None
+    wait_timeout_s: float = 3600.0
+    poll_s: float = 30.0
+
+
+@dataclass
+class DeployPlan:
+    endpoint: str
+    model_name: str
+    config_name: str
+    s3_bucket: str
+    s3_key: str
+    image: str
+    requests: list[Request] = field(default_factory=list)
+
+
+def validate(cfg: ConfigFile, opts: DeployOptions) -> list[str]:
+    """Every problem with the inputs; nothing is sent anywhere."""
+    problems = []
+    if not ROLE_ARN.match(opts.role_arn):
+        problems.append(
+            f"--role {opts.role_arn!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
+        )
+    m = BUCKET_URI.match(opts.bucket)
+    if not m or ".." in m.group("bucket") or re.match(r"^\d+\.\d+\.\d+\.\d+$", m.group("bucket")):
+        problems.append(f"--bucket {opts.bucket!r} is not an S3 bucket URL (s3://bucket/prefix)")
+    if cfg.spec.backend == "neuronx" and opts.instance_type not in NEURON_INSTANCE_TYPES:
+        problems.append(
+            f"--instance-type {opts.instance_type!r} has no NeuronCores; use one of "
+            f"{', '.join(NEURON_INSTANCE_TYPES)}"
+        )
+    elif not re.match(r"^ml\.[a-z0-9]+\.[a-z0-9]+$", opts.instance_type):
+        problems.append(f"--instance-type {opts.instance_type!r} is not a SageMaker instance type")
+    if cfg.spec.backend == "reference" and not opts.image_uri:
+        problems.append(
+            "backend: reference needs --image-uri: a container with PyTorch and "
+            "transformers >= 4.50 (the default image is AWS's Neuron container)"
+        )
+    if opts.initial_instance_count < 1:
+        problems.append("--initial-instance-count must be at least 1")
+    name = opts.endpoint_name or default_endpoint_name(cfg)
+    if not ENDPOINT_NAME.match(name):
+        problems.append(f"--endpoint-name {name!r}: letters, digits and hyphens, at most 63")
+    for role, m_ in cfg.spec.models():
+        if not m_.model.startswith("s3://"):
+            problems.append(
+                f"{role}.model is {m_.model!r}: an endpoint downloads its "
+                "checkpoints, so give them as s3:// URLs"
+            )
+    return problems
+
+
+def default_endpoint_name(cfg: ConfigFile) -> str:
+    stem = cfg.path.stem if cfg.path else "neuron-spec"
+    return re.sub(r"[^a-zA-Z0-9-]", "-", f"neuron-spec-{stem}")[:63].strip("-")
+
+
+def plan_deploy(
+    cfg: ConfigFile, opts: DeployOptions, exists: bool, stamp: str | None = None
+) -> DeployPlan:
+    problems = validate(cfg, opts)
+    if problems:
+        raise UsageError("cannot deploy:\n  " + "\n  ".join(problems))
+    region = opts.region or "us-east-1"
+    endpoint = opts.endpoint_name or default_endpoint_name(cfg)
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    m = BUCKET_URI.match(opts.bucket)
+    assert m is not None  # validated above
+    prefix = (m.group("prefix") or "").strip("/")
+    key = f"{prefix + '/' if prefix else ''}{endpoint}/{stamp}/model.tar.gz"
+    image = opts.image_uri or DEFAULT_IMAGE.format(region=region)
+    model_name = f"{endpoint}-{stamp}"[:63]
+    config_name = f"{endpoint}-{stamp}"[:63]
+    plan = DeployPlan(endpoint, model_name, config_name, m.group("bucket"), key, image)
+    plan.requests = [
+        Request(
+            "s3",
+            "put_object",
+            {"Bucket": plan.s3_bucket, "Key": key, "Body": b""},
+            "the packaged model.tar.gz",
+        ),
+        Request(
+            "sagemaker",
+            "create_model",
+            {
+                "ModelName": model_name,
+                "ExecutionRoleArn": opts.role_arn,
+                "PrimaryContainer": {
+                    "Image": image,
+                    "ModelDataUrl": f"s3://{plan.s3_bucket}/{key}",
+                    "Environment": {
+                        "SAGEMAKER_PROGRAM": "inference.py",
+                        "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                        "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(STARTUP_TIMEOUT_S),
+                        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+                    },
+                },
+            },
+        ),
+        Request(
+            "sagemaker",
+            "create_endpoint_config",
+            {
+                "EndpointConfigName": config_name,
+                "ProductionVariants": [
+                    {
+                        "VariantName": "AllTraffic",
+                        "ModelName": model_name,
+                        "InstanceType": opts.instance_type,
+                        "InitialInstanceCount": opts.initial_instance_count,
+                        "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT_S,
+                        "ModelDataDownloadTimeoutInSeconds": DOWNLOAD_TIMEOUT_S,
+                        "VolumeSizeInGB": VOLUME_GB,
+                    }
+                ],
+            },
+        ),
+        Request(
+            "sagemaker",
+            "update_endpoint" if exists else "create_endpoint",
+            {"EndpointName": endpoint, "EndpointConfigName": config_name},
+            "the endpoint exists: switch it to the new configuration" if exists else "",
+        ),
+    ]
+    return plan
+
+
+# --- packaging ---------------------------------------------------------------------------------
+
+
+def _project_root() -> Path:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise DeployError(
+            "packaging needs neuron-spec's source tree (pyproject.toml next to "
+            "the neuron_spec package); install it with `pip install -e .`"
+        )
+    return root
+
+
+def build_wheels(dest: Path, with_dependencies: bool = True) -> list[Path]:
+    """neuron-spec's wheel, plus wheels of its dependencies for the container's Python."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    proc = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--quiet", "-w", str(dest), str(_project_root())],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise DeployError(f"building the neuron-spec wheel failed: {proc.stderr.strip()[-800:]}")
+    if with_dependencies:
+        from importlib.metadata import requires
+
+        deps = [
+            r.split(";")[0].strip() for r in (requires("neuron-spec") or []) if "extra ==" not in r
+        ]
+        python, platform = CONTAINER_PYTHON
+        proc = subprocess.run(
+            [
+                *pip,
+                "download",
+                "--quiet",
+                "--only-binary=:all:",
+                "--python-version",
+                python,
+                "--platform",
+                platform,
+                "-d",
+                str(dest),
+                *deps,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise DeployError(f"downloading dependency wheels failed: {proc.stderr[-800:]}")
+    return sorted(dest.glob("*.whl"))
+
+
+def package(cfg: ConfigFile, out: Path, with_dependencies: bool = True) -> Path:
+    """Write model.tar.gz: code/inference.py, code/neuron-spec.yaml, code/wheels/*.whl."""
+    if cfg.path is None:
+        raise DeployError("packaging needs the config file on disk")
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "code"
+        code.mkdir()
+        shutil.copy(Path(__file__).with_name("sagemaker_entry.py"), code / "inference.py")
+        shutil.copy(cfg.path, code / "neuron-spec.yaml")
+        build_wheels(code / "wheels", with_dependencies)
+        part = out.with_name(out.name + ".part")
+        with tarfile.open(part, "w:gz") as tar:
+            tar.add(code, arcname="code")
+        part.replace(out)  # never a half-written archive under the final name
+    return out
+
+
+# --- execution ---------------------------------------------------------------------------------
+
+
+def _clients(region: str | None) -> tuple[Any, Any]:
+    import boto3
+
+    session = boto3.session.Session(region_name=region)
+    return session.client("s3"), session.client("sagemaker")
+
+
+def endpoint_exists(sm: Any, name: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        sm.describe_endpoint(EndpointName=name)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
+            return False
+        raise
+
+
+def deploy(
+    cfg: ConfigFile,
+    opts: DeployOptions,
+    progress: Callable[[str], None] = print,
+    with_dependencies: bool = True,
+    clients: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    problems = validate(cfg, opts)  # before any request, even the existence check
+    if problems:
+        raise UsageError("cannot deploy:\n  " + "\n  ".join(problems))
+    s3, sm = clients or _clients(opts.region)
+    try:
+        exists = endpoint_exists(sm, opts.endpoint_name or default_endpoint_name(cfg))
+        plan = plan_deploy(cfg, opts, exists)
+        with tempfile.TemporaryDirectory() as tmp:
+            progress("packaging model.tar.gz (config, entry point, wheels)")
+            archive = package(cfg, Path(tmp) / "model.tar.gz", with_dependencies)
+            progress(f"uploading to s3://{plan.s3_bucket}/{plan.s3_key}")
+            s3.upload_file(str(archive), plan.s3_bucket, plan.s3_key)
+        for req in plan.requests[1:]:
+            p = req.params
+            name = p.get("ModelName") or p.get("EndpointConfigName") or p.get("EndpointName")
+            progress(f"{req.operation} {name}")
+            getattr(sm, req.operation)(**req.params)
+        status = wait(sm, plan.endpoint, opts.wait_timeout_s, opts.poll_s, progress)
+    except (ClientError, BotoCoreError) as exc:
+        raise DeployError(f"AWS request failed: {exc}") from None
+    return {
+        "endpoint": plan.endpoint,
+        "model": plan.model_name,
+        "endpoint_config": plan.config_name,
+        "model_data": f"s3://{plan.s3_bucket}/{plan.s3_key}",
+        "status": status,
+        "updated": exists,
+    }
+
+
+def wait(
+    sm: Any, endpoint: str, timeout_s: float, poll_s: float, progress: Callable[[str], None]
+) -> str:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        desc = sm.describe_endpoint(EndpointName=endpoint)
+        status = str(desc["EndpointStatus"])
+        if status != last:
+            progress(f"endpoint {endpoint}: {status}")
+            last = status
+        if status == "InService":
+            return status
+        if status in ("Failed", "RollingBack", "OutOfService"):
+            raise DeployError(
+                f"endpoint {endpoint} is {status}: {desc.get('FailureReason', 'no reason given')}"
+            )
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"endpoint {endpoint} still {status} after {timeout_s:.0f} s; "
+                "it keeps going: check it in the SageMaker console"
+            )
+        time.sleep(poll_s)
+
+
+def delete(
+    name: str,
+    region: str | None = None,
+    progress: Callable[[str], None] = print,
+    clients: tuple[Any, Any] | None = None,
+    dry_run: bool = False,
+) -> list[Request]:
+    """Delete an endpoint, its endpoint configuration and its model(s)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not ENDPOINT_NAME.match(name):
+        raise UsageError(f"{name!r} is not an endpoint name")
+    _, sm = clients or _clients(region)
+    try:
+        desc = sm.describe_endpoint(EndpointName=name)
+        config_name = desc["EndpointConfigName"]
+        variants = sm.describe_endpoint_config(EndpointConfigName=config_name)
+        models = [v["ModelName"] for v in variants["ProductionVariants"]]
+        requests = [
+            Request("sagemaker", "delete_endpoint", {"EndpointName": name}),
+            Request("sagemaker", "delete_endpoint_config", {"EndpointConfigName": config_name}),
+            *[Request("sagemaker", "delete_model", {"ModelName": m}) for m in models],
+        ]
+        if not dry_run:
+            for req in requests:
+                progress(req.render())
+                getattr(sm, req.operation)(**req.params)
+        return requests
+    except ClientError as exc:
+        raise DeployError(f"cannot delete {name}: {exc}") from None
+    except BotoCoreError as exc:
+        raise DeployError(f"AWS request failed: {exc}") from None
+
+
+def dry_run(cfg: ConfigFile, opts: DeployOptions) -> list[Request]:
+    """The requests a deploy would make (assuming the endpoint does not exist yet)."""
+    return plan_deploy(cfg, opts, exists=False).requests
+
+
+def tar_members(archive: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return tar.getnames()

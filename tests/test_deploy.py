@@ -1,0 +1,278 @@
+"""SageMaker deployment against a moto server on 127.0.0.1: real boto3 HTTP calls to the S3
+and SageMaker APIs."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from neuron_spec import deploy as dp
+from neuron_spec.cli import main
+from neuron_spec.config import load_config
+from neuron_spec.errors import UsageError
+
+pytestmark = pytest.mark.aws
+ROLE = "arn:aws:iam::123456789012:role/SageMakerNeuronSpec"
+
+
+@pytest.fixture
+def aws(moto_endpoint):
+    import boto3
+
+    s3, sm = boto3.client("s3"), boto3.client("sagemaker")
+    names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if "deploy-bucket" not in names:
+        s3.create_bucket(Bucket="deploy-bucket")
+    sent: list[str] = []
+    for client in (s3, sm):
+        client.meta.events.register("before-send", lambda request, **_: sent.append(request.url))
+    return s3, sm, sent
+
+
+@pytest.fixture
+def s3_config(tmp_path) -> Path:
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(
+        "instance: inf2.48xlarge\nbackend: neuronx\n"
+        "target: {model: s3://deploy-bucket/models/llama-2-70b/, architecture: llama-2-70b,"
+        " amp: bf16, tp_degree: 24}\n"
+        "draft: {model: s3://deploy-bucket/models/llama-2-7b/, architecture: llama-2-7b,"
+        " amp: bf16, tp_degree: 24}\n"
+        "speculation: {draft_tokens: 6, acceptor: greedy}\n"
+    )
+    return cfg
+
+
+def opts(**kw) -> dp.DeployOptions:
+    base = dict(
+        role_arn=ROLE,
+        bucket="s3://deploy-bucket/endpoints",
+        endpoint_name="ns-test",
+        region="us-east-1",
+        poll_s=0.01,
+        wait_timeout_s=30,
+    )
+    return dp.DeployOptions(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("role_arn", "arn:aws:iam::12345:role/x", "IAM role ARN"),
+        ("role_arn", "my-role", "IAM role ARN"),
+        ("bucket", "deploy-bucket", "S3 bucket URL"),
+        ("bucket", "s3://Bad_Bucket", "S3 bucket URL"),
+        ("instance_type", "ml.m5.xlarge", "no NeuronCores"),
+        ("endpoint_name", "bad_name!", "letters, digits"),
+    ],
+)
+def test_invalid_input_fails_before_any_request(aws, s3_config, field, value, words):
+    s3, sm, sent = aws
+    with pytest.raises(UsageError, match=words):
+        dp.deploy(
+            load_config(s3_config),
+            opts(**{field: value}),
+            lambda _m: None,
+            with_dependencies=False,
+            clients=(s3, sm),
+        )
+    assert sent == []
+
+
+def test_local_checkpoint_paths_are_refused(aws, tmp_path):
+    cfg = tmp_path / "local.yaml"
+    cfg.write_text(
+        "backend: neuronx\ntarget: {model: /opt/models/a, tp_degree: 24}\n"
+        "draft: {model: /opt/models/b, tp_degree: 24}\n"
+    )
+    with pytest.raises(UsageError, match="s3:// URLs"):
+        dp.deploy(load_config(cfg), opts(), lambda _m: None, clients=aws[:2])
+    assert aws[2] == []
+
+
+def test_dry_run_prints_every_request_and_sends_none(aws, s3_config, capsys):
+    _, _, sent = aws
+    rc = main(
+        [
+            "deploy",
+            "sagemaker",
+            str(s3_config),
+            "--role",
+            ROLE,
+            "--bucket",
+            "s3://deploy-bucket/endpoints",
+            "--endpoint-name",
+            "ns-dry",
+            "--dry-run",
+            "--json",
+        ]
+    )
+    assert rc == 0 and sent == []
+    reqs = json.loads(capsys.readouterr().out)
+    assert [r["operation"] for r in reqs] == [
+        "put_object",
+        "create_model",
+        "create_endpoint_config",
+        "create_endpoint",
+    ]
+    variant = reqs[2]["params"]["ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.inf2.48xlarge"
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] >= 3600
+    assert "testing" not in json.dumps(reqs)  # no credentials in what is printed
+
+
+@pytest.fixture
+def cpu_config(tmp_path) -> Path:
+    """A reference-backend pair: moto's SageMaker only accepts instance types from an old list
+    without ml.inf2/ml.trn1 (real SageMaker has them), so the end-to-end flow runs on CPU types;
+    the Neuron path is checked by validation and the dry run above."""
+    cfg = tmp_path / "cpu.yaml"
+    cfg.write_text(
+        "backend: reference\n"
+        "target: {model: s3://deploy-bucket/models/smollm2/, architecture: smollm2-135m}\n"
+        "draft: {model: s3://deploy-bucket/models/smollm2/, architecture: smollm2-135m}\n"
+    )
+    return cfg
+
+
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/neuron-spec-cpu:latest"
+
+
+def test_reference_backend_needs_an_image(aws, cpu_config):
+    with pytest.raises(UsageError, match="--image-uri"):
+        dp.deploy(
+            load_config(cpu_config),
+            opts(instance_type="ml.m5.xlarge"),
+            lambda _m: None,
+            clients=aws[:2],
+        )
+    assert aws[2] == []
+
+
+def test_deploy_update_and_delete(aws, cpu_config, capsys):
+    s3, sm, _ = aws
+    args = [
+        "deploy",
+        "sagemaker",
+        str(cpu_config),
+        "--role",
+        ROLE,
+        "--bucket",
+        "s3://deploy-bucket/endpoints",
+        "--endpoint-name",
+        "ns-e2e",
+        "--instance-type",
+        "ml.m5.xlarge",
+        "--image-uri",
+        IMAGE,
+        "--initial-instance-count",
+        "2",
+        "--region",
+        "us-east-1",
+        "--json",
+    ]
+    assert main(args) == 0  # with the dependency wheels, as a user would
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "InService" and first["updated"] is False
+    # the archive landed in the bucket, with wheels, the config and the entry point
+    key = first["model_data"].removeprefix("s3://deploy-bucket/")
+    archive = s3.get_object(Bucket="deploy-bucket", Key=key)["Body"].read()
+    names = dp.tar_members(archive)
+    assert "code/neuron-spec.yaml" in names and "code/inference.py" in names
+    wheels = [Path(n).name for n in names if n.startswith("code/wheels/") and n.endswith(".whl")]
+    assert any(w.startswith("neuron_spec-") for w in wheels)
+    assert any(w.startswith("pydantic_core-") for w in wheels)  # no index needed
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        shipped = tar.extractfile("code/neuron-spec.yaml").read().decode()
+    assert shipped == cpu_config.read_text()
+    # model, endpoint configuration, endpoint
+    model = sm.describe_model(ModelName=first["model"])
+    assert model["PrimaryContainer"]["ModelDataUrl"] == first["model_data"]
+    assert model["PrimaryContainer"]["Image"] == IMAGE
+    assert model["ExecutionRoleArn"] == ROLE
+    variant = sm.describe_endpoint_config(EndpointConfigName=first["endpoint_config"])[
+        "ProductionVariants"
+    ][0]
+    assert variant["InstanceType"] == "ml.m5.xlarge"
+    assert variant["InitialInstanceCount"] == 2
+    assert sm.describe_endpoint(EndpointName="ns-e2e")["EndpointStatus"] == "InService"
+
+    # re-deploying with the same name updates the endpoint instead of failing
+    again = dp.deploy(
+        load_config(cpu_config),
+        opts(
+            endpoint_name="ns-e2e",
+            initial_instance_count=3,
+            instance_type="ml.m5.xlarge",
+            image_uri=IMAGE,
+        ),
+        lambda _m: None,
+        with_dependencies=False,
+        clients=(s3, sm),
+    )
+    assert again["updated"] is True and again["endpoint_config"] != first["endpoint_config"]
+    assert (
+        sm.describe_endpoint(EndpointName="ns-e2e")["EndpointConfigName"]
+        == again["endpoint_config"]
+    )
+    variant = sm.describe_endpoint_config(EndpointConfigName=again["endpoint_config"])[
+        "ProductionVariants"
+    ][0]
+    assert variant["InitialInstanceCount"] == 3
+
+    # delete removes endpoint, endpoint configuration and model
+    assert main(["deploy", "delete", "ns-e2e", "--region", "us-east-1"]) == 0
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError):
+        sm.describe_endpoint(EndpointName="ns-e2e")
+    with pytest.raises(ClientError):
+        sm.describe_endpoint_config(EndpointConfigName=again["endpoint_config"])
+    with pytest.raises(ClientError):
+        sm.describe_model(ModelName=again["model"])
+
+
+@pytest.mark.reference
+def test_the_entry_point_serves_a_pair_from_s3(aws, tmp_path, monkeypatch):
+    """code/inference.py from the archive: downloads s3:// checkpoints, runs the preflight,
+    loads the pair and answers a request, as the SageMaker container would call it."""
+    from .neuron_fixtures import make_checkpoint
+
+    s3, _, _ = aws
+    target = make_checkpoint(tmp_path / "t", seed=0)
+    draft = make_checkpoint(tmp_path / "d", seed=0, noise=0.003, base=target)
+    for role, directory in (("target", target), ("draft", draft)):
+        for f in directory.iterdir():
+            s3.upload_file(str(f), "deploy-bucket", f"ckpt/{role}/{f.name}")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "backend: reference\n"
+        "target: {model: s3://deploy-bucket/ckpt/target, amp: f32}\n"
+        "draft: {model: s3://deploy-bucket/ckpt/draft, amp: f32}\n"
+        "speculation: {draft_tokens: 3, acceptor: greedy}\n"
+    )
+    archive = dp.package(load_config(cfg), tmp_path / "model.tar.gz", with_dependencies=False)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "opt-ml-model", filter="data")
+    monkeypatch.setenv("NEURON_SPEC_MODEL_DIR", str(tmp_path / "downloaded"))
+    spec = importlib.util.spec_from_file_location(
+        "inference", tmp_path / "opt-ml-model" / "code" / "inference.py"
+    )
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    model = entry.model_fn(str(tmp_path / "opt-ml-model"))
+    data = entry.input_fn(
+        json.dumps({"prompt": "w1 w2 w3", "max_tokens": 8, "temperature": 0.0}), "application/json"
+    )
+    body, content_type = entry.output_fn(entry.predict_fn(data, model), "application/json")
+    out = json.loads(body)
+    assert content_type == "application/json"
+    assert out["usage"]["completion_tokens"] >= 1 and isinstance(out["text"], str)
+    assert (tmp_path / "downloaded" / "target" / "config.json").is_file()
+    with pytest.raises(ValueError):
+        entry.input_fn("{}", "application/json")
