@@ -10,42 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-pytestmark = [pytest.mark.reference, pytest.mark.model]
+from .neuron_fixtures import make_checkpoint
+
+pytestmark = pytest.mark.reference
 
 
 @pytest.fixture(scope="module")
-def tiny_pair_config(tmp_path_factory, demo_checkpoint) -> Path:
+def tiny_pair_config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pair")
-    tok = AutoTokenizer.from_pretrained(demo_checkpoint)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    torch.manual_seed(0)
-    target = LlamaForCausalLM(cfg)
-    draft = LlamaForCausalLM(cfg)
-    draft.load_state_dict(target.state_dict())
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    target.save_pretrained(root / "target", safe_serialization=True)
-    # a legacy .bin checkpoint (transformers 5 writes only safetensors itself)
-    draft.save_pretrained(root / "draft")
-    (root / "draft" / "model.safetensors").unlink()
-    torch.save(draft.state_dict(), root / "draft" / "pytorch_model.bin")
-    for d in ("target", "draft"):
-        tok.save_pretrained(root / d)
-    assert (root / "draft" / "pytorch_model.bin").is_file()
+    target = make_checkpoint(root / "target", seed=0)
+    draft = make_checkpoint(root / "draft", seed=0, noise=0.01, base=target, bin_format=True)
+    assert (draft / "pytorch_model.bin").is_file()
     config = root / "pair.yaml"
     config.write_text(
         "backend: reference\n"
@@ -76,9 +52,9 @@ def test_validate_warns_about_the_bin_checkpoint(tiny_pair_config):
 
 def test_generate_stream_prints_the_same_text(tiny_pair_config):
     as_json = json.loads(
-        cli("generate", str(tiny_pair_config), "--prompt", "Hello there", "--json").stdout
+        cli("generate", str(tiny_pair_config), "--prompt", "w1 w2 w3", "--json").stdout
     )
-    streamed = cli("generate", str(tiny_pair_config), "--prompt", "Hello there", "--stream")
+    streamed = cli("generate", str(tiny_pair_config), "--prompt", "w1 w2 w3", "--stream")
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.startswith(as_json["text"])
     assert "accepted / drafted" in streamed.stdout
@@ -87,7 +63,7 @@ def test_generate_stream_prints_the_same_text(tiny_pair_config):
 
 def test_bench_json(tiny_pair_config, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("Hello there\n\nOnce upon a time\n")
+    prompts.write_text("w1 w2 w3\n\nw40 w41\n")
     proc = cli(
         "bench",
         str(tiny_pair_config),
