@@ -34,10 +34,15 @@ examples:
   neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml
   neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml --instance inf2.48xlarge
   neuron-spec plan configs/inf2-llama2-70b-7b-bf16.yaml --json
+  neuron-spec generate configs/demo-cpu.yaml --prompt "The sea is" --stream
+  neuron-spec generate configs/trn1-llama2-70b-7b-bf16.yaml --dry-run
+  neuron-spec bench configs/demo-cpu.yaml --draft-tokens 2,4,6
+  neuron-spec serve configs/demo-cpu.yaml --port 8080
   neuron-spec schema > neuron-spec.schema.json
 
 exit codes: 0 ok, 1 preflight errors, 2 usage or config error.
-docs: docs/configuration.md (every field), docs/findings/ (every finding code).
+docs: docs/configuration.md (every field), docs/findings/ (every finding code),
+      docs/neuron.md (inf2/trn1 step by step), docs/deploy.md (serving and SageMaker).
 """
 
 
