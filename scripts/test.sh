@@ -8,9 +8,9 @@ cd "$ns_root"
 venv="${NEURON_SPEC_VENV:-$ns_root/.venv}"
 ns_env "$venv" "dev,reference" torch
 ns_log "ruff check"
-"$venv/bin/ruff" check neuron_spec tests benchmarks
+"$venv/bin/ruff" check neuron_spec tests benchmarks examples
 ns_log "ruff format --check"
-"$venv/bin/ruff" format --check neuron_spec tests benchmarks
+"$venv/bin/ruff" format --check neuron_spec tests benchmarks examples
 ns_log "mypy"
 "$venv/bin/mypy" neuron_spec
 ns_log "pytest"
