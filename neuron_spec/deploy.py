@@ -299,7 +299,7 @@ def endpoint_exists(sm: Any, name: str) -> bool:
 def deploy(
     cfg: ConfigFile,
     opts: DeployOptions,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = lambda _msg: None,
     with_dependencies: bool = True,
     clients: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
@@ -363,7 +363,7 @@ def wait(
 def delete(
     name: str,
     region: str | None = None,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = lambda _msg: None,
     clients: tuple[Any, Any] | None = None,
     dry_run: bool = False,
 ) -> list[Request]:

@@ -53,7 +53,9 @@ def _replace_atomically(tmp: Path, final: Path) -> None:
             raise
 
 
-def fetch_demo_gguf(root: Path | None = None, say: Callable[[str], None] = print) -> Path:
+def fetch_demo_gguf(
+    root: Path | None = None, say: Callable[[str], None] = lambda _msg: None
+) -> Path:
     final = demo_gguf_path(root)
     if final.is_file():
         return final
@@ -90,7 +92,9 @@ def fetch_demo_gguf(root: Path | None = None, say: Callable[[str], None] = print
     return final
 
 
-def fetch_demo_checkpoint(root: Path | None = None, say: Callable[[str], None] = print) -> Path:
+def fetch_demo_checkpoint(
+    root: Path | None = None, say: Callable[[str], None] = lambda _msg: None
+) -> Path:
     """The demo model as a safetensors directory (config.json, weights, tokenizer)."""
     final = demo_checkpoint_path(root)
     if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
@@ -130,7 +134,11 @@ def _dequantized_copy(model: Any) -> Any:
 def main() -> int:
     """`python -m neuron_spec.models [--gguf]`: fetch the demo model, print its path."""
     try:
-        path = fetch_demo_gguf() if "--gguf" in sys.argv else fetch_demo_checkpoint()
+
+        def say(msg: str) -> None:
+            print(msg, file=sys.stderr)
+
+        path = fetch_demo_gguf(say=say) if "--gguf" in sys.argv else fetch_demo_checkpoint(say=say)
     except NeuronSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
