@@ -101,7 +101,8 @@ def _directory(spec_model: str, path: Path, override: Architecture | None) -> Re
             size = _size_of(path, name.rstrip("/"))
             break
     cfg_path = path / "config.json"
-    if not cfg_path.is_file():
+
+    def unreadable(problem: str) -> ResolvedModel:
         return ResolvedModel(
             spec_model,
             "directory",
@@ -109,23 +110,17 @@ def _directory(spec_model: str, path: Path, override: Architecture | None) -> Re
             override,
             weights,
             lazy,
-            problem=f"{loc} has no config.json",
+            problem=problem,
             weight_bytes_on_disk=size,
         )
+
+    if not cfg_path.is_file():
+        return unreadable(f"{loc} has no config.json")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         arch = override or architecture_from_hf_config(cfg, path.name)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return ResolvedModel(
-            spec_model,
-            "directory",
-            loc,
-            override,
-            weights,
-            lazy,
-            problem=f"{cfg_path} is unreadable ({type(exc).__name__}: {exc})",
-            weight_bytes_on_disk=size,
-        )
+        return unreadable(f"{cfg_path} is unreadable ({type(exc).__name__}: {exc})")
     if weights is None:
         return ResolvedModel(
             spec_model,

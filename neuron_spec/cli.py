@@ -866,7 +866,10 @@ def _cache_for(args: argparse.Namespace) -> Any:
     if args.config:
         cfg = _load(args.config)
         return ArtifactCache(artifact_root(cfg), cfg.spec.compile.s3_mirror)
-    root = Path(args.dir).expanduser() if args.dir else Path.home() / ".cache/neuron-spec/compiled"
+    from .config import CompileSpec
+
+    default = CompileSpec().artifact_cache  # one default, the config's
+    root = Path(args.dir or default).expanduser()
     return ArtifactCache(root)
 
 
