@@ -15,13 +15,21 @@ Each acceptor has
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
 from .config import SamplingSpec
 from .errors import ConfigError, ConfigProblem
 from .sampling import greedy_step, sample, speculative_step, warp
+
+
+class AcceptorCall(NamedTuple):
+    """One call through the transformers-neuronx convention (row 0)."""
+
+    drafted: int
+    accepted: int  # drafts kept, by the acceptor's own count
+    library_count: int  # tokens the library will commit: v2 counts non-zero ids
 
 
 class Acceptor(Protocol):
@@ -50,9 +58,9 @@ class _Base:
             else:
                 generator.seed()
         self.generator = generator
-        # (drafted, accepted) of every call made through the transformers-neuronx convention:
-        # exact counts, where the library itself counts non-zero ids
-        self.calls: list[tuple[int, int]] = []
+        # Every call made through the transformers-neuronx convention: exact counts, beside
+        # what the library will make of the result (v2 advances by its non-zero entries).
+        self.calls: list[AcceptorCall] = []
 
     def accept(
         self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
@@ -70,13 +78,18 @@ class _Base:
             tokens, counts = self.accept(
                 draft_ids.reshape(1, -1), draft_scores.unsqueeze(0), target_scores.unsqueeze(0)
             )
-            self.calls.append((draft_ids.numel(), int(counts[0]) - 1))
-            return tokens[:, : int(counts[0])]
+            n = int(counts[0])
+            self.calls.append(AcceptorCall(draft_ids.numel(), n - 1, n))
+            return tokens[:, :n]
         tokens, counts = self.accept(draft_ids, draft_scores, target_scores)
-        self.calls.append((draft_ids.shape[1], int(counts[0]) - 1))
         k = tokens.shape[1]
         keep = torch.arange(k, device=tokens.device).unsqueeze(0) < counts.unsqueeze(1)
-        return torch.where(keep, tokens, torch.zeros_like(tokens)).to(torch.int64)
+        block = torch.where(keep, tokens, torch.zeros_like(tokens)).to(torch.int64)
+        n = int(counts[0])
+        self.calls.append(
+            AcceptorCall(draft_ids.shape[1], n - 1, int(torch.count_nonzero(block[0])))
+        )
+        return block
 
 
 class GreedyAcceptor(_Base):
@@ -223,16 +236,21 @@ class SampledDraftProvider:
     speculative-sampling guarantee. This provider keeps its call convention:
     `__call__(input_ids, k, cache_ids=None, start_ids=None) -> (tokens, scores)`.
     - cache_ids None or starting at 0: context encoding; one token, scores (batch, vocab).
-    - otherwise: k tokens drafted one at a time; tokens (batch, k), scores (k, batch, vocab).
+    - otherwise: k tokens drafted one at a time; tokens (batch, k) and the scores in the
+      shape each loop generation hands on: v1 passes them to the acceptor unchanged and
+      expects (k, vocab) (batch 1); v2 transposes (k, batch, vocab) itself.
     Scores are the draft's raw logits, so the acceptor warps p and q the same way.
 
     `model(input_ids, cache_ids, start_ids)` must return the logits of the last position,
     (batch, vocab), as LlamaForSampling's forward does.
     """
 
-    def __init__(self, model: Any, acceptor: _Base):
+    def __init__(self, model: Any, acceptor: _Base, api: str = "v2"):
+        if api not in ("v1", "v2"):
+            raise ValueError(f"api must be 'v1' or 'v2', got {api!r}")
         self.model = model
         self.acceptor = acceptor  # provides the warping and the seeded generator
+        self.api = api
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         return self.acceptor.draft_token(logits).reshape(-1, 1).to(torch.int64)  # (batch, 1)
@@ -259,4 +277,6 @@ class SampledDraftProvider:
             position = torch.full((batch,), start + i + 1, dtype=torch.int32)
             next_cache = position if batch == 1 else position.reshape(batch, 1)
             logits = self.model(token, next_cache, start_ids)
-        return torch.cat(tokens, dim=1), torch.stack(scores)
+        if self.api == "v1":
+            return torch.cat(tokens, dim=1), torch.cat(scores, dim=0)  # (k, vocab)
+        return torch.cat(tokens, dim=1), torch.stack(scores)  # (k, batch, vocab)

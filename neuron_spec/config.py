@@ -172,6 +172,15 @@ class SpeculationSpec(_Strict):
         "'package.module:Class' for your own TokenAcceptor.",
     )
 
+    loop: Literal["library", "engine"] = Field(
+        default="library",
+        description="Which loop drives the compiled pair on transformers-neuronx: library "
+        "(SpeculativeGenerator.sample, with every defect that can be fixed from outside "
+        "fixed) or engine (neuron-spec's own loop over the same graphs: exactly lossless "
+        "including the first token, safe for token id 0). The reference backend always runs "
+        "the engine.",
+    )
+
     @property
     def window(self) -> int:
         """transformers-neuronx's k: the last accepted token plus the draft tokens."""

@@ -137,6 +137,10 @@ class Generation:
         }
 
 
+class RequestTooLong(ValueError):
+    """Prompt + max_new_tokens exceed n_positions."""
+
+
 TextCallback = Callable[[int, str], None]
 # (prompts, acceptor, draft_tokens, max_new_tokens, eos_token_ids, pad_token_id, on_tokens)
 Decoder = Callable[..., EngineResult]
@@ -201,6 +205,8 @@ class Generator:
             if prompt_token_ids is not None
             else self.encode(batch)
         )
+        max_new = max_new_tokens or self.spec.generation.max_new_tokens
+        self.check_lengths(ids, max_new)
         s = self.spec.sampling
         sampling = SamplingSpec(
             temperature=s.temperature if temperature is None else float(temperature),
@@ -236,7 +242,7 @@ class Generator:
             ids,
             acceptor,
             draft_tokens=gamma,
-            max_new_tokens=max_new_tokens or self.spec.generation.max_new_tokens,
+            max_new_tokens=max_new,
             eos_token_ids=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
             on_tokens=callback,
@@ -251,6 +257,24 @@ class Generator:
                 on_text(row, text[len(shown[row]) :])  # flush what was held back
         metrics = compute_metrics(res, sum(len(p) for p in ids), gamma)
         return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stopped)
+
+    @property
+    def n_positions(self) -> int:
+        """The longest sequence (prompt + generated) both models were configured for."""
+        return min(self.spec.target.max_positions, self.spec.draft.max_positions)
+
+    def check_lengths(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+        """Refuse a request that cannot fit n_positions before any model runs (ValueError,
+        which the CLI shows as a usage error and the server as a 400)."""
+        limit = self.n_positions
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > limit:
+            raise RequestTooLong(
+                f"the prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
+                f"{longest + max_new_tokens} exceeds n_positions={limit}, the longest sequence "
+                "the models were configured for. Fix: shorten the prompt, lower "
+                "max_new_tokens, or raise n_positions in the config."
+            )
 
     def _decode_with_runners(
         self, prompts: Sequence[Sequence[int]], acceptor: Any, *, draft_tokens: int, **kwargs: Any

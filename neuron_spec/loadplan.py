@@ -27,7 +27,7 @@ from .config import ConfigFile, ModelSpec
 
 TNX_DIST = "transformers-neuronx"
 CC_DIST = "neuronx-cc"
-V2_FROM = (0, 13)  # transformers-neuronx 0.13 (Neuron SDK 2.21) changed the speculation API
+V2_FROM = (0, 12)  # transformers-neuronx 0.12 (Neuron SDK 2.20) has the batched (v2) loop
 
 
 def installed_version(dist: str) -> str | None:
@@ -49,7 +49,9 @@ def parse_version(text: str) -> tuple[int, ...]:
 
 
 def api_generation(tnx_version: str | None) -> str:
-    """'v1' (0.10-0.12) or 'v2' (0.13); 'unknown' when not installed."""
+    """'v1' (0.10-0.11) or 'v2' (0.12-0.13) by version number, for messages and the dry run
+    only: the backend decides by the library's behaviour (SpeculativeGenerator.sample's
+    signature), never by this."""
     if tnx_version is None:
         return "unknown"
     return "v2" if parse_version(tnx_version)[:2] >= V2_FROM else "v1"
@@ -78,12 +80,13 @@ class ModelLoad:
     model: str  # as written in the config
     checkpoint: str  # directory transformers-neuronx loads (after any conversion)
     tokenizer: str | None  # where the tokenizer comes from (the original directory)
-    prepare: str  # "direct" | "split" | "catalog" | "missing"
+    prepare: str  # "direct" | "split" | "gguf" | "s3" | "catalog" | "missing"
     kwargs: dict[str, Any]
     window: int | None  # enable_speculative_decoder(window) on the target; None for the draft
     batch_sizes: list[int] | None
     cache_key: str
     key_material: dict[str, Any]
+    source: str = ""  # what prepare reads: the .bin directory, the .gguf file or the s3 URL
 
     def calls(self, api: str) -> list[str]:
         var = self.role
@@ -94,6 +97,10 @@ class ModelLoad:
                 f"transformers_neuronx.module.save_pretrained_split("
                 f"LlamaForCausalLM.from_pretrained({self.model!r}), {self.checkpoint!r})"
             )
+        elif self.prepare == "gguf":
+            out.append(f"# once: {self.source} de-quantized to safetensors in {self.checkpoint}")
+        elif self.prepare == "s3":
+            out.append(f"# once: {self.source} downloaded to {self.checkpoint}")
         out.append(f"{var} = LlamaForSampling.from_pretrained({self.checkpoint!r}, {args})")
         if self.window is not None:
             if api == "v1":
@@ -178,6 +185,14 @@ def split_dir(resolved: ResolvedModel, cache_root: Path) -> Path:
     return cache_root / "split" / f"{Path(resolved.location).name}-{ident}"
 
 
+def prepared_dir(resolved: ResolvedModel, cache_root: Path) -> Path:
+    """Where a GGUF file is converted, or an s3:// checkpoint downloaded, for the Neuron
+    backend (beside the compiled artifacts)."""
+    ident = hashlib.sha256(resolved.location.encode()).hexdigest()[:16]
+    name = Path(resolved.location.rstrip("/")).name or "checkpoint"
+    return cache_root / resolved.kind / f"{name}-{ident}"
+
+
 def planned_env(cfg: ConfigFile) -> dict[str, str]:
     """The environment launch.sh exports: the core layout and the compiler settings."""
     spec = cfg.spec
@@ -222,6 +237,11 @@ def build_load_plan(
         elif resolved.problem:
             prepare, checkpoint = "missing", resolved.location
             notes.append(f"{role}: {resolved.problem}.")
+        elif resolved.kind in ("gguf", "s3"):
+            prepare, checkpoint = resolved.kind, str(prepared_dir(resolved, root))
+            tokenizer = checkpoint
+            what = "de-quantized to safetensors" if prepare == "gguf" else "downloaded"
+            notes.append(f"{role}: {resolved.location} is {what} once, into {checkpoint}.")
         elif resolved.lazy_loadable is False and resolved.kind == "directory":
             prepare, checkpoint = "split", str(split_dir(resolved, root))
             tokenizer = resolved.location
@@ -258,6 +278,7 @@ def build_load_plan(
             batch_sizes=[m.batch_size] if is_target else None,
             cache_key=cache_key(material),
             key_material=material,
+            source=resolved.location,
         )
 
     draft = model_load("draft", spec.draft)

@@ -100,13 +100,20 @@ def fetch_demo_checkpoint(
     if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
         return final
     gguf = fetch_demo_gguf(root, say)
+    say(f"converting {gguf.name} to a safetensors checkpoint (once; about 30 s)")
+    return convert_gguf(gguf, final)
+
+
+def convert_gguf(gguf: Path, final: Path) -> Path:
+    """A GGUF file as a safetensors checkpoint directory (config.json, de-quantized f32
+    weights, tokenizer), written atomically: `final` appears complete or not at all."""
     from .backends.reference import load_model
 
-    say(f"converting {gguf.name} to a safetensors checkpoint (once; about 30 s)")
     loaded = load_model(str(gguf), "f32", gguf.parent, device="cpu")
     plain = _dequantized_copy(loaded.model)
+    final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".convert-") as tmp:
-        out = Path(tmp) / DEMO_NAME
+        out = Path(tmp) / final.name
         plain.save_pretrained(out, safe_serialization=True)
         loaded.tokenizer.save_pretrained(out)
         if final.exists():

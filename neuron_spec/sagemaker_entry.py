@@ -47,25 +47,10 @@ def _install() -> None:
 
 
 def _download(uri: str, dest: Path) -> Path:
-    """Copy every object under an s3:// prefix into dest (once)."""
-    import boto3
+    """Copy every object under an s3:// prefix into dest (once, confined to dest)."""
+    from .download import download_prefix
 
-    marker = dest / ".complete"
-    if marker.exists():
-        return dest
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    prefix = prefix.rstrip("/") + "/"
-    s3 = boto3.client("s3")
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix) :]
-            if not rel:
-                continue
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, obj["Key"], str(target))
-    marker.write_text("ok")
-    return dest
+    return download_prefix(uri, dest, warn=lambda m: print(f"neuron-spec: {m}", flush=True))
 
 
 def _localize(config_path: Path) -> Path:

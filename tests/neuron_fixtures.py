@@ -57,10 +57,25 @@ def make_checkpoint(
     return directory
 
 
-def use_double(monkeypatch, version: str) -> None:
+def dist_info(root: Path, version: str) -> Path:
+    """The distribution metadata a pip-installed transformers-neuronx has: the only place
+    its full version is written (the module's __version__ says '0.10.x' for 0.11)."""
+    meta = root / f"transformers_neuronx-{version}.dist-info"
+    meta.mkdir(parents=True, exist_ok=True)
+    (meta / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: transformers-neuronx\nVersion: {version}\n"
+    )
+    return root
+
+
+def use_double(monkeypatch, version: str, tmp_root: Path | None = None) -> None:
     """Put the double on sys.path at `version`, freshly imported, with a clean runtime."""
+    import tempfile
+
     monkeypatch.setenv("TNX_DOUBLE_VERSION", version)
     monkeypatch.syspath_prepend(str(DOUBLE))
+    meta_root = dist_info(tmp_root or Path(tempfile.mkdtemp(prefix="tnx-meta-")), version)
+    monkeypatch.syspath_prepend(str(meta_root))
     for name in list(sys.modules):
         if name == "transformers_neuronx" or name.startswith("transformers_neuronx."):
             monkeypatch.delitem(sys.modules, name)

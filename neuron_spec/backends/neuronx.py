@@ -1,31 +1,33 @@
-"""transformers-neuronx backend: the only module that imports transformers_neuronx.
+"""transformers-neuronx backend: with its two loop helpers beside it, the only code that
+drives transformers_neuronx.
 
-It executes the load plan (loadplan.py) and wraps SpeculativeGenerator.sample so that users get
-the same `generate` output and metrics as on the reference backend:
-- the prompt is removed from the output (sample returns it);
-- sequence_length is prompt + max_new_tokens;
-- v2's output is padded to sequence_length with pad_token_id: the real length is taken from
-  the first EOS, never inferred from padding;
-- EOS lists (Llama-3.1) are reduced to one id for the library and checked in full here;
-- drafted/accepted counts come from the acceptor's own records, since the library counts
-  accepted tokens with count_nonzero and so miscounts a real token id 0.
+It executes the load plan (loadplan.py): checkpoints are prepared once (a .bin converted to
+the split format, a GGUF file de-quantized to safetensors, an s3:// prefix downloaded), then
+each model is built, compiled or loaded from the artifact cache, and put on the NeuronCores.
+Generation runs one of two loops over the same compiled pair (`speculation.loop`):
+- `library` (neuronx_library.py): SpeculativeGenerator.sample, made safe from outside;
+- `engine` (neuronx_engine.py): neuron-spec's own engine over forward/speculative_forward.
+Both return the engine's result type, so metrics are computed one way for every backend.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
+import inspect
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..acceptors import SampledDraftProvider
 from ..artifacts import ArtifactCache
-from ..engine import EngineResult, GenerationCancelled, StepRecord
+from ..engine import EngineResult, speculative_generate
 from ..errors import BackendUnavailableError, GenerationError, UsageError
-from ..loadplan import LoadPlan, ModelLoad, api_generation, artifact_root, build_load_plan
+from ..loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
+from .neuronx_engine import NeuronxRunner
+from .neuronx_library import LibraryPair, run_library
 
 if TYPE_CHECKING:
     from ..config import ConfigFile
@@ -34,11 +36,10 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = (
     "transformers-neuronx is not installed in this Python environment. It is not on PyPI (the "
-    "PyPI name is a placeholder); it ships with the AWS Deep Learning AMI Neuron (SDK 2.18 to "
-    "2.25) in /opt/aws_neuronx_venv_transformers_neuronx, or comes from Neuron's own package "
-    "index (pip install transformers-neuronx --extra-index-url "
-    "https://pip.repos.neuron.amazonaws.com). scripts/launch.sh uses the DLAMI environment "
-    "when it exists. See docs/neuron.md."
+    "PyPI name is a placeholder). The AWS Deep Learning AMIs (Neuron) up to SDK 2.25 ship it "
+    "in a virtual environment under /opt/aws_neuronx_venv_* (2.25: "
+    "/opt/aws_neuronx_venv_pytorch_2_7_transformers); later AMIs do not. scripts/launch.sh "
+    "finds that environment; `neuron-spec doctor` checks a host. See docs/neuron.md."
 )
 
 
@@ -56,31 +57,38 @@ def import_tnx() -> tuple[Any, str]:
     return tnx, version
 
 
-class _Streamer:
-    """Receives tokens from SpeculativeGenerator.sample as they are accepted."""
+def speculation_api(tnx_speculation: Any) -> str:
+    """'v2' when SpeculativeGenerator.sample takes pad_token_id (0.12 on), else 'v1'.
+    Decided by what the installed library does, never by its version number."""
+    params = inspect.signature(tnx_speculation.SpeculativeGenerator.sample).parameters
+    return "v2" if "pad_token_id" in params else "v1"
 
-    def __init__(self, on_tokens: Any, acceptor: Any, window: int, api: str, cancelled: Any = None):
-        self.on_tokens = on_tokens
-        self.cancelled = cancelled
-        self.acceptor = acceptor
-        self.window = window
-        self.api = api
-        self.times: list[float] = []
 
-    def put(self, value: Any) -> None:
-        import torch
+def _takes(fn: Any, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
 
-        if self.cancelled is not None and self.cancelled():
-            raise GenerationCancelled()  # propagates out of sample(): the request is gone
-        tokens = torch.as_tensor(value).reshape(-1).tolist()
-        self.times.append(time.perf_counter())
-        if self.api == "v2" and len(tokens) == self.window and self.acceptor.calls:
-            tokens = tokens[: self.acceptor.calls[-1][1] + 1]  # v2 streams zero-padded blocks
-        if self.on_tokens is not None and tokens:
-            self.on_tokens(0, [int(t) for t in tokens])
 
-    def end(self) -> None:
-        pass
+def check_cc_flags(configured: str | None, environ: Mapping[str, str]) -> None:
+    """The flags the compiler sees are the ones in the cache key: an exported NEURON_CC_FLAGS
+    that differs from compile.cc_flags is refused, never silently preferred."""
+    exported = environ.get("NEURON_CC_FLAGS")
+    if configured and exported is not None and exported.strip() != configured.strip():
+        raise UsageError(
+            f"NEURON_CC_FLAGS is exported as {exported!r} but compile.cc_flags is "
+            f"{configured!r}; neuronx-cc would compile with the exported value while the "
+            "artifact cache is keyed on the configured one. Fix: unset NEURON_CC_FLAGS, or "
+            "make compile.cc_flags match it."
+        )
+
+
+def _to_neuron(model: Any) -> str | None:
+    """to_neuron() on a model given cached artifacts; the problem when a graph has no NEFF.
+    Returning (not raising) drops the traceback, which would keep the model alive."""
+    try:
+        model.to_neuron()
+    except FileNotFoundError as exc:
+        return str(exc)
+    return None
 
 
 class NeuronxPair:
@@ -89,37 +97,54 @@ class NeuronxPair:
     def __init__(self, cfg: ConfigFile, progress: Progress | None = None):
         self.cfg = cfg
         self.say = progress or (lambda _m: None)
-        self.tnx, self.version = import_tnx()
-        self.api = api_generation(self.version)
-        self.plan: LoadPlan = build_load_plan(cfg, tnx_version=self.version)
         spec = cfg.spec
+        check_cc_flags(spec.compile.cc_flags, os.environ)
+        self.tnx, self.version = import_tnx()
+        self.api = speculation_api(importlib.import_module("transformers_neuronx.speculation"))
+        self.plan: LoadPlan = build_load_plan(cfg, tnx_version=self.version)
+        self.loop = spec.speculation.loop
+        self.n_positions = min(spec.target.max_positions, spec.draft.max_positions)
         self.cache = ArtifactCache(artifact_root(cfg), spec.compile.s3_mirror)
         self.events: list[tuple[str, str]] = []  # (role, "loaded" | "compiled")
         for name, value in self.plan.env.items():
-            os.environ.setdefault(name, value)  # the runtime reads them at load; never override
+            os.environ.setdefault(name, value)  # the runtime reads them at load
         self.draft = self._load(self.plan.draft)
         self.target = self._load(self.plan.target)
 
     # --- loading ---------------------------------------------------------------------------
 
     def _prepare(self, ml: ModelLoad) -> None:
-        """Convert a .bin checkpoint once into the split format (atomically)."""
+        """Bring a checkpoint into a format transformers-neuronx loads, once, atomically."""
         if ml.prepare in ("catalog", "missing"):
             raise UsageError(
                 f"{ml.role}.model: {ml.checkpoint} cannot be loaded; "
                 "run `neuron-spec validate` for details."
             )
-        if ml.prepare != "split" or Path(ml.checkpoint).is_dir():
+        final = Path(ml.checkpoint)
+        if ml.prepare == "direct" or final.is_dir():
             return
-        self.say(f"converting {ml.model} to the split format (once)")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if ml.prepare == "s3":
+            from ..download import download_prefix
+
+            self.say(f"{ml.role}: downloading {ml.source} (once)")
+            download_prefix(ml.source, final, warn=self.cache.warnings.append, progress=self.say)
+        elif ml.prepare == "gguf":
+            from ..models import convert_gguf
+
+            self.say(f"{ml.role}: converting {ml.source} to safetensors (once)")
+            convert_gguf(Path(ml.source), final)
+        else:
+            self._split(ml.source or ml.model, final)
+
+    def _split(self, source: str, final: Path) -> None:
+        self.say(f"converting {source} to the split format (once)")
         from transformers import AutoModelForCausalLM
 
         module = importlib.import_module("transformers_neuronx.module")
-        final = Path(ml.checkpoint)
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
         try:
-            hf = AutoModelForCausalLM.from_pretrained(ml.model)
+            hf = AutoModelForCausalLM.from_pretrained(source)
             module.save_pretrained_split(hf, str(tmp))
             os.replace(tmp, final)
         finally:
@@ -128,10 +153,10 @@ class NeuronxPair:
     def _build(self, ml: ModelLoad) -> Any:
         model = self.tnx.LlamaForSampling.from_pretrained(ml.checkpoint, **ml.kwargs)
         if ml.window is not None:
-            if self.api == "v1":
-                model.enable_speculative_decoder(ml.window)
-            else:
+            if _takes(model.enable_speculative_decoder, "batch_sizes"):
                 model.enable_speculative_decoder(ml.window, batch_sizes=ml.batch_sizes)
+            else:  # 0.10.0.21
+                model.enable_speculative_decoder(ml.window)
         return model
 
     def _load(self, ml: ModelLoad) -> Any:
@@ -142,15 +167,18 @@ class NeuronxPair:
             self.say(f"{ml.role}: loading compiled artifacts from {hit}")
             model = self._build(ml)
             model.load(str(hit))
-            try:
-                model.to_neuron()
+            problem = _to_neuron(model)
+            if problem is None:
                 self.events.append((ml.role, "loaded"))
                 return model
-            except FileNotFoundError as exc:  # a graph whose hash has no NEFF: stale entry
-                self.cache.warnings.append(
-                    f"{ml.role}: cached artifacts do not match ({exc}); compiling again"
-                )
-                self.cache.discard(ml.cache_key)
+            self.cache.warnings.append(
+                f"{ml.role}: cached artifacts do not match ({problem}); compiling again"
+            )
+            self.cache.discard(ml.cache_key)
+            # to_neuron() loaded the weights before it looked for the NEFFs: free them
+            # before a second copy is loaded.
+            del model
+            gc.collect()
         self.say(f"{ml.role}: compiling with neuronx-cc (tens of minutes for a 70B model)")
         model = self._build(ml)
         model.to_neuron()
@@ -172,119 +200,79 @@ class NeuronxPair:
         on_tokens: Any = None,
         cancelled: Any = None,
     ) -> EngineResult:
-        window = self.plan.window
-        if draft_tokens not in (0, window - 1):
-            raise UsageError(
-                f"the target was compiled for draft_tokens={window - 1} (window k={window}); "
-                f"draft_tokens={draft_tokens} needs its own compiled graph: set "
-                "speculation.draft_tokens in the config and load again."
-            )
-        start = time.perf_counter()
-        rows: list[list[int]] = []
-        steps: list[StepRecord] = []
-        firsts: list[float | None] = []
-        by_eos: list[bool] = []
+        self._check_draft_tokens(draft_tokens)
+        result = EngineResult([], [], [], time.perf_counter(), [])
         for row, prompt in enumerate(prompts):
             callback = None if on_tokens is None else (lambda _r, t, row=row: on_tokens(row, t))
-            tokens, row_steps, first = self._one(
-                prompt,
-                acceptor,
-                draft_tokens,
-                max_new_tokens,
-                eos_token_ids,
-                pad_token_id,
-                callback,
-                cancelled,
-            )
-            eos_hit = bool(tokens) and tokens[-1] in set(eos_token_ids)
-            rows.append(tokens)
-            by_eos.append(eos_hit)
-            firsts.append(first)
-            steps.extend(row_steps)
-        result = EngineResult(rows, by_eos, steps, start, firsts)
+            kwargs = {
+                "max_new": max_new_tokens,
+                "eos": list(eos_token_ids),
+                "pad": pad_token_id,
+                "on_tokens": callback,
+                "cancelled": cancelled,
+            }
+            try:
+                if self.loop == "engine":
+                    one = self._engine(prompt, acceptor, draft_tokens, **kwargs)
+                else:
+                    one = self._library(prompt, acceptor, draft_tokens > 0, **kwargs)
+            except (RuntimeError, ValueError, KeyError, AssertionError, StopIteration) as exc:
+                raise GenerationError(
+                    f"transformers-neuronx generation failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
+                getattr(result, name).extend(getattr(one, name))
+            result.draft_step_seconds.extend(one.draft_step_seconds)
+            result.target_step_seconds.extend(one.target_step_seconds)
         result.end = time.perf_counter()
         return result
 
-    def _one(
-        self,
-        prompt: Sequence[int],
-        acceptor: Any,
-        draft_tokens: int,
-        max_new: int,
-        eos_ids: Sequence[int],
-        pad: int,
-        on_tokens: Any,
-        cancelled: Any = None,
-    ) -> tuple[list[int], list[StepRecord], float | None]:
-        import torch
+    def _check_draft_tokens(self, draft_tokens: int) -> None:
+        window = self.plan.window
+        allowed = range(window) if self.loop == "engine" else (0, window - 1)
+        if draft_tokens not in allowed:
+            smaller = (
+                " The engine loop also runs any smaller value." if self.loop != "engine" else ""
+            )
+            raise UsageError(
+                f"the target was compiled for draft_tokens={window - 1} (window k={window}); "
+                f"draft_tokens={draft_tokens} needs its own compiled graph: set "
+                f"speculation.draft_tokens in the config and load again.{smaller}"
+            )
 
-        ids = torch.tensor([list(prompt)], dtype=torch.long)
-        seq_len = len(prompt) + max_new
-        eos = list(eos_ids)
-        t0 = time.perf_counter()
-        try:
-            if draft_tokens == 0:
-                out = self._target_only(ids, seq_len, acceptor, eos)
-                streamer = None
-            else:
-                streamer = _Streamer(on_tokens, acceptor, self.plan.window, self.api, cancelled)
-                out = self._speculate(ids, seq_len, acceptor, eos, pad, streamer)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise GenerationError(f"transformers-neuronx generation failed: {exc}") from exc
-        new = [int(t) for t in torch.as_tensor(out).reshape(-1).tolist()[len(prompt) :]]
-        cut = next((i for i, t in enumerate(new) if t in set(eos)), None)
-        new = new[: cut + 1] if cut is not None else new[:max_new]
-        elapsed = time.perf_counter() - t0
-        calls = list(acceptor.calls) if draft_tokens else []
-        acceptor.calls.clear()
-        # The library emits some tokens outside the acceptor: the first one (the target's
-        # context encoding) and the plain decoding it finishes with near sequence_length.
-        spec_steps = [(d, a) for d, a in calls]
-        extra = max(0, len(new) - sum(a + 1 for _, a in spec_steps))
-        plan = [(0, 0)] * min(1, extra) + spec_steps + [(0, 0)] * max(0, extra - 1)
-        share = elapsed / max(1, len(plan))
-        steps, left = [], len(new)
-        for drafted, accepted in plan:  # emitted counts capped at what was kept (EOS, budget)
-            emitted = min(accepted + 1, left)
-            left -= emitted
-            steps.append(StepRecord(share, drafted, [accepted], [emitted]))
-        first = streamer.times[0] if streamer and streamer.times else (t0 + share if new else None)
-        if draft_tokens == 0 and on_tokens is not None and new:
-            on_tokens(0, new)
-        return new, steps, first
-
-    def _target_only(self, ids: Any, seq_len: int, acceptor: Any, eos: list[int]) -> Any:
-        s = acceptor.sampling
-        kwargs: dict[str, Any] = (
-            {"top_k": 1}
-            if s.temperature == 0
-            else {
-                "top_k": s.top_k if s.top_k > 0 else 0,
-                "top_p": float(s.top_p),
-                "temperature": float(s.temperature),
-            }
+    def _engine(self, prompt: Sequence[int], acceptor: Any, gamma: int, **kw: Any) -> EngineResult:
+        vocab = self.vocab_size()
+        target = NeuronxRunner(self.target, self.n_positions, vocab, self.plan.window)
+        draft = NeuronxRunner(self.draft, self.n_positions, vocab) if gamma else None
+        return speculative_generate(
+            target,
+            draft,
+            acceptor,
+            [list(prompt)],
+            draft_tokens=gamma,
+            max_new_tokens=kw["max_new"],
+            eos_token_ids=kw["eos"],
+            pad_token_id=kw["pad"],
+            on_tokens=kw["on_tokens"],
+            cancelled=kw["cancelled"],
         )
-        if eos:
-            kwargs["eos_token_override"] = eos[0]
-        return self.target.sample(ids, sequence_length=seq_len, **kwargs)
 
-    def _speculate(
-        self, ids: Any, seq_len: int, acceptor: Any, eos: list[int], pad: int, streamer: _Streamer
-    ) -> Any:
-        import torch
+    def vocab_size(self) -> int:
+        config = getattr(self.target, "config", None)
+        if isinstance(config, dict):
+            return int(config.get("vocab_size") or 0)
+        return int(getattr(config, "vocab_size", 0) or 0)
 
-        speculation = importlib.import_module("transformers_neuronx.speculation")
-        draft: Any = self.draft
-        if getattr(acceptor, "samples_draft", False) and acceptor.sampling.temperature > 0:
-            draft = SampledDraftProvider(self.draft, acceptor)
-        generator = speculation.SpeculativeGenerator(draft, self.target, self.plan.window, acceptor)
-        kwargs: dict[str, Any] = {"sequence_length": seq_len, "streamer": streamer}
-        if eos:
-            kwargs["eos_token_id"] = eos[0]  # the library takes one id; the rest are checked here
-        if self.api == "v2":
-            kwargs["pad_token_id"] = pad
-            kwargs["attention_mask"] = torch.ones_like(ids)
-        return generator.sample(ids, **kwargs)
+    def _library(
+        self, prompt: Sequence[int], acceptor: Any, speculate: bool, **kw: Any
+    ) -> EngineResult:
+        pair = LibraryPair(self.draft, self.target, self.api, self.plan.window, self.n_positions)
+        rec, start = run_library(pair, prompt, acceptor, speculate=speculate, **kw)
+        steps = rec.steps(start)
+        first = rec.puts[0].at if rec.tokens else None
+        result = EngineResult([rec.tokens], [rec.by_eos], steps, start, [first])
+        result.target_step_seconds = [s.seconds for s in steps[1:] if s.drafted]
+        return result
 
 
 def load_neuronx_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:

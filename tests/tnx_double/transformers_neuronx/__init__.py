@@ -1,10 +1,11 @@
-"""A strict test double of transformers-neuronx, for neuron-spec's tests only (never shipped).
+"""A test double of transformers-neuronx for neuron-spec's tests (never shipped).
 
-It enforces the contract of shared/neuron-api.md for API v1 (0.10-0.12) and v2 (0.13),
-chosen by the environment variable TNX_DOUBLE_VERSION (default 0.13.322), and computes with
-a small Hugging Face Llama underneath. Process-wide state (initialized cores, compile and load
-events) lives in `_runtime`. If TNX_DOUBLE_RECORD names a file, every to_neuron() appends a
-JSON line with the event and the NEURON_* environment, so tests in other processes can see it.
+It reproduces, release by release, what the library's Python code does, defects included:
+the speculation loops of 0.10/0.11 (v1) and 0.12/0.13 (v2), LlamaForSampling's sampling
+loop, argument validation, graph lookup, compilation and NEFF serialization. It computes with
+a small Hugging Face Llama underneath, and its KV cache is positional like the device's: a
+slot holds whatever token was last written at that position. The release is chosen by the
+environment variable TNX_DOUBLE_VERSION. Process-wide device state lives in `_runtime`.
 """
 
 from .llama.model import LlamaForSampling

@@ -1,5 +1,5 @@
-"""save_pretrained_split: config.json plus a directory pytorch_model.bin/ with one file per
-tensor and key_to_filename.json. Writes no tokenizer."""
+"""save_pretrained_split: config.json plus a directory pytorch_model.bin/ holding one file per
+tensor and key_to_filename.json. Like the library, it writes no tokenizer."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 
 
 def save_pretrained_split(model, save_directory):
-    os.makedirs(os.path.join(save_directory, "pytorch_model.bin"), exist_ok=True)
+    weights = os.path.join(save_directory, "pytorch_model.bin")
+    os.makedirs(weights, exist_ok=True)
     model.config.save_pretrained(save_directory)
-    key_to_filename = {}
+    names = {}
     for i, (key, tensor) in enumerate(model.state_dict().items()):
-        name = f"p{i}.{key}"
-        torch.save(tensor.clone(), os.path.join(save_directory, "pytorch_model.bin", name))
-        key_to_filename[key] = name
-    with open(os.path.join(save_directory, "pytorch_model.bin", "key_to_filename.json"), "w") as f:
-        json.dump(key_to_filename, f)
+        names[key] = f"p{i}.{key}"
+        torch.save(tensor.clone(), os.path.join(weights, names[key]))
+    with open(os.path.join(weights, "key_to_filename.json"), "w") as f:
+        json.dump(names, f)

@@ -1,27 +1,28 @@
-"""LlamaForSampling, as the double: strict about the contract, small Llama underneath."""
+"""LlamaForSampling as the double: the library's interface and failure modes, a small
+Hugging Face Llama underneath, and a positional KV cache like the device's."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
 
 import torch
 
-from .. import _runtime
-from ..version import __version__, api
-
-_AMPS = {"f32": torch.float32, "f16": torch.float32, "bf16": torch.float32}  # compute in f32
+from .. import _runtime, sampling
+from ..version import RELEASE, at_least
 
 
 def _int_or_int_list(name, value):
     values = value if isinstance(value, list) else [value]
     if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
         raise TypeError(f"{name} must be an int or a list of ints, got {value!r}")
-    return values
+    return sorted(values)
 
 
 def _find_checkpoint(path):
+    """The loader's priority; the split format is a *directory* pytorch_model.bin."""
     for name, is_dir in (
         ("model.safetensors", False),
         ("model.safetensors.index.json", False),
@@ -32,7 +33,22 @@ def _find_checkpoint(path):
         full = os.path.join(path, name)
         if os.path.isdir(full) if is_dir else os.path.isfile(full):
             return name, is_dir
-    raise FileNotFoundError(f"Can't find a checkpoint in {path}")
+    raise FileNotFoundError(f"Can't find a checkpoint (model.safetensors, ...) in {path}")
+
+
+class _Graph:
+    """One compiled program: its HLO digest and, once compiled or loaded, its NEFF bytes."""
+
+    def __init__(self, name, hlo):
+        self.name = name
+        self.hlo = hlo
+        self.neff = None
+
+    @property
+    def neff_name(self):
+        # The library names a NEFF by the first 20 hex digits of sha256(HLO bytes): nothing
+        # about the compiler, its flags or the weights.
+        return hashlib.sha256(self.hlo.encode()).hexdigest()[:20] + ".neff"
 
 
 class LlamaForSampling:
@@ -59,138 +75,178 @@ class LlamaForSampling:
             raise ValueError(f"amp must be one of f32, f16, bf16, got {amp!r}")
         if isinstance(tp_degree, bool) or not isinstance(tp_degree, int) or tp_degree < 1:
             raise TypeError(f"tp_degree must be a positive int, got {tp_degree!r}")
-        cle = None
+        self.context_buckets = [n // 2 for n in self.n_positions]
         if context_length_estimate is not None:
             cle = _int_or_int_list("context_length_estimate", context_length_estimate)
-            assert max(cle) <= max(self.n_positions), "context_length_estimate > n_positions"
+            assert max(cle) <= max(self.n_positions)
+            self.context_buckets = [c for c in cle if c > 0]
         self.path = str(path)
         self.checkpoint_format = _find_checkpoint(self.path)
         with open(os.path.join(self.path, "config.json")) as f:
             self.config = json.load(f)
-        self.amp, self.tp_degree, self.cle, self.neuron_config = amp, tp_degree, cle, neuron_config
+        self.amp, self.tp_degree, self.neuron_config = amp, tp_degree, neuron_config
         self.ignored_kwargs = dict(kwargs)  # the real library ignores unknown kwargs silently
-        self.speculation = {}  # (k, batch) -> registered
+        self.speculation = {}  # (k, batch_size) -> _Graph, in registration order
         self.on_neuron = False
-        self.load_dir = None
+        self.compiled_dir = None
         self.hf = None
-        self.tokens = {}  # row -> {position: token}, the "KV cache"
+        self.kv = {}  # row -> {position: token}: what each KV slot was computed from
+        self.calls = []  # ("forward" | "speculative_forward", first position, width)
         return self
 
-    # --- compilation and artifacts -----------------------------------------------------------
+    # --- graphs, compilation, serialization ----------------------------------------------
 
-    def enable_speculative_decoder(self, k, batch_sizes=None, **kwargs):
-        if self.on_neuron:
-            raise RuntimeError("enable_speculative_decoder must be called before to_neuron()")
-        if api() == "v1":
-            if kwargs or (batch_sizes is not None and __version__.startswith("0.10.0.21")):
-                raise TypeError("enable_speculative_decoder() got an unexpected keyword argument")
-        elif set(kwargs) - {"token_tree"}:
-            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
-        ks = _int_or_int_list("k", k)
-        for kk in ks:
-            for bs in batch_sizes or self.batch_sizes:
-                self.speculation[(kk, bs)] = True
-
-    def _graphs(self):
-        flags = os.environ.get("NEURON_CC_FLAGS", "")
-        base = {
-            "path_config": self.config,
-            "amp": self.amp,
-            "tp": self.tp_degree,
-            "version": __version__,
-            "flags": flags,
-            "neuron_config": repr(self.neuron_config),
+    def _hlo(self, kind, width, batch):
+        shape = {
+            key: self.config.get(key)
+            for key in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "vocab_size",
+            )
         }
-        graphs = {f"token_{n}": n for n in self.n_positions}
-        for c in self.cle or self.n_positions:
-            for bs in self.batch_sizes:
-                graphs[f"context_{c}_{bs}"] = (c, bs)
-        for k, bs in sorted(self.speculation):
-            graphs[f"speculation_{k}_{bs}"] = (k, bs)
-        out = {}
-        for name, shape in graphs.items():
-            blob = json.dumps({**base, "graph": name, "shape": shape}, sort_keys=True, default=str)
-            out[name] = hashlib.sha256(blob.encode()).hexdigest()[:20]
-        return out
+        return json.dumps(
+            [
+                kind,
+                width,
+                batch,
+                self.n_positions,
+                self.amp,
+                self.tp_degree,
+                repr(self.neuron_config),
+                shape,
+            ],
+            sort_keys=True,
+        )
+
+    def _base_graphs(self):
+        graphs = [_Graph(f"token_{b}", self._hlo("token", 1, b)) for b in self.batch_sizes]
+        for c in self.context_buckets:
+            for b in self.batch_sizes:
+                graphs.append(_Graph(f"context_{c}_{b}", self._hlo("context", c, b)))
+        return graphs
+
+    def _all_graphs(self):
+        return [*self.graphs, *self.speculation.values()]
+
+    def enable_speculative_decoder(
+        self, speculation_length, batch_sizes=None, token_tree=None, **kwargs
+    ):
+        if not at_least(0, 10, 0, 360) and batch_sizes is not None:
+            raise TypeError(
+                "enable_speculative_decoder() got an unexpected keyword argument 'batch_sizes'"
+            )
+        if not at_least(0, 12) and token_tree is not None:
+            raise TypeError(
+                "enable_speculative_decoder() got an unexpected keyword argument 'token_tree'"
+            )
+        if kwargs:
+            raise TypeError(
+                f"enable_speculative_decoder() got unexpected keyword arguments {sorted(kwargs)}"
+            )
+        ks = [speculation_length] if isinstance(speculation_length, int) else speculation_length
+        sizes = [batch_sizes] if isinstance(batch_sizes, int) else (batch_sizes or self.batch_sizes)
+        for k in ks:
+            for b in sizes:
+                # Registered, but compiled only by a later to_neuron(): called after it, the
+                # graph stays uncompiled and nothing says so.
+                self.speculation[(k, b)] = _Graph(
+                    f"speculation_{k}_{b}", self._hlo("speculation", k, b)
+                )
 
     def to_neuron(self):
-        if self.on_neuron:
-            raise RuntimeError("to_neuron() was already called")
-        _runtime.claim_cores(self.tp_degree)
-        graphs = self._graphs()
-        if self.load_dir is not None:
-            if not os.path.isdir(self.load_dir):
-                raise FileNotFoundError(f"No such directory: {self.load_dir}")
-            for name, h in graphs.items():
-                neff = os.path.join(self.load_dir, f"{h}.neff")
-                if not os.path.isfile(neff):
-                    raise FileNotFoundError(f"{neff} ({name}) not found")
+        self.graphs = self._base_graphs()
+        self._load_weights()
+        graphs = self._all_graphs()
+        if self.compiled_dir is not None:
+            if not os.path.isdir(self.compiled_dir):
+                raise FileNotFoundError(f"Did not find directory: {self.compiled_dir}.")
+            for g in graphs:
+                try:
+                    with open(os.path.join(self.compiled_dir, g.neff_name), "rb") as f:
+                        g.neff = f.read()
+                except FileNotFoundError:
+                    raise FileNotFoundError(
+                        "Could not find a matching NEFF for your HLO in this directory. "
+                        "Ensure that the model you are trying to load is the same type and has "
+                        'the same parameters as the one you saved or call "save" on this '
+                        "model to reserialize it."
+                    ) from None
             _runtime.record("load", path=self.path, tp=self.tp_degree, graphs=len(graphs))
         else:
+            flags = os.environ.get("NEURON_CC_FLAGS", "")
+            for g in graphs:
+                g.neff = f"NEFF {g.name} flags={flags!r} release={RELEASE}\n".encode() * 32
             _runtime.record("compile", path=self.path, tp=self.tp_degree, graphs=len(graphs))
-        from transformers import AutoConfig, LlamaForCausalLM
-
-        fmt, is_dir = self.checkpoint_format
-        if fmt == "pytorch_model.bin" and is_dir:  # the split format
-            config = AutoConfig.from_pretrained(self.path)
-            hf = LlamaForCausalLM(config)
-            d = os.path.join(self.path, "pytorch_model.bin")
-            with open(os.path.join(d, "key_to_filename.json")) as f:
-                mapping = json.load(f)
-            hf.load_state_dict({k: torch.load(os.path.join(d, v)) for k, v in mapping.items()})
-        else:
-            hf = LlamaForCausalLM.from_pretrained(self.path, dtype=_AMPS[self.amp])
-        self.hf = hf.eval()
+        _runtime.claim_cores(self.tp_degree)
         self.on_neuron = True
 
+    def _load_weights(self):
+        from transformers import AutoConfig, LlamaForCausalLM
+
+        _runtime.allocate_weights(self)
+        fmt, is_dir = self.checkpoint_format
+        if fmt == "pytorch_model.bin" and is_dir:
+            hf = LlamaForCausalLM(AutoConfig.from_pretrained(self.path))
+            d = os.path.join(self.path, "pytorch_model.bin")
+            with open(os.path.join(d, "key_to_filename.json")) as f:
+                names = json.load(f)
+            hf.load_state_dict({k: torch.load(os.path.join(d, v)) for k, v in names.items()})
+        else:
+            hf = LlamaForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+        self.hf = hf.eval()
+
     def save(self, directory):
-        if not self.on_neuron:
-            raise RuntimeError("save() needs compiled graphs: call to_neuron() first")
+        if os.path.isfile(directory):
+            raise FileExistsError(
+                f"Artifacts should be saved to a directory. Found existing file: {directory}"
+            )
         os.makedirs(directory, exist_ok=True)
-        for name, h in self._graphs().items():
-            with open(os.path.join(directory, f"{h}.neff"), "wb") as f:
-                f.write(f"NEFF {name} {h}\n".encode() * 64)
+        graphs = self._all_graphs() if self.on_neuron else [_Graph("unbuilt", "")]
+        for g in graphs:
+            with open(os.path.join(directory, g.neff_name), "wb") as f:
+                assert g.neff is not None, (
+                    "cannot save a model which has not been successfully compiled"
+                )
+                f.write(g.neff)
 
     def load(self, directory):
-        self.load_dir = str(directory)  # read at the next to_neuron()
+        self.compiled_dir = directory  # read by the next to_neuron(), after the weights
 
-    # --- execution ------------------------------------------------------------------------
+    # --- execution ----------------------------------------------------------------------
 
-    def _require_neuron(self):
-        if not self.on_neuron:
-            raise RuntimeError("the model is not on Neuron: call to_neuron() first")
+    def _bucket(self, last_position):
+        """The token-generation bucket that holds last_position; none: StopIteration, as the
+        decoder's `next(...)` over its buckets raises."""
+        return next(n for n in self.n_positions if n >= last_position + 1)
 
     def _write(self, input_ids, cache_ids):
-        batch, seq = input_ids.shape
+        batch, width = input_ids.shape
         if cache_ids is None:
-            positions = torch.arange(seq).repeat(batch, 1)
+            positions = torch.arange(width).repeat(batch, 1)
+        elif cache_ids.dim() == 2:
+            positions = cache_ids
         else:
-            positions = (
-                cache_ids.reshape(batch, -1)
-                if cache_ids.dim() == 2
-                else cache_ids.reshape(1, -1).repeat(batch, 1)
+            positions = cache_ids.reshape(1, -1).repeat(batch, 1)
+        if positions.shape[1] != width:
+            raise AssertionError(
+                f"cache_ids {tuple(positions.shape)} and input_ids "
+                f"{tuple(input_ids.shape)} have different shapes!"
             )
-        if positions.shape[1] != seq:
-            raise ValueError(
-                f"cache_ids {tuple(positions.shape)} do not match "
-                f"input_ids {tuple(input_ids.shape)}"
-            )
-        if int(positions.max()) >= max(self.n_positions):
-            raise IndexError(
-                f"cache position {int(positions.max())} >= n_positions {max(self.n_positions)}"
-            )
+        self._bucket(int(positions.max()))
         for b in range(batch):
-            row = self.tokens.setdefault(b, {})
-            if int(positions[b, 0]) == 0:
-                row.clear()  # context encoding starts a new sequence
-            for j in range(seq):
+            row = self.kv.setdefault(b, {})
+            for j in range(width):
                 row[int(positions[b, j])] = int(input_ids[b, j])
         return positions
 
     @torch.no_grad()
-    def _logits_at(self, b, position):
-        row = self.tokens[b]
-        ids = [row.get(p, 0) for p in range(position + 1)]  # unwritten slots hold garbage
+    def _logits_at(self, row, position):
+        slots = self.kv[row]
+        ids = [slots.get(p, 0) for p in range(position + 1)]  # unwritten slots hold garbage
         return self.hf(torch.tensor([ids])).logits[0, -1].float()
 
     def __call__(self, input_ids, cache_ids=None, start_ids=None):
@@ -198,72 +254,86 @@ class LlamaForSampling:
 
     def forward(self, input_ids, cache_ids=None, start_ids=None):
         """Logits of the last position: (batch, vocab), float32."""
-        self._require_neuron()
+        if not self.on_neuron:
+            raise AttributeError("'NoneType' object has no attribute 'run'")
+        if input_ids.shape[0] not in self.batch_sizes:
+            raise KeyError(input_ids.shape[0])
         positions = self._write(input_ids, cache_ids)
+        self.calls.append(("forward", int(positions[0, 0]), input_ids.shape[1]))
         return torch.stack(
             [self._logits_at(b, int(positions[b, -1])) for b in range(input_ids.shape[0])]
         )
 
-    def speculative_forward(self, input_ids, cache_ids, start_ids=None, speculation_length=None):
-        """Logits for each of k positions: (k, vocab, batch)."""
-        self._require_neuron()
-        batch, k = input_ids.shape
-        if (speculation_length or k, batch) not in self.speculation:
-            raise KeyError((speculation_length or k, batch))
+    def _speculation_graph(self, width, batch, speculation_length):
+        if not at_least(0, 10, 0, 360):
+            return speculation_length, self.speculation[speculation_length, batch]
+        # From 0.10.0.360 the lookup compares an int with (k, batch) keys, so it always falls
+        # through to the bucket search: the smallest registered k >= the input width (in
+        # registration order, by bisection), else the largest; KeyError only when that k was
+        # not registered for this batch size.
+        ks = [k for (k, _b) in self.speculation]
+        if not ks:
+            raise KeyError((speculation_length, batch))
+        k = ks[bisect.bisect_left(ks, width, hi=len(ks) - 1)]
+        return k, self.speculation[k, batch]
+
+    def speculative_forward(
+        self, input_ids, cache_ids=None, start_ids=None, speculation_length=None
+    ):
+        """Logits for each position of the window: (k, vocab, batch)."""
+        if not self.on_neuron:
+            raise AttributeError("'NoneType' object has no attribute 'run'")
+        batch, width = input_ids.shape
+        k, graph = self._speculation_graph(width, batch, speculation_length)
+        if graph.neff is None:  # registered after to_neuron(): never compiled, never loaded
+            raise AttributeError("'NoneType' object has no attribute 'inputs_host_to_device'")
+        if width != k:
+            raise AssertionError(
+                f"Copying tensor from host to device: buffer ((1, {k})) and "
+                f"tensor ((1, {width})) have different shapes!"
+            )
         positions = self._write(input_ids, cache_ids)
-        out = torch.stack(
+        self.calls.append(("speculative_forward", int(positions[0, 0]), width))
+        logits = torch.stack(
             [
-                torch.stack(
-                    [self._logits_at(b, int(positions[b, j])) for b in range(batch)], dim=-1
-                )
-                for j in range(k)
+                torch.stack([self._logits_at(b, int(positions[b, j])) for b in range(batch)], -1)
+                for j in range(width)
             ]
         )
-        return out  # (k, vocab, batch)
+        return logits  # (k, vocab, batch)
 
     @torch.no_grad()
     def sample(
         self,
         input_ids,
         sequence_length,
+        cache_ids=None,
         start_ids=None,
         top_k=50,
         top_p=1.0,
-        temperature=1.0,
         eos_token_override=None,
+        temperature=1.0,
         streamer=None,
+        stopping_criteria_list=None,
+        no_repeat_ngram_size=None,
         **kwargs,
     ):
-        self._require_neuron()
-        for name, value in (("temperature", temperature), ("top_p", top_p)):
-            if not isinstance(value, float):
-                raise ValueError(f"{name} must be a float, got {value!r}")
-        eos = (
-            eos_token_override
-            if eos_token_override is not None
-            else self.config.get("eos_token_id")
+        if input_ids.shape[0] not in self.batch_sizes:
+            raise ValueError(
+                f"Model not compiled for batch_size : {input_ids.shape[0]}. "
+                f"Acceptable batch_size is one of the following "
+                f"{self.batch_sizes}"
+            )
+        eos = self.config.get("eos_token_id") if eos_token_override is None else eos_token_override
+        return sampling.sample_llama(
+            self,
+            input_ids,
+            start_ids,
+            sequence_length,
+            eos,
+            top_k,
+            top_p,
+            temperature,
+            streamer,
+            cache_ids,
         )
-        ids = input_ids.clone()
-        logits = self.forward(ids)
-        done = torch.zeros(ids.shape[0], dtype=torch.bool)
-        while ids.shape[1] < sequence_length:
-            if top_k == 1:
-                nxt = logits.argmax(dim=-1)
-            else:
-                scaled = logits / temperature
-                if top_k > 0:
-                    kth = torch.topk(scaled, top_k, dim=-1).values[..., -1:]
-                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-                nxt = torch.multinomial(torch.softmax(scaled, dim=-1), 1).squeeze(-1)
-            ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
-            if streamer is not None:
-                streamer.put(nxt)
-            if eos is not None:
-                done |= nxt == eos
-                if bool(done.all()):
-                    break
-            if ids.shape[1] < sequence_length:
-                logits = self.forward(nxt.unsqueeze(1), torch.tensor([ids.shape[1] - 1]))
-        if streamer is not None:
-            streamer.end()
-        return ids

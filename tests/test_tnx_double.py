@@ -1,0 +1,348 @@
+"""The transformers-neuronx double reproduces the library's behaviour, defects included.
+
+Each test names a behaviour of the real Python code (aws-neuron/transformers-neuronx:
+speculation.py, sampling.py, llama/model.py, base.py, decoder.py, bucket.py at the commits
+listed in shared/neuron-api.md); the backend's tests then run against exactly that.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from .neuron_fixtures import make_checkpoint, reset_cores, use_double
+
+pytestmark = pytest.mark.reference
+V10, V11, V12, V13 = "0.10.0.21", "0.11.351", "0.12.313", "0.13.322"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("double")
+    target = make_checkpoint(root / "target", seed=0)
+    draft = make_checkpoint(root / "draft", seed=0, noise=0.003, base=target)
+    return target, draft
+
+
+@pytest.fixture(autouse=True)
+def _unload():
+    yield
+    import sys
+
+    for name in list(sys.modules):
+        if name.startswith("transformers_neuronx"):
+            del sys.modules[name]
+
+
+class Collect:
+    def __init__(self):
+        self.puts: list[torch.Tensor] = []
+        self.ended = False
+
+    def put(self, value):
+        self.puts.append(torch.as_tensor(value).clone())
+
+    def end(self):
+        self.ended = True
+
+
+def load(path, n_positions=64, window=None, tp=2, batch_sizes=None):
+    from transformers_neuronx import LlamaForSampling
+
+    m = LlamaForSampling.from_pretrained(
+        str(path), n_positions=n_positions, amp="f32", tp_degree=tp
+    )
+    if window is not None:
+        m.enable_speculative_decoder(window, batch_sizes=batch_sizes)
+    m.to_neuron()
+    return m
+
+
+def pair(ckpt, n_positions=64, window=4):
+    target, draft = ckpt
+    return load(draft, n_positions), load(target, n_positions, window)
+
+
+PROMPT = torch.tensor([[1, 8, 20, 33, 14]])
+
+
+# --- versions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "version,module_says,has_pad",
+    [(V11, "0.10.x", False), (V12, "0.12.x", True), (V13, "0.13.x", True)],
+)
+def test_version_metadata_and_api_signature(monkeypatch, version, module_says, has_pad):
+    use_double(monkeypatch, version)
+    import transformers_neuronx
+    from transformers_neuronx.speculation import SpeculativeGenerator
+
+    assert transformers_neuronx.__version__ == module_says  # version.py lags; metadata doesn't
+    assert importlib.metadata.version("transformers-neuronx") == version
+    assert ("pad_token_id" in inspect.signature(SpeculativeGenerator.sample).parameters) is has_pad
+
+
+# --- the speculation loops ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [V11, V13])
+def test_first_token_is_the_targets_argmax_whatever_the_acceptor(monkeypatch, ckpt, version):
+    use_double(monkeypatch, version)
+    from transformers_neuronx.speculation import SpeculativeGenerator
+
+    draft, target = pair(ckpt)
+    argmax = int(target(PROMPT).argmax())
+
+    class Never:  # rejects every draft and emits token 7
+        def __call__(self, draft_ids, draft_scores, target_scores):
+            return torch.tensor([[7, 0, 0, 0]]) if version == V13 else torch.tensor([[7]])
+
+    for _ in range(5):
+        out = SpeculativeGenerator(draft, target, 4, Never()).sample(PROMPT, sequence_length=12)
+        assert int(out[0, PROMPT.shape[1]]) == argmax
+
+
+def test_v1_scores_reach_the_acceptor_unchanged_and_v2_transposes(monkeypatch, ckpt):
+    seen = {}
+
+    class Spy:
+        def __call__(self, draft_ids, draft_scores, target_scores):
+            seen.setdefault("shapes", (tuple(draft_scores.shape), tuple(target_scores.shape)))
+            raise RuntimeError("stop")
+
+    class Provider:  # returns (k-1, 1, V): the shape v2 expects from a provider
+        def __init__(self, model):
+            self.model = model
+
+        def __call__(self, ids, k, cache_ids=None, start_ids=None):
+            scores = self.model(ids, cache_ids, start_ids)
+            if cache_ids is None:
+                return scores.argmax(1, keepdim=True), scores
+            return scores.argmax(1, keepdim=True).repeat(1, k), scores.unsqueeze(0).repeat(k, 1, 1)
+
+    for version, expected in ((V11, ((3, 1, 96), (4, 96))), (V13, ((1, 3, 96), (1, 4, 96)))):
+        seen.clear()
+        use_double(monkeypatch, version)
+        from transformers_neuronx.speculation import SpeculativeGenerator
+
+        draft, target = pair(ckpt)
+        with pytest.raises(RuntimeError, match="stop"):
+            SpeculativeGenerator(Provider(draft), target, 4, Spy()).sample(PROMPT, 20)
+        assert seen["shapes"] == expected
+        reset_cores()
+
+
+def test_v1_finishes_with_a_greedy_tail_that_is_not_streamed(monkeypatch, ckpt):
+    use_double(monkeypatch, V11)
+    from transformers_neuronx.speculation import SpeculativeGenerator
+
+    draft, target = pair(ckpt)
+    s = Collect()
+    out = SpeculativeGenerator(draft, target, 4).sample(PROMPT, sequence_length=20, streamer=s)
+    streamed = torch.cat([p.reshape(-1) for p in s.puts])
+    assert out.shape == (1, 20)  # the prompt included
+    generated = out[0, PROMPT.shape[1] :]
+    assert len(streamed) < len(generated)  # the tail never reached the streamer
+    assert torch.equal(streamed, generated[: len(streamed)])
+    assert s.ended
+
+
+def test_v2_streams_the_prompt_then_padded_blocks_past_the_end(monkeypatch, ckpt):
+    use_double(monkeypatch, V13)
+    from transformers_neuronx.speculation import SpeculativeGenerator
+
+    draft, target = pair(ckpt)
+    s = Collect()
+    out = SpeculativeGenerator(draft, target, 4).sample(PROMPT, sequence_length=20, streamer=s)
+    assert out.shape == (1, 20)
+    assert torch.equal(s.puts[0], PROMPT)  # the prompt, echoed
+    assert s.puts[1].shape == (1, 1)
+    assert all(p.shape == (1, 4) for p in s.puts[2:])  # zero-padded (bs, k) blocks
+    streamed_new = sum(int(torch.count_nonzero(p)) for p in s.puts[1:])
+    assert streamed_new > 20 - PROMPT.shape[1]  # the last block runs past sequence_length
+    # it speculated while below sequence_length: positions up to sequence_length + k - 2
+    assert max(start + width - 1 for _, start, width in target.calls) > 19
+
+
+def test_v2_positions_past_n_positions_raise_stop_iteration(monkeypatch, ckpt):
+    use_double(monkeypatch, V13)
+    from transformers_neuronx.speculation import SpeculativeGenerator
+
+    draft, target = pair(ckpt, n_positions=32)
+    with pytest.raises(StopIteration):
+        SpeculativeGenerator(draft, target, 4).sample(PROMPT, sequence_length=32)
+    reset_cores()
+    use_double(monkeypatch, V11)  # v1 finishes with plain decoding: no overrun
+    from transformers_neuronx.speculation import SpeculativeGenerator as V1Generator
+
+    draft, target = pair(ckpt, n_positions=32)
+    assert V1Generator(draft, target, 4).sample(PROMPT, sequence_length=32).shape == (1, 32)
+
+
+def test_v2_advances_by_count_nonzero_so_id_0_is_lost_and_the_cache_corrupted(monkeypatch, ckpt):
+    use_double(monkeypatch, V13)
+    from transformers_neuronx.speculation import SpeculativeGenerator
+
+    draft, target = pair(ckpt)
+
+    class ZeroOnce:  # the first step's only token is id 0 (as "!" is in Llama-3)
+        calls = 0
+
+        def __call__(self, draft_ids, draft_scores, target_scores):
+            ZeroOnce.calls += 1
+            out = torch.zeros((1, 4), dtype=torch.int64)
+            out[0, 0] = 0 if ZeroOnce.calls == 1 else 9
+            return out
+
+    out = SpeculativeGenerator(draft, target, 4, ZeroOnce()).sample(PROMPT, sequence_length=9)
+    p = PROMPT.shape[1]
+    first = int(out[0, p])
+    # the id-0 token never made it into the output: the next block overwrote it
+    assert out[0, p + 1 :].tolist() == [9, 9, 9]
+    # and the KV slot of the first new token (position p) was overwritten with id 0
+    assert first != 0 and target.kv[0][p] == 0
+
+
+def test_eos_list_fails_inside_the_speculation_loop(monkeypatch, ckpt):
+    for version in (V11, V13):
+        use_double(monkeypatch, version)
+        from transformers_neuronx.speculation import SpeculativeGenerator
+
+        draft, target = pair(ckpt)
+        with pytest.raises(RuntimeError, match="broadcast"):
+            SpeculativeGenerator(draft, target, 4).sample(PROMPT, 20, eos_token_id=[2, 3])
+        reset_cores()
+
+
+# --- LlamaForSampling.sample -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [V11, V13])
+def test_sample_validates_top_k_temperature_and_top_p(monkeypatch, ckpt, version):
+    use_double(monkeypatch, version)
+    target = load(ckpt[0])
+    with pytest.raises(ValueError, match="top_k has to be a strictly positive int"):
+        target.sample(PROMPT, sequence_length=10, top_k=0)
+    with pytest.raises(ValueError, match="temperature"):
+        target.sample(PROMPT, sequence_length=10, temperature=1)
+    with pytest.raises(ValueError, match="top_p"):
+        target.sample(PROMPT, sequence_length=10, top_p=1)
+    out = target.sample(PROMPT, sequence_length=10, top_k=None, temperature=0.8)
+    assert out.shape == (1, 10)
+
+
+def test_sample_takes_an_eos_list_from_0_12_only(monkeypatch, ckpt):
+    use_double(monkeypatch, V13)
+    target = load(ckpt[0])
+    greedy = target.sample(PROMPT, sequence_length=12, top_k=1)[0, PROMPT.shape[1] :].tolist()
+    stop = greedy[3]
+    out = target.sample(PROMPT, 12, top_k=1, eos_token_override=[95, stop])
+    assert out[0, PROMPT.shape[1] :].tolist() == greedy[: greedy.index(stop) + 1]
+    reset_cores()
+    use_double(monkeypatch, V11)
+    target = load(ckpt[0])
+    with pytest.raises(TypeError):
+        target.sample(PROMPT, 12, top_k=1, eos_token_override=[95, stop])
+
+
+# --- graphs, compilation, artifacts ----------------------------------------------------------
+
+
+def test_speculation_graph_lookup_is_by_nearest_window(monkeypatch, ckpt):
+    use_double(monkeypatch, V13)
+    target = load(ckpt[0], window=[3, 7])
+    window = torch.tensor([[4, 5, 6]])
+    # speculation_length is never matched against the (k, batch) keys: the input's width is
+    out = target.speculative_forward(window, torch.arange(5, 8), None, speculation_length=6)
+    assert out.shape == (3, 96, 1)  # the k=3 graph ran, not a k=6 one
+    with pytest.raises(AssertionError, match="different shapes"):  # nearest is k=7
+        target.speculative_forward(torch.tensor([[4, 5, 6, 7, 8]]), torch.arange(5, 10), None, 5)
+    with pytest.raises(KeyError):  # only an unregistered batch size is a KeyError
+        target.speculative_forward(torch.tensor([[4, 5, 6]] * 2), torch.arange(5, 8), None, 3)
+    reset_cores()
+    use_double(monkeypatch, V10)  # 0.10.0.21 looks the window up exactly
+    from transformers_neuronx import LlamaForSampling
+
+    old = LlamaForSampling.from_pretrained(str(ckpt[0]), n_positions=64, amp="f32")
+    old.enable_speculative_decoder(4)
+    with pytest.raises(TypeError):
+        old.enable_speculative_decoder(4, batch_sizes=[1])
+    old.to_neuron()
+    with pytest.raises(KeyError):
+        old.speculative_forward(torch.tensor([[4, 5, 6]]), torch.arange(5, 8), None, 3)
+
+
+def test_enabling_speculation_after_to_neuron_registers_a_graph_never_compiled(
+    monkeypatch, ckpt, tmp_path
+):
+    use_double(monkeypatch, V13)
+    target = load(ckpt[0])
+    target.enable_speculative_decoder(4)  # no error
+    with pytest.raises(AttributeError):
+        target.speculative_forward(torch.tensor([[4, 5, 6, 7]]), torch.arange(5, 9), None, 4)
+    with pytest.raises(AssertionError, match="not been successfully compiled"):
+        target.save(str(tmp_path / "neffs"))
+
+
+def test_neff_names_hash_the_hlo_only(monkeypatch, ckpt, tmp_path):
+    use_double(monkeypatch, V13)
+    names = []
+    for flags in ("-O1", "-O2"):
+        monkeypatch.setenv("NEURON_CC_FLAGS", flags)
+        reset_cores()
+        m = load(ckpt[0], window=4)
+        m.save(str(tmp_path / flags))
+        names.append(sorted(p.name for p in (tmp_path / flags).iterdir()))
+        del m
+    assert names[0] == names[1]  # the flags are not in the name: the caller's key must be
+    assert all(len(n) == len("0123456789abcdef0123.neff") for n in names[0])
+    reset_cores()
+    from transformers_neuronx import LlamaForSampling
+
+    m = LlamaForSampling.from_pretrained(str(ckpt[0]), n_positions=64, amp="f32")
+    m.enable_speculative_decoder(4)
+    m.load(str(tmp_path / "-O1"))
+    m.to_neuron()  # -O1 artifacts load silently under -O2: nothing in the name says otherwise
+
+
+def test_a_failed_load_keeps_the_weights_until_the_model_is_freed(monkeypatch, ckpt, tmp_path):
+    use_double(monkeypatch, V13)
+    import transformers_neuronx._runtime as runtime
+    from transformers_neuronx import LlamaForSampling
+
+    target = load(ckpt[0])
+    stale = LlamaForSampling.from_pretrained(str(ckpt[0]), n_positions=64, amp="f32")
+    stale.load(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="Did not find directory"):
+        stale.to_neuron()
+    assert runtime.resident_models() == 2  # the weights were loaded before the NEFFs
+    assert target is not None
+    retry = LlamaForSampling.from_pretrained(str(ckpt[0]), n_positions=64, amp="f32")
+    with pytest.raises(RuntimeError, match="NRT_RESOURCE"):
+        retry.to_neuron()
+    del stale
+    gc.collect()
+    retry.to_neuron()
+
+
+def test_unknown_kwargs_are_silently_ignored_and_shapes_checked(monkeypatch, ckpt):
+    use_double(monkeypatch, V13)
+    from transformers_neuronx import LlamaForSampling
+
+    m = LlamaForSampling.from_pretrained(str(ckpt[0]), n_positions=128, tp_degre=8)
+    assert m.ignored_kwargs == {"tp_degre": 8} and m.tp_degree == 2  # the default
+    with pytest.raises(TypeError):
+        LlamaForSampling.from_pretrained(str(ckpt[0]), n_positions="128")
+    with pytest.raises(AssertionError):
+        LlamaForSampling.from_pretrained(str(ckpt[0]), n_positions=128, context_length_estimate=256)
+    a = load(ckpt[1], tp=8)
+    b = LlamaForSampling.from_pretrained(str(ckpt[0]), n_positions=128, amp="f32", tp_degree=16)
+    with pytest.raises(RuntimeError, match="nrt_load_collectives"):
+        b.to_neuron()
+    assert a(PROMPT).shape == (1, 96)
