@@ -213,3 +213,176 @@ def test_bench_compares_target_sample_with_the_compiled_window(tmp_path, monkeyp
     assert report["baseline"]["new_tokens"] == row["new_tokens"]
     with pytest.raises(UsageError, match="compiled for draft_tokens=3"):
         gen.generate(PROMPTS[0], draft_tokens=5)
+
+
+# --- both loops, every release --------------------------------------------------------------
+
+RELEASES = ["0.11.351", "0.12.313", "0.13.322"]
+CASES = [(v, loop) for v in RELEASES for loop in ("library", "engine")]
+
+
+def loop_config(tmp_path, target, draft, backend, loop="library", *, sampling="", eos=""):
+    """n_positions 24 with max_new_tokens 20: a 4-token prompt fills it exactly."""
+    cfg = tmp_path / f"{backend}-{loop}.yaml"
+    cfg.write_text(
+        f"instance: trn1.32xlarge\nbackend: {backend}\n"
+        f"target: {{model: {target}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
+        f"draft: {{model: {draft}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
+        f"speculation: {{draft_tokens: 3, acceptor: {'lossless' if sampling else 'greedy'}, "
+        f"loop: {loop}}}\n"
+        f"sampling: {{{sampling or 'temperature: 0'}, seed: 4}}\n"
+        f"generation: {{max_new_tokens: 20, max_prompt_tokens: 4{eos}}}\n"
+        f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n"
+    )
+    return load_config(cfg)
+
+
+def streamed(gen, prompt, **kwargs):
+    parts: list[str] = []
+    result = gen.generate(prompt, on_text=lambda _r, t: parts.append(t), **kwargs)
+    return result, "".join(parts)
+
+
+@pytest.mark.parametrize("version,loop", CASES)
+def test_every_loop_on_every_release(tmp_path, monkeypatch, pair_dirs, version, loop):
+    use_double(monkeypatch, version, tmp_path / "meta")
+    from neuron_spec.generate import RequestTooLong
+
+    target, draft = pair_dirs
+    eos = ", eos_token_id: 95"  # rarely generated: every output runs to max_new_tokens
+    reference = load_generator(loop_config(tmp_path, target, draft, "reference", eos=eos))
+    neuron = load_generator(loop_config(tmp_path, target, draft, "neuronx", loop, eos=eos))
+    assert neuron.backend.api == ("v1" if version.startswith("0.11") else "v2")
+    for prompt in PROMPTS[:2]:  # 4 and 3 tokens: prompt + 20 new tokens reaches n_positions
+        want = reference.generate(prompt)
+        got, text = streamed(neuron, prompt)
+        assert got.token_ids == want.token_ids  # greedy: token for token
+        assert text == got.text[0]  # the stream is exactly the generated text
+        assert len(got.token_ids[0]) == 20
+        assert got.metrics.drafted > 0 and got.metrics.accepted <= got.metrics.drafted
+        tpot = got.metrics.time_per_output_token_s
+        assert tpot["p50"] is not None and tpot["p99"] >= tpot["p50"] > 0
+        assert got.metrics.time_to_first_token_s > 0
+    with pytest.raises(RequestTooLong, match="n_positions=24"):
+        neuron.generate(PROMPTS[2])  # 5 tokens + 20 > 24
+    sampled, text = streamed(neuron, PROMPTS[0], temperature=0.8, draft_tokens=0)
+    assert text == sampled.text[0] and (
+        len(sampled.token_ids[0]) == 20 or sampled.finished_by_eos[0]
+    )
+
+
+@pytest.mark.parametrize("version,loop", CASES)
+def test_lossless_sampling_gives_exactly_max_new_tokens(
+    tmp_path, monkeypatch, pair_dirs, version, loop
+):
+    use_double(monkeypatch, version, tmp_path / "meta")
+    target, draft = pair_dirs
+    cfg = loop_config(
+        tmp_path,
+        target,
+        draft,
+        "neuronx",
+        loop,
+        sampling="temperature: 0.8",
+        eos=", eos_token_id: 95",
+    )
+    neuron = load_generator(cfg)
+    for seed in (1, 2):
+        got, text = streamed(neuron, PROMPTS[0], seed=seed)
+        assert len(got.token_ids[0]) == 20 and text == got.text[0]
+        again = neuron.generate(PROMPTS[0], seed=seed)
+        assert again.token_ids == got.token_ids  # seeded
+
+
+@pytest.mark.parametrize("version,loop", CASES)
+def test_an_eos_list_ends_the_text_at_any_of_its_ids(
+    tmp_path, monkeypatch, pair_dirs, version, loop
+):
+    use_double(monkeypatch, version, tmp_path / "meta")
+    target, draft = pair_dirs
+    plain = load_generator(
+        loop_config(tmp_path, target, draft, "reference", eos=", eos_token_id: 95")
+    )
+    greedy = plain.generate(PROMPTS[0]).token_ids[0]
+    b = greedy[7]
+    cut = greedy[: greedy.index(b) + 1]
+    a = next(t for t in range(3, 96) if t not in greedy)
+    cfg = loop_config(tmp_path, target, draft, "neuronx", loop, eos=f", eos_token_id: [{a}, {b}]")
+    neuron = load_generator(cfg)
+    got, text = streamed(neuron, PROMPTS[0])
+    assert got.token_ids[0] == cut and got.finished_by_eos[0] and text == got.text[0]
+    b_position = 4 + len(cut) - 1
+    starts = [s for name, s, _w in neuron.backend.target.calls if name == "speculative_forward"]
+    assert max(starts) < b_position  # no window was verified after the one that emitted b
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_a_target_that_emits_id_0_engine_loop_equals_reference(
+    tmp_path, monkeypatch, pair_dirs, version
+):
+    use_double(monkeypatch, version, tmp_path / "meta")
+    target, draft = pair_dirs
+    plain = load_generator(loop_config(tmp_path, target, draft, "reference"))
+    greedy = plain.generate(PROMPTS[0]).token_ids[0]
+    swapped_t = swap_ids(target, tmp_path / "t0", 0, greedy[2])
+    swapped_d = swap_ids(draft, tmp_path / "d0", 0, greedy[2])
+    ids = [[1, 5, 9, 3]]
+    ref = load_generator(loop_config(tmp_path, swapped_t, swapped_d, "reference"))
+    eng = load_generator(loop_config(tmp_path, swapped_t, swapped_d, "neuronx", "engine"))
+    want = ref.generate("", prompt_token_ids=ids).token_ids[0]
+    assert 0 in want
+    assert eng.generate("", prompt_token_ids=ids).token_ids[0] == want
+
+
+def swap_ids(src: Path, dst: Path, a: int, b: int) -> Path:
+    """The same model with token ids a and b exchanged (embedding and output rows)."""
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        for weight in (model.model.embed_tokens.weight, model.lm_head.weight):
+            weight[[a, b]] = weight[[b, a]]
+    model.save_pretrained(dst)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+    return dst
+
+
+def test_stale_artifacts_are_freed_before_recompiling(tmp_path, monkeypatch, pair_dirs):
+    """An entry that verifies but whose NEFFs match no graph of this model: to_neuron() has
+    loaded the weights before it fails, so the retry must free them (the device holds two)."""
+    use_double(monkeypatch, V2)
+    from neuron_spec.artifacts import ArtifactCache
+
+    target, draft = pair_dirs
+    cfg = load_config(write_config(tmp_path, target, draft, "neuronx"))
+    key = load_generator(cfg).backend.plan.target.cache_key
+    reset_cores()
+    cache = ArtifactCache(tmp_path / "compiled")
+    cache.discard(key)
+    cache.store(key, lambda d: (d / "0123456789abcdef0123.neff").write_bytes(b"other"), {})
+    again = load_generator(cfg)
+    assert again.backend.events == [("draft", "loaded"), ("target", "compiled")]
+    assert any("do not match" in w for w in again.backend.cache.warnings)
+    assert again.generate(PROMPTS[0]).token_ids
+
+
+def test_an_exported_cc_flags_that_differs_from_the_config_is_refused(
+    tmp_path, monkeypatch, pair_dirs
+):
+    use_double(monkeypatch, V2)
+    from neuron_spec.errors import UsageError
+
+    target, draft = pair_dirs
+    cfg = write_config(tmp_path, target, draft, "neuronx", extra="compile: {cc_flags: -O1}\n")
+    text = cfg.read_text().replace(f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n", "")
+    cfg.write_text(text)
+    monkeypatch.setenv("NEURON_CC_FLAGS", "-O2")
+    with pytest.raises(UsageError, match="NEURON_CC_FLAGS is exported as '-O2'"):
+        load_generator(load_config(cfg))
+    monkeypatch.setenv("NEURON_CC_FLAGS", "-O1")
+    gen = load_generator(load_config(cfg))
+    assert gen.backend.plan.target.key_material["NEURON_CC_FLAGS"] == "-O1"

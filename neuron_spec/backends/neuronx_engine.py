@@ -43,7 +43,9 @@ class NeuronxRunner:
         return self.pos
 
     def invalidate_from(self, start: torch.Tensor) -> None:
-        self.pos = int(start.reshape(-1)[0])  # positional cache: later writes overwrite
+        # Positional cache: moving the write position back is the rollback; later writes
+        # overwrite. Never forward: a slot that was not written stays unwritten.
+        self.pos = min(self.pos, int(start.reshape(-1)[0]))
 
     def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
         """tokens (1, w) -> logits of the last `keep` columns (1, keep, V)."""

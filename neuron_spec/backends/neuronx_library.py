@@ -149,6 +149,8 @@ def run_library(
 ) -> tuple[Recorder, float]:
     """Generate for one prompt; returns the recorder (tokens, puts) and the start time."""
     acceptor.calls.clear()
+    if acceptor.sampling.seed is not None:
+        torch.manual_seed(acceptor.sampling.seed)  # the library samples with torch's global RNG
     rec = Recorder(max_new, set(eos), acceptor, on_tokens, cancelled)
     ids = torch.tensor([list(prompt)], dtype=torch.long)
     n_prompt, k = len(prompt), pair.window
