@@ -47,6 +47,8 @@ FINDING_CODES: dict[str, str] = {
     "draft-not-smaller": "the draft is not smaller than the target",
     "acceptor-ignores-sampling": "the acceptor ignores the configured sampling settings",
     "cores-idle": "some NeuronCores of the instance stay idle",
+    "library-loop-defects": "the library loop has defects neuron-spec cannot fix from outside",
+    "checkpoint-prepared": "the checkpoint is converted or downloaded once before loading",
 }
 
 
@@ -381,18 +383,20 @@ def sequence_fits(ctx: Context) -> Iterator[Finding]:
                 f"{role}.n_positions",
                 f"generation.max_prompt_tokens ({g.max_prompt_tokens}) + max_new_tokens "
                 f"({g.max_new_tokens}) = {need} exceeds {role}.n_positions={m.max_positions}; "
-                "transformers-neuronx does not check this and writes past its KV cache.",
+                "a position at or past n_positions makes transformers-neuronx's bucket lookup "
+                "fail (StopIteration), and neuron-spec refuses such a request.",
                 f"raise {role}.n_positions to at least {need}, or lower the lengths.",
             )
-        elif need + gamma > m.max_positions:
+        elif need + gamma > m.max_positions and ctx.neuronx:
             yield Finding(
-                "warning",
+                "info",
                 "window-overflow",
                 f"{role}.n_positions",
-                f"near the end of a {need}-token sequence the speculation window "
-                f"(draft_tokens={gamma}) reaches position {need + gamma} > "
-                f"n_positions={m.max_positions}; the last steps fall back to plain decoding.",
-                f"raise {role}.n_positions to {need + gamma}.",
+                f"near the end of a {need}-token sequence a speculation window "
+                f"(draft_tokens={gamma}) would reach position {need + gamma - 1} >= "
+                f"n_positions={m.max_positions}; neuron-spec decodes the last tokens one at a "
+                "time instead (the library's own loop would fail there with StopIteration).",
+                f"raise {role}.n_positions to {need + gamma} to speculate to the end.",
             )
 
 
@@ -443,6 +447,29 @@ def checkpoints(ctx: Context) -> Iterator[Finding]:
                 f"{role}.architecture",
                 f"{m.model} is not downloaded yet, so its size cannot be checked.",
                 f"set {role}.architecture to its catalog name (e.g. llama-2-70b).",
+            )
+
+
+@rule
+def prepared_checkpoints(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx:
+        return
+    for role, _m in _roles(ctx):
+        r = ctx.models[role]
+        what = {
+            "gguf": "de-quantized once into a safetensors directory (needs the `gguf` "
+            "package beside transformers)",
+            "s3": "downloaded once from S3 (needs boto3 and credentials)",
+        }.get(r.kind)
+        if r.kind == "directory" and r.lazy_loadable is False and not r.problem:
+            what = "converted once to transformers-neuronx's split format"
+        if what and not r.problem:
+            yield Finding(
+                "info",
+                "checkpoint-prepared",
+                f"{role}.model",
+                f"{r.location} is {what} under compile.artifact_cache before loading.",
+                "nothing to do; to skip the step, point the model at a safetensors directory.",
             )
 
 
@@ -509,22 +536,45 @@ def llama3_quirks(ctx: Context) -> Iterator[Finding]:
     eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else arch.eos_token_id)
     if len(eos_ids) > 1:
         yield Finding(
-            "warning",
+            "info",
             "eos-list",
             "generation.eos_token_id",
             f"the target ends sequences at any of {list(eos_ids)}; transformers-neuronx's "
-            "SpeculativeGenerator takes a single eos_token_id.",
-            "neuron-spec stops on every id itself; set generation.eos_token_id to silence this.",
+            "SpeculativeGenerator takes a single eos_token_id (a list fails inside it).",
+            "nothing to do: neuron-spec passes the first id and stops at every other itself, "
+            "within one speculation window.",
         )
-    if arch.family == "llama-3" or arch.vocab_size >= 128000:
+
+
+@rule
+def library_loop(ctx: Context) -> Iterator[Finding]:
+    """What SpeculativeGenerator.sample does that no wrapper can undo, for this config."""
+    sp = ctx.spec.speculation
+    if not ctx.neuronx or sp.loop != "library":
+        return
+    arch = ctx.arch("target")
+    if ctx.spec.sampling.temperature > 0 and sp.acceptor != "greedy":
+        yield Finding(
+            "warning",
+            "library-loop-defects",
+            "speculation.loop",
+            f"with sampling.temperature={ctx.spec.sampling.temperature}, the first new token "
+            "of every request is the target's argmax: SpeculativeGenerator.sample picks it "
+            "greedily, whatever the acceptor, so the output is not distributed as sampling "
+            "from the target.",
+            "set speculation.loop: engine (neuron-spec's own loop over the same compiled "
+            "graphs: exactly lossless, first token included).",
+        )
+    if arch is not None and (arch.family == "llama-3" or arch.vocab_size >= 128000):
         yield Finding(
             "warning",
             "token-id-zero",
-            "target.model",
-            f"in {arch.name}'s vocabulary token id 0 is a real token ('!' in Llama-3), but "
-            "transformers-neuronx counts accepted tokens with count_nonzero, so a generated "
-            "id 0 is miscounted as padding.",
-            "neuron-spec recounts from explicit lengths; expect raw library figures to differ.",
+            "speculation.loop",
+            f"in {arch.name}'s vocabulary token id 0 is a real token ('!' in Llama-3). "
+            "transformers-neuronx 0.12 and later advance by count_nonzero of each step's "
+            "tokens: a step whose only token is id 0 loses it and overwrites the KV slot of "
+            "the previous token, and the text goes wrong from there.",
+            "set speculation.loop: engine (explicit lengths; id 0 is an ordinary token there).",
         )
 
 

@@ -136,7 +136,7 @@ def test_sequence_and_window_fit():
         "generation: {max_new_tokens: 128}",
         "generation: {max_new_tokens: 1948, max_prompt_tokens: 100}",
     )
-    assert codes(tight)["window-overflow"] == "warning"
+    assert codes(tight)["window-overflow"] == "info"  # handled: the last tokens one at a time
 
 
 def test_vocab_mismatch():
@@ -151,8 +151,20 @@ def test_llama3_warnings_and_eos_list():
         "generation: {max_new_tokens: 128, eos_token_id: [128001, 128009]}",
     )
     found = codes(text)
-    assert found["token-id-zero"] == "warning" and found["eos-list"] == "warning"
+    assert found["token-id-zero"] == "warning" and found["eos-list"] == "info"
     assert "vocab-mismatch" not in found
+    engine = codes(text.replace("acceptor: lossless}", "acceptor: lossless, loop: engine}"))
+    assert "token-id-zero" not in engine  # the engine loop counts explicit lengths
+
+
+def test_library_loop_defects_are_explained_with_the_engine_fix():
+    sampled = edit("temperature: 0.0", "temperature: 0.8")
+    cfg = load_config_text(sampled)
+    findings = {f.code: f for f in preflight(cfg.spec, host("trn1.32xlarge")).findings}
+    defect = findings["library-loop-defects"]
+    assert defect.severity == "warning" and "first new token" in defect.message
+    assert "loop: engine" in defect.fix and defect.path == "speculation.loop"
+    assert "library-loop-defects" not in codes(BASE_CONFIG)  # greedy: nothing to explain
 
 
 def test_undocumented_tp_warns():
