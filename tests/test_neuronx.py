@@ -386,3 +386,79 @@ def test_an_exported_cc_flags_that_differs_from_the_config_is_refused(
     monkeypatch.setenv("NEURON_CC_FLAGS", "-O1")
     gen = load_generator(load_config(cfg))
     assert gen.backend.plan.target.key_material["NEURON_CC_FLAGS"] == "-O1"
+
+
+class _Markov:
+    """A network whose next-token logits depend on the last token only (5 live tokens)."""
+
+    def __init__(self, probs: torch.Tensor, vocab: int):
+        self.logits = torch.full((probs.shape[0], vocab), float("-inf"))
+        self.logits[:, : probs.shape[1]] = probs.log()
+
+    def __call__(self, ids):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.logits[ids[0]].unsqueeze(0))
+
+
+def _chain(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(5, 5, generator=g) * 1.5, dim=-1)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 3)])
+def test_engine_loop_is_lossless_including_the_first_token(
+    monkeypatch, pair_dirs, temperature, top_k
+):
+    """Chi-square of the first token and of whole 3-token outputs against the warped target
+    chain, through the double's graphs and positional caches."""
+    from scipy.stats import chisquare
+
+    from neuron_spec.acceptors import LosslessAcceptor
+    from neuron_spec.backends.neuronx_engine import NeuronxRunner
+    from neuron_spec.config import SamplingSpec
+    from neuron_spec.engine import speculative_generate
+    from neuron_spec.sampling import warp
+
+    use_double(monkeypatch, V2)
+    from transformers_neuronx import LlamaForSampling
+
+    target_path, draft_path = pair_dirs
+    p, q = _chain(1), _chain(2)
+    models = []
+    for path, probs, window in ((target_path, p, 3), (draft_path, q, None)):
+        m = LlamaForSampling.from_pretrained(str(path), n_positions=16, amp="f32", tp_degree=2)
+        if window:
+            m.enable_speculative_decoder(window)
+        m.to_neuron()
+        m.hf = _Markov(probs, 96)
+        models.append(m)
+    target = NeuronxRunner(models[0], 16, 96, window=3)
+    draft = NeuronxRunner(models[1], 16, 96)
+    acceptor = LosslessAcceptor(SamplingSpec(temperature=temperature, top_k=top_k, seed=5))
+    counts: dict[tuple[int, ...], int] = {}
+    n = 2000
+    for _ in range(n):
+        out = speculative_generate(target, draft, acceptor, [[1]], draft_tokens=2, max_new_tokens=3)
+        key = tuple(out.tokens[0])
+        counts[key] = counts.get(key, 0) + 1
+    pw = warp(torch.log(p), temperature, top_k)  # the warped target chain (5, 5)
+    exact = {}
+    for a in range(5):
+        for b in range(5):
+            for c in range(5):
+                exact[(a, b, c)] = float(pw[1, a] * pw[a, b] * pw[b, c])
+    keys = [key for key, e in exact.items() if e * n >= 5]
+    rest_e = n - sum(exact[key] * n for key in keys)
+    observed = [counts.get(key, 0) for key in keys] + [n - sum(counts.get(key, 0) for key in keys)]
+    expected = [exact[key] * n for key in keys] + [rest_e]
+    if rest_e < 1e-6:
+        observed, expected = observed[:-1], expected[:-1]
+    expected = [e * sum(observed) / sum(expected) for e in expected]  # float rounding
+    assert chisquare(observed, expected).pvalue > 1e-3
+    first = [sum(v for key, v in counts.items() if key[0] == t) for t in range(5)]
+    live = [t for t in range(5) if pw[1, t] > 0]
+    want = [float(pw[1, t]) for t in live]
+    p_first = chisquare([first[t] for t in live], [w * n / sum(want) for w in want]).pvalue
+    assert p_first > 1e-3
+    assert sum(first[t] for t in range(5) if t not in live) == 0  # top-k respected
