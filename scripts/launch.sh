@@ -5,9 +5,10 @@
 #   bash scripts/launch.sh [--any-instance] CONFIG [-- GENERATE-ARGS...]
 #
 # On an Inferentia2/Trainium host (neuron-ls, or the EC2 metadata service, says so):
-#   1. uses the Neuron DLAMI's transformers-neuronx environment when it exists
-#      (/opt/aws_neuronx_venv_transformers_neuronx, or $NEURON_SPEC_NEURON_VENV), installing
-#      neuron-spec into it once without touching torch-neuronx;
+#   1. finds the Neuron DLAMI's transformers-neuronx environment by probing
+#      /opt/aws_neuronx_venv_* for a Python that imports transformers_neuronx (or uses
+#      $NEURON_SPEC_NEURON_VENV), installing neuron-spec into it once without touching
+#      torch-neuronx; with none, exits 2 and says which AMIs ship it;
 #   2. refuses a config written for another instance type (--any-instance to override);
 #   3. exports NEURON_RT_VISIBLE_CORES for the planned core layout, and NEURON_CC_FLAGS and
 #      NEURON_COMPILE_CACHE_URL from the config;
@@ -80,20 +81,42 @@ if [ -n "$want_instance" ] && [ "$want_instance" != "auto" ] && [ -n "$host_inst
   exit 2
 fi
 
-dlami="${NEURON_SPEC_NEURON_VENV:-/opt/aws_neuronx_venv_transformers_neuronx}"
-if [ -x "$dlami/bin/python" ]; then
-  py="$dlami/bin/python"
-  if ! "$py" -c "import neuron_spec" 2>/dev/null; then
-    ns_log "installing neuron-spec into $dlami (torch-neuronx is left as it is)"
-    "$py" -m pip install --quiet --disable-pip-version-check -e "$ns_root"
-  fi
-  ns=("$py" -m neuron_spec)
+# The DLAMI's transformers-neuronx environment has had several names (2.25:
+# /opt/aws_neuronx_venv_pytorch_2_7_transformers): probe every candidate for one whose Python
+# imports transformers_neuronx, never trust one hard-coded name.
+dlami=""
+probe_root="${NEURON_SPEC_VENV_ROOT:-/opt}"
+if [ -n "${NEURON_SPEC_NEURON_VENV:-}" ]; then
+  candidates=("$NEURON_SPEC_NEURON_VENV")
 else
-  ns_log "no DLAMI transformers-neuronx environment at $dlami; using $venv"
-  ns_log "(transformers-neuronx must be importable there: see docs/neuron.md)"
-  ns_env "$venv" ""
-  ns=("$venv/bin/neuron-spec")
+  candidates=("$probe_root"/aws_neuronx_venv_*)
 fi
+for cand in "${candidates[@]}"; do
+  if [ -x "$cand/bin/python" ] && "$cand/bin/python" -c "import transformers_neuronx" 2>/dev/null; then
+    dlami="$cand"
+    break
+  fi
+done
+if [ -z "$dlami" ]; then
+  ns_log "no Python environment with transformers-neuronx on this host (looked in"
+  ns_log "${candidates[*]})."
+  ns_log "transformers-neuronx ships preinstalled only on the AWS Deep Learning AMIs (Neuron)"
+  ns_log "up to SDK 2.25 (2025-07-31; Ubuntu 22.04 or Amazon Linux 2023, Python 3.10), in"
+  ns_log "/opt/aws_neuronx_venv_pytorch_2_7_transformers; AMIs from 2.26 on have none."
+  ns_log "Launch a 2.25 (or older) Neuron DLAMI; its AMI id is in the public SSM parameters:"
+  ns_log "  aws ssm get-parameters-by-path --recursive --path /aws/service/neuron/dlami \\"
+  ns_log "    --query 'Parameters[].Name' --output text | tr '\\t' '\\n' | grep 2.25"
+  ns_log "or install transformers-neuronx from Neuron's package index (docs/neuron.md), then"
+  ns_log "point NEURON_SPEC_NEURON_VENV at that environment."
+  exit 2
+fi
+py="$dlami/bin/python"
+ns_log "transformers-neuronx environment: $dlami"
+if ! "$py" -c "import neuron_spec" 2>/dev/null; then
+  ns_log "installing neuron-spec into $dlami (torch-neuronx is left as it is)"
+  "$py" -m pip install --quiet --disable-pip-version-check -e "$ns_root"
+fi
+ns=("$py" -m neuron_spec)
 
 instance_args=()
 [ -n "$host_instance" ] && instance_args=(--instance "$host_instance")

@@ -91,13 +91,29 @@ def config(host, name: str, *, instance="trn1.32xlarge", draft_tp=32) -> Path:
     return path
 
 
-def launch(host, *args, neuron=True, record=None):
+def fake_opt(root: Path, with_tnx: bool = True) -> Path:
+    """A stand-in for /opt on a 2.25 DLAMI: an older environment without transformers-neuronx
+    and, when with_tnx, the 2.25 one whose Python imports it (the double)."""
+    opt = root / ("opt" if with_tnx else "opt-empty")
+    envs = [("aws_neuronx_venv_pytorch_2_1", "")]
+    if with_tnx:
+        envs.append(("aws_neuronx_venv_pytorch_2_7_transformers", str(DOUBLE)))
+    for name, pythonpath in envs:
+        bin_dir = opt / name / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        python = bin_dir / "python"
+        python.write_text(f'#!/bin/sh\nPYTHONPATH="{pythonpath}" exec {sys.executable} "$@"\n')
+        python.chmod(0o755)
+    return opt
+
+
+def launch(host, *args, neuron=True, record=None, opt=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_")}
     env.update(
         PATH=(f"{host['bin']}:" if neuron else "") + env["PATH"],
         NEURON_SPEC_IMDS_ENDPOINT=host["imds"] if neuron else "http://127.0.0.1:9",
-        NEURON_SPEC_NEURON_VENV=sys.prefix,  # our environment plays the DLAMI's
-        NEURON_SPEC_VENV=sys.prefix,  # and the reference fallback's (it has torch)
+        NEURON_SPEC_VENV_ROOT=str(opt or fake_opt(host["root"])),  # plays /opt
+        NEURON_SPEC_VENV=sys.prefix,  # the reference fallback's (it has torch)
         PYTHONPATH=str(DOUBLE),
         PYTHON=sys.executable,
         TNX_DOUBLE_VERSION="0.13.322",
@@ -126,6 +142,10 @@ def test_good_config_generates_with_the_planned_environment(neuron_host):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Neuron host: trn1.32xlarge, 32 NeuronCores" in proc.stderr
+    assert (
+        "environment: " in proc.stderr
+        and "aws_neuronx_venv_pytorch_2_7_transformers" in proc.stderr
+    )
     assert "accepted / drafted" in proc.stdout
     seen = events(record)
     assert [e["event"] for e in seen] == ["compile", "compile"]
@@ -176,3 +196,13 @@ def test_off_neuron_runs_the_reference_backend(neuron_host):
     assert "not a Neuron host" in proc.stderr and "reference backend" in proc.stderr
     assert "accepted / drafted" in proc.stdout
     assert events(record) == []  # transformers-neuronx was never used
+
+
+def test_a_host_without_transformers_neuronx_gets_the_ami_guidance(neuron_host):
+    record = neuron_host["root"] / "no-tnx.jsonl"
+    opt = fake_opt(neuron_host["root"], with_tnx=False)
+    proc = launch(neuron_host, str(config(neuron_host, "good.yaml")), record=record, opt=opt)
+    assert proc.returncode == 2
+    assert "no Python environment with transformers-neuronx" in proc.stderr
+    assert "SDK 2.25" in proc.stderr and "/aws/service/neuron/dlami" in proc.stderr
+    assert events(record) == []
