@@ -85,7 +85,7 @@ class NeuronxRunner:
     def _one(self, token: torch.Tensor) -> torch.Tensor:
         self._check(self.pos)
         cache_ids = torch.tensor([self.pos], dtype=torch.int32)
-        out = self.model(token, cache_ids, None).float()  # (1, V)
+        out: torch.Tensor = self.model(token, cache_ids, None).float()  # (1, V)
         self.pos += 1
         return out
 
