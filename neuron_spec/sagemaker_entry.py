@@ -48,7 +48,7 @@ def _install() -> None:
 
 def _download(uri: str, dest: Path) -> Path:
     """Copy every object under an s3:// prefix into dest (once, confined to dest)."""
-    from .download import download_prefix
+    from neuron_spec.download import download_prefix
 
     return download_prefix(uri, dest, warn=lambda m: print(f"neuron-spec: {m}", flush=True))
 
