@@ -8,7 +8,7 @@ Each acceptor has
   `(tokens (B, g+1), counts (B,))`, explicit counts, for neuron-spec's own loop;
 - `__call__(draft_ids, draft_scores, target_scores)`, transformers-neuronx's TokenAcceptor
   convention: v1 (<= 0.12) passes `(1, k-1)`, `(k-1, V)`, `(k, V)` and expects `(1, n)`;
-  v2 (0.13) passes `(bs, k-1)`, `(bs, k-1, V)`, `(bs, k, V)` and expects `(bs, k)` int64
+  v2 (0.12 on) passes `(bs, k-1)`, `(bs, k-1, V)`, `(bs, k, V)` and expects `(bs, k)` int64
   right-padded with 0.
 """
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from .cli_args import build_parser
 from .errors import ConfigError, NeuronSpecError, UsageError
 
 if TYPE_CHECKING:
@@ -28,304 +28,6 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-
-_EPILOG = """\
-examples:
-  neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml
-  neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml --instance inf2.48xlarge
-  neuron-spec plan configs/inf2-llama2-70b-7b-bf16.yaml --json
-  neuron-spec generate configs/demo-cpu.yaml --prompt "The sea is" --stream
-  neuron-spec generate configs/trn1-llama2-70b-7b-bf16.yaml --dry-run
-  neuron-spec bench configs/demo-cpu.yaml --draft-tokens 2,4,6
-  neuron-spec serve configs/demo-cpu.yaml --port 8080
-  neuron-spec schema > neuron-spec.schema.json
-
-exit codes: 0 ok, 1 preflight errors, 2 usage or config error.
-docs: docs/configuration.md (every field), docs/findings/ (every finding code),
-      docs/neuron.md (inf2/trn1 step by step), docs/deploy.md (serving and SageMaker).
-"""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's own usage errors: exit 2, no traceback
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(EXIT_USAGE)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="neuron-spec",
-        description="Speculative decoding for Llama on AWS Inferentia2 and Trainium: check a "
-        "YAML deployment before anything is loaded, plan its NeuronCore layout, and run it.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--version", action="version", version=f"neuron-spec {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    def with_config(name: str, help_: str, description: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=description)
-        sp.add_argument("config", metavar="CONFIG", help="YAML deployment config (see configs/)")
-        sp.add_argument(
-            "--instance",
-            metavar="TYPE",
-            help="check against this instance type instead of the config's (e.g. trn1.32xlarge)",
-        )
-        sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
-        sp.add_argument(
-            "--backend",
-            choices=("neuronx", "reference"),
-            help="override the config's backend (e.g. run a neuronx pair on the CPU)",
-        )
-        sp.add_argument(
-            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
-        return sp
-
-    with_config(
-        "validate",
-        "check a config against the Neuron runtime's rules and the memory budget",
-        "Load CONFIG, then run every preflight rule against the instance (the config's, or "
-        "--instance): tp_degree the runtime accepts, draft/target core sharing, memory per "
-        "NeuronCore, lengths, vocabularies, checkpoints. Nothing is loaded or compiled. "
-        "Exit 0 when there are no errors, 1 when there are, 2 when the config itself is invalid.",
-    )
-    with_config(
-        "plan",
-        "show memory per model, the core layout and a tp recommendation",
-        "For each model: padded parameters, weights, KV cache, runtime overhead, total bytes, "
-        "minimum cores and the tp values at which it fits; then the shared core layout, the "
-        "largest tp both models can share, and the expected speedup for a range of acceptance "
-        "rates.",
-    )
-    g = with_config(
-        "generate",
-        "generate text with speculative decoding",
-        "Run the preflight, load the draft/target pair (progress on stderr), and generate from "
-        "PROMPT. Prints the text and the figures: time to first token, time per output token, "
-        "tokens/s, target passes, drafted/accepted tokens, acceptance rate, mean tokens per "
-        "target pass, per-position acceptance and the estimated acceptance probability alpha.",
-    )
-    g.add_argument(
-        "--prompt",
-        action="append",
-        metavar="TEXT",
-        help="prompt text; repeat for a batch",
-    )
-    g.add_argument("--max-new-tokens", type=_positive_int, metavar="N")
-    g.add_argument("--temperature", type=_non_negative_float, metavar="T", help="0 = greedy")
-    g.add_argument("--top-k", type=_non_negative_int, metavar="K", help="0 = off")
-    g.add_argument("--top-p", type=_probability, metavar="P", help="1.0 = off")
-    g.add_argument("--seed", type=int, metavar="S")
-    g.add_argument(
-        "--draft-tokens",
-        type=_non_negative_int,
-        metavar="G",
-        help="override speculation.draft_tokens (0 = target only)",
-    )
-    g.add_argument("--stream", action="store_true", help="print text as tokens are accepted")
-    g.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the load plan (calls, keyword arguments, environment) and stop; "
-        "imports nothing from transformers-neuronx",
-    )
-    b = with_config(
-        "bench",
-        "compare target-only decoding with speculation at several draft_tokens",
-        "Load the pair once, then decode the same prompts target-only and with each "
-        "draft_tokens value. Reports tokens/s, speedup over target-only, acceptance, alpha, the "
-        "measured draft/target cost ratio c, the speedup S(alpha, gamma, c) the formula "
-        "predicts beside the measured one, and the best draft_tokens.",
-    )
-    b.add_argument(
-        "--draft-tokens",
-        type=_int_list,
-        metavar="LIST",
-        help="comma-separated values of gamma (default 1,2,4,6,8 on the reference backend; on "
-        "neuronx only the compiled speculation.draft_tokens, since each gamma is its own graph)",
-    )
-    b.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: 3 built-in)")
-    b.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N")
-    b.add_argument(
-        "--repeat",
-        type=_positive_int,
-        default=1,
-        metavar="R",
-        help="runs per setting; the fastest is kept",
-    )
-    sv = with_config(
-        "serve",
-        "serve an OpenAI-compatible completions API",
-        "Run the preflight, start an HTTP server at once (GET /health answers 503 while the "
-        "models load, 200 when ready), load the pair, then serve POST /v1/completions "
-        "(OpenAI-compatible: prompt, max_tokens, temperature, top_p, stop, seed, stream) and "
-        "GET /metrics (Prometheus). Requests run one at a time from a bounded queue; a full "
-        "queue answers 429 with Retry-After. SIGTERM drains gracefully.",
-    )
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    sv.add_argument("--port", type=_positive_int, default=8080, help="port (default 8080)")
-    sv.add_argument(
-        "--queue-size",
-        type=_positive_int,
-        default=16,
-        metavar="N",
-        help="requests that may wait for the model (default 16)",
-    )
-    dep = sub.add_parser(
-        "deploy",
-        help="deploy to SageMaker real-time endpoints, or delete one",
-        description="Package the config, an inference entry point and neuron-spec (as wheels) "
-        "into model.tar.gz, upload it, and create or update a SageMaker endpoint; or delete "
-        "an endpoint with its configuration and model. See docs/deploy.md.",
-    )
-    dep.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
-    dsub = dep.add_subparsers(dest="deploy_command", metavar="ACTION", parser_class=_Parser)
-    ds = dsub.add_parser(
-        "sagemaker",
-        help="create or update an endpoint",
-        description="Validate, package, upload, create the model, the endpoint "
-        "configuration and the endpoint (or update it), and wait until "
-        "InService.",
-    )
-    ds.add_argument("config", metavar="CONFIG")
-    ds.add_argument("--role", required=True, metavar="ARN", help="SageMaker execution role ARN")
-    ds.add_argument(
-        "--bucket",
-        required=True,
-        metavar="S3URL",
-        help="where model.tar.gz goes: s3://bucket[/prefix]",
-    )
-    ds.add_argument("--instance-type", default="ml.inf2.48xlarge", metavar="TYPE")
-    ds.add_argument("--initial-instance-count", type=_positive_int, default=1, metavar="N")
-    ds.add_argument(
-        "--endpoint-name", metavar="NAME", help="default: neuron-spec-<config file name>"
-    )
-    ds.add_argument("--region", metavar="R", help="AWS region (default: boto3's)")
-    ds.add_argument(
-        "--image-uri",
-        metavar="URI",
-        help="inference container (default: AWS's PyTorch Neuron inference DLC)",
-    )
-    ds.add_argument("--wait-timeout", type=_positive_int, default=3600, metavar="S")
-    ds.add_argument(
-        "--no-dependency-wheels",
-        action="store_true",
-        help="ship only neuron-spec's wheel (the container must reach a package "
-        "index for PyYAML, pydantic and rich)",
-    )
-    ds.add_argument("--dry-run", action="store_true", help="print every API request; send none")
-    ds.add_argument("--json", action="store_true")
-    ds.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
-    dd = dsub.add_parser("delete", help="delete an endpoint, its configuration and its model")
-    dd.add_argument("name", metavar="NAME")
-    dd.add_argument("--region", metavar="R")
-    dd.add_argument("--dry-run", action="store_true", help="print the requests; send none")
-    dd.add_argument("--json", action="store_true")
-    dd.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
-    e = with_config(
-        "env",
-        "print the environment a launch exports (NEURON_RT_VISIBLE_CORES, compiler settings)",
-        "Print `export NAME=value` lines for the planned NeuronCore layout and the compiler "
-        "settings of CONFIG (scripts/launch.sh evaluates them). With --json, a mapping.",
-    )
-    e.set_defaults(json=False)
-    cache = sub.add_parser(
-        "cache",
-        help="list or prune compiled artifacts",
-        description="The compiled-artifact cache holds the NEFFs transformers-neuronx saves, one "
-        "verified entry per cache key (everything that shapes the compiled graphs).",
-    )
-    cache.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
-    csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
-    for name, help_ in (
-        ("list", "show entries, their size and whether they verify"),
-        ("prune", "remove entries (old, broken, or all)"),
-    ):
-        cp = csub.add_parser(name, help=help_, description=help_)
-        where = cp.add_mutually_exclusive_group()
-        where.add_argument("--config", metavar="CONFIG", help="use CONFIG's compile.artifact_cache")
-        where.add_argument(
-            "--dir",
-            metavar="DIR",
-            help="the cache directory (default ~/.cache/neuron-spec/compiled)",
-        )
-        cp.add_argument("--json", action="store_true", help="print machine-readable JSON")
-        cp.add_argument(
-            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
-        if name == "prune":
-            cp.add_argument(
-                "--older-than",
-                type=_non_negative_float,
-                metavar="DAYS",
-                help="remove entries created more than DAYS days ago",
-            )
-            cp.add_argument(
-                "--broken", action="store_true", help="remove entries that fail verification"
-            )
-            cp.add_argument("--all", action="store_true", help="remove every entry")
-            cp.add_argument("--dry-run", action="store_true", help="only say what would go")
-    sc = sub.add_parser(
-        "schema",
-        help="print the config's JSON Schema",
-        description="Print the JSON Schema of the config, for editor validation "
-        "(e.g. yaml-language-server: # yaml-language-server: $schema=neuron-spec.schema.json).",
-    )
-    sc.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
-    return p
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError("draft token counts must be positive integers")
-    return sorted(set(values))
 
 
 # --- shared steps ------------------------------------------------------------------------------
@@ -857,6 +559,63 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import hostprobe
+    from .doctor import check_host
+    from .loadplan import artifact_root
+
+    cfg = _load(args.config) if args.config else None
+    disk_dir = artifact_root(cfg) if cfg else Path("~/.cache/neuron-spec/compiled")
+    if args.from_dir:
+        try:
+            raw = hostprobe.read_recording(Path(args.from_dir))
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        source = args.from_dir
+    else:
+        raw, source = hostprobe.live_outputs(disk_dir), "this host"
+    if args.record:
+        names = hostprobe.write_recording(raw, Path(args.record))
+        sys.stderr.write(f"recorded {', '.join(names)} in {args.record}\n")
+    snap = hostprobe.parse(raw, source, str(hostprobe.existing_ancestor(disk_dir)))
+    report = check_host(snap, cfg)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _render_doctor(_console(), report, cfg)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _render_doctor(console: Console, report: Any, cfg: ConfigFile | None) -> None:
+    from .memory import fmt_bytes
+
+    snap = report.snap
+    ram = report.to_dict()["host_ram_bytes"]
+    console.print(
+        f"[bold]host check[/bold] ({snap.source}): {snap.cores} NeuronCores, "
+        f"host memory {fmt_bytes(ram) if ram else 'unknown'}, "
+        f"{fmt_bytes(snap.disk_free) if snap.disk_free is not None else 'unknown'} free "
+        f"on {snap.disk_path or 'the artifact cache'}" + (f"; for {cfg.path}" if cfg else "")
+    )
+    for name, version in report.components.items():
+        console.print(f"  {name:<26} {version or '[dim]not installed[/dim]'}")
+    for f in report.findings:
+        style = _SEVERITY_STYLE[f.severity]
+        console.print(f"[{style}]{f.severity:<7}[/] [bold]{f.code}[/bold]  {f.path}")
+        console.print(f"  {f.message}", markup=False)
+        if f.fix:
+            console.print(f"  [green]Fix:[/green] {escape(f.fix)}")
+    errors = sum(f.severity == "error" for f in report.findings)
+    warnings = sum(f.severity == "warning" for f in report.findings)
+    verdict = "[bold red]FAIL[/]" if errors else "[bold green]OK[/]"
+    console.print(
+        f"{verdict}: {errors} error(s), {warnings} warning(s). "
+        "Each code is explained in docs/findings/<code>.md."
+    )
+
+
 def _cache_for(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
@@ -922,6 +681,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "deploy": cmd_deploy,
     "cache": cmd_cache,
+    "doctor": cmd_doctor,
 }
 
 
@@ -943,7 +703,7 @@ def _report_error(exc: NeuronSpecError, as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     # The CLI uses no pydantic plugins; skipping their entry-point scan saves ~40 ms per run.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

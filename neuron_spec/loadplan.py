@@ -292,7 +292,7 @@ def build_load_plan(
     if api == "unknown":
         notes.append(
             "transformers-neuronx is not installed here: the calls are shown for "
-            "API v2 (0.13); v1 (0.10-0.12) differs in enable_speculative_decoder and "
+            "API v2 (0.12 on); v1 (0.10, 0.11) differs in enable_speculative_decoder and "
             "sample. Versions in the cache key are filled in at load time."
         )
     return LoadPlan(

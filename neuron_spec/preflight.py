@@ -49,6 +49,18 @@ FINDING_CODES: dict[str, str] = {
     "cores-idle": "some NeuronCores of the instance stay idle",
     "library-loop-defects": "the library loop has defects neuron-spec cannot fix from outside",
     "checkpoint-prepared": "the checkpoint is converted or downloaded once before loading",
+    # host checks (`neuron-spec doctor`)
+    "not-neuron-host": "no NeuronCores: not an inf2/trn1 host, or its Neuron tools are missing",
+    "tnx-missing": "transformers-neuronx is not installed in this Python environment",
+    "tnx-version": "transformers-neuronx is too old for speculation, or no SDK shipped it",
+    "component-missing": "a Neuron component transformers-neuronx needs is not installed",
+    "components-unshipped": "installed Neuron components no SDK release shipped together",
+    "driver-not-loaded": "the Neuron kernel driver is not loaded, or an older one is",
+    "cores-busy": "another process holds NeuronCores",
+    "host-ram-low": "host memory is short of what loading the pair needs",
+    "disk-low": "disk space is short of what preparing the checkpoints writes",
+    "neuron-sdk": "the Neuron SDK release this host's components match",
+    "probe-unreadable": "a recorded or live tool output could not be read",
 }
 
 

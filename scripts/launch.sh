@@ -2,7 +2,7 @@
 # neuron-spec launcher.
 #
 #   bash scripts/launch.sh                                  # the CPU demo (SmolLM2-135M)
-#   bash scripts/launch.sh [--any-instance] CONFIG [-- GENERATE-ARGS...]
+#   bash scripts/launch.sh [--any-instance] [--skip-doctor] CONFIG [-- GENERATE-ARGS...]
 #
 # On an Inferentia2/Trainium host (neuron-ls, or the EC2 metadata service, says so):
 #   1. finds the Neuron DLAMI's transformers-neuronx environment by probing
@@ -10,22 +10,26 @@
 #      $NEURON_SPEC_NEURON_VENV), installing neuron-spec into it once without touching
 #      torch-neuronx; with none, exits 2 and says which AMIs ship it;
 #   2. refuses a config written for another instance type (--any-instance to override);
-#   3. exports NEURON_RT_VISIBLE_CORES for the planned core layout, and NEURON_CC_FLAGS and
-#      NEURON_COMPILE_CACHE_URL from the config;
+#   3. checks the host with `neuron-spec doctor CONFIG` (Neuron component versions, cores held
+#      by other processes, host RAM and disk) and stops on any error (--skip-doctor to override);
 #   4. runs the preflight and stops on any error, before anything is loaded;
-#   5. generates (compiling on the first run, loading cached artifacts afterwards).
+#   5. exports NEURON_RT_VISIBLE_CORES for the planned core layout, and NEURON_CC_FLAGS and
+#      NEURON_COMPILE_CACHE_URL from the config;
+#   6. generates (compiling on the first run, loading cached artifacts afterwards).
 # Anywhere else it says so and runs the pair on the reference backend (PyTorch + transformers).
 # GENERATE-ARGS go to `neuron-spec generate` (default: a sample prompt).
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 
 any_instance=0
+skip_doctor=0
 config=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --any-instance) any_instance=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --skip-doctor) skip_doctor=1; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     -*) ns_log "unknown option $1 (see --help)"; exit 2 ;;
     *) if [ -z "$config" ]; then config="$1"; shift; else break; fi ;;
   esac
@@ -120,6 +124,13 @@ ns=("$py" -m neuron_spec)
 
 instance_args=()
 [ -n "$host_instance" ] && instance_args=(--instance "$host_instance")
+
+if [ "$skip_doctor" = "0" ]; then
+  ns_log "host check: neuron-spec doctor $config"
+  "${ns[@]}" doctor "$config" || {
+    ns_log "the host check found errors (above): nothing was loaded (--skip-doctor to go on)"
+    exit 1; }
+fi
 
 ns_log "preflight: $config"
 "${ns[@]}" validate "$config" "${instance_args[@]}" || {

@@ -57,14 +57,12 @@ def make_checkpoint(
     return directory
 
 
-def dist_info(root: Path, version: str) -> Path:
-    """The distribution metadata a pip-installed transformers-neuronx has: the only place
-    its full version is written (the module's __version__ says '0.10.x' for 0.11)."""
-    meta = root / f"transformers_neuronx-{version}.dist-info"
+def dist_info(root: Path, version: str, name: str = "transformers-neuronx") -> Path:
+    """The distribution metadata a pip-installed package has: for transformers-neuronx the
+    only place its full version is written (the module's __version__ says '0.10.x' for 0.11)."""
+    meta = root / f"{name.replace('-', '_')}-{version}.dist-info"
     meta.mkdir(parents=True, exist_ok=True)
-    (meta / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: transformers-neuronx\nVersion: {version}\n"
-    )
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     return root
 
 

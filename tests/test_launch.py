@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .neuron_fixtures import DOUBLE, make_checkpoint
+from .neuron_fixtures import DOUBLE, dist_info, make_checkpoint
 
 pytestmark = pytest.mark.reference
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +71,19 @@ def neuron_host(tmp_path_factory, imds):
         for i in range(16)
     ]
     ls = bin_dir / "neuron-ls"
-    ls.write_text(f"#!/bin/sh\ncat <<'JSON'\n{json.dumps(devices)}\nJSON\n")
+    ls.write_text(
+        "#!/bin/sh\n"
+        'if [ -n "$FAKE_NEURON_LS" ]; then cat "$FAKE_NEURON_LS"; exit 0; fi\n'
+        f"cat <<'JSON'\n{json.dumps(devices)}\nJSON\n"
+    )
     ls.chmod(0o755)
+    dpkg = bin_dir / "dpkg-query"  # the SDK 2.25 runtime, collectives and driver
+    dpkg.write_text(
+        "#!/bin/sh\nprintf 'aws-neuronx-collectives\\t2.27.34.0-ec8cd5e8b\\n"
+        "aws-neuronx-dkms\\t2.23.9.0\\naws-neuronx-runtime-lib\\t2.27.23.0-8deec4dbf\\n'\n"
+    )
+    dpkg.chmod(0o755)
+    (root / "devices.json").write_text(json.dumps(devices))
     target = make_checkpoint(root / "target", seed=0)
     draft = make_checkpoint(root / "draft", seed=0, noise=0.003, base=target)
     return {"root": root, "bin": bin_dir, "target": target, "draft": draft, "imds": imds}
@@ -96,8 +107,15 @@ def fake_opt(root: Path, with_tnx: bool = True) -> Path:
     and, when with_tnx, the 2.25 one whose Python imports it (the double)."""
     opt = root / ("opt" if with_tnx else "opt-empty")
     envs = [("aws_neuronx_venv_pytorch_2_1", "")]
-    if with_tnx:
-        envs.append(("aws_neuronx_venv_pytorch_2_7_transformers", str(DOUBLE)))
+    if with_tnx:  # the double, with the 2.25 environment's package versions
+        site = root / "site-2.25"
+        for name, version in (
+            ("transformers-neuronx", "0.13.1216"),
+            ("torch-neuronx", "2.7.0.2.9.9357"),
+            ("neuronx-cc", "2.20.9961.0"),
+        ):
+            dist_info(site, version, name)
+        envs.append(("aws_neuronx_venv_pytorch_2_7_transformers", f"{site}:{DOUBLE}"))
     for name, pythonpath in envs:
         bin_dir = opt / name / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +125,9 @@ def fake_opt(root: Path, with_tnx: bool = True) -> Path:
     return opt
 
 
-def launch(host, *args, neuron=True, record=None, opt=None):
+def launch(host, *args, neuron=True, record=None, opt=None, extra_env=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_")}
+    env.update(extra_env or {})
     env.update(
         PATH=(f"{host['bin']}:" if neuron else "") + env["PATH"],
         NEURON_SPEC_IMDS_ENDPOINT=host["imds"] if neuron else "http://127.0.0.1:9",
@@ -142,6 +161,8 @@ def test_good_config_generates_with_the_planned_environment(neuron_host):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Neuron host: trn1.32xlarge, 32 NeuronCores" in proc.stderr
+    assert "host check: neuron-spec doctor" in proc.stderr  # the simulated 2.25 host passes
+    assert "Neuron SDK 2.25.0" in proc.stdout and "OK: 0 error(s)" in proc.stdout
     assert (
         "environment: " in proc.stderr
         and "aws_neuronx_venv_pytorch_2_7_transformers" in proc.stderr
@@ -206,3 +227,30 @@ def test_a_host_without_transformers_neuronx_gets_the_ami_guidance(neuron_host):
     assert "no Python environment with transformers-neuronx" in proc.stderr
     assert "SDK 2.25" in proc.stderr and "/aws/service/neuron/dlami" in proc.stderr
     assert events(record) == []
+
+
+def test_host_check_runs_first_and_busy_cores_stop_the_launch(neuron_host):
+    devices = json.loads((neuron_host["root"] / "devices.json").read_text())
+    devices[5]["neuron_processes"] = [
+        {"pid": 999, "command": "python old_server.py", "neuron_runtime_version": "2.27.23"}
+    ]
+    busy = neuron_host["root"] / "busy.json"
+    busy.write_text(json.dumps(devices))
+    record = neuron_host["root"] / "busy.jsonl"
+    cfg = str(config(neuron_host, "busy.yaml"))
+    proc = launch(neuron_host, cfg, record=record, extra_env={"FAKE_NEURON_LS": str(busy)})
+    assert proc.returncode == 1, proc.stderr
+    assert "host check: neuron-spec doctor" in proc.stderr
+    assert "cores-busy" in proc.stdout and "kill 999" in proc.stdout
+    assert "nothing was loaded" in proc.stderr and events(record) == []
+    # the healthy simulated 2.25 host passes the same check
+    skipped = launch(
+        neuron_host,
+        "--skip-doctor",
+        cfg,
+        "--",
+        "--dry-run",
+        extra_env={"FAKE_NEURON_LS": str(busy)},
+    )
+    assert skipped.returncode == 0, skipped.stderr
+    assert "host check" not in skipped.stderr and "preflight" in skipped.stderr

@@ -1,0 +1,379 @@
+"""The `neuron-spec` command line: every subcommand's arguments and help, nothing else.
+
+cli.py holds what the subcommands do; this module only describes them, one function per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+EPILOG = """\
+examples:
+  neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml
+  neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml --instance inf2.48xlarge
+  neuron-spec plan configs/inf2-llama2-70b-7b-bf16.yaml --json
+  neuron-spec doctor configs/inf2-llama2-70b-7b-bf16.yaml
+  neuron-spec generate configs/demo-cpu.yaml --prompt "The sea is" --stream
+  neuron-spec generate configs/trn1-llama2-70b-7b-bf16.yaml --dry-run
+  neuron-spec bench configs/demo-cpu.yaml --draft-tokens 2,4,6
+  neuron-spec serve configs/demo-cpu.yaml --port 8080
+  neuron-spec schema > neuron-spec.schema.json
+
+exit codes: 0 ok, 1 preflight errors, 2 usage or config error.
+docs: docs/configuration.md (every field), docs/findings/ (every finding code),
+      docs/neuron.md (inf2/trn1 step by step), docs/deploy.md (serving and SageMaker).
+"""
+
+Sub = Any  # argparse's private _SubParsersAction
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own usage errors: exit 2, no traceback
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="neuron-spec",
+        description="Speculative decoding for Llama on AWS Inferentia2 and Trainium: check a "
+        "YAML deployment before anything is loaded, plan its NeuronCore layout, and run it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"neuron-spec {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _checks(sub)
+    _generate(sub)
+    _bench(sub)
+    _serve(sub)
+    _deploy(sub)
+    _env(sub)
+    _cache(sub)
+    _doctor(sub)
+    _schema(sub)
+    return p
+
+
+def _hidden_debug(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+
+def _with_config(sub: Sub, name: str, help_: str, description: str) -> argparse.ArgumentParser:
+    sp: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=description)
+    sp.add_argument("config", metavar="CONFIG", help="YAML deployment config (see configs/)")
+    sp.add_argument(
+        "--instance",
+        metavar="TYPE",
+        help="check against this instance type instead of the config's (e.g. trn1.32xlarge)",
+    )
+    sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    sp.add_argument(
+        "--backend",
+        choices=("neuronx", "reference"),
+        help="override the config's backend (e.g. run a neuronx pair on the CPU)",
+    )
+    _hidden_debug(sp)
+    return sp
+
+
+def _checks(sub: Sub) -> None:
+    _with_config(
+        sub,
+        "validate",
+        "check a config against the Neuron runtime's rules and the memory budget",
+        "Load CONFIG, then run every preflight rule against the instance (the config's, or "
+        "--instance): tp_degree the runtime accepts, draft/target core sharing, memory per "
+        "NeuronCore, lengths, vocabularies, checkpoints. Nothing is loaded or compiled. "
+        "Exit 0 when there are no errors, 1 when there are, 2 when the config itself is invalid.",
+    )
+    _with_config(
+        sub,
+        "plan",
+        "show memory per model, the core layout and a tp recommendation",
+        "For each model: padded parameters, weights, KV cache, runtime overhead, total bytes, "
+        "minimum cores and the tp values at which it fits; then the shared core layout, the "
+        "largest tp both models can share, and the expected speedup for a range of acceptance "
+        "rates.",
+    )
+
+
+def _generate(sub: Sub) -> None:
+    g = _with_config(
+        sub,
+        "generate",
+        "generate text with speculative decoding",
+        "Run the preflight, load the draft/target pair (progress on stderr), and generate from "
+        "PROMPT. Prints the text and the figures: time to first token, time per output token, "
+        "tokens/s, target passes, drafted/accepted tokens, acceptance rate, mean tokens per "
+        "target pass, per-position acceptance and the estimated acceptance probability alpha.",
+    )
+    g.add_argument(
+        "--prompt", action="append", metavar="TEXT", help="prompt text; repeat for a batch"
+    )
+    g.add_argument("--max-new-tokens", type=positive_int, metavar="N")
+    g.add_argument("--temperature", type=non_negative_float, metavar="T", help="0 = greedy")
+    g.add_argument("--top-k", type=non_negative_int, metavar="K", help="0 = off")
+    g.add_argument("--top-p", type=probability, metavar="P", help="1.0 = off")
+    g.add_argument("--seed", type=int, metavar="S")
+    g.add_argument(
+        "--draft-tokens",
+        type=non_negative_int,
+        metavar="G",
+        help="override speculation.draft_tokens (0 = target only)",
+    )
+    g.add_argument("--stream", action="store_true", help="print text as tokens are accepted")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the load plan (calls, keyword arguments, environment) and stop; "
+        "imports nothing from transformers-neuronx",
+    )
+
+
+def _bench(sub: Sub) -> None:
+    b = _with_config(
+        sub,
+        "bench",
+        "compare target-only decoding with speculation at several draft_tokens",
+        "Load the pair once, then decode the same prompts target-only and with each "
+        "draft_tokens value. Reports tokens/s, speedup over target-only, acceptance, alpha, the "
+        "measured draft/target cost ratio c, the speedup S(alpha, gamma, c) the formula "
+        "predicts beside the measured one, and the best draft_tokens.",
+    )
+    b.add_argument(
+        "--draft-tokens",
+        type=int_list,
+        metavar="LIST",
+        help="comma-separated values of gamma (default 1,2,4,6,8 on the reference backend; on "
+        "neuronx only the compiled speculation.draft_tokens, since each gamma is its own graph)",
+    )
+    b.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: 3 built-in)")
+    b.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N")
+    b.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        metavar="R",
+        help="runs per setting; the fastest is kept",
+    )
+
+
+def _serve(sub: Sub) -> None:
+    sv = _with_config(
+        sub,
+        "serve",
+        "serve an OpenAI-compatible completions API",
+        "Run the preflight, start an HTTP server at once (GET /health answers 503 while the "
+        "models load, 200 when ready), load the pair, then serve POST /v1/completions "
+        "(OpenAI-compatible: prompt, max_tokens, temperature, top_p, stop, seed, stream) and "
+        "GET /metrics (Prometheus). Requests run one at a time from a bounded queue; a full "
+        "queue answers 429 with Retry-After. SIGTERM drains gracefully.",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
+    sv.add_argument(
+        "--queue-size",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="requests that may wait for the model (default 16)",
+    )
+
+
+def _deploy(sub: Sub) -> None:
+    dep = sub.add_parser(
+        "deploy",
+        help="deploy to SageMaker real-time endpoints, or delete one",
+        description="Package the config, an inference entry point and neuron-spec (as wheels) "
+        "into model.tar.gz, upload it, and create or update a SageMaker endpoint; or delete "
+        "an endpoint with its configuration and model. See docs/deploy.md.",
+    )
+    _hidden_debug(dep)
+    dsub = dep.add_subparsers(dest="deploy_command", metavar="ACTION", parser_class=Parser)
+    _deploy_sagemaker(dsub)
+    dd = dsub.add_parser("delete", help="delete an endpoint, its configuration and its model")
+    dd.add_argument("name", metavar="NAME")
+    dd.add_argument("--region", metavar="R")
+    dd.add_argument("--dry-run", action="store_true", help="print the requests; send none")
+    dd.add_argument("--json", action="store_true")
+    _hidden_debug(dd)
+
+
+def _deploy_sagemaker(dsub: Sub) -> None:
+    ds = dsub.add_parser(
+        "sagemaker",
+        help="create or update an endpoint",
+        description="Validate, package, upload, create the model, the endpoint "
+        "configuration and the endpoint (or update it), and wait until "
+        "InService.",
+    )
+    ds.add_argument("config", metavar="CONFIG")
+    ds.add_argument("--role", required=True, metavar="ARN", help="SageMaker execution role ARN")
+    ds.add_argument(
+        "--bucket",
+        required=True,
+        metavar="S3URL",
+        help="where model.tar.gz goes: s3://bucket[/prefix]",
+    )
+    ds.add_argument("--instance-type", default="ml.inf2.48xlarge", metavar="TYPE")
+    ds.add_argument("--initial-instance-count", type=positive_int, default=1, metavar="N")
+    ds.add_argument(
+        "--endpoint-name", metavar="NAME", help="default: neuron-spec-<config file name>"
+    )
+    ds.add_argument("--region", metavar="R", help="AWS region (default: boto3's)")
+    ds.add_argument(
+        "--image-uri",
+        metavar="URI",
+        help="inference container (default: AWS's PyTorch Neuron inference DLC)",
+    )
+    ds.add_argument("--wait-timeout", type=positive_int, default=3600, metavar="S")
+    ds.add_argument(
+        "--no-dependency-wheels",
+        action="store_true",
+        help="ship only neuron-spec's wheel (the container must reach a package "
+        "index for PyYAML, pydantic and rich)",
+    )
+    ds.add_argument("--dry-run", action="store_true", help="print every API request; send none")
+    ds.add_argument("--json", action="store_true")
+    _hidden_debug(ds)
+
+
+def _env(sub: Sub) -> None:
+    e = _with_config(
+        sub,
+        "env",
+        "print the environment a launch exports (NEURON_RT_VISIBLE_CORES, compiler settings)",
+        "Print `export NAME=value` lines for the planned NeuronCore layout and the compiler "
+        "settings of CONFIG (scripts/launch.sh evaluates them). With --json, a mapping.",
+    )
+    e.set_defaults(json=False)
+
+
+def _cache(sub: Sub) -> None:
+    cache = sub.add_parser(
+        "cache",
+        help="list or prune compiled artifacts",
+        description="The compiled-artifact cache holds the NEFFs transformers-neuronx saves, one "
+        "verified entry per cache key (everything that shapes the compiled graphs).",
+    )
+    _hidden_debug(cache)
+    csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=Parser)
+    for name, help_ in (
+        ("list", "show entries, their size and whether they verify"),
+        ("prune", "remove entries (old, broken, or all)"),
+    ):
+        cp = csub.add_parser(name, help=help_, description=help_)
+        where = cp.add_mutually_exclusive_group()
+        where.add_argument("--config", metavar="CONFIG", help="use CONFIG's compile.artifact_cache")
+        where.add_argument(
+            "--dir",
+            metavar="DIR",
+            help="the cache directory (default ~/.cache/neuron-spec/compiled)",
+        )
+        cp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        _hidden_debug(cp)
+        if name == "prune":
+            cp.add_argument(
+                "--older-than",
+                type=non_negative_float,
+                metavar="DAYS",
+                help="remove entries created more than DAYS days ago",
+            )
+            cp.add_argument(
+                "--broken", action="store_true", help="remove entries that fail verification"
+            )
+            cp.add_argument("--all", action="store_true", help="remove every entry")
+            cp.add_argument("--dry-run", action="store_true", help="only say what would go")
+
+
+def _doctor(sub: Sub) -> None:
+    d = sub.add_parser(
+        "doctor",
+        help="check this host: Neuron components and versions, busy cores, RAM and disk",
+        description="Report the Neuron components of this host (transformers-neuronx, "
+        "torch-neuronx, neuronx-cc, runtime, driver) and their versions, combinations no "
+        "Neuron SDK release shipped together, NeuronCores already held by other processes, "
+        "and host RAM and disk against what loading and compiling CONFIG's pair needs. "
+        "Every finding comes with a fix. Exit 0 when there are no errors, 1 when there are. "
+        "Reads neuron-ls, the Python packages of the running interpreter, dpkg or rpm, "
+        "/proc/meminfo and df; --record saves those outputs, --from reads saved ones.",
+    )
+    d.add_argument("config", metavar="CONFIG", nargs="?", help="the deployment to check for")
+    d.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    where = d.add_mutually_exclusive_group()
+    where.add_argument(
+        "--from",
+        dest="from_dir",
+        metavar="DIR",
+        help="read recorded outputs from DIR instead of this host (see --record)",
+    )
+    where.add_argument(
+        "--record",
+        metavar="DIR",
+        help="also save this host's raw outputs to DIR (attach them to a bug report)",
+    )
+    _hidden_debug(d)
+
+
+def _schema(sub: Sub) -> None:
+    sc = sub.add_parser(
+        "schema",
+        help="print the config's JSON Schema",
+        description="Print the JSON Schema of the config, for editor validation "
+        "(e.g. yaml-language-server: # yaml-language-server: $schema=neuron-spec.schema.json).",
+    )
+    _hidden_debug(sc)
+
+
+# --- argument types ----------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("draft token counts must be positive integers")
+    return sorted(set(values))

@@ -1,0 +1,300 @@
+"""`neuron-spec doctor` on recorded host outputs: a healthy SDK 2.25 inf2.48xlarge, and that
+recording with one thing wrong at a time (the files are those `doctor --record` writes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from neuron_spec import hostprobe
+from neuron_spec.cli import main
+from neuron_spec.doctor import check_host, model_needs, parse_cores
+from neuron_spec.sdk_releases import RELEASES, releases_with
+
+from .conftest import CONFIGS, ROOT
+
+HEALTHY = ROOT / "tests" / "hosts" / "inf2.48xlarge-sdk2.25"
+INF2_70B = CONFIGS / "inf2-llama2-70b-7b-bf16.yaml"
+GIB = 1024**3
+
+LLAMA2_70B_HF = {
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> Path:
+    """A writable copy of the healthy recording, to break one thing in."""
+    return Path(shutil.copytree(HEALTHY, tmp_path / "host"))
+
+
+def doctor(capsys, *args: str) -> tuple[int, dict]:
+    rc = main(["doctor", *args, "--json"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def codes(report: dict, severity: str | None = None) -> list[str]:
+    return [f["code"] for f in report["findings"] if severity in (None, f["severity"])]
+
+
+def edit_json(path: Path, fn) -> None:
+    path.write_text(json.dumps(fn(json.loads(path.read_text()))))
+
+
+def test_healthy_sdk_2_25_host_passes(capsys):
+    rc, report = doctor(capsys, str(INF2_70B), "--from", str(HEALTHY))
+    assert rc == 0 and report["ok"]
+    assert codes(report) == ["neuron-sdk"]  # one info line: which SDK it matches
+    assert report["sdk_releases"] == ["2.25.0"]
+    assert report["neuron_cores"] == 24
+    assert report["components"] == {
+        "transformers-neuronx": "0.13.1216",
+        "torch-neuronx": "2.7.0.2.9.9357",
+        "neuronx-cc": "2.20.9961.0",
+        "aws-neuronx-runtime-lib": "2.27.23.0",
+        "aws-neuronx-collectives": "2.27.34.0",
+        "aws-neuronx-dkms": "2.23.9.0",
+    }
+
+
+def test_human_output_names_versions_and_verdict(capsys):
+    rc = main(["doctor", str(INF2_70B), "--from", str(HEALTHY)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "24 NeuronCores" in out and "0.13.1216" in out and "OK: 0 error(s)" in out
+
+
+def _hold(recording: Path, device: int, pid: int, command: str) -> None:
+    def add(devices):
+        devices[device]["neuron_processes"].append(
+            {"pid": pid, "command": command, "neuron_runtime_version": "2.27.23"}
+        )
+        return devices
+
+    edit_json(recording / "neuron-ls.json", add)
+
+
+def test_busy_cores_in_the_planned_layout_are_an_error(capsys, recording):
+    _hold(recording, 3, 4242, "python serve.py")
+    rc, report = doctor(capsys, str(INF2_70B), "--from", str(recording))
+    assert rc == 1
+    busy = [f for f in report["findings"] if f["code"] == "cores-busy"]
+    assert len(busy) == 1 and busy[0]["severity"] == "error"
+    assert "4242" in busy[0]["message"] and "NeuronCores 6-7" in busy[0]["message"]
+    assert "kill 4242" in busy[0]["fix"]
+
+
+def test_busy_cores_outside_the_layout_and_neuron_ls_itself(capsys, recording, write_config):
+    cfg = write_config(
+        INF2_70B.read_text()
+        .replace("tp_degree: 24", "tp_degree: 8")
+        .replace("model: llama-2-70b", "model: llama-2-7b")
+    )
+    _hold(recording, 10, 77, "python other.py")  # cores 20-21: outside 0-7
+    _hold(recording, 0, 78, "neuron-ls --json-output")  # the tool itself holds nothing
+    rc, report = doctor(capsys, str(cfg), "--from", str(recording))
+    busy = [f for f in report["findings"] if f["code"] == "cores-busy"]
+    assert rc == 0 and [f["severity"] for f in busy] == ["info"]
+    assert "77" in busy[0]["message"]
+
+
+def test_runtime_newer_than_the_tnx_release_is_a_finding(capsys, recording):
+    dpkg = recording / "dpkg.txt"
+    dpkg.write_text(dpkg.read_text().replace("2.27.23.0-8deec4dbf", "2.28.23.0-abc"))
+    rc, report = doctor(capsys, str(INF2_70B), "--from", str(recording))
+    found = [f for f in report["findings"] if f["code"] == "components-unshipped"]
+    assert len(found) == 1 and found[0]["path"] == "host.aws-neuronx-runtime-lib"
+    msg = found[0]["message"]
+    assert "newer" in msg and "2.27.23.0" in msg and "2.26.0, 2.26.1" in msg
+    assert "aws-neuronx-runtime-lib=2.27.23.0*" in found[0]["fix"]
+    assert found[0]["severity"] == "warning" and rc == 0
+
+
+def test_older_compiler_is_a_finding_and_a_newer_driver_is_not(capsys, recording):
+    def edit(pkgs):
+        for p in pkgs:
+            if p["name"] == "neuronx-cc":
+                p["version"] = "2.19.8089.0+abc"
+        return pkgs
+
+    edit_json(recording / "pip-list.json", edit)
+    dpkg = recording / "dpkg.txt"
+    dpkg.write_text(dpkg.read_text().replace("dkms\t2.23.9.0", "dkms\t2.24.7.0"))
+    (recording / "driver-version").write_text("2.24.7.0\n")
+    rc, report = doctor(capsys, "--from", str(recording))
+    found = [f for f in report["findings"] if f["code"] == "components-unshipped"]
+    assert [f["path"] for f in found] == ["host.neuronx-cc"] and rc == 0  # warnings only
+    assert "older" in found[0]["message"] and "2.24.0, 2.24.1" in found[0]["message"]
+
+
+def test_too_little_ram_for_a_70b_bf16_load(capsys, recording):
+    (recording / "meminfo").write_text("MemTotal: 67108864 kB\nMemAvailable: 60000000 kB\n")
+    rc, report = doctor(capsys, str(INF2_70B), "--from", str(recording))
+    found = [f for f in report["findings"] if f["code"] == "host-ram-low"]
+    assert len(found) == 1 and found[0]["path"] == "target.model"
+    assert "64.00 GiB" in found[0]["message"] and "132.48 GiB" in found[0]["message"]
+    # a catalog name: the checkpoint's format is unknown, so a warning, not an error
+    assert found[0]["severity"] == "warning" and rc == 0
+
+
+def _checkpoint_70b(directory: Path, weights: str) -> Path:
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(LLAMA2_70B_HF))
+    with open(directory / weights, "wb") as f:  # sparse: sized like the real file, no disk
+        f.truncate(137_976_000_000)
+    return directory
+
+
+def _config_with_target(write_config, checkpoint: Path) -> Path:
+    return write_config(INF2_70B.read_text().replace("model: llama-2-70b", f"model: {checkpoint}"))
+
+
+def test_a_70b_bin_checkpoint_read_whole_is_an_error_and_safetensors_is_not(
+    capsys, recording, tmp_path, write_config
+):
+    (recording / "meminfo").write_text("MemTotal: 67108864 kB\nMemAvailable: 60000000 kB\n")
+    bin_cfg = _config_with_target(
+        write_config, _checkpoint_70b(tmp_path / "b", "pytorch_model.bin")
+    )
+    rc, report = doctor(capsys, str(bin_cfg), "--from", str(recording))
+    ram = [f for f in report["findings"] if f["code"] == "host-ram-low"]
+    assert rc == 1 and ram[0]["severity"] == "error" and "read whole" in ram[0]["message"]
+    st_cfg = _config_with_target(write_config, _checkpoint_70b(tmp_path / "s", "model.safetensors"))
+    rc, report = doctor(capsys, str(st_cfg), "--from", str(recording))
+    # the target streams layer by layer; only the 7B draft (a catalog name) is still unknown
+    assert "host-ram-low" not in codes(report, "error")
+
+
+def test_container_memory_limit_counts(capsys, recording):
+    (recording / "memory.max").write_text(f"{32 * GIB}\n")
+    rc, report = doctor(capsys, str(INF2_70B), "--from", str(recording))
+    found = [f for f in report["findings"] if f["code"] == "host-ram-low"]
+    assert found and "container limit of 32.00 GiB" in found[0]["message"] and rc == 0
+
+
+def test_disk_too_small_for_a_conversion(capsys, recording, tmp_path, write_config):
+    (recording / "df.txt").write_text(
+        "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+        "/dev/root 104857600 94371840 10485760 90% /\n"
+    )
+    cfg = _config_with_target(write_config, _checkpoint_70b(tmp_path / "b", "pytorch_model.bin"))
+    rc, report = doctor(capsys, str(cfg), "--from", str(recording))
+    found = [f for f in report["findings"] if f["code"] == "disk-low"]
+    assert rc == 1 and found[0]["severity"] == "error" and "10.00 GiB free" in found[0]["message"]
+
+
+def test_no_transformers_neuronx_and_no_neuron_devices(capsys, recording):
+    edit_json(
+        recording / "pip-list.json",
+        lambda pkgs: [p for p in pkgs if p["name"] != "transformers-neuronx"],
+    )
+    (recording / "neuron-ls.json").unlink()
+    rc, report = doctor(capsys, "--from", str(recording))
+    assert rc == 1
+    assert {"tnx-missing", "not-neuron-host"} <= set(codes(report, "error"))
+    fix = next(f["fix"] for f in report["findings"] if f["code"] == "tnx-missing")
+    assert "2.25.0" in fix and "/aws/service/neuron/dlami" in fix
+
+
+@pytest.mark.parametrize(("version", "severity"), [("0.9.474", "error"), ("0.13.9999", "warning")])
+def test_transformers_neuronx_versions_no_release_supports(capsys, recording, version, severity):
+    def edit(pkgs):
+        for p in pkgs:
+            if p["name"] == "transformers-neuronx":
+                p["version"] = version
+        return pkgs
+
+    edit_json(recording / "pip-list.json", edit)
+    rc, report = doctor(capsys, "--from", str(recording))
+    found = [f for f in report["findings"] if f["code"] == "tnx-version"]
+    assert [f["severity"] for f in found] == [severity]
+    assert rc == (1 if severity == "error" else 0)
+    assert "components-unshipped" not in codes(report)
+
+
+def test_missing_compiler_and_unloaded_driver(capsys, recording):
+    edit_json(
+        recording / "pip-list.json", lambda pkgs: [p for p in pkgs if p["name"] != "neuronx-cc"]
+    )
+    (recording / "driver-version").write_text("2.22.2.0\n")
+    rc, report = doctor(capsys, "--from", str(recording))
+    assert rc == 1
+    missing = next(f for f in report["findings"] if f["code"] == "component-missing")
+    assert missing["path"] == "host.neuronx-cc" and "neuronx-cc==2.20.9961.0" in missing["fix"]
+    driver = next(f for f in report["findings"] if f["code"] == "driver-not-loaded")
+    assert driver["severity"] == "warning" and "2.22.2.0" in driver["message"]
+
+
+def test_rpm_hosts_get_dnf_fixes(capsys, recording):
+    dpkg = (recording / "dpkg.txt").read_text()
+    (recording / "dpkg.txt").unlink()
+    (recording / "rpm.txt").write_text(
+        dpkg.replace("2.27.34.0-ec8cd5e8b", "2.26.43.0").replace("-8deec4dbf", "")
+    )
+    rc, report = doctor(capsys, "--from", str(recording))
+    found = next(f for f in report["findings"] if f["code"] == "components-unshipped")
+    assert found["fix"] == "sudo dnf install -y aws-neuronx-collectives-2.27.34.0"
+    assert rc == 0 and "older" in found["message"]
+
+
+def test_unreadable_neuron_ls_output_is_reported(capsys, recording):
+    (recording / "neuron-ls.json").write_text("neuron-ls: error while loading shared libraries")
+    rc, report = doctor(capsys, "--from", str(recording))
+    assert "probe-unreadable" in codes(report, "warning") and rc == 1
+
+
+def test_bad_recording_directory_is_a_usage_error(capsys, tmp_path):
+    assert main(["doctor", "--from", str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["doctor", "--from", str(tmp_path / "empty")]) == 2
+
+
+def test_record_then_replay_gives_the_same_report(capsys, tmp_path):
+    rec = tmp_path / "rec"
+    rc_live = main(["doctor", "--record", str(rec), "--json"])
+    live = json.loads(capsys.readouterr().out)
+    assert (rec / "pip-list.json").is_file() and (rec / "meminfo").is_file()
+    assert not list(rec.glob(".*")), "no temporary files left behind"
+    rc_replay, replay = doctor(capsys, "--from", str(rec))
+    assert rc_live == rc_replay
+    assert live["components"] == replay["components"]
+    assert codes(live) == codes(replay)
+
+
+def test_needs_follow_the_checkpoint_format(tmp_path, write_config):
+    from neuron_spec.config import load_config
+
+    cfg = load_config(
+        _config_with_target(write_config, _checkpoint_70b(tmp_path / "b", "pytorch_model.bin"))
+    )
+    target = next(n for n in model_needs(cfg) if n.role == "target")
+    assert target.known and target.ram == target.disk == 137_976_000_000
+    cfg = load_config(INF2_70B)
+    target = next(n for n in model_needs(cfg) if n.role == "target")
+    assert not target.known and target.disk == 0
+
+
+def test_release_table_facts():
+    assert [r.sdk for r in releases_with("transformers-neuronx", "0.13.1216")] == ["2.25.0"]
+    assert RELEASES[-1].sdk == "2.18.0" and RELEASES[0].sdk == "2.26.1"
+    assert parse_cores("0-3,8") == {0, 1, 2, 3, 8}
+
+
+def test_probe_parses_df_and_meminfo():
+    snap = hostprobe.parse(hostprobe.read_recording(HEALTHY), "x")
+    assert snap.mem_total == 792360256 * 1024 and snap.disk_free == 413321476 * 1024
+    assert snap.disk_path == "/" and snap.package_tool == "dpkg"
+    assert check_host(snap).ok
