@@ -22,6 +22,7 @@ _TORCH_MODULES = [
     "test_launch.py",
     "test_model.py",
     "test_neuronx.py",
+    "test_neuronx_checkpoints.py",
     "test_reference.py",
     "test_sampling.py",
     "test_serve.py",  # needs the serve extra and httpx

@@ -144,7 +144,12 @@ class NeuronxPair:
         module = importlib.import_module("transformers_neuronx.module")
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
         try:
-            hf = AutoModelForCausalLM.from_pretrained(source)
+            # Keep the checkpoint's dtype (transformers 4.x would widen it to f32, doubling
+            # host memory); the keyword was renamed in 4.56.
+            import transformers
+
+            key = "dtype" if _version_at_least(transformers.__version__, (4, 56)) else "torch_dtype"
+            hf = AutoModelForCausalLM.from_pretrained(source, **{key: "auto"})
             module.save_pretrained_split(hf, str(tmp))
             os.replace(tmp, final)
         finally:
@@ -309,3 +314,9 @@ def _config_eos(checkpoint: Path) -> list[int]:
             if value is not None:
                 return [int(v) for v in value] if isinstance(value, list) else [int(value)]
     return []
+
+
+def _version_at_least(version: str, floor: tuple[int, ...]) -> bool:
+    from ..loadplan import parse_version
+
+    return parse_version(version)[: len(floor)] >= floor
