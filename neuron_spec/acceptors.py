@@ -62,6 +62,9 @@ class _Base:
         # what the library will make of the result (v2 advances by its non-zero entries).
         self.calls: list[AcceptorCall] = []
 
+    # Whether accept() reads the draft logits; the engine skips gathering them when not.
+    uses_draft_logits = True
+
     def accept(
         self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +100,7 @@ class GreedyAcceptor(_Base):
     The output equals the target's own greedy decoding, token for token."""
 
     name = "greedy"
+    uses_draft_logits = False
 
     def accept(
         self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
@@ -111,6 +115,10 @@ class LosslessAcceptor(_Base):
 
     name = "lossless"
     samples_draft = True
+
+    @property
+    def uses_draft_logits(self) -> bool:  # type: ignore[override]
+        return self.sampling.temperature > 0
 
     def _warp(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.sampling

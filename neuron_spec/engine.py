@@ -119,6 +119,7 @@ def speculative_generate(
     batch = len(prompts)
     gamma_max = draft_tokens if draft is not None else 0
     eos = set(eos_token_ids)
+    keep_q = getattr(acceptor, "uses_draft_logits", True)  # custom acceptors: always
     target.reset(batch)
     if draft is not None:
         draft.reset(batch)
@@ -147,7 +148,8 @@ def speculative_generate(
             d_start = draft.length  # column where d_1 will be written
             for i in range(gamma):
                 draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
-                draft_logits.append(logits)
+                if keep_q:
+                    draft_logits.append(logits)
                 if i < gamma - 1:
                     one = torch.ones((batch, 1), dtype=torch.bool)
                     step_ids = draft_ids[:, i : i + 1]
@@ -162,7 +164,7 @@ def speculative_generate(
         t_logits = _timed_feed(target, tokens, mask, gamma + 1, result.target_step_seconds)
 
         # 3. Accept a prefix of the drafts and emit one more token: (B, gamma + 1), (B,).
-        q_logits = torch.stack(draft_logits, dim=1) if gamma > 0 else t_logits[:, :0]
+        q_logits = torch.stack(draft_logits, dim=1) if draft_logits else t_logits[:, :0]
         emitted, counts = acceptor.accept(draft_ids, q_logits, t_logits)
         n_acc = (counts - 1).clamp(min=0, max=gamma)  # (B,)
 

@@ -52,22 +52,20 @@ class NeuronxRunner:
         if not bool(mask.all()):
             raise ValueError("the transformers-neuronx engine loop has no padded columns")
         width = tokens.shape[1]
-        logits: list[torch.Tensor] = []  # (1, V) per column, for the columns computed
+        chunks: list[torch.Tensor] = []  # (1, n, V) each, for the columns computed
         i = 0
         if self.pos == 0:
             i = max(1, width - keep)
             self._check(i - 1)
-            logits.append(self.model(tokens[:, :i], None, None).float())  # column i - 1
+            chunks.append(self.model(tokens[:, :i], None, None).float().unsqueeze(1))
             self.pos = i
         while i < width:
             n = self._window_chunk(width - i)
-            logits.extend(
-                self._speculative(tokens[:, i : i + n])
-                if n > 1
-                else [self._one(tokens[:, i : i + 1])]
-            )
+            chunk = tokens[:, i : i + n]
+            chunks.append(self._speculative(chunk) if n > 1 else self._one(chunk))
             i += n
-        return torch.stack(logits[-keep:], dim=1)
+        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+        return out[:, -keep:]
 
     def _window_chunk(self, remaining: int) -> int:
         """How many tokens the next pass takes: a speculation window when one fits."""
@@ -85,16 +83,16 @@ class NeuronxRunner:
     def _one(self, token: torch.Tensor) -> torch.Tensor:
         self._check(self.pos)
         cache_ids = torch.tensor([self.pos], dtype=torch.int32)
-        out: torch.Tensor = self.model(token, cache_ids, None).float()  # (1, V)
+        out: torch.Tensor = self.model(token, cache_ids, None)  # (1, V)
         self.pos += 1
-        return out
+        return out.float().unsqueeze(1)
 
-    def _speculative(self, chunk: torch.Tensor) -> list[torch.Tensor]:
+    def _speculative(self, chunk: torch.Tensor) -> torch.Tensor:
         assert self.window is not None
         n = chunk.shape[1]
         pad = chunk[:, -1:].expand(1, self.window - n)  # filler, overwritten later
         window = torch.cat([chunk, pad], dim=1)
         cache_ids = torch.arange(self.pos, self.pos + self.window, dtype=torch.int32)
-        out = self.model.speculative_forward(window, cache_ids, None, self.window)  # (k, V, 1)
+        out: torch.Tensor = self.model.speculative_forward(window, cache_ids, None, self.window)
         self.pos += n
-        return [out[j, :, 0].unsqueeze(0).float() for j in range(n)]
+        return out[:n, :, 0].float().unsqueeze(0)  # (k, V, 1) -> (1, n, V)
