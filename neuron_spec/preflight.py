@@ -633,13 +633,22 @@ def idle_cores(ctx: Context) -> Iterator[Finding]:
     if not ctx.neuronx or not ctx.host.is_neuron:
         return
     used = max(ctx.spec.target.tp_degree, ctx.spec.draft.tp_degree)
-    if used < ctx.host.cores:
+    if ctx.host.platform is None or used >= ctx.host.cores:
+        return
+    archs = [a for a in (ctx.arch("target"), ctx.arch("draft")) if a is not None]
+    larger = [
+        tp
+        for tp in TP_RULES[ctx.host.platform].candidates(ctx.host.cores)
+        if tp > used and all(kv_heads_shardable(a, tp) for a in archs)
+    ]
+    if larger:  # only when a larger tp could actually be used by both models
         yield Finding(
             "info",
             "cores-idle",
             "target.tp_degree",
             f"the pair uses {used} of {ctx.host.cores} NeuronCores; a decode step is "
-            "memory-bandwidth-bound, so more cores usually means faster tokens.",
+            "memory-bandwidth-bound, so more cores usually means faster tokens "
+            f"(tp {max(larger)} splits both models).",
             "see `neuron-spec plan` for the largest tp both models can share.",
         )
 

@@ -62,12 +62,12 @@ def host(name: str) -> HostFacts:
 
 
 def shipped_configs() -> list:
-    """Every file in configs/, as params; the reference-backend demo is marked `model` (it
-    needs the fetched SmolLM2 checkpoint to validate cleanly)."""
+    """Every file in configs/, as params; those on the demo model are marked `model` (they
+    need the fetched SmolLM2 checkpoint to validate cleanly)."""
     params = []
     for path in sorted(CONFIGS.glob("*.yaml")):
-        reference = "backend: reference" in path.read_text(encoding="utf-8")
-        marks = [pytest.mark.reference, pytest.mark.model] if reference else []
+        demo = "neuron-spec/models/smollm2" in path.read_text(encoding="utf-8")
+        marks = [pytest.mark.reference, pytest.mark.model] if demo else []
         params.append(pytest.param(path, marks=marks, id=path.name))
     return params
 
@@ -85,7 +85,7 @@ def shipped(request: pytest.FixtureRequest) -> Callable[[Path], Path]:
     """Return a shipped config path, fetching the demo model first when the config needs it."""
 
     def get(path: Path) -> Path:
-        if "backend: reference" in path.read_text(encoding="utf-8"):
+        if "neuron-spec/models/smollm2" in path.read_text(encoding="utf-8"):
             request.getfixturevalue("demo_checkpoint")
         return path
 

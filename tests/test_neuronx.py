@@ -462,3 +462,25 @@ def test_engine_loop_is_lossless_including_the_first_token(
     p_first = chisquare([first[t] for t in live], [w * n / sum(want) for w in want]).pvalue
     assert p_first > 1e-3
     assert sum(first[t] for t in range(5) if t not in live) == 0  # top-k respected
+
+
+@pytest.mark.parametrize("version,loop", CASES)
+def test_cli_stream_prints_exactly_the_generated_text(
+    tmp_path, monkeypatch, capsys, pair_dirs, version, loop
+):
+    import json
+
+    from neuron_spec.cli import main
+
+    use_double(monkeypatch, version, tmp_path / "meta")
+    target, draft = pair_dirs
+    cfg = loop_config(tmp_path, target, draft, "neuronx", loop, eos=", eos_token_id: 95")
+    args = ["generate", str(cfg.path), "--prompt", PROMPTS[0]]  # 4 + 20 tokens = n_positions
+    assert main([*args, "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    reset_cores()  # a new process
+    assert main([*args, "--stream"]) == 0
+    out = capsys.readouterr().out
+    assert len(want["token_ids"]) == 20 and want["text"]
+    assert out.startswith(want["text"] + "\n")  # the text, then the figures
+    assert "accepted / drafted" in out[len(want["text"]) :]

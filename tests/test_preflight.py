@@ -236,3 +236,16 @@ def test_every_rule_emits_only_registered_codes():
     # function is registered
     assert len(RULES) >= 15
     assert all(code == code.lower() and " " not in code for code in FINDING_CODES)
+
+
+def test_idle_cores_are_mentioned_only_when_a_larger_tp_could_be_used():
+    t8 = edit("tp_degree: 32", "tp_degree: 8", edit(D_TP, D_TP.replace("32", "8")))
+    assert codes(t8).get("cores-idle") == "info"  # Llama-2 splits over 16 or 32 cores
+    assert "cores-idle" not in codes(BASE_CONFIG)  # all 32 in use
+    smollm = (
+        "instance: inf2.xlarge\nbackend: neuronx\n"
+        "target: {model: smollm2-135m, amp: f32, tp_degree: 1, n_positions: 512}\n"
+        "draft: {model: smollm2-135m, amp: bf16, tp_degree: 1, n_positions: 512}\n"
+        "speculation: {draft_tokens: 4}\n"
+    )
+    assert "cores-idle" not in codes(smollm, "inf2.xlarge")  # 3 KV heads do not split over 2
