@@ -12,9 +12,11 @@ interrupted upload is invisible to readers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -23,14 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import NeuronSpecError
+from .download import confined
+from .errors import NeuronSpecError, UsageError
 
 MANIFEST = "manifest.json"
+MARKER = ".neuron-spec-cache"  # written into every cache root: prune refuses roots without it
+KEY = re.compile(r"^[0-9a-f]{24}$")  # loadplan.cache_key's format: nothing else is an entry
+STALE_TMP_S = 3600
 _CHUNK = 1 << 20
 
 
 class ArtifactError(NeuronSpecError):
     exit_code = 1
+
+
+class NotACacheError(UsageError):
+    """A directory that is not a neuron-spec artifact cache: nothing in it is deleted."""
 
 
 def sha256_file(path: Path) -> str:
@@ -70,20 +80,34 @@ class Entry:
         }
 
 
-def verify(path: Path) -> str | None:
-    """None if the entry at path is complete and intact, else what is wrong."""
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        return "no manifest (an interrupted write?)"
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The entry's manifest if it is well formed (a mapping with a `files` mapping)."""
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files: dict[str, dict[str, Any]] = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None
+    return manifest
+
+
+def verify(path: Path, key: str | None = None) -> str | None:
+    """None if the entry at path is complete and intact, else what is wrong. A manifest that
+    is malformed, names another key, or lists a file outside the entry makes it broken."""
+    if not (path / MANIFEST).is_file():
+        return "no manifest (an interrupted write?)"
+    manifest = read_manifest(path)
+    if manifest is None:
         return "unreadable manifest"
+    if key is not None and manifest.get("key") != key:
+        return "manifest of another entry"
+    files: dict[str, Any] = manifest["files"]
     if not files:
         return "manifest lists no files"
     for rel, meta in files.items():
-        f = path / rel
+        f = confined(path, rel) if isinstance(rel, str) else None
+        if f is None or not isinstance(meta, dict):
+            return "unreadable manifest"
         if not f.is_file():
             return f"missing file {rel}"
         if f.stat().st_size != meta.get("size"):
@@ -97,25 +121,39 @@ def verify(path: Path) -> str | None:
 
 
 class ArtifactCache:
-    def __init__(self, root: Path, s3_uri: str | None = None, s3_client: Any = None):
+    def __init__(
+        self,
+        root: Path,
+        s3_uri: str | None = None,
+        s3_client: Any = None,
+        warn: Callable[[str], None] | None = None,
+    ):
         self.root = Path(root)
         self.s3_uri = s3_uri
         self._s3 = s3_client
+        self._on_warning = warn
         self.warnings: list[str] = []  # mirror problems; the local cache still works
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self._on_warning is not None:
+            self._on_warning(message)
 
     # --- local ---------------------------------------------------------------------------
 
     def path(self, key: str) -> Path:
+        if not KEY.match(key):
+            raise ValueError(f"{key!r} is not a cache key")
         return self.root / key
 
     def lookup(self, key: str) -> Path | None:
         """A verified entry for key (pulled from the S3 mirror on a local miss), or None."""
         d = self.path(key)
         if d.exists():
-            problem = verify(d)
+            problem = verify(d, key)
             if problem is None:
                 return d
-            self.warnings.append(f"cache entry {key} is unusable ({problem}); rebuilding it")
+            self.warn(f"cache entry {key} is unusable ({problem}); rebuilding it")
             self.discard(key)
         if self.s3_uri and self._pull(key):
             return d
@@ -123,17 +161,28 @@ class ArtifactCache:
 
     def discard(self, key: str) -> None:
         d = self.path(key)
-        if not d.exists():
+        if not d.exists() and not d.is_symlink():
             return
         trash = self.root / f".trash-{key}-{uuid.uuid4().hex[:8]}"
-        os.replace(d, trash)  # atomic: readers never see a half-deleted entry
-        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(d, trash)  # atomic: readers never see a half-deleted entry
+        except FileNotFoundError:
+            return  # another process discarded it first
+        _remove(trash)
+
+    def _mark(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / MARKER
+        if not marker.exists():
+            marker.write_text("neuron-spec compiled-artifact cache\n", encoding="utf-8")
 
     def store(
         self, key: str, write: Callable[[Path], None], description: dict[str, Any] | None = None
     ) -> Path:
-        """Run write(tmp_dir), then publish tmp_dir as the entry for key, atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Run write(tmp_dir), then publish tmp_dir as the entry for key, atomically. When
+        another process publishes the same key first, its entry is kept and used."""
+        final = self.path(key)
+        self._mark()
         tmp = self.root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -151,38 +200,70 @@ class ArtifactCache:
                 },
             }
             _write_json(tmp / MANIFEST, manifest)
-            final = self.path(key)
-            if final.exists():
-                if verify(final) is None:  # another process published it first: keep theirs
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return final
+            if final.exists() and verify(final, key) is not None:
                 self.discard(key)
-            os.replace(tmp, final)
+            if not self._publish(tmp, final, key):
+                return final  # another writer's verified entry
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
             raise
         if self.s3_uri:
             self._push(key)
         return final
 
+    def _publish(self, tmp: Path, final: Path, key: str) -> bool:
+        """Rename tmp into place; False (tmp removed) when a verified entry is already there."""
+        if final.exists() and verify(final, key) is None:
+            _remove(tmp)
+            return False
+        try:
+            os.replace(tmp, final)
+            return True
+        except OSError as exc:  # a concurrent writer published between the check and here
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or verify(final, key) is not None:
+                raise
+            _remove(tmp)
+            return False
+
     def entries(self) -> list[Entry]:
+        """The cache's own entries: directories named like a cache key, nothing else."""
         out: list[Entry] = []
         if not self.root.is_dir():
             return out
         for d in sorted(self.root.iterdir()):
-            if not d.is_dir() or d.name.startswith("."):
+            if not KEY.match(d.name) or d.is_symlink() or not d.is_dir():
                 continue
-            problem = verify(d)
-            desc: dict[str, Any] = {}
-            created = None
-            try:
-                manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-                desc, created = manifest.get("description", {}), manifest.get("created")
-            except (OSError, ValueError):
-                pass
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-            out.append(Entry(d.name, d, size, created, desc, problem))
+            manifest = read_manifest(d) or {}
+            desc = manifest.get("description")
+            created = manifest.get("created")
+            size = sum(f.lstat().st_size for f in d.rglob("*") if f.is_file())
+            out.append(
+                Entry(
+                    d.name,
+                    d,
+                    size,
+                    created if isinstance(created, (int, float)) else None,
+                    desc if isinstance(desc, dict) else {},
+                    verify(d, d.name),
+                )
+            )
         return out
+
+    def foreign(self) -> list[str]:
+        """Names in the root that are not the cache's: never touched by prune."""
+        if not self.root.is_dir():
+            return []
+        own = {e.key for e in self.entries()}
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.name not in own
+            and p.name != MARKER
+            and not p.name.startswith((".tmp-", ".trash-"))
+        )
+
+    def is_cache(self) -> bool:
+        return (self.root / MARKER).is_file() or bool(self.entries())
 
     def prune(
         self,
@@ -192,8 +273,17 @@ class ArtifactCache:
         everything: bool = False,
         dry_run: bool = False,
     ) -> list[Entry]:
-        """Remove entries: all, the broken ones, or those older than a duration.
-        Also clears temporary directories left by interrupted writes."""
+        """Remove entries: all, the broken ones, or those older than a duration; and the
+        temporary and trash directories interrupted writes left. Only the cache's own entries
+        are ever removed; a directory that is not a cache is refused."""
+        if not self.root.exists():
+            return []
+        if not self.is_cache():
+            raise NotACacheError(
+                f"{self.root} is not a neuron-spec artifact cache (no {MARKER} marker and no "
+                "entries): nothing was deleted. Point --dir or compile.artifact_cache at the "
+                "cache itself."
+            )
         now = time.time()
         doomed = [
             e
@@ -205,11 +295,20 @@ class ArtifactCache:
         if not dry_run:
             for e in doomed:
                 self.discard(e.key)
-            if self.root.is_dir():
-                for leftover in self.root.glob(".tmp-*"):
-                    if now - leftover.stat().st_mtime > 3600:
-                        shutil.rmtree(leftover, ignore_errors=True)
+            self._clean_leftovers(now)
         return doomed
+
+    def _clean_leftovers(self, now: float) -> None:
+        for leftover in self.root.iterdir():
+            if leftover.name.startswith(".trash-"):
+                _remove(leftover)
+            elif leftover.name.startswith(".tmp-"):
+                try:
+                    age = now - leftover.lstat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age > STALE_TMP_S or leftover.is_symlink():
+                    _remove(leftover)
 
     # --- S3 mirror -------------------------------------------------------------------------
 
@@ -236,33 +335,53 @@ class ArtifactCache:
                 client.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(d)}")
             client.upload_file(str(d / MANIFEST), bucket, f"{prefix}/{MANIFEST}")  # last
         except Exception as exc:
-            self.warnings.append(f"could not push {key} to {self.s3_uri}: {exc}")
+            self.warn(f"could not push {key} to {self.s3_uri}: {type(exc).__name__}: {exc}")
 
     def _pull(self, key: str) -> bool:
         bucket, prefix = self._bucket_prefix(key)
         tmp = self.root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             client = self._client()
-            listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
-            names = [o["Key"][len(prefix) + 1 :] for o in listing.get("Contents", [])]
+            names: list[str] = []
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix + "/"
+            ):
+                names.extend(o["Key"][len(prefix) + 1 :] for o in page.get("Contents", []))
             if MANIFEST not in names:
                 return False
-            tmp.mkdir(parents=True)
+            self._mark()
+            tmp.mkdir()
             for name in names:
-                target = tmp / name
+                target = confined(tmp, name)
+                if target is None:
+                    self.warn(
+                        f"refused s3://{bucket}/{prefix}/{name} from the mirror: its name would "
+                        "land outside the cache entry"
+                    )
+                    continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 client.download_file(bucket, f"{prefix}/{name}", str(target))
-            problem = verify(tmp)
+            problem = verify(tmp, key)
             if problem is not None:
-                self.warnings.append(f"mirror entry {key} in {self.s3_uri} is unusable: {problem}")
+                self.warn(f"mirror entry {key} in {self.s3_uri} is unusable: {problem}")
                 return False
-            os.replace(tmp, self.path(key))
-            return True
+            return self._publish(tmp, self.path(key), key) or verify(self.path(key), key) is None
         except Exception as exc:
-            self.warnings.append(f"could not pull {key} from {self.s3_uri}: {exc}")
+            self.warn(f"could not pull {key} from {self.s3_uri}: {type(exc).__name__}: {exc}")
             return False
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory tree; gone already is fine."""
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    except FileNotFoundError:
+        pass
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

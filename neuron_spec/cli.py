@@ -264,7 +264,16 @@ def _load_generator(cfg: ConfigFile) -> Any:
     with err.status("loading models...") as status:
         gen = load_generator(cfg, progress=lambda msg: status.update(msg))
     err.print(f"[dim]loaded on {gen.device}[/dim]")
+    for message in backend_warnings(gen):
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}")
     return gen
+
+
+def backend_warnings(gen: Any) -> list[str]:
+    """What the backend could not do but worked around (the compiled-artifact cache and its
+    S3 mirror): never fatal, never silent."""
+    cache = getattr(getattr(gen, "backend", None), "cache", None)
+    return list(getattr(cache, "warnings", []))
 
 
 def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:
@@ -337,7 +346,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps(result.to_dict(single=len(args.prompt) == 1), indent=2))
+        body = result.to_dict(single=len(args.prompt) == 1)
+        body["warnings"] = backend_warnings(gen)
+        print(json.dumps(body, indent=2))
         return EXIT_OK
     console = _console()
     if args.stream:
@@ -659,15 +670,17 @@ def cmd_cache(args: argparse.Namespace) -> int:
     gone = cache.prune(
         older_than_s=older, broken=args.broken, everything=args.all, dry_run=args.dry_run
     )
+    kept = cache.foreign()
     if args.json:
-        print(
-            json.dumps({"removed": [e.to_dict() for e in gone], "dry_run": args.dry_run}, indent=2)
-        )
+        body = {"removed": [e.to_dict() for e in gone], "dry_run": args.dry_run, "left": kept}
+        print(json.dumps(body, indent=2))
     else:
         verb = "would remove" if args.dry_run else "removed"
         print(f"{verb} {len(gone)} entr{'y' if len(gone) == 1 else 'ies'} from {cache.root}")
         for e in gone:
             print(f"  {e.key}  {e.size_bytes / 1e6:.1f} MB")
+        if kept:
+            print(f"left alone (not cache entries): {', '.join(kept)}")
     return EXIT_OK
 
 

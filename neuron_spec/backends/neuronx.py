@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts import ArtifactCache
+from ..artifacts import ArtifactCache, ArtifactError
 from ..engine import EngineResult, speculative_generate
 from ..errors import BackendUnavailableError, GenerationError, UsageError
 from ..loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
@@ -128,7 +128,7 @@ class NeuronxPair:
             from ..download import download_prefix
 
             self.say(f"{ml.role}: downloading {ml.source} (once)")
-            download_prefix(ml.source, final, warn=self.cache.warnings.append, progress=self.say)
+            download_prefix(ml.source, final, warn=self.cache.warn, progress=self.say)
         elif ml.prepare == "gguf":
             from ..models import convert_gguf
 
@@ -176,7 +176,7 @@ class NeuronxPair:
             if problem is None:
                 self.events.append((ml.role, "loaded"))
                 return model
-            self.cache.warnings.append(
+            self.cache.warn(
                 f"{ml.role}: cached artifacts do not match ({problem}); compiling again"
             )
             self.cache.discard(ml.cache_key)
@@ -187,7 +187,14 @@ class NeuronxPair:
         self.say(f"{ml.role}: compiling with neuronx-cc (tens of minutes for a 70B model)")
         model = self._build(ml)
         model.to_neuron()
-        self.cache.store(ml.cache_key, lambda d: model.save(str(d)), description)
+        try:
+            self.cache.store(ml.cache_key, lambda d: model.save(str(d)), description)
+        except (OSError, ArtifactError) as exc:  # the compiled model is kept either way
+            self.cache.warn(
+                f"{ml.role}: the compiled artifacts could not be saved under {self.cache.root} "
+                f"({type(exc).__name__}: {exc}); this run uses the model in memory, and the "
+                "next one compiles again"
+            )
         self.events.append((ml.role, "compiled"))
         return model
 
