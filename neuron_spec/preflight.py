@@ -6,6 +6,9 @@ their memory) and yields Findings. `preflight()` runs every rule and collects ev
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +52,7 @@ FINDING_CODES: dict[str, str] = {
     "cores-idle": "some NeuronCores of the instance stay idle",
     "library-loop-defects": "the library loop has defects neuron-spec cannot fix from outside",
     "checkpoint-prepared": "the checkpoint is converted or downloaded once before loading",
+    "artifact-cache-unusable": "compile.artifact_cache cannot be created or written, or is full",
     # host checks (`neuron-spec doctor`)
     "not-neuron-host": "no NeuronCores: not an inf2/trn1 host, or its Neuron tools are missing",
     "tnx-missing": "transformers-neuronx is not installed in this Python environment",
@@ -110,6 +114,7 @@ class Context:
     host: HostFacts
     models: dict[str, ResolvedModel]
     memory: dict[str, ModelMemory] = field(default_factory=dict)  # at the configured tp
+    base_dir: Path = field(default_factory=Path.cwd)  # relative config paths resolve here
 
     @property
     def neuronx(self) -> bool:
@@ -135,7 +140,7 @@ def build_context(spec: DeploymentSpec, host: HostFacts, base_dir: Path) -> Cont
                 n_positions=m.max_positions,
                 batch_size=m.batch_size,
             )
-    return Context(spec, host, models, memory)
+    return Context(spec, host, models, memory, base_dir)
 
 
 Rule = Callable[[Context], Iterator[Finding]]
@@ -483,6 +488,77 @@ def prepared_checkpoints(ctx: Context) -> Iterator[Finding]:
                 f"{r.location} is {what} under compile.artifact_cache before loading.",
                 "nothing to do; to skip the step, point the model at a safetensors directory.",
             )
+
+
+# Compiled graphs' files are not documented in size; an allowance per graph, not a measurement.
+NEFF_ALLOWANCE = 1024**3
+
+
+def _cache_root(ctx: Context) -> Path:
+    p = Path(os.path.expandvars(os.path.expanduser(ctx.spec.compile.artifact_cache)))
+    return p if p.is_absolute() else ctx.base_dir / p
+
+
+def _artifact_bytes(ctx: Context) -> int:
+    """What loading writes under the artifact cache: prepared checkpoints, then one entry of
+    compiled graphs per model (token generation and context encoding per n_positions bucket,
+    plus the target's speculation graph)."""
+    total = 0
+    for role, m in _roles(ctx):
+        r, arch = ctx.models[role], ctx.arch(role)
+        params = arch.parameters() if arch is not None else 0
+        if r.kind == "gguf":
+            total += 4 * params  # de-quantized to f32 safetensors
+        elif r.kind == "s3":
+            total += 2 * params  # downloaded; bf16 assumed
+        elif r.kind == "directory" and r.lazy_loadable is False:
+            total += r.weight_bytes_on_disk or 0  # split once
+        graphs = 2 * len(m.n_positions) + (1 if role == "target" else 0)
+        total += graphs * NEFF_ALLOWANCE
+    return total
+
+
+def _cache_problem(root: Path, need: int) -> str | None:
+    existing = root
+    while not existing.exists():
+        if existing == existing.parent:
+            return "no part of its path exists"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so the directory cannot be created"
+    try:
+        st = os.statvfs(existing)
+    except OSError as exc:
+        return f"its file system cannot be read ({exc.strerror})"
+    if st.f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    try:  # the true test: make (and remove) a directory where the cache would go
+        os.rmdir(tempfile.mkdtemp(prefix=".neuron-spec-probe-", dir=existing))
+    except OSError as exc:
+        return f"nothing can be created in {existing} ({exc.strerror})"
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        return f"{fmt_bytes(free)} is free there and this pair needs about {fmt_bytes(need)}"
+    return None
+
+
+@rule
+def artifact_cache(ctx: Context) -> Iterator[Finding]:
+    if not ctx.neuronx:
+        return
+    root = _cache_root(ctx)
+    need = _artifact_bytes(ctx)
+    problem = _cache_problem(root, need)
+    if problem:
+        yield Finding(
+            "error",
+            "artifact-cache-unusable",
+            "compile.artifact_cache",
+            f"compiled artifacts go to {root}, but {problem}; a compile of tens of minutes "
+            "would end with nothing saved.",
+            "point compile.artifact_cache at a writable directory with room (an instance-store "
+            "NVMe volume on inf2/trn1), or free space.",
+        )
 
 
 @rule

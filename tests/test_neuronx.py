@@ -484,3 +484,22 @@ def test_cli_stream_prints_exactly_the_generated_text(
     assert len(want["token_ids"]) == 20 and want["text"]
     assert out.startswith(want["text"] + "\n")  # the text, then the figures
     assert "accepted / drafted" in out[len(want["text"]) :]
+
+
+def test_a_failed_save_after_compiling_still_generates_and_says_why(
+    tmp_path, monkeypatch, capsys, pair_dirs
+):
+    from neuron_spec.cli import backend_warnings
+
+    use_double(monkeypatch, V2)
+    target, draft = pair_dirs
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache directory should go")
+    cfg = write_config(tmp_path, target, draft, "neuronx")
+    text = cfg.read_text().replace(str(tmp_path / "compiled"), str(blocker / "compiled"))
+    cfg.write_text(text)
+    gen = load_generator(load_config(cfg))
+    assert gen.generate(PROMPTS[0]).token_ids  # the compiled pair in memory serves
+    warned = backend_warnings(gen)
+    assert len(warned) == 2 and all("could not be saved" in w for w in warned)
+    assert "next one compiles again" in warned[0]
