@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -28,11 +27,13 @@ from pydantic import (
 
 from .catalog import INSTANCES, architecture_names, find_architecture
 from .errors import ConfigError, ConfigProblem
+from .yamlread import parse_yaml, show
 
 Amp = Literal["f32", "f16", "bf16"]
 BUILTIN_ACCEPTORS = ("greedy", "lossless", "neuronx-default")
 _CUSTOM_ACCEPTOR = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 MAX_DRAFT_TOKENS = 31
+MAX_MESSAGE = 500  # characters of one problem's message; values in it are shown by show()
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -132,17 +133,20 @@ class ModelSpec(_Strict):
     def _not_blank(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("must not be empty")
-        return v
+        return check_path(v) if v is not None else v
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        if find_architecture(v) or looks_like_path(v):
+        if find_architecture(v):
             return v
+        if looks_like_path(v):
+            return check_path(v)
         raise ValueError(
-            f"'{v}' is neither a catalog model nor a path.{did_you_mean(v, architecture_names())}"
+            f"{show(v)} is neither a catalog model nor a path."
+            f"{did_you_mean(v[:100], architecture_names())}"
             f" Fix: use a catalog name ({', '.join(_CATALOG_MODELS)}) or a path to a "
-            f"checkpoint directory (write ./{v} for a directory next to the config)."
+            f"checkpoint directory (write ./{v[:60]} for a directory next to the config)."
         )
 
     @field_validator("architecture")
@@ -151,7 +155,7 @@ class ModelSpec(_Strict):
         if v is None or find_architecture(v):
             return v
         raise ValueError(
-            f"'{v}' is not a catalog architecture.{did_you_mean(v, architecture_names())}"
+            f"{show(v)} is not a catalog architecture.{did_you_mean(v, architecture_names())}"
             f" Fix: use one of {', '.join(_CATALOG_MODELS)}."
         )
 
@@ -192,7 +196,7 @@ class SpeculationSpec(_Strict):
         if v in BUILTIN_ACCEPTORS or _CUSTOM_ACCEPTOR.match(v):
             return v
         raise ValueError(
-            f"'{v}' is not an acceptor.{did_you_mean(v, BUILTIN_ACCEPTORS)} Fix: use "
+            f"{show(v)} is not an acceptor.{did_you_mean(v, BUILTIN_ACCEPTORS)} Fix: use "
             f"{', '.join(BUILTIN_ACCEPTORS)}, or 'package.module:ClassName' for your own."
         )
 
@@ -247,9 +251,16 @@ class CompileSpec(_Strict):
     def _s3(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", v):
             raise ValueError(
-                f"'{v}' is not an S3 URL. Fix: write s3://bucket-name/optional/prefix."
+                f"{show(v)} is not an S3 URL. Fix: write s3://bucket-name/optional/prefix."
             )
         return v
+
+    @field_validator("artifact_cache")
+    @classmethod
+    def _cache_path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return check_path(v)
 
 
 class DeploymentSpec(_Strict):
@@ -277,7 +288,7 @@ class DeploymentSpec(_Strict):
         if v == "auto" or v in INSTANCES:
             return v
         raise ValueError(
-            f"'{v}' is not a known instance type.{did_you_mean(v, list(INSTANCES))}"
+            f"{show(v)} is not a known instance type.{did_you_mean(v, list(INSTANCES))}"
             f" Fix: use 'auto' or one of {', '.join(INSTANCES)}."
         )
 
@@ -294,6 +305,21 @@ _CATALOG_MODELS = (
     "llama-3-70b",
     "smollm2-135m",
 )
+
+
+MAX_PATH, MAX_NAME = 4096, 255  # Linux PATH_MAX and NAME_MAX, in bytes
+
+
+def check_path(value: str) -> str:
+    """A path the operating system can take, or a ValueError saying why not."""
+    encoded = value.encode("utf-8", "surrogatepass")
+    longest = max((len(part) for part in encoded.split(b"/")), default=0)
+    if len(encoded) > MAX_PATH or longest > MAX_NAME:
+        raise ValueError(
+            f"the path {show(value)} is too long for the file system ({len(encoded)} bytes; "
+            f"at most {MAX_PATH}, and {MAX_NAME} per name). Fix: use a shorter path."
+        )
+    return value
 
 
 def looks_like_path(value: str) -> bool:
@@ -336,88 +362,6 @@ class ConfigFile:
         name = str(self.path) if self.path else "<config>"
         pos = self.locate(dotted)
         return f"{name}:{pos[0]}" if pos else name
-
-
-def _yaml_problem(exc: BaseException, file: str | None) -> ConfigProblem:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context = getattr(exc, "context", None)
-    message = f"YAML syntax error: {problem}"
-    if context:
-        message += f" ({context})"
-    return ConfigProblem(
-        path="",
-        message=message + ".",
-        fix="correct the YAML at that position (check indentation, colons and quotes).",
-        file=file,
-        line=mark.line + 1 if mark is not None else None,
-        column=mark.column + 1 if mark is not None else None,
-    )
-
-
-def _walk(
-    node: yaml.Node, prefix: str, out: dict[str, tuple[int, int]], dupes: list[tuple[str, int, int]]
-) -> None:
-    out.setdefault(prefix, (node.start_mark.line + 1, node.start_mark.column + 1))
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
-            path = f"{prefix}.{key}" if prefix else key
-            if key in seen:
-                dupes.append((path, key_node.start_mark.line + 1, key_node.start_mark.column + 1))
-            seen.add(key)
-            out[path] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            _walk(value_node, path, out, dupes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk(item, f"{prefix}[{i}]", out, dupes)
-
-
-def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[str, tuple[int, int]]]:
-    """Parse YAML safely (SafeLoader: plain data only), returning data and a path -> position map.
-
-    Duplicate keys, which PyYAML would silently resolve to the last one, are errors.
-    """
-    try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_problem(exc, file)]) from exc
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        # SafeLoader can raise these for odd scalars (e.g. an impossible date) or deep nesting.
-        raise ConfigError(
-            [ConfigProblem("", f"unreadable YAML value: {exc}.", "correct the value.", file)]
-        ) from exc
-    positions: dict[str, tuple[int, int]] = {}
-    if node is not None:
-        dupes: list[tuple[str, int, int]] = []
-        try:
-            _walk(node, "", positions, dupes)
-        except RecursionError as exc:
-            raise ConfigError(
-                [ConfigProblem("", "the YAML is nested too deeply.", "flatten it.", file)]
-            ) from exc
-        if dupes:
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        path,
-                        "this key appears twice in the same mapping; YAML would silently keep "
-                        "the last one.",
-                        "delete one of them.",
-                        file,
-                        line,
-                        col,
-                    )
-                    for path, line, col in dupes
-                ]
-            )
-    return data, positions
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,7 +411,7 @@ def _problem_from_pydantic(
         parent = _model_for(loc[:-1])
         allowed = sorted(parent.model_fields) if parent else []
         key = str(loc[-1])
-        message = f"unknown key '{key}'.{did_you_mean(key, allowed)}"
+        message = f"unknown key {show(key)}.{did_you_mean(key[:100], allowed)}"
         fix = f"allowed keys here: {', '.join(allowed)}." if allowed else "remove it."
     elif kind == "missing":
         message = "required key is missing."
@@ -480,12 +424,12 @@ def _problem_from_pydantic(
         if not message.endswith((".", "?")):
             message += "."
     elif kind == "model_type" or kind == "model_attributes_type":
-        message = f"expected a mapping of keys, got {type(observed).__name__} {observed!r}."
+        message = f"expected a mapping of keys, got {type(observed).__name__} {show(observed)}."
         parent = _model_for(loc)
         if parent is not None:
             fix = f"write it as a mapping with keys {', '.join(sorted(parent.model_fields))}."
     else:
-        message = f"got {observed!r}: {err['msg']}."
+        message = f"got {show(observed)}: {err['msg']}."
         if kind in (
             "int_type",
             "int_parsing",
@@ -500,12 +444,14 @@ def _problem_from_pydantic(
         pos = positions.get(_dotted(loc[:cut]))
         if pos is not None:
             break
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
     return ConfigProblem(
         path=path,
         message=message,
         fix=fix,
         file=file,
-        line=pos[0] if pos else None,
+        line=pos[0] if pos else 1,
         column=pos[1] if pos else None,
     )
 
@@ -526,7 +472,7 @@ def spec_from_data(
                     f"...), but this is {kind}.",
                     "start from one of the files in configs/.",
                     file,
-                    pos[0] if pos else None,
+                    pos[0] if pos else 1,
                 )
             ]
         )
@@ -536,9 +482,10 @@ def spec_from_data(
             [
                 ConfigProblem(
                     "",
-                    f"keys must be strings; found {k!r}.",
+                    f"keys must be strings; found {show(k)}.",
                     "quote the key or fix its name.",
                     file,
+                    (positions.get("") or (1, 1))[0],
                 )
                 for k in bad_keys
             ]
@@ -570,8 +517,13 @@ def load_config(path: str | Path) -> ConfigFile:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
         raise ConfigError(
-            [ConfigProblem("", f"not UTF-8 text (byte {exc.start}).", "save it as UTF-8.", name)]
+            [
+                ConfigProblem(
+                    "", f"not UTF-8 text (byte {exc.start}).", "save it as UTF-8.", name, line
+                )
+            ]
         ) from None
     data, positions = parse_yaml(text, name)
     spec = spec_from_data(data, positions, name)
