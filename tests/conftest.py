@@ -26,6 +26,7 @@ _TORCH_MODULES = [
     "test_reference.py",
     "test_sampling.py",
     "test_serve.py",  # needs the serve extra and httpx
+    "test_tnx_double.py",
 ]
 if importlib.util.find_spec("torch") is None:
     if os.environ.get("NEURON_SPEC_REQUIRE_TORCH") == "1":
