@@ -540,3 +540,27 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "neuron-spec deployment config"
     return schema
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m neuron_spec.config CONFIG`: print `backend=` and `instance=` lines for
+    scripts/launch.sh, or the config's located problems and exit 2."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m neuron_spec.config CONFIG\n")
+        return 2
+    try:
+        spec = load_config(args[0]).spec
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {len(exc.problems)} problem(s) in the config:\n")
+        for p in exc.problems:
+            sys.stderr.write(f"  {p.render()}\n")
+        return 2
+    print(f"backend={spec.backend}\ninstance={spec.instance}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

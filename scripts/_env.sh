@@ -6,6 +6,23 @@ ns_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 ns_log() { printf '\033[1m[neuron-spec]\033[0m %s\n' "$*" >&2; }
 
+# Stop with a plain message when there is no usable Python (3.10 or newer, with venv).
+ns_need_python() {
+  local py="${PYTHON:-python3}"
+  if ! command -v "$py" >/dev/null 2>&1; then
+    ns_log "no Python found ('$py' is not on PATH). neuron-spec needs Python 3.10 or newer"
+    ns_log "with venv and pip: on Ubuntu 'sudo apt-get install -y python3 python3-venv',"
+    ns_log "on Amazon Linux 'sudo dnf install -y python3'; or set PYTHON=/path/to/python3."
+    exit 2
+  fi
+  if ! "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    ns_log "$py is $("$py" --version 2>&1), or has no venv module; neuron-spec needs Python"
+    ns_log "3.10 or newer with venv (Ubuntu: sudo apt-get install -y python3-venv);"
+    ns_log "set PYTHON=/path/to/python3.10 (or newer) to pick another."
+    exit 2
+  fi
+}
+
 ns_env() {
   local venv="$1" extras="$2" want_torch="${3:-}"
   local py="${PYTHON:-python3}"
@@ -25,7 +42,7 @@ ns_env() {
     # The CPU build, pinned: an unpinned torch would pull several GB of CUDA packages.
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==${NEURON_SPEC_TORCH:-2.13.0}"
   fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ns_root[$extras]"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ns_root${extras:+[$extras]}"
   printf '%s\n%s\n%s\n' "$hash" "$extras" "${want_torch:+torch}" > "$stamp"
 }
 

@@ -40,9 +40,19 @@ extra=("$@")
 if [ ${#extra[@]} -eq 0 ]; then
   extra=(--prompt "Speculative decoding makes large language models faster because")
 fi
-backend="$(sed -n 's/^backend:[[:space:]]*\([a-z]*\).*/\1/p' "$config" | head -n1)"
-backend="${backend:-neuronx}"
-want_instance="$(sed -n 's/^instance:[[:space:]]*\([A-Za-z0-9.]*\).*/\1/p' "$config" | head -n1)"
+ns_need_python
+venv="${NEURON_SPEC_VENV:-$ns_root/.venv-launch}"
+
+# --- the config, read with neuron-spec's own loader (a located error, exit 2, when it is bad) --
+reader="${PYTHON:-python3}"
+if ! PYTHONPATH="$ns_root" "$reader" -c "import yaml, pydantic" 2>/dev/null; then
+  ns_env "$venv" ""  # the core dependencies are enough to read a config
+  reader="$venv/bin/python"
+fi
+fields="$(PYTHONPATH="$ns_root${PYTHONPATH:+:$PYTHONPATH}" "$reader" -m neuron_spec.config "$config")" \
+  || exit 2
+backend="$(printf '%s\n' "$fields" | sed -n 's/^backend=//p')"
+want_instance="$(printf '%s\n' "$fields" | sed -n 's/^instance=//p')"
 
 # --- what machine is this? (stdlib-only Python: nothing needs to be installed yet) --------
 host_json="$(PYTHONPATH="$ns_root${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m neuron_spec.host)"
@@ -64,7 +74,6 @@ run_reference() {
   exec "$ns" generate "$config" --backend reference "${extra[@]}"
 }
 
-venv="${NEURON_SPEC_VENV:-$ns_root/.venv-launch}"
 if [ "$backend" = "reference" ]; then
   run_reference
 fi

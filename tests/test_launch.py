@@ -254,3 +254,43 @@ def test_host_check_runs_first_and_busy_cores_stop_the_launch(neuron_host):
     )
     assert skipped.returncode == 0, skipped.stderr
     assert "host check" not in skipped.stderr and "preflight" in skipped.stderr
+
+
+def test_a_quoted_instance_is_read_like_any_other(neuron_host):
+    record = neuron_host["root"] / "quoted.jsonl"
+    cfg = config(neuron_host, "quoted.yaml", instance="inf2.48xlarge")
+    cfg.write_text(cfg.read_text().replace("instance: inf2.48xlarge", 'instance: "inf2.48xlarge"'))
+    proc = launch(neuron_host, str(cfg), record=record)
+    assert proc.returncode == 2
+    assert "written for inf2.48xlarge, but this is trn1.32xlarge" in proc.stderr
+    assert events(record) == []
+
+
+def test_a_broken_config_is_a_located_error_before_anything_else(neuron_host):
+    cfg = neuron_host["root"] / "broken.yaml"
+    cfg.write_text("backend: neuronx\ntarget: {model: [unclosed\n")
+    proc = launch(neuron_host, str(cfg))
+    assert proc.returncode == 2
+    assert f"{cfg}:" in proc.stderr and "YAML syntax error" in proc.stderr
+    assert "Neuron host" not in proc.stderr  # stopped before looking at the machine
+
+
+def test_no_python_is_said_plainly(neuron_host, tmp_path):
+    import shutil
+
+    tools = tmp_path / "tools"  # the shell tools the launcher uses, and no python3
+    tools.mkdir()
+    for tool in ("dirname", "sed", "head", "cat", "sha256sum", "cut", "grep"):
+        found = shutil.which(tool)
+        if found:
+            (tools / tool).symlink_to(found)
+    env = {"PATH": str(tools), "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(LAUNCH)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "no Python found" in proc.stderr and "python3-venv" in proc.stderr
