@@ -491,7 +491,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.backend)
     if _preflight_or_stop(cfg, args.instance, False) is None:
         return EXIT_FAILED
-    return serve(cfg, args.host, args.port, args.queue_size)
+    return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

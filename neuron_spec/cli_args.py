@@ -178,7 +178,8 @@ def _serve(sub: Sub) -> None:
         "models load, 200 when ready), load the pair, then serve POST /v1/completions "
         "(OpenAI-compatible: prompt, max_tokens, temperature, top_p, stop, seed, stream) and "
         "GET /metrics (Prometheus). Requests run one at a time from a bounded queue; a full "
-        "queue answers 429 with Retry-After. SIGTERM drains gracefully.",
+        "queue answers 429 with Retry-After. SIGTERM drains: the running request gets "
+        "--drain-timeout seconds, then is cancelled; exit 0.",
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sv.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
@@ -188,6 +189,14 @@ def _serve(sub: Sub) -> None:
         default=16,
         metavar="N",
         help="requests that may wait for the model (default 16)",
+    )
+    sv.add_argument(
+        "--drain-timeout",
+        type=non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds the running request may take to finish before it is "
+        "cancelled (default 30)",
     )
 
 

@@ -7,9 +7,12 @@
 - GET /metrics: Prometheus text format.
 
 Generation runs on one worker thread, one request at a time (transformers-neuronx speculation
-is batch 1), fed from a bounded queue: a full queue answers 429 with Retry-After. A client that
-disconnects mid-stream has its generation cancelled at the next step, freeing the worker.
-SIGTERM stops accepting work, answers queued requests 503, and lets the running one finish.
+is batch 1), fed from a bounded queue: a full queue answers 429 with Retry-After, and /health
+says "saturated" (503) while it is full. Every request is bounded: prompt tokens + max_tokens
+must fit n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
+disconnects, streaming or not, has its generation cancelled at the next step. Client errors are
+4xx in OpenAI's error shape, counted in /metrics. SIGTERM stops accepting work, answers queued
+requests 503, gives the running one the drain timeout to finish, then cancels it; exit 0.
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ if TYPE_CHECKING:
 
 MAX_PROMPTS = 16
 MAX_STOPS = 4
+MAX_BODY_BYTES = 1 << 20
+MIN_TEMPERATURE = 1e-4
+STEP_POLL_S = 0.05
+CANCEL_MARGIN_S = 60  # how often a waiting handler checks that its client is still there
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 class CompletionRequest(BaseModel):
@@ -50,7 +61,7 @@ class CompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
@@ -63,6 +74,18 @@ class CompletionRequest(BaseModel):
             raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
         if any(not p for p in items):
             raise ValueError("prompts must not be empty")
+        if any(_has_surrogate(p) for p in items):
+            raise ValueError("prompts must be valid Unicode (a lone surrogate is not)")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float | None) -> float | None:
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise ValueError(
+                f"must be 0 (greedy) or at least {MIN_TEMPERATURE}: smaller values overflow "
+                "the scaled logits"
+            )
         return v
 
     @field_validator("stop")
@@ -71,6 +94,8 @@ class CompletionRequest(BaseModel):
         items = [v] if isinstance(v, str) else (v or [])
         if len(items) > MAX_STOPS or any(not s for s in items):
             raise ValueError(f"give up to {MAX_STOPS} non-empty stop strings")
+        if any(_has_surrogate(x) for x in items):
+            raise ValueError("stop strings must be valid Unicode (a lone surrogate is not)")
         return v
 
     def prompts(self) -> list[str]:
@@ -94,6 +119,8 @@ class Job:
     request: CompletionRequest
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[tuple[str, Any]]
+    ids: list[list[int]]  # each prompt's tokens, checked against n_positions
+    max_new: int
     cancelled: threading.Event = field(default_factory=threading.Event)
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
@@ -207,6 +234,41 @@ class ServerState:
     def ready(self) -> bool:
         return self.generator is not None and not self.shutting_down
 
+    @property
+    def saturated(self) -> bool:
+        return self.jobs.full()
+
+    def stop_worker(self, timeout_s: float) -> None:
+        """Cancel what runs and wait for the worker to leave the models: a process must not
+        exit while a thread is inside torch (that aborts it)."""
+        self.begin_shutdown()
+        self.cancel_running()
+        if self._worker.is_alive():
+            self._worker.join(timeout_s)
+
+    def plan(self, req: CompletionRequest) -> tuple[list[list[int]], int]:
+        """Each prompt's tokens and the new tokens to generate; RequestTooLong when they
+        cannot fit n_positions. max_tokens defaults to what fits (at most the config's)."""
+        from .generate import RequestTooLong
+
+        gen = self.generator
+        ids = gen.encode(req.prompts())
+        limit = gen.n_positions
+        longest = max(len(i) for i in ids)
+        room = limit - longest
+        if room < 1:
+            raise RequestTooLong(
+                f"the prompt is {longest} tokens; n_positions={limit} leaves no room to generate"
+            )
+        if req.max_tokens is None:
+            return ids, min(self.cfg.spec.generation.max_new_tokens, room)
+        if req.max_tokens > room:
+            raise RequestTooLong(
+                f"the prompt ({longest} tokens) + max_tokens ({req.max_tokens}) exceeds "
+                f"n_positions={limit}: at most {room} new tokens fit"
+            )
+        return ids, req.max_tokens
+
     # --- work ------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> bool:
@@ -232,6 +294,8 @@ class ServerState:
                 self.metrics.requests.labels("ok").inc()
             except GenerationCancelled:
                 self.metrics.requests.labels("cancelled").inc()
+                why = "shutting down" if self.shutting_down else "cancelled"
+                job.push("error", (503, f"the request was cancelled: the server is {why}"))
             except Exception as exc:
                 self.metrics.requests.labels("error").inc()
                 self.metrics.errors.labels(type(exc).__name__).inc()
@@ -253,7 +317,8 @@ class ServerState:
 
             result = gen.generate(
                 prompt,
-                max_new_tokens=req.max_tokens,
+                prompt_token_ids=[job.ids[index]],
+                max_new_tokens=job.max_new,
                 temperature=req.temperature,
                 top_p=req.top_p,
                 seed=req.seed,
@@ -282,128 +347,167 @@ class ServerState:
         return {"choices": choices, "usage": usage, "speculation": spec}
 
 
-def build_app(state: ServerState, loader: Any) -> Any:
-    from contextlib import asynccontextmanager
+def _body(job: Job, model: str, result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "object": "text_completion",
+        "created": job.created,
+        "model": model,
+        **result,
+    }
 
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
-    from starlette.routing import Route
 
-    async def health(_request: Request) -> Response:
-        if state.load_error:
-            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
-        if state.shutting_down:
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+class _Handlers:
+    """The HTTP side: every client error is a 4xx in OpenAI's error shape, counted."""
+
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    def reject(self, status: int, message: str, param: str | None = None) -> JSONResponse:
+        outcome = {413: "invalid", 429: "rejected", 503: "unavailable"}.get(status, "invalid")
+        self.state.metrics.requests.labels(outcome).inc()
+        kind = {429: "rate_limit_error", 503: "server_error"}.get(status, "invalid_request_error")
+        return _error(status, message, param, kind)
+
+    async def health(self, _request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        st = self.state
+        if st.load_error:
+            return JSONResponse({"status": "failed", "error": st.load_error}, status_code=503)
+        if st.shutting_down:
             return JSONResponse({"status": "shutting down"}, status_code=503)
-        if not state.ready:
+        if not st.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ready", "model": state.model_name})
+        queue_info = {"depth": st.jobs.qsize(), "capacity": st.jobs.maxsize}
+        if st.saturated:
+            body = {"status": "saturated", "queue": queue_info}
+            return JSONResponse(body, 503, headers={"Retry-After": str(st.retry_after_s)})
+        return JSONResponse({"status": "ready", "model": st.model_name, "queue": queue_info})
 
-    async def metrics(_request: Request) -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, _request: Any) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
 
-    def response_body(job: Job, result: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": job.id,
-            "object": "text_completion",
-            "created": job.created,
-            "model": state.model_name,
-            **result,
-        }
+        registry = self.state.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def completions(request: Request) -> Response:
+    async def parse(self, request: Any) -> CompletionRequest | JSONResponse:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            return self.reject(413, f"the body is over {MAX_BODY_BYTES} bytes")
         try:
-            payload = json.loads(await request.body())
+            payload = json.loads(raw)
+        except RecursionError:
+            return self.reject(400, "the body is nested too deeply")
         except (ValueError, UnicodeDecodeError) as exc:
-            state.metrics.requests.labels("invalid").inc()
-            return _error(400, f"the body is not valid JSON: {exc}")
+            return self.reject(400, f"the body is not valid JSON: {str(exc)[:200]}")
         try:
-            body = CompletionRequest.model_validate(payload)
-        except ValidationError as exc:
-            state.metrics.requests.labels("invalid").inc()
+            return CompletionRequest.model_validate(payload)
+        except (ValidationError, RecursionError) as exc:
+            if isinstance(exc, RecursionError):
+                return self.reject(400, "the body is nested too deeply")
             first = exc.errors()[0]
             param = ".".join(str(x) for x in first["loc"] if not isinstance(x, int)) or None
             if first["type"] == "extra_forbidden":
-                return _error(400, f"unknown field {param!r}", param)
-            got = first.get("input")
-            return _error(400, f"{param}: {first['msg']} (got {got!r})", param)
-        if state.shutting_down:
-            return _error(503, "the server is shutting down", kind="server_error")
-        if not state.ready:
-            return _error(503, "the models are still loading; poll /health", kind="server_error")
-        loop = asyncio.get_running_loop()
-        job = Job(body, loop, asyncio.Queue())
-        if not state.submit(job):
-            state.metrics.requests.labels("rejected").inc()
-            resp = _error(429, "the request queue is full; retry later", kind="rate_limit_error")
-            resp.headers["Retry-After"] = str(state.retry_after_s)
+                return self.reject(400, f"unknown field {param!r}", param)
+            got = repr(first.get("input"))
+            got = got if len(got) <= 80 else got[:79] + "…"
+            return self.reject(400, f"{param}: {first['msg']} (got {got})", param)
+
+    async def completions(self, request: Any) -> Any:
+        from starlette.responses import StreamingResponse
+
+        from .generate import RequestTooLong
+
+        body = await self.parse(request)
+        if not isinstance(body, CompletionRequest):
+            return body
+        st = self.state
+        if st.shutting_down:
+            return self.reject(503, "the server is shutting down")
+        if not st.ready:
+            return self.reject(503, "the models are still loading; poll /health")
+        try:
+            ids, max_new = st.plan(body)
+        except RequestTooLong as exc:
+            return self.reject(400, str(exc), "max_tokens" if body.max_tokens else "prompt")
+        job = Job(body, asyncio.get_running_loop(), asyncio.Queue(), ids, max_new)
+        if not st.submit(job):
+            resp = self.reject(429, "the request queue is full; retry later")
+            resp.headers["Retry-After"] = str(st.retry_after_s)
             return resp
         if body.stream:
             return StreamingResponse(
-                _stream(job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                self.stream(job),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
             )
+        return await self.wait(job, request)
+
+    async def wait(self, job: Job, request: Any) -> Any:
+        """The result of a non-streaming job; a client that goes away cancels it."""
+        from starlette.responses import JSONResponse
+
+        getter = asyncio.ensure_future(job.events.get())
         try:
-            kind, payload = await job.events.get()
-            while kind == "delta":
-                kind, payload = await job.events.get()
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=STEP_POLL_S)
+                if done:
+                    kind, payload = getter.result()
+                    if kind != "delta":
+                        break
+                    getter = asyncio.ensure_future(job.events.get())
+                elif await request.is_disconnected():
+                    job.cancelled.set()  # the worker stops at its next step
+                    getter.cancel()
+                    return _error(499, "the client closed the request", kind="client_closed")
         except asyncio.CancelledError:
             job.cancelled.set()
+            getter.cancel()
             raise
         if kind == "error":
             status, message = payload
             return _error(status, message, kind="server_error")
-        return JSONResponse(response_body(job, payload))
+        return JSONResponse(_body(job, self.state.model_name, payload))
 
-    def _sse(data: dict[str, Any]) -> str:
-        return f"data: {json.dumps(data)}\n\n"
-
-    async def _stream(job: Job) -> AsyncIterator[str]:
+    async def stream(self, job: Job) -> AsyncIterator[str]:
+        model = self.state.model_name
         try:
             while True:
                 kind, payload = await job.events.get()
                 if kind == "delta":
                     index, text = payload
-                    yield _sse(
-                        response_body(
-                            job,
-                            {
-                                "choices": [
-                                    {
-                                        "text": text,
-                                        "index": index,
-                                        "logprobs": None,
-                                        "finish_reason": None,
-                                    }
-                                ]
-                            },
-                        )
-                    )
-                elif kind == "done":
+                    chunk = {"text": text, "index": index, "logprobs": None, "finish_reason": None}
+                    yield _sse(_body(job, model, {"choices": [chunk]}))
+                    continue
+                if kind == "done":
                     for choice in payload["choices"]:
-                        last = {**choice, "text": ""}
-                        yield _sse(response_body(job, {"choices": [last]}))
-                    yield _sse(
-                        response_body(
-                            job,
-                            {
-                                "choices": [],
-                                "usage": payload["usage"],
-                                "speculation": payload["speculation"],
-                            },
-                        )
-                    )
-                    yield "data: [DONE]\n\n"
-                    return
+                        yield _sse(_body(job, model, {"choices": [{**choice, "text": ""}]}))
+                    tail = {k: payload[k] for k in ("usage", "speculation")}
+                    yield _sse(_body(job, model, {"choices": [], **tail}))
                 else:
                     status, message = payload
                     yield _sse(
                         {"error": {"message": message, "type": "server_error", "code": status}}
                     )
-                    yield "data: [DONE]\n\n"
-                    return
+                yield "data: [DONE]\n\n"
+                return
         finally:
             job.cancelled.set()  # the client went away, or we are done: free the worker
+
+
+def build_app(state: ServerState, loader: Any) -> Any:
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    h = _Handlers(state)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -414,18 +518,19 @@ def build_app(state: ServerState, loader: Any) -> Any:
 
     return Starlette(
         routes=[
-            Route("/health", health),
-            Route("/metrics", metrics),
-            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/health", h.health),
+            Route("/metrics", h.metrics),
+            Route("/v1/completions", h.completions, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
 
 
 def serve(
-    cfg: ConfigFile, host: str, port: int, queue_size: int = 16, graceful_timeout_s: int = 30
+    cfg: ConfigFile, host: str, port: int, queue_size: int = 16, drain_timeout_s: float = 30.0
 ) -> int:
-    """Run the server until SIGTERM/SIGINT. Returns the process exit code."""
+    """Run the server until SIGTERM/SIGINT, then drain: queued requests get 503, the running
+    one has drain_timeout_s to finish before it is cancelled. Returns the exit code (0)."""
     try:
         import uvicorn
     except ImportError:
@@ -439,10 +544,13 @@ def serve(
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            # Drain (queued requests get 503, the running one finishes), then exit 0. uvicorn's
-            # own handler would also re-raise the signal once it has shut down, so a server
-            # that stopped cleanly would look killed to its supervisor.
-            state.begin_shutdown()
+            # Drain, then exit 0. uvicorn's own handler would also re-raise the signal once it
+            # has shut down, so a server that stopped cleanly would look killed.
+            if not state.shutting_down:
+                state.begin_shutdown()
+                timer = threading.Timer(drain_timeout_s, state.cancel_running)
+                timer.daemon = True
+                timer.start()
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
             else:
@@ -454,7 +562,9 @@ def serve(
         port=port,
         log_level="info",
         lifespan="on",
-        timeout_graceful_shutdown=graceful_timeout_s,
+        # After the drain, the cancelled request still finishes its current step and answers:
+        # a margin for that step on a machine that is busy with something else.
+        timeout_graceful_shutdown=int(drain_timeout_s) + CANCEL_MARGIN_S,
     )
     server = _Server(config)
 
@@ -463,6 +573,7 @@ def serve(
 
     state.on_fatal = fatal
     server.run()
+    state.stop_worker(timeout_s=60)
     if state.load_error:
         import sys
 

@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, queue_size: int, log: Path):
+    def __init__(self, queue_size: int, log: Path, *extra: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("w")
@@ -44,6 +44,7 @@ class Server:
                 str(self.port),
                 "--queue-size",
                 str(queue_size),
+                *extra,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -306,5 +307,152 @@ def test_full_queue_answers_429_and_sigterm_drains(demo_checkpoint, tmp_path):
         assert limited.headers["Retry-After"].isdigit()
         assert all(c in (200, 429, 503) for c in codes)  # the queued one: done, or told to go
         assert s.proc.wait(60) == 0
+    finally:
+        s.stop()
+
+
+# --- bounded requests, client errors, disconnects, drain --------------------------------------
+
+
+def test_requests_that_cannot_fit_n_positions_get_400(server):
+    huge = server.complete(prompt=PROMPT, max_tokens=10**6, temperature=0.0)
+    assert huge.status_code == 400
+    error = huge.json()["error"]
+    assert error["param"] == "max_tokens" and "n_positions=2048" in error["message"]
+    long_prompt = server.complete(prompt="word " * 3000, temperature=0.0)
+    assert (
+        long_prompt.status_code == 400
+        and "n_positions=2048" in long_prompt.json()["error"]["message"]
+    )
+
+
+def test_max_tokens_defaults_to_what_fits(server):
+    prompt = "a " * 2030  # about 2031 tokens: fewer than the config's 64 new tokens fit
+    r = server.complete(prompt=prompt, temperature=0.0)
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] <= 2048
+    assert usage["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "says"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        (b'{"prompt": "\\ud800"}', 400, "valid Unicode"),
+        (json.dumps({"prompt": PROMPT, "seed": 2**64}).encode(), 400, "seed"),
+        (json.dumps({"prompt": PROMPT, "seed": -1}).encode(), 400, "seed"),
+        (json.dumps({"prompt": PROMPT, "temperature": 5e-324}).encode(), 400, "temperature"),
+        (json.dumps({"prompt": "x" * (2 << 20)}).encode(), 413, "bytes"),
+        (b"\xff\xfe", 400, "JSON"),
+    ],
+)
+def test_client_errors_are_4xx_in_the_openai_shape_and_counted(server, content, status, says):
+    before = server.metric('neuron_spec_requests_total{status="invalid"}')
+    r = httpx.post(server.url + "/v1/completions", content=content, timeout=60)
+    assert r.status_code == status, r.text[:300]
+    error = r.json()["error"]
+    assert says in error["message"] + str(error["param"]) and error["type"]
+    assert server.metric('neuron_spec_requests_total{status="invalid"}') == before + 1
+
+
+def _post_then_hang_up(url: str, body: dict, after_s: float) -> None:
+    """A non-streaming client that sends its request and goes away before the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        time.sleep(after_s)
+
+
+def test_a_disconnected_non_streaming_request_frees_the_worker(server):
+    before = server.metric('neuron_spec_requests_total{status="cancelled"}')
+    long = {"prompt": "Write a long story:", "max_tokens": 1500, "temperature": 0.0}
+    _post_then_hang_up(server.url, long, after_s=1.0)
+    deadline = time.time() + 30
+    while server.metric('neuron_spec_requests_total{status="cancelled"}') == before:
+        assert time.time() < deadline, "the abandoned request kept the worker"
+        time.sleep(0.1)
+    t0 = time.perf_counter()
+    assert server.complete(prompt=PROMPT, max_tokens=4, temperature=0.0).status_code == 200
+    assert time.perf_counter() - t0 < 30  # 1500 tokens would take minutes
+
+
+def test_150_mixed_concurrent_requests_lose_nothing_and_never_5xx(server):
+    def plain(i: int) -> int:
+        return server.complete(prompt=f"Count to {i}:", max_tokens=3, temperature=0.0).status_code
+
+    def streamed(i: int) -> int:
+        with httpx.stream(
+            "POST",
+            server.url + "/v1/completions",
+            json={"prompt": f"Name {i}:", "max_tokens": 3, "stream": True},
+            timeout=300,
+        ) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+            assert lines[-1] == "data: [DONE]"
+            return r.status_code
+
+    def slow_reader(i: int) -> int:
+        with httpx.stream(
+            "POST",
+            server.url + "/v1/completions",
+            json={"prompt": f"Slowly {i}:", "max_tokens": 3, "stream": True},
+            timeout=300,
+        ) as r:
+            chunks = []
+            for line in r.iter_lines():
+                time.sleep(0.05)
+                chunks.append(line)
+            return r.status_code
+
+    def dropped(i: int) -> int:
+        _post_then_hang_up(server.url, {"prompt": f"Drop {i}:", "max_tokens": 50}, 0.05)
+        return 0  # nobody is there to answer
+
+    def invalid(i: int) -> int:
+        return server.complete(prompt=f"Bad {i}", max_tokens=-i).status_code
+
+    kinds = [plain, streamed, slow_reader, dropped, invalid]
+    with cf.ThreadPoolExecutor(max_workers=40) as pool:
+        codes = list(pool.map(lambda i: (kinds[i % 5].__name__, kinds[i % 5](i)), range(150)))
+    by_kind: dict[str, list[int]] = {}
+    for kind, code in codes:
+        by_kind.setdefault(kind, []).append(code)
+    assert len(codes) == 150
+    assert set(by_kind["plain"]) == {200} and set(by_kind["streamed"]) == {200}
+    assert set(by_kind["slow_reader"]) == {200} and set(by_kind["invalid"]) == {400}
+    assert server.complete(prompt=PROMPT, max_tokens=2, temperature=0.0).status_code == 200
+    assert server.metric('neuron_spec_requests_total{status="error"}') == 0  # no 5xx
+
+
+def test_health_says_saturated_and_sigterm_cancels_after_the_drain(demo_checkpoint, tmp_path):
+    s = Server(1, tmp_path / "drain.log", "--drain-timeout", "2")
+    try:
+        with cf.ThreadPoolExecutor(max_workers=2) as pool:
+            long = {"prompt": "Write a long story:", "max_tokens": 1500, "temperature": 0.0}
+            running = pool.submit(s.complete, **long)
+            time.sleep(1.5)  # running now
+            queued = pool.submit(s.complete, prompt=PROMPT, max_tokens=2)
+            deadline = time.time() + 30
+            while True:  # the queue (capacity 1) is full: /health says so
+                h = httpx.get(s.url + "/health", timeout=10)
+                if h.status_code == 503 and h.json()["status"] == "saturated":
+                    break
+                assert time.time() < deadline, h.text
+                time.sleep(0.05)
+            t0 = time.perf_counter()
+            os.kill(s.proc.pid, signal.SIGTERM)
+            assert queued.result(timeout=60).status_code == 503  # told to go at once
+            cancelled = running.result(timeout=60)
+            assert (
+                cancelled.status_code == 503 and "cancelled" in cancelled.json()["error"]["message"]
+            )
+            assert s.proc.wait(60) == 0  # no abort
+            assert time.perf_counter() - t0 < 2 + 15  # the drain, then the cancelled step
     finally:
         s.stop()
