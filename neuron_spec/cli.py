@@ -112,7 +112,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config, args.backend)
     host = _host(cfg, args.instance)
-    report = preflight(cfg.spec, host, cfg.base_dir)
+    report = preflight(cfg.spec, host, cfg.base_dir, local=args.local)
     if args.json:
         out = {
             "config": str(cfg.path),
@@ -238,11 +238,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _preflight_or_stop(cfg: ConfigFile, instance: str | None, as_json: bool) -> Report | None:
-    """Run the preflight; on errors, print them and return None (the caller exits 1)."""
+def _preflight_or_stop(
+    cfg: ConfigFile, instance: str | None, as_json: bool, local: bool = True
+) -> Report | None:
+    """Run the preflight; on errors, print them and return None (the caller exits 1).
+    `local`: the pair loads on this machine (generate, serve), so its directories count."""
     from .preflight import preflight
 
-    report = preflight(cfg.spec, _host(cfg, instance), cfg.base_dir)
+    report = preflight(cfg.spec, _host(cfg, instance), cfg.base_dir, local=local)
     if report.ok:
         return report
     if as_json:
@@ -527,7 +530,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from .catalog import INSTANCES
 
     neuron_instance = cfg.spec.backend == "neuronx" and catalog_name in INSTANCES
-    if neuron_instance and _preflight_or_stop(cfg, catalog_name, args.json) is None:
+    if neuron_instance and _preflight_or_stop(cfg, catalog_name, args.json, local=False) is None:
         return EXIT_FAILED
     if args.dry_run:
         reqs = dp.dry_run(cfg, opts)

@@ -88,7 +88,7 @@ def _with_config(sub: Sub, name: str, help_: str, description: str) -> argparse.
 
 
 def _checks(sub: Sub) -> None:
-    _with_config(
+    v = _with_config(
         sub,
         "validate",
         "check a config against the Neuron runtime's rules and the memory budget",
@@ -96,6 +96,12 @@ def _checks(sub: Sub) -> None:
         "--instance): tp_degree the runtime accepts, draft/target core sharing, memory per "
         "NeuronCore, lengths, vocabularies, checkpoints. Nothing is loaded or compiled. "
         "Exit 0 when there are no errors, 1 when there are, 2 when the config itself is invalid.",
+    )
+    v.add_argument(
+        "--local",
+        action="store_true",
+        help="the pair will load on this machine: also check its compile.artifact_cache "
+        "directory (writable, room for the artifacts); generate and serve always do",
     )
     _with_config(
         sub,

@@ -277,11 +277,36 @@ def package(cfg: ConfigFile, out: Path, with_dependencies: bool = True) -> Path:
 # --- execution ---------------------------------------------------------------------------------
 
 
+# botocore's standard retry mode: throttling and transient errors are retried with
+# exponential backoff and jitter, up to this many attempts per request.
+RETRIES = {"mode": "standard", "max_attempts": 8}
+
+
 def _clients(region: str | None) -> tuple[Any, Any]:
     import boto3
+    from botocore.config import Config
 
     session = boto3.session.Session(region_name=region)
-    return session.client("s3"), session.client("sagemaker")
+    config = Config(retries=RETRIES)
+    return session.client("s3", config=config), session.client("sagemaker", config=config)
+
+
+def _aws_errors() -> tuple[type[BaseException], ...]:
+    """Every exception an AWS call through boto3 can raise."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (ClientError, BotoCoreError, Boto3Error)
+
+
+def _aws_message(exc: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        op = getattr(exc, "operation_name", "request")
+        return f"{op} failed: {err.get('Code', '?')}: {err.get('Message', str(exc))}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def endpoint_exists(sm: Any, name: str) -> bool:
@@ -303,12 +328,11 @@ def deploy(
     with_dependencies: bool = True,
     clients: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     problems = validate(cfg, opts)  # before any request, even the existence check
     if problems:
         raise UsageError("cannot deploy:\n  " + "\n  ".join(problems))
     s3, sm = clients or _clients(opts.region)
+    created: list[Request] = []  # what to delete again if the deploy fails before the switch
     try:
         exists = endpoint_exists(sm, opts.endpoint_name or default_endpoint_name(cfg))
         plan = plan_deploy(cfg, opts, exists)
@@ -317,14 +341,17 @@ def deploy(
             archive = package(cfg, Path(tmp) / "model.tar.gz", with_dependencies)
             progress(f"uploading to s3://{plan.s3_bucket}/{plan.s3_key}")
             s3.upload_file(str(archive), plan.s3_bucket, plan.s3_key)
-        for req in plan.requests[1:]:
-            p = req.params
-            name = p.get("ModelName") or p.get("EndpointConfigName") or p.get("EndpointName")
-            progress(f"{req.operation} {name}")
-            getattr(sm, req.operation)(**req.params)
+        _create(sm, plan, created, progress)
+    except _aws_errors() as exc:
+        left = _roll_back(sm, created, progress)
+        raise DeployError(f"AWS {_aws_message(exc)}{left}") from None
+    try:
         status = wait(sm, plan.endpoint, opts.wait_timeout_s, opts.poll_s, progress)
-    except (ClientError, BotoCoreError) as exc:
-        raise DeployError(f"AWS request failed: {exc}") from None
+    except _aws_errors() as exc:
+        raise DeployError(
+            f"AWS {_aws_message(exc)}; remove what was deployed with: "
+            f"neuron-spec deploy delete {plan.endpoint}"
+        ) from None
     return {
         "endpoint": plan.endpoint,
         "model": plan.model_name,
@@ -333,6 +360,43 @@ def deploy(
         "status": status,
         "updated": exists,
     }
+
+
+def _create(
+    sm: Any, plan: DeployPlan, created: list[Request], progress: Callable[[str], None]
+) -> None:
+    """Create the model and the endpoint configuration, then create or switch the endpoint;
+    `created` lists the deletions that undo what succeeded, until the endpoint call does."""
+    undo = {
+        "create_model": lambda p: Request(
+            "sagemaker", "delete_model", {"ModelName": p["ModelName"]}
+        ),
+        "create_endpoint_config": lambda p: Request(
+            "sagemaker", "delete_endpoint_config", {"EndpointConfigName": p["EndpointConfigName"]}
+        ),
+    }
+    for req in plan.requests[1:]:
+        p = req.params
+        name = p.get("ModelName") or p.get("EndpointConfigName") or p.get("EndpointName")
+        progress(f"{req.operation} {name}")
+        getattr(sm, req.operation)(**req.params)
+        if req.operation in undo:
+            created.append(undo[req.operation](p))
+    created.clear()  # the endpoint uses them now: `deploy delete` removes them with it
+
+
+def _roll_back(sm: Any, created: list[Request], progress: Callable[[str], None]) -> str:
+    """Delete what a failed deploy created; say what could not be deleted."""
+    failed = []
+    for req in reversed(created):
+        progress(f"rolling back: {req.render()}")
+        try:
+            getattr(sm, req.operation)(**req.params)
+        except _aws_errors():
+            failed.append(req.render())
+    if failed:
+        return "; could not remove " + ", ".join(failed) + " (delete them in the console)"
+    return "; nothing was left behind" if created else ""
 
 
 def wait(
@@ -367,31 +431,63 @@ def delete(
     clients: tuple[Any, Any] | None = None,
     dry_run: bool = False,
 ) -> list[Request]:
-    """Delete an endpoint, its endpoint configuration and its model(s)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    """Delete an endpoint, its endpoint configuration and its model(s), and any model or
+    endpoint configuration an earlier failed deploy of this endpoint left behind."""
     if not ENDPOINT_NAME.match(name):
         raise UsageError(f"{name!r} is not an endpoint name")
     _, sm = clients or _clients(region)
     try:
-        desc = sm.describe_endpoint(EndpointName=name)
-        config_name = desc["EndpointConfigName"]
-        variants = sm.describe_endpoint_config(EndpointConfigName=config_name)
-        models = [v["ModelName"] for v in variants["ProductionVariants"]]
-        requests = [
-            Request("sagemaker", "delete_endpoint", {"EndpointName": name}),
-            Request("sagemaker", "delete_endpoint_config", {"EndpointConfigName": config_name}),
-            *[Request("sagemaker", "delete_model", {"ModelName": m}) for m in models],
-        ]
+        requests = _endpoint_requests(sm, name) + _orphan_requests(sm, name)
+        if not requests:
+            raise DeployError(f"there is no endpoint {name}, and nothing a deploy of it left")
+        unique = list({r.render(): r for r in requests}.values())  # each once, in order
         if not dry_run:
-            for req in requests:
+            for req in unique:
                 progress(req.render())
                 getattr(sm, req.operation)(**req.params)
-        return requests
-    except ClientError as exc:
-        raise DeployError(f"cannot delete {name}: {exc}") from None
-    except BotoCoreError as exc:
-        raise DeployError(f"AWS request failed: {exc}") from None
+        return unique
+    except _aws_errors() as exc:
+        raise DeployError(f"cannot delete {name}: AWS {_aws_message(exc)}") from None
+
+
+def _endpoint_requests(sm: Any, name: str) -> list[Request]:
+    if not endpoint_exists(sm, name):
+        return []
+    config_name = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
+    variants = sm.describe_endpoint_config(EndpointConfigName=config_name)
+    models = [v["ModelName"] for v in variants["ProductionVariants"]]
+    return [
+        Request("sagemaker", "delete_endpoint", {"EndpointName": name}),
+        Request("sagemaker", "delete_endpoint_config", {"EndpointConfigName": config_name}),
+        *[Request("sagemaker", "delete_model", {"ModelName": m}) for m in models],
+    ]
+
+
+def _orphan_requests(sm: Any, name: str) -> list[Request]:
+    """Models and endpoint configurations named like this endpoint's deploys
+    (`<endpoint>-<YYYYmmdd-HHMMSS>`) that no endpoint uses any more."""
+    stamp = re.compile(re.escape(name) + r"-\d{8}-\d{6}$")
+    in_use: set[str] = set()
+    for page in sm.get_paginator("list_endpoints").paginate():
+        for ep in page.get("Endpoints", []):
+            desc = sm.describe_endpoint(EndpointName=ep["EndpointName"])
+            cfg = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
+            in_use.add(cfg["EndpointConfigName"])
+            in_use.update(v["ModelName"] for v in cfg["ProductionVariants"])
+    out = []
+    for page in sm.get_paginator("list_endpoint_configs").paginate(NameContains=name):
+        for c in page.get("EndpointConfigs", []):
+            n = c["EndpointConfigName"]
+            if stamp.match(n) and n not in in_use:
+                out.append(
+                    Request("sagemaker", "delete_endpoint_config", {"EndpointConfigName": n})
+                )
+    for page in sm.get_paginator("list_models").paginate(NameContains=name):
+        for m in page.get("Models", []):
+            n = m["ModelName"]
+            if stamp.match(n) and n not in in_use:
+                out.append(Request("sagemaker", "delete_model", {"ModelName": n}))
+    return out
 
 
 def dry_run(cfg: ConfigFile, opts: DeployOptions) -> list[Request]:

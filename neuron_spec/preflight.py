@@ -6,6 +6,7 @@ their memory) and yields Findings. `preflight()` runs every rule and collects ev
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -115,6 +116,7 @@ class Context:
     models: dict[str, ResolvedModel]
     memory: dict[str, ModelMemory] = field(default_factory=dict)  # at the configured tp
     base_dir: Path = field(default_factory=Path.cwd)  # relative config paths resolve here
+    local: bool = False  # this machine is where the pair loads: check its directories
 
     @property
     def neuronx(self) -> bool:
@@ -544,7 +546,7 @@ def _cache_problem(root: Path, need: int) -> str | None:
 
 @rule
 def artifact_cache(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx:
+    if not ctx.neuronx or not ctx.local:  # another machine's disk is not this one's
         return
     root = _cache_root(ctx)
     need = _artifact_bytes(ctx)
@@ -729,9 +731,13 @@ def idle_cores(ctx: Context) -> Iterator[Finding]:
         )
 
 
-def preflight(spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None) -> Report:
-    """Run every rule and return all findings, errors first."""
+def preflight(
+    spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None, local: bool = False
+) -> Report:
+    """Run every rule and return all findings, errors first. `local`: this machine is where
+    the pair will load (generate, serve, the launcher), so its directories are checked too."""
     ctx = build_context(spec, host, base_dir or Path.cwd())
+    ctx = dataclasses.replace(ctx, local=local or host.source == "detected")
     findings = [f for r in RULES for f in r(ctx)]
     findings.sort(key=lambda f: _ORDER[f.severity])
     return Report(tuple(findings), host)

@@ -142,7 +142,7 @@ if [ "$skip_doctor" = "0" ]; then
 fi
 
 ns_log "preflight: $config"
-"${ns[@]}" validate "$config" "${instance_args[@]}" || {
+"${ns[@]}" validate "$config" --local "${instance_args[@]}" || {
   ns_log "preflight failed: nothing was loaded"; exit 1; }
 
 ns_log "environment for the planned layout:"

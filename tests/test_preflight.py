@@ -255,25 +255,34 @@ def _with_cache(path: str) -> str:
     return BASE_CONFIG + f"compile: {{artifact_cache: '{path}'}}\n"
 
 
+def local_codes(text: str) -> dict[str, str]:
+    """Findings when the pair loads on this machine (generate, serve, launch.sh)."""
+    report = preflight(load_config_text(text).spec, host("trn1.32xlarge"), local=True)
+    return {f.code: f.severity for f in report.findings}
+
+
 def test_an_artifact_cache_under_a_file_is_reported_before_loading(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    found = codes(_with_cache(str(blocker / "compiled")))
+    found = local_codes(_with_cache(str(blocker / "compiled")))
     assert found.get("artifact-cache-unusable") == "error"
+    # checking a config for another machine says nothing about this one's disk
+    assert "artifact-cache-unusable" not in codes(_with_cache(str(blocker / "compiled")))
 
 
 def test_an_artifact_cache_where_nothing_can_be_created_is_reported():
     ro = "/proc/neuron-spec-compiled"  # procfs: no directory can be made there, even as root
-    assert codes(_with_cache(ro)).get("artifact-cache-unusable") == "error"
+    assert local_codes(_with_cache(ro)).get("artifact-cache-unusable") == "error"
 
 
 def test_a_full_artifact_cache_is_reported(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    assert "artifact-cache-unusable" not in codes(_with_cache(str(tmp_path / "fresh")))
+    assert "artifact-cache-unusable" not in local_codes(_with_cache(str(tmp_path / "fresh")))
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**12, 10**12 - 10**6, 10**6))
-    report = preflight(load_config_text(_with_cache(str(tmp_path))).spec, host("trn1.32xlarge"))
+    spec = load_config_text(_with_cache(str(tmp_path))).spec
+    report = preflight(spec, host("trn1.32xlarge"), local=True)
     found = [f for f in report.findings if f.code == "artifact-cache-unusable"]
     assert found and "this pair needs about 5.00 GiB" in found[0].message
