@@ -235,6 +235,11 @@ def test_deploy_update_and_delete(aws, cpu_config, capsys):
         sm.describe_endpoint_config(EndpointConfigName=again["endpoint_config"])
     with pytest.raises(ClientError):
         sm.describe_model(ModelName=again["model"])
+    # and what the first deploy created, no longer used since the update
+    with pytest.raises(ClientError):
+        sm.describe_model(ModelName=first["model"])
+    with pytest.raises(ClientError):
+        sm.describe_endpoint_config(EndpointConfigName=first["endpoint_config"])
 
 
 @pytest.mark.reference
@@ -276,3 +281,163 @@ def test_the_entry_point_serves_a_pair_from_s3(aws, tmp_path, monkeypatch):
     assert (tmp_path / "downloaded" / "target" / "config.json").is_file()
     with pytest.raises(ValueError):
         entry.input_fn("{}", "application/json")
+
+
+# --- the cloud's faults: a fault-injecting proxy on 127.0.0.1 in front of the moto server -----
+
+
+class FaultProxy:
+    """Forwards every request to moto; `fault(op)` decides, per operation, whether to answer
+    with an AWS error instead (S3 operations are named by method, SageMaker's by target)."""
+
+    def __init__(self, upstream: str, fault):
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        proxy = self
+        self.seen: list[str] = []
+        self.faulted: list[str] = []
+        target = urlsplit(upstream)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                op = self.headers.get("X-Amz-Target") or f"s3:{self.command}"
+                proxy.seen.append(op)
+                answer = fault(op, proxy.seen.count(op))
+                if answer is not None:
+                    proxy.faulted.append(op)
+                    status, ctype, payload = answer
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                headers["Host"] = target.netloc
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def throttle(op: str):
+    if op.startswith("s3:"):
+        body = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+        return 503, "application/xml", body
+    return (
+        400,
+        "application/x-amz-json-1.1",
+        json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode(),
+    )
+
+
+@pytest.fixture
+def proxied(aws, moto_endpoint, monkeypatch):
+    proxies: list[FaultProxy] = []
+
+    def make(fault):
+        p = FaultProxy(moto_endpoint, fault)
+        proxies.append(p)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+        return p
+
+    yield make
+    for p in proxies:
+        p.close()
+
+
+def _deploy_args(cfg: Path, name: str) -> list[str]:
+    return [
+        "deploy", "sagemaker", str(cfg), "--role", ROLE, "--bucket",
+        "s3://deploy-bucket/endpoints", "--endpoint-name", name, "--instance-type",
+        "ml.m5.xlarge", "--image-uri", IMAGE, "--region", "us-east-1",
+        "--no-dependency-wheels", "--json",
+    ]  # fmt: skip
+
+
+def _leftovers(sm, name: str) -> list[str]:
+    models = [m["ModelName"] for m in sm.list_models()["Models"]]
+    configs = [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]]
+    return sorted(n for n in models + configs if n.startswith(name + "-"))
+
+
+def test_deploy_succeeds_through_throttling(aws, proxied, cpu_config, capsys):
+    # the first two attempts of every S3 upload and SageMaker call are throttled
+    proxy = proxied(lambda op, n: throttle(op) if n <= 2 and op != "s3:GET" else None)
+    assert main(_deploy_args(cpu_config, "ns-throttled")) == 0, capsys.readouterr().err
+    body = json.loads(capsys.readouterr().out)
+    assert body["status"] == "InService"
+    assert {"s3:PUT", "SageMaker.CreateModel", "SageMaker.CreateEndpoint"} <= set(proxy.faulted)
+    assert len(proxy.faulted) >= 10
+
+
+def test_a_deploy_that_fails_midway_leaves_nothing_behind(aws, proxied, cpu_config, capsys):
+    _, sm, _ = aws
+
+    def fault(op, _n):
+        if op == "SageMaker.CreateEndpoint":
+            body = {"__type": "ResourceLimitExceeded", "message": "endpoint quota reached"}
+            return 400, "application/x-amz-json-1.1", json.dumps(body).encode()
+        return None
+
+    proxied(fault)
+    assert main(_deploy_args(cpu_config, "ns-midway")) == 1
+    err = capsys.readouterr().out + capsys.readouterr().err
+    assert "CreateEndpoint failed: ResourceLimitExceeded: endpoint quota reached" in err
+    assert "internal error" not in err
+    assert _leftovers(sm, "ns-midway") == []  # model and endpoint config rolled back
+
+
+def test_delete_removes_what_an_earlier_failed_deploy_left(aws, capsys):
+    _, sm, _ = aws
+    name = "ns-orphans"
+    sm.create_model(
+        ModelName=f"{name}-20260101-000000",
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={"Image": IMAGE},
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{name}-20260101-000000",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": f"{name}-20260101-000000",
+                "InstanceType": "ml.m5.xlarge",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    sm.create_model(  # another endpoint's model: not this one's to delete
+        ModelName=f"{name}-other-20260101-000000", ExecutionRoleArn=ROLE,
+        PrimaryContainer={"Image": IMAGE},
+    )  # fmt: skip
+    assert main(["deploy", "delete", name, "--region", "us-east-1"]) == 0
+    assert _leftovers(sm, name) == [f"{name}-other-20260101-000000"]
+    assert main(["deploy", "delete", name, "--region", "us-east-1"]) == 1
+    assert "there is no endpoint ns-orphans" in capsys.readouterr().err
