@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .backends import backend_warnings
 from .cli_args import build_parser
 from .errors import ConfigError, NeuronSpecError, UsageError
 
@@ -270,13 +271,6 @@ def _load_generator(cfg: ConfigFile) -> Any:
     for message in backend_warnings(gen):
         err.print(f"[yellow]warning:[/yellow] {escape(message)}")
     return gen
-
-
-def backend_warnings(gen: Any) -> list[str]:
-    """What the backend could not do but worked around (the compiled-artifact cache and its
-    S3 mirror): never fatal, never silent."""
-    cache = getattr(getattr(gen, "backend", None), "cache", None)
-    return list(getattr(cache, "warnings", []))
 
 
 def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:

@@ -99,6 +99,23 @@ def _timed_feed(
     return out
 
 
+def _commit_row(
+    result: EngineResult, b: int, new: list[int], eos: set[int], max_new: int, now: float
+) -> list[int]:
+    """Append what row b may keep of a step's new tokens (up to its budget, through its first
+    EOS); returns them."""
+    keep = new[: max_new - len(result.tokens[b])]
+    for i, tok in enumerate(keep):
+        if tok in eos:
+            keep = keep[: i + 1]
+            result.finished_by_eos[b] = True
+            break
+    result.tokens[b].extend(keep)
+    if result.first_token_at[b] is None and keep:
+        result.first_token_at[b] = now
+    return keep
+
+
 @torch.inference_mode()
 def speculative_generate(
     target: Runner,
@@ -177,35 +194,23 @@ def speculative_generate(
         now = time.perf_counter()
         record = StepRecord(now - t_step, gamma, [], [])
         for b in range(batch):
-            n = int(counts[b])
-            new = [int(x) for x in emitted[b, :n]]
+            new = [int(x) for x in emitted[b, : int(counts[b])]]
             accepted = int(n_acc[b])
             if done[b]:
                 record.accepted.append(0)
                 record.emitted.append(0)
-                new_todo = [new[-1]]
             else:
-                keep = new[: max_new_tokens - len(out[b])]
-                for i, tok in enumerate(keep):
-                    if tok in eos:
-                        keep = keep[: i + 1]
-                        by_eos[b] = True
-                        break
-                out[b].extend(keep)
-                if result.first_token_at[b] is None and keep:
-                    result.first_token_at[b] = now
+                keep = _commit_row(result, b, new, eos, max_new_tokens, now)
                 record.accepted.append(accepted)
                 record.emitted.append(len(keep))
-                if by_eos[b] or len(out[b]) >= max_new_tokens:
-                    done[b] = True
-                if on_tokens is not None and keep and on_tokens(b, keep):
-                    done[b] = True
-                new_todo = [new[-1]]
-            target_todo[b] = new_todo
+                stop = on_tokens is not None and bool(keep) and bool(on_tokens(b, keep))
+                done[b] = by_eos[b] or len(out[b]) >= max_new_tokens or stop
+            target_todo[b] = [new[-1]]
             if gamma > 0:
-                draft_todo[b] = ([int(draft_ids[b, -1])] if accepted == gamma else []) + new_todo
+                last_draft = [int(draft_ids[b, -1])] if accepted == gamma else []
+                draft_todo[b] = [*last_draft, new[-1]]
             else:
-                draft_todo[b] = draft_todo[b] + new_todo
+                draft_todo[b] = draft_todo[b] + [new[-1]]
         result.steps.append(record)
     result.end = time.perf_counter()
     return result

@@ -22,6 +22,7 @@ import contextlib
 import json
 import queue
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .backends import backend_warnings
 from .config import ConfigFile
 from .engine import GenerationCancelled
 from .errors import BackendUnavailableError
@@ -203,6 +205,8 @@ class ServerState:
         def load() -> None:
             try:
                 self.generator = loader(self.cfg)
+                for message in backend_warnings(self.generator):
+                    sys.stderr.write(f"neuron-spec: warning: {message}\n")
                 self.metrics.ready.set(1)
                 self._worker.start()
             except Exception as exc:
@@ -575,8 +579,6 @@ def serve(
     server.run()
     state.stop_worker(timeout_s=60)
     if state.load_error:
-        import sys
-
         sys.stderr.write(f"error: loading the models failed: {state.load_error}\n")
         return 1
     return 0

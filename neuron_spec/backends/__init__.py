@@ -22,3 +22,10 @@ def load_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generat
     from .neuronx import load_neuronx_generator
 
     return load_neuronx_generator(cfg, progress)
+
+
+def backend_warnings(gen: object) -> list[str]:
+    """What the backend could not do but worked around (the compiled-artifact cache and its
+    S3 mirror): never fatal, never silent."""
+    cache = getattr(getattr(gen, "backend", None), "cache", None)
+    return list(getattr(cache, "warnings", []))
