@@ -399,6 +399,29 @@ def _split_fix(text: str) -> tuple[str, str]:
     return text, ""
 
 
+# What other stacks call the speculation length, and how it maps to draft_tokens (gamma).
+DRAFT_ALIASES: dict[str, tuple[int, str]] = {
+    "k": (1, "in transformers-neuronx, k is the window: the draft tokens plus one of the target's"),
+    "speculation_length": (1, "in transformers-neuronx, speculation_length is the window k"),
+    "num_speculative_tokens": (0, "in vLLM, num_speculative_tokens counts the draft tokens"),
+    "num_assistant_tokens": (0, "in transformers, num_assistant_tokens counts the draft tokens"),
+    "gamma": (0, "in the speculative decoding papers, gamma counts the draft tokens"),
+}
+
+
+def _draft_alias(key: str, value: Any) -> tuple[str, str]:
+    offset, meaning = DRAFT_ALIASES[key]
+    message = (
+        f"'{key}' is not a neuron-spec key: {meaning}; neuron-spec calls the draft tokens per "
+        "step draft_tokens."
+    )
+    if isinstance(value, int) and not isinstance(value, bool) and value - offset >= 1:
+        n = value - offset
+        extra = f" ({key} {value} = draft_tokens {n} + 1)" if offset else ""
+        return message, f"write `speculation: {{draft_tokens: {n}}}` instead{extra}."
+    return message, "write `speculation: {draft_tokens: N}`, N the draft tokens per step."
+
+
 def _problem_from_pydantic(
     err: Mapping[str, Any], positions: Mapping[str, tuple[int, int]], file: str | None
 ) -> ConfigProblem:
@@ -407,7 +430,9 @@ def _problem_from_pydantic(
     observed = err.get("input")
     path = _dotted(loc)
     fix = ""
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and str(loc[-1]) in DRAFT_ALIASES:
+        message, fix = _draft_alias(str(loc[-1]), observed)
+    elif kind == "extra_forbidden":
         parent = _model_for(loc[:-1])
         allowed = sorted(parent.model_fields) if parent else []
         key = str(loc[-1])

@@ -221,3 +221,29 @@ def test_random_data(data):
 def test_deep_nesting_is_a_config_error():
     with pytest.raises(ConfigError):
         load_config_text("a: " + "[" * 5000 + "]" * 5000)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "want"),
+    [
+        ("k", 4, 3),
+        ("speculation_length", 7, 6),
+        ("num_speculative_tokens", 5, 5),
+        ("num_assistant_tokens", 4, 4),
+        ("gamma", 6, 6),
+    ],
+)
+def test_speculation_lengths_from_other_stacks_get_the_exact_draft_tokens(key, value, want):
+    from neuron_spec.config import load_config_text
+
+    text = (
+        "instance: trn1.32xlarge\n"
+        "target: {model: llama-2-70b, tp_degree: 32}\n"
+        "draft: {model: llama-2-7b, tp_degree: 32}\n"
+        f"speculation: {{{key}: {value}}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text)
+    (problem,) = info.value.problems
+    assert problem.path == f"speculation.{key}" and problem.line == 4
+    assert f"draft_tokens: {want}}}" in problem.fix

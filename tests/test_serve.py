@@ -428,6 +428,7 @@ def test_150_mixed_concurrent_requests_lose_nothing_and_never_5xx(server):
     assert set(by_kind["slow_reader"]) == {200} and set(by_kind["invalid"]) == {400}
     assert server.complete(prompt=PROMPT, max_tokens=2, temperature=0.0).status_code == 200
     assert server.metric('neuron_spec_requests_total{status="error"}') == 0  # no 5xx
+    print(json.dumps({k: {str(c): v.count(c) for c in set(v)} for k, v in by_kind.items()}))
 
 
 def test_health_says_saturated_and_sigterm_cancels_after_the_drain(demo_checkpoint, tmp_path):
