@@ -191,7 +191,9 @@ def live_outputs(disk_dir: Path) -> dict[str, str | None]:
     raw: dict[str, str | None] = dict.fromkeys(FILES)
     raw["neuron-ls.json"] = _run(["neuron-ls", "--json-output"])
     raw["pip-list.json"] = json.dumps(_python_packages())
-    raw["dpkg.txt"] = _run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", "aws-neuronx-*"])
+    # dpkg-query exits 1 when no package matches: an answer (none installed), not a failure
+    dpkg = ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", "aws-neuronx-*"]
+    raw["dpkg.txt"] = _run(dpkg, ok=(0, 1))
     if raw["dpkg.txt"] is None:
         raw["rpm.txt"] = _run(["rpm", "-qa", "--qf", "%{NAME}\t%{VERSION}\n", "aws-neuronx-*"])
     raw["driver-version"] = _read("/sys/module/neuron/version")
@@ -219,7 +221,7 @@ def _python_packages() -> list[dict[str, str]]:
     return sorted(seen.values(), key=lambda p: p["name"].lower())
 
 
-def _run(argv: list[str]) -> str | None:
+def _run(argv: list[str], ok: tuple[int, ...] = (0,)) -> str | None:
     exe = shutil.which(argv[0])
     if exe is None:
         return None
@@ -229,7 +231,7 @@ def _run(argv: list[str]) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout if done.returncode == 0 else None
+    return done.stdout if done.returncode in ok else None
 
 
 def _read(path: str) -> str | None:

@@ -4,6 +4,7 @@ recording with one thing wrong at a time (the files are those `doctor --record` 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -298,3 +299,32 @@ def test_probe_parses_df_and_meminfo():
     assert snap.mem_total == 792360256 * 1024 and snap.disk_free == 413321476 * 1024
     assert snap.disk_path == "/" and snap.package_tool == "dpkg"
     assert check_host(snap).ok
+
+
+def test_a_live_debian_host_without_neuron_packages_reports_them_missing(
+    tmp_path, monkeypatch, capsys
+):
+    """dpkg-query exits 1 when nothing matches: an answer (no runtime, no driver), recorded as
+    such, not a tool that failed."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    fake = tools / "dpkg-query"
+    fake.write_text(
+        "#!/bin/sh\necho 'dpkg-query: no packages found matching aws-neuronx-*' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    rec = tmp_path / "rec"
+    main(["doctor", "--record", str(rec), "--json"])
+    capsys.readouterr()
+    assert (rec / "dpkg.txt").read_text() == ""
+    # the same host with the 2.25 Python packages: the OS components are reported missing
+    shutil.copy(HEALTHY / "pip-list.json", rec / "pip-list.json")
+    rc, report = doctor(capsys, "--from", str(rec))
+    missing = sorted(f["path"] for f in report["findings"] if f["code"] == "component-missing")
+    assert missing == [
+        "host.aws-neuronx-collectives",
+        "host.aws-neuronx-dkms",
+        "host.aws-neuronx-runtime-lib",
+    ]
+    assert rc == 1
