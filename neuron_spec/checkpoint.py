@@ -286,3 +286,17 @@ def _gguf(spec_model: str, path: Path, override: Architecture | None) -> Resolve
     return ResolvedModel(
         spec_model, "gguf", loc, arch, path.name, False, weight_bytes_on_disk=path.stat().st_size
     )
+
+
+def prepared_bytes(r: ResolvedModel) -> int:
+    """Bytes written under the artifact cache to bring this checkpoint to a format
+    transformers-neuronx loads: a GGUF de-quantized to f32 safetensors, an s3:// model
+    downloaded (bf16 assumed), a whole-file .bin split once; nothing otherwise."""
+    params = r.architecture.parameters() if r.architecture is not None else 0
+    if r.kind == "gguf":
+        return 4 * params
+    if r.kind == "s3":
+        return 2 * params
+    if r.kind == "directory" and r.lazy_loadable is False:
+        return r.weight_bytes_on_disk or 2 * params
+    return 0

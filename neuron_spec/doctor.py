@@ -90,7 +90,7 @@ def model_needs(cfg: Any) -> list[Need]:
     """Host RAM and disk each model needs, from how neuron-spec brings it to transformers-neuronx:
     safetensors and the split format stream layer by layer; a .bin is read whole once to convert
     it; a GGUF file is de-quantized to f32 in memory (twice: loaded, then copied) and written."""
-    from .checkpoint import resolve_model
+    from .checkpoint import prepared_bytes, resolve_model
 
     plan = build_load_plan(cfg, tnx_version="", cc_version="", env={})
     out = []
@@ -109,14 +109,15 @@ def model_needs(cfg: Any) -> list[Need]:
         if kind == "direct":
             out.append(Need(ml.role, stream, 0, "loaded layer by layer", True))
         elif kind == "split":
-            size = r.weight_bytes_on_disk or params * amp
+            size = prepared_bytes(r)
             out.append(Need(ml.role, size, size, f"{r.weights} read whole, split once", True))
-        elif kind == "gguf":
+        elif kind == "gguf":  # loaded, then copied, in f32: twice what is written
             how = "de-quantized to f32 in memory and written as safetensors, once"
-            out.append(Need(ml.role, 8 * params, 4 * params, how, True))
+            out.append(Need(ml.role, 2 * prepared_bytes(r), prepared_bytes(r), how, True))
         elif kind == "s3":
             how = "downloaded once; size and format estimated (bf16)"
-            out.append(Need(ml.role, 2 * params, 2 * params, how, False))
+            size = prepared_bytes(r)
+            out.append(Need(ml.role, size, size, how, False))
         else:  # a catalog name: no checkpoint yet; assume one read whole
             how = f"format unknown: a {m.amp} checkpoint read whole"
             out.append(Need(ml.role, params * amp, 0, how, False))

@@ -205,9 +205,14 @@ def planned_env(cfg: ConfigFile) -> dict[str, str]:
     return env
 
 
+def cache_dir(setting: str, base_dir: Path) -> Path:
+    """compile.artifact_cache as a path: ~ and $VARS expanded, relative to the config."""
+    p = Path(os.path.expandvars(os.path.expanduser(setting)))
+    return p if p.is_absolute() else base_dir / p
+
+
 def artifact_root(cfg: ConfigFile) -> Path:
-    p = Path(os.path.expandvars(os.path.expanduser(cfg.spec.compile.artifact_cache)))
-    return p if p.is_absolute() else cfg.base_dir / p
+    return cache_dir(cfg.spec.compile.artifact_cache, cfg.base_dir)
 
 
 def build_load_plan(

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .catalog import TP_RULES, Architecture
-from .checkpoint import ResolvedModel, resolve_model
+from .checkpoint import ResolvedModel, prepared_bytes, resolve_model
 from .config import DeploymentSpec, ModelSpec
 from .host import HostFacts
 from .memory import HIGH_WATER, ModelMemory, fmt_bytes, kv_heads_shardable, model_memory
@@ -496,31 +494,22 @@ def prepared_checkpoints(ctx: Context) -> Iterator[Finding]:
 NEFF_ALLOWANCE = 1024**3
 
 
-def _cache_root(ctx: Context) -> Path:
-    p = Path(os.path.expandvars(os.path.expanduser(ctx.spec.compile.artifact_cache)))
-    return p if p.is_absolute() else ctx.base_dir / p
-
-
 def _artifact_bytes(ctx: Context) -> int:
     """What loading writes under the artifact cache: prepared checkpoints, then one entry of
     compiled graphs per model (token generation and context encoding per n_positions bucket,
     plus the target's speculation graph)."""
     total = 0
     for role, m in _roles(ctx):
-        r, arch = ctx.models[role], ctx.arch(role)
-        params = arch.parameters() if arch is not None else 0
-        if r.kind == "gguf":
-            total += 4 * params  # de-quantized to f32 safetensors
-        elif r.kind == "s3":
-            total += 2 * params  # downloaded; bf16 assumed
-        elif r.kind == "directory" and r.lazy_loadable is False:
-            total += r.weight_bytes_on_disk or 0  # split once
+        total += prepared_bytes(ctx.models[role])
         graphs = 2 * len(m.n_positions) + (1 if role == "target" else 0)
         total += graphs * NEFF_ALLOWANCE
     return total
 
 
 def _cache_problem(root: Path, need: int) -> str | None:
+    import shutil
+    import tempfile
+
     existing = root
     while not existing.exists():
         if existing == existing.parent:
@@ -548,7 +537,9 @@ def _cache_problem(root: Path, need: int) -> str | None:
 def artifact_cache(ctx: Context) -> Iterator[Finding]:
     if not ctx.neuronx or not ctx.local:  # another machine's disk is not this one's
         return
-    root = _cache_root(ctx)
+    from .loadplan import cache_dir  # only where the pair loads: validate stays light
+
+    root = cache_dir(ctx.spec.compile.artifact_cache, ctx.base_dir)
     need = _artifact_bytes(ctx)
     problem = _cache_problem(root, need)
     if problem:
