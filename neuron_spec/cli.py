@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import term
 from .backends import backend_warnings
 from .cli_args import build_parser
 from .errors import ConfigError, NeuronSpecError, UsageError
@@ -45,6 +46,40 @@ def _load(path: str, backend: str | None = None) -> ConfigFile:
     return cfg
 
 
+# Command-line flags that stand for a config field: (flag, section, field). The preflight, the
+# load plan (--dry-run) and the run all see the same values.
+_OVERRIDES = (
+    ("--temperature", "sampling", "temperature"),
+    ("--top-k", "sampling", "top_k"),
+    ("--top-p", "sampling", "top_p"),
+    ("--seed", "sampling", "seed"),
+    ("--draft-tokens", "speculation", "draft_tokens"),
+    ("--max-new-tokens", "generation", "max_new_tokens"),
+)
+
+
+def _with_overrides(cfg: ConfigFile, args: argparse.Namespace) -> ConfigFile:
+    """CONFIG with the flags given on the command line written into it (validated like the
+    file; a bad value is a usage error naming the flag)."""
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    spec = cfg.spec
+    for flag, section, name in _OVERRIDES:
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is None or isinstance(value, list):
+            continue
+        part = getattr(spec, section)
+        try:
+            new = type(part).model_validate({**part.model_dump(), name: value})
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise UsageError(f"{flag} {value}: {msg} (the config's {section}.{name})") from None
+        spec = spec.model_copy(update={section: new})
+    return dataclasses.replace(cfg, spec=spec)
+
+
 def _host(cfg: ConfigFile, override: str | None) -> HostFacts:
     from .catalog import INSTANCES
     from .config import did_you_mean
@@ -61,9 +96,7 @@ def _host(cfg: ConfigFile, override: str | None) -> HostFacts:
 
 
 def _console() -> Console:
-    from rich.console import Console
-
-    return Console(highlight=False)
+    return term.console()
 
 
 def escape(text: str) -> str:
@@ -137,7 +170,8 @@ def _render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> 
     from .memory import fmt_bytes
 
     console.print(f"[bold]{cfg.path}[/bold]  {_host_line(p.host)}")
-    t = Table(title="memory per model at the configured tp", title_justify="left")
+    console.print("memory per model at the configured tp")
+    t = Table()
     t.add_column("")
     roles = list(p.models)
     for role in roles:
@@ -182,11 +216,11 @@ def _render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> 
             console.print(f"  - {escape(r)}")
     sp = p.speculation
     if sp.rows:
-        st = Table(
-            title=f"expected speedup (draft_tokens {sp.draft_tokens}, window k={sp.window}, "
-            f"estimated c = draft/target step time = {sp.c_estimate:.2f})",
-            title_justify="left",
+        console.print(
+            f"expected speedup (draft_tokens {sp.draft_tokens}, window k={sp.window}, "
+            f"estimated c = draft/target step time = {sp.c_estimate:.2f})"
         )
+        st = Table()
         for col in ("alpha", f"speedup at {sp.draft_tokens}", "best draft_tokens", "best speedup"):
             st.add_column(col, justify="right")
         for spec_row in sp.rows:
@@ -240,31 +274,46 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _preflight_or_stop(
-    cfg: ConfigFile, instance: str | None, as_json: bool, local: bool = True
+    cfg: ConfigFile, instance: str | None, as_json: bool, local: bool = True, quiet: bool = False
 ) -> Report | None:
     """Run the preflight; on errors, print them and return None (the caller exits 1).
+    Otherwise say its warnings once, one line each on stderr, unless `quiet`.
     `local`: the pair loads on this machine (generate, serve), so its directories count."""
     from .preflight import preflight
 
     report = preflight(cfg.spec, _host(cfg, instance), cfg.base_dir, local=local)
     if report.ok:
+        if not quiet:
+            _say_warnings(report, cfg)
         return report
     if as_json:
         print(json.dumps({"ok": False, "findings": _findings_json(report, cfg)}, indent=2))
     else:
-        console = _console()
-        console.stderr = True
-        _render_report(console, report, cfg)
+        _render_report(_stderr_console(), report, cfg)
         sys.stderr.write("stopped before loading anything: fix the errors above.\n")
     return None
 
 
-def _load_generator(cfg: ConfigFile) -> Any:
-    from rich.console import Console
+def _say_warnings(report: Report, cfg: ConfigFile) -> None:
+    if not report.warnings:
+        return
+    err = _stderr_console()
+    for f in report.warnings:
+        err.print(
+            f"[yellow]warning[/yellow] {f.code} ({f.path}, {escape(cfg.where(f.path))}): "
+            f"{escape(f.message)}"
+        )
+    where = escape(str(cfg.path))
+    err.print(
+        f"[dim]{len(report.warnings)} preflight warning(s): `neuron-spec validate {where}` "
+        "shows each with its fix; --quiet hides them[/dim]"
+    )
 
+
+def _load_generator(cfg: ConfigFile) -> Any:
     from .backends import load_generator
 
-    err = Console(stderr=True, highlight=False)
+    err = _stderr_console()
     with err.status("loading models...") as status:
         gen = load_generator(cfg, progress=lambda msg: status.update(msg))
     err.print(f"[dim]loaded on {gen.device}[/dim]")
@@ -312,14 +361,14 @@ def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    cfg = _load(args.config, args.backend)
+    cfg = _with_overrides(_load(args.config, args.backend), args)
     if args.dry_run:
-        return _dry_run(cfg, args.json)
+        return _dry_run(cfg, args)
     if not args.prompt:
         raise UsageError("generate needs --prompt TEXT (or --dry-run)")
     if args.stream and len(args.prompt) > 1:
         raise UsageError("--stream takes a single --prompt")
-    if _preflight_or_stop(cfg, args.instance, args.json) is None:
+    if _preflight_or_stop(cfg, args.instance, args.json, quiet=args.quiet) is None:
         return EXIT_FAILED
     gen = _load_generator(cfg)
     on_text = None
@@ -365,7 +414,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import DEFAULT_PROMPTS, run_bench
 
-    cfg = _load(args.config, args.backend)
+    cfg = _with_overrides(_load(args.config, args.backend), args)
     prompts = list(DEFAULT_PROMPTS)
     if args.prompts:
         try:
@@ -375,7 +424,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError(f"--prompts {args.prompts}: {exc.strerror}") from None
         if not prompts:
             raise UsageError(f"--prompts {args.prompts}: no prompts in the file")
-    if _preflight_or_stop(cfg, args.instance, args.json) is None:
+    if _preflight_or_stop(cfg, args.instance, args.json, quiet=args.quiet) is None:
         return EXIT_FAILED
     gammas = args.draft_tokens
     if gammas is None:
@@ -385,14 +434,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     total = (1 + len(gammas)) * args.repeat
     with Progress(transient=True, console=_stderr_console()) as progress:
         task = progress.add_task("benchmarking", total=total)
-        report = run_bench(
-            gen,
-            prompts,
-            gammas,
-            args.max_new_tokens,
-            args.repeat,
-            tick=lambda label: progress.update(task, advance=1, description=label),
-        )
+        try:
+            report = run_bench(
+                gen,
+                prompts,
+                gammas,
+                args.max_new_tokens,
+                args.repeat,
+                tick=lambda label: progress.update(task, advance=1, description=label),
+            )
+        except ValueError as exc:  # a prompt that cannot fit n_positions, or encodes to nothing
+            raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -401,9 +453,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _stderr_console() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
+    return term.console(stderr=True)
 
 
 def _render_bench(console: Console, report: dict[str, Any]) -> None:
@@ -411,14 +461,15 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
 
     base = report["baseline"]
     console.print(
-        f"target only: {base['tokens_per_s']:.1f} tokens/s over {report['prompts']} "
-        f"prompt(s) x {report['max_new_tokens']} tokens; target step "
-        f"{base['target_step_ms']:.1f} ms"
+        f"target only: {base['tokens_per_s']:.1f} tokens/s ({_range(base)}) over "
+        f"{report['prompts']} prompt(s) x {report['max_new_tokens']} tokens; target step "
+        f"{base['target_step_ms']:.1f} ms; median of {report['repeat']} interleaved run(s)"
     )
     t = Table()
     cols = (
         "draft_tokens",
         "tokens/s",
+        "min..max",
         "speedup",
         "predicted",
         "acceptance",
@@ -437,6 +488,7 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
         t.add_row(
             str(r["draft_tokens"]),
             f(r["tokens_per_s"], "{:.1f}"),
+            _range(r),
             f(r["speedup"]),
             f(r["predicted_speedup"]),
             f(r["acceptance_rate"], "{:.0%}"),
@@ -451,13 +503,23 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
     )
 
 
-def _dry_run(cfg: ConfigFile, as_json: bool) -> int:
+def _range(row: dict[str, Any]) -> str:
+    return f"{row['tokens_per_s_min']:.1f}..{row['tokens_per_s_max']:.1f}"
+
+
+def _dry_run(cfg: ConfigFile, args: argparse.Namespace) -> int:
+    """Everything generate does before loading: the preflight (for --instance, with every
+    override), then the load plan instead of the load."""
+    as_json = args.json
     if cfg.spec.backend != "neuronx":
         raise UsageError(
             "--dry-run shows the transformers-neuronx load plan; this config uses "
             "the reference backend"
         )
     from .loadplan import build_load_plan
+
+    if _preflight_or_stop(cfg, args.instance, as_json, local=False, quiet=args.quiet) is None:
+        return EXIT_FAILED
 
     plan = build_load_plan(cfg)
     if as_json:
@@ -486,7 +548,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
     cfg = _load(args.config, args.backend)
-    if _preflight_or_stop(cfg, args.instance, False) is None:
+    if _preflight_or_stop(cfg, args.instance, False, quiet=args.quiet) is None:
         return EXIT_FAILED
     return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout)
 
@@ -557,7 +619,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     from .loadplan import planned_env
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.backend)
+    if cfg.spec.backend != "neuronx":
+        raise UsageError(
+            "env prints what the Neuron runtime and compiler read; the reference backend "
+            "needs none of it"
+        )
+    if _preflight_or_stop(cfg, args.instance, args.json, local=False, quiet=True) is None:
+        return EXIT_FAILED  # the layout is not one the runtime accepts on that instance
     env = planned_env(cfg)
     if args.json:
         print(json.dumps(env, indent=2))

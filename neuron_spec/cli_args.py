@@ -87,6 +87,15 @@ def _with_config(sub: Sub, name: str, help_: str, description: str) -> argparse.
     return sp
 
 
+def _quiet(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="do not print the preflight's warnings (errors still stop the command)",
+    )
+
+
 def _checks(sub: Sub) -> None:
     v = _with_config(
         sub,
@@ -139,6 +148,7 @@ def _generate(sub: Sub) -> None:
         help="override speculation.draft_tokens (0 = target only)",
     )
     g.add_argument("--stream", action="store_true", help="print text as tokens are accepted")
+    _quiet(g)
     g.add_argument(
         "--dry-run",
         action="store_true",
@@ -169,10 +179,12 @@ def _bench(sub: Sub) -> None:
     b.add_argument(
         "--repeat",
         type=positive_int,
-        default=1,
+        default=3,
         metavar="R",
-        help="runs per setting; the fastest is kept",
+        help="runs per setting, interleaved (default 3); each setting reports its median run "
+        "and the spread (min..max tokens/s) of all its runs",
     )
+    _quiet(b)
 
 
 def _serve(sub: Sub) -> None:
@@ -204,6 +216,7 @@ def _serve(sub: Sub) -> None:
         help="on SIGTERM, seconds the running request may take to finish before it is "
         "cancelled (default 30)",
     )
+    _quiet(sv)
 
 
 def _deploy(sub: Sub) -> None:

@@ -214,12 +214,14 @@ class SamplingSpec(_Strict):
 
 class GenerationSpec(_Strict):
     max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
-    max_prompt_tokens: int = Field(
-        default=256,
+    max_prompt_tokens: int | None = Field(
+        default=None,
         ge=1,
         le=1_000_000,
-        description="Longest prompt you will send, in tokens; the preflight checks that prompt, "
-        "generated tokens and the speculation window fit n_positions.",
+        description="Longest prompt you will send, in tokens; the preflight checks that it, "
+        "max_new_tokens and the speculation window fit n_positions. Default: whatever "
+        "n_positions leaves after max_new_tokens and the window. Every request is checked "
+        "against n_positions when it arrives either way.",
     )
     eos_token_id: int | list[int] | None = Field(
         default=None,

@@ -59,5 +59,25 @@ def reference() -> str:
     return "\n".join([BEGIN, *head, *field_rows(), END])
 
 
+def rewrite(path: str) -> None:
+    """Replace the generated block of `path` in place (atomically)."""
+    import os
+    import tempfile
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    new = text[:start] + reference() + text[end:]
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
 if __name__ == "__main__":
-    print(reference())
+    import sys
+
+    if len(sys.argv) > 1:
+        rewrite(sys.argv[1])  # python -m neuron_spec.docgen docs/configuration.md
+    else:
+        print(reference())

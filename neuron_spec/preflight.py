@@ -390,6 +390,9 @@ def context_estimate(ctx: Context) -> Iterator[Finding]:
 @rule
 def sequence_fits(ctx: Context) -> Iterator[Finding]:
     g = ctx.spec.generation
+    if g.max_prompt_tokens is None:
+        yield from _default_prompt_budget(ctx)
+        return
     need = g.max_prompt_tokens + g.max_new_tokens
     gamma = ctx.spec.speculation.draft_tokens
     for role, m in _roles(ctx):
@@ -402,19 +405,54 @@ def sequence_fits(ctx: Context) -> Iterator[Finding]:
                 f"({g.max_new_tokens}) = {need} exceeds {role}.n_positions={m.max_positions}; "
                 "a position at or past n_positions makes transformers-neuronx's bucket lookup "
                 "fail (StopIteration), and neuron-spec refuses such a request.",
-                f"raise {role}.n_positions to at least {need}, or lower the lengths.",
+                f"raise {role}.n_positions to at least {need}, lower the lengths, or delete "
+                "max_prompt_tokens (it then defaults to what n_positions leaves).",
             )
         elif need + gamma > m.max_positions and ctx.neuronx:
+            yield _window_overflow(role, m.max_positions, need, gamma)
+
+
+def prompt_budget(spec: DeploymentSpec) -> int:
+    """The longest prompt that leaves room for max_new_tokens and a full speculation window
+    in the smaller n_positions: the default of generation.max_prompt_tokens (may be < 1)."""
+    g = spec.generation
+    if g.max_prompt_tokens is not None:
+        return g.max_prompt_tokens
+    n = min(m.max_positions for _, m in spec.models())
+    return n - g.max_new_tokens - spec.speculation.window
+
+
+def _default_prompt_budget(ctx: Context) -> Iterator[Finding]:
+    """No prompt length written: err only when not even a one-token prompt fits."""
+    new = ctx.spec.generation.max_new_tokens
+    gamma = ctx.spec.speculation.draft_tokens
+    for role, m in _roles(ctx):
+        n = m.max_positions
+        if new + 1 > n:
             yield Finding(
-                "info",
-                "window-overflow",
-                f"{role}.n_positions",
-                f"near the end of a {need}-token sequence a speculation window "
-                f"(draft_tokens={gamma}) would reach position {need + gamma - 1} >= "
-                f"n_positions={m.max_positions}; neuron-spec decodes the last tokens one at a "
-                "time instead (the library's own loop would fail there with StopIteration).",
-                f"raise {role}.n_positions to {need + gamma} to speculate to the end.",
+                "error",
+                "sequence-too-long",
+                "generation.max_new_tokens",
+                f"max_new_tokens ({new}) leaves no room for a prompt in "
+                f"{role}.n_positions={n}: prompt + generated tokens must fit n_positions.",
+                f"lower generation.max_new_tokens below {n} (to {max(1, n - 1 - gamma - 1)} "
+                f"to keep a one-token prompt and a full window), or raise {role}.n_positions.",
             )
+        elif new + 1 + gamma > n and ctx.neuronx:
+            yield _window_overflow(role, n, new + 1, gamma)
+
+
+def _window_overflow(role: str, n: int, need: int, gamma: int) -> Finding:
+    return Finding(
+        "info",
+        "window-overflow",
+        f"{role}.n_positions",
+        f"near the end of a {need}-token sequence a speculation window "
+        f"(draft_tokens={gamma}) would reach position {need + gamma - 1} >= "
+        f"n_positions={n}; neuron-spec decodes the last tokens one at a "
+        "time instead (the library's own loop would fail there with StopIteration).",
+        f"raise {role}.n_positions to {need + gamma} to speculate to the end.",
+    )
 
 
 @rule
@@ -456,6 +494,18 @@ def checkpoints(ctx: Context) -> Iterator[Finding]:
                 f"'{m.model}' is a catalog name: sizes come from the built-in table; loading "
                 "needs the checkpoint on disk.",
                 f"before loading, set {role}.model to the downloaded checkpoint directory.",
+            )
+        elif r.kind == "catalog":
+            yield Finding(
+                "error",
+                "checkpoint-catalog",
+                f"{role}.model",
+                f"'{m.model}' is a catalog name, and the reference backend (PyTorch + "
+                "transformers) runs real weights: a catalog name only sizes a model for "
+                "transformers-neuronx's preflight.",
+                f"set {role}.model to a checkpoint directory (config.json, tokenizer, "
+                "safetensors) or a .gguf file; or run the shipped CPU pair: neuron-spec "
+                "generate configs/demo-cpu.yaml --prompt '...'.",
             )
         elif r.kind == "s3" and r.architecture is None:
             yield Finding(

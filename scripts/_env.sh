@@ -4,7 +4,22 @@
 
 ns_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-ns_log() { printf '\033[1m[neuron-spec]\033[0m %s\n' "$*" >&2; }
+# Bold only on a terminal, and never with NO_COLOR set (https://no-color.org): logs stay plain.
+if [ -t 2 ] && [ -z "${NO_COLOR:-}" ] && [ "${TERM:-}" != "dumb" ]; then
+  ns_log() { printf '\033[1m[neuron-spec]\033[0m %s\n' "$*" >&2; }
+else
+  ns_log() { printf '[neuron-spec] %s\n' "$*" >&2; }
+fi
+
+# The one environment both README commands build and reuse (NEURON_SPEC_VENV to move it), and
+# the extras every command in the README needs there: the reference backend, serve, deploy.
+ns_venv="${NEURON_SPEC_VENV:-$ns_root/.venv}"
+ns_user_extras="reference,serve,aws"
+# PyTorch's CPU-only index: its torch==2.13.0+cpu wheel is ~190 MB, where PyPI's Linux build of
+# torch==2.13.0 pulls ~2.7 GB of CUDA packages. Set NEURON_SPEC_TORCH_INDEX= (empty) to use only
+# your own index (a mirror, or a machine that already has the CPU wheel in its find-links).
+ns_torch_index="${NEURON_SPEC_TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
+
 
 # Stop with a plain message when there is no usable Python (3.10 or newer, with venv).
 ns_need_python() {
@@ -39,8 +54,7 @@ ns_env() {
   ns_log "installing neuron-spec[$extras] into $venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   if [ -n "$want_torch" ]; then
-    # The CPU build, pinned: an unpinned torch would pull several GB of CUDA packages.
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==${NEURON_SPEC_TORCH:-2.13.0}"
+    ns_torch "$venv"
   fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ns_root${extras:+[$extras]}"
   printf '%s\n%s\n%s\n' "$hash" "$extras" "${want_torch:+torch}" > "$stamp"
@@ -57,4 +71,30 @@ ns_satisfied() {
     case "$have" in *",$e,"*) ;; *) return 1 ;; esac
   done
   [ -z "$want_torch" ] || [ "$(sed -n 3p "$stamp")" = "torch" ]
+}
+
+# Install the pinned PyTorch, the CPU build where one can be reached: PyTorch's CPU index is
+# added as an extra index (its 2.13.0+cpu outranks PyPI's 2.13.0), so an unreachable index only
+# costs a warning and the install goes on from the configured one.
+ns_torch() {
+  local venv="$1" version="${NEURON_SPEC_TORCH:-2.13.0}"
+  local pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+  if [ -n "$ns_torch_index" ]; then
+    ns_log "installing torch==$version, CPU build (about 190 MB) from $ns_torch_index"
+    if "${pip[@]}" --retries 1 --timeout 20 --extra-index-url "$ns_torch_index" \
+         "torch==$version" 2>/dev/null; then
+      ns_torch_report "$venv"
+      return 0
+    fi
+    ns_log "$ns_torch_index could not be used; trying your configured package index"
+  fi
+  "${pip[@]}" "torch==$version"
+  ns_torch_report "$venv"
+}
+
+# Say which build landed: a CUDA build on a CPU machine is a multi-GB surprise worth naming.
+ns_torch_report() {
+  local build
+  build="$("$1/bin/python" -c 'import torch; print(torch.__version__, "CUDA " + torch.version.cuda if torch.version.cuda else "CPU-only")' 2>/dev/null || true)"
+  ns_log "torch ${build:-(not importable)}"
 }

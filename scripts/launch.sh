@@ -41,7 +41,7 @@ if [ ${#extra[@]} -eq 0 ]; then
   extra=(--prompt "Speculative decoding makes large language models faster because")
 fi
 ns_need_python
-venv="${NEURON_SPEC_VENV:-$ns_root/.venv-launch}"
+venv="$ns_venv"  # the same environment as scripts/test.sh
 
 # --- the config, read with neuron-spec's own loader (a located error, exit 2, when it is bad) --
 reader="${PYTHON:-python3}"
@@ -61,7 +61,7 @@ host_instance="$(host_field instance)"
 host_cores="$(host_field cores)"
 
 run_reference() {
-  ns_env "$venv" "reference" torch
+  ns_env "$venv" "$ns_user_extras" torch
   if grep -q "neuron-spec/models/smollm2-135m-instruct" "$config"; then
     ns_log "demo model: SmolLM2-135M-Instruct (fetched once into ~/.cache/neuron-spec/models)"
     "$venv/bin/python" -m neuron_spec.models > /dev/null

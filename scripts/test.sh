@@ -5,8 +5,8 @@
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 cd "$ns_root"
-venv="${NEURON_SPEC_VENV:-$ns_root/.venv}"
-ns_env "$venv" "dev,reference" torch
+venv="$ns_venv"  # the same environment as scripts/launch.sh, plus the dev tools
+ns_env "$venv" "dev,$ns_user_extras" torch
 ns_log "ruff check"
 "$venv/bin/ruff" check neuron_spec tests benchmarks examples
 ns_log "ruff format --check"

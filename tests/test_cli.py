@@ -181,3 +181,52 @@ def test_module_entry_point_and_internal_errors_have_no_traceback(write_config):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = _subprocess("-m", "neuron_spec", "--debug", "validate", str(bad))
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_dry_run_uses_every_override_it_accepts(capsys):
+    code, out, _ = run(capsys, "generate", TRN1_BF16, "--dry-run", "--json")
+    default = json.loads(out)
+    code, out, err = run(
+        capsys,
+        "generate",
+        TRN1_BF16,
+        "--dry-run",
+        "--json",
+        "--draft-tokens",
+        "3",
+        "--temperature",
+        "0.9",
+    )
+    body = json.loads(out)
+    assert code == 0, err
+    assert default["target"]["speculation_window"] == 7
+    assert body["target"]["speculation_window"] == 4  # draft_tokens 3 + 1
+    assert any("enable_speculative_decoder(4" in c for c in body["calls"])
+    assert any("SampledDraftProvider" in c for c in body["calls"])  # lossless at T=0.9
+    assert not any("SampledDraftProvider" in c for c in default["calls"])
+
+
+def test_an_override_out_of_range_names_the_flag(capsys):
+    code, _, err = run(capsys, "generate", TRN1_BF16, "--dry-run", "--temperature", "500")
+    assert code == 2 and "--temperature 500" in err and "sampling.temperature" in err
+
+
+def test_dry_run_and_env_check_the_instance_they_are_given(capsys):
+    code, _, err = run(capsys, "generate", TRN1_BF16, "--dry-run", "--instance", "inf2.24xlarge")
+    assert code == 1 and "tp-exceeds-cores" in err and "before loading" in err
+    code, out, err = run(capsys, "env", TRN1_BF16, "--instance", "inf2.24xlarge")
+    assert code == 1 and "tp-exceeds-cores" in err and "export" not in out
+    code, out, _ = run(capsys, "env", TRN1_BF16, "--instance", "trn1.32xlarge")
+    assert code == 0 and "export NEURON_RT_VISIBLE_CORES=0-31" in out
+    code, _, err = run(capsys, "env", TRN1_BF16, "--backend", "reference")
+    assert code == 2 and "reference backend needs none" in err
+
+
+def test_reference_backend_on_catalog_names_is_a_preflight_error_with_the_fix(capsys):
+    code, out, _ = run(capsys, "validate", TRN1_BF16, "--backend", "reference", "--json")
+    body = json.loads(out)
+    assert code == 1
+    errs = {f["path"]: f for f in body["findings"] if f["severity"] == "error"}
+    assert set(errs) == {"target.model", "draft.model"}
+    assert errs["target.model"]["code"] == "checkpoint-catalog"
+    assert "configs/demo-cpu.yaml" in errs["target.model"]["fix"]

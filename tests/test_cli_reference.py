@@ -77,8 +77,12 @@ def test_bench_json(tiny_pair_config, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["prompts"] == 2
+    assert report["prompts"] == 2 and report["repeat"] == 3
     assert [r["draft_tokens"] for r in report["speculative"]] == [1, 3]
+    for row in [report["baseline"], *report["speculative"]]:
+        assert row["runs"] == 3
+        assert row["tokens_per_s_min"] <= row["tokens_per_s"] <= row["tokens_per_s_max"]
+        assert row["spread_pct"] >= 0
     for row in report["speculative"]:
         assert row["outputs_match_target"] is True  # greedy: identical to target-only
         assert row["speedup"] > 0 and row["c"] is not None and row["predicted_speedup"] > 0
@@ -102,3 +106,34 @@ def test_neuronx_without_the_library_says_how_to_get_it(tmp_path):
     assert proc.returncode == 2
     assert "transformers-neuronx is not installed" in proc.stderr
     assert "Deep Learning AMI" in proc.stderr and "Traceback" not in proc.stderr
+
+
+LONG_PROMPT = " ".join(f"w{i}" for i in range(600))  # more tokens than n_positions=512
+
+
+def test_generate_and_bench_refuse_a_prompt_past_n_positions(tiny_pair_config, tmp_path):
+    proc = cli("generate", str(tiny_pair_config), "--prompt", LONG_PROMPT)
+    assert proc.returncode == 2, proc.stderr
+    assert "n_positions=512" in proc.stderr and "Traceback" not in proc.stderr
+    prompts = tmp_path / "long.txt"
+    prompts.write_text(f"w1 w2\n{LONG_PROMPT}\n")
+    proc = cli("bench", str(tiny_pair_config), "--prompts", str(prompts), "--draft-tokens", "2")
+    assert proc.returncode == 2, proc.stderr
+    assert "n_positions=512" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generate_says_the_preflight_warnings_once_and_quiet_hides_them(tiny_pair_config):
+    args = ("generate", str(tiny_pair_config), "--prompt", "w1 w2", "--max-new-tokens", "2")
+    # greedy acceptor with a temperature from the command line: the preflight sees the flag
+    loud = cli(*args, "--temperature", "0.9")
+    assert loud.returncode == 0, loud.stderr
+    warned = [line for line in loud.stderr.splitlines() if line.startswith("warning ")]
+    assert sorted(w.split()[1] for w in warned) == [
+        "acceptor-ignores-sampling",
+        "checkpoint-not-lazy",
+        "draft-not-smaller",  # the tiny pair is two same-size models
+    ]
+    assert "temperature=0.9 is ignored" in loud.stderr
+    quiet = cli(*args, "--temperature", "0.9", "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning " not in quiet.stderr and quiet.stdout.startswith("w1 w2")

@@ -33,7 +33,8 @@ def test_unregistered_codes_are_refused():
 def test_configuration_reference_is_current():
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    assert text[start:end] == reference(), "regenerate: python -m neuron_spec.docgen"
+    fix = "regenerate: python -m neuron_spec.docgen docs/configuration.md"
+    assert text[start:end] == reference(), fix
 
 
 def test_reference_lists_every_field():

@@ -139,6 +139,37 @@ def test_sequence_and_window_fit():
     assert codes(tight)["window-overflow"] == "info"  # handled: the last tokens one at a time
 
 
+AWS_RECIPE = """\
+instance: trn1.32xlarge
+target: {{model: llama-2-70b, amp: bf16, tp_degree: 32, n_positions: {n}, batch_size: 1}}
+draft: {{model: llama-2-7b, amp: bf16, tp_degree: 32, n_positions: {n}, batch_size: 1}}
+generation: {{max_new_tokens: {new}}}
+"""
+
+
+@pytest.mark.parametrize(("n", "new"), [(128, 50), (256, 40)])
+def test_aws_recipe_lengths_validate_with_no_prompt_key(n, new):
+    from neuron_spec.preflight import prompt_budget
+
+    cfg = load_config_text(AWS_RECIPE.format(n=n, new=new))
+    report = preflight(cfg.spec, host("trn1.32xlarge"))
+    assert report.ok, [f.message for f in report.errors]
+    assert prompt_budget(cfg.spec) == n - new - cfg.spec.speculation.window
+
+
+def test_default_prompt_budget_errs_only_when_no_prompt_fits():
+    full = load_config_text(AWS_RECIPE.format(n=128, new=128))
+    errs = preflight(full.spec, host("trn1.32xlarge")).errors
+    assert [(f.code, f.path) for f in errs] == [
+        ("sequence-too-long", "generation.max_new_tokens"),
+        ("sequence-too-long", "generation.max_new_tokens"),
+    ]
+    assert "no room for a prompt" in errs[0].message and "n_positions=128" in errs[0].message
+    # one token of prompt fits: no error, the window just cannot reach the end
+    found = codes(AWS_RECIPE.format(n=128, new=127))
+    assert "sequence-too-long" not in found and found["window-overflow"] == "info"
+
+
 def test_vocab_mismatch():
     found = codes(edit("model: llama-2-7b,", "model: llama-3-8b,"))
     assert found["vocab-mismatch"] == "error"
