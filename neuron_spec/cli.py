@@ -1,17 +1,20 @@
 """The `neuron-spec` command: thin subcommands over library calls.
 
-Exit codes: 0 ok, 1 preflight or generation failed, 2 usage or config error.
-User errors never show a traceback unless --debug is given.
+Exit codes (docs/exit-codes.md): 0 ok; 1 the checks found errors, or the work failed;
+2 the command cannot run as given (usage, config, input, or something on this machine to
+change first); 70 internal error (a bug); 130 interrupted. User errors never show a traceback
+unless --debug is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import term
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
     from .preflight import Report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: distinct from every error neuron-spec reports
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -556,13 +561,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from . import deploy as dp
 
-    def say(msg: str) -> None:
-        sys.stderr.write(f"[deploy] {msg}\n")
-
     if args.deploy_command is None:
         raise UsageError("deploy needs an action: sagemaker or delete")
     if args.deploy_command == "delete":
-        reqs = dp.delete(args.name, args.region, say, dry_run=args.dry_run)
+        reqs = dp.delete(args.name, args.region, _deploy_say, dry_run=args.dry_run)
         if args.json:
             print(json.dumps([{"operation": r.operation, "params": r.params} for r in reqs]))
         elif args.dry_run:
@@ -589,31 +591,78 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if neuron_instance and _preflight_or_stop(cfg, catalog_name, args.json, local=False) is None:
         return EXIT_FAILED
     if args.dry_run:
-        reqs = dp.dry_run(cfg, opts)
-        if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "service": r.service,
-                            "operation": r.operation,
-                            "params": {k: v for k, v in r.params.items() if k != "Body"},
-                        }
-                        for r in reqs
-                    ],
-                    indent=2,
-                )
-            )
-        else:
-            print("\n".join(r.render() for r in reqs))
-        return EXIT_OK
-    result = dp.deploy(cfg, opts, say, with_dependencies=not args.no_dependency_wheels)
+        return _deploy_dry_run(dp.plan_deploy(cfg, opts, exists=False), args.json)
+    with _transfer_progress() as on_bytes:
+        result = dp.deploy(
+            cfg,
+            opts,
+            _deploy_say,
+            with_dependencies=not args.no_dependency_wheels,
+            on_bytes=on_bytes,
+        )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         verb = "updated" if result["updated"] else "created"
-        print(f"endpoint {result['endpoint']} {verb}: {result['status']}")
+        print(f"endpoint {result['endpoint']} {verb} in {result['region']}: {result['status']}")
     return EXIT_OK
+
+
+def _deploy_say(msg: str) -> None:
+    sys.stderr.write(f"[deploy] {msg}\n")
+
+
+def _deploy_dry_run(plan: Any, as_json: bool) -> int:
+    reqs = plan.requests
+    if as_json:
+        body = [
+            {
+                "service": r.service,
+                "operation": r.operation,
+                "params": {k: v for k, v in r.params.items() if k != "Body"},
+            }
+            for r in reqs
+        ]
+        print(json.dumps(body, indent=2))
+        return EXIT_OK
+    print(f"# region {plan.region} (from {plan.region_source}); image {plan.image}")
+    for c in plan.checkpoints:
+        print(f"# upload {c.local}: {len(c.files)} file(s), {c.total_bytes / 1e9:.2f} GB")
+    print("\n".join(r.render() for r in reqs))
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _transfer_progress() -> Iterator[Callable[[int, int], None]]:
+    """A byte progress bar on a terminal; elsewhere a line at every tenth of the way."""
+    if not term.console(stderr=True).is_terminal:
+        seen = {"done": 0, "tenth": 0}
+
+        def line(n: int, total: int) -> None:
+            seen["done"] += n
+            tenth = seen["done"] * 10 // max(total, 1)
+            if tenth > seen["tenth"]:
+                seen["tenth"] = tenth
+                _deploy_say(f"checkpoints {seen['done'] / 1e9:.2f} of {total / 1e9:.2f} GB")
+
+        yield line
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=term.console(stderr=True), transient=True) as bar:
+        task = bar.add_task("checkpoints", total=None)
+
+        def update(n: int, total: int) -> None:
+            bar.update(task, total=total, advance=n)
+
+        yield update
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -797,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:
@@ -807,7 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"internal error: {type(exc).__name__}: {exc}\n"
             "This is a bug in neuron-spec; rerun with --debug for the traceback.\n"
         )
-        return EXIT_FAILED
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ examples:
   neuron-spec serve configs/demo-cpu.yaml --port 8080
   neuron-spec schema > neuron-spec.schema.json
 
-exit codes: 0 ok, 1 preflight errors, 2 usage or config error.
+exit codes: 0 ok; 1 the checks found errors (nothing was loaded), or the work failed;
+  2 the command cannot run as given (usage, config, input, or this machine: port in use,
+  no AWS region, a missing extra); 70 internal error (a bug: please report it);
+  130 interrupted. docs/exit-codes.md has the full table.
 docs: docs/configuration.md (every field), docs/findings/ (every finding code),
       docs/neuron.md (inf2/trn1 step by step), docs/deploy.md (serving and SageMaker).
 """
@@ -232,7 +235,7 @@ def _deploy(sub: Sub) -> None:
     _deploy_sagemaker(dsub)
     dd = dsub.add_parser("delete", help="delete an endpoint, its configuration and its model")
     dd.add_argument("name", metavar="NAME")
-    dd.add_argument("--region", metavar="R")
+    dd.add_argument("--region", metavar="R", help="AWS region (default: as for sagemaker)")
     dd.add_argument("--dry-run", action="store_true", help="print the requests; send none")
     dd.add_argument("--json", action="store_true")
     _hidden_debug(dd)
@@ -259,11 +262,16 @@ def _deploy_sagemaker(dsub: Sub) -> None:
     ds.add_argument(
         "--endpoint-name", metavar="NAME", help="default: neuron-spec-<config file name>"
     )
-    ds.add_argument("--region", metavar="R", help="AWS region (default: boto3's)")
+    ds.add_argument(
+        "--region",
+        metavar="R",
+        help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, or the AWS profile's region)",
+    )
     ds.add_argument(
         "--image-uri",
         metavar="URI",
-        help="inference container (default: AWS's PyTorch Neuron inference DLC)",
+        help="inference container (default: AWS's PyTorch Neuron inference container in the "
+        "region; docs/deploy.md lists the regions that have one)",
     )
     ds.add_argument("--wait-timeout", type=positive_int, default=3600, metavar="S")
     ds.add_argument(

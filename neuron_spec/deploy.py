@@ -1,9 +1,11 @@
 """SageMaker real-time endpoints through boto3.
 
-deploy: validate the inputs (before any request) -> package model.tar.gz (the config, the
-inference entry point, neuron-spec and its dependencies as wheels) -> upload it to S3 ->
-create the model and the endpoint configuration -> create the endpoint, or update it when it
-exists -> wait until InService (or report why it failed).
+deploy: validate the inputs (before any request) -> resolve the region (--region, the
+environment, the AWS profile) and AWS's Neuron container there -> upload local checkpoint
+directories (upload.py: multipart, parallel, resumable, unchanged files skipped) -> package
+model.tar.gz (the config with those checkpoints as s3:// URLs, the inference entry point,
+neuron-spec and its dependencies as wheels) -> upload it -> create the model and the endpoint
+configuration -> create the endpoint, or update it when it exists -> wait until InService.
 delete: remove the endpoint, its endpoint configuration and its model.
 
 Every API request is first built as data (`Request`), so `--dry-run` prints exactly what would
@@ -25,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .awsregion import neuron_image, resolve_region
 from .config import ConfigFile
 from .errors import NeuronSpecError, UsageError
+from .upload import PART_BYTES, WORKERS, Checkpoint, Uploader, local_checkpoints
 
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 BUCKET_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
@@ -38,11 +42,6 @@ NEURON_INSTANCE_TYPES = (
     "ml.inf2.48xlarge",
     "ml.trn1.2xlarge",
     "ml.trn1.32xlarge",
-)
-# AWS Deep Learning Container for PyTorch inference on Neuron (transformers-neuronx inside).
-DEFAULT_IMAGE = (
-    "763104351884.dkr.ecr.{region}.amazonaws.com/"
-    "pytorch-inference-neuronx:2.1.2-neuronx-py310-sdk2.20.2-ubuntu20.04"
 )
 # Compilation of a 70B pair takes tens of minutes: the container must be given that long.
 STARTUP_TIMEOUT_S = 3600
@@ -80,6 +79,8 @@ class DeployOptions:
     image_uri: str | None = None
     wait_timeout_s: float = 3600.0
     poll_s: float = 30.0
+    part_bytes: int = PART_BYTES  # multipart part size for checkpoint files
+    upload_workers: int = WORKERS
 
 
 @dataclass
@@ -90,7 +91,15 @@ class DeployPlan:
     s3_bucket: str
     s3_key: str
     image: str
+    region: str = ""
+    region_source: str = ""
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    rewrite: dict[str, str] = field(default_factory=dict)  # role -> s3:// URI of its upload
     requests: list[Request] = field(default_factory=list)
+
+    @property
+    def sagemaker_requests(self) -> list[Request]:
+        return [r for r in self.requests if r.service == "sagemaker"]
 
 
 def validate(cfg: ConfigFile, opts: DeployOptions) -> list[str]:
@@ -120,12 +129,24 @@ def validate(cfg: ConfigFile, opts: DeployOptions) -> list[str]:
     name = opts.endpoint_name or default_endpoint_name(cfg)
     if not ENDPOINT_NAME.match(name):
         problems.append(f"--endpoint-name {name!r}: letters, digits and hyphens, at most 63")
-    for role, m_ in cfg.spec.models():
-        if not m_.model.startswith("s3://"):
+    problems += _checkpoint_problems(cfg)
+    return problems
+
+
+def _checkpoint_problems(cfg: ConfigFile) -> list[str]:
+    """An endpoint needs weights: s3:// URLs, or local checkpoints deploy uploads."""
+    from .checkpoint import resolve_model
+
+    problems = []
+    for role, m in cfg.spec.models():
+        r = resolve_model(m.model, cfg.base_dir, m.architecture)
+        if r.kind == "catalog":
             problems.append(
-                f"{role}.model is {m_.model!r}: an endpoint downloads its "
-                "checkpoints, so give them as s3:// URLs"
+                f"{role}.model is the catalog name {m.model!r}: an endpoint needs weights; "
+                "set it to a local checkpoint directory (deploy uploads it) or an s3:// URL"
             )
+        elif r.problem:
+            problems.append(f"{role}.model cannot be uploaded: {r.problem}")
     return problems
 
 
@@ -140,18 +161,46 @@ def plan_deploy(
     problems = validate(cfg, opts)
     if problems:
         raise UsageError("cannot deploy:\n  " + "\n  ".join(problems))
-    region = opts.region or "us-east-1"
+    region, region_source = resolve_region(opts.region)
     endpoint = opts.endpoint_name or default_endpoint_name(cfg)
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
     m = BUCKET_URI.match(opts.bucket)
     assert m is not None  # validated above
     prefix = (m.group("prefix") or "").strip("/")
-    key = f"{prefix + '/' if prefix else ''}{endpoint}/{stamp}/model.tar.gz"
-    image = opts.image_uri or DEFAULT_IMAGE.format(region=region)
+    prefix = prefix + "/" if prefix else ""
+    key = f"{prefix}{endpoint}/{stamp}/model.tar.gz"
+    image = opts.image_uri or neuron_image(region)
     model_name = f"{endpoint}-{stamp}"[:63]
     config_name = f"{endpoint}-{stamp}"[:63]
     plan = DeployPlan(endpoint, model_name, config_name, m.group("bucket"), key, image)
+    plan.region, plan.region_source = region, region_source
+    plan.checkpoints, plan.rewrite = local_checkpoints(cfg, plan.s3_bucket, prefix)
     plan.requests = [
+        *(_upload_request(c, opts) for c in plan.checkpoints),
+        *_requests(plan, opts, exists),
+    ]
+    return plan
+
+
+def _upload_request(c: Checkpoint, opts: DeployOptions) -> Request:
+    return Request(
+        "s3",
+        "upload_checkpoint",
+        {
+            "Source": str(c.local),
+            "Destination": f"s3://{c.bucket}/{c.prefix}",
+            "Files": len(c.files),
+            "Bytes": c.total_bytes,
+        },
+        f"multipart ({opts.part_bytes // 2**20} MiB parts, {opts.upload_workers} in parallel), "
+        "resumable; files already there with the same SHA-256 are skipped",
+    )
+
+
+def _requests(plan: DeployPlan, opts: DeployOptions, exists: bool) -> list[Request]:
+    endpoint, key, image = plan.endpoint, plan.s3_key, plan.image
+    model_name, config_name = plan.model_name, plan.config_name
+    return [
         Request(
             "s3",
             "put_object",
@@ -201,7 +250,6 @@ def plan_deploy(
             "the endpoint exists: switch it to the new configuration" if exists else "",
         ),
     ]
-    return plan
 
 
 # --- packaging ---------------------------------------------------------------------------------
@@ -257,21 +305,45 @@ def build_wheels(dest: Path, with_dependencies: bool = True) -> list[Path]:
     return sorted(dest.glob("*.whl"))
 
 
-def package(cfg: ConfigFile, out: Path, with_dependencies: bool = True) -> Path:
-    """Write model.tar.gz: code/inference.py, code/neuron-spec.yaml, code/wheels/*.whl."""
+def package(
+    cfg: ConfigFile,
+    out: Path,
+    with_dependencies: bool = True,
+    rewrite: dict[str, str] | None = None,
+) -> Path:
+    """Write model.tar.gz: code/inference.py, code/neuron-spec.yaml, code/wheels/*.whl.
+    `rewrite` (role -> s3:// URI) replaces uploaded local checkpoints in the shipped config."""
     if cfg.path is None:
         raise DeployError("packaging needs the config file on disk")
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "code"
         code.mkdir()
         shutil.copy(Path(__file__).with_name("sagemaker_entry.py"), code / "inference.py")
-        shutil.copy(cfg.path, code / "neuron-spec.yaml")
+        _ship_config(cfg.path, code / "neuron-spec.yaml", rewrite or {})
         build_wheels(code / "wheels", with_dependencies)
         part = out.with_name(out.name + ".part")
         with tarfile.open(part, "w:gz") as tar:
             tar.add(code, arcname="code")
         part.replace(out)  # never a half-written archive under the final name
     return out
+
+
+def _ship_config(source: Path, dest: Path, rewrite: dict[str, str]) -> None:
+    """The config as written, or with each uploaded role's model (and a tokenizer that pointed
+    at the same local place) replaced by its s3:// URI."""
+    if not rewrite:
+        shutil.copy(source, dest)
+        return
+    import yaml
+
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    for role, uri in rewrite.items():
+        section = data[role]
+        if section.get("tokenizer") in (None, section.get("model")):
+            section.pop("tokenizer", None)
+        section["model"] = uri
+    text = "# shipped by neuron-spec deploy: local checkpoints replaced by their uploads\n"
+    dest.write_text(text + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
 # --- execution ---------------------------------------------------------------------------------
@@ -327,18 +399,24 @@ def deploy(
     progress: Callable[[str], None] = lambda _msg: None,
     with_dependencies: bool = True,
     clients: tuple[Any, Any] | None = None,
+    on_bytes: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
+    """Deploy CONFIG; `on_bytes(n, total)` follows the checkpoint upload."""
     problems = validate(cfg, opts)  # before any request, even the existence check
     if problems:
         raise UsageError("cannot deploy:\n  " + "\n  ".join(problems))
-    s3, sm = clients or _clients(opts.region)
+    plan = plan_deploy(cfg, opts, exists=False)  # region and image: a usage error, nothing sent
+    s3, sm = clients or _clients(plan.region)
     created: list[Request] = []  # what to delete again if the deploy fails before the switch
+    uploads: dict[str, Any] = {}
     try:
-        exists = endpoint_exists(sm, opts.endpoint_name or default_endpoint_name(cfg))
+        exists = endpoint_exists(sm, plan.endpoint)
         plan = plan_deploy(cfg, opts, exists)
+        if plan.checkpoints:
+            uploads = _upload_checkpoints(s3, plan, opts, progress, on_bytes)
         with tempfile.TemporaryDirectory() as tmp:
             progress("packaging model.tar.gz (config, entry point, wheels)")
-            archive = package(cfg, Path(tmp) / "model.tar.gz", with_dependencies)
+            archive = package(cfg, Path(tmp) / "model.tar.gz", with_dependencies, plan.rewrite)
             progress(f"uploading to s3://{plan.s3_bucket}/{plan.s3_key}")
             s3.upload_file(str(archive), plan.s3_bucket, plan.s3_key)
         _create(sm, plan, created, progress)
@@ -359,7 +437,39 @@ def deploy(
         "model_data": f"s3://{plan.s3_bucket}/{plan.s3_key}",
         "status": status,
         "updated": exists,
+        "region": plan.region,
+        "image": plan.image,
+        "checkpoints": {role: uri for role, uri in plan.rewrite.items()},
+        "upload": uploads,
     }
+
+
+def _upload_checkpoints(
+    s3: Any,
+    plan: DeployPlan,
+    opts: DeployOptions,
+    progress: Callable[[str], None],
+    on_bytes: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    total = sum(c.total_bytes for c in plan.checkpoints)
+    for c in plan.checkpoints:
+        progress(
+            f"checkpoint {c.local} -> s3://{c.bucket}/{c.prefix} "
+            f"({len(c.files)} files, {c.total_bytes / 1e9:.2f} GB)"
+        )
+    uploader = Uploader(
+        s3,
+        on_bytes=(lambda n: on_bytes(n, total)) if on_bytes else (lambda _n: None),
+        say=progress,
+        part_bytes=opts.part_bytes,
+        workers=opts.upload_workers,
+    )
+    report = uploader.upload(plan.checkpoints)
+    progress(
+        f"checkpoints: {len(report.uploaded)} file(s) sent ({report.bytes_sent / 1e9:.2f} GB), "
+        f"{len(report.skipped)} already there unchanged"
+    )
+    return report.to_dict()
 
 
 def _create(
@@ -375,7 +485,7 @@ def _create(
             "sagemaker", "delete_endpoint_config", {"EndpointConfigName": p["EndpointConfigName"]}
         ),
     }
-    for req in plan.requests[1:]:
+    for req in plan.sagemaker_requests:
         p = req.params
         name = p.get("ModelName") or p.get("EndpointConfigName") or p.get("EndpointName")
         progress(f"{req.operation} {name}")
@@ -435,7 +545,9 @@ def delete(
     endpoint configuration an earlier failed deploy of this endpoint left behind."""
     if not ENDPOINT_NAME.match(name):
         raise UsageError(f"{name!r} is not an endpoint name")
-    _, sm = clients or _clients(region)
+    if dry_run:
+        return delete_plan(name)  # sends nothing: not even the lookups
+    _, sm = clients or _clients(resolve_region(region)[0])
     try:
         requests = _endpoint_requests(sm, name) + _orphan_requests(sm, name)
         if not requests:
@@ -448,6 +560,39 @@ def delete(
         return unique
     except _aws_errors() as exc:
         raise DeployError(f"cannot delete {name}: AWS {_aws_message(exc)}") from None
+
+
+def delete_plan(name: str) -> list[Request]:
+    """What `deploy delete NAME` does, as requests with placeholders for what only AWS knows."""
+    stamped = f"{name}-YYYYmmdd-HHMMSS"
+    return [
+        Request("sagemaker", "describe_endpoint", {"EndpointName": name}, "finds its config"),
+        Request(
+            "sagemaker",
+            "describe_endpoint_config",
+            {"EndpointConfigName": "<the endpoint's configuration>"},
+            "finds its models",
+        ),
+        Request("sagemaker", "delete_endpoint", {"EndpointName": name}),
+        Request(
+            "sagemaker",
+            "delete_endpoint_config",
+            {"EndpointConfigName": "<the endpoint's configuration>"},
+        ),
+        Request("sagemaker", "delete_model", {"ModelName": "<each model it names>"}),
+        Request(
+            "sagemaker",
+            "list_endpoint_configs",
+            {"NameContains": name},
+            f"then delete_endpoint_config for each {stamped} no endpoint uses",
+        ),
+        Request(
+            "sagemaker",
+            "list_models",
+            {"NameContains": name},
+            f"then delete_model for each {stamped} no endpoint uses",
+        ),
+    ]
 
 
 def _endpoint_requests(sm: Any, name: str) -> list[Request]:
@@ -498,3 +643,11 @@ def dry_run(cfg: ConfigFile, opts: DeployOptions) -> list[Request]:
 def tar_members(archive: bytes) -> list[str]:
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         return tar.getnames()
+
+
+def tar_text(archive: bytes, member: str) -> str:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        f = tar.extractfile(member)
+        if f is None:
+            raise KeyError(member)
+        return f.read().decode("utf-8")

@@ -53,18 +53,28 @@ def _download(uri: str, dest: Path) -> Path:
     return download_prefix(uri, dest, warn=lambda m: print(f"neuron-spec: {m}", flush=True))
 
 
+def _fetch(uri: str, dest: Path) -> str:
+    """A prefix becomes a directory; a URI naming a .gguf file is fetched with its prefix and
+    the local file is returned."""
+    if uri.lower().endswith(".gguf"):
+        prefix, _, name = uri.rpartition("/")
+        return str(_download(prefix + "/", dest) / name)
+    return str(_download(uri, dest))
+
+
 def _localize(config_path: Path) -> Path:
     """Rewrite s3:// model locations to downloaded local directories."""
     import yaml
 
     data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    changed = False
+    local: dict[str, str] = {}  # one download per URI, even when both roles share it
     for role in ("target", "draft"):
         model = data.get(role, {}).get("model", "")
         if isinstance(model, str) and model.startswith("s3://"):
-            data[role]["model"] = str(_download(model, LOCAL_MODELS / role))
-            changed = True
-    if not changed:
+            if model not in local:
+                local[model] = _fetch(model, LOCAL_MODELS / role)
+            data[role]["model"] = local[model]
+    if not local:
         return config_path
     out = LOCAL_MODELS / CONFIG_NAME
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .backends import backend_warnings
 from .config import ConfigFile
 from .engine import GenerationCancelled
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, UsageError
 
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
@@ -530,6 +532,36 @@ def build_app(state: ServerState, loader: Any) -> Any:
     )
 
 
+class PortUnavailable(UsageError):
+    """The address cannot be bound: in use, not an address of this host, or privileged."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (IPv4 or IPv6), or PortUnavailable saying why."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise PortUnavailable(f"--host {host}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        why = {
+            errno.EADDRINUSE: "is in use (another server, or an earlier neuron-spec serve)",
+            errno.EACCES: "needs privileges (ports below 1024)",
+            errno.EADDRNOTAVAIL: "is not an address of this machine",
+        }.get(exc.errno or 0, f"cannot be bound ({exc.strerror})")
+        raise PortUnavailable(
+            f"{host}:{port} {why}. Fix: pick another with --port (and --host), or stop "
+            "what holds it."
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(
     cfg: ConfigFile, host: str, port: int, queue_size: int = 16, drain_timeout_s: float = 30.0
 ) -> int:
@@ -543,6 +575,7 @@ def serve(
         ) from None
     from .backends import load_generator
 
+    sock = listen(host, port)  # before anything loads: a busy port is a clear exit 2 at once
     state = ServerState(cfg, queue_size)
     app = build_app(state, load_generator)
 
@@ -576,7 +609,7 @@ def serve(
         server.should_exit = True
 
     state.on_fatal = fatal
-    server.run()
+    server.run(sockets=[sock])
     state.stop_worker(timeout_s=60)
     if state.load_error:
         sys.stderr.write(f"error: loading the models failed: {state.load_error}\n")

@@ -84,14 +84,17 @@ def test_invalid_input_fails_before_any_request(aws, s3_config, field, value, wo
     assert sent == []
 
 
-def test_local_checkpoint_paths_are_refused(aws, tmp_path):
+def test_missing_checkpoints_and_catalog_names_are_refused_before_any_request(aws, tmp_path):
     cfg = tmp_path / "local.yaml"
     cfg.write_text(
         "backend: neuronx\ntarget: {model: /opt/models/a, tp_degree: 24}\n"
-        "draft: {model: /opt/models/b, tp_degree: 24}\n"
+        "draft: {model: llama-2-7b, tp_degree: 24}\n"
     )
-    with pytest.raises(UsageError, match="s3:// URLs"):
+    with pytest.raises(UsageError) as exc:
         dp.deploy(load_config(cfg), opts(), lambda _m: None, clients=aws[:2])
+    assert "target.model cannot be uploaded" in str(exc.value)
+    assert "/opt/models/a does not exist" in str(exc.value)
+    assert "draft.model is the catalog name 'llama-2-7b'" in str(exc.value)
     assert aws[2] == []
 
 
