@@ -1,8 +1,12 @@
-"""`neuron-spec serve`: an OpenAI-compatible completions server (Starlette + uvicorn).
+"""`neuron-spec serve`: an OpenAI-compatible server (Starlette + uvicorn).
 
 - POST /v1/completions: prompt (string or list), max_tokens, temperature, top_p, stop, seed,
   stream (server-sent events ending in `data: [DONE]`); `usage` in every response and the
   request's speculation figures under `speculation`.
+- POST /v1/chat/completions: messages rendered with the tokenizer's chat template, the same
+  settings (max_completion_tokens too), plain or streamed as chat.completion.chunk events.
+- GET /v1/models: the one model served. The request schemas (openai_api.py) accept the
+  standard fields clients send with neutral values and refuse other values with a 400.
 - GET /health: 503 while the models load, 200 once ready.
 - GET /metrics: Prometheus text format.
 
@@ -26,87 +30,34 @@ import signal
 import socket
 import sys
 import threading
-import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from .backends import backend_warnings
 from .config import ConfigFile
 from .engine import GenerationCancelled
 from .errors import BackendUnavailableError, UsageError
+from .openai_api import (
+    ChatRequest,
+    CompletionRequest,
+    chunk,
+    error_body,
+    full_body,
+    models_body,
+    new_id,
+    now,
+    usage_chunk,
+)
 
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
 
-MAX_PROMPTS = 16
-MAX_STOPS = 4
 MAX_BODY_BYTES = 1 << 20
-MIN_TEMPERATURE = 1e-4
 STEP_POLL_S = 0.05
 CANCEL_MARGIN_S = 60  # how often a waiting handler checks that its client is still there
-
-
-def _has_surrogate(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
-
-
-class CompletionRequest(BaseModel):
-    """The subset of OpenAI's /v1/completions that neuron-spec serves."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)
-    user: str | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, v: str | list[str]) -> str | list[str]:
-        items = [v] if isinstance(v, str) else v
-        if not items or len(items) > MAX_PROMPTS:
-            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
-        if any(not p for p in items):
-            raise ValueError("prompts must not be empty")
-        if any(_has_surrogate(p) for p in items):
-            raise ValueError("prompts must be valid Unicode (a lone surrogate is not)")
-        return v
-
-    @field_validator("temperature")
-    @classmethod
-    def _temperature(cls, v: float | None) -> float | None:
-        if v is not None and 0 < v < MIN_TEMPERATURE:
-            raise ValueError(
-                f"must be 0 (greedy) or at least {MIN_TEMPERATURE}: smaller values overflow "
-                "the scaled logits"
-            )
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
-        items = [v] if isinstance(v, str) else (v or [])
-        if len(items) > MAX_STOPS or any(not s for s in items):
-            raise ValueError(f"give up to {MAX_STOPS} non-empty stop strings")
-        if any(_has_surrogate(x) for x in items):
-            raise ValueError("stop strings must be valid Unicode (a lone surrogate is not)")
-        return v
-
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 def _error(
@@ -114,20 +65,30 @@ def _error(
 ) -> JSONResponse:
     from starlette.responses import JSONResponse
 
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(error_body(message, kind, param), status_code=status)
+
+
+Request = CompletionRequest | ChatRequest
 
 
 @dataclass
 class Job:
-    request: CompletionRequest
+    request: Request
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[tuple[str, Any]]
     ids: list[list[int]]  # each prompt's tokens, checked against n_positions
     max_new: int
+    prompts: list[str]  # the texts behind ids (a chat is its rendered template)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
-    created: int = field(default_factory=lambda: int(time.time()))
+    id: str = ""
+    created: int = field(default_factory=now)
+
+    def __post_init__(self) -> None:
+        self.id = self.id or new_id(self.chat)
+
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.request, ChatRequest)
 
     def push(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
@@ -199,6 +160,7 @@ class ServerState:
         self.running: Job | None = None
         self.on_fatal: Any = None  # called when loading fails: the server exits
         self.model_name = cfg.spec.target.model.rstrip("/").split("/")[-1]
+        self.started = now()
         self._worker = threading.Thread(target=self._work, name="neuron-spec-worker", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -252,28 +214,46 @@ class ServerState:
         if self._worker.is_alive():
             self._worker.join(timeout_s)
 
-    def plan(self, req: CompletionRequest) -> tuple[list[list[int]], int]:
-        """Each prompt's tokens and the new tokens to generate; RequestTooLong when they
-        cannot fit n_positions. max_tokens defaults to what fits (at most the config's)."""
+    def prompts(self, req: Request) -> tuple[list[str], list[list[int]]]:
+        """The request's prompt texts and tokens; a chat goes through the tokenizer's chat
+        template (ValueError when the tokenizer has none)."""
+        gen = self.generator
+        if isinstance(req, CompletionRequest):
+            texts = req.prompts()
+            return texts, gen.encode(texts)
+        tok = gen.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(
+                "this model's tokenizer has no chat template; send the prompt to "
+                "/v1/completions instead"
+            )
+        text = tok.apply_chat_template(
+            req.template_messages(), tokenize=False, add_generation_prompt=True
+        )
+        return [text], [list(tok(text, add_special_tokens=False).input_ids)]
+
+    def plan(self, req: Request, ids: list[list[int]]) -> int:
+        """The new tokens to generate; RequestTooLong when prompt and max_tokens cannot fit
+        n_positions. max_tokens defaults to what fits (at most the config's)."""
         from .generate import RequestTooLong
 
         gen = self.generator
-        ids = gen.encode(req.prompts())
-        limit = gen.n_positions
+        limit: int = gen.n_positions
         longest = max(len(i) for i in ids)
         room = limit - longest
         if room < 1:
             raise RequestTooLong(
                 f"the prompt is {longest} tokens; n_positions={limit} leaves no room to generate"
             )
-        if req.max_tokens is None:
-            return ids, min(self.cfg.spec.generation.max_new_tokens, room)
-        if req.max_tokens > room:
+        wanted = req.new_tokens
+        if wanted is None:
+            return min(self.cfg.spec.generation.max_new_tokens, room)
+        if wanted > room:
             raise RequestTooLong(
-                f"the prompt ({longest} tokens) + max_tokens ({req.max_tokens}) exceeds "
+                f"the prompt ({longest} tokens) + max_tokens ({wanted}) exceeds "
                 f"n_positions={limit}: at most {room} new tokens fit"
             )
-        return ids, req.max_tokens
+        return wanted
 
     # --- work ------------------------------------------------------------------------------
 
@@ -314,7 +294,7 @@ class ServerState:
         choices = []
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0}
-        for index, prompt in enumerate(req.prompts()):
+        for index, prompt in enumerate(job.prompts):
             on_text = None
             if req.stream:
 
@@ -351,16 +331,6 @@ class ServerState:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         spec["acceptance_rate"] = spec["accepted"] / spec["drafted"] if spec["drafted"] else None
         return {"choices": choices, "usage": usage, "speculation": spec}
-
-
-def _body(job: Job, model: str, result: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "object": "text_completion",
-        "created": job.created,
-        "model": model,
-        **result,
-    }
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -402,7 +372,12 @@ class _Handlers:
         registry = self.state.metrics.registry
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def parse(self, request: Any) -> CompletionRequest | JSONResponse:
+    async def models(self, _request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(models_body(self.state.model_name, self.state.started))
+
+    async def parse(self, request: Any, schema: type[Request]) -> Request | JSONResponse:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             return self.reject(413, f"the body is over {MAX_BODY_BYTES} bytes")
@@ -413,7 +388,7 @@ class _Handlers:
         except (ValueError, UnicodeDecodeError) as exc:
             return self.reject(400, f"the body is not valid JSON: {str(exc)[:200]}")
         try:
-            return CompletionRequest.model_validate(payload)
+            body = schema.model_validate(payload)
         except (ValidationError, RecursionError) as exc:
             if isinstance(exc, RecursionError):
                 return self.reject(400, "the body is nested too deeply")
@@ -424,25 +399,39 @@ class _Handlers:
             got = repr(first.get("input"))
             got = got if len(got) <= 80 else got[:79] + "…"
             return self.reject(400, f"{param}: {first['msg']} (got {got})", param)
+        refused = body.unsupported()
+        if refused is not None:
+            return self.reject(400, refused[1], refused[0])
+        return body
 
     async def completions(self, request: Any) -> Any:
+        return await self.answer(request, CompletionRequest)
+
+    async def chat_completions(self, request: Any) -> Any:
+        return await self.answer(request, ChatRequest)
+
+    async def answer(self, request: Any, schema: type[Request]) -> Any:
         from starlette.responses import StreamingResponse
 
         from .generate import RequestTooLong
 
-        body = await self.parse(request)
-        if not isinstance(body, CompletionRequest):
+        body = await self.parse(request, schema)
+        if not isinstance(body, schema):
             return body
         st = self.state
         if st.shutting_down:
             return self.reject(503, "the server is shutting down")
         if not st.ready:
             return self.reject(503, "the models are still loading; poll /health")
+        where = "messages" if isinstance(body, ChatRequest) else "prompt"
         try:
-            ids, max_new = st.plan(body)
+            prompts, ids = st.prompts(body)
+            max_new = st.plan(body, ids)
         except RequestTooLong as exc:
-            return self.reject(400, str(exc), "max_tokens" if body.max_tokens else "prompt")
-        job = Job(body, asyncio.get_running_loop(), asyncio.Queue(), ids, max_new)
+            return self.reject(400, str(exc), "max_tokens" if body.new_tokens else where)
+        except ValueError as exc:
+            return self.reject(400, str(exc), where)
+        job = Job(body, asyncio.get_running_loop(), asyncio.Queue(), ids, max_new, prompts)
         if not st.submit(job):
             resp = self.reject(429, "the request queue is full; retry later")
             resp.headers["Retry-After"] = str(st.retry_after_s)
@@ -479,32 +468,38 @@ class _Handlers:
         if kind == "error":
             status, message = payload
             return _error(status, message, kind="server_error")
-        return JSONResponse(_body(job, self.state.model_name, payload))
+        model = self.state.model_name
+        return JSONResponse(full_body(job.chat, job.id, job.created, model, payload))
 
     async def stream(self, job: Job) -> AsyncIterator[str]:
-        model = self.state.model_name
+        """Server-sent events as OpenAI sends them: (chat: a role delta first,) text deltas,
+        one finishing event per choice, then usage (choices: []), then [DONE]."""
+        head = (job.chat, job.id, job.created, self.state.model_name)
         try:
+            if job.chat:
+                yield _sse(chunk(*head, 0, None))
             while True:
                 kind, payload = await job.events.get()
                 if kind == "delta":
                     index, text = payload
-                    chunk = {"text": text, "index": index, "logprobs": None, "finish_reason": None}
-                    yield _sse(_body(job, model, {"choices": [chunk]}))
+                    yield _sse(chunk(*head, index, text))
                     continue
                 if kind == "done":
                     for choice in payload["choices"]:
-                        yield _sse(_body(job, model, {"choices": [{**choice, "text": ""}]}))
-                    tail = {k: payload[k] for k in ("usage", "speculation")}
-                    yield _sse(_body(job, model, {"choices": [], **tail}))
+                        yield _sse(chunk(*head, choice["index"], "", choice["finish_reason"]))
+                    yield _sse(usage_chunk(*head, payload))
                 else:
                     status, message = payload
-                    yield _sse(
-                        {"error": {"message": message, "type": "server_error", "code": status}}
-                    )
+                    yield _sse(error_body(message, "server_error", code=status))
                 yield "data: [DONE]\n\n"
                 return
         finally:
             job.cancelled.set()  # the client went away, or we are done: free the worker
+
+    async def not_found(self, request: Any, exc: Any) -> Any:
+        status = getattr(exc, "status_code", 404)
+        what = "method not allowed on" if status == 405 else "no such route:"
+        return _error(status, f"{what} {request.method} {request.url.path}; see GET /v1/models")
 
 
 def build_app(state: ServerState, loader: Any) -> Any:
@@ -526,8 +521,11 @@ def build_app(state: ServerState, loader: Any) -> Any:
         routes=[
             Route("/health", h.health),
             Route("/metrics", h.metrics),
+            Route("/v1/models", h.models),
             Route("/v1/completions", h.completions, methods=["POST"]),
+            Route("/v1/chat/completions", h.chat_completions, methods=["POST"]),
         ],
+        exception_handlers={404: h.not_found, 405: h.not_found},
         lifespan=lifespan,
     )
 

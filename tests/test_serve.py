@@ -193,6 +193,10 @@ def test_metrics_count_the_request(server):
         ({"max_tokens": 4}, "prompt"),
         ({"prompt": PROMPT, "n": 3}, "n"),
         ({"prompt": PROMPT, "best_of": 2}, "best_of"),
+        ({"prompt": PROMPT, "echo": True}, "echo"),
+        ({"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty"),
+        ({"prompt": PROMPT, "logprobs": 2}, "logprobs"),
+        ({"prompt": PROMPT, "frobnicate": 1}, "frobnicate"),
     ],
 )
 def test_invalid_fields_get_400_naming_the_field(server, body, param):
@@ -239,6 +243,84 @@ def test_a_dropped_stream_does_not_stall_the_next_request(server):
     while server.metric('neuron_spec_requests_total{status="cancelled"}') == before:
         assert time.time() < deadline
         time.sleep(0.1)
+
+
+def test_neutral_values_of_standard_fields_are_accepted(server):
+    plain = server.complete(prompt=PROMPT, max_tokens=6, temperature=0.0).json()
+    neutral = server.complete(
+        prompt=PROMPT,
+        max_tokens=6,
+        temperature=0.0,
+        echo=False,
+        logprobs=None,
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        best_of=1,
+        logit_bias={},
+        n=1,
+        user="someone",
+        stream_options=None,
+    )
+    assert neutral.status_code == 200, neutral.text
+    assert neutral.json()["choices"][0]["text"] == plain["choices"][0]["text"]
+
+
+def test_models_and_unknown_routes_speak_openai(server):
+    models = httpx.get(server.url + "/v1/models", timeout=10).json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "smollm2-135m-instruct"
+    r = httpx.get(server.url + "/v1/engines", timeout=10)
+    assert r.status_code == 404 and "no such route" in r.json()["error"]["message"]
+    r = httpx.get(server.url + "/v1/chat/completions", timeout=10)
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_chat_completions_plain_and_streamed_with_the_openai_client(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    messages = [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    out = client.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=16, temperature=0.0
+    )
+    text = out.choices[0].message.content
+    assert out.object == "chat.completion" and out.choices[0].message.role == "assistant"
+    assert text and "<|im_start|>" not in text
+    assert "Paris" in text  # the instruct model answers through its chat template
+    assert out.usage.prompt_tokens > 20  # the template's system and role markers count
+    events = list(
+        client.chat.completions.create(
+            model="smollm2",
+            messages=messages,
+            max_tokens=16,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert events[0].choices[0].delta.role == "assistant"
+    streamed = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+    assert streamed == text
+    assert events[-1].usage.completion_tokens == out.usage.completion_tokens
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="smollm2",
+            messages=messages,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+    assert exc.value.body["param"] == "tools"
+
+
+def test_langchain_chat_model_works_unchanged(server):
+    chat_openai = pytest.importorskip("langchain_openai")
+    llm = chat_openai.ChatOpenAI(
+        base_url=server.url + "/v1", api_key="unused", model="smollm2", temperature=0, max_tokens=16
+    )
+    reply = llm.invoke("What is the capital of France? Answer in one word.")
+    assert isinstance(reply.content, str) and reply.content.strip()
+    streamed = "".join(str(c.content) for c in llm.stream("What is the capital of France?"))
+    assert streamed.strip()
 
 
 def test_openai_client(server):

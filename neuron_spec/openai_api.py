@@ -1,0 +1,292 @@
+"""The OpenAI API surface neuron-spec serves: request schemas and response shapes for
+/v1/completions and /v1/chat/completions (https://platform.openai.com/docs/api-reference).
+
+Fields clients send with neutral values (echo false, penalties 0, logprobs null or false, no
+tools, text response format, ...) are accepted, so unmodified clients and frameworks work.
+A non-neutral value of a field neuron-spec does not implement is refused with a 400 naming the
+field; an unknown field too. Nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPTS = 16
+MAX_STOPS = 4
+MAX_MESSAGES = 256
+MIN_TEMPERATURE = 1e-4
+
+# field -> the values that change nothing (the default behaviour), for fields not implemented.
+# Numbers compare by value (0 == 0.0); None is always neutral.
+NEUTRAL_COMPLETION: dict[str, tuple[Any, ...]] = {
+    "echo": (False,),
+    "logprobs": (),  # completions: how many logprobs to return; only null returns none
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "best_of": (1,),
+    "logit_bias": ({},),
+    "suffix": ("",),
+}
+NEUTRAL_CHAT: dict[str, tuple[Any, ...]] = {
+    "logprobs": (False,),  # chat: a flag
+    "top_logprobs": (0,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "logit_bias": ({},),
+    "response_format": ({"type": "text"},),
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),  # with no tools, both mean: answer in text
+    "functions": ([],),
+    "function_call": ("none", "auto"),
+    "modalities": (["text"],),
+    "store": (False,),
+    "service_tier": ("auto", "default"),
+}
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+class _Sampling(BaseModel):
+    """What both endpoints implement, plus the neutral-only fields of each."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    stream_options: dict[str, bool] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    user: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(field, message) for the first field set to a value neuron-spec does not
+        implement; None when every field is supported or neutral."""
+        for name, neutral in self.NEUTRAL.items():
+            value = getattr(self, name, None)
+            if value is not None and not any(value == n for n in neutral):
+                shown = "".join(f"{n!r} or " for n in neutral)
+                return name, (
+                    f"{name}={value!r} is not supported by neuron-spec; send {shown}leave it out"
+                )
+        return None
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float | None) -> float | None:
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise ValueError(
+                f"must be 0 (greedy) or at least {MIN_TEMPERATURE}: smaller values overflow "
+                "the scaled logits"
+            )
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > MAX_STOPS or any(not s for s in items):
+            raise ValueError(f"give up to {MAX_STOPS} non-empty stop strings")
+        if any(_has_surrogate(x) for x in items):
+            raise ValueError("stop strings must be valid Unicode (a lone surrogate is not)")
+        return v
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def new_tokens(self) -> int | None:
+        raise NotImplementedError
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions."""
+
+    NEUTRAL = NEUTRAL_COMPLETION
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=None, ge=1)
+    echo: bool | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str | list[str]) -> str | list[str]:
+        items = [v] if isinstance(v, str) else v
+        if not items or len(items) > MAX_PROMPTS:
+            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
+        if any(not p for p in items):
+            raise ValueError("prompts must not be empty")
+        if any(_has_surrogate(p) for p in items):
+            raise ValueError("prompts must be valid Unicode (a lone surrogate is not)")
+        return v
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def new_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatRequest(_Sampling):
+    """POST /v1/chat/completions: messages rendered with the tokenizer's chat template."""
+
+    NEUTRAL = NEUTRAL_CHAT
+
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict[str, str] | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None  # meaningless without tools: any value is neutral
+    functions: list[Any] | None = None
+    function_call: str | None = None
+    modalities: list[str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, v: list[Message]) -> list[Message]:
+        if any(_has_surrogate(m.text()) for m in v):
+            raise ValueError("messages must be valid Unicode (a lone surrogate is not)")
+        return v
+
+    @property
+    def new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def template_messages(self) -> list[dict[str, str]]:
+        """The messages as chat templates expect them ('developer' is OpenAI's newer name for
+        'system', which templates know)."""
+        role = {"developer": "system"}
+        return [{"role": role.get(m.role, m.role), "content": m.text()} for m in self.messages]
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+def new_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def error_body(
+    message: str, kind: str, param: str | None = None, code: Any = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def models_body(model: str, created: int) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": model, "object": "model", "created": created, "owned_by": "neuron-spec"}],
+    }
+
+
+def full_body(
+    chat: bool, ident: str, created: int, model: str, result: dict[str, Any]
+) -> dict[str, Any]:
+    """A non-streamed answer: `result` holds the texts as completion choices."""
+    choices = result["choices"]
+    if chat:
+        choices = [
+            {
+                "index": c["index"],
+                "message": {"role": "assistant", "content": c["text"]},
+                "logprobs": None,
+                "finish_reason": c["finish_reason"],
+            }
+            for c in choices
+        ]
+    return {
+        "id": ident,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        **result,
+        "choices": choices,
+    }
+
+
+def chunk(
+    chat: bool,
+    ident: str,
+    created: int,
+    model: str,
+    index: int,
+    text: str | None,
+    finish_reason: str | None = None,
+) -> dict[str, Any]:
+    """One streamed event. For chat, text None is the opening role delta."""
+    if chat:
+        delta: dict[str, Any] = {}
+        if text is None:
+            delta = {"role": "assistant", "content": ""}
+        elif text:
+            delta = {"content": text}
+        choice: dict[str, Any] = {"index": index, "delta": delta}
+    else:
+        choice = {"index": index, "text": text or ""}
+    choice.update(logprobs=None, finish_reason=finish_reason)
+    return {
+        "id": ident,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
+
+
+def usage_chunk(
+    chat: bool, ident: str, created: int, model: str, result: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": result["usage"],
+        "speculation": result["speculation"],
+    }
