@@ -35,6 +35,18 @@ def main() -> None:
             print(chunk.choices[0].text, end="", flush=True)
     print()
 
+    print("\nchat (through the model's chat template), streamed:")
+    for event in client.chat.completions.create(
+        model="neuron-spec",
+        messages=[{"role": "user", "content": "Name three primary colours."}],
+        max_tokens=48,
+        temperature=0.0,
+        stream=True,
+    ):
+        if event.choices and event.choices[0].delta.content:
+            print(event.choices[0].delta.content, end="", flush=True)
+    print()
+
 
 if __name__ == "__main__":
     main()

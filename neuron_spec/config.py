@@ -27,7 +27,7 @@ from pydantic import (
 
 from .catalog import INSTANCES, architecture_names, find_architecture
 from .errors import ConfigError, ConfigProblem
-from .yamlread import parse_yaml, show
+from .yamlread import DuplicateKeys, parse_yaml, show
 
 Amp = Literal["f32", "f16", "bf16"]
 BUILTIN_ACCEPTORS = ("greedy", "lossless", "neuronx-default")
@@ -552,14 +552,28 @@ def load_config(path: str | Path) -> ConfigFile:
                 )
             ]
         ) from None
-    data, positions = parse_yaml(text, name)
-    spec = spec_from_data(data, positions, name)
+    spec, positions = _spec_from_text(text, name)
     return ConfigFile(spec=spec, path=p, positions=positions)
 
 
 def load_config_text(text: str, name: str = "<config>") -> ConfigFile:
-    data, positions = parse_yaml(text, name)
-    return ConfigFile(spec=spec_from_data(data, positions, name), path=None, positions=positions)
+    spec, positions = _spec_from_text(text, name)
+    return ConfigFile(spec=spec, path=None, positions=positions)
+
+
+def _spec_from_text(text: str, name: str) -> tuple[DeploymentSpec, dict[str, tuple[int, int]]]:
+    """Parse and validate; a repeated key is reported together with every other problem."""
+    try:
+        data, positions = parse_yaml(text, name)
+    except DuplicateKeys as dup:
+        problems = list(dup.problems)
+        try:
+            spec_from_data(dup.data, dup.positions, name)
+        except ConfigError as more:
+            problems += more.problems
+        problems.sort(key=lambda p: (p.line or 0, p.column or 0, p.path))
+        raise ConfigError(problems) from None
+    return spec_from_data(data, positions, name), positions
 
 
 def json_schema() -> dict[str, Any]:

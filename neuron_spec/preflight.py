@@ -182,9 +182,7 @@ def tp_on_platform(ctx: Context) -> Iterator[Finding]:
     where = ctx.host.instance or ctx.host.platform
     for role, m in _roles(ctx):
         tp = m.tp_degree
-        valid = [t for t in tp_rule.candidates(ctx.host.cores)]
         if not tp_rule.allowed(tp):
-            near = sorted(valid, key=lambda t: (abs(t - tp), -t))[:3]
             yield Finding(
                 "error",
                 "tp-unsupported",
@@ -192,7 +190,8 @@ def tp_on_platform(ctx: Context) -> Iterator[Finding]:
                 f"tp_degree={tp} is not accepted on {where}: the Neuron runtime accepts "
                 f"{tp_rule.description} NeuronCores for one model there; it fails at load "
                 "with 'Unsupported topology'.",
-                f"set {role}.tp_degree to one of {', '.join(map(str, sorted(near)))}.",
+                f"set {role}.tp_degree to one of {_suggest(ctx, tp)} (valid here, and the "
+                "pair fits in memory).",
             )
         elif tp not in tp_rule.documented and tp <= ctx.host.cores:
             yield Finding(
@@ -212,15 +211,14 @@ def tp_within_cores(ctx: Context) -> Iterator[Finding]:
         return
     for role, m in _roles(ctx):
         if m.tp_degree > ctx.host.cores:
-            valid = TP_RULES[ctx.host.platform].candidates(ctx.host.cores)  # type: ignore[index]
             yield Finding(
                 "error",
                 "tp-exceeds-cores",
                 f"{role}.tp_degree",
                 f"tp_degree={m.tp_degree} needs {m.tp_degree} NeuronCores, but "
                 f"{ctx.host.instance or 'this host'} has {ctx.host.cores}.",
-                f"set {role}.tp_degree to at most {valid[-1]} (valid here: "
-                f"{', '.join(map(str, valid))}), or use a larger instance.",
+                f"set {role}.tp_degree to one of {_suggest(ctx, m.tp_degree)} (valid here, "
+                "and the pair fits in memory), or use a larger instance.",
             )
 
 
@@ -239,8 +237,20 @@ def tp_equal(ctx: Context) -> Iterator[Finding]:
             "initialized for one model, another model may use only exactly the same set, so a "
             "subset fails at load with 'nrt_load_collectives - global nec_comm is already "
             "init'd'. SpeculativeGenerator needs both models in one process.",
-            f"set draft.tp_degree: {t} (or both to the tp `neuron-spec plan` recommends).",
+            _shared_tp_fix(ctx, t, d),
         )
+
+
+def _shared_tp_fix(ctx: Context, t: int, d: int) -> str:
+    fits = pair_fitting_tps(ctx)
+    if fits is None or t in fits:
+        return f"set draft.tp_degree: {t} (or both to the tp `neuron-spec plan` recommends)."
+    if d in fits:
+        return f"set target.tp_degree: {d} (the pair fits at tp {d}; not at {t})."
+    return (
+        f"set both tp_degree values to one of {_suggest(ctx, max(t, d))} (the pair does not "
+        f"fit at tp {t} or {d})."
+    )
 
 
 @rule
@@ -294,6 +304,41 @@ def _fitting_tps(
     return out
 
 
+def pair_fitting_tps(ctx: Context) -> list[int] | None:
+    """Valid tps on this host at which draft and target fit together on shared cores (the
+    only layout SpeculativeGenerator runs); None when a model's size is unknown."""
+    if ctx.host.platform is None:
+        return None
+    archs = {role: ctx.arch(role) for role, _ in _roles(ctx)}
+    if any(a is None for a in archs.values()):
+        return None
+    out = []
+    for tp in TP_RULES[ctx.host.platform].candidates(ctx.host.cores):
+        used = sum(
+            model_memory(
+                a, tp=tp, amp=m.amp, n_positions=m.max_positions, batch_size=m.batch_size
+            ).per_core_bytes
+            for (role, m), a in zip(_roles(ctx), archs.values(), strict=True)
+            if a is not None
+        )
+        if used <= ctx.host.memory_per_core_bytes:
+            out.append(tp)
+    return out
+
+
+def _suggest(ctx: Context, near: int, count: int = 3) -> str:
+    """Up to `count` tps near `near` that are valid here and at which the pair fits."""
+    fits = pair_fitting_tps(ctx)
+    if fits is None:
+        pool = TP_RULES[ctx.host.platform].candidates(ctx.host.cores) if ctx.host.platform else []
+    else:
+        pool = fits
+    if not pool:
+        return "none: the pair fits this instance at no tp (see `neuron-spec plan`)"
+    chosen = sorted(sorted(pool, key=lambda t: (abs(t - near), -t))[:count])
+    return ", ".join(map(str, chosen))
+
+
 @rule
 def memory_budget(ctx: Context) -> Iterator[Finding]:
     if not ctx.neuronx or not ctx.host.is_neuron or len(ctx.memory) < 2:
@@ -304,9 +349,9 @@ def memory_budget(ctx: Context) -> Iterator[Finding]:
         mem, arch = ctx.memory[role], ctx.arch(role)
         if mem.per_core_bytes > budget and arch is not None:
             over_alone = True
-            fits = _fitting_tps(ctx, arch, m)
+            fits = pair_fitting_tps(ctx) or _fitting_tps(ctx, arch, m)
             fix = (
-                f"raise {role}.tp_degree to {fits[0]} or more (fits at: "
+                f"raise {role}.tp_degree to {fits[0]} or more (the pair fits at: "
                 f"{', '.join(map(str, fits))})"
                 if fits
                 else f"it does not fit this instance at any tp; use amp: bf16, fewer "
@@ -338,7 +383,8 @@ def memory_budget(ctx: Context) -> Iterator[Finding]:
             "target.tp_degree",
             f"each model fits alone, but they share cores 0..{min(t.tp, d.tp) - 1} and their "
             f"loads add up: {breakdown}.",
-            "raise both tp_degree values (see `neuron-spec plan`), or use amp: bf16.",
+            f"set both tp_degree values to one of {_suggest(ctx, max(t.tp, d.tp))}, or "
+            "use amp: bf16.",
         )
     elif shared > HIGH_WATER * budget:
         yield Finding(

@@ -222,7 +222,9 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[str, tuple
     dupes: list[tuple[str, int, int]] = []
     _walk(node, "", positions, dupes)
     if dupes:
-        raise ConfigError(
+        raise DuplicateKeys(
+            data,
+            positions,
             [
                 ConfigProblem(
                     path,
@@ -234,6 +236,15 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[str, tuple
                     col,
                 )
                 for path, line, col in dupes
-            ]
+            ],
         )
     return data, positions
+
+
+class DuplicateKeys(ConfigError):
+    """Keys repeated in a mapping. Carries what was parsed (the last value of each repeated
+    key, as YAML keeps it) so that the config's other problems can be reported with these."""
+
+    def __init__(self, data: Any, positions: dict[str, tuple[int, int]], problems: list[Any]):
+        super().__init__(problems)
+        self.data, self.positions = data, positions

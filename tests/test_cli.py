@@ -230,3 +230,28 @@ def test_reference_backend_on_catalog_names_is_a_preflight_error_with_the_fix(ca
     assert set(errs) == {"target.model", "draft.model"}
     assert errs["target.model"]["code"] == "checkpoint-catalog"
     assert "configs/demo-cpu.yaml" in errs["target.model"]["fix"]
+
+
+def test_piped_plan_is_full_width_and_plain():
+    proc = _subprocess("-m", "neuron_spec", "plan", TRN1_BF16)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b[" not in proc.stdout + proc.stderr
+    assert "…" not in proc.stdout  # nothing cut to fit 80 columns
+    headers = ("alpha", "speedup at 6", "best draft_tokens", "best speedup")
+    assert any(all(h in line for h in headers) for line in proc.stdout.splitlines())
+    assert "estimated c = draft/target step time =" in proc.stdout  # a title on one line
+    assert any(len(line) > 100 for line in proc.stdout.splitlines())  # not wrapped at 80
+
+
+def test_no_color_and_terminal_width_on_a_terminal(monkeypatch):
+    from neuron_spec import term
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(term.sys, "stdout", Tty())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert term.console().no_color is True
+    monkeypatch.delenv("NO_COLOR")
+    assert term.console().no_color is False

@@ -137,3 +137,12 @@ def test_generate_says_the_preflight_warnings_once_and_quiet_hides_them(tiny_pai
     quiet = cli(*args, "--temperature", "0.9", "--quiet")
     assert quiet.returncode == 0, quiet.stderr
     assert "warning " not in quiet.stderr and quiet.stdout.startswith("w1 w2")
+
+
+def test_piped_bench_table_has_every_header_whole(tiny_pair_config):
+    proc = cli("bench", str(tiny_pair_config), "--draft-tokens", "2", "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b[" not in proc.stdout and "…" not in proc.stdout
+    head = next(line for line in proc.stdout.splitlines() if "draft_tokens" in line)
+    for column in ("tokens/s", "min..max", "speedup", "predicted", "acceptance", "same output"):
+        assert column in head, head

@@ -83,6 +83,24 @@ def test_duplicate_keys_are_errors():
     assert p.path == "instance" and p.line == 8 and "twice" in p.message
 
 
+def test_a_duplicate_key_does_not_hide_the_other_problems():
+    text = (
+        "instance: trn1.32xlarge\n"
+        "target: {model: llama-2-70b, tp_degree: 32}\n"
+        "target: {model: llama-2-70b, tp_degree: 32, colour: red}\n"
+        "draft: {model: llama-2-7b, tp_degree: 32, bogus: 1}\n"
+        "speculation: {draft_tokens: 0}\n"
+    )
+    problems = _problems(text)
+    assert [(p.path, p.line) for p in problems] == [
+        ("target", 3),
+        ("target.colour", 3),
+        ("draft.bogus", 4),
+        ("speculation.draft_tokens", 5),
+    ]
+    assert "twice" in problems[0].message
+
+
 def test_quoted_numbers_and_bools_are_rejected():
     text = BASE_CONFIG.replace(
         "tp_degree: 32, n_positions: 2048, batch_size: 1}\ndraft",

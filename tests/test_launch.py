@@ -161,6 +161,7 @@ def test_good_config_generates_with_the_planned_environment(neuron_host):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Neuron host: trn1.32xlarge, 32 NeuronCores" in proc.stderr
+    assert "\x1b[" not in proc.stderr + proc.stdout  # a log, not a terminal: no escape codes
     assert "host check: neuron-spec doctor" in proc.stderr  # the simulated 2.25 host passes
     assert "Neuron SDK 2.25.0" in proc.stdout and "OK: 0 error(s)" in proc.stdout
     assert (

@@ -317,3 +317,36 @@ def test_a_full_artifact_cache_is_reported(tmp_path, monkeypatch):
     report = preflight(spec, host("trn1.32xlarge"), local=True)
     found = [f for f in report.findings if f.code == "artifact-cache-unusable"]
     assert found and "this pair needs about 5.00 GiB" in found[0].message
+
+
+def _suggested(fix: str) -> list[int]:
+    import re
+
+    found: list[int] = []
+    for pattern in (r"one of ([\d, ]+)", r"tp_degree: (\d+)", r"fits at: ([\d, ]+)"):
+        for group in re.findall(pattern, fix):
+            found += [int(x) for x in group.replace(" ", "").split(",") if x]
+    return found
+
+
+@pytest.mark.parametrize("instance", ["trn1.32xlarge", "inf2.48xlarge", "inf2.24xlarge"])
+def test_fix_hints_only_suggest_tp_values_at_which_the_pair_fits(instance):
+    from neuron_spec.preflight import build_context, pair_fitting_tps
+
+    checked = 0
+    for t in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48):
+        for d in (t, 8, 16):
+            text = (
+                f"instance: {instance}\n"
+                f"target: {{model: llama-2-70b, tp_degree: {t}}}\n"
+                f"draft: {{model: llama-2-7b, tp_degree: {d}}}\n"
+            )
+            cfg = load_config_text(text)
+            h = host(instance)
+            fits = pair_fitting_tps(build_context(cfg.spec, h, Path.cwd()))
+            assert fits, instance
+            for f in preflight(cfg.spec, h).errors:
+                for tp in _suggested(f.fix):
+                    checked += 1
+                    assert tp in fits, (t, d, f.code, f.fix)
+    assert checked > 20

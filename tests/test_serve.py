@@ -539,3 +539,21 @@ def test_health_says_saturated_and_sigterm_cancels_after_the_drain(demo_checkpoi
             assert time.perf_counter() - t0 < 2 + 15  # the drain, then the cancelled step
     finally:
         s.stop()
+
+
+def test_a_busy_port_is_exit_2_before_anything_loads(demo_checkpoint):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "neuron_spec", "serve", str(DEMO), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert f"127.0.0.1:{port} is in use" in proc.stderr and "--port" in proc.stderr
+    assert "Traceback" not in proc.stderr and "loading" not in proc.stderr
+    assert time.perf_counter() - t0 < 60  # refused before loading the models
