@@ -126,11 +126,6 @@ TP_RULES: dict[Platform, TpRule] = {
 }
 
 
-# HBM bandwidth per (logical) NeuronCore: 820 GB/s per Inf2/Trn1 chip over 2 cores; 2.9 TB/s
-# per Trn2 chip over 4 logical cores (hardware.md; AWS Inf2/Trn1/Trn2 instance pages).
-HBM_BYTES_PER_S_PER_CORE: dict[str, float] = {"inf2": 410e9, "trn1": 410e9, "trn2": 725e9}
-
-
 @dataclass(frozen=True)
 class Architecture:
     """A decoder-only transformer's shape, enough to size its weights and KV cache."""

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from .config import ConfigFile
     from .host import HostFacts
-    from .plan import Plan
     from .preflight import Report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -104,20 +103,8 @@ def _console() -> Console:
     return term.console()
 
 
-def escape(text: str) -> str:
-    from rich.markup import escape as _escape
-
-    return _escape(text)
-
-
-def _host_line(host: HostFacts) -> str:
-    if host.instance is None:
-        return "host: no Neuron instance detected"
-    how = {"catalog": "from the catalog", "detected": "detected"}.get(host.source, host.source)
-    return (
-        f"host: {host.instance} ({how}): {host.cores} NeuronCores, "
-        f"{host.memory_per_core_bytes / 1024**3:.0f} GiB each"
-    )
+escape = term.escape
+_host_line = term.host_line
 
 
 def _findings_json(report: Report, cfg: ConfigFile) -> list[dict[str, Any]]:
@@ -165,109 +152,51 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
-
-
-def _render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> None:
-    from rich.table import Table
-
-    from .memory import fmt_bytes
-
-    console.print(f"[bold]{cfg.path}[/bold]  {_host_line(p.host)}")
-    console.print("memory per model at the configured tp")
-    t = Table()
-    t.add_column("")
-    roles = list(p.models)
-    for role in roles:
-        t.add_column(role, justify="right")
-
-    def row(label: str, fn: Any) -> None:
-        t.add_row(label, *(fn(p.models[r]) for r in roles))
-
-    def fits(mp: Any) -> str:
-        f = mp.fitting_tps
-        return ", ".join(map(str, f)) if 0 < len(f) <= 6 else (f"{f[0]} .. {f[-1]}" if f else "-")
-
-    row("model", lambda mp: mp.architecture)
-    row("amp / tp_degree", lambda mp: f"{mp.memory.amp} / {mp.memory.tp}")
-    row("parameters (padded)", lambda mp: f"{mp.memory.padded_parameters / 1e9:.2f}B")
-    row("weights", lambda mp: _gb(mp.memory.weight_bytes))
-    row("KV cache", lambda mp: _gb(mp.memory.kv_cache_bytes))
-    row("runtime overhead", lambda mp: _gb(mp.memory.overhead_bytes))
-    row("total", lambda mp: _gb(mp.memory.total_bytes))
-    row("per core", lambda mp: fmt_bytes(mp.memory.per_core_bytes))
-    row("min cores (total / budget)", lambda mp: str(mp.min_cores))
-    row("fits alone at tp", fits)
-    row("est. decode step", lambda mp: f"{mp.step_ms:.1f} ms" if mp.step_ms else "-")
-    console.print(t)
-    if p.layout:
-        lay = p.layout
-        console.print(
-            f"layout: both models on cores {lay.visible_cores} (NEURON_RT_VISIBLE_CORES), "
-            f"{fmt_bytes(lay.per_core_bytes)} per core of {fmt_bytes(lay.budget_per_core)} "
-            f"({lay.utilization:.0%})"
-        )
-    rec = p.recommendation
-    if rec is not None:
-        if rec.target_tp:
-            console.print(
-                f"[bold]recommendation:[/bold] target.tp_degree: {rec.target_tp}, "
-                f"draft.tp_degree: {rec.draft_tp}"
-            )
-        else:
-            console.print("[bold]recommendation:[/bold] none")
-        for r in rec.reasons:
-            console.print(f"  - {escape(r)}")
-    sp = p.speculation
-    if sp.rows:
-        console.print(
-            f"expected speedup (draft_tokens {sp.draft_tokens}, window k={sp.window}, "
-            f"estimated c = draft/target step time = {sp.c_estimate:.2f})"
-        )
-        st = Table()
-        for col in ("alpha", f"speedup at {sp.draft_tokens}", "best draft_tokens", "best speedup"):
-            st.add_column(col, justify="right")
-        for spec_row in sp.rows:
-            st.add_row(
-                *(
-                    str(spec_row[k])
-                    for k in (
-                        "alpha",
-                        "speedup_at_draft_tokens",
-                        "best_draft_tokens",
-                        "best_speedup",
-                    )
-                )
-            )
-        console.print(st)
-    for n in p.notes:
-        console.print(f"[dim]note: {n}[/dim]")
-    if not report.ok:
-        console.print(
-            f"[bold red]preflight: {len(report.errors)} error(s)[/]; run "
-            f"`neuron-spec validate {cfg.path}` for the details."
-        )
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
+    from . import plan_view
+    from .perfplan import compare, inputs, section
     from .plan import plan
-    from .preflight import preflight
+    from .preflight import build_context, preflight
 
     cfg = _load(args.config, args.backend)
+    inp = inputs(
+        cfg.spec,
+        args.prompt_tokens,
+        args.new_tokens,
+        args.alpha,
+        args.from_bench,
+        args.price,
+        args.region,
+    )
+    if args.compare:
+        names = [n.strip() for n in args.compare.split(",") if n.strip()]
+        ranking = compare(cfg.spec, cfg.base_dir, names, inp)
+        if args.json:
+            print(json.dumps({"config": str(cfg.path), "compare": ranking}, indent=2))
+        else:
+            plan_view.render_compare(_console(), ranking, cfg)
+        return EXIT_OK if ranking["ranked"] else EXIT_FAILED
     host = _host(cfg, args.instance)
     p = plan(cfg.spec, host, cfg.base_dir)
     report = preflight(cfg.spec, host, cfg.base_dir)
+    ctx = build_context(cfg.spec, host, cfg.base_dir)
+    archs = {role: ctx.arch(role) for role, _ in cfg.spec.models()}
+    tp = plan_view.performance_tp(cfg.spec, p)
+    perf, money, why = section(cfg.spec, host, archs, tp, inp)
     if args.json:
         out = {
             "config": str(cfg.path),
             "ok": report.ok,
             **p.to_dict(),
+            "performance": perf,
+            "cost": money,
+            "performance_note": why,
             "findings": _findings_json(report, cfg),
         }
         print(json.dumps(out, indent=2))
     else:
-        _render_plan(_console(), p, report, cfg)
+        plan_view.render_plan(_console(), p, report, cfg)
+        plan_view.render_performance(_console(), perf, money, why)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

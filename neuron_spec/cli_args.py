@@ -18,6 +18,7 @@ examples:
   neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml
   neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml --instance inf2.48xlarge
   neuron-spec plan configs/inf2-llama2-70b-7b-bf16.yaml --json
+  neuron-spec plan configs/trn1-llama2-70b-7b-bf16.yaml --alpha 0.8 --compare all
   neuron-spec doctor configs/inf2-llama2-70b-7b-bf16.yaml
   neuron-spec generate configs/demo-cpu.yaml --prompt "The sea is" --stream
   neuron-spec generate configs/trn1-llama2-70b-7b-bf16.yaml --dry-run
@@ -115,14 +116,47 @@ def _checks(sub: Sub) -> None:
         help="the pair will load on this machine: also check its compile.artifact_cache "
         "directory (writable, room for the artifacts); generate and serve always do",
     )
-    _with_config(
+    _plan(sub)
+
+
+def _plan(sub: Sub) -> None:
+    p = _with_config(
         sub,
         "plan",
-        "show memory per model, the core layout and a tp recommendation",
+        "show memory, core layout, tp, and the predicted latency and cost",
         "For each model: padded parameters, weights, KV cache, runtime overhead, total bytes, "
         "minimum cores and the tp values at which it fits; then the shared core layout, the "
-        "largest tp both models can share, and the expected speedup for a range of acceptance "
-        "rates.",
+        "largest tp both models can share, the expected speedup for a range of acceptance "
+        "rates, and (on a Neuron instance) predicted TTFT and TPOT of the target and the draft, "
+        "the speculative TPOT at each gamma, tokens/s, $/h and $ per million output tokens. "
+        "The latency model and its measured error: docs/planning.md.",
+    )
+    p.add_argument("--prompt-tokens", type=positive_int, metavar="N", help="default 128")
+    p.add_argument(
+        "--new-tokens", type=positive_int, metavar="M", help="default generation.max_new_tokens"
+    )
+    p.add_argument(
+        "--alpha",
+        type=unit_interval,
+        metavar="A",
+        help="per-token acceptance probability (default 0.8, an assumption)",
+    )
+    p.add_argument(
+        "--from-bench",
+        metavar="FILE",
+        help="use the alpha and c measured by `neuron-spec bench --json > FILE` on the host",
+    )
+    p.add_argument(
+        "--price",
+        type=non_negative_float,
+        metavar="USD_PER_HOUR",
+        help="your hourly price (discounts, reservations) instead of the on-demand table",
+    )
+    p.add_argument("--region", metavar="R", help="region of the price table (default us-east-1)")
+    p.add_argument(
+        "--compare",
+        metavar="INSTANCE,...",
+        help="rank these instances (or 'all') where the pair fits by $ per million tokens",
     )
 
 
@@ -393,6 +427,13 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
     return value
 
 

@@ -6,45 +6,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import ARCHITECTURES, GB, HBM_BYTES_PER_S_PER_CORE, TP_RULES, Architecture
+from .catalog import GB, TP_RULES, Architecture
 from .config import DeploymentSpec, ModelSpec
 from .host import HostFacts
 from .memory import HIGH_WATER, ModelMemory, fmt_bytes, kv_heads_shardable, model_memory
+from .perf import FAMILIES, decode_step_s
 from .preflight import Context, build_context
 from .speedup import best_gamma, expected_speedup
 
 ALPHAS = (0.6, 0.7, 0.8, 0.9)
 
 
-# --- a decode-step latency model, for the draft/target cost ratio c --------------------------
-# t(step) = layers * tau + weight bytes per core / (eta * HBM bandwidth per core)
-# tau (per-layer fixed cost: collectives, launch) and eta (achieved fraction of HBM bandwidth)
-# are solved from two published figures: Neuron 2.18, transformers-neuronx, bf16, batch 1,
-# inf2.48xlarge tp=24, TPOT p50: Llama-2-7B 6.47 ms and Llama-2-70B 32.9 ms (hardware.md).
-_CALIBRATION = (("llama-2-7b", 6.47e-3), ("llama-2-70b", 32.9e-3))
-_CAL_TP, _CAL_BW = 24, HBM_BYTES_PER_S_PER_CORE["inf2"]
-
-
-def _solve_latency_model() -> tuple[float, float]:
-    rows = []
-    for name, seconds in _CALIBRATION:
-        arch = ARCHITECTURES[name]
-        mem = model_memory(arch, tp=_CAL_TP, amp="bf16", n_positions=1, batch_size=1)
-        rows.append((float(arch.num_layers), mem.weight_bytes / _CAL_TP / _CAL_BW, seconds))
-    (a1, b1, y1), (a2, b2, y2) = rows
-    det = a1 * b2 - a2 * b1
-    tau = (y1 * b2 - y2 * b1) / det
-    inv_eta = (a1 * y2 - a2 * y1) / det
-    return tau, 1.0 / inv_eta
-
-
-LAYER_SECONDS, BANDWIDTH_EFFICIENCY = _solve_latency_model()
-
-
-def step_seconds(mem: ModelMemory, arch: Architecture, bandwidth_per_core: float) -> float:
-    """Estimated time of one decode step (batch 1)."""
-    per_core = mem.weight_bytes / mem.tp
-    return arch.num_layers * LAYER_SECONDS + per_core / (BANDWIDTH_EFFICIENCY * bandwidth_per_core)
+def step_ms(arch: Architecture, m: ModelSpec, tp: int, platform: str | None) -> float | None:
+    """perf.py's decode step at the compiled sequence length (None off Neuron)."""
+    family = FAMILIES.get(platform or "")
+    if family is None:
+        return None
+    return decode_step_s(arch, m.amp, tp, family, m.max_positions) * 1e3
 
 
 # --- plan data ---------------------------------------------------------------------------------
@@ -166,8 +144,7 @@ def _model_plan(ctx: Context, role: str) -> ModelPlan | None:
         for tp in _tp_candidates(ctx.host)
         if kv_heads_shardable(arch, tp) and _memory_at(arch, m, tp).per_core_bytes <= budget
     )
-    bw = HBM_BYTES_PER_S_PER_CORE.get(ctx.host.platform or "", None)
-    step = step_seconds(mem, arch, bw) * 1e3 if bw else None
+    step = step_ms(arch, m, m.tp_degree, ctx.host.platform)
     return ModelPlan(role, m.model, arch.name, mem, mem.min_cores(budget), fits, step)
 
 
@@ -240,15 +217,12 @@ def _speculation(ctx: Context, rec: Recommendation) -> SpeculationPlan:
     spec = ctx.spec
     gamma = spec.speculation.draft_tokens
     t_arch, d_arch = ctx.arch("target"), ctx.arch("draft")
-    bw = HBM_BYTES_PER_S_PER_CORE.get(ctx.host.platform or "inf2")
     c = None
-    if t_arch is not None and d_arch is not None and bw is not None:
-        tp = rec.target_tp or spec.target.tp_degree
-        t_s = step_seconds(_memory_at(t_arch, spec.target, tp), t_arch, bw)
-        d_s = step_seconds(
-            _memory_at(d_arch, spec.draft, rec.draft_tp or spec.draft.tp_degree), d_arch, bw
-        )
-        c = d_s / t_s
+    if t_arch is not None and d_arch is not None:
+        platform = ctx.host.platform or "inf2"
+        t_s = step_ms(t_arch, spec.target, rec.target_tp or spec.target.tp_degree, platform)
+        d_s = step_ms(d_arch, spec.draft, rec.draft_tp or spec.draft.tp_degree, platform)
+        c = d_s / t_s if t_s and d_s else None
     rows: list[dict[str, float | int]] = []
     if c is not None:
         for alpha in ALPHAS:
@@ -298,7 +272,7 @@ def plan(spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None) ->
             "to this run; the figures show what the pair needs on Neuron."
         )
     notes.append(
-        "speedup estimates use a decode-step latency model calibrated on published Neuron "
-        "figures; measure with `neuron-spec bench` once the models load."
+        "step times and speedups come from perf.py's latency model, fitted on published Neuron "
+        "2.18 figures (docs/planning.md); measure with `neuron-spec bench` once the models load."
     )
     return Plan(host, models, layout, rec, _speculation(ctx, rec), tuple(notes))

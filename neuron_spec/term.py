@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from .host import HostFacts
+
 PIPE_WIDTH = 1000  # wide enough for any table neuron-spec prints; lines are not padded to it
 
 
@@ -34,3 +36,20 @@ def _is_terminal(stream: object) -> bool:
         return bool(isatty and isatty())
     except ValueError:  # a closed stream
         return False
+
+
+def escape(text: str) -> str:
+    """Text shown inside rich markup, with its own brackets left alone."""
+    from rich.markup import escape as _escape
+
+    return _escape(text)
+
+
+def host_line(host: HostFacts) -> str:
+    if host.instance is None:
+        return "host: no Neuron instance detected"
+    how = {"catalog": "from the catalog", "detected": "detected"}.get(host.source, host.source)
+    return (
+        f"host: {host.instance} ({how}): {host.cores} NeuronCores, "
+        f"{host.memory_per_core_bytes / 1024**3:.0f} GiB each"
+    )

@@ -1,0 +1,243 @@
+"""`plan`'s performance and cost sections, and `plan --compare`: perf.py's latency model
+applied to a config on an instance, the speculative step at each gamma, and the price of a
+million output tokens.
+
+speculative TPOT(gamma) = (gamma x draft step + verify(gamma + 1)) / E[tokens per step],
+E = (1 - alpha^(gamma+1)) / (1 - alpha). Requests are timed whole: TTFT, then
+new_tokens - 1 steps, so short outputs pay their prefill.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .catalog import INSTANCES, Architecture
+from .config import DeploymentSpec
+from .errors import UsageError
+from .host import HostFacts
+from .perf import FAMILIES, decode_step_s, floor_s, prefill_s, verify_step_s
+from .pricing import DEFAULT_REGION, price, usd_per_million_tokens
+from .speedup import mean_tokens_per_pass
+
+GAMMAS = tuple(range(1, 9))
+DEFAULT_ALPHA = 0.8
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the user told plan about the workload and the money."""
+
+    prompt_tokens: int
+    new_tokens: int
+    alpha: float
+    alpha_source: str
+    c_measured: float | None = None  # draft step / target step, from a bench file
+    price_usd_per_hour: float | None = None
+    region: str = DEFAULT_REGION
+
+
+def inputs(
+    spec: DeploymentSpec,
+    prompt_tokens: int | None,
+    new_tokens: int | None,
+    alpha: float | None,
+    bench_file: str | None,
+    price_override: float | None,
+    region: str | None,
+) -> Inputs:
+    measured_alpha, c = read_bench(bench_file) if bench_file else (None, None)
+    if alpha is not None:
+        a, source = alpha, "--alpha"
+    elif measured_alpha is not None:
+        a, source = measured_alpha, f"measured ({bench_file})"
+    else:
+        a, source = DEFAULT_ALPHA, "assumed: pass --alpha A or --from-bench FILE"
+    return Inputs(
+        prompt_tokens=prompt_tokens or 128,
+        new_tokens=new_tokens or spec.generation.max_new_tokens,
+        alpha=a,
+        alpha_source=source,
+        c_measured=c,
+        price_usd_per_hour=price_override,
+        region=region or DEFAULT_REGION,
+    )
+
+
+def read_bench(path: str) -> tuple[float | None, float | None]:
+    """(alpha, c) of the best row of a `neuron-spec bench --json` file."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = {r["draft_tokens"]: r for r in report["speculative"]}
+        best = rows[report["best_draft_tokens"]]
+        alpha, c = best.get("alpha"), best.get("c")
+    except OSError as exc:
+        raise UsageError(f"--from-bench {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError(
+            f"--from-bench {path}: not the JSON of `neuron-spec bench --json` (it needs "
+            "'speculative' rows with 'alpha' and 'c', and 'best_draft_tokens')"
+        ) from None
+    ok = isinstance(alpha, (int, float)) and 0 <= alpha <= 1
+    if not ok or not isinstance(c, (int, float)) or c <= 0:
+        raise UsageError(f"--from-bench {path}: the best row has no measured alpha and c")
+    return float(alpha), float(c)
+
+
+def _request_s(ttft_s: float, tpot_s: float, new_tokens: int) -> float:
+    return ttft_s + max(new_tokens - 1, 0) * tpot_s
+
+
+def performance(
+    spec: DeploymentSpec, t_arch: Architecture, d_arch: Architecture, host: HostFacts, tp: int,
+    inp: Inputs,
+) -> dict[str, Any]:  # fmt: skip
+    """The performance section for the pair on `host` at a shared `tp`."""
+    family = FAMILIES[host.platform or "inf2"]
+    positions = min(inp.prompt_tokens + inp.new_tokens, spec.target.max_positions)
+    t_amp, d_amp = spec.target.amp, spec.draft.amp
+    t_step = decode_step_s(t_arch, t_amp, tp, family, positions)
+    d_step = decode_step_s(d_arch, d_amp, tp, family, positions)
+    c = inp.c_measured if inp.c_measured is not None else d_step / t_step
+    d_step = c * t_step
+    ttft = prefill_s(t_arch, t_amp, tp, family, inp.prompt_tokens)
+    rows = []
+    for gamma in GAMMAS:
+        verify = verify_step_s(t_arch, t_amp, tp, family, positions, gamma + 1)
+        tokens = mean_tokens_per_pass(inp.alpha, gamma)
+        tpot = (gamma * d_step + verify) / tokens
+        rows.append(
+            {
+                "gamma": gamma,
+                "window_k": gamma + 1,
+                "verify_ms": round(verify * 1e3, 3),
+                "tokens_per_step": round(tokens, 3),
+                "tpot_ms": round(tpot * 1e3, 3),
+                "speedup": round(t_step / tpot, 3),
+            }
+        )
+    best = min(rows, key=lambda r: r["tpot_ms"])
+    target_rate = inp.new_tokens / _request_s(ttft, t_step, inp.new_tokens)
+    spec_rate = inp.new_tokens / _request_s(ttft, best["tpot_ms"] / 1e3, inp.new_tokens)
+    return {
+        "instance": host.instance,
+        "tp_degree": tp,
+        "prompt_tokens": inp.prompt_tokens,
+        "new_tokens": inp.new_tokens,
+        "alpha": inp.alpha,
+        "alpha_source": inp.alpha_source,
+        "c": round(c, 4),
+        "c_source": "measured (bench)" if inp.c_measured is not None else "model",
+        "target": {
+            "ttft_ms": round(ttft * 1e3, 2),
+            "tpot_ms": round(t_step * 1e3, 3),
+            "floor_ms": round(floor_s(t_arch, t_amp, tp, family) * 1e3, 3),
+            "tokens_per_s": round(target_rate, 2),
+        },
+        "draft": {"tpot_ms": round(d_step * 1e3, 3)},
+        "speculative": rows,
+        "best_gamma": best["gamma"],
+        "best_speedup": best["speedup"],
+        "speculation_pays": best["speedup"] > 1.0,
+        "speculative_tokens_per_s": round(spec_rate, 2),
+        "model_note": (
+            None
+            if host.platform in ("inf2", "trn1")
+            else "extrapolated: the latency model is fitted on NeuronCore-v2 (Inf2) rows only"
+        ),
+    }
+
+
+def cost(instance: str | None, perf: dict[str, Any], inp: Inputs) -> dict[str, Any]:
+    """$/h and $/million output tokens, target alone and speculative (at the best gamma)."""
+    row = price(instance or "", inp.region) if instance else None
+    if inp.price_usd_per_hour is not None:
+        hourly, source = inp.price_usd_per_hour, "--price"
+    elif row is not None:
+        hourly, source = row.usd_per_hour, f"{row.source}, {row.as_of}"
+    else:
+        return {
+            "usd_per_hour": None,
+            "usd_per_million_tokens": None,
+            "source": f"no on-demand price for {instance} in {inp.region}: pass --price",
+        }
+    target = usd_per_million_tokens(hourly, perf["target"]["tokens_per_s"])
+    spec = usd_per_million_tokens(hourly, perf["speculative_tokens_per_s"])
+    return {
+        "usd_per_hour": hourly,
+        "region": inp.region,
+        "source": source,
+        "target_only_usd_per_million_tokens": round(target, 3),
+        "speculative_usd_per_million_tokens": round(spec, 3),
+        "usd_per_million_tokens": round(min(target, spec), 3),
+    }
+
+
+def compare_instances(names: list[str]) -> list[str]:
+    if names == ["all"]:
+        return list(INSTANCES)
+    unknown = [n for n in names if n not in INSTANCES]
+    if unknown:
+        raise UsageError(
+            f"--compare: {', '.join(unknown)} not in the catalog; known: {', '.join(INSTANCES)}"
+        )
+    return names
+
+
+def section(
+    spec: DeploymentSpec, host: HostFacts, archs: dict[str, Architecture | None], tp: int | None,
+    inp: Inputs,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:  # fmt: skip
+    """(performance, cost, why there are none) for the pair on `host` at `tp`."""
+    t_arch, d_arch = archs.get("target"), archs.get("draft")
+    if not host.is_neuron or host.platform is None:
+        return None, None, "no Neuron instance: pass --instance for time and cost"
+    if t_arch is None or d_arch is None:
+        return None, None, "a model's architecture is unknown: set architecture: or a catalog name"
+    if tp is None:
+        return None, None, f"the pair fits {host.instance} at no tp the runtime accepts"
+    perf = performance(spec, t_arch, d_arch, host, tp, inp)
+    return perf, cost(host.instance, perf, inp), None
+
+
+def compare(spec: DeploymentSpec, base_dir: Path, names: list[str], inp: Inputs) -> dict[str, Any]:
+    """Every named instance where the pair fits, ranked by $/million tokens (then TPOT), and
+    why each other one is left out."""
+    from .plan import plan
+    from .preflight import build_context, pair_fitting_tps
+
+    ranked, excluded = [], []
+    for name in compare_instances(names):
+        host = HostFacts.from_instance(INSTANCES[name])
+        rec = plan(spec, host, base_dir).recommendation
+        ctx = build_context(spec, host, base_dir)
+        archs = {role: ctx.arch(role) for role, _ in spec.models()}
+        perf, money, why = section(spec, host, archs, rec.target_tp if rec else None, inp)
+        if perf is None or money is None:
+            reason = rec.reasons[0] if rec and rec.target_tp is None and rec.reasons else why
+            excluded.append({"instance": name, "reason": reason})
+            continue
+        fits = pair_fitting_tps(ctx) or []
+        ranked.append(
+            {
+                "instance": name,
+                "min_tp": fits[0] if fits else None,
+                "tp_degree": perf["tp_degree"],
+                "target_tpot_ms": perf["target"]["tpot_ms"],
+                "best_gamma": perf["best_gamma"],
+                "speculative_tpot_ms": min(r["tpot_ms"] for r in perf["speculative"]),
+                "usd_per_hour": money["usd_per_hour"],
+                "usd_per_million_tokens": money["usd_per_million_tokens"],
+                "price_source": money["source"],
+            }
+        )
+    ranked.sort(
+        key=lambda r: (
+            r["usd_per_million_tokens"] is None,
+            r["usd_per_million_tokens"] or 0.0,
+            r["speculative_tpot_ms"],
+        )
+    )
+    return {"alpha": inp.alpha, "region": inp.region, "ranked": ranked, "excluded": excluded}

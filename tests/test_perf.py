@@ -1,0 +1,135 @@
+"""The latency and cost planner: physical limits, the speculative step model, the CLI's
+performance and cost sections, and the ranking of instances."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from neuron_spec import perf
+from neuron_spec.catalog import ARCHITECTURES, INSTANCES, TP_RULES
+from neuron_spec.cli import main
+from neuron_spec.memory import kv_heads_shardable
+
+from .conftest import CONFIGS
+
+TRN1 = str(CONFIGS / "trn1-llama2-70b-7b-bf16.yaml")
+
+
+def _cases():
+    for inst in INSTANCES.values():
+        for arch in ARCHITECTURES.values():
+            for tp in TP_RULES[inst.platform].candidates(inst.cores):
+                if kv_heads_shardable(arch, tp):
+                    yield pytest.param(inst, arch, tp, id=f"{inst.name}-{arch.name}-tp{tp}")
+
+
+@pytest.mark.parametrize(("inst", "arch", "tp"), list(_cases()))
+def test_no_prediction_beats_the_bandwidth_floor(inst, arch, tp):
+    family = perf.FAMILIES[inst.platform]
+    for amp in ("bf16", "f32"):
+        floor = perf.floor_s(arch, amp, tp, family)
+        weights = perf._weights_and_kv(arch, amp, tp, 1)[0]
+        assert floor == pytest.approx(weights / (tp * family.hbm_bytes_per_s))
+        for positions in (1, 2048):
+            step = perf.decode_step_s(arch, amp, tp, family, positions)
+            assert step >= floor
+            assert perf.verify_step_s(arch, amp, tp, family, positions, 5) > step
+
+
+def test_fitted_constants_are_physical_and_say_what_they_were_fitted_on():
+    decode, prefill = perf.calibration()
+    assert 0 < decode.efficiency <= 1 and 0 < prefill.efficiency <= 1
+    assert decode.overhead_s >= 0 and decode.layer_s >= 0 and prefill.layer_s >= 0
+    assert len(decode.fitted_on) == len(perf.PUBLISHED)
+    assert all("inf2.48xlarge" in label for label in decode.fitted_on)
+
+
+def test_leave_one_out_accuracy_meets_the_targets():
+    rows = perf.PUBLISHED
+    tpot_ok = ttft_ok = 0
+    for i, row in enumerate(rows):
+        ttft, tpot = perf.predict(row, perf.fit(rows[:i] + rows[i + 1 :]))
+        tpot_ok += abs(tpot / row.tpot_ms - 1) <= 0.25
+        ttft_ok += abs(ttft / row.ttft_ms - 1) <= 0.35
+    assert tpot_ok >= 0.8 * len(rows) and ttft_ok >= 0.7 * len(rows)
+
+
+def test_the_verification_pass_grows_with_the_window():
+    arch, family = ARCHITECTURES["llama-2-70b"], perf.FAMILIES["trn1"]
+    steps = [perf.verify_step_s(arch, "bf16", 32, family, 512, k) for k in (1, 2, 5, 9)]
+    assert steps[0] == pytest.approx(perf.decode_step_s(arch, "bf16", 32, family, 512))
+    assert steps == sorted(steps) and steps[-1] < 1.25 * steps[0]  # a little more, not k times
+
+
+def _plan(capsys, *extra):
+    code = main(["plan", TRN1, "--json", *extra])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_plan_reports_performance_cost_and_a_best_gamma(capsys):
+    code, body = _plan(capsys, "--alpha", "0.8")
+    p, cost = body["performance"], body["cost"]
+    assert code == 0
+    assert p["instance"] == "trn1.32xlarge" and p["tp_degree"] == 32
+    assert p["target"]["tpot_ms"] > p["target"]["floor_ms"] > 0 and p["target"]["ttft_ms"] > 0
+    assert 0 < p["draft"]["tpot_ms"] < p["target"]["tpot_ms"]
+    assert [r["gamma"] for r in p["speculative"]] == list(range(1, 9))
+    best = next(r for r in p["speculative"] if r["gamma"] == p["best_gamma"])
+    assert best["speedup"] > 1 and p["speculation_pays"] is True
+    assert best["tpot_ms"] == min(r["tpot_ms"] for r in p["speculative"])
+    assert cost["usd_per_hour"] == 21.50
+    assert cost["usd_per_million_tokens"] == cost["speculative_usd_per_million_tokens"]
+    assert cost["speculative_usd_per_million_tokens"] < cost["target_only_usd_per_million_tokens"]
+
+
+def test_with_alpha_0_speculation_is_slower_than_the_target_alone(capsys):
+    _, body = _plan(capsys, "--alpha", "0")
+    p = body["performance"]
+    assert all(r["tpot_ms"] > p["target"]["tpot_ms"] for r in p["speculative"])
+    assert p["speculation_pays"] is False
+    assert (
+        body["cost"]["usd_per_million_tokens"] == body["cost"]["target_only_usd_per_million_tokens"]
+    )
+
+
+def test_price_override_and_measured_alpha_and_c_from_bench(capsys, tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(
+        json.dumps(
+            {
+                "speculative": [
+                    {"draft_tokens": 2, "alpha": 0.5, "c": 0.4},
+                    {"draft_tokens": 4, "alpha": 0.9, "c": 0.1},
+                ],
+                "best_draft_tokens": 4,
+            }
+        )
+    )
+    _, body = _plan(capsys, "--from-bench", str(bench), "--price", "10")
+    p = body["performance"]
+    assert p["alpha"] == 0.9 and p["c"] == 0.1 and p["c_source"] == "measured (bench)"
+    assert p["draft"]["tpot_ms"] == pytest.approx(0.1 * p["target"]["tpot_ms"], rel=1e-3)
+    assert body["cost"]["usd_per_hour"] == 10 and body["cost"]["source"] == "--price"
+    bench.write_text("[1, 2]")
+    assert main(["plan", TRN1, "--from-bench", str(bench)]) == 2
+    assert "not the JSON of `neuron-spec bench --json`" in capsys.readouterr().err
+
+
+def test_compare_all_ranks_every_instance_where_the_pair_fits(capsys):
+    code = main(["plan", TRN1, "--compare", "all", "--alpha", "0.8", "--json"])
+    body = json.loads(capsys.readouterr().out)["compare"]
+    assert code == 0
+    ranked = [r["instance"] for r in body["ranked"]]
+    excluded = {e["instance"]: e["reason"] for e in body["excluded"]}
+    assert set(ranked) | set(excluded) == set(INSTANCES)
+    assert set(excluded) == {"inf2.xlarge", "inf2.8xlarge", "trn1.2xlarge"}
+    assert all("does not fit" in why for why in excluded.values())
+    priced = [r["usd_per_million_tokens"] for r in body["ranked"] if r["usd_per_hour"]]
+    assert priced == sorted(priced) and len(priced) == 4
+    assert body["ranked"][-1]["instance"] == "trn2.48xlarge"  # no on-demand price: last
+    assert "pass --price" in body["ranked"][-1]["price_source"]
+    for r in body["ranked"]:
+        assert r["min_tp"] <= r["tp_degree"]
+    assert main(["plan", TRN1, "--compare", "inf2.48xlarge,p5.48xlarge"]) == 2
