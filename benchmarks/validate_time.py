@@ -1,9 +1,11 @@
-"""Wall time of `neuron-spec validate` on a shipped config, as a user runs it (a new process).
+"""Wall time of `neuron-spec validate` (or `plan`) on a shipped config, as a user runs it (a
+new process).
 
 Prints JSON: every run's seconds, the median, and whether torch/transformers/boto3 were
 imported. Target: median under 0.3 s on a 2-core machine.
 
-    python benchmarks/validate_time.py [--runs 15] [--config configs/trn1-llama2-70b-7b-bf16.yaml]
+    python benchmarks/validate_time.py [--runs 15] [--command validate|plan]
+        [--config configs/trn1-llama2-70b-7b-bf16.yaml]
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "boto3", "botocore", "transformers_neuronx")
 PROBE = (
-    "import sys; from neuron_spec.cli import main; rc = main(['validate', sys.argv[1]]); "
+    "import sys; from neuron_spec.cli import main; rc = main([sys.argv[2], sys.argv[1]]); "
     f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr); "
     "raise SystemExit(rc)"
 )
@@ -30,8 +32,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--config", default=str(ROOT / "configs" / "trn1-llama2-70b-7b-bf16.yaml"))
     ap.add_argument("--target-seconds", type=float, default=0.3)
+    ap.add_argument("--command", choices=("validate", "plan"), default="validate")
     args = ap.parse_args()
-    cmd = [sys.executable, "-m", "neuron_spec", "validate", args.config]
+    cmd = [sys.executable, "-m", "neuron_spec", args.command, args.config]
     subprocess.run(cmd, capture_output=True, check=True)  # warm the file cache once
     times = []
     for _ in range(args.runs):
@@ -42,7 +45,7 @@ def main() -> int:
             print(proc.stderr.decode(), file=sys.stderr)
             return 1
     probe = subprocess.run(
-        [sys.executable, "-c", PROBE, args.config], capture_output=True, text=True
+        [sys.executable, "-c", PROBE, args.config, args.command], capture_output=True, text=True
     )
     heavy = next(
         (ln.split("=", 1)[1] for ln in probe.stderr.splitlines() if ln.startswith("HEAVY=")), "?"
