@@ -69,28 +69,7 @@ def render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> N
             console.print("[bold]recommendation:[/bold] none")
         for r in rec.reasons:
             console.print(f"  - {escape(r)}")
-    sp = p.speculation
-    if sp.rows:
-        console.print(
-            f"expected speedup (draft_tokens {sp.draft_tokens}, window k={sp.window}, "
-            f"estimated c = draft/target step time = {sp.c_estimate:.2f})"
-        )
-        st = Table()
-        for col in ("alpha", f"speedup at {sp.draft_tokens}", "best draft_tokens", "best speedup"):
-            st.add_column(col, justify="right")
-        for spec_row in sp.rows:
-            st.add_row(
-                *(
-                    str(spec_row[k])
-                    for k in (
-                        "alpha",
-                        "speedup_at_draft_tokens",
-                        "best_draft_tokens",
-                        "best_speedup",
-                    )
-                )
-            )
-        console.print(st)
+    _render_speedup(console, p)
     for n in p.notes:
         console.print(f"[dim]note: {n}[/dim]")
     if not report.ok:
@@ -98,6 +77,25 @@ def render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> N
             f"[bold red]preflight: {len(report.errors)} error(s)[/]; run "
             f"`neuron-spec validate {cfg.path}` for the details."
         )
+
+
+def _render_speedup(console: Console, p: Plan) -> None:
+    from rich.table import Table
+
+    sp = p.speculation
+    if not sp.rows:
+        return
+    console.print(
+        f"expected speedup (draft_tokens {sp.draft_tokens}, window k={sp.window}, "
+        f"estimated c = draft/target step time = {sp.c_estimate:.2f})"
+    )
+    st = Table()
+    for col in ("alpha", f"speedup at {sp.draft_tokens}", "best draft_tokens", "best speedup"):
+        st.add_column(col, justify="right")
+    keys = ("alpha", "speedup_at_draft_tokens", "best_draft_tokens", "best_speedup")
+    for spec_row in sp.rows:
+        st.add_row(*(str(spec_row[k]) for k in keys))
+    console.print(st)
 
 
 def performance_tp(spec: DeploymentSpec, p: Plan) -> int | None:
