@@ -138,7 +138,12 @@ class Generation:
 
 
 class RequestTooLong(ValueError):
-    """Prompt + max_new_tokens exceed n_positions."""
+    """Prompt + max_new_tokens exceed n_positions. `field`: what to shorten first (the
+    prompt when it leaves no room at all, else max_tokens)."""
+
+    def __init__(self, message: str, field: str = "max_tokens"):
+        super().__init__(message)
+        self.field = field
 
 
 TextCallback = Callable[[int, str], None]

@@ -243,7 +243,8 @@ class ServerState:
         room = limit - longest
         if room < 1:
             raise RequestTooLong(
-                f"the prompt is {longest} tokens; n_positions={limit} leaves no room to generate"
+                f"the prompt is {longest} tokens; n_positions={limit} leaves no room to generate",
+                "prompt",
             )
         wanted = req.new_tokens
         if wanted is None:
@@ -428,7 +429,8 @@ class _Handlers:
             prompts, ids = st.prompts(body)
             max_new = st.plan(body, ids)
         except RequestTooLong as exc:
-            return self.reject(400, str(exc), "max_tokens" if body.new_tokens else where)
+            field = where if exc.field == "prompt" or not body.new_tokens else "max_tokens"
+            return self.reject(400, str(exc), field)
         except ValueError as exc:
             return self.reject(400, str(exc), where)
         job = Job(body, asyncio.get_running_loop(), asyncio.Queue(), ids, max_new, prompts)

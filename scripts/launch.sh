@@ -71,7 +71,8 @@ run_reference() {
   "$ns" validate "$config" --backend reference || {
     ns_log "preflight failed: nothing was loaded"; exit 1; }
   ns_log "generate (reference backend)"
-  exec "$ns" generate "$config" --backend reference "${extra[@]}"
+  # --quiet: the preflight above has shown its warnings once already
+  exec "$ns" generate "$config" --backend reference --quiet "${extra[@]}"
 }
 
 if [ "$backend" = "reference" ]; then
@@ -151,4 +152,4 @@ printf '%s\n' "$exports" | sed 's/^/    /' >&2
 eval "$exports"
 
 ns_log "generate (transformers-neuronx; the first run compiles, later runs load cached artifacts)"
-exec "${ns[@]}" generate "$config" "${instance_args[@]}" "${extra[@]}"
+exec "${ns[@]}" generate "$config" "${instance_args[@]}" --quiet "${extra[@]}"

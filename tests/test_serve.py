@@ -401,11 +401,11 @@ def test_requests_that_cannot_fit_n_positions_get_400(server):
     assert huge.status_code == 400
     error = huge.json()["error"]
     assert error["param"] == "max_tokens" and "n_positions=2048" in error["message"]
-    long_prompt = server.complete(prompt="word " * 3000, temperature=0.0)
-    assert (
-        long_prompt.status_code == 400
-        and "n_positions=2048" in long_prompt.json()["error"]["message"]
-    )
+    for extra in ({}, {"max_tokens": 10}):  # the prompt alone is too long: it is the param
+        long_prompt = server.complete(prompt="word " * 3000, temperature=0.0, **extra)
+        error = long_prompt.json()["error"]
+        assert long_prompt.status_code == 400 and error["param"] == "prompt"
+        assert "n_positions=2048" in error["message"]
 
 
 def test_max_tokens_defaults_to_what_fits(server):
