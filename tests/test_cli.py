@@ -255,3 +255,15 @@ def test_no_color_and_terminal_width_on_a_terminal(monkeypatch):
     assert term.console().no_color is True
     monkeypatch.delenv("NO_COLOR")
     assert term.console().no_color is False
+
+
+def test_an_internal_error_has_its_own_exit_code(capsys, monkeypatch):
+    from neuron_spec import cli
+
+    def broken(_args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "schema", broken)
+    assert main(["schema"]) == 70
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: a bug" in err and "Traceback" not in err
