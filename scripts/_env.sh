@@ -79,6 +79,9 @@ ns_satisfied() {
 ns_torch() {
   local venv="$1" version="${NEURON_SPEC_TORCH:-2.13.0}"
   local pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+  if "$venv/bin/python" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$version')" 2>/dev/null; then
+    return 0  # already there: nothing to download
+  fi
   if [ -n "$ns_torch_index" ]; then
     ns_log "installing torch==$version, CPU build (about 190 MB) from $ns_torch_index"
     if "${pip[@]}" --retries 1 --timeout 20 --extra-index-url "$ns_torch_index" \
