@@ -101,10 +101,13 @@ def _render_speedup(console: Console, p: Plan) -> None:
 def performance_tp(spec: DeploymentSpec, p: Plan) -> int | None:
     """The tp the prediction is for: the config's when draft and target share it and the pair
     fits there; otherwise the recommended one (None when the pair fits nowhere)."""
+    from .catalog import TP_RULES
+
     rec = p.recommendation
     tp = spec.target.tp_degree
     fits = p.layout is not None and p.layout.per_core_bytes <= p.layout.budget_per_core
-    if tp == spec.draft.tp_degree and fits and tp <= p.host.cores:
+    valid = p.host.platform is not None and TP_RULES[p.host.platform].allowed(tp)
+    if tp == spec.draft.tp_degree and fits and valid and tp <= p.host.cores:
         return tp
     return rec.target_tp if rec else None
 

@@ -133,3 +133,10 @@ def test_compare_all_ranks_every_instance_where_the_pair_fits(capsys):
     for r in body["ranked"]:
         assert r["min_tp"] <= r["tp_degree"]
     assert main(["plan", TRN1, "--compare", "inf2.48xlarge,p5.48xlarge"]) == 2
+
+
+def test_a_tp_the_instance_refuses_is_not_the_one_predicted(capsys):
+    inf2 = str(CONFIGS / "inf2-llama2-70b-7b-bf16.yaml")  # tp 24: not a trn1 topology
+    code = main(["plan", inf2, "--instance", "trn1.32xlarge", "--json"])
+    body = json.loads(capsys.readouterr().out)
+    assert code == 1 and body["performance"]["tp_degree"] == 32  # the recommended one
