@@ -24,6 +24,7 @@ from .speedup import mean_tokens_per_pass
 
 GAMMAS = tuple(range(1, 9))
 DEFAULT_ALPHA = 0.8
+DEFAULT_PROMPT_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def inputs(
     else:
         a, source = DEFAULT_ALPHA, "assumed: pass --alpha A or --from-bench FILE"
     return Inputs(
-        prompt_tokens=prompt_tokens or 128,
+        prompt_tokens=prompt_tokens or DEFAULT_PROMPT_TOKENS,
         new_tokens=new_tokens or spec.generation.max_new_tokens,
         alpha=a,
         alpha_source=source,

@@ -11,7 +11,7 @@ from .config import DeploymentSpec, ModelSpec
 from .host import HostFacts
 from .memory import HIGH_WATER, ModelMemory, fmt_bytes, kv_heads_shardable, model_memory
 from .perf import FAMILIES, decode_step_s
-from .preflight import Context, build_context
+from .preflight import Context, build_context, pair_fits
 from .speedup import best_gamma, expected_speedup
 
 ALPHAS = (0.6, 0.7, 0.8, 0.9)
@@ -157,16 +157,7 @@ def _recommend(ctx: Context) -> Recommendation:
         )
     budget = host.memory_per_core_bytes
     rule = TP_RULES[host.platform]
-    shared: list[tuple[int, int]] = []
-    for tp in _tp_candidates(host):
-        if not (kv_heads_shardable(t_arch, tp) and kv_heads_shardable(d_arch, tp)):
-            continue
-        load = (
-            _memory_at(t_arch, spec.target, tp).per_core_bytes
-            + _memory_at(d_arch, spec.draft, tp).per_core_bytes
-        )
-        if load <= budget:
-            shared.append((tp, load))
+    shared = pair_fits(ctx) or []
     if not shared:
         need = (
             _memory_at(t_arch, spec.target, host.cores).total_bytes

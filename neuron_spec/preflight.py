@@ -304,26 +304,35 @@ def _fitting_tps(
     return out
 
 
-def pair_fitting_tps(ctx: Context) -> list[int] | None:
-    """Valid tps on this host at which draft and target fit together on shared cores (the
-    only layout SpeculativeGenerator runs); None when a model's size is unknown."""
+def pair_fits(ctx: Context) -> list[tuple[int, int]] | None:
+    """(tp, per-core bytes) for every tp valid on this host at which draft and target, their
+    KV heads split evenly, fit together on shared cores (the only layout SpeculativeGenerator
+    runs); None when a model's size or the platform is unknown."""
     if ctx.host.platform is None:
         return None
-    archs = {role: ctx.arch(role) for role, _ in _roles(ctx)}
-    if any(a is None for a in archs.values()):
+    roles = list(_roles(ctx))
+    archs = [ctx.arch(role) for role, _ in roles]
+    if any(a is None for a in archs):
         return None
     out = []
     for tp in TP_RULES[ctx.host.platform].candidates(ctx.host.cores):
-        used = sum(
-            model_memory(
+        used = 0
+        for (_, m), a in zip(roles, archs, strict=True):
+            assert a is not None
+            if not kv_heads_shardable(a, tp):
+                break
+            used += model_memory(
                 a, tp=tp, amp=m.amp, n_positions=m.max_positions, batch_size=m.batch_size
             ).per_core_bytes
-            for (role, m), a in zip(_roles(ctx), archs.values(), strict=True)
-            if a is not None
-        )
-        if used <= ctx.host.memory_per_core_bytes:
-            out.append(tp)
+        else:
+            if used <= ctx.host.memory_per_core_bytes:
+                out.append((tp, used))
     return out
+
+
+def pair_fitting_tps(ctx: Context) -> list[int] | None:
+    fits = pair_fits(ctx)
+    return None if fits is None else [tp for tp, _ in fits]
 
 
 def _suggest(ctx: Context, near: int, count: int = 3) -> str:

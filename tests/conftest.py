@@ -156,6 +156,22 @@ def moto_endpoint():
             os.environ[k] = v
 
 
+def moto_clients(bucket: str):
+    """S3 and SageMaker clients on the moto server, `bucket` created, and a list that records
+    every request they send ("METHOD url"), so a test can assert that nothing was sent."""
+    import boto3
+
+    s3, sm = boto3.client("s3"), boto3.client("sagemaker")
+    if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=bucket)
+    sent: list[str] = []
+    for client in (s3, sm):
+        client.meta.events.register(
+            "before-send", lambda request, **_: sent.append(f"{request.method} {request.url}")
+        )
+    return s3, sm, sent
+
+
 @pytest.fixture
 def s3_server(moto_endpoint):
     import boto3

@@ -16,22 +16,15 @@ from neuron_spec.cli import main
 from neuron_spec.config import load_config
 from neuron_spec.errors import UsageError
 
+from .conftest import moto_clients
+
 pytestmark = pytest.mark.aws
 ROLE = "arn:aws:iam::123456789012:role/SageMakerNeuronSpec"
 
 
 @pytest.fixture
 def aws(moto_endpoint):
-    import boto3
-
-    s3, sm = boto3.client("s3"), boto3.client("sagemaker")
-    names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    if "deploy-bucket" not in names:
-        s3.create_bucket(Bucket="deploy-bucket")
-    sent: list[str] = []
-    for client in (s3, sm):
-        client.meta.events.register("before-send", lambda request, **_: sent.append(request.url))
-    return s3, sm, sent
+    return moto_clients("deploy-bucket")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from neuron_spec.config import load_config
 from neuron_spec.errors import UsageError
 from neuron_spec.upload import SHA_META, HashCache, Uploader, local_checkpoints
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, moto_clients
 
 pytestmark = pytest.mark.aws
 ROLE = "arn:aws:iam::123456789012:role/SageMakerNeuronSpec"
@@ -26,18 +26,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def aws(moto_endpoint):
-    import boto3
-
-    s3, sm = boto3.client("s3"), boto3.client("sagemaker")
-    names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    if "up-bucket" not in names:
-        s3.create_bucket(Bucket="up-bucket")
-    sent: list[str] = []
-    for client in (s3, sm):
-        client.meta.events.register(
-            "before-send", lambda request, **_: sent.append(f"{request.method} {request.url}")
-        )
-    return s3, sm, sent
+    return moto_clients("up-bucket")
 
 
 @pytest.fixture
