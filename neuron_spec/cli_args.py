@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
@@ -44,7 +45,10 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or, when `argv` names a command, that command's arguments and
+    only the names of the others (what parsing it needs: building every subcommand's arguments
+    costs more than the rest of `validate`'s start-up)."""
     p = Parser(
         prog="neuron-spec",
         description="Speculative decoding for Llama on AWS Inferentia2 and Trainium: check a "
@@ -55,16 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"neuron-spec {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    _checks(sub)
-    _generate(sub)
-    _bench(sub)
-    _serve(sub)
-    _deploy(sub)
-    _env(sub)
-    _cache(sub)
-    _doctor(sub)
-    _schema(sub)
+    wanted = _command_in(argv)
+    for name, describe in SUBCOMMANDS.items():
+        if wanted in (None, name):
+            describe(sub)
+        else:
+            sub.add_parser(name, add_help=False)
     return p
+
+
+def _command_in(argv: Sequence[str] | None) -> str | None:
+    """The subcommand argv names, when it names one; None for `--help` and the like."""
+    for token in argv or ():
+        if not token.startswith("-"):
+            return token if token in SUBCOMMANDS else None
+        if token in ("-h", "--help", "--version"):
+            return None
+    return None
 
 
 def _hidden_debug(sp: argparse.ArgumentParser) -> None:
@@ -100,7 +111,7 @@ def _quiet(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def _checks(sub: Sub) -> None:
+def _validate(sub: Sub) -> None:
     v = _with_config(
         sub,
         "validate",
@@ -116,7 +127,6 @@ def _checks(sub: Sub) -> None:
         help="the pair will load on this machine: also check its compile.artifact_cache "
         "directory (writable, room for the artifacts); generate and serve always do",
     )
-    _plan(sub)
 
 
 def _plan(sub: Sub) -> None:
@@ -407,6 +417,21 @@ def _schema(sub: Sub) -> None:
 
 
 # --- argument types ----------------------------------------------------------------------------
+
+
+# Every subcommand, in the order `--help` lists them, and the function that describes it.
+SUBCOMMANDS: dict[str, Callable[[Sub], None]] = {
+    "validate": _validate,
+    "plan": _plan,
+    "generate": _generate,
+    "bench": _bench,
+    "serve": _serve,
+    "deploy": _deploy,
+    "env": _env,
+    "cache": _cache,
+    "doctor": _doctor,
+    "schema": _schema,
+}
 
 
 def positive_int(text: str) -> int:

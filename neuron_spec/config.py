@@ -7,37 +7,44 @@ whether a deployment will run on a given host live in preflight.py.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    WithJsonSchema,
-    field_validator,
-)
+from typing import Any, Literal
 
 from .catalog import INSTANCES, architecture_names, find_architecture
 from .errors import ConfigError, ConfigProblem
+from .schema import (
+    AnyOf,
+    Choice,
+    Custom,
+    Float,
+    Int,
+    Invalid,
+    Issue,
+    ListOf,
+    Nested,
+    Optional,
+    Record,
+    Str,
+    spec,
+)
 from .yamlread import DuplicateKeys, parse_yaml, show
 
 Amp = Literal["f32", "f16", "bf16"]
 BUILTIN_ACCEPTORS = ("greedy", "lossless", "neuronx-default")
 _CUSTOM_ACCEPTOR = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+_S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 MAX_DRAFT_TOKENS = 31
 MAX_MESSAGE = 500  # characters of one problem's message; values in it are shown by show()
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     """' Did you mean 'x'?' or '' when nothing is close."""
+    import difflib
+
     lowered = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f" Did you mean '{lowered[close[0]]}'?" if close else ""
@@ -52,7 +59,7 @@ def _positions(value: object) -> tuple[int, ...]:
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ValueError(
-                f"{item!r} is not an integer; expected a positive integer or a list of them"
+                f"{show(item)} is not an integer; expected a positive integer or a list of them"
             )
         if item < 1:
             raise ValueError(f"{item} is not positive; lengths start at 1")
@@ -65,238 +72,23 @@ def _positions(value: object) -> tuple[int, ...]:
 def _optional_positions(value: object) -> tuple[int, ...] | None:
     if value is None:
         return None
-    if value == 0 or value == [0]:
+    if value == 0 or value == [0] or value == (0,):
         return (0,)  # transformers-neuronx: 0 turns prompt-encoding buckets off
     return _positions(value)
 
 
-_INT_OR_LIST_SCHEMA = {
+_INT_OR_LIST_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {"type": "integer", "minimum": 1},
         {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
     ]
 }
-Positions = Annotated[
-    tuple[int, ...], BeforeValidator(_positions), WithJsonSchema(_INT_OR_LIST_SCHEMA)
-]
-OptionalPositions = Annotated[
-    tuple[int, ...] | None,
-    BeforeValidator(_optional_positions),
-    WithJsonSchema({"anyOf": [*_INT_OR_LIST_SCHEMA["anyOf"], {"type": "null"}]}),
-]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class ModelSpec(_Strict):
-    """One model of the pair (draft or target), as LlamaForSampling loads it."""
-
-    model: str = Field(
-        description="A catalog name (e.g. llama-2-70b), a local checkpoint directory holding "
-        "config.json, or a .gguf file. Relative paths are relative to the config file."
-    )
-    architecture: str | None = Field(
-        default=None,
-        description="Catalog name to size the model by when its config.json is not at hand "
-        "(e.g. before the checkpoint is downloaded). Defaults to the checkpoint's own config.",
-    )
-    tokenizer: str | None = Field(
-        default=None,
-        description="Tokenizer directory; defaults to the checkpoint directory.",
-    )
-    amp: Amp = Field(default="bf16", description="Weight and compute dtype: f32, f16 or bf16.")
-    tp_degree: int = Field(
-        default=1,
-        ge=1,
-        le=1024,
-        description="Tensor-parallel degree: NeuronCores the model is sharded over.",
-    )
-    n_positions: Positions = Field(
-        default=(2048,),
-        description="Maximum sequence length (prompt + generated), or a list of buckets.",
-    )
-    batch_size: int = Field(default=1, ge=1, le=256, description="Compiled batch size.")
-    context_length_estimate: OptionalPositions = Field(
-        default=None,
-        description="Prompt-encoding buckets (int or list); 0 turns them off. Each must be "
-        "<= max(n_positions).",
-    )
-
-    @property
-    def max_positions(self) -> int:
-        return self.n_positions[-1]
-
-    @field_validator("model", "tokenizer", "architecture")
-    @classmethod
-    def _not_blank(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("must not be empty")
-        return check_path(v) if v is not None else v
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        if find_architecture(v):
-            return v
-        if looks_like_path(v):
-            return check_path(v)
-        raise ValueError(
-            f"{show(v)} is neither a catalog model nor a path."
-            f"{did_you_mean(v[:100], architecture_names())}"
-            f" Fix: use a catalog name ({', '.join(_CATALOG_MODELS)}) or a path to a "
-            f"checkpoint directory (write ./{v[:60]} for a directory next to the config)."
-        )
-
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, v: str | None) -> str | None:
-        if v is None or find_architecture(v):
-            return v
-        raise ValueError(
-            f"{show(v)} is not a catalog architecture.{did_you_mean(v, architecture_names())}"
-            f" Fix: use one of {', '.join(_CATALOG_MODELS)}."
-        )
-
-
-class SpeculationSpec(_Strict):
-    draft_tokens: int = Field(
-        default=4,
-        ge=1,
-        le=MAX_DRAFT_TOKENS,
-        description="Draft tokens proposed per step (gamma, what papers, vLLM and Hugging Face "
-        "call k). transformers-neuronx's compiled window k is derived: window = draft_tokens + 1.",
-    )
-    acceptor: str = Field(
-        default="lossless",
-        description="greedy (output equals the target's greedy decoding), lossless (speculative "
-        "sampling with the configured warping, output distributed as the target's), "
-        "neuronx-default (transformers-neuronx's own rule, for comparison), or "
-        "'package.module:Class' for your own TokenAcceptor.",
-    )
-
-    loop: Literal["library", "engine"] = Field(
-        default="library",
-        description="Which loop drives the compiled pair on transformers-neuronx: library "
-        "(SpeculativeGenerator.sample, with every defect that can be fixed from outside "
-        "fixed) or engine (neuron-spec's own loop over the same graphs: exactly lossless "
-        "including the first token, safe for token id 0). The reference backend always runs "
-        "the engine.",
-    )
-
-    @property
-    def window(self) -> int:
-        """transformers-neuronx's k: the last accepted token plus the draft tokens."""
-        return self.draft_tokens + 1
-
-    @field_validator("acceptor")
-    @classmethod
-    def _known_acceptor(cls, v: str) -> str:
-        if v in BUILTIN_ACCEPTORS or _CUSTOM_ACCEPTOR.match(v):
-            return v
-        raise ValueError(
-            f"{show(v)} is not an acceptor.{did_you_mean(v, BUILTIN_ACCEPTORS)} Fix: use "
-            f"{', '.join(BUILTIN_ACCEPTORS)}, or 'package.module:ClassName' for your own."
-        )
-
-
-class SamplingSpec(_Strict):
-    temperature: float = Field(
-        default=0.0, ge=0.0, le=100.0, description="0 means greedy (argmax)."
-    )
-    top_k: int = Field(default=0, ge=0, description="Keep the k most likely tokens; 0 = off.")
-    top_p: float = Field(
-        default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1.0 = off."
-    )
-    seed: int | None = Field(default=0, description="Random seed; null for a fresh one each run.")
-
-
-class GenerationSpec(_Strict):
-    max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
-    max_prompt_tokens: int | None = Field(
-        default=None,
-        ge=1,
-        le=1_000_000,
-        description="Longest prompt you will send, in tokens; the preflight checks that it, "
-        "max_new_tokens and the speculation window fit n_positions. Default: whatever "
-        "n_positions leaves after max_new_tokens and the window. Every request is checked "
-        "against n_positions when it arrives either way.",
-    )
-    eos_token_id: int | list[int] | None = Field(
-        default=None,
-        description="End-of-sequence id(s); defaults to the model's own.",
-    )
-
-
-class CompileSpec(_Strict):
-    cc_flags: str | None = Field(
-        default=None,
-        description="Extra neuronx-cc flags (exported as NEURON_CC_FLAGS), e.g. '-O1'.",
-    )
-    artifact_cache: str = Field(
-        default="~/.cache/neuron-spec/compiled",
-        description="Local directory of compiled artifacts (NEFFs) keyed by everything that "
-        "shapes the graphs.",
-    )
-    s3_mirror: str | None = Field(
-        default=None,
-        description="s3://bucket/prefix mirror of the artifact cache, so a fleet compiles once.",
-    )
-    neuron_cache_url: str | None = Field(
-        default=None,
-        description="Neuron compile cache (NEURON_COMPILE_CACHE_URL): a path or an s3:// URL.",
-    )
-
-    @field_validator("s3_mirror")
-    @classmethod
-    def _s3(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", v):
-            raise ValueError(
-                f"{show(v)} is not an S3 URL. Fix: write s3://bucket-name/optional/prefix."
-            )
-        return v
-
-    @field_validator("artifact_cache")
-    @classmethod
-    def _cache_path(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        return check_path(v)
-
-
-class DeploymentSpec(_Strict):
-    """A draft/target pair and how to run it."""
-
-    instance: str = Field(
-        default="auto",
-        description="Instance type from the catalog (e.g. trn1.32xlarge), or 'auto' to detect it.",
-    )
-    backend: Literal["neuronx", "reference"] = Field(
-        default="neuronx",
-        description="neuronx: transformers-neuronx on NeuronCores. reference: PyTorch + "
-        "transformers on CPU or CUDA.",
-    )
-    target: ModelSpec
-    draft: ModelSpec
-    speculation: SpeculationSpec = SpeculationSpec()
-    sampling: SamplingSpec = SamplingSpec()
-    generation: GenerationSpec = GenerationSpec()
-    compile: CompileSpec = CompileSpec()
-
-    @field_validator("instance")
-    @classmethod
-    def _known_instance(cls, v: str) -> str:
-        if v == "auto" or v in INSTANCES:
-            return v
-        raise ValueError(
-            f"{show(v)} is not a known instance type.{did_you_mean(v, list(INSTANCES))}"
-            f" Fix: use 'auto' or one of {', '.join(INSTANCES)}."
-        )
-
-    def models(self) -> Iterator[tuple[str, ModelSpec]]:
-        yield "target", self.target
-        yield "draft", self.draft
+POSITIONS = Custom(_positions, "int or list of int", _INT_OR_LIST_SCHEMA)
+OPTIONAL_POSITIONS = Custom(
+    _optional_positions,
+    "int or list of int or null",
+    {"anyOf": [*_INT_OR_LIST_SCHEMA["anyOf"], {"type": "null"}]},
+)
 
 
 _CATALOG_MODELS = (
@@ -334,6 +126,228 @@ def looks_like_path(value: str) -> bool:
     )
 
 
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return check_path(v)
+
+
+def _known_model(v: str) -> str:
+    if find_architecture(v):
+        return v
+    if looks_like_path(v):
+        return check_path(v)
+    raise ValueError(
+        f"{show(v)} is neither a catalog model nor a path."
+        f"{did_you_mean(v[:100], architecture_names())}"
+        f" Fix: use a catalog name ({', '.join(_CATALOG_MODELS)}) or a path to a "
+        f"checkpoint directory (write ./{v[:60]} for a directory next to the config)."
+    )
+
+
+def _known_architecture(v: str) -> str:
+    if find_architecture(v):
+        return v
+    raise ValueError(
+        f"{show(v)} is not a catalog architecture.{did_you_mean(v, architecture_names())}"
+        f" Fix: use one of {', '.join(_CATALOG_MODELS)}."
+    )
+
+
+def _known_acceptor(v: str) -> str:
+    if v in BUILTIN_ACCEPTORS or _CUSTOM_ACCEPTOR.match(v):
+        return v
+    raise ValueError(
+        f"{show(v)} is not an acceptor.{did_you_mean(v, BUILTIN_ACCEPTORS)} Fix: use "
+        f"{', '.join(BUILTIN_ACCEPTORS)}, or 'package.module:ClassName' for your own."
+    )
+
+
+def _s3_url(v: str) -> str:
+    if not _S3_URL.match(v):
+        raise ValueError(
+            f"{show(v)} is not an S3 URL. Fix: write s3://bucket-name/optional/prefix."
+        )
+    return v
+
+
+def _known_instance(v: str) -> str:
+    if v == "auto" or v in INSTANCES:
+        return v
+    raise ValueError(
+        f"{show(v)} is not a known instance type.{did_you_mean(v, list(INSTANCES))}"
+        f" Fix: use 'auto' or one of {', '.join(INSTANCES)}."
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(Record):
+    """One model of the pair (draft or target), as LlamaForSampling loads it."""
+
+    model: str = spec(
+        Str(),
+        description="A catalog name (e.g. llama-2-70b), a local checkpoint directory holding "
+        "config.json, or a .gguf file. Relative paths are relative to the config file.",
+        checks=(_not_blank, _known_model),
+    )
+    architecture: str | None = spec(
+        Optional(Str()),
+        None,
+        "Catalog name to size the model by when its config.json is not at hand "
+        "(e.g. before the checkpoint is downloaded). Defaults to the checkpoint's own config.",
+        checks=(_not_blank, _known_architecture),
+    )
+    tokenizer: str | None = spec(
+        Optional(Str()),
+        None,
+        "Tokenizer directory; defaults to the checkpoint directory.",
+        checks=(_not_blank,),
+    )
+    amp: Amp = spec(
+        Choice("f32", "f16", "bf16"), "bf16", "Weight and compute dtype: f32, f16 or bf16."
+    )
+    tp_degree: int = spec(
+        Int(ge=1, le=1024), 1, "Tensor-parallel degree: NeuronCores the model is sharded over."
+    )
+    n_positions: tuple[int, ...] = spec(
+        POSITIONS,
+        (2048,),
+        "Maximum sequence length (prompt + generated), or a list of buckets.",
+    )
+    batch_size: int = spec(Int(ge=1, le=256), 1, "Compiled batch size.")
+    context_length_estimate: tuple[int, ...] | None = spec(
+        OPTIONAL_POSITIONS,
+        None,
+        "Prompt-encoding buckets (int or list); 0 turns them off. Each must be "
+        "<= max(n_positions).",
+    )
+
+    @property
+    def max_positions(self) -> int:
+        return self.n_positions[-1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeculationSpec(Record):
+    """How the draft proposes and the target accepts."""
+
+    draft_tokens: int = spec(
+        Int(ge=1, le=MAX_DRAFT_TOKENS),
+        4,
+        "Draft tokens proposed per step (gamma, what papers, vLLM and Hugging Face "
+        "call k). transformers-neuronx's compiled window k is derived: window = draft_tokens + 1.",
+    )
+    acceptor: str = spec(
+        Str(),
+        "lossless",
+        "greedy (output equals the target's greedy decoding), lossless (speculative "
+        "sampling with the configured warping, output distributed as the target's), "
+        "neuronx-default (transformers-neuronx's own rule, for comparison), or "
+        "'package.module:Class' for your own TokenAcceptor.",
+        checks=(_known_acceptor,),
+    )
+    loop: Literal["library", "engine"] = spec(
+        Choice("library", "engine"),
+        "library",
+        "Which loop drives the compiled pair on transformers-neuronx: library "
+        "(SpeculativeGenerator.sample, with every defect that can be fixed from outside "
+        "fixed) or engine (neuron-spec's own loop over the same graphs: exactly lossless "
+        "including the first token, safe for token id 0). The reference backend always runs "
+        "the engine.",
+    )
+
+    @property
+    def window(self) -> int:
+        """transformers-neuronx's k: the last accepted token plus the draft tokens."""
+        return self.draft_tokens + 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingSpec(Record):
+    """How tokens are drawn."""
+
+    temperature: float = spec(Float(ge=0.0, le=100.0), 0.0, "0 means greedy (argmax).")
+    top_k: int = spec(Int(ge=0), 0, "Keep the k most likely tokens; 0 = off.")
+    top_p: float = spec(Float(gt=0.0, le=1.0), 1.0, "Nucleus sampling mass; 1.0 = off.")
+    seed: int | None = spec(Optional(Int()), 0, "Random seed; null for a fresh one each run.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationSpec(Record):
+    """How long prompts and answers may be."""
+
+    max_new_tokens: int = spec(Int(ge=1, le=1_000_000), 128, "Tokens to generate at most.")
+    max_prompt_tokens: int | None = spec(
+        Optional(Int(ge=1, le=1_000_000)),
+        None,
+        "Longest prompt you will send, in tokens; the preflight checks that it, "
+        "max_new_tokens and the speculation window fit n_positions. Default: whatever "
+        "n_positions leaves after max_new_tokens and the window. Every request is checked "
+        "against n_positions when it arrives either way.",
+    )
+    eos_token_id: int | list[int] | None = spec(
+        Optional(AnyOf(Int(), ListOf(Int()))),
+        None,
+        "End-of-sequence id(s); defaults to the model's own.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompileSpec(Record):
+    """Where compiled graphs are kept."""
+
+    cc_flags: str | None = spec(
+        Optional(Str()),
+        None,
+        "Extra neuronx-cc flags (exported as NEURON_CC_FLAGS), e.g. '-O1'.",
+    )
+    artifact_cache: str = spec(
+        Str(),
+        "~/.cache/neuron-spec/compiled",
+        "Local directory of compiled artifacts (NEFFs) keyed by everything that shapes the graphs.",
+        checks=(_not_blank,),
+    )
+    s3_mirror: str | None = spec(
+        Optional(Str()),
+        None,
+        "s3://bucket/prefix mirror of the artifact cache, so a fleet compiles once.",
+        checks=(_s3_url,),
+    )
+    neuron_cache_url: str | None = spec(
+        Optional(Str()),
+        None,
+        "Neuron compile cache (NEURON_COMPILE_CACHE_URL): a path or an s3:// URL.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploymentSpec(Record):
+    """A draft/target pair and how to run it."""
+
+    instance: str = spec(
+        Str(),
+        "auto",
+        "Instance type from the catalog (e.g. trn1.32xlarge), or 'auto' to detect it.",
+        checks=(_known_instance,),
+    )
+    backend: Literal["neuronx", "reference"] = spec(
+        Choice("neuronx", "reference"),
+        "neuronx",
+        "neuronx: transformers-neuronx on NeuronCores. reference: PyTorch + "
+        "transformers on CPU or CUDA.",
+    )
+    target: ModelSpec = spec(Nested(ModelSpec), description=ModelSpec.__doc__ or "")
+    draft: ModelSpec = spec(Nested(ModelSpec), description=ModelSpec.__doc__ or "")
+    speculation: SpeculationSpec = spec(Nested(SpeculationSpec), SpeculationSpec())
+    sampling: SamplingSpec = spec(Nested(SamplingSpec), SamplingSpec())
+    generation: GenerationSpec = spec(Nested(GenerationSpec), GenerationSpec())
+    compile: CompileSpec = spec(Nested(CompileSpec), CompileSpec())
+
+    def models(self) -> Iterator[tuple[str, ModelSpec]]:
+        yield "target", self.target
+        yield "draft", self.draft
+
+
 # --------------------------------------------------------------------------------------------
 # YAML with positions
 
@@ -367,7 +381,7 @@ class ConfigFile:
 
 
 # --------------------------------------------------------------------------------------------
-# pydantic errors -> located problems
+# validation issues -> located problems
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -378,20 +392,6 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = DeploymentSpec
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return None
-        annotation = model.model_fields[part].annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
-    return model
 
 
 def _split_fix(text: str) -> tuple[str, str]:
@@ -424,57 +424,59 @@ def _draft_alias(key: str, value: Any) -> tuple[str, str]:
     return message, "write `speculation: {draft_tokens: N}`, N the draft tokens per step."
 
 
-def _problem_from_pydantic(
-    err: Mapping[str, Any], positions: Mapping[str, tuple[int, int]], file: str | None
-) -> ConfigProblem:
-    loc: tuple[int | str, ...] = tuple(err["loc"])
-    kind = err["type"]
-    observed = err.get("input")
-    path = _dotted(loc)
-    fix = ""
-    if kind == "extra_forbidden" and str(loc[-1]) in DRAFT_ALIASES:
-        message, fix = _draft_alias(str(loc[-1]), observed)
-    elif kind == "extra_forbidden":
-        parent = _model_for(loc[:-1])
-        allowed = sorted(parent.model_fields) if parent else []
-        key = str(loc[-1])
-        message = f"unknown key {show(key)}.{did_you_mean(key[:100], allowed)}"
-        fix = f"allowed keys here: {', '.join(allowed)}." if allowed else "remove it."
-    elif kind == "missing":
-        message = "required key is missing."
-        parent = _model_for(loc[:-1])
-        desc = parent.model_fields[str(loc[-1])].description if parent else None
-        fix = f"add '{loc[-1]}'" + (f" ({desc})" if desc else "") + "."
-    elif kind in ("value_error", "assertion_error"):
-        text = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        message, fix = _split_fix(text)
-        if not message.endswith((".", "?")):
-            message += "."
-    elif kind == "model_type" or kind == "model_attributes_type":
+def _describe(issue: Issue) -> tuple[str, str]:
+    """The message and the fix for one validation issue."""
+    key, observed, record = str(issue.loc[-1]) if issue.loc else "", issue.value, issue.record
+    allowed = record.field_names() if record else []
+    if issue.kind == "unknown" and key in DRAFT_ALIASES:
+        return _draft_alias(key, observed)
+    if issue.kind == "unknown":
+        fix = f"allowed keys here: {', '.join(sorted(allowed))}." if allowed else "remove it."
+        return f"unknown key {show(key)}.{did_you_mean(key[:100], allowed)}", fix
+    if issue.kind == "missing":
+        field = next((f for f in record.field_specs() if f.name == key), None) if record else None
+        desc = field.description if field else ""
+        return "required key is missing.", f"add '{key}'" + (f" ({desc})" if desc else "") + "."
+    if issue.kind == "mapping":
         message = f"expected a mapping of keys, got {type(observed).__name__} {show(observed)}."
-        parent = _model_for(loc)
-        if parent is not None:
-            fix = f"write it as a mapping with keys {', '.join(sorted(parent.model_fields))}."
-    else:
-        message = f"got {show(observed)}: {err['msg']}."
-        if kind in (
-            "int_type",
-            "int_parsing",
-            "float_type",
-            "float_parsing",
-            "string_type",
-            "bool_type",
-        ) and isinstance(observed, str):
-            fix = "write the value without quotes."
+        return message, f"write it as a mapping with keys {', '.join(sorted(allowed))}."
+    if issue.kind == "value" and not issue.message.startswith("must "):
+        message, fix = _split_fix(issue.message)
+        return message if message.endswith((".", "?")) else message + ".", fix
+    fix = ""
+    if issue.kind == "type" and isinstance(observed, str):
+        fix = "write the value without quotes."
+    elif issue.kind == "type" and issue.message.startswith("expected one of"):
+        fix = did_you_mean(str(observed), _choices(issue.message)).strip()
+    return f"got {show(observed)}: {issue.message}.", fix
+
+
+def describe_invalid(exc: Invalid) -> str:
+    """The first problem of `exc`, as one sentence (for a value given on the command line)."""
+    issue = exc.issues[0]
+    if issue.message.startswith(("must ", "expected ")):
+        return issue.message
+    message, fix = _describe(issue)
+    return f"{message} Fix: {fix}" if fix else message
+
+
+def _choices(message: str) -> list[str]:
+    return re.findall(r"'([^']*)'", message)
+
+
+def _problem_from_issue(
+    issue: Issue, positions: Mapping[str, tuple[int, int]], file: str | None
+) -> ConfigProblem:
+    message, fix = _describe(issue)
     pos = None
-    for cut in range(len(loc), -1, -1):
-        pos = positions.get(_dotted(loc[:cut]))
+    for cut in range(len(issue.loc), -1, -1):
+        pos = positions.get(_dotted(issue.loc[:cut]))
         if pos is not None:
             break
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 1] + "…"
     return ConfigProblem(
-        path=path,
+        path=_dotted(issue.loc),
         message=message,
         fix=fix,
         file=file,
@@ -518,9 +520,9 @@ def spec_from_data(
             ]
         )
     try:
-        return DeploymentSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = [_problem_from_pydantic(e, positions, file) for e in exc.errors()]
+        return DeploymentSpec.from_data(data)
+    except Invalid as exc:
+        problems = [_problem_from_issue(i, positions, file) for i in exc.issues]
         problems.sort(key=lambda p: (p.line or 0, p.column or 0, p.path))
         raise ConfigError(problems) from None
 
@@ -577,7 +579,7 @@ def _spec_from_text(text: str, name: str) -> tuple[DeploymentSpec, dict[str, tup
 
 
 def json_schema() -> dict[str, Any]:
-    schema = DeploymentSpec.model_json_schema()
+    schema = DeploymentSpec.json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "neuron-spec deployment config"
     return schema

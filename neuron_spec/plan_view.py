@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .term import escape, host_line
+from .term import Console, Table, escape, host_line
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from .config import ConfigFile, DeploymentSpec
     from .plan import Plan
     from .preflight import Report
@@ -20,8 +18,6 @@ def _gb(n: int) -> str:
 
 
 def render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> None:
-    from rich.table import Table
-
     from .memory import fmt_bytes
 
     console.print(f"[bold]{cfg.path}[/bold]  {host_line(p.host)}")
@@ -80,8 +76,6 @@ def render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> N
 
 
 def _render_speedup(console: Console, p: Plan) -> None:
-    from rich.table import Table
-
     sp = p.speculation
     if not sp.rows:
         return
@@ -115,8 +109,6 @@ def performance_tp(spec: DeploymentSpec, p: Plan) -> int | None:
 def render_performance(
     console: Console, perf: dict[str, Any] | None, money: dict[str, Any] | None, why: str | None
 ) -> None:
-    from rich.table import Table
-
     if perf is None:
         console.print(f"[dim]performance: {escape(why or 'not available')}[/dim]")
         return
@@ -162,8 +154,6 @@ def render_performance(
 
 
 def render_compare(console: Console, ranking: dict[str, Any], cfg: ConfigFile) -> None:
-    from rich.table import Table
-
     console.print(
         f"[bold]{cfg.path}[/bold]: instances where the pair fits, cheapest per million output "
         f"tokens first (alpha {ranking['alpha']}, prices {ranking['region']})"

@@ -258,7 +258,7 @@ def tp_set(ctx: Context) -> Iterator[Finding]:
     if not ctx.neuronx:
         return
     for role, m in _roles(ctx):
-        if "tp_degree" not in m.model_fields_set:
+        if "tp_degree" not in m.keys_given:
             yield Finding(
                 "warning",
                 "tp-default",

@@ -252,18 +252,18 @@ def test_no_color_and_terminal_width_on_a_terminal(monkeypatch):
 
     monkeypatch.setattr(term.sys, "stdout", Tty())
     monkeypatch.setenv("NO_COLOR", "1")
-    assert term.console().no_color is True
+    assert term.console().colour is False
     monkeypatch.delenv("NO_COLOR")
-    assert term.console().no_color is False
+    assert term.console().colour is True
 
 
 def test_an_internal_error_has_its_own_exit_code(capsys, monkeypatch):
-    from neuron_spec import cli
+    from neuron_spec import cli_check
 
     def broken(_args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setitem(cli.COMMANDS, "schema", broken)
+    monkeypatch.setattr(cli_check, "cmd_schema", broken)
     assert main(["schema"]) == 70
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: a bug" in err and "Traceback" not in err

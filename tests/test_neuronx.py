@@ -490,7 +490,7 @@ def test_cli_stream_prints_exactly_the_generated_text(
 def test_a_failed_save_after_compiling_still_generates_and_says_why(
     tmp_path, monkeypatch, capsys, pair_dirs
 ):
-    from neuron_spec.cli import backend_warnings
+    from neuron_spec.backends import backend_warnings
 
     use_double(monkeypatch, V2)
     target, draft = pair_dirs

@@ -1,0 +1,179 @@
+"""The subcommands that check and plan without loading anything: validate, plan, schema, env,
+doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    SEVERITY_STYLE,
+    escape,
+    findings_json,
+    host_for,
+    load,
+    preflight_or_stop,
+    render_report,
+    stdout_console,
+)
+from .errors import UsageError
+from .term import Console
+
+if TYPE_CHECKING:
+    from .config import ConfigFile
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .preflight import preflight
+
+    cfg = load(args.config, args.backend)
+    host = host_for(cfg, args.instance)
+    report = preflight(cfg.spec, host, cfg.base_dir, local=args.local)
+    if args.json:
+        out = {
+            "config": str(cfg.path),
+            "ok": report.ok,
+            "host": host.to_dict(),
+            "findings": findings_json(report, cfg),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        render_report(stdout_console(), report, cfg)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import plan_view
+    from .perfplan import compare, inputs, section
+    from .plan import plan
+    from .preflight import build_context, preflight
+
+    cfg = load(args.config, args.backend)
+    inp = inputs(
+        cfg.spec,
+        args.prompt_tokens,
+        args.new_tokens,
+        args.alpha,
+        args.from_bench,
+        args.price,
+        args.region,
+    )
+    if args.compare:
+        names = [n.strip() for n in args.compare.split(",") if n.strip()]
+        ranking = compare(cfg.spec, cfg.base_dir, names, inp)
+        if args.json:
+            print(json.dumps({"config": str(cfg.path), "compare": ranking}, indent=2))
+        else:
+            plan_view.render_compare(stdout_console(), ranking, cfg)
+        return EXIT_OK if ranking["ranked"] else EXIT_FAILED
+    host = host_for(cfg, args.instance)
+    p = plan(cfg.spec, host, cfg.base_dir)
+    report = preflight(cfg.spec, host, cfg.base_dir)
+    ctx = build_context(cfg.spec, host, cfg.base_dir)
+    archs = {role: ctx.arch(role) for role, _ in cfg.spec.models()}
+    tp = plan_view.performance_tp(cfg.spec, p)
+    perf, money, why = section(cfg.spec, host, archs, tp, inp)
+    if args.json:
+        out = {
+            "config": str(cfg.path),
+            "ok": report.ok,
+            **p.to_dict(),
+            "performance": perf,
+            "cost": money,
+            "performance_note": why,
+            "findings": findings_json(report, cfg),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        plan_view.render_plan(stdout_console(), p, report, cfg)
+        plan_view.render_performance(stdout_console(), perf, money, why)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from .loadplan import planned_env
+
+    cfg = load(args.config, args.backend)
+    if cfg.spec.backend != "neuronx":
+        raise UsageError(
+            "env prints what the Neuron runtime and compiler read; the reference backend "
+            "needs none of it"
+        )
+    if preflight_or_stop(cfg, args.instance, args.json, local=False, quiet=True) is None:
+        return EXIT_FAILED  # the layout is not one the runtime accepts on that instance
+    env = planned_env(cfg)
+    if args.json:
+        print(json.dumps(env, indent=2))
+    else:
+        for name, value in env.items():
+            print(f"export {name}={shlex.quote(value)}")
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import hostprobe
+    from .doctor import check_host
+    from .loadplan import artifact_root
+
+    cfg = load(args.config) if args.config else None
+    disk_dir = artifact_root(cfg) if cfg else Path("~/.cache/neuron-spec/compiled")
+    if args.from_dir:
+        try:
+            raw = hostprobe.read_recording(Path(args.from_dir))
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        source = args.from_dir
+    else:
+        raw, source = hostprobe.live_outputs(disk_dir), "this host"
+    if args.record:
+        names = hostprobe.write_recording(raw, Path(args.record))
+        sys.stderr.write(f"recorded {', '.join(names)} in {args.record}\n")
+    snap = hostprobe.parse(raw, source, str(hostprobe.existing_ancestor(disk_dir)))
+    report = check_host(snap, cfg)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _render_doctor(stdout_console(), report, cfg)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _render_doctor(console: Console, report: Any, cfg: ConfigFile | None) -> None:
+    from .memory import fmt_bytes
+
+    snap = report.snap
+    ram = report.to_dict()["host_ram_bytes"]
+    console.print(
+        f"[bold]host check[/bold] ({snap.source}): {snap.cores} NeuronCores, "
+        f"host memory {fmt_bytes(ram) if ram else 'unknown'}, "
+        f"{fmt_bytes(snap.disk_free) if snap.disk_free is not None else 'unknown'} free "
+        f"on {snap.disk_path or 'the artifact cache'}" + (f"; for {cfg.path}" if cfg else "")
+    )
+    for name, version in report.components.items():
+        console.print(f"  {name:<26} {version or '[dim]not installed[/dim]'}")
+    for f in report.findings:
+        style = SEVERITY_STYLE[f.severity]
+        console.print(f"[{style}]{f.severity:<7}[/] [bold]{f.code}[/bold]  {f.path}")
+        console.print(f"  {f.message}", markup=False)
+        if f.fix:
+            console.print(f"  [green]Fix:[/green] {escape(f.fix)}")
+    errors = sum(f.severity == "error" for f in report.findings)
+    warnings = sum(f.severity == "warning" for f in report.findings)
+    verdict = "[bold red]FAIL[/]" if errors else "[bold green]OK[/]"
+    console.print(
+        f"{verdict}: {errors} error(s), {warnings} warning(s). "
+        "Each code is explained in docs/findings/<code>.md."
+    )

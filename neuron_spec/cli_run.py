@@ -1,0 +1,262 @@
+"""The subcommands that load the pair: generate (and its --dry-run), bench, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any
+
+from . import term
+from .backends import backend_warnings
+from .cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    escape,
+    load,
+    preflight_or_stop,
+    stderr_console,
+    stdout_console,
+    with_overrides,
+)
+from .errors import UsageError
+from .term import Console, Table
+
+if TYPE_CHECKING:
+    from .config import ConfigFile
+
+
+def _load_generator(cfg: ConfigFile) -> Any:
+    from .backends import load_generator
+
+    err = stderr_console()
+    with err.status("loading models...") as status:
+        gen = load_generator(cfg, progress=lambda msg: status.update(msg))
+    err.print(f"[dim]loaded on {gen.device}[/dim]")
+    for message in backend_warnings(gen):
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    return gen
+
+
+def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.1f} ms"
+
+    t = Table(show_header=False, box=False)
+    t.add_column(style="dim")
+    t.add_column()
+    tpot = metrics["time_per_output_token_s"]
+    rate = metrics["acceptance_rate"]
+    t.add_row("tokens", f"{metrics['new_tokens']} new, {metrics['prompt_tokens']} prompt")
+    t.add_row("time to first token", ms(metrics["time_to_first_token_s"]))
+    t.add_row(
+        "time per output token",
+        f"mean {ms(tpot['mean'])}, p50 {ms(tpot['p50'])}, p90 {ms(tpot['p90'])}, "
+        f"p99 {ms(tpot['p99'])}",
+    )
+    t.add_row("throughput", f"{metrics['tokens_per_s']:.1f} tokens/s")
+    t.add_row("target passes", str(metrics["target_passes"]))
+    if metrics["draft_tokens"]:
+        t.add_row("draft tokens per step", str(metrics["draft_tokens"]))
+        t.add_row(
+            "accepted / drafted",
+            f"{metrics['accepted']} / {metrics['drafted']}"
+            + (f" ({rate:.0%})" if rate is not None else ""),
+        )
+        if metrics["mean_tokens_per_pass"] is not None:
+            t.add_row("mean tokens per target pass", f"{metrics['mean_tokens_per_pass']:.2f}")
+        t.add_row(
+            "per-position acceptance",
+            " ".join(f"{p:.2f}" for p in metrics["per_position_acceptance"]),
+        )
+        if metrics["alpha"] is not None:
+            t.add_row("alpha (estimated)", f"{metrics['alpha']:.3f}")
+    console.print(t)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    cfg = with_overrides(load(args.config, args.backend), args)
+    if args.dry_run:
+        return _dry_run(cfg, args)
+    if not args.prompt:
+        raise UsageError("generate needs --prompt TEXT (or --dry-run)")
+    if args.stream and len(args.prompt) > 1:
+        raise UsageError("--stream takes a single --prompt")
+    if preflight_or_stop(cfg, args.instance, args.json, quiet=args.quiet) is None:
+        return EXIT_FAILED
+    gen = _load_generator(cfg)
+    on_text = None
+    if args.stream and not args.json:
+
+        def on_text(_row: int, text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    try:
+        result = gen.generate(
+            args.prompt if len(args.prompt) > 1 else args.prompt[0],
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            draft_tokens=args.draft_tokens,
+            on_text=on_text,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        body = result.to_dict(single=len(args.prompt) == 1)
+        body["warnings"] = backend_warnings(gen)
+        print(json.dumps(body, indent=2))
+        return EXIT_OK
+    console = stdout_console()
+    if args.stream:
+        sys.stdout.write("\n")
+    else:
+        for i, text in enumerate(result.text):
+            if len(result.text) > 1:
+                console.print(f"[bold]--- prompt {i + 1}[/bold]")
+            console.print(args.prompt[i] + text, markup=False)
+    console.print()
+    _render_metrics(console, result.metrics.to_dict())
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from .bench import DEFAULT_PROMPTS, run_bench
+
+    cfg = with_overrides(load(args.config, args.backend), args)
+    prompts = list(DEFAULT_PROMPTS)
+    if args.prompts:
+        try:
+            with open(args.prompts, encoding="utf-8") as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        except OSError as exc:
+            raise UsageError(f"--prompts {args.prompts}: {exc.strerror}") from None
+        if not prompts:
+            raise UsageError(f"--prompts {args.prompts}: no prompts in the file")
+    if preflight_or_stop(cfg, args.instance, args.json, quiet=args.quiet) is None:
+        return EXIT_FAILED
+    gammas = args.draft_tokens
+    if gammas is None:
+        configured = cfg.spec.speculation.draft_tokens
+        gammas = [configured] if cfg.spec.backend == "neuronx" else [1, 2, 4, 6, 8]
+    gen = _load_generator(cfg)
+    total = (1 + len(gammas)) * args.repeat
+    with Progress(transient=True, console=term.rich_console()) as progress:
+        task = progress.add_task("benchmarking", total=total)
+        try:
+            report = run_bench(
+                gen,
+                prompts,
+                gammas,
+                args.max_new_tokens,
+                args.repeat,
+                tick=lambda label: progress.update(task, advance=1, description=label),
+            )
+        except ValueError as exc:  # a prompt that cannot fit n_positions, or encodes to nothing
+            raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    _render_bench(stdout_console(), report)
+    return EXIT_OK
+
+
+def _render_bench(console: Console, report: dict[str, Any]) -> None:
+    base = report["baseline"]
+    console.print(
+        f"target only: {base['tokens_per_s']:.1f} tokens/s ({_range(base)}) over "
+        f"{report['prompts']} prompt(s) x {report['max_new_tokens']} tokens; target step "
+        f"{base['target_step_ms']:.1f} ms; median of {report['repeat']} interleaved run(s)"
+    )
+    t = Table()
+    cols = (
+        "draft_tokens",
+        "tokens/s",
+        "min..max",
+        "speedup",
+        "predicted",
+        "acceptance",
+        "tokens/pass",
+        "alpha",
+        "c",
+        "same output",
+    )
+    for c in cols:
+        t.add_column(c, justify="right")
+
+    def f(v: Any, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v))
+
+    for r in report["speculative"]:
+        t.add_row(
+            str(r["draft_tokens"]),
+            f(r["tokens_per_s"], "{:.1f}"),
+            _range(r),
+            f(r["speedup"]),
+            f(r["predicted_speedup"]),
+            f(r["acceptance_rate"], "{:.0%}"),
+            f(r["mean_tokens_per_pass"]),
+            f(r["alpha"], "{:.3f}"),
+            f(r["c"]),
+            f(r["outputs_match_target"]),
+        )
+    console.print(t)
+    console.print(
+        f"best draft_tokens: {report['best_draft_tokens']} (speedup {report['best_speedup']:.2f}x)"
+    )
+
+
+def _range(row: dict[str, Any]) -> str:
+    return f"{row['tokens_per_s_min']:.1f}..{row['tokens_per_s_max']:.1f}"
+
+
+def _dry_run(cfg: ConfigFile, args: argparse.Namespace) -> int:
+    """Everything generate does before loading: the preflight (for --instance, with every
+    override), then the load plan instead of the load."""
+    as_json = args.json
+    if cfg.spec.backend != "neuronx":
+        raise UsageError(
+            "--dry-run shows the transformers-neuronx load plan; this config uses "
+            "the reference backend"
+        )
+    from .loadplan import build_load_plan
+
+    if preflight_or_stop(cfg, args.instance, as_json, local=False, quiet=args.quiet) is None:
+        return EXIT_FAILED
+
+    plan = build_load_plan(cfg)
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return EXIT_OK
+    console = stdout_console()
+    version = plan.tnx_version or "not installed here"
+    console.print(
+        f"[bold]load plan[/bold] for {cfg.path} (transformers-neuronx {version}, API {plan.api})"
+    )
+    console.print("\n[bold]environment[/bold] (scripts/launch.sh exports these)")
+    for name, value in plan.env.items():
+        console.print(f"  export {name}={shlex.quote(value)}", markup=False, soft_wrap=True)
+    console.print("\n[bold]calls, in order[/bold]")
+    for i, call in enumerate(plan.calls(), 1):
+        console.print(f"  {i:2d}. {call}", markup=False, highlight=False, soft_wrap=True)
+    console.print("\n[bold]compiled-artifact cache keys[/bold]")
+    for ml in (plan.draft, plan.target):
+        console.print(f"  {ml.role}: {ml.cache_key}", markup=False)
+    for note in plan.notes:
+        console.print(f"[dim]note: {escape(note)}[/dim]")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    cfg = load(args.config, args.backend)
+    if preflight_or_stop(cfg, args.instance, False, quiet=args.quiet) is None:
+        return EXIT_FAILED
+    return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout)
