@@ -116,6 +116,19 @@ def _commit_row(
     return keep
 
 
+@dataclass
+class _Rows:
+    """Per-row loop state: what each model has yet to see (see the module's invariant), which
+    rows are finished, and when they end."""
+
+    target_todo: list[list[int]]
+    draft_todo: list[list[int]]
+    done: list[bool]
+    eos: set[int]
+    max_new: int
+    on_tokens: StreamCallback | None
+
+
 @torch.inference_mode()
 def speculative_generate(
     target: Runner,
@@ -135,45 +148,34 @@ def speculative_generate(
         raise ValueError("every prompt needs at least one token")
     batch = len(prompts)
     gamma_max = draft_tokens if draft is not None else 0
-    eos = set(eos_token_ids)
-    keep_q = getattr(acceptor, "uses_draft_logits", True)  # custom acceptors: always
     target.reset(batch)
     if draft is not None:
         draft.reset(batch)
-    target_todo: list[list[int]] = [list(p) for p in prompts]
-    draft_todo: list[list[int]] = [list(p) for p in prompts]
+    rows = _Rows(
+        [list(p) for p in prompts],
+        [list(p) for p in prompts],
+        [False] * batch,
+        set(eos_token_ids),
+        max_new_tokens,
+        on_tokens,
+    )
     out: list[list[int]] = [[] for _ in prompts]
-    done = [False] * batch
-    by_eos = [False] * batch
-    result = EngineResult(out, by_eos, [], time.perf_counter(), [None] * batch)
+    result = EngineResult(out, [False] * batch, [], time.perf_counter(), [None] * batch)
 
-    while not all(done):
+    while not all(rows.done):
         if cancelled is not None and cancelled():
             raise GenerationCancelled()
         t_step = time.perf_counter()
-        remaining = max(max_new_tokens - len(out[b]) for b in range(batch) if not done[b])
+        remaining = max(max_new_tokens - len(out[b]) for b in range(batch) if not rows.done[b])
         gamma = min(gamma_max, remaining - 1)  # no point drafting past the budget
 
         # 1. Draft gamma tokens, one at a time (the first feed catches the draft's cache up).
-        draft_ids = torch.zeros((batch, gamma), dtype=torch.long)
-        draft_logits: list[torch.Tensor] = []
-        d_start = 0
-        if gamma > 0 and draft is not None:
-            tokens, mask = _chunk(draft_todo, pad_token_id)
-            sink = result.draft_step_seconds if tokens.shape[1] == 1 else None  # 1-token steps
-            logits = _timed_feed(draft, tokens, mask, 1, sink)[:, -1]  # (B, V)
-            d_start = draft.length  # column where d_1 will be written
-            for i in range(gamma):
-                draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
-                if keep_q:
-                    draft_logits.append(logits)
-                if i < gamma - 1:
-                    one = torch.ones((batch, 1), dtype=torch.bool)
-                    step_ids = draft_ids[:, i : i + 1]
-                    logits = _timed_feed(draft, step_ids, one, 1, result.draft_step_seconds)[:, -1]
+        draft_ids, draft_logits, d_start = _draft(
+            draft if gamma > 0 else None, acceptor, rows.draft_todo, gamma, pad_token_id, result
+        )
 
         # 2. The target scores its to-do tokens plus the gamma drafts in one pass.
-        tokens, mask = _chunk(target_todo, pad_token_id)
+        tokens, mask = _chunk(rows.target_todo, pad_token_id)
         t_width = tokens.shape[1]
         t_start = target.length
         tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
@@ -193,24 +195,72 @@ def speculative_generate(
         # 5. Commit, per row: stop at EOS or the token budget.
         now = time.perf_counter()
         record = StepRecord(now - t_step, gamma, [], [])
-        for b in range(batch):
-            new = [int(x) for x in emitted[b, : int(counts[b])]]
-            accepted = int(n_acc[b])
-            if done[b]:
-                record.accepted.append(0)
-                record.emitted.append(0)
-            else:
-                keep = _commit_row(result, b, new, eos, max_new_tokens, now)
-                record.accepted.append(accepted)
-                record.emitted.append(len(keep))
-                stop = on_tokens is not None and bool(keep) and bool(on_tokens(b, keep))
-                done[b] = by_eos[b] or len(out[b]) >= max_new_tokens or stop
-            target_todo[b] = [new[-1]]
-            if gamma > 0:
-                last_draft = [int(draft_ids[b, -1])] if accepted == gamma else []
-                draft_todo[b] = [*last_draft, new[-1]]
-            else:
-                draft_todo[b] = draft_todo[b] + [new[-1]]
+        _commit(result, rows, record, emitted, counts, n_acc, draft_ids, now)
         result.steps.append(record)
     result.end = time.perf_counter()
     return result
+
+
+def _draft(
+    draft: Runner | None,
+    acceptor: Acceptor,
+    todo: list[list[int]],
+    gamma: int,
+    pad_token_id: int,
+    result: EngineResult,
+) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """gamma draft tokens per row (B, gamma), the logits each was drawn from (kept only when
+    the acceptor reads them), and the cache column where the first was written."""
+    batch = len(todo)
+    draft_ids = torch.zeros((batch, gamma), dtype=torch.long)
+    draft_logits: list[torch.Tensor] = []
+    if gamma == 0 or draft is None:
+        return draft_ids, draft_logits, 0
+    keep_q = getattr(acceptor, "uses_draft_logits", True)  # custom acceptors: always
+    tokens, mask = _chunk(todo, pad_token_id)
+    sink = result.draft_step_seconds if tokens.shape[1] == 1 else None  # 1-token steps
+    logits = _timed_feed(draft, tokens, mask, 1, sink)[:, -1]  # (B, V)
+    d_start = draft.length  # column where d_1 will be written
+    one = torch.ones((batch, 1), dtype=torch.bool)
+    for i in range(gamma):
+        draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
+        if keep_q:
+            draft_logits.append(logits)
+        if i < gamma - 1:
+            step_ids = draft_ids[:, i : i + 1]
+            logits = _timed_feed(draft, step_ids, one, 1, result.draft_step_seconds)[:, -1]
+    return draft_ids, draft_logits, d_start
+
+
+def _commit(
+    result: EngineResult,
+    rows: _Rows,
+    record: StepRecord,
+    emitted: torch.Tensor,
+    counts: torch.Tensor,
+    n_acc: torch.Tensor,
+    draft_ids: torch.Tensor,
+    now: float,
+) -> None:
+    """Append each row's new tokens, decide which rows are done, and set the to-do lists
+    that keep the cache invariant for the next step."""
+    gamma = draft_ids.shape[1]
+    for b in range(len(rows.done)):
+        new = [int(x) for x in emitted[b, : int(counts[b])]]
+        accepted = int(n_acc[b])
+        if rows.done[b]:
+            record.accepted.append(0)
+            record.emitted.append(0)
+        else:
+            keep = _commit_row(result, b, new, rows.eos, rows.max_new, now)
+            record.accepted.append(accepted)
+            record.emitted.append(len(keep))
+            stop = rows.on_tokens is not None and bool(keep) and bool(rows.on_tokens(b, keep))
+            ended = result.finished_by_eos[b] or len(result.tokens[b]) >= rows.max_new
+            rows.done[b] = ended or stop
+        rows.target_todo[b] = [new[-1]]
+        if gamma > 0:
+            last_draft = [int(draft_ids[b, -1])] if accepted == gamma else []
+            rows.draft_todo[b] = [*last_draft, new[-1]]
+        else:
+            rows.draft_todo[b] = rows.draft_todo[b] + [new[-1]]

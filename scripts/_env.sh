@@ -49,6 +49,7 @@ ns_env() {
   local hash
   hash="$(sha256sum "$ns_root/pyproject.toml" | cut -c1-16)"
   if [ -f "$stamp" ] && ns_satisfied "$stamp" "$hash" "$extras" "$want_torch"; then
+    ns_bytecode "$venv"
     return 0
   fi
   ns_log "installing neuron-spec[$extras] into $venv"
@@ -58,6 +59,16 @@ ns_env() {
   fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ns_root${extras:+[$extras]}"
   printf '%s\n%s\n%s\n' "$hash" "$extras" "${want_torch:+torch}" > "$stamp"
+  ns_bytecode "$venv"
+}
+
+# Compile neuron-spec's own modules now. pip does this for a regular install; an editable one
+# leaves it to the first import, and a host with PYTHONDONTWRITEBYTECODE=1 (many container
+# images set it) never writes the result, so every command would compile them again: about a
+# quarter of `validate`'s start-up. Only changed files are recompiled; a file edited later is
+# compiled in memory as usual, never run stale.
+ns_bytecode() {
+  "$1/bin/python" -m compileall -q "$ns_root/neuron_spec" >/dev/null 2>&1 || true
 }
 
 # True when the stamp shows the same pyproject.toml, every requested extra, and torch if wanted.
