@@ -226,65 +226,16 @@ def build_load_plan(
     cc_version = cc_version if cc_version is not None else installed_version(CC_DIST)
     api = api_generation(tnx_version)
     env = dict(env if env is not None else os.environ)
-    root = artifact_root(cfg)
     notes: list[str] = []
     window = spec.speculation.window
+    compiler = {
+        "transformers_neuronx": tnx_version,
+        "neuronx_cc": cc_version,
+        "NEURON_CC_FLAGS": spec.compile.cc_flags or env.get("NEURON_CC_FLAGS", ""),
+    }
 
     def model_load(role: str, m: ModelSpec) -> ModelLoad:
-        resolved = resolve_model(m.model, cfg.base_dir, m.architecture)
-        tokenizer = None
-        if resolved.kind == "catalog":
-            prepare, checkpoint = "catalog", f"<checkpoint directory of {m.model}>"
-            notes.append(
-                f"{role}.model is a catalog name: set it to the checkpoint directory "
-                "before loading."
-            )
-        elif resolved.problem:
-            prepare, checkpoint = "missing", resolved.location
-            notes.append(f"{role}: {resolved.problem}.")
-        elif resolved.kind in ("gguf", "s3"):
-            prepare, checkpoint = resolved.kind, str(prepared_dir(resolved, root))
-            tokenizer = checkpoint
-            what = "de-quantized to safetensors" if prepare == "gguf" else "downloaded"
-            notes.append(f"{role}: {resolved.location} is {what} once, into {checkpoint}.")
-        elif resolved.lazy_loadable is False and resolved.kind == "directory":
-            prepare, checkpoint = "split", str(split_dir(resolved, root))
-            tokenizer = resolved.location
-            notes.append(
-                f"{role}: {resolved.weights} is converted once to the split format "
-                f"in {checkpoint}; the tokenizer stays in {resolved.location}."
-            )
-        else:
-            prepare, checkpoint = "direct", resolved.location
-            tokenizer = resolved.location
-        if m.tokenizer:
-            tokenizer = str(Path(os.path.expanduser(m.tokenizer)))
-        kwargs = from_pretrained_kwargs(m)
-        is_target = role == "target"
-        material = {
-            "role": role,
-            "weights": _fingerprint(resolved),
-            "from_pretrained": kwargs,
-            "window": window if is_target else None,
-            "batch_sizes": [m.batch_size] if is_target else None,
-            "neuron_config": None,
-            "transformers_neuronx": tnx_version,
-            "neuronx_cc": cc_version,
-            "NEURON_CC_FLAGS": spec.compile.cc_flags or env.get("NEURON_CC_FLAGS", ""),
-        }
-        return ModelLoad(
-            role=role,
-            model=m.model,
-            checkpoint=checkpoint,
-            tokenizer=tokenizer,
-            prepare=prepare,
-            kwargs=kwargs,
-            window=window if is_target else None,
-            batch_sizes=[m.batch_size] if is_target else None,
-            cache_key=cache_key(material),
-            key_material=material,
-            source=resolved.location,
-        )
+        return _model_load(cfg, role, m, window if role == "target" else None, compiler, notes)
 
     draft = model_load("draft", spec.draft)
     target = model_load("target", spec.target)
@@ -312,3 +263,74 @@ def build_load_plan(
         draft_provider=provider,
         notes=notes,
     )
+
+
+def _model_load(
+    cfg: ConfigFile,
+    role: str,
+    m: ModelSpec,
+    window: int | None,
+    compiler: dict[str, str | None],
+    notes: list[str],
+) -> ModelLoad:
+    """How one model loads: its checkpoint (prepared first, or as it is), tokenizer,
+    from_pretrained arguments and compiled-artifact cache key. `window` is the target's
+    speculation window (None for the draft); `notes` gathers what the user should know."""
+    resolved = resolve_model(m.model, cfg.base_dir, m.architecture)
+    prepare, checkpoint, tokenizer = _preparation(
+        role, m.model, resolved, artifact_root(cfg), notes
+    )
+    if m.tokenizer:
+        tokenizer = str(Path(os.path.expanduser(m.tokenizer)))
+    kwargs = from_pretrained_kwargs(m)
+    batch_sizes = [m.batch_size] if window is not None else None
+    material = {
+        "role": role,
+        "weights": _fingerprint(resolved),
+        "from_pretrained": kwargs,
+        "window": window,
+        "batch_sizes": batch_sizes,
+        "neuron_config": None,
+        **compiler,
+    }
+    return ModelLoad(
+        role=role,
+        model=m.model,
+        checkpoint=checkpoint,
+        tokenizer=tokenizer,
+        prepare=prepare,
+        kwargs=kwargs,
+        window=window,
+        batch_sizes=batch_sizes,
+        cache_key=cache_key(material),
+        key_material=material,
+        source=resolved.location,
+    )
+
+
+def _preparation(
+    role: str, model: str, resolved: ResolvedModel, root: Path, notes: list[str]
+) -> tuple[str, str, str | None]:
+    """What has to happen to a checkpoint before from_pretrained reads it: (how, the directory
+    it loads from, the tokenizer directory)."""
+    if resolved.kind == "catalog":
+        notes.append(
+            f"{role}.model is a catalog name: set it to the checkpoint directory before loading."
+        )
+        return "catalog", f"<checkpoint directory of {model}>", None
+    if resolved.problem:
+        notes.append(f"{role}: {resolved.problem}.")
+        return "missing", resolved.location, None
+    if resolved.kind in ("gguf", "s3"):
+        checkpoint = str(prepared_dir(resolved, root))
+        what = "de-quantized to safetensors" if resolved.kind == "gguf" else "downloaded"
+        notes.append(f"{role}: {resolved.location} is {what} once, into {checkpoint}.")
+        return resolved.kind, checkpoint, checkpoint
+    if resolved.lazy_loadable is False and resolved.kind == "directory":
+        checkpoint = str(split_dir(resolved, root))
+        notes.append(
+            f"{role}: {resolved.weights} is converted once to the split format "
+            f"in {checkpoint}; the tokenizer stays in {resolved.location}."
+        )
+        return "split", checkpoint, resolved.location
+    return "direct", resolved.location, resolved.location
