@@ -151,6 +151,52 @@ TextCallback = Callable[[int, str], None]
 Decoder = Callable[..., EngineResult]
 
 
+class _TextStream:
+    """Text as tokens are accepted, for `on_text` and stop strings. Text that may be the start
+    of a stop string, or an incomplete multi-byte character, is held back until it is known
+    not to be; a row that reaches a stop string ends there, the stop string not included."""
+
+    def __init__(
+        self, tokenizer: Any, rows: int, on_text: TextCallback | None, stops: list[str]
+    ) -> None:
+        self.tokenizer, self.on_text, self.stops = tokenizer, on_text, stops
+        self.so_far: list[list[int]] = [[] for _ in range(rows)]
+        self.shown = [""] * rows
+        self.stopped = [False] * rows
+        self.hold = max((len(s) for s in stops), default=1) - 1  # may be the start of a stop
+
+    @property
+    def active(self) -> bool:
+        return self.on_text is not None or bool(self.stops)
+
+    def on_tokens(self, row: int, new: list[int]) -> bool:
+        """The engine's callback: True ends the row."""
+        self.so_far[row].extend(new)
+        text = self.tokenizer.decode(self.so_far[row], skip_special_tokens=True)
+        cut = _first_stop(text, self.stops)
+        if cut is not None:
+            text, self.stopped[row] = text[:cut], True
+        elif text.endswith("\ufffd"):
+            return False  # an incomplete multi-byte character: wait for the rest
+        shown = self.shown[row]
+        safe = len(text) if self.stopped[row] else max(len(shown), len(text) - self.hold)
+        if self.on_text is not None and safe > len(shown):
+            self.on_text(row, text[len(shown) : safe])
+        self.shown[row] = text[:safe]
+        return self.stopped[row]
+
+    def finish(self, tokens: list[list[int]]) -> list[str]:
+        """Each row's whole text, cut at its first stop string; what was held back is sent."""
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+        for row, text in enumerate(texts):
+            cut = _first_stop(text, self.stops)
+            if cut is not None:
+                texts[row], self.stopped[row] = text[:cut], True
+            elif self.on_text is not None and len(text) > len(self.shown[row]):
+                self.on_text(row, text[len(self.shown[row]) :])  # flush what was held back
+        return texts
+
+
 class Generator:
     """A loaded draft/target pair plus its tokenizer; `generate` as often as you like."""
 
@@ -212,37 +258,10 @@ class Generator:
         )
         max_new = max_new_tokens or self.spec.generation.max_new_tokens
         self.check_lengths(ids, max_new)
-        s = self.spec.sampling
-        sampling = SamplingSpec(
-            temperature=s.temperature if temperature is None else float(temperature),
-            top_k=s.top_k if top_k is None else top_k,
-            top_p=s.top_p if top_p is None else float(top_p),
-            seed=s.seed if seed is None else seed,
-        )
+        sampling = self._sampling(temperature, top_k, top_p, seed)
         acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
         gamma = self.spec.speculation.draft_tokens if draft_tokens is None else draft_tokens
-        callback = None
-        stops = [s for s in stop if s]
-        stopped = [False] * len(ids)
-        if on_text is not None or stops:
-            so_far: list[list[int]] = [[] for _ in ids]
-            shown = [""] * len(ids)
-            hold = max((len(s) for s in stops), default=1) - 1  # may be the start of a stop
-
-            def callback(row: int, new: list[int]) -> bool:
-                so_far[row].extend(new)
-                text = self.tokenizer.decode(so_far[row], skip_special_tokens=True)
-                cut = _first_stop(text, stops)
-                if cut is not None:
-                    text, stopped[row] = text[:cut], True
-                elif text.endswith("\ufffd"):
-                    return False  # an incomplete multi-byte character: wait for the rest
-                safe = len(text) if stopped[row] else max(len(shown[row]), len(text) - hold)
-                if on_text is not None and safe > len(shown[row]):
-                    on_text(row, text[len(shown[row]) : safe])
-                shown[row] = text[:safe]
-                return stopped[row]
-
+        stream = _TextStream(self.tokenizer, len(ids), on_text, [s for s in stop if s])
         res = self.decoder(
             ids,
             acceptor,
@@ -250,18 +269,28 @@ class Generator:
             max_new_tokens=max_new,
             eos_token_ids=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
-            on_tokens=callback,
+            on_tokens=stream.on_tokens if stream.active else None,
             cancelled=cancelled,
         )
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in res.tokens]
-        for row, text in enumerate(texts):
-            cut = _first_stop(text, stops)
-            if cut is not None:
-                texts[row], stopped[row] = text[:cut], True
-            elif on_text is not None and len(text) > len(shown[row]):
-                on_text(row, text[len(shown[row]) :])  # flush what was held back
+        texts = stream.finish(res.tokens)
         metrics = compute_metrics(res, sum(len(p) for p in ids), gamma)
-        return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stopped)
+        return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+
+    def _sampling(
+        self,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+    ) -> SamplingSpec:
+        """The config's sampling with this call's overrides."""
+        s = self.spec.sampling
+        return SamplingSpec(
+            temperature=s.temperature if temperature is None else float(temperature),
+            top_k=s.top_k if top_k is None else top_k,
+            top_p=s.top_p if top_p is None else float(top_p),
+            seed=s.seed if seed is None else seed,
+        )
 
     @property
     def n_positions(self) -> int:

@@ -10,7 +10,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuron_spec.config import DeploymentSpec, load_config, load_config_text, spec_from_data
+from neuron_spec.config import (
+    DeploymentSpec,
+    json_schema,
+    load_config,
+    load_config_text,
+    spec_from_data,
+)
 from neuron_spec.errors import ConfigError
 
 from .conftest import BASE_CONFIG, CONFIGS
@@ -30,6 +36,33 @@ def test_base_config_loads_typed_and_frozen():
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     assert isinstance(load_config(path).spec, DeploymentSpec)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_the_json_schema_accepts_the_shipped_configs(path):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("tp_degree: 32,", 'tp_degree: "32",', "tp_degree"),
+        ("amp: bf16,", "amp: bf17,", "amp"),
+        ("draft_tokens: 6", "draft_tokens: 0", "draft_tokens"),
+        ("draft_tokens: 6", "draft_tokens: 6, colour: red", "colour"),
+    ],
+)
+def test_the_json_schema_and_the_loader_refuse_the_same_mistakes(old, new, field):
+    jsonschema = pytest.importorskip("jsonschema")
+    text = BASE_CONFIG.replace(old, new, 1)
+    assert text != BASE_CONFIG
+    with pytest.raises(jsonschema.ValidationError) as schema_err:
+        jsonschema.validate(yaml.safe_load(text), json_schema())
+    assert field in str(schema_err.value)
+    assert any(p.path.endswith(field) for p in _problems(text))
 
 
 def _problems(text: str) -> list:
