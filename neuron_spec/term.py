@@ -88,7 +88,7 @@ def visible_len(text: str) -> int:
 
 def escape(text: str) -> str:
     """Text shown inside markup, with its own brackets left alone."""
-    return _TAG.sub(lambda m: "\\" + m.group(0) if not m.group(1) else m.group(0), text)
+    return _TAG.sub(lambda m: m.group(1) + "\\" + m.group(0)[len(m.group(1)) :], text)
 
 
 class Table:
