@@ -46,9 +46,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The whole command line, or, when `argv` names a command, that command's arguments and
-    only the names of the others (what parsing it needs: building every subcommand's arguments
-    costs more than the rest of `validate`'s start-up)."""
+    """The whole command line, or, when `argv` names a command, only that command (all that
+    parsing it needs: building every subcommand costs as much as `validate`'s own work)."""
     p = Parser(
         prog="neuron-spec",
         description="Speculative decoding for Llama on AWS Inferentia2 and Trainium: check a "
@@ -63,8 +62,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name, describe in SUBCOMMANDS.items():
         if wanted in (None, name):
             describe(sub)
-        else:
-            sub.add_parser(name, add_help=False)
     return p
 
 

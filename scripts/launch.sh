@@ -45,7 +45,7 @@ venv="$ns_venv"  # the same environment as scripts/test.sh
 
 # --- the config, read with neuron-spec's own loader (a located error, exit 2, when it is bad) --
 reader="${PYTHON:-python3}"
-if ! PYTHONPATH="$ns_root" "$reader" -c "import yaml, pydantic" 2>/dev/null; then
+if ! PYTHONPATH="$ns_root" "$reader" -c "import yaml" 2>/dev/null; then
   ns_env "$venv" ""  # the core dependencies are enough to read a config
   reader="$venv/bin/python"
 fi

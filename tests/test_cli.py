@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from neuron_spec.cli import main
+from neuron_spec.cli_args import SUBCOMMANDS, build_parser
 
 from .conftest import BASE_CONFIG, CONFIGS, shipped_configs
 
@@ -267,3 +269,14 @@ def test_an_internal_error_has_its_own_exit_code(capsys, monkeypatch):
     assert main(["schema"]) == 70
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: a bug" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", list(SUBCOMMANDS))
+def test_a_command_parses_the_same_when_only_it_is_built(name):
+    def sub_help(parser: argparse.ArgumentParser) -> str:
+        [action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return action.choices[name].format_help()
+
+    full, lazy = build_parser(), build_parser([name, "x"])
+    assert sub_help(lazy) == sub_help(full)
+    assert "Speculative decoding" in full.format_help() and name in full.format_help()
