@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 from .cli_common import (
     EXIT_FAILED,
     EXIT_OK,
-    SEVERITY_STYLE,
-    escape,
     findings_json,
     host_for,
     load,
     preflight_or_stop,
+    render_findings,
     render_report,
     stdout_console,
 )
@@ -164,16 +163,4 @@ def _render_doctor(console: Console, report: Any, cfg: ConfigFile | None) -> Non
     )
     for name, version in report.components.items():
         console.print(f"  {name:<26} {version or '[dim]not installed[/dim]'}")
-    for f in report.findings:
-        style = SEVERITY_STYLE[f.severity]
-        console.print(f"[{style}]{f.severity:<7}[/] [bold]{f.code}[/bold]  {f.path}")
-        console.print(f"  {f.message}", markup=False)
-        if f.fix:
-            console.print(f"  [green]Fix:[/green] {escape(f.fix)}")
-    errors = sum(f.severity == "error" for f in report.findings)
-    warnings = sum(f.severity == "warning" for f in report.findings)
-    verdict = "[bold red]FAIL[/]" if errors else "[bold green]OK[/]"
-    console.print(
-        f"{verdict}: {errors} error(s), {warnings} warning(s). "
-        "Each code is explained in docs/findings/<code>.md."
-    )
+    render_findings(console, report.findings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import term
@@ -19,13 +20,8 @@ if TYPE_CHECKING:
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
 EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: distinct from every error neuron-spec reports
-
-
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -100,8 +96,6 @@ def stderr_console() -> Console:
 
 
 escape = term.escape
-
-
 host_line = term.host_line
 
 
@@ -110,20 +104,26 @@ def findings_json(report: Report, cfg: ConfigFile) -> list[dict[str, Any]]:
 
 
 def render_report(console: Console, report: Report, cfg: ConfigFile) -> None:
-    console.print(f"[bold]{cfg.path}[/bold]  {host_line(report.host)}")
-    for f in report.findings:
+    console.print(f"[bold]{escape(str(cfg.path))}[/bold]  {host_line(report.host)}")
+    render_findings(console, report.findings, cfg.where)
+
+
+def render_findings(
+    console: Console, findings: Sequence[Any], where: Callable[[str], str] | None = None
+) -> None:
+    """Each finding (severity, code, field, where in the file, message, fix), then the verdict."""
+    for f in findings:
         style = SEVERITY_STYLE[f.severity]
-        console.print(
-            f"[{style}]{f.severity:<7}[/] [bold]{f.code}[/bold]  {f.path}  "
-            f"[dim]{cfg.where(f.path)}[/dim]"
-        )
+        located = f"  [dim]{escape(where(f.path))}[/dim]" if where else ""
+        console.print(f"[{style}]{f.severity:<7}[/] [bold]{f.code}[/bold]  {f.path}{located}")
         console.print(f"  {f.message}", markup=False)
         if f.fix:
             console.print(f"  [green]Fix:[/green] {escape(f.fix)}")
-    n_err, n_warn = len(report.errors), len(report.warnings)
-    verdict = "[bold red]FAIL[/]" if n_err else "[bold green]OK[/]"
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    verdict = "[bold red]FAIL[/]" if errors else "[bold green]OK[/]"
     console.print(
-        f"{verdict}: {n_err} error(s), {n_warn} warning(s). "
+        f"{verdict}: {errors} error(s), {warnings} warning(s). "
         "Each code is explained in docs/findings/<code>.md."
     )
 
