@@ -444,10 +444,10 @@ def _describe(issue: Issue) -> tuple[str, str]:
         message, fix = _split_fix(issue.message)
         return message if message.endswith((".", "?")) else message + ".", fix
     fix = ""
-    if issue.kind == "type" and isinstance(observed, str):
-        fix = "write the value without quotes."
-    elif issue.kind == "type" and issue.message.startswith("expected one of"):
-        fix = did_you_mean(str(observed), _choices(issue.message)).strip()
+    if issue.choices:
+        fix = did_you_mean(str(observed), issue.choices).strip()
+    elif issue.kind == "type" and isinstance(observed, str) and "text" not in issue.message:
+        fix = "write the value without quotes."  # "32" where a number or a list belongs
     return f"got {show(observed)}: {issue.message}.", fix
 
 
@@ -458,10 +458,6 @@ def describe_invalid(exc: Invalid) -> str:
         return issue.message
     message, fix = _describe(issue)
     return f"{message} Fix: {fix}" if fix else message
-
-
-def _choices(message: str) -> list[str]:
-    return re.findall(r"'([^']*)'", message)
 
 
 def _problem_from_issue(

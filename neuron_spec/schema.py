@@ -36,6 +36,7 @@ class Issue:
     fix: str = ""
     value: Any = None
     record: type[Record] | None = None  # for unknown/missing/mapping: the record concerned
+    choices: tuple[str, ...] = ()  # for a value that must be one of these
 
 
 class Invalid(ValueError):
@@ -56,9 +57,9 @@ def _dotted(loc: Loc) -> str:
 class _Wrong(Exception):
     """Raised by a Kind: the value has the wrong type (kind 'type') or is out of range."""
 
-    def __init__(self, message: str, kind: str = "type"):
+    def __init__(self, message: str, kind: str = "type", choices: tuple[str, ...] = ()):
         super().__init__(message)
-        self.message, self.kind = message, kind
+        self.message, self.kind, self.choices = message, kind, choices
 
 
 # --- kinds: what a field accepts ---------------------------------------------------------------
@@ -155,7 +156,8 @@ class Choice(Kind):
 
     def parse(self, value: Any, loc: Loc) -> Any:
         if not isinstance(value, str) or value not in self.choices:
-            raise _Wrong("expected one of " + ", ".join(repr(c) for c in self.choices))
+            expected = "expected one of " + ", ".join(repr(c) for c in self.choices)
+            raise _Wrong(expected, choices=self.choices)
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -378,7 +380,7 @@ def _parse_fields(
         except Invalid as exc:
             issues += exc.issues
         except _Wrong as exc:
-            issues.append(Issue(where, exc.kind, exc.message, value=value))
+            issues.append(Issue(where, exc.kind, exc.message, value=value, choices=exc.choices))
         except ValueError as exc:
             issues.append(Issue(where, "value", str(exc), value=value))
         else:

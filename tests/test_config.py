@@ -99,6 +99,12 @@ def test_every_problem_is_reported_at_once():
     assert "Did you mean 'trn1.32xlarge'" in inst.message and inst.line == 1
 
 
+def test_a_misspelt_choice_suggests_the_close_one_not_quotes():
+    [p] = _problems(BASE_CONFIG.replace("amp: bf16, tp_degree: 32", "amp: bf17, tp_degree: 32", 1))
+    assert p.path == "target.amp" and "'f32', 'f16', 'bf16'" in p.message
+    assert p.fix == "Did you mean 'bf16'?"
+
+
 def test_unknown_catalog_model_suggests_the_close_one():
     [p] = _problems(BASE_CONFIG.replace("model: llama-2-7b,", "model: llama-2-7bb,"))
     assert p.path == "draft.model" and "Did you mean 'llama-2-7b'" in p.message
