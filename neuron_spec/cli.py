@@ -1,4 +1,7 @@
-"""The `neuron-spec` command: thin subcommands over library calls.
+"""The `neuron-spec` command: parse the command line, run the subcommand, turn errors into
+messages and exit codes. The subcommands live in cli_check (validate, plan, schema, env,
+doctor), cli_run (generate, bench, serve) and cli_deploy (deploy, cache); cli_args describes
+their arguments.
 
 Exit codes (docs/exit-codes.md): 0 ok; 1 the checks found errors, or the work failed;
 2 the command cannot run as given (usage, config, input, or something on this machine to

@@ -1,6 +1,7 @@
 """The `neuron-spec` command line: every subcommand's arguments and help, nothing else.
 
-cli.py holds what the subcommands do; this module only describes them, one function per group.
+The cli_* modules hold what the subcommands do; this module only describes them, one function
+per subcommand.
 """
 
 from __future__ import annotations
