@@ -175,12 +175,7 @@ def speculative_generate(
         )
 
         # 2. The target scores its to-do tokens plus the gamma drafts in one pass.
-        tokens, mask = _chunk(rows.target_todo, pad_token_id)
-        t_width = tokens.shape[1]
-        t_start = target.length
-        tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
-        mask = torch.cat([mask, torch.ones((batch, gamma), dtype=torch.bool)], dim=1)
-        t_logits = _timed_feed(target, tokens, mask, gamma + 1, result.target_step_seconds)
+        t_logits, t_first_draft = _verify(target, rows.target_todo, draft_ids, pad_token_id, result)
 
         # 3. Accept a prefix of the drafts and emit one more token: (B, gamma + 1), (B,).
         q_logits = torch.stack(draft_logits, dim=1) if draft_logits else t_logits[:, :0]
@@ -188,7 +183,7 @@ def speculative_generate(
         n_acc = (counts - 1).clamp(min=0, max=gamma)  # (B,)
 
         # 4. Roll back what was rejected.
-        target.invalidate_from(t_start + t_width + n_acc)
+        target.invalidate_from(t_first_draft + n_acc)
         if gamma > 0 and draft is not None:
             draft.invalidate_from(d_start + n_acc)
 
@@ -230,6 +225,23 @@ def _draft(
             step_ids = draft_ids[:, i : i + 1]
             logits = _timed_feed(draft, step_ids, one, 1, result.draft_step_seconds)[:, -1]
     return draft_ids, draft_logits, d_start
+
+
+def _verify(
+    target: Runner,
+    todo: list[list[int]],
+    draft_ids: torch.Tensor,
+    pad_token_id: int,
+    result: EngineResult,
+) -> tuple[torch.Tensor, int]:
+    """The target's pass over its to-do tokens and the drafts: the logits of the last
+    gamma + 1 columns (B, gamma + 1, V), and the cache column of the first draft."""
+    batch, gamma = draft_ids.shape
+    tokens, mask = _chunk(todo, pad_token_id)
+    first_draft = target.length + tokens.shape[1]
+    tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
+    mask = torch.cat([mask, torch.ones((batch, gamma), dtype=torch.bool)], dim=1)
+    return _timed_feed(target, tokens, mask, gamma + 1, result.target_step_seconds), first_draft
 
 
 def _commit(
