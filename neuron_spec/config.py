@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .catalog import INSTANCES, architecture_names, find_architecture
 from .errors import ConfigError, ConfigProblem
@@ -26,14 +26,17 @@ from .schema import (
     Issue,
     ListOf,
     Nested,
-    Optional,
+    Nullable,
     Record,
     Str,
+    dotted,
     spec,
 )
 from .yamlread import DuplicateKeys, parse_yaml, show
 
 Amp = Literal["f32", "f16", "bf16"]
+Loop = Literal["library", "engine"]
+Backend = Literal["neuronx", "reference"]
 BUILTIN_ACCEPTORS = ("greedy", "lossless", "neuronx-default")
 _CUSTOM_ACCEPTOR = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
@@ -191,21 +194,19 @@ class ModelSpec(Record):
         checks=(_not_blank, _known_model),
     )
     architecture: str | None = spec(
-        Optional(Str()),
+        Nullable(Str()),
         None,
         "Catalog name to size the model by when its config.json is not at hand "
         "(e.g. before the checkpoint is downloaded). Defaults to the checkpoint's own config.",
         checks=(_not_blank, _known_architecture),
     )
     tokenizer: str | None = spec(
-        Optional(Str()),
+        Nullable(Str()),
         None,
         "Tokenizer directory; defaults to the checkpoint directory.",
         checks=(_not_blank,),
     )
-    amp: Amp = spec(
-        Choice("f32", "f16", "bf16"), "bf16", "Weight and compute dtype: f32, f16 or bf16."
-    )
+    amp: Amp = spec(Choice(*get_args(Amp)), "bf16", "Weight and compute dtype: f32, f16 or bf16.")
     tp_degree: int = spec(
         Int(ge=1, le=1024), 1, "Tensor-parallel degree: NeuronCores the model is sharded over."
     )
@@ -246,8 +247,8 @@ class SpeculationSpec(Record):
         "'package.module:Class' for your own TokenAcceptor.",
         checks=(_known_acceptor,),
     )
-    loop: Literal["library", "engine"] = spec(
-        Choice("library", "engine"),
+    loop: Loop = spec(
+        Choice(*get_args(Loop)),
         "library",
         "Which loop drives the compiled pair on transformers-neuronx: library "
         "(SpeculativeGenerator.sample, with every defect that can be fixed from outside "
@@ -269,7 +270,7 @@ class SamplingSpec(Record):
     temperature: float = spec(Float(ge=0.0, le=100.0), 0.0, "0 means greedy (argmax).")
     top_k: int = spec(Int(ge=0), 0, "Keep the k most likely tokens; 0 = off.")
     top_p: float = spec(Float(gt=0.0, le=1.0), 1.0, "Nucleus sampling mass; 1.0 = off.")
-    seed: int | None = spec(Optional(Int()), 0, "Random seed; null for a fresh one each run.")
+    seed: int | None = spec(Nullable(Int()), 0, "Random seed; null for a fresh one each run.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,7 +279,7 @@ class GenerationSpec(Record):
 
     max_new_tokens: int = spec(Int(ge=1, le=1_000_000), 128, "Tokens to generate at most.")
     max_prompt_tokens: int | None = spec(
-        Optional(Int(ge=1, le=1_000_000)),
+        Nullable(Int(ge=1, le=1_000_000)),
         None,
         "Longest prompt you will send, in tokens; the preflight checks that it, "
         "max_new_tokens and the speculation window fit n_positions. Default: whatever "
@@ -286,7 +287,7 @@ class GenerationSpec(Record):
         "against n_positions when it arrives either way.",
     )
     eos_token_id: int | list[int] | None = spec(
-        Optional(AnyOf(Int(), ListOf(Int()))),
+        Nullable(AnyOf(Int(), ListOf(Int()))),
         None,
         "End-of-sequence id(s); defaults to the model's own.",
     )
@@ -297,7 +298,7 @@ class CompileSpec(Record):
     """Where compiled graphs are kept."""
 
     cc_flags: str | None = spec(
-        Optional(Str()),
+        Nullable(Str()),
         None,
         "Extra neuronx-cc flags (exported as NEURON_CC_FLAGS), e.g. '-O1'.",
     )
@@ -308,13 +309,13 @@ class CompileSpec(Record):
         checks=(_not_blank,),
     )
     s3_mirror: str | None = spec(
-        Optional(Str()),
+        Nullable(Str()),
         None,
         "s3://bucket/prefix mirror of the artifact cache, so a fleet compiles once.",
         checks=(_s3_url,),
     )
     neuron_cache_url: str | None = spec(
-        Optional(Str()),
+        Nullable(Str()),
         None,
         "Neuron compile cache (NEURON_COMPILE_CACHE_URL): a path or an s3:// URL.",
     )
@@ -330,8 +331,8 @@ class DeploymentSpec(Record):
         "Instance type from the catalog (e.g. trn1.32xlarge), or 'auto' to detect it.",
         checks=(_known_instance,),
     )
-    backend: Literal["neuronx", "reference"] = spec(
-        Choice("neuronx", "reference"),
+    backend: Backend = spec(
+        Choice(*get_args(Backend)),
         "neuronx",
         "neuronx: transformers-neuronx on NeuronCores. reference: PyTorch + "
         "transformers on CPU or CUDA.",
@@ -384,16 +385,6 @@ class ConfigFile:
 # validation issues -> located problems
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def _split_fix(text: str) -> tuple[str, str]:
     if " Fix: " in text:
         msg, fix = text.split(" Fix: ", 1)
@@ -440,7 +431,7 @@ def _describe(issue: Issue) -> tuple[str, str]:
     if issue.kind == "mapping":
         message = f"expected a mapping of keys, got {type(observed).__name__} {show(observed)}."
         return message, f"write it as a mapping with keys {', '.join(sorted(allowed))}."
-    if issue.kind == "value" and not issue.message.startswith("must "):
+    if issue.kind == "value":
         message, fix = _split_fix(issue.message)
         return message if message.endswith((".", "?")) else message + ".", fix
     fix = ""
@@ -454,7 +445,7 @@ def _describe(issue: Issue) -> tuple[str, str]:
 def describe_invalid(exc: Invalid) -> str:
     """The first problem of `exc`, as one sentence (for a value given on the command line)."""
     issue = exc.issues[0]
-    if issue.message.startswith(("must ", "expected ")):
+    if issue.kind in ("type", "range"):
         return issue.message
     message, fix = _describe(issue)
     return f"{message} Fix: {fix}" if fix else message
@@ -466,13 +457,13 @@ def _problem_from_issue(
     message, fix = _describe(issue)
     pos = None
     for cut in range(len(issue.loc), -1, -1):
-        pos = positions.get(_dotted(issue.loc[:cut]))
+        pos = positions.get(dotted(issue.loc[:cut]))
         if pos is not None:
             break
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 1] + "…"
     return ConfigProblem(
-        path=_dotted(issue.loc),
+        path=dotted(issue.loc),
         message=message,
         fix=fix,
         file=file,

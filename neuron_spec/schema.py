@@ -28,7 +28,8 @@ _MISSING: Any = dataclasses.MISSING
 
 @dataclass(frozen=True)
 class Issue:
-    """One problem with one value. kind: unknown, missing, mapping, type or value."""
+    """One problem with one value. kind: unknown (key), missing (key), mapping (expected one),
+    type (wrong type), range (outside the bounds) or value (a check refused it, saying why)."""
 
     loc: Loc
     kind: str
@@ -44,10 +45,11 @@ class Invalid(ValueError):
 
     def __init__(self, issues: Sequence[Issue]):
         self.issues = list(issues)
-        super().__init__("; ".join(f"{_dotted(i.loc) or 'value'}: {i.message}" for i in issues))
+        super().__init__("; ".join(f"{dotted(i.loc) or 'value'}: {i.message}" for i in issues))
 
 
-def _dotted(loc: Loc) -> str:
+def dotted(loc: Loc) -> str:
+    """("target", "n_positions", 1) -> "target.n_positions[1]"."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -55,7 +57,7 @@ def _dotted(loc: Loc) -> str:
 
 
 class _Wrong(Exception):
-    """Raised by a Kind: the value has the wrong type (kind 'type') or is out of range."""
+    """Raised by a Kind: the value has the wrong type, is out of range, or was refused."""
 
     def __init__(self, message: str, kind: str = "type", choices: tuple[str, ...] = ()):
         super().__init__(message)
@@ -95,11 +97,11 @@ class _Bounds:
 
     def check(self, value: float) -> None:
         if self.ge is not None and not value >= self.ge:
-            raise _Wrong(f"must be at least {_num(self.ge)}", "value")
+            raise _Wrong(f"must be at least {_num(self.ge)}", "range")
         if self.gt is not None and not value > self.gt:
-            raise _Wrong(f"must be greater than {_num(self.gt)}", "value")
+            raise _Wrong(f"must be greater than {_num(self.gt)}", "range")
         if self.le is not None and not value <= self.le:
-            raise _Wrong(f"must be at most {_num(self.le)}", "value")
+            raise _Wrong(f"must be at most {_num(self.le)}", "range")
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -141,7 +143,7 @@ class Float(Kind):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Wrong("expected a number")
         if math.isnan(value):
-            raise _Wrong("expected a number, not NaN", "value")
+            raise _Wrong("expected a number, not NaN", "range")
         self.bounds.check(value)
         return float(value)
 
@@ -164,7 +166,7 @@ class Choice(Kind):
         return {"enum": list(self.choices)}
 
 
-class Optional(Kind):
+class Nullable(Kind):
     """None, or what `inner` accepts."""
 
     def __init__(self, inner: Kind):

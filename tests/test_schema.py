@@ -38,7 +38,7 @@ def test_integers_are_strict_and_bounded(value, ok):
     else:
         kind = _issues(data)["target.tp_degree"]
         assert kind == (
-            "value" if isinstance(value, int) and not isinstance(value, bool) else "type"
+            "range" if isinstance(value, int) and not isinstance(value, bool) else "type"
         )
 
 
