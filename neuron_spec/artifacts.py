@@ -27,8 +27,10 @@ from typing import Any
 
 from .download import confined
 from .errors import NeuronSpecError, UsageError
+from .safeio import Unreadable, printable, read_json
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest lists a few hundred files: a few hundred KB
 MARKER = ".neuron-spec-cache"  # written into every cache root: prune refuses roots without it
 KEY = re.compile(r"^[0-9a-f]{24}$")  # loadplan.cache_key's format: nothing else is an entry
 STALE_TMP_S = 3600
@@ -81,10 +83,13 @@ class Entry:
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The entry's manifest if it is well formed (a mapping with a `files` mapping)."""
+    """The entry's manifest if it is well formed (a mapping with a `files` mapping); None for
+    anything else, however broken (unreadable, huge, nested too deeply, a link, not JSON)."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        if (path / MANIFEST).is_symlink():
+            return None
+        manifest = read_json(path / MANIFEST, MAX_MANIFEST_BYTES)
+    except (Unreadable, OSError):
         return None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         return None
@@ -93,7 +98,16 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 def verify(path: Path, key: str | None = None) -> str | None:
     """None if the entry at path is complete and intact, else what is wrong. A manifest that
-    is malformed, names another key, or lists a file outside the entry makes it broken."""
+    is malformed, names another key, or lists a file outside the entry makes it broken; so
+    does anything that cannot be read."""
+    try:
+        return _verify(path, key)
+    except (OSError, RecursionError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        return f"unreadable ({why})"
+
+
+def _verify(path: Path, key: str | None) -> str | None:
     if not (path / MANIFEST).is_file():
         return "no manifest (an interrupted write?)"
     manifest = read_manifest(path)
@@ -108,7 +122,7 @@ def verify(path: Path, key: str | None = None) -> str | None:
         f = confined(path, rel) if isinstance(rel, str) else None
         if f is None or not isinstance(meta, dict):
             return "unreadable manifest"
-        if not f.is_file():
+        if f.is_symlink() or not f.is_file():
             return f"missing file {rel}"
         if f.stat().st_size != meta.get("size"):
             return f"{rel} has the wrong size"
@@ -168,6 +182,11 @@ class ArtifactCache:
             os.replace(d, trash)  # atomic: readers never see a half-deleted entry
         except FileNotFoundError:
             return  # another process discarded it first
+        except OSError as exc:
+            raise ArtifactError(
+                f"cache entry {d} is unusable and cannot be removed ({exc.strerror}); "
+                "remove it by hand, or point compile.artifact_cache elsewhere"
+            ) from None
         _remove(trash)
 
     def _mark(self) -> None:
@@ -233,20 +252,7 @@ class ArtifactCache:
         for d in sorted(self.root.iterdir()):
             if not KEY.match(d.name) or d.is_symlink() or not d.is_dir():
                 continue
-            manifest = read_manifest(d) or {}
-            desc = manifest.get("description")
-            created = manifest.get("created")
-            size = sum(f.lstat().st_size for f in d.rglob("*") if f.is_file())
-            out.append(
-                Entry(
-                    d.name,
-                    d,
-                    size,
-                    created if isinstance(created, (int, float)) else None,
-                    desc if isinstance(desc, dict) else {},
-                    verify(d, d.name),
-                )
-            )
+            out.append(_entry(d))
         return out
 
     def foreign(self) -> list[str]:
@@ -371,6 +377,38 @@ class ArtifactCache:
             return False
         finally:
             _remove(tmp)
+
+
+def _entry(d: Path) -> Entry:
+    """One entry as listed: what its manifest says, or a broken entry saying why not."""
+    manifest = read_manifest(d) or {}
+    desc = manifest.get("description")
+    created = manifest.get("created")
+    if (
+        isinstance(created, bool)
+        or not isinstance(created, (int, float))
+        or not 0 <= created < 1e11
+    ):
+        created = None
+    try:
+        size = sum(f.lstat().st_size for f in d.rglob("*") if f.is_file())
+    except OSError:
+        size = 0
+    return Entry(d.name, d, size, created, _flat(desc), verify(d, d.name))
+
+
+def _flat(desc: Any) -> dict[str, Any]:
+    """The description's plain fields (what store() writes: names, numbers), each string made
+    printable; nested or odd values from a hand-edited manifest are left out."""
+    if not isinstance(desc, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in list(desc.items())[:64]:
+        if isinstance(v, str):
+            out[printable(str(k), 64)] = printable(v)
+        elif v is None or (isinstance(v, (bool, int, float)) and abs(v) < 2**63):
+            out[printable(str(k), 64)] = v
+    return out
 
 
 def _remove(path: Path) -> None:

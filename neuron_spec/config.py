@@ -41,6 +41,9 @@ BUILTIN_ACCEPTORS = ("greedy", "lossless", "neuronx-default")
 _CUSTOM_ACCEPTOR = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 MAX_DRAFT_TOKENS = 31
+# The longest sequence any config may ask for: 8x Llama 3.1's 131072-token context. Anything
+# longer is a typo, and unbounded lengths overflow the memory model's floats.
+MAX_POSITIONS = 1 << 20
 MAX_MESSAGE = 500  # characters of one problem's message; values in it are shown by show()
 
 
@@ -65,10 +68,15 @@ def _positions(value: object) -> tuple[int, ...]:
                 f"{show(item)} is not an integer; expected a positive integer or a list of them"
             )
         if item < 1:
-            raise ValueError(f"{item} is not positive; lengths start at 1")
+            raise ValueError(f"{show(item)} is not positive; lengths start at 1")
+        if item > MAX_POSITIONS:
+            raise ValueError(
+                f"{show(item)} is more than {MAX_POSITIONS} positions (Llama 3.1's context "
+                "is 131072)"
+            )
         out.append(item)
     if any(b <= a for a, b in itertools.pairwise(out)):
-        raise ValueError(f"buckets {out} must be strictly increasing")
+        raise ValueError(f"buckets {show(out)} must be strictly increasing")
     return tuple(out)
 
 
@@ -82,8 +90,12 @@ def _optional_positions(value: object) -> tuple[int, ...] | None:
 
 _INT_OR_LIST_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"type": "integer", "minimum": 1},
-        {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+        {"type": "integer", "minimum": 1, "maximum": MAX_POSITIONS},
+        {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1, "maximum": MAX_POSITIONS},
+            "minItems": 1,
+        },
     ]
 }
 POSITIONS = Custom(_positions, "int or list of int", _INT_OR_LIST_SCHEMA)
@@ -435,8 +447,8 @@ def _describe(issue: Issue) -> tuple[str, str]:
         message, fix = _split_fix(issue.message)
         return message if message.endswith((".", "?")) else message + ".", fix
     fix = ""
-    if issue.choices:
-        fix = did_you_mean(str(observed), issue.choices).strip()
+    if issue.choices and isinstance(observed, str):
+        fix = did_you_mean(observed[:100], issue.choices).strip()
     elif issue.kind == "type" and isinstance(observed, str) and "text" not in issue.message:
         fix = "write the value without quotes."  # "32" where a number or a list belongs
     return f"got {show(observed)}: {issue.message}.", fix

@@ -30,7 +30,14 @@ from typing import Any
 from .awsregion import neuron_image, resolve_region
 from .config import ConfigFile
 from .errors import NeuronSpecError, UsageError
-from .upload import PART_BYTES, WORKERS, Checkpoint, Uploader, local_checkpoints
+from .upload import (
+    PART_BYTES,
+    WORKERS,
+    ChangedWhileUploading,
+    Checkpoint,
+    Uploader,
+    local_checkpoints,
+)
 
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 BUCKET_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
@@ -191,6 +198,7 @@ def _upload_request(c: Checkpoint, opts: DeployOptions) -> Request:
             "Destination": f"s3://{c.bucket}/{c.prefix}",
             "Files": len(c.files),
             "Bytes": c.total_bytes,
+            **({"SkippedLinks": c.skipped} if c.skipped else {}),
         },
         f"multipart ({opts.part_bytes // 2**20} MiB parts, {opts.upload_workers} in parallel), "
         "resumable; files already there with the same SHA-256 are skipped",
@@ -457,6 +465,8 @@ def _upload_checkpoints(
             f"checkpoint {c.local} -> s3://{c.bucket}/{c.prefix} "
             f"({len(c.files)} files, {c.total_bytes / 1e9:.2f} GB)"
         )
+        for why in c.skipped:
+            progress(f"warning: not uploaded: {why}")
     uploader = Uploader(
         s3,
         on_bytes=(lambda n: on_bytes(n, total)) if on_bytes else (lambda _n: None),
@@ -464,12 +474,15 @@ def _upload_checkpoints(
         part_bytes=opts.part_bytes,
         workers=opts.upload_workers,
     )
-    report = uploader.upload(plan.checkpoints)
+    try:
+        report = uploader.upload(plan.checkpoints)
+    except ChangedWhileUploading as exc:
+        raise DeployError(str(exc)) from None
     progress(
         f"checkpoints: {len(report.uploaded)} file(s) sent ({report.bytes_sent / 1e9:.2f} GB), "
         f"{len(report.skipped)} already there unchanged"
     )
-    return report.to_dict()
+    return {**report.to_dict(), "skipped_links": [s for c in plan.checkpoints for s in c.skipped]}
 
 
 def _create(

@@ -117,10 +117,15 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else str(x)
 
 
+# Every integer a config holds ends up in a C integer somewhere (torch, the runtime, JSON
+# readers): one outside 64 bits is an error here, not an overflow three layers down.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 class Int(Kind):
     name = "int"
 
-    def __init__(self, ge: int | None = None, le: int | None = None):
+    def __init__(self, ge: int | None = INT64_MIN, le: int | None = INT64_MAX):
         self.bounds = _Bounds(ge=ge, le=le)
 
     def parse(self, value: Any, loc: Loc) -> Any:
@@ -142,10 +147,13 @@ class Float(Kind):
     def parse(self, value: Any, loc: Loc) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Wrong("expected a number")
-        if math.isnan(value):
+        if isinstance(value, float) and math.isnan(value):
             raise _Wrong("expected a number, not NaN", "range")
-        self.bounds.check(value)
-        return float(value)
+        self.bounds.check(value)  # exact for ints of any size: compared before converting
+        try:
+            return float(value)
+        except OverflowError:
+            raise _Wrong("is too large for a number", "range") from None
 
     def schema(self) -> dict[str, Any]:
         return {"type": "number", **self.bounds.schema()}

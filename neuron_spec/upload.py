@@ -3,12 +3,18 @@ unchanged files skipped.
 
 - Where: s3://BUCKET/PREFIX/checkpoints/<directory name>-<12 hex of its real path>/<file>, so
   one directory always lands under the same prefix and a second deploy finds its files there.
+- What: the checkpoint's regular files. Links are followed only when they resolve inside the
+  checkpoint (or, for a Hugging Face snapshot, into its own repository's blobs/): each link
+  left out is named (localtree.py).
 - Skipped: a file whose object already has the same size and the same SHA-256 (kept in the
-  object's metadata). Hashes are remembered per (path, size, mtime) in
-  ~/.cache/neuron-spec/upload-hashes.json, so a 140 GB checkpoint is read once, not per deploy.
+  object's metadata). Hashes are remembered per file and change stamp (inode, size, mtime and
+  ctime, which any write moves) in ~/.cache/neuron-spec/upload-hashes.json, so a 140 GB
+  checkpoint is read once, not per deploy; a corrupt memory is an empty one.
+- Exact: a small file's stored SHA-256 is computed from the bytes sent; a large file that
+  changes while its parts go up is not completed (ChangedWhileUploading).
 - Resumed: a large file goes up in parts; a deploy that stops half-way leaves its multipart
-  upload open, and the next one lists the parts already there, keeps those whose MD5 matches
-  the local bytes, and sends only the rest.
+  upload open, and the next one (on the same machine, for the same content) lists the parts
+  already there, keeps those whose MD5 matches the local bytes, and sends only the rest.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import base64
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +34,15 @@ from typing import Any
 
 from .checkpoint import resolve_model
 from .config import ConfigFile
+from .localtree import hf_snapshot_blobs, walk
+from .safeio import Unreadable, as_int, read_json
 
 PART_BYTES = 64 * 1024 * 1024  # S3 allows 5 MiB to 5 GiB per part, at most 10,000 parts
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 10_000
 WORKERS = 8
 SHA_META = "neuron-spec-sha256"  # x-amz-meta-neuron-spec-sha256
+MAX_HASHES_BYTES = 64 << 20
 _READ = 1 << 20
 
 
@@ -53,6 +63,7 @@ class Checkpoint:
     prefix: str  # key prefix ending in "/"
     uri: str  # what the packaged config's model field becomes
     files: list[LocalFile] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # links left out, each with its reason
 
     @property
     def total_bytes(self) -> int:
@@ -86,64 +97,121 @@ def _checkpoint(source: str, local: Path, bucket: str, key_prefix: str) -> Check
             source, local, bucket, prefix, f"s3://{bucket}/{prefix}{local.name}", files
         )
     prefix = f"{key_prefix}checkpoints/{local.name}-{ident}/"
+    # Links are followed only inside the checkpoint (and a Hugging Face snapshot's own blobs);
+    # hidden names and neuron-spec's own leftovers are not part of a checkpoint.
+    tree = walk(local, hf_snapshot_blobs(local))
     files = [
-        LocalFile(p, prefix + p.relative_to(local).as_posix(), p.stat().st_size)
-        for p in _walk(local)
+        LocalFile(p, prefix + p.relative_to(local).as_posix(), p.stat().st_size) for p in tree.files
     ]
-    return Checkpoint(source, local, bucket, prefix, f"s3://{bucket}/{prefix}", files)
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Regular files under root (symlinks followed, as Hugging Face caches use them), sorted;
-    hidden names and neuron-spec's own leftovers are not part of a checkpoint."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if not name.startswith(".") and p.is_file():
-                yield p
+    return Checkpoint(source, local, bucket, prefix, f"s3://{bucket}/{prefix}", files, tree.skipped)
 
 
 # --- hashing -----------------------------------------------------------------------------------
 
 
 class HashCache:
-    """SHA-256 of local files, remembered per (real path, size, mtime_ns)."""
+    """SHA-256 of local files, remembered per file and its change stamp.
+
+    The stamp is (device, inode, size, mtime_ns, ctime_ns). Writing a file's bytes moves its
+    ctime, and ctime cannot be set back (utime sets mtime only, and moves ctime again), so new
+    content with the same size and a restored mtime is hashed anew. The file on disk is
+    hostile: anything in it that is not exactly an entry this class wrote is ignored."""
 
     def __init__(self, path: Path | None = None):
         self.path = path or Path.home() / ".cache" / "neuron-spec" / "upload-hashes.json"
         self._lock = threading.Lock()
-        try:
-            self._data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            self._data = {}
+        self._data, self._uploads = _hash_entries(self.path)
 
     def sha256(self, path: Path) -> str:
         st = path.stat()
         key = str(path.resolve())
         with self._lock:
             hit = self._data.get(key)
-        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        if hit is not None and hit["stamp"] == _stamp(st):
             return str(hit["sha256"])
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(_READ):
-                h.update(chunk)
-        digest = h.hexdigest()
+        digest = hash_file(path)
         with self._lock:
-            self._data[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            self._data[key] = {"stamp": _stamp(st), "sha256": digest}
         return digest
+
+    def upload_sha(self, upload_id: str) -> str | None:
+        """The SHA-256 an open multipart upload was started for (None: not started here)."""
+        with self._lock:
+            return self._uploads.get(upload_id)
+
+    def remember_upload(self, upload_id: str, sha: str | None) -> None:
+        with self._lock:
+            if sha is None:
+                self._uploads.pop(upload_id, None)
+            else:
+                self._uploads[upload_id] = sha
 
     def save(self) -> None:
         """Atomically; a cache that cannot be written only costs a re-read next time."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            body = {"version": HASHES_VERSION, "files": self._data, "uploads": self._uploads}
             with os.fdopen(fd, "w", encoding="utf-8") as f, self._lock:
-                json.dump(self._data, f)
+                json.dump(body, f)
             os.replace(tmp, self.path)
         except OSError:
             pass
+
+
+HASHES_VERSION = 2
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _hash_entries(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The well-formed entries of the hash memory, and the multipart uploads started here;
+    a missing, corrupt or foreign file is an empty memory (every file is hashed again, open
+    uploads are started afresh), never an error."""
+    try:
+        data = read_json(path, MAX_HASHES_BYTES)
+    except Unreadable:
+        return {}, {}
+    if not isinstance(data, dict) or data.get("version") != HASHES_VERSION:
+        return {}, {}
+    files, uploads = data.get("files"), data.get("uploads")
+    out: dict[str, dict[str, Any]] = {}
+    started = {
+        k: v
+        for k, v in (uploads.items() if isinstance(uploads, dict) else [])
+        if isinstance(v, str) and _SHA256.match(v)
+    }
+    if not isinstance(files, dict):
+        return out, started
+    for key, entry in files.items():
+        if not isinstance(entry, dict):
+            continue
+        stamp, digest = entry.get("stamp"), entry.get("sha256")
+        if (
+            isinstance(stamp, list)
+            and len(stamp) == 5
+            and all(as_int(x) is not None for x in stamp)
+            and isinstance(digest, str)
+            and _SHA256.match(digest)
+        ):
+            out[key] = {"stamp": stamp, "sha256": digest}
+    return out, started
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_READ):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ChangedWhileUploading(Exception):
+    """A local file changed between hashing and sending: what would be stored is not what
+    was hashed. Nothing of it is kept; running the deploy again sends the new content."""
 
 
 # --- upload ------------------------------------------------------------------------------------
@@ -195,7 +263,7 @@ class Uploader:
         whole small file, or the missing parts of a large one. Multipart uploads are completed
         once their parts are in. Only leaf jobs run in the pool, so it cannot deadlock."""
         jobs: list[Future[Any]] = []
-        open_uploads: list[tuple[str, LocalFile, str, dict[int, Any]]] = []
+        open_uploads: list[tuple[str, LocalFile, str, list[int], dict[int, Any]]] = []
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             try:
                 for c in checkpoints:
@@ -211,8 +279,16 @@ class Uploader:
                 raise
             finally:
                 self.hashes.save()
-        for bucket, f, upload_id, etags in open_uploads:
+        for bucket, f, upload_id, stamp, etags in open_uploads:
             resolved = {n: (e.result() if isinstance(e, Future) else e) for n, e in etags.items()}
+            if _stamp(f.path.stat()) != stamp:  # its parts may mix old and new bytes
+                self.s3.abort_multipart_upload(Bucket=bucket, Key=f.key, UploadId=upload_id)
+                self.hashes.remember_upload(upload_id, None)
+                self.hashes.save()
+                raise ChangedWhileUploading(
+                    f"{f.path} changed while it was being uploaded; nothing of it was kept. "
+                    "Run the deploy again once the checkpoint is complete."
+                )
             self.s3.complete_multipart_upload(
                 Bucket=bucket,
                 Key=f.key,
@@ -221,14 +297,18 @@ class Uploader:
                     "Parts": [{"PartNumber": n, "ETag": resolved[n]} for n in sorted(resolved)]
                 },
             )
+            self.hashes.remember_upload(upload_id, None)
             with self._lock:
                 self.report.uploaded.append(f.key)
+        self.hashes.save()
         return self.report
 
     def _plan_file(
         self, pool: ThreadPoolExecutor, bucket: str, f: LocalFile, jobs: list[Future[Any]]
-    ) -> tuple[str, dict[int, Any]] | None:
-        """Skip, send whole, or start/resume in parts: (upload id, part -> ETag or future)."""
+    ) -> tuple[str, list[int], dict[int, Any]] | None:
+        """Skip, send whole, or start/resume in parts: (upload id, the file's stamp when it was
+        hashed, part -> ETag or future)."""
+        stamp = _stamp(f.path.stat())
         sha = self.hashes.sha256(f.path)
         if self._unchanged(bucket, f, sha):
             with self._lock:
@@ -251,12 +331,22 @@ class Uploader:
             if n not in kept:
                 etags[n] = pool.submit(self._send_part, bucket, f, upload_id, n, part)
                 jobs.append(etags[n])
-        return upload_id, etags
+        return upload_id, stamp, etags
 
     def _put(self, bucket: str, f: LocalFile, sha: str) -> None:
-        with f.path.open("rb") as body:
-            self.s3.put_object(Bucket=bucket, Key=f.key, Body=body.read(), Metadata={SHA_META: sha})
-        self._progress(f.size, sent=True)
+        """Send a small file whole. Its checksum is taken from the very bytes sent (S3 checks
+        them against Content-MD5), so the stored SHA-256 always matches the stored object,
+        even when the file changed after it was first hashed."""
+        with f.path.open("rb") as src:
+            body = src.read()
+        sent_sha = hashlib.sha256(body).hexdigest()
+        if sent_sha != sha:
+            self.say(f"{f.path} changed since it was hashed: sending its current content")
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        self.s3.put_object(
+            Bucket=bucket, Key=f.key, Body=body, ContentMD5=md5, Metadata={SHA_META: sent_sha}
+        )
+        self._progress(len(body), sent=True)
         with self._lock:
             self.report.uploaded.append(f.key)
 
@@ -283,14 +373,21 @@ class Uploader:
         for up in listing.get("Uploads", []):
             if up.get("Key") != f.key:
                 continue
-            kept = self._verified_parts(bucket, f, up["UploadId"], part)
-            if kept is not None:
-                return up["UploadId"], kept
+            # Only an upload started here for exactly this content: its metadata (the SHA-256
+            # the object will carry) was fixed when it was created and cannot be read back.
+            if self.hashes.upload_sha(up["UploadId"]) == sha:
+                kept = self._verified_parts(bucket, f, up["UploadId"], part)
+                if kept is not None:
+                    return up["UploadId"], kept
             self.s3.abort_multipart_upload(Bucket=bucket, Key=f.key, UploadId=up["UploadId"])
+            self.hashes.remember_upload(up["UploadId"], None)
         created = self.s3.create_multipart_upload(
             Bucket=bucket, Key=f.key, Metadata={SHA_META: sha}
         )
-        return str(created["UploadId"]), {}
+        upload_id = str(created["UploadId"])
+        self.hashes.remember_upload(upload_id, sha)
+        self.hashes.save()  # so that an interrupted deploy can resume this upload
+        return upload_id, {}
 
     def _verified_parts(
         self, bucket: str, f: LocalFile, upload_id: str, part: int

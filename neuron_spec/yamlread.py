@@ -28,7 +28,9 @@ def show(value: Any) -> str:
             return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return f"a list of {len(value)} item(s)" if len(value) > 8 else _clip(repr(value))
+        if len(value) > 8:
+            return f"a list of {len(value)} item(s)"
+        return _clip("[" + ", ".join(show(v) for v in value) + "]")  # each item bounded too
     if isinstance(value, dict):
         return f"a mapping of {len(value)} key(s)"
     text = value if isinstance(value, str) else repr(value)

@@ -22,6 +22,11 @@ BASE: dict[str, Any] = yaml.safe_load(BASE_CONFIG)
 
 HOSTILE_VALUES: list[Any] = [
     "__HUGE_INT__",  # replaced after dumping by 5000 digits: more than Python will print
+    "__HUGE_HEX__",  # replaced by a hex integer of 4000 digits (over 4300 decimal ones)
+    "__HEX_300__",  # a 300-digit hex: fits an int, overflows a float
+    "__FLOAT_TAG__",  # replaced by `!!float 1`
+    "__TIMESTAMP_TAG__",  # replaced by `!!timestamp 2024-01-01`
+    "__E310__",  # replaced by 1.0e+310 (YAML reads it as a float: inf)
     -(10**30),
     2**64,
     2**63 - 1,
@@ -87,7 +92,32 @@ YAML_TRICKS = [
     "{a: 1, a: 2}",
     "[" * 200 + "]" * 200,
     "{" * 60 + "}" * 60,
+    "0x" + "f" * 4000,
+    "-0x" + "f" * 300,
+    "0b" + "1" * 5000,
+    "0o" + "7" * 2000,
+    "1e310",
+    "1.0e+310",
+    "-1.0e+310",
+    "!!float 1",
+    "!!float 1e310",
+    "!!timestamp 2024-01-01",
+    "!!timestamp 2024-01-01T10:00:00Z",
+    "!!int 0x" + "f" * 300,
+    "!!str 5",
+    "[0x" + "f" * 300 + "]",
+    "[1, 0x" + "f" * 4000 + "]",
 ]
+
+# Placeholders in dumped documents and the YAML text each one stands for.
+PLACEHOLDERS = {
+    "__HUGE_INT__": "9" * 5000,
+    "__HUGE_HEX__": "0x" + "f" * 4000,
+    "__HEX_300__": "0x" + "f" * 300,
+    "__FLOAT_TAG__": "!!float 1",
+    "__TIMESTAMP_TAG__": "!!timestamp 2024-01-01",
+    "__E310__": "1.0e+310",
+}
 
 
 def _leaves(node: Any, path: tuple = ()) -> list[tuple]:
@@ -139,7 +169,9 @@ def _structural(rng: random.Random) -> str:
         except (KeyError, IndexError, TypeError):
             continue
     text = yaml.safe_dump(doc, allow_unicode=False, width=10**6)
-    return text.replace("__HUGE_INT__", "9" * 5000)
+    for placeholder, yaml_text in PLACEHOLDERS.items():
+        text = text.replace(placeholder, yaml_text)
+    return text
 
 
 def _textual(rng: random.Random) -> str:
@@ -203,6 +235,25 @@ def test_no_document_gives_an_internal_error(tmp_path, capsys, chunk):
     assert not failures, f"{len(failures)} of {len(docs)}:\n" + "\n---\n".join(failures[:8])
     assert outcomes[2] > len(docs) * 0.3  # most mutations are config errors ...
     assert outcomes[0] + outcomes[1] > 0  # ... and some still validate
+
+
+@pytest.mark.parametrize("command", ["plan", "generate"])
+def test_plan_and_dry_run_survive_the_documents_that_validate_reads(tmp_path, capsys, command):
+    """plan and `generate --dry-run` go further than validate (memory model, predictions, the
+    load plan): the documents that hold the numeric hazards must not break them either."""
+    hazards = tuple(PLACEHOLDERS.values()) + ("0x", "e+310", "e310", "!!")
+    docs = [d for d in documents(DOCUMENTS) if any(h in d for h in hazards)][:300]
+    assert len(docs) >= 100
+    extra = ["--dry-run", "--prompt", "hi"] if command == "generate" else []
+    path = tmp_path / "fuzz.yaml"
+    failures = []
+    for i, text in enumerate(docs):
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        rc = main([command, str(path), "--json", *extra])
+        _out, err = capsys.readouterr()
+        if rc not in (0, 1, 2) or "internal error" in err or "Traceback" in err:
+            failures.append(f"#{i} rc={rc}: {err.strip()[:300]}\n{text[:300]}")
+    assert not failures, f"{len(failures)} of {len(docs)}:\n" + "\n---\n".join(failures[:8])
 
 
 def _bomb() -> str:
