@@ -20,11 +20,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if args.deploy_command is None:
         raise UsageError("deploy needs an action: sagemaker or delete")
     if args.deploy_command == "delete":
-        reqs = dp.delete(args.name, args.region, _deploy_say, dry_run=args.dry_run)
+        done = dp.delete(args.name, args.region, _deploy_say, dry_run=args.dry_run)
         if args.json:
-            print(json.dumps([{"operation": r.operation, "params": r.params} for r in reqs]))
+            print(json.dumps(done.to_dict()))
         elif args.dry_run:
-            print("\n".join(r.render() for r in reqs))
+            print("\n".join(r.render() for r in done.requests))
+        else:
+            print(f"deleted {len(done.requests)} resource(s); kept {len(done.kept)}")
+            for why in done.kept:
+                print(f"  kept {why}")
         return EXIT_OK
     cfg = load(args.config)
     opts = dp.DeployOptions(

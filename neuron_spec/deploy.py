@@ -6,7 +6,9 @@ directories (upload.py: multipart, parallel, resumable, unchanged files skipped)
 model.tar.gz (the config with those checkpoints as s3:// URLs, the inference entry point,
 neuron-spec and its dependencies as wheels) -> upload it -> create the model and the endpoint
 configuration -> create the endpoint, or update it when it exists -> wait until InService.
-delete: remove the endpoint, its endpoint configuration and its model.
+delete: remove the endpoint, its endpoint configurations and models - only what deploy created
+(every resource it creates is tagged neuron-spec:managed-by, neuron-spec:endpoint and the
+config's SHA-256), never a model another endpoint configuration references.
 
 Every API request is first built as data (`Request`), so `--dry-run` prints exactly what would
 be sent. Credentials come from boto3's usual chain and are never printed.
@@ -14,6 +16,7 @@ be sent. Credentials come from boto3's usual chain and are never printed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import shutil
@@ -100,6 +103,7 @@ class DeployPlan:
     image: str
     region: str = ""
     region_source: str = ""
+    config_sha256: str = ""
     checkpoints: list[Checkpoint] = field(default_factory=list)
     rewrite: dict[str, str] = field(default_factory=dict)  # role -> s3:// URI of its upload
     requests: list[Request] = field(default_factory=list)
@@ -181,6 +185,7 @@ def plan_deploy(
     config_name = f"{endpoint}-{stamp}"[:63]
     plan = DeployPlan(endpoint, model_name, config_name, m.group("bucket"), key, image)
     plan.region, plan.region_source = region, region_source
+    plan.config_sha256 = hashlib.sha256(cfg.path.read_bytes()).hexdigest() if cfg.path else ""
     plan.checkpoints, plan.rewrite = local_checkpoints(cfg, plan.s3_bucket, prefix)
     plan.requests = [
         *(_upload_request(c, opts) for c in plan.checkpoints),
@@ -208,6 +213,7 @@ def _upload_request(c: Checkpoint, opts: DeployOptions) -> Request:
 def _requests(plan: DeployPlan, opts: DeployOptions, exists: bool) -> list[Request]:
     endpoint, key, image = plan.endpoint, plan.s3_key, plan.image
     model_name, config_name = plan.model_name, plan.config_name
+    tags = ownership_tags(endpoint, plan.config_sha256)
     return [
         Request(
             "s3",
@@ -231,6 +237,7 @@ def _requests(plan: DeployPlan, opts: DeployOptions, exists: bool) -> list[Reque
                         "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
                     },
                 },
+                "Tags": tags,
             },
         ),
         Request(
@@ -249,12 +256,14 @@ def _requests(plan: DeployPlan, opts: DeployOptions, exists: bool) -> list[Reque
                         "VolumeSizeInGB": VOLUME_GB,
                     }
                 ],
+                "Tags": tags,
             },
         ),
         Request(
             "sagemaker",
             "update_endpoint" if exists else "create_endpoint",
-            {"EndpointName": endpoint, "EndpointConfigName": config_name},
+            {"EndpointName": endpoint, "EndpointConfigName": config_name}
+            | ({} if exists else {"Tags": tags}),
             "the endpoint exists: switch it to the new configuration" if exists else "",
         ),
     ]
@@ -419,6 +428,14 @@ def deploy(
     uploads: dict[str, Any] = {}
     try:
         exists = endpoint_exists(sm, plan.endpoint)
+        if exists:
+            arn = sm.describe_endpoint(EndpointName=plan.endpoint)["EndpointArn"]
+            if not _is_ours(sm, arn, plan.endpoint):
+                raise UsageError(
+                    f"endpoint {plan.endpoint} exists in {plan.region} and was not created by "
+                    "neuron-spec deploy (it lacks the neuron-spec tags): it is left alone. "
+                    "Choose another --endpoint-name."
+                )
         plan = plan_deploy(cfg, opts, exists)
         if plan.checkpoints:
             uploads = _upload_checkpoints(s3, plan, opts, progress, on_bytes)
@@ -547,105 +564,175 @@ def wait(
         time.sleep(poll_s)
 
 
+@dataclass
+class Deletion:
+    """What `deploy delete` removed (or would), and what it left with the reason."""
+
+    requests: list[Request]
+    kept: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "deleted": [{"operation": r.operation, "params": r.params} for r in self.requests],
+            "kept": self.kept,
+        }
+
+
 def delete(
     name: str,
     region: str | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
     clients: tuple[Any, Any] | None = None,
     dry_run: bool = False,
-) -> list[Request]:
-    """Delete an endpoint, its endpoint configuration and its model(s), and any model or
-    endpoint configuration an earlier failed deploy of this endpoint left behind."""
+) -> Deletion:
+    """Delete an endpoint neuron-spec deployed, its endpoint configurations and models, and
+    those an earlier deploy of it left behind - only resources tagged as created by neuron-spec
+    for this endpoint, and never a model that another endpoint configuration references."""
     if not ENDPOINT_NAME.match(name):
         raise UsageError(f"{name!r} is not an endpoint name")
     if dry_run:
-        return delete_plan(name)  # sends nothing: not even the lookups
+        return Deletion(delete_plan(name), [])  # sends nothing: not even the lookups
     _, sm = clients or _clients(resolve_region(region)[0])
     try:
-        requests = _endpoint_requests(sm, name) + _orphan_requests(sm, name)
-        if not requests:
+        found = _owned(sm, name)
+        if not found.requests and not found.kept:
             raise DeployError(f"there is no endpoint {name}, and nothing a deploy of it left")
-        unique = list({r.render(): r for r in requests}.values())  # each once, in order
-        if not dry_run:
-            for req in unique:
-                progress(req.render())
-                getattr(sm, req.operation)(**req.params)
-        return unique
+        for req in found.requests:
+            progress(req.render())
+            getattr(sm, req.operation)(**req.params)
+        for why in found.kept:
+            progress(f"kept: {why}")
+        return found
     except _aws_errors() as exc:
         raise DeployError(f"cannot delete {name}: AWS {_aws_message(exc)}") from None
 
 
 def delete_plan(name: str) -> list[Request]:
     """What `deploy delete NAME` does, as requests with placeholders for what only AWS knows."""
-    stamped = f"{name}-YYYYmmdd-HHMMSS"
+    ours = f"tagged {OWNER_TAG}={OWNER} and {ENDPOINT_TAG}={name}"
     return [
         Request("sagemaker", "describe_endpoint", {"EndpointName": name}, "finds its config"),
-        Request(
-            "sagemaker",
-            "describe_endpoint_config",
-            {"EndpointConfigName": "<the endpoint's configuration>"},
-            "finds its models",
-        ),
-        Request("sagemaker", "delete_endpoint", {"EndpointName": name}),
-        Request(
-            "sagemaker",
-            "delete_endpoint_config",
-            {"EndpointConfigName": "<the endpoint's configuration>"},
-        ),
-        Request("sagemaker", "delete_model", {"ModelName": "<each model it names>"}),
+        Request("sagemaker", "list_tags", {"ResourceArn": "<the endpoint's ARN>"}, ours + "?"),
         Request(
             "sagemaker",
             "list_endpoint_configs",
-            {"NameContains": name},
-            f"then delete_endpoint_config for each {stamped} no endpoint uses",
+            {},
+            "every configuration, to find the models other configurations still use",
+        ),
+        Request("sagemaker", "delete_endpoint", {"EndpointName": name}, f"only if {ours}"),
+        Request(
+            "sagemaker",
+            "delete_endpoint_config",
+            {"EndpointConfigName": "<each configuration of this endpoint>"},
+            f"only if {ours} and no other endpoint uses it",
         ),
         Request(
             "sagemaker",
-            "list_models",
-            {"NameContains": name},
-            f"then delete_model for each {stamped} no endpoint uses",
+            "delete_model",
+            {"ModelName": "<each model of this endpoint>"},
+            f"only if {ours} and no configuration kept references it",
         ),
     ]
 
 
-def _endpoint_requests(sm: Any, name: str) -> list[Request]:
-    if not endpoint_exists(sm, name):
-        return []
-    config_name = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
-    variants = sm.describe_endpoint_config(EndpointConfigName=config_name)
-    models = [v["ModelName"] for v in variants["ProductionVariants"]]
+# Every resource deploy creates carries these tags; delete removes only what carries them.
+OWNER_TAG, OWNER = "neuron-spec:managed-by", "neuron-spec"
+ENDPOINT_TAG = "neuron-spec:endpoint"
+CONFIG_TAG = "neuron-spec:config-sha256"
+
+
+def ownership_tags(endpoint: str, config_sha: str) -> list[dict[str, str]]:
     return [
-        Request("sagemaker", "delete_endpoint", {"EndpointName": name}),
-        Request("sagemaker", "delete_endpoint_config", {"EndpointConfigName": config_name}),
-        *[Request("sagemaker", "delete_model", {"ModelName": m}) for m in models],
+        {"Key": OWNER_TAG, "Value": OWNER},
+        {"Key": ENDPOINT_TAG, "Value": endpoint},
+        {"Key": CONFIG_TAG, "Value": config_sha},
     ]
 
 
-def _orphan_requests(sm: Any, name: str) -> list[Request]:
-    """Models and endpoint configurations named like this endpoint's deploys
-    (`<endpoint>-<YYYYmmdd-HHMMSS>`) that no endpoint uses any more."""
-    stamp = re.compile(re.escape(name) + r"-\d{8}-\d{6}$")
-    in_use: set[str] = set()
+def _is_ours(sm: Any, arn: str, endpoint: str) -> bool:
+    tags = {t["Key"]: t["Value"] for t in _all_tags(sm, arn)}
+    return tags.get(OWNER_TAG) == OWNER and tags.get(ENDPOINT_TAG) == endpoint
+
+
+def _all_tags(sm: Any, arn: str) -> list[dict[str, str]]:
+    tags: list[dict[str, str]] = []
+    kwargs: dict[str, Any] = {"ResourceArn": arn}
+    while True:
+        page = sm.list_tags(**kwargs)
+        tags.extend(page.get("Tags", []))
+        if not page.get("NextToken"):
+            return tags
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def _configs(sm: Any) -> dict[str, dict[str, Any]]:
+    """Every endpoint configuration: name -> {arn, models}."""
+    out: dict[str, dict[str, Any]] = {}
+    for page in sm.get_paginator("list_endpoint_configs").paginate():
+        for c in page.get("EndpointConfigs", []):
+            desc = sm.describe_endpoint_config(EndpointConfigName=c["EndpointConfigName"])
+            models = {v["ModelName"] for v in desc.get("ProductionVariants", [])}
+            out[c["EndpointConfigName"]] = {"arn": c["EndpointConfigArn"], "models": models}
+    return out
+
+
+def _live_configs(sm: Any) -> dict[str, str]:
+    """Endpoint configuration -> the endpoint using it, over every endpoint."""
+    out = {}
     for page in sm.get_paginator("list_endpoints").paginate():
         for ep in page.get("Endpoints", []):
             desc = sm.describe_endpoint(EndpointName=ep["EndpointName"])
-            cfg = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
-            in_use.add(cfg["EndpointConfigName"])
-            in_use.update(v["ModelName"] for v in cfg["ProductionVariants"])
-    out = []
-    for page in sm.get_paginator("list_endpoint_configs").paginate(NameContains=name):
-        for c in page.get("EndpointConfigs", []):
-            n = c["EndpointConfigName"]
-            if stamp.match(n) and n not in in_use:
-                out.append(
-                    Request("sagemaker", "delete_endpoint_config", {"EndpointConfigName": n})
-                )
-    for page in sm.get_paginator("list_models").paginate(NameContains=name):
-        for m in page.get("Models", []):
-            n = m["ModelName"]
-            if stamp.match(n) and n not in in_use:
-                out.append(Request("sagemaker", "delete_model", {"ModelName": n}))
+            out[desc["EndpointConfigName"]] = ep["EndpointName"]
     return out
+
+
+def _owned(sm: Any, name: str) -> Deletion:
+    """The deletions `deploy delete NAME` may make, and what it must leave, with why."""
+    requests: list[Request] = []
+    kept: list[str] = []
+    live = _live_configs(sm)
+    if endpoint_exists(sm, name):
+        arn = sm.describe_endpoint(EndpointName=name)["EndpointArn"]
+        if not _is_ours(sm, arn, name):
+            kept.append(
+                f"endpoint {name}: not created by neuron-spec deploy (no {OWNER_TAG} and "
+                f"{ENDPOINT_TAG}={name} tags); delete it in the SageMaker console if it is yours"
+            )
+            return Deletion([], kept)
+        requests.append(Request("sagemaker", "delete_endpoint", {"EndpointName": name}))
+        live = {c: ep for c, ep in live.items() if ep != name}
+    configs = _configs(sm)
+    doomed_configs = []
+    for cname, c in configs.items():
+        if not _is_ours(sm, c["arn"], name):
+            continue
+        if cname in live:
+            kept.append(f"endpoint configuration {cname}: endpoint {live[cname]} uses it")
+            continue
+        doomed_configs.append(cname)
+    referenced = {m for cn, c in configs.items() if cn not in doomed_configs for m in c["models"]}
+    requests += [
+        Request("sagemaker", "delete_endpoint_config", {"EndpointConfigName": c})
+        for c in doomed_configs
+    ]
+    # deploy names its models <endpoint>-<stamp>, cut to 63 characters
+    for page in sm.get_paginator("list_models").paginate(NameContains=name[:47]):
+        for m in page.get("Models", []):
+            if not _is_ours(sm, m["ModelArn"], name):
+                continue
+            if m["ModelName"] in referenced:
+                users = sorted(
+                    c
+                    for c, v in configs.items()
+                    if m["ModelName"] in v["models"] and c not in doomed_configs
+                )
+                kept.append(
+                    f"model {m['ModelName']}: endpoint configuration {', '.join(users)} "
+                    "references it"
+                )
+                continue
+            requests.append(Request("sagemaker", "delete_model", {"ModelName": m["ModelName"]}))
+    return Deletion(requests, kept)
 
 
 def dry_run(cfg: ConfigFile, opts: DeployOptions) -> list[Request]:

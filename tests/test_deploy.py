@@ -410,30 +410,92 @@ def test_a_deploy_that_fails_midway_leaves_nothing_behind(aws, proxied, cpu_conf
     assert _leftovers(sm, "ns-midway") == []  # model and endpoint config rolled back
 
 
-def test_delete_removes_what_an_earlier_failed_deploy_left(aws, capsys):
-    _, sm, _ = aws
-    name = "ns-orphans"
+def _model(sm, name: str, tags: list | None = None) -> None:
+    extra = {"Tags": tags} if tags else {}
     sm.create_model(
-        ModelName=f"{name}-20260101-000000",
-        ExecutionRoleArn=ROLE,
-        PrimaryContainer={"Image": IMAGE},
+        ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE}, **extra
     )
+
+
+def _endpoint_config(sm, name: str, model: str, tags: list | None = None) -> None:
+    extra = {"Tags": tags} if tags else {}
     sm.create_endpoint_config(
-        EndpointConfigName=f"{name}-20260101-000000",
+        EndpointConfigName=name,
         ProductionVariants=[
             {
                 "VariantName": "AllTraffic",
-                "ModelName": f"{name}-20260101-000000",
+                "ModelName": model,
                 "InstanceType": "ml.m5.xlarge",
                 "InitialInstanceCount": 1,
             }
         ],
+        **extra,
     )
-    sm.create_model(  # another endpoint's model: not this one's to delete
-        ModelName=f"{name}-other-20260101-000000", ExecutionRoleArn=ROLE,
-        PrimaryContainer={"Image": IMAGE},
-    )  # fmt: skip
+
+
+def test_delete_removes_what_an_earlier_failed_deploy_left(aws, capsys):
+    _, sm, _ = aws
+    name = "ns-orphans"
+    ours = dp.ownership_tags(name, "0" * 64)
+    _model(sm, f"{name}-20260101-000000", ours)
+    _endpoint_config(sm, f"{name}-20260101-000000", f"{name}-20260101-000000", ours)
+    # named alike, but not this endpoint's: another endpoint's, and one nobody tagged
+    _model(sm, f"{name}-other-20260101-000000", dp.ownership_tags(f"{name}-other", "0" * 64))
+    _model(sm, f"{name}-20260202-000000")
     assert main(["deploy", "delete", name, "--region", "us-east-1"]) == 0
-    assert _leftovers(sm, name) == [f"{name}-other-20260101-000000"]
+    assert _leftovers(sm, name) == [f"{name}-20260202-000000", f"{name}-other-20260101-000000"]
     assert main(["deploy", "delete", name, "--region", "us-east-1"]) == 1
     assert "there is no endpoint ns-orphans" in capsys.readouterr().err
+
+
+def test_delete_leaves_other_teams_and_models_in_use(aws, cpu_config, capsys):
+    """The resources of the issue's report: another team's endpoint sharing the name, an
+    untagged `prod-<stamp>` model and config, and a model a live endpoint of another config
+    still uses."""
+    _, sm, _ = aws
+    other = [{"Key": "team", "Value": "other"}]
+    _model(sm, "prod", other)
+    _endpoint_config(sm, "prod", "prod", other)
+    sm.create_endpoint(EndpointName="prod", EndpointConfigName="prod", Tags=other)
+    _model(sm, "prod-20240101-120000")
+    _endpoint_config(sm, "prod-20240101-120000", "prod-20240101-120000")
+    assert main(["deploy", "delete", "prod", "--region", "us-east-1", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["deleted"] == [] and "not created by neuron-spec" in body["kept"][0]
+    assert sm.describe_endpoint(EndpointName="prod")["EndpointStatus"] == "InService"
+    assert _leftovers(sm, "prod") == ["prod-20240101-120000", "prod-20240101-120000"]
+    sm.describe_model(ModelName="prod")
+
+    # a deployed endpoint whose model another endpoint's configuration also uses
+    assert main(_deploy_args(cpu_config, "ns-shared")) == 0
+    first = json.loads(capsys.readouterr().out)
+    for arn in (
+        sm.describe_model(ModelName=first["model"])["ModelArn"],
+        sm.describe_endpoint_config(EndpointConfigName=first["endpoint_config"])[
+            "EndpointConfigArn"
+        ],
+        sm.describe_endpoint(EndpointName="ns-shared")["EndpointArn"],
+    ):
+        tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn)["Tags"]}
+        assert tags[dp.OWNER_TAG] == "neuron-spec" and tags[dp.ENDPOINT_TAG] == "ns-shared"
+        assert len(tags[dp.CONFIG_TAG]) == 64
+    _endpoint_config(sm, "team-b", first["model"], other)
+    sm.create_endpoint(EndpointName="team-b", EndpointConfigName="team-b")
+    assert main(["deploy", "delete", "ns-shared", "--region", "us-east-1"]) == 0
+    out = capsys.readouterr().out
+    assert f"kept model {first['model']}: endpoint configuration team-b references it" in out
+    sm.describe_model(ModelName=first["model"])
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError):
+        sm.describe_endpoint(EndpointName="ns-shared")
+
+
+def test_deploy_does_not_take_over_an_endpoint_it_did_not_create(aws, cpu_config, capsys):
+    _, sm, _ = aws
+    _model(sm, "theirs")
+    _endpoint_config(sm, "theirs", "theirs")
+    sm.create_endpoint(EndpointName="ns-theirs", EndpointConfigName="theirs")
+    assert main(_deploy_args(cpu_config, "ns-theirs")) == 2
+    assert "was not created by neuron-spec deploy" in capsys.readouterr().out  # --json
+    assert sm.describe_endpoint(EndpointName="ns-theirs")["EndpointConfigName"] == "theirs"
