@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPTS = 16
 MAX_STOPS = 4
@@ -52,6 +52,11 @@ def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False  # OpenAI: a last chunk with usage and no choices, when true
+
+
 class _Sampling(BaseModel):
     """What both endpoints implement, plus the neutral-only fields of each."""
 
@@ -64,7 +69,7 @@ class _Sampling(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: bool = False
-    stream_options: dict[str, bool] | None = None
+    stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
     presence_penalty: float | None = None
@@ -82,6 +87,16 @@ class _Sampling(BaseModel):
                     f"{name}={value!r} is not supported by neuron-spec; send {shown}leave it out"
                 )
         return None
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> _Sampling:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     @field_validator("temperature")
     @classmethod

@@ -105,38 +105,96 @@ def model_fn(model_dir: str) -> Any:
     return load_generator(cfg)
 
 
-def input_fn(body: bytes | str, content_type: str = "application/json") -> dict[str, Any]:
-    if content_type not in ("application/json", "application/json; charset=utf-8"):
-        raise ValueError(f"unsupported content type {content_type}; send application/json")
-    data = json.loads(body)
-    if not isinstance(data, dict) or not data.get("prompt"):
-        raise ValueError('send {"prompt": "...", "max_tokens": N, "temperature": T, ...}')
-    return data
+def _toolkit_error() -> type[Exception]:
+    """The SageMaker inference toolkit answers an exception of this class with its
+    status_code and phrase (the body); any other exception becomes a 500."""
+    try:
+        from sagemaker_inference.errors import BaseInferenceToolkitError
+
+        return BaseInferenceToolkitError  # type: ignore[no-any-return]
+    except ImportError:
+        return Exception
 
 
-def predict_fn(data: dict[str, Any], generator: Any) -> dict[str, Any]:
-    stop = data.get("stop") or []
-    result = generator.generate(
-        data["prompt"],
-        max_new_tokens=data.get("max_tokens"),
-        temperature=data.get("temperature"),
-        top_p=data.get("top_p"),
-        seed=data.get("seed"),
-        stop=[stop] if isinstance(stop, str) else stop,
-    )
-    m = result.metrics
+class InvalidRequest(_toolkit_error()):  # type: ignore[misc]
+    """A 4xx in OpenAI's error shape, naming the field, as `serve` answers it."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        error = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+        self.status_code, self.message = status, message
+        self.phrase = json.dumps({"error": error})
+        Exception.__init__(self, status, message, self.phrase)
+
+
+def input_fn(body: bytes | str, content_type: str = "application/json") -> Any:
+    """The request, validated with `serve`'s schema and limits: a body with `messages` is a
+    chat completion, any other a completion ({"prompt": ..., "max_tokens": ..., ...})."""
+    from neuron_spec import frontdoor
+    from neuron_spec.openai_api import ChatRequest, CompletionRequest
+
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise InvalidRequest(415, f"unsupported content type {content_type}; send application/json")
+    try:
+        raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+        probe = json.loads(raw) if len(raw) <= frontdoor.MAX_BODY_BYTES else None
+        schema = (
+            ChatRequest if isinstance(probe, dict) and "messages" in probe else CompletionRequest
+        )
+        request = frontdoor.parse_body(raw, schema)
+        if request.stream:
+            raise frontdoor.RequestError(
+                400, "stream is not available here: send it false", "stream"
+            )
+        return request
+    except (ValueError, RecursionError):
+        raise InvalidRequest(400, "the body is not valid JSON") from None
+    except frontdoor.RequestError as exc:
+        raise InvalidRequest(exc.status, exc.message, exc.param) from None
+
+
+def predict_fn(request: Any, generator: Any) -> dict[str, Any]:
+    from neuron_spec import frontdoor
+
+    try:
+        texts, ids = frontdoor.prompts(generator, request)
+        max_new = frontdoor.new_tokens(
+            request, ids, generator.n_positions, generator.cfg.spec.generation.max_new_tokens
+        )
+    except frontdoor.RequestError as exc:
+        raise InvalidRequest(exc.status, exc.message, exc.param) from None
+    outputs, totals = [], {"prompt": 0, "new": 0, "drafted": 0, "accepted": 0}
+    alphas = []
+    for text, row in zip(texts, ids, strict=True):
+        result = generator.generate(
+            text,
+            prompt_token_ids=[row],
+            max_new_tokens=max_new,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            stop=request.stops(),
+        )
+        m = result.metrics
+        outputs.append(result.text[0])
+        for key, value in (("prompt", m.prompt_tokens), ("new", m.new_tokens)):
+            totals[key] += value
+        totals["drafted"] += m.drafted
+        totals["accepted"] += m.accepted
+        alphas.append(m.alpha)
+    single = not isinstance(getattr(request, "prompt", None), list)
     return {
-        "text": result.text if isinstance(data["prompt"], list) else result.text[0],
+        "text": outputs[0] if single else outputs,
         "usage": {
-            "prompt_tokens": m.prompt_tokens,
-            "completion_tokens": m.new_tokens,
-            "total_tokens": m.prompt_tokens + m.new_tokens,
+            "prompt_tokens": totals["prompt"],
+            "completion_tokens": totals["new"],
+            "total_tokens": totals["prompt"] + totals["new"],
         },
         "speculation": {
-            "drafted": m.drafted,
-            "accepted": m.accepted,
-            "acceptance_rate": m.acceptance_rate,
-            "alpha": m.alpha,
+            "drafted": totals["drafted"],
+            "accepted": totals["accepted"],
+            "acceptance_rate": totals["accepted"] / totals["drafted"]
+            if totals["drafted"]
+            else None,
         },
     }
 

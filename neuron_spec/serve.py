@@ -34,8 +34,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
+from . import frontdoor
 from .backends import backend_warnings
 from .config import ConfigFile
 from .engine import GenerationCancelled
@@ -55,7 +54,6 @@ from .openai_api import (
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
 
-MAX_BODY_BYTES = 1 << 20
 STEP_POLL_S = 0.05
 CANCEL_MARGIN_S = 60  # how often a waiting handler checks that its client is still there
 
@@ -68,7 +66,7 @@ def _error(
     return JSONResponse(error_body(message, kind, param), status_code=status)
 
 
-Request = CompletionRequest | ChatRequest
+Request = frontdoor.Request
 
 
 @dataclass
@@ -214,47 +212,14 @@ class ServerState:
         if self._worker.is_alive():
             self._worker.join(timeout_s)
 
-    def prompts(self, req: Request) -> tuple[list[str], list[list[int]]]:
-        """The request's prompt texts and tokens; a chat goes through the tokenizer's chat
-        template (ValueError when the tokenizer has none)."""
+    def prepare(self, req: Request) -> tuple[list[str], list[list[int]], int]:
+        """Prompt texts, their tokens and the new tokens to generate (frontdoor.py's rules)."""
         gen = self.generator
-        if isinstance(req, CompletionRequest):
-            texts = req.prompts()
-            return texts, gen.encode(texts)
-        tok = gen.tokenizer
-        if not getattr(tok, "chat_template", None):
-            raise ValueError(
-                "this model's tokenizer has no chat template; send the prompt to "
-                "/v1/completions instead"
-            )
-        text = tok.apply_chat_template(
-            req.template_messages(), tokenize=False, add_generation_prompt=True
+        texts, ids = frontdoor.prompts(gen, req)
+        limit = frontdoor.new_tokens(
+            req, ids, gen.n_positions, self.cfg.spec.generation.max_new_tokens
         )
-        return [text], [list(tok(text, add_special_tokens=False).input_ids)]
-
-    def plan(self, req: Request, ids: list[list[int]]) -> int:
-        """The new tokens to generate; RequestTooLong when prompt and max_tokens cannot fit
-        n_positions. max_tokens defaults to what fits (at most the config's)."""
-        from .generate import RequestTooLong
-
-        gen = self.generator
-        limit: int = gen.n_positions
-        longest = max(len(i) for i in ids)
-        room = limit - longest
-        if room < 1:
-            raise RequestTooLong(
-                f"the prompt is {longest} tokens; n_positions={limit} leaves no room to generate",
-                "prompt",
-            )
-        wanted = req.new_tokens
-        if wanted is None:
-            return min(self.cfg.spec.generation.max_new_tokens, room)
-        if wanted > room:
-            raise RequestTooLong(
-                f"the prompt ({longest} tokens) + max_tokens ({wanted}) exceeds "
-                f"n_positions={limit}: at most {room} new tokens fit"
-            )
-        return wanted
+        return texts, ids, limit
 
     # --- work ------------------------------------------------------------------------------
 
@@ -379,31 +344,10 @@ class _Handlers:
         return JSONResponse(models_body(self.state.model_name, self.state.started))
 
     async def parse(self, request: Any, schema: type[Request]) -> Request | JSONResponse:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return self.reject(413, f"the body is over {MAX_BODY_BYTES} bytes")
         try:
-            payload = json.loads(raw)
-        except RecursionError:
-            return self.reject(400, "the body is nested too deeply")
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self.reject(400, f"the body is not valid JSON: {str(exc)[:200]}")
-        try:
-            body = schema.model_validate(payload)
-        except (ValidationError, RecursionError) as exc:
-            if isinstance(exc, RecursionError):
-                return self.reject(400, "the body is nested too deeply")
-            first = exc.errors()[0]
-            param = ".".join(str(x) for x in first["loc"] if not isinstance(x, int)) or None
-            if first["type"] == "extra_forbidden":
-                return self.reject(400, f"unknown field {param!r}", param)
-            got = repr(first.get("input"))
-            got = got if len(got) <= 80 else got[:79] + "…"
-            return self.reject(400, f"{param}: {first['msg']} (got {got})", param)
-        refused = body.unsupported()
-        if refused is not None:
-            return self.reject(400, refused[1], refused[0])
-        return body
+            return frontdoor.parse_body(await request.body(), schema)
+        except frontdoor.RequestError as exc:
+            return self.reject(exc.status, exc.message, exc.param)
 
     async def completions(self, request: Any) -> Any:
         return await self.answer(request, CompletionRequest)
@@ -414,8 +358,6 @@ class _Handlers:
     async def answer(self, request: Any, schema: type[Request]) -> Any:
         from starlette.responses import StreamingResponse
 
-        from .generate import RequestTooLong
-
         body = await self.parse(request, schema)
         if not isinstance(body, schema):
             return body
@@ -424,15 +366,10 @@ class _Handlers:
             return self.reject(503, "the server is shutting down")
         if not st.ready:
             return self.reject(503, "the models are still loading; poll /health")
-        where = "messages" if isinstance(body, ChatRequest) else "prompt"
         try:
-            prompts, ids = st.prompts(body)
-            max_new = st.plan(body, ids)
-        except RequestTooLong as exc:
-            field = where if exc.field == "prompt" or not body.new_tokens else "max_tokens"
-            return self.reject(400, str(exc), field)
-        except ValueError as exc:
-            return self.reject(400, str(exc), where)
+            prompts, ids, max_new = st.prepare(body)
+        except frontdoor.RequestError as exc:
+            return self.reject(exc.status, exc.message, exc.param)
         job = Job(body, asyncio.get_running_loop(), asyncio.Queue(), ids, max_new, prompts)
         if not st.submit(job):
             resp = self.reject(429, "the request queue is full; retry later")
@@ -475,7 +412,8 @@ class _Handlers:
 
     async def stream(self, job: Job) -> AsyncIterator[str]:
         """Server-sent events as OpenAI sends them: (chat: a role delta first,) text deltas,
-        one finishing event per choice, then usage (choices: []), then [DONE]."""
+        one finishing event per choice (the last one also carrying `speculation`), then, only
+        with stream_options.include_usage, usage (choices: []), then [DONE]."""
         head = (job.chat, job.id, job.created, self.state.model_name)
         try:
             if job.chat:
@@ -487,9 +425,13 @@ class _Handlers:
                     yield _sse(chunk(*head, index, text))
                     continue
                 if kind == "done":
-                    for choice in payload["choices"]:
-                        yield _sse(chunk(*head, choice["index"], "", choice["finish_reason"]))
-                    yield _sse(usage_chunk(*head, payload))
+                    for n, choice in enumerate(payload["choices"], 1):
+                        last = chunk(*head, choice["index"], "", choice["finish_reason"])
+                        if n == len(payload["choices"]):
+                            last["speculation"] = payload["speculation"]
+                        yield _sse(last)
+                    if job.request.include_usage:
+                        yield _sse(usage_chunk(*head, payload))
                 else:
                     status, message = payload
                     yield _sse(error_body(message, "server_error", code=status))

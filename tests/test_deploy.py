@@ -275,8 +275,62 @@ def test_the_entry_point_serves_a_pair_from_s3(aws, tmp_path, monkeypatch):
     assert content_type == "application/json"
     assert out["usage"]["completion_tokens"] >= 1 and isinstance(out["text"], str)
     assert (tmp_path / "downloaded" / "target" / "config.json").is_file()
-    with pytest.raises(ValueError):
+    with pytest.raises(entry.InvalidRequest) as exc:
         entry.input_fn("{}", "application/json")
+    assert exc.value.status_code == 400 and json.loads(exc.value.phrase)["error"]["param"]
+    too_long = entry.input_fn(json.dumps({"prompt": "w1 " * 5000, "max_tokens": 4}))
+    with pytest.raises(entry.InvalidRequest) as exc:
+        entry.predict_fn(too_long, model)
+    assert exc.value.status_code == 400 and "n_positions" in exc.value.message
+
+
+def _entry_module():
+    spec = importlib.util.spec_from_file_location(
+        "inference_under_test", Path(dp.__file__).with_name("sagemaker_entry.py")
+    )
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "hi", "max_tokens": "5"}, "max_tokens"),
+        ({"prompt": "hi", "max_tokens": -5}, "max_tokens"),
+        ({"prompt": "hi", "max_tokens": 2.5}, "max_tokens"),
+        ({"prompt": "hi", "temperature": "hot"}, "temperature"),
+        ({"prompt": "hi", "temperature": 5e-324}, "temperature"),
+        ({"prompt": "hi", "seed": 2**70}, "seed"),
+        ({"prompt": "hi", "stop": 5}, "stop"),
+        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": {"text": "hi"}}, "prompt"),
+        ({"prompt": "\ud800"}, "prompt"),
+        ({"prompt": ["p"] * 64}, "prompt"),
+        ({"prompt": "hi", "surprise": 1}, "surprise"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.role"),
+        ({"prompt": "hi", "stream_options": {"include_usage": True}}, None),
+    ],
+)
+def test_the_entry_point_refuses_what_serve_refuses_with_a_4xx(body, param):
+    entry = _entry_module()
+    raw = json.dumps(body).replace("\\\\ud800", "\\ud800")
+    with pytest.raises(entry.InvalidRequest) as exc:
+        entry.input_fn(raw, "application/json")
+    assert 400 <= exc.value.status_code < 500
+    error = json.loads(exc.value.phrase)["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_the_entry_point_refuses_other_content_and_broken_json():
+    entry = _entry_module()
+    with pytest.raises(entry.InvalidRequest) as exc:
+        entry.input_fn(b"prompt=hi", "text/plain")
+    assert exc.value.status_code == 415
+    for raw in (b"{", b"[" * 100_000, b"\xff\xfe"):
+        with pytest.raises(entry.InvalidRequest) as exc:
+            entry.input_fn(raw, "application/json")
+        assert exc.value.status_code == 400
 
 
 # --- the cloud's faults: a fault-injecting proxy on 127.0.0.1 in front of the moto server -----

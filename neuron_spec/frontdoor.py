@@ -1,0 +1,111 @@
+"""One request model for every front door: `serve`'s HTTP routes and the SageMaker entry point
+parse a body, tokenize its prompts and size its answer here, with the same schema
+(openai_api.py), the same limits and the same errors - a `RequestError` with the HTTP status
+and the field to name - so no door accepts what another refuses."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from .chat import chat_ids
+from .openai_api import ChatRequest, CompletionRequest
+
+MAX_BODY_BYTES = 1 << 20
+Request = CompletionRequest | ChatRequest
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+def parse_body(raw: bytes | str, schema: type[Request]) -> Request:
+    """The request in `raw` (JSON), validated; RequestError naming the field otherwise."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    try:
+        payload = json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, "the body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"the body is not valid JSON: {str(exc)[:200]}") from None
+    return validate(payload, schema)
+
+
+def validate(payload: Any, schema: type[Request]) -> Request:
+    try:
+        body = schema.model_validate(payload)
+    except RecursionError:
+        raise RequestError(400, "the body is nested too deeply") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = _param(first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise RequestError(400, f"unknown field {param!r}", param) from None
+        got = repr(first.get("input"))
+        got = got if len(got) <= 80 else got[:79] + "…"
+        raise RequestError(400, f"{param}: {first['msg']} (got {got})", param) from None
+    refused = body.unsupported()
+    if refused is not None:
+        raise RequestError(400, refused[1], refused[0])
+    return body
+
+
+_TYPE_STEP = re.compile(r"^(str|int|float|bool|dict|list|none|[\w-]+\[.*\])$")
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    """The field a validation error is about, without pydantic's list indexes and union
+    branch names (`stop.str`, `prompt.list[str]` are `stop`, `prompt`)."""
+    steps = [str(x) for x in loc if not isinstance(x, int) and not _TYPE_STEP.match(str(x))]
+    return ".".join(steps) or None
+
+
+def prompts(generator: Any, req: Request) -> tuple[list[str], list[list[int]]]:
+    """The request's prompt texts and tokens; a chat goes through the tokenizer's chat
+    template, its content kept as text (chat.py). RequestError (400) when it cannot."""
+    where = "messages" if isinstance(req, ChatRequest) else "prompt"
+    try:
+        if isinstance(req, CompletionRequest):
+            texts = req.prompts()
+            return texts, generator.encode(texts)
+        tok = generator.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(
+                "this model's tokenizer has no chat template; send the prompt to "
+                "/v1/completions instead"
+            )
+        text, ids = chat_ids(tok, req.template_messages())
+        return [text], [ids]
+    except ValueError as exc:
+        raise RequestError(400, str(exc), where) from None
+
+
+def new_tokens(req: Request, ids: list[list[int]], n_positions: int, default: int) -> int:
+    """The new tokens to generate: max_tokens, or by default what fits (at most `default`).
+    RequestError (400, naming the field to shorten) when prompt + max_tokens cannot fit."""
+    where = "messages" if isinstance(req, ChatRequest) else "prompt"
+    longest = max(len(i) for i in ids)
+    room = n_positions - longest
+    if room < 1:
+        raise RequestError(
+            400,
+            f"the prompt is {longest} tokens; n_positions={n_positions} leaves no room to generate",
+            where,
+        )
+    wanted = req.new_tokens
+    if wanted is None:
+        return min(default, room)
+    if wanted > room:
+        raise RequestError(
+            400,
+            f"the prompt ({longest} tokens) + max_tokens ({wanted}) exceeds "
+            f"n_positions={n_positions}: at most {room} new tokens fit",
+            "max_tokens",
+        )
+    return wanted
