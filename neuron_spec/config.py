@@ -179,9 +179,13 @@ def _known_acceptor(v: str) -> str:
 
 
 def _s3_url(v: str) -> str:
-    if not _S3_URL.match(v):
+    from .s3names import uri_problem
+
+    broken = uri_problem(v)
+    if broken or not _S3_URL.match(v):
         raise ValueError(
-            f"{show(v)} is not an S3 URL. Fix: write s3://bucket-name/optional/prefix."
+            f"{show(v)} is not a usable S3 URL: {broken or 'it names no bucket'}. Fix: write "
+            "s3://bucket-name/optional/prefix."
         )
     return v
 

@@ -32,6 +32,8 @@ from typing import Any
 
 from .awsregion import neuron_image, resolve_region
 from .config import ConfigFile
+from .s3names import uri_problem
+from .yamlread import show
 from .errors import NeuronSpecError, UsageError
 from .upload import (
     PART_BYTES,
@@ -120,9 +122,12 @@ def validate(cfg: ConfigFile, opts: DeployOptions) -> list[str]:
         problems.append(
             f"--role {opts.role_arn!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
         )
-    m = BUCKET_URI.match(opts.bucket)
-    if not m or ".." in m.group("bucket") or re.match(r"^\d+\.\d+\.\d+\.\d+$", m.group("bucket")):
-        problems.append(f"--bucket {opts.bucket!r} is not an S3 bucket URL (s3://bucket/prefix)")
+    broken = uri_problem(opts.bucket)
+    if broken or not BUCKET_URI.match(opts.bucket):
+        problems.append(
+            f"--bucket {show(opts.bucket)} is not a usable S3 URL (s3://bucket/prefix): "
+            f"{broken or 'write it as s3://bucket/prefix'}"
+        )
     if cfg.spec.backend == "neuronx" and opts.instance_type not in NEURON_INSTANCE_TYPES:
         problems.append(
             f"--instance-type {opts.instance_type!r} has no NeuronCores; use one of "
