@@ -58,8 +58,8 @@ def opts(**kw) -> dp.DeployOptions:
     [
         ("role_arn", "arn:aws:iam::12345:role/x", "IAM role ARN"),
         ("role_arn", "my-role", "IAM role ARN"),
-        ("bucket", "deploy-bucket", "S3 bucket URL"),
-        ("bucket", "s3://Bad_Bucket", "S3 bucket URL"),
+        ("bucket", "deploy-bucket", "starts with s3://"),
+        ("bucket", "s3://Bad_Bucket", "only lowercase letters"),
         ("instance_type", "ml.m5.xlarge", "no NeuronCores"),
         ("endpoint_name", "bad_name!", "letters, digits"),
     ],
