@@ -62,6 +62,8 @@ def with_overrides(cfg: ConfigFile, args: argparse.Namespace) -> ConfigFile:
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is None or isinstance(value, list):
             continue
+        if flag == "--draft-tokens" and value == 0:
+            continue  # the target alone: the config's draft_tokens still sizes compiled graphs
         part = getattr(spec, section)
         try:
             new = part.replace(**{name: value})

@@ -265,12 +265,12 @@ class SpeculationSpec(Record):
     )
     loop: Loop = spec(
         Choice(*get_args(Loop)),
-        "library",
-        "Which loop drives the compiled pair on transformers-neuronx: library "
-        "(SpeculativeGenerator.sample, with every defect that can be fixed from outside "
-        "fixed) or engine (neuron-spec's own loop over the same graphs: exactly lossless "
-        "including the first token, safe for token id 0). The reference backend always runs "
-        "the engine.",
+        "engine",
+        "Which loop drives the compiled pair on a Neuron backend: engine (the default: "
+        "neuron-spec's own loop over the compiled graphs, exactly lossless including the "
+        "first token, safe for token id 0) or library (transformers-neuronx's "
+        "SpeculativeGenerator.sample, for comparison: the preflight names its defects). The "
+        "reference backend always runs the engine.",
     )
 
     @property

@@ -146,3 +146,22 @@ def test_piped_bench_table_has_every_header_whole(tiny_pair_config):
     head = next(line for line in proc.stdout.splitlines() if "draft_tokens" in line)
     for column in ("tokens/s", "min..max", "speedup", "predicted", "acceptance", "same output"):
         assert column in head, head
+
+
+def test_draft_tokens_0_runs_the_target_alone(tiny_pair_config):
+    """The baseline users compare a speedup against: no draft call, the target's greedy text."""
+    alone = cli(
+        "generate", str(tiny_pair_config), "--prompt", "w1 w2 w3", "--draft-tokens", "0",
+        "--temperature", "0.8", "--json",
+    )  # fmt: skip
+    assert alone.returncode == 0, alone.stderr
+    body = json.loads(alone.stdout)
+    assert body["metrics"]["drafted"] == 0 and len(body["token_ids"]) == 12
+    greedy = [
+        json.loads(
+            cli("generate", str(tiny_pair_config), "--prompt", "w1 w2 w3", "--draft-tokens", g,
+                "--json").stdout
+        )["token_ids"]
+        for g in ("0", "3")
+    ]  # fmt: skip
+    assert greedy[0] == greedy[1]

@@ -223,14 +223,16 @@ CASES = [(v, loop) for v in RELEASES for loop in ("library", "engine")]
 
 
 def loop_config(tmp_path, target, draft, backend, loop="library", *, sampling="", eos=""):
-    """n_positions 24 with max_new_tokens 20: a 4-token prompt fills it exactly."""
+    """n_positions 24 with max_new_tokens 20: a 4-token prompt fills it exactly. loop None
+    leaves the key out: the default loop."""
     cfg = tmp_path / f"{backend}-{loop}.yaml"
+    chosen = f", loop: {loop}" if loop else ""
     cfg.write_text(
         f"instance: trn1.32xlarge\nbackend: {backend}\n"
         f"target: {{model: {target}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
         f"draft: {{model: {draft}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
-        f"speculation: {{draft_tokens: 3, acceptor: {'lossless' if sampling else 'greedy'}, "
-        f"loop: {loop}}}\n"
+        f"speculation: {{draft_tokens: 3, acceptor: {'lossless' if sampling else 'greedy'}"
+        f"{chosen}}}\n"
         f"sampling: {{{sampling or 'temperature: 0'}, seed: 4}}\n"
         f"generation: {{max_new_tokens: 20, max_prompt_tokens: 4{eos}}}\n"
         f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n"
@@ -333,6 +335,28 @@ def test_a_target_that_emits_id_0_engine_loop_equals_reference(
     want = ref.generate("", prompt_token_ids=ids).token_ids[0]
     assert 0 in want
     assert eng.generate("", prompt_token_ids=ids).token_ids[0] == want
+    reset_cores()
+    default = load_generator(loop_config(tmp_path, swapped_t, swapped_d, "neuronx", None))
+    assert default.backend.loop == "engine"  # the default loop keeps id 0 too
+    assert default.generate("", prompt_token_ids=ids).token_ids[0] == want
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_the_default_loop_is_the_exact_one_and_runs_the_target_alone(
+    tmp_path, monkeypatch, pair_dirs, version
+):
+    """No `loop:` in the config: the engine drives the pair (exact first token when sampling);
+    `--draft-tokens 0` samples from the target alone to exactly max_new_tokens."""
+    use_double(monkeypatch, version, tmp_path / "meta")
+    target, draft = pair_dirs
+    cfg = loop_config(tmp_path, target, draft, "neuronx", None, sampling="temperature: 0.8")
+    assert cfg.spec.speculation.loop == "engine"
+    gen = load_generator(cfg)
+    assert gen.backend.loop == "engine"
+    alone = gen.generate("", prompt_token_ids=[[1, 5, 9, 3]], draft_tokens=0, max_new_tokens=12)
+    assert len(alone.token_ids[0]) == 12 and alone.metrics.drafted == 0
+    both = gen.generate("", prompt_token_ids=[[1, 5, 9, 3]], max_new_tokens=12)
+    assert len(both.token_ids[0]) == 12 and both.metrics.drafted > 0
 
 
 def swap_ids(src: Path, dst: Path, a: int, b: int) -> Path:
