@@ -32,9 +32,8 @@ from typing import Any
 
 from .awsregion import neuron_image, resolve_region
 from .config import ConfigFile
-from .s3names import uri_problem
-from .yamlread import show
 from .errors import NeuronSpecError, UsageError
+from .s3names import uri_problem
 from .upload import (
     PART_BYTES,
     WORKERS,
@@ -43,6 +42,7 @@ from .upload import (
     Uploader,
     local_checkpoints,
 )
+from .yamlread import show
 
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 BUCKET_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")

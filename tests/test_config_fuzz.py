@@ -241,7 +241,7 @@ def test_no_document_gives_an_internal_error(tmp_path, capsys, chunk):
 def test_plan_and_dry_run_survive_the_documents_that_validate_reads(tmp_path, capsys, command):
     """plan and `generate --dry-run` go further than validate (memory model, predictions, the
     load plan): the documents that hold the numeric hazards must not break them either."""
-    hazards = tuple(PLACEHOLDERS.values()) + ("0x", "e+310", "e310", "!!")
+    hazards = (*tuple(PLACEHOLDERS.values()), "0x", "e+310", "e310", "!!")
     docs = [d for d in documents(DOCUMENTS) if any(h in d for h in hazards)][:300]
     assert len(docs) >= 100
     extra = ["--dry-run", "--prompt", "hi"] if command == "generate" else []
