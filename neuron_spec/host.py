@@ -86,7 +86,6 @@ def imds_instance_type(endpoint: str | None = None, timeout: float = IMDS_TIMEOU
 
 def neuron_ls_cores(timeout: float = 10.0) -> int | None:
     """Total NeuronCores reported by `neuron-ls --json-output`, or None without the tool."""
-    import json
     import shutil
     import subprocess
 
@@ -97,10 +96,16 @@ def neuron_ls_cores(timeout: float = 10.0) -> int | None:
         out = subprocess.run(
             [exe, "--json-output"], capture_output=True, text=True, timeout=timeout, check=True
         ).stdout
-        devices = json.loads(out)
-        return sum(int(d.get("nc_count", 0)) for d in devices)
-    except (subprocess.SubprocessError, OSError, ValueError, TypeError, AttributeError):
+    except (subprocess.SubprocessError, OSError):
         return None
+    from .hostprobe import parse_devices
+    from .safeio import Unreadable, loads
+
+    try:
+        devices = parse_devices(loads(out), [])
+    except Unreadable:
+        return None
+    return None if devices is None else sum(d.nc_count for d in devices)
 
 
 def detect_host() -> HostFacts:

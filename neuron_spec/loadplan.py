@@ -40,8 +40,8 @@ def installed_version(dist: str) -> str | None:
 
 def parse_version(text: str) -> tuple[int, ...]:
     parts = []
-    for piece in text.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
+    for piece in text.split(".")[:8]:
+        digits = "".join(ch for ch in piece if "0" <= ch <= "9")[:12]  # ASCII digits only
         if not digits:
             break
         parts.append(int(digits))
