@@ -4,6 +4,12 @@
 
 ns_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+# Ctrl-C (or SIGTERM) stops the script at any step, with the shell's conventional status. The
+# traps matter: without them bash carries on when a child (pip) handles the interrupt itself and
+# merely fails, and a failed PyTorch download would fall back to another index.
+trap 'ns_log "interrupted: stopping (the next run picks up where this one left off)"; exit 130' INT
+trap 'ns_log "terminated: stopping"; exit 143' TERM
+
 # Bold only on a terminal, and never with NO_COLOR set (https://no-color.org): logs stay plain.
 if [ -t 2 ] && [ -z "${NO_COLOR:-}" ] && [ "${TERM:-}" != "dumb" ]; then
   ns_log() { printf '\033[1m[neuron-spec]\033[0m %s\n' "$*" >&2; }
@@ -38,13 +44,30 @@ ns_need_python() {
   fi
 }
 
-ns_env() {
-  local venv="$1" extras="$2" want_torch="${3:-}"
-  local py="${PYTHON:-python3}"
-  if [ ! -x "$venv/bin/python" ]; then
+# A usable environment at $1: created when missing; rebuilt when an interrupted run left it
+# half-built (no python, or no pip: every later pip call would fail). A directory there that is
+# not a virtual environment is never deleted.
+ns_venv_ready() {
+  local venv="$1" py="${PYTHON:-python3}"
+  if [ -e "$venv" ] && ! "$venv/bin/python" -c "import pip" >/dev/null 2>&1; then
+    if [ -f "$venv/pyvenv.cfg" ] || [ -z "$(ls -A "$venv" | grep -vxE 'bin|include|lib|lib64')" ]; then
+      ns_log "$venv is incomplete (an interrupted setup?): rebuilding it"
+      rm -rf "$venv"
+    else
+      ns_log "$venv exists and is not a Python virtual environment; move it away, or set"
+      ns_log "NEURON_SPEC_VENV to another place"
+      exit 2
+    fi
+  fi
+  if [ ! -e "$venv" ]; then
     ns_log "creating virtual environment $venv ($("$py" --version 2>&1))"
     "$py" -m venv "$venv"
   fi
+}
+
+ns_env() {
+  local venv="$1" extras="$2" want_torch="${3:-}"
+  ns_venv_ready "$venv"
   local stamp="$venv/.neuron-spec-installed"
   local hash
   hash="$(sha256sum "$ns_root/pyproject.toml" | cut -c1-16)"
