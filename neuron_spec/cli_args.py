@@ -93,8 +93,8 @@ def _with_config(sub: Sub, name: str, help_: str, description: str) -> argparse.
     sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
     sp.add_argument(
         "--backend",
-        choices=("neuronx", "reference"),
-        help="override the config's backend (e.g. run a neuronx pair on the CPU)",
+        choices=("neuronx", "nxdi", "reference"),
+        help="override the config's backend (e.g. run a Neuron pair on the CPU with reference)",
     )
     _hidden_debug(sp)
     return sp

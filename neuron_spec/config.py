@@ -36,7 +36,8 @@ from .yamlread import DuplicateKeys, parse_yaml, show
 
 Amp = Literal["f32", "f16", "bf16"]
 Loop = Literal["library", "engine"]
-Backend = Literal["neuronx", "reference"]
+Backend = Literal["neuronx", "nxdi", "reference"]
+SpeculationMode = Literal["unfused", "fused"]
 BUILTIN_ACCEPTORS = ("greedy", "lossless", "neuronx-default")
 _CUSTOM_ACCEPTOR = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
@@ -338,6 +339,20 @@ class CompileSpec(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class NxdiSpec(Record):
+    """NxD Inference settings (backend: nxdi)."""
+
+    speculation_mode: SpeculationMode = spec(
+        Choice(*get_args(SpeculationMode)),
+        "unfused",
+        "unfused (the default): draft and target compiled apart, neuron-spec's engine drives "
+        "both, logits come to the host, so sampling is exactly lossless. fused: one compiled "
+        "graph drafts, verifies and accepts on the device, greedy only (temperature 0), one "
+        "device call per round.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeploymentSpec(Record):
     """A draft/target pair and how to run it."""
 
@@ -350,7 +365,8 @@ class DeploymentSpec(Record):
     backend: Backend = spec(
         Choice(*get_args(Backend)),
         "neuronx",
-        "neuronx: transformers-neuronx on NeuronCores. reference: PyTorch + "
+        "neuronx: transformers-neuronx on NeuronCores (Neuron SDK up to 2.25). nxdi: NxD "
+        "Inference on NeuronCores (SDK 2.28, the Inf2/Trn1 pin). reference: PyTorch + "
         "transformers on CPU or CUDA.",
     )
     target: ModelSpec = spec(Nested(ModelSpec), description=ModelSpec.__doc__ or "")
@@ -359,6 +375,12 @@ class DeploymentSpec(Record):
     sampling: SamplingSpec = spec(Nested(SamplingSpec), SamplingSpec())
     generation: GenerationSpec = spec(Nested(GenerationSpec), GenerationSpec())
     compile: CompileSpec = spec(Nested(CompileSpec), CompileSpec())
+    nxdi: NxdiSpec = spec(Nested(NxdiSpec), NxdiSpec())
+
+    @property
+    def neuron(self) -> bool:
+        """Runs on NeuronCores (either Neuron library)."""
+        return self.backend in ("neuronx", "nxdi")
 
     def models(self) -> Iterator[tuple[str, ModelSpec]]:
         yield "target", self.target

@@ -221,6 +221,7 @@ class Generator:
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.device = device
+        self.max_prompt_tokens: int | None = None  # a backend compiled for shorter prompts
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         ids = [list(self.tokenizer(p).input_ids) for p in prompts]
@@ -302,6 +303,13 @@ class Generator:
         which the CLI shows as a usage error and the server as a 400)."""
         limit = self.n_positions
         longest = max(len(p) for p in prompts)
+        if self.max_prompt_tokens is not None and longest > self.max_prompt_tokens:
+            raise RequestTooLong(
+                f"the prompt has {longest} tokens; the models' prompt encoding was compiled for "
+                f"at most {self.max_prompt_tokens} (generation.max_prompt_tokens). Fix: shorten "
+                "the prompt, or raise generation.max_prompt_tokens and load again.",
+                "prompt",
+            )
         if longest + max_new_tokens > limit:
             raise RequestTooLong(
                 f"the prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "

@@ -1,5 +1,6 @@
-"""Backends that load a draft/target pair: `reference` (PyTorch + transformers) and
-`neuronx` (transformers-neuronx, the only module that imports it)."""
+"""Backends that load a draft/target pair: `reference` (PyTorch + transformers), `neuronx`
+(transformers-neuronx) and `nxdi` (NxD Inference, in nxdi/); neuron_common.py holds what the
+two Neuron backends share."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ def load_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generat
         from .reference import load_reference_generator
 
         return load_reference_generator(cfg, progress)
+    if cfg.spec.backend == "nxdi":
+        from .nxdi.backend import load_nxdi_generator
+
+        return load_nxdi_generator(cfg, progress)
     from .neuronx import load_neuronx_generator
 
     return load_neuronx_generator(cfg, progress)

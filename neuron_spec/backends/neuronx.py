@@ -26,6 +26,7 @@ from ..artifacts import ArtifactCache, ArtifactError
 from ..engine import EngineResult, speculative_generate
 from ..errors import BackendUnavailableError, GenerationError, UsageError
 from ..loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
+from .neuron_common import neuron_generator, prepare_checkpoint
 from .neuronx_engine import NeuronxRunner
 from .neuronx_library import LibraryPair, run_library
 
@@ -115,27 +116,12 @@ class NeuronxPair:
 
     def _prepare(self, ml: ModelLoad) -> None:
         """Bring a checkpoint into a format transformers-neuronx loads, once, atomically."""
-        if ml.prepare in ("catalog", "missing"):
-            raise UsageError(
-                f"{ml.role}.model: {ml.checkpoint} cannot be loaded; "
-                "run `neuron-spec validate` for details."
-            )
-        final = Path(ml.checkpoint)
-        if ml.prepare == "direct" or final.is_dir():
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if ml.prepare == "s3":
-            from ..download import download_prefix
-
-            self.say(f"{ml.role}: downloading {ml.source} (once)")
-            download_prefix(ml.source, final, warn=self.cache.warn, progress=self.say)
-        elif ml.prepare == "gguf":
-            from ..models import convert_gguf
-
-            self.say(f"{ml.role}: converting {ml.source} to safetensors (once)")
-            convert_gguf(Path(ml.source), final)
-        else:
-            self._split(ml.source or ml.model, final)
+        done = prepare_checkpoint(
+            ml.role, ml.prepare, ml.source, ml.checkpoint, self.say, self.cache.warn
+        )
+        if not done:  # a .bin checkpoint: transformers-neuronx wants the split format
+            Path(ml.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+            self._split(ml.source or ml.model, Path(ml.checkpoint))
 
     def _split(self, source: str, final: Path) -> None:
         self.say(f"converting {source} to the split format (once)")
@@ -288,39 +274,9 @@ class NeuronxPair:
 
 
 def load_neuronx_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
-    from ..generate import Generator
-    from .reference import load_tokenizer
-
     pair = NeuronxPair(cfg, progress)
     tok_dir = pair.plan.target.tokenizer or pair.plan.target.checkpoint
-    tok = load_tokenizer(tok_dir)
-    spec = cfg.spec
-    eos_override = spec.generation.eos_token_id
-    if eos_override is not None:
-        eos = list(eos_override) if isinstance(eos_override, list) else [eos_override]
-    else:
-        value = tok.eos_token_id
-        eos = [int(value)] if value is not None else []
-        eos = _config_eos(Path(pair.plan.target.checkpoint)) or eos
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
-    gen = Generator(cfg, None, None, tok, eos, int(pad), device="neuron", decoder=pair.decode)
-    gen.backend = pair
-    return gen
-
-
-def _config_eos(checkpoint: Path) -> list[int]:
-    import json
-
-    for name in ("generation_config.json", "config.json"):
-        f = checkpoint / name
-        if f.is_file():
-            try:
-                value = json.loads(f.read_text(encoding="utf-8")).get("eos_token_id")
-            except (OSError, ValueError):
-                continue
-            if value is not None:
-                return [int(v) for v in value] if isinstance(value, list) else [int(value)]
-    return []
+    return neuron_generator(cfg, pair, pair.decode, pair.plan.target.checkpoint, tok_dir)
 
 
 def _version_at_least(version: str, floor: tuple[int, ...]) -> bool:

@@ -1,0 +1,85 @@
+"""What both Neuron backends (transformers-neuronx and NxD Inference) share, written once:
+bringing a checkpoint into a loadable form (an s3:// prefix downloaded, a GGUF file
+de-quantized to safetensors, each once and atomically) and the Generator around a loaded pair
+(tokenizer, EOS ids from the config or the checkpoint, pad id). The artifact cache
+(artifacts.py), the cache paths (loadplan.py) and the engine (engine.py) are shared as well."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..config import ConfigFile
+    from ..generate import Generator
+
+
+def prepare_checkpoint(
+    role: str,
+    how: str,
+    source: str,
+    checkpoint: str,
+    say: Callable[[str], None],
+    warn: Callable[[str], None],
+) -> bool:
+    """Download or convert `source` into `checkpoint` when `how` asks for it; True when done
+    here, False when the backend must prepare it its own way (or it is ready as it is)."""
+    if how in ("catalog", "missing"):
+        raise UsageError(
+            f"{role}.model: {checkpoint} cannot be loaded; run `neuron-spec validate` for details."
+        )
+    final = Path(checkpoint)
+    if how == "direct" or final.is_dir():
+        return True
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if how == "s3":
+        from ..download import download_prefix
+
+        say(f"{role}: downloading {source} (once)")
+        download_prefix(source, final, warn=warn, progress=say)
+        return True
+    if how == "gguf":
+        from ..models import convert_gguf
+
+        say(f"{role}: converting {source} to safetensors (once)")
+        convert_gguf(Path(source), final)
+        return True
+    return False
+
+
+def neuron_generator(
+    cfg: ConfigFile, backend: Any, decode: Any, checkpoint: str, tokenizer_dir: str
+) -> Generator:
+    """The Generator around a loaded Neuron pair: its tokenizer and EOS/pad ids."""
+    from ..generate import Generator
+    from .reference import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    eos_override = cfg.spec.generation.eos_token_id
+    if eos_override is not None:
+        eos = list(eos_override) if isinstance(eos_override, list) else [eos_override]
+    else:
+        value = tok.eos_token_id
+        eos = [int(value)] if value is not None else []
+        eos = config_eos(Path(checkpoint)) or eos
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
+    gen = Generator(cfg, None, None, tok, eos, int(pad), device="neuron", decoder=decode)
+    gen.backend = backend
+    return gen
+
+
+def config_eos(checkpoint: Path) -> list[int]:
+    for name in ("generation_config.json", "config.json"):
+        f = checkpoint / name
+        if f.is_file():
+            try:
+                value = json.loads(f.read_text(encoding="utf-8")).get("eos_token_id")
+            except (OSError, ValueError):
+                continue
+            if value is not None:
+                return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+    return []

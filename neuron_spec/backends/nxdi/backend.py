@@ -1,0 +1,293 @@
+"""The NxD Inference backend: the only code that imports neuronx_distributed_inference.
+
+It executes plan.py's load plan: checkpoints prepared once (neuron_common.py), each NxDI
+application built from validated NeuronConfig keywords, compiled into the artifact cache or
+loaded from it, then driven through `forward()`:
+- unfused: neuron-spec's engine over a draft and a target Runner (runner.py), exactly lossless;
+- fused: round by round over the one fused graph (fused.py), greedy on the device;
+- the target alone (--draft-tokens 0, bench's baseline): a plain target (context encoding +
+  token generation), compiled and loaded the first time it is asked for.
+
+Compiled artifacts cannot be stale: NxDI's load() never compares model.pt with the config it
+loads with, so each entry is keyed by NxDI's own serialized config (with the checkpoint paths
+taken out), the NxDI and neuronx-cc versions and the instance family. A changed draft_tokens,
+tp, length, dtype or mode is another key, so it compiles anew; the same config loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...artifacts import ArtifactCache, ArtifactError
+from ...engine import EngineResult, speculative_generate
+from ...errors import BackendUnavailableError, GenerationError, UsageError
+from ...loadplan import CC_DIST, artifact_root, cache_key, installed_version
+from ..neuron_common import neuron_generator, prepare_checkpoint
+from .fused import fused_generate
+from .plan import NXDI_DIST, NxdiModel, NxdiPlan, build_nxdi_plan
+from .runner import NxdiRunner
+
+if TYPE_CHECKING:
+    from ...config import ConfigFile
+    from ...generate import Generator
+    from .. import Progress
+
+INSTALL_HINT = (
+    "neuronx-distributed-inference is not installed in this Python environment (it is not on "
+    "PyPI). For Inf2 and Trn1, AWS's Neuron SDK 2.28 Deep Learning AMI ships it in "
+    "/opt/aws_neuronx_venv_pytorch_2_9_nxd_inference (Ubuntu 24.04) or "
+    "/opt/aws_neuronx_venv_pytorch_2_8_nxd_inference (22.04); scripts/launch.sh finds it and "
+    "`neuron-spec doctor` checks a host. See docs/neuron.md."
+)
+PATH_KEYS = ("_name_or_path", "draft_model_path", "model_path")
+
+
+def import_nxdi() -> tuple[dict[str, Any], str]:
+    """The NxDI classes neuron-spec uses, and the installed version."""
+    try:
+        cfg = importlib.import_module("neuronx_distributed_inference.models.config")
+        llama = importlib.import_module("neuronx_distributed_inference.models.llama.modeling_llama")
+        adapter = importlib.import_module("neuronx_distributed_inference.utils.hf_adapter")
+    except ImportError as exc:
+        raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from None
+    version = installed_version(NXDI_DIST)
+    if not version:
+        raise BackendUnavailableError(
+            "cannot tell which neuronx-distributed-inference is installed"
+        )
+    classes = {
+        "NeuronConfig": cfg.NeuronConfig,
+        "FusedSpecNeuronConfig": cfg.FusedSpecNeuronConfig,
+        "LlamaInferenceConfig": llama.LlamaInferenceConfig,
+        "NeuronLlamaForCausalLM": llama.NeuronLlamaForCausalLM,
+        "load_pretrained_config": adapter.load_pretrained_config,
+    }
+    return classes, version
+
+
+def normalised_config(serialized: str) -> Any:
+    """NxDI's serialized config without the checkpoint paths (where weights are read from
+    does not change what was compiled)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in PATH_KEYS}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(json.loads(serialized))
+
+
+class NxdiPair:
+    """The loaded applications, ready to generate."""
+
+    def __init__(self, cfg: ConfigFile, progress: Progress | None = None):
+        self.cfg = cfg
+        self.say = progress or (lambda _m: None)
+        self.nxdi, self.version = import_nxdi()
+        self.cc_version = installed_version(CC_DIST)
+        self.plan: NxdiPlan = build_nxdi_plan(cfg, self.version, self.cc_version)
+        self.cache = ArtifactCache(artifact_root(cfg), cfg.spec.compile.s3_mirror)
+        self.events: list[tuple[str, str]] = []  # (role, "loaded" | "compiled")
+        self.family = _family(cfg)
+        for name, value in self.plan.env.items():
+            os.environ.setdefault(name, value)
+        for m in (self.plan.draft, self.plan.target):
+            prepare_checkpoint(m.role, m.prepare, m.source, m.checkpoint, self.say, self.cache.warn)
+        self.draft: Any = None
+        self.plain: Any = None
+        if self.plan.mode == "fused":
+            self.target = self._application(self.plan.target, fused_draft=self.plan.draft)
+        else:
+            self.draft = self._application(self.plan.draft)
+            self.target = self._application(self.plan.target)
+
+    # --- building, compiling, loading ----------------------------------------------------
+
+    def _config(self, m: NxdiModel) -> Any:
+        nc = self.nxdi["NeuronConfig"](**m.neuron_config)
+        load = self.nxdi["load_pretrained_config"](m.checkpoint)
+        # rope_theta is required by LlamaInferenceConfig; transformers 5 moved it into
+        # rope_parameters, so it is passed as read from the checkpoint's config.json.
+        return self.nxdi["LlamaInferenceConfig"](
+            nc, load_config=load, rope_theta=rope_theta(m.checkpoint)
+        )
+
+    def _application(self, m: NxdiModel, fused_draft: NxdiModel | None = None) -> Any:
+        config = self._config(m)
+        app_cls = self.nxdi["NeuronLlamaForCausalLM"]
+        if fused_draft is not None:
+            config.fused_spec_config = self.nxdi["FusedSpecNeuronConfig"](
+                app_cls._model_cls,
+                draft_config=self._config(fused_draft),
+                draft_model_path=fused_draft.checkpoint,
+            )
+        model = app_cls(m.checkpoint, config)
+        material = {
+            "neuron_config.json": normalised_config(config.to_json_string()),
+            "neuronx_distributed_inference": self.version,
+            "neuronx_cc": self.cc_version,
+            "instance_family": self.family,
+            "NEURON_CC_FLAGS": self.cfg.spec.compile.cc_flags
+            or os.environ.get("NEURON_CC_FLAGS", ""),
+        }
+        key = cache_key(material)
+        entry = self.cache.lookup(key)
+        if entry is None:
+            self.say(f"{m.role}: compiling with NxDI (tens of minutes for a 70B model)")
+            description = {"role": m.role, "model": m.source, "backend": "nxdi", "key": key}
+            try:
+                entry = self.cache.store(key, lambda d: model.compile(str(d)), description)
+            except (OSError, ArtifactError) as exc:
+                raise GenerationError(
+                    f"{m.role}: compiling into the artifact cache {self.cache.root} failed "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+            self.events.append((m.role, "compiled"))
+        else:
+            self.say(f"{m.role}: loading compiled artifacts from {entry}")
+            self.events.append((m.role, "loaded"))
+        model.load(str(entry))
+        return model
+
+    # --- generation ------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.target.config.vocab_size)
+
+    def decode(
+        self,
+        prompts: Sequence[Sequence[int]],
+        acceptor: Any,
+        *,
+        draft_tokens: int,
+        max_new_tokens: int,
+        eos_token_ids: Sequence[int] = (),
+        pad_token_id: int = 0,
+        on_tokens: Any = None,
+        cancelled: Any = None,
+    ) -> EngineResult:
+        self._check(acceptor, draft_tokens)
+        result = EngineResult([], [], [], 0.0, [])
+        for row, prompt in enumerate(prompts):
+            callback = None if on_tokens is None else (lambda _r, t, row=row: on_tokens(row, t))
+            try:
+                one = self._one(prompt, acceptor, draft_tokens, max_new_tokens, eos_token_ids,
+                                pad_token_id, callback, cancelled)  # fmt: skip
+            except (RuntimeError, ValueError, KeyError, AssertionError, AttributeError) as exc:
+                raise GenerationError(
+                    f"NxDI generation failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            result.start = result.start or one.start
+            for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
+                getattr(result, name).extend(getattr(one, name))
+            result.draft_step_seconds.extend(one.draft_step_seconds)
+            result.target_step_seconds.extend(one.target_step_seconds)
+            result.end = one.end
+        return result
+
+    def _check(self, acceptor: Any, draft_tokens: int) -> None:
+        window = self.plan.window
+        if draft_tokens not in (0, window - 1) and self.plan.mode == "fused":
+            raise UsageError(
+                f"the fused graph was compiled for draft_tokens={window - 1}; set "
+                "speculation.draft_tokens in the config and load again (or 0: the target alone)"
+            )
+        if draft_tokens >= window:
+            raise UsageError(
+                f"the target was compiled for draft_tokens={window - 1} (window k={window}); "
+                "more needs its own compiled graph: set speculation.draft_tokens and load again"
+            )
+        sampling = getattr(acceptor, "sampling", None)
+        greedy = type(acceptor).__name__ == "GreedyAcceptor" or (
+            sampling is not None and sampling.temperature == 0
+        )
+        if self.plan.mode == "fused" and draft_tokens and not greedy:
+            raise UsageError(
+                "fused speculation accepts greedily on the device: send temperature 0, or set "
+                "nxdi: {speculation_mode: unfused} for sampling (exactly lossless)"
+            )
+
+    def _one(
+        self,
+        prompt: Sequence[int],
+        acceptor: Any,
+        gamma: int,
+        max_new: int,
+        eos: Sequence[int],
+        pad: int,
+        on_tokens: Any,
+        cancelled: Any,
+    ) -> EngineResult:
+        plan = self.plan
+        if gamma == 0:
+            target = self._runner(self._plain(), pad, window=None, length=plan.n_positions)
+            return speculative_generate(
+                target, None, acceptor, [prompt], draft_tokens=0, max_new_tokens=max_new,
+                eos_token_ids=eos, pad_token_id=pad, on_tokens=on_tokens, cancelled=cancelled,
+            )  # fmt: skip
+        if plan.mode == "fused":
+            return fused_generate(
+                self.target, prompt, window=plan.window, context_length=plan.max_context_length,
+                compiled_length=plan.compiled_length, max_new=max_new, eos=eos, pad=pad,
+                on_tokens=on_tokens, cancelled=cancelled,
+            )  # fmt: skip
+        target = self._runner(self.target, pad, window=plan.window, length=plan.compiled_length)
+        draft = self._runner(self.draft, pad, window=None, length=plan.compiled_length)
+        return speculative_generate(
+            target, draft, acceptor, [prompt], draft_tokens=gamma, max_new_tokens=max_new,
+            eos_token_ids=eos, pad_token_id=pad, on_tokens=on_tokens, cancelled=cancelled,
+        )  # fmt: skip
+
+    def _runner(self, model: Any, pad: int, *, window: int | None, length: int) -> NxdiRunner:
+        return NxdiRunner(
+            model,
+            vocab_size=self.vocab_size,
+            compiled_length=length,
+            context_length=self.plan.max_context_length,
+            pad_token_id=pad,
+            window=window,
+        )
+
+    def _plain(self) -> Any:
+        """The target without speculation, compiled and loaded the first time it is needed."""
+        if self.plain is None:
+            self.plain = self._application(self.plan.plain_target)
+        return self.plain
+
+
+def rope_theta(checkpoint: str) -> float:
+    """The checkpoint's RoPE base, wherever its config.json keeps it (10000.0: Llama's default)."""
+    try:
+        data = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 10000.0
+    params = data.get("rope_parameters") if isinstance(data, dict) else None
+    value = data.get("rope_theta") or (params or {}).get("rope_theta") or 10000.0
+    return float(value)
+
+
+def _family(cfg: ConfigFile) -> str:
+    instance = cfg.spec.instance
+    if instance == "auto":
+        from ...host import resolve_host
+
+        instance = resolve_host("auto").instance or "unknown"
+    return instance.split(".")[0]
+
+
+def load_nxdi_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
+    pair = NxdiPair(cfg, progress)
+    target = pair.plan.target
+    gen = neuron_generator(
+        cfg, pair, pair.decode, target.checkpoint, target.tokenizer or target.checkpoint
+    )
+    gen.max_prompt_tokens = pair.plan.max_context_length
+    return gen
