@@ -234,7 +234,8 @@ class NeuronBaseForCausalLM(torch.nn.Module):
             bucket = _seq_bucket(wrapper.tag, wrapper.buckets, attention_mask.shape[1], spec)
             if attention_mask.shape[1] > nc.max_length:
                 raise ValueError(
-                    f"Attention mask supplied (length={attention_mask.shape[1]}) is longer than max_length"
+                    f"Attention mask supplied (length={attention_mask.shape[1]}) is longer "
+                    f"than max_length ({nc.max_length} tokens)"
                 )
             attention_mask = torch.nn.functional.pad(
                 attention_mask, (0, bucket - attention_mask.shape[1]), value=0
@@ -289,7 +290,7 @@ class NeuronBaseForCausalLM(torch.nn.Module):
                 positions = prior + pos
                 logits = hf(torch.tensor([seq]), position_ids=torch.tensor([positions])).logits
                 out.append(logits[0, -len(ids) :].float())
-                for p, t in zip(pos, ids):
+                for p, t in zip(pos, ids, strict=True):
                     row[int(p)] = int(t)
         return torch.stack(out)
 
