@@ -148,6 +148,12 @@ def preflight_or_stop(
     else:
         render_report(stderr_console(), report, cfg)
         sys.stderr.write("stopped before loading anything: fix the errors above.\n")
+    from .preflight import USAGE_CODES
+
+    if any(f.code in USAGE_CODES for f in report.errors):
+        raise UsageError(
+            "the config asks for what its backend cannot do (above); nothing was loaded"
+        )
     return None
 
 

@@ -64,7 +64,16 @@ FINDING_CODES: dict[str, str] = {
     "disk-low": "disk space is short of what preparing the checkpoints writes",
     "neuron-sdk": "the Neuron SDK release this host's components match",
     "probe-unreadable": "a recorded or live tool output could not be read",
+    "nxdi-fused-sampling": "NxDI's fused graph is greedy: it cannot sample or run this acceptor",
+    "nxdi-fused-tp": "fused speculation needs a draft tp that divides the target's",
+    "nxdi-fused-dtype": "fused speculation needs one dtype for draft and target",
+    "nxdi-gqa-small-tp": "NxDI 0.8 fails to compile a GQA model at tp below its KV heads",
+    "nxdi-release": "the NxD Inference release installed is not the one for this platform",
+    "nxdi-transformers-pin": "transformers is not the version NxD Inference pins",
 }
+# Findings that say the config asks for something impossible rather than that this host or
+# these models fall short: the commands that load (generate, serve, bench) exit 2 on them.
+USAGE_CODES = frozenset({"nxdi-fused-sampling"})
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,17 @@ class Context:
 
     @property
     def neuronx(self) -> bool:
+        """transformers-neuronx: its own rules (topology list, KV-head sharding, loops)."""
         return self.spec.backend == "neuronx"
+
+    @property
+    def nxdi(self) -> bool:
+        return self.spec.backend == "nxdi"
+
+    @property
+    def neuron(self) -> bool:
+        """Either Neuron library: the rules about NeuronCores, memory and checkpoints."""
+        return self.spec.neuron
 
     def arch(self, role: str) -> Architecture | None:
         return self.models[role].architecture
@@ -161,7 +180,7 @@ def _roles(ctx: Context) -> Iterator[tuple[str, ModelSpec]]:
 
 @rule
 def host_known(ctx: Context) -> Iterator[Finding]:
-    if ctx.neuronx and not ctx.host.is_neuron:
+    if ctx.neuron and not ctx.host.is_neuron:
         yield Finding(
             "error",
             "host-unknown",
@@ -176,9 +195,11 @@ def host_known(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def tp_on_platform(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx or ctx.host.platform is None:
+    if not ctx.neuron or ctx.host.platform is None:
         return
     tp_rule = TP_RULES[ctx.host.platform]
+    documented = NXDI_TP_DOCUMENTED[ctx.host.platform] if ctx.nxdi else tp_rule.documented
+    library = "NxD Inference" if ctx.nxdi else "transformers-neuronx"
     where = ctx.host.instance or ctx.host.platform
     for role, m in _roles(ctx):
         tp = m.tp_degree
@@ -193,21 +214,20 @@ def tp_on_platform(ctx: Context) -> Iterator[Finding]:
                 f"set {role}.tp_degree to one of {_suggest(ctx, tp)} (valid here, and the "
                 "pair fits in memory).",
             )
-        elif tp not in tp_rule.documented and tp <= ctx.host.cores:
+        elif tp not in documented and tp <= ctx.host.cores:
             yield Finding(
                 "warning",
                 "tp-undocumented",
                 f"{role}.tp_degree",
                 f"tp_degree={tp} is accepted by the runtime on {ctx.host.platform}, but "
-                f"transformers-neuronx documents and benchmarks only "
-                f"{', '.join(map(str, tp_rule.documented))}.",
+                f"{library} documents and benchmarks only {', '.join(map(str, documented))}.",
                 "prefer a documented value unless you have tested this one.",
             )
 
 
 @rule
 def tp_within_cores(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx or not ctx.host.is_neuron:
+    if not ctx.neuron or not ctx.host.is_neuron:
         return
     for role, m in _roles(ctx):
         if m.tp_degree > ctx.host.cores:
@@ -255,7 +275,7 @@ def _shared_tp_fix(ctx: Context, t: int, d: int) -> str:
 
 @rule
 def tp_set(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx:
+    if not ctx.neuron:
         return
     for role, m in _roles(ctx):
         if "tp_degree" not in m.keys_given:
@@ -350,7 +370,7 @@ def _suggest(ctx: Context, near: int, count: int = 3) -> str:
 
 @rule
 def memory_budget(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx or not ctx.host.is_neuron or len(ctx.memory) < 2:
+    if not ctx.neuron or not ctx.host.is_neuron or len(ctx.memory) < 2:
         return
     budget = ctx.host.memory_per_core_bytes
     over_alone = False
@@ -411,7 +431,7 @@ def memory_budget(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx:
+    if not ctx.neuron:
         return
     for role, m in _roles(ctx):
         if m.batch_size > 1:
@@ -421,7 +441,11 @@ def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
                 f"{role}.batch_size",
                 f"batch_size={m.batch_size} with speculation on transformers-neuronx: its "
                 "SpeculativeGenerator samples batch 1 only in API v1 (NotImplementedError), and "
-                "in v2 reuses row 0's acceptance length for every row, corrupting the others.",
+                "in v2 reuses row 0's acceptance length for every row, corrupting the others."
+                if ctx.neuronx
+                else f"batch_size={m.batch_size} with speculation on NxD Inference: its draft "
+                "speculation is batch 1 (the fused draft's mask update fills one column for "
+                "every row), and neuron-spec's NxDI loop decodes one sequence at a time.",
                 f"set {role}.batch_size: 1 and serve requests one at a time (neuron-spec queues "
                 "them), or use the reference backend for batched experiments.",
             )
@@ -463,7 +487,7 @@ def sequence_fits(ctx: Context) -> Iterator[Finding]:
                 f"raise {role}.n_positions to at least {need}, lower the lengths, or delete "
                 "max_prompt_tokens (it then defaults to what n_positions leaves).",
             )
-        elif need + gamma > m.max_positions and ctx.neuronx:
+        elif need + gamma > m.max_positions and ctx.neuron:
             yield _window_overflow(role, m.max_positions, need, gamma)
 
 
@@ -493,7 +517,7 @@ def _default_prompt_budget(ctx: Context) -> Iterator[Finding]:
                 f"lower generation.max_new_tokens below {n} (to {max(1, n - 1 - gamma - 1)} "
                 f"to keep a one-token prompt and a full window), or raise {role}.n_positions.",
             )
-        elif new + 1 + gamma > n and ctx.neuronx:
+        elif new + 1 + gamma > n and ctx.neuron:
             yield _window_overflow(role, n, new + 1, gamma)
 
 
@@ -541,7 +565,7 @@ def checkpoints(ctx: Context) -> Iterator[Finding]:
                 "point model at a directory with config.json and weights (safetensors "
                 "preferred), or use a catalog name to check sizes before downloading.",
             )
-        elif r.kind == "catalog" and ctx.neuronx:
+        elif r.kind == "catalog" and ctx.neuron:
             yield Finding(
                 "info",
                 "checkpoint-catalog",
@@ -574,7 +598,7 @@ def checkpoints(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def prepared_checkpoints(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx:
+    if not ctx.neuron:
         return
     for role, _m in _roles(ctx):
         r = ctx.models[role]
@@ -640,7 +664,7 @@ def _cache_problem(root: Path, need: int) -> str | None:
 
 @rule
 def artifact_cache(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx or not ctx.local:  # another machine's disk is not this one's
+    if not ctx.neuron or not ctx.local:  # another machine's disk is not this one's
         return
     from .loadplan import cache_dir  # only where the pair loads: validate stays light
 
@@ -679,7 +703,7 @@ def host_memory(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def llama_only(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx:
+    if not ctx.neuron:
         return
     for role, _m in _roles(ctx):
         arch = ctx.arch(role)
@@ -713,7 +737,7 @@ def vocabularies(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def llama3_quirks(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx:
+    if not ctx.neuron:
         return
     arch = ctx.arch("target")
     if arch is None:
@@ -804,7 +828,7 @@ def acceptor_sampling(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def idle_cores(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuronx or not ctx.host.is_neuron:
+    if not ctx.neuron or not ctx.host.is_neuron:
         return
     used = max(ctx.spec.target.tp_degree, ctx.spec.draft.tp_degree)
     if ctx.host.platform is None or used >= ctx.host.cores:
@@ -827,6 +851,14 @@ def idle_cores(ctx: Context) -> Iterator[Finding]:
         )
 
 
+# NxD Inference's feature guide: tp values it documents per platform (Trn2 at LNC 2).
+NXDI_TP_DOCUMENTED = {
+    "inf2": (1, 2, 4, 8, 24),
+    "trn1": (1, 2, 8, 16, 32),
+    "trn2": (1, 2, 4, 8, 16, 32, 64),
+}
+
+
 def preflight(
     spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None, local: bool = False
 ) -> Report:
@@ -837,3 +869,6 @@ def preflight(
     findings = [f for r in RULES for f in r(ctx)]
     findings.sort(key=lambda f: _ORDER[f.severity])
     return Report(tuple(findings), host)
+
+
+from . import preflight_nxdi  # noqa: E402,F401  (registers the NxDI rules)

@@ -27,6 +27,8 @@ _TORCH_MODULES = [
     "test_sampling.py",
     "test_serve.py",  # needs the serve extra and httpx
     "test_tnx_double.py",
+    "test_nxdi_double.py",
+    "test_nxdi.py",
 ]
 if importlib.util.find_spec("torch") is None:
     if os.environ.get("NEURON_SPEC_REQUIRE_TORCH") == "1":

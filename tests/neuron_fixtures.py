@@ -87,3 +87,20 @@ def reset_cores() -> None:
     import transformers_neuronx._runtime as runtime
 
     runtime.reset()
+
+
+NXDI_DOUBLE = Path(__file__).parent / "nxdi_double"
+NXDI_RELEASE = "0.8.16251"  # Neuron SDK 2.28, source commit cd3abf3
+
+
+def use_nxdi_double(monkeypatch, tmp_root: Path) -> None:
+    """Put the NxD Inference 0.8 double on sys.path, freshly imported, its events cleared."""
+    monkeypatch.syspath_prepend(str(NXDI_DOUBLE))
+    meta = dist_info(tmp_root, NXDI_RELEASE, "neuronx-distributed-inference")
+    monkeypatch.syspath_prepend(str(meta))
+    for name in list(sys.modules):
+        if name.startswith("neuronx_distributed_inference"):
+            monkeypatch.delitem(sys.modules, name)
+    import neuronx_distributed_inference._runtime as runtime
+
+    runtime.reset()

@@ -235,12 +235,13 @@ class NxdiPair:
             )  # fmt: skip
         if plan.mode == "fused":
             return fused_generate(
-                self.target, prompt, window=plan.window, context_length=plan.max_context_length,
+                self.target, prompt, window=plan.window,
+                context_length=int(self.target.neuron_config.max_context_length),
                 compiled_length=plan.compiled_length, max_new=max_new, eos=eos, pad=pad,
                 on_tokens=on_tokens, cancelled=cancelled,
             )  # fmt: skip
         target = self._runner(self.target, pad, window=plan.window, length=plan.compiled_length)
-        draft = self._runner(self.draft, pad, window=None, length=plan.compiled_length)
+        draft = self._runner(self.draft, pad, window=None, length=plan.n_positions)
         return speculative_generate(
             target, draft, acceptor, [prompt], draft_tokens=gamma, max_new_tokens=max_new,
             eos_token_ids=eos, pad_token_id=pad, on_tokens=on_tokens, cancelled=cancelled,
@@ -251,7 +252,7 @@ class NxdiPair:
             model,
             vocab_size=self.vocab_size,
             compiled_length=length,
-            context_length=self.plan.max_context_length,
+            context_length=int(model.neuron_config.max_context_length),
             pad_token_id=pad,
             window=window,
         )

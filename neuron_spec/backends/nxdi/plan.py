@@ -109,15 +109,20 @@ class NxdiPlan:
 
 
 def context_length(cfg: ConfigFile) -> int:
-    """The prompt budget NxDI's context encoding is compiled for (never equal to k)."""
+    """The prompt budget NxDI's context encoding is compiled for."""
     spec = cfg.spec
     n = min(spec.target.max_positions, spec.draft.max_positions)
     window = spec.speculation.window
     budget = spec.generation.max_prompt_tokens or max(
         1, n - spec.generation.max_new_tokens - window
     )
-    budget = min(budget, n)
-    return budget + 1 if budget == window else budget
+    return min(budget, n)
+
+
+def _context_for(context: int, speculation: int) -> int:
+    """A speculating model's context bucket may not equal k: NxDI would trace it as a
+    speculation graph (NeuronBaseModel._is_context_encoding). One more position avoids it."""
+    return context + 1 if speculation and context == speculation else context
 
 
 def neuron_config_kwargs(
@@ -126,7 +131,7 @@ def neuron_config_kwargs(
     kw: dict[str, Any] = {
         "batch_size": m.batch_size,
         "seq_len": seq_len,
-        "max_context_length": min(context, seq_len),
+        "max_context_length": min(_context_for(context, speculation), seq_len),
         "torch_dtype": DTYPES[m.amp],
         "tp_degree": m.tp_degree,
         "padding_side": "right",
@@ -165,7 +170,9 @@ def build_nxdi_plan(
         return NxdiModel(role, checkpoint, prepare, resolved.location, kw, tokenizer)
 
     target = model("target", spec.target, window, mode == "fused", compiled)
-    draft = model("draft", spec.draft, 0, False, compiled)
+    # the draft never needs the headroom (it is fed one token at a time, below n_positions), so
+    # its compiled graphs do not depend on draft_tokens
+    draft = model("draft", spec.draft, 0, False, n)
     plain = model("plain-target", spec.target, 0, False, n)
     if nxdi_version is None:
         notes.append(

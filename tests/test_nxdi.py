@@ -1,0 +1,183 @@
+"""backend: nxdi against the NxD Inference 0.8 double: both speculation modes give the reference
+backend's tokens, sampling is exactly lossless (unfused), lengths and EOS lists are honoured,
+compiled artifacts are reused only for the config they were compiled for."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuron_spec.backends import load_generator
+from neuron_spec.cli import main
+from neuron_spec.config import load_config
+
+from .neuron_fixtures import make_checkpoint, use_nxdi_double
+
+pytestmark = pytest.mark.reference
+PROMPTS = [[1, 5, 9, 3], [7], [4, 4, 8]]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nxdi-pair")
+    target = make_checkpoint(root / "target", seed=0)
+    draft = make_checkpoint(root / "draft", seed=0, noise=0.01, base=target)
+    return target, draft
+
+
+@pytest.fixture
+def nxdi(monkeypatch, tmp_path):
+    use_nxdi_double(monkeypatch, tmp_path / "meta")
+
+
+def config(tmp_path: Path, pair, backend="nxdi", mode="unfused", *, gamma=3, sampling="",
+           eos="", name=None) -> Path:  # fmt: skip
+    """n_positions 24 with max_new_tokens 20: a 4-token prompt fills it exactly."""
+    target, draft = pair
+    path = tmp_path / (name or f"{backend}-{mode}-{gamma}.yaml")
+    path.write_text(
+        f"instance: trn1.32xlarge\nbackend: {backend}\n"
+        f"target: {{model: {target}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
+        f"draft: {{model: {draft}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
+        f"speculation: {{draft_tokens: {gamma}, acceptor: {'lossless' if sampling else 'greedy'}}}\n"
+        f"sampling: {{{sampling or 'temperature: 0'}, seed: 4}}\n"
+        f"generation: {{max_new_tokens: 20, max_prompt_tokens: 4{eos}}}\n"
+        f"nxdi: {{speculation_mode: {mode}}}\n"
+        f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("mode", ["unfused", "fused"])
+def test_greedy_tokens_equal_the_reference_for_every_length(tmp_path, nxdi, pair, mode):
+    ref = load_generator(load_config(config(tmp_path, pair, "reference")))
+    gen = load_generator(load_config(config(tmp_path, pair, "nxdi", mode)))
+    for prompt in PROMPTS:
+        want = ref.generate("", prompt_token_ids=[prompt]).token_ids[0]
+        assert len(want) == 20  # prompt + 20 fills n_positions for the 4-token prompt
+        for n in (1, 2, 3, 4, 7, 20):
+            got = gen.generate("", prompt_token_ids=[prompt], max_new_tokens=n)
+            assert got.token_ids[0] == want[:n], (prompt, n)
+    metrics = gen.generate("", prompt_token_ids=[PROMPTS[0]]).metrics
+    assert metrics.drafted > 0 and 0 < metrics.accepted <= metrics.drafted
+
+
+@pytest.mark.parametrize("mode", ["unfused", "fused"])
+def test_an_eos_list_ends_the_text_at_its_second_id(tmp_path, nxdi, pair, mode):
+    ref = load_generator(load_config(config(tmp_path, pair, "reference")))
+    want = ref.generate("", prompt_token_ids=[PROMPTS[0]]).token_ids[0]
+    a, b = 95, want[5]  # b is emitted sixth; a never is
+    assert a not in want[:6] and b not in want[:5]
+    eos = f", eos_token_id: [{a}, {b}]"
+    gen = load_generator(
+        load_config(config(tmp_path, pair, "nxdi", mode, eos=eos, name="eos.yaml"))
+    )
+    got = gen.generate("", prompt_token_ids=[PROMPTS[0]])
+    assert got.token_ids[0] == want[:6] and got.finished_by_eos == [True]
+
+
+def test_a_second_load_compiles_nothing_and_a_changed_draft_tokens_compiles_anew(
+    tmp_path, nxdi, pair
+):
+    first = load_generator(load_config(config(tmp_path, pair)))
+    assert first.backend.events == [("draft", "compiled"), ("target", "compiled")]
+    again = load_generator(load_config(config(tmp_path, pair)))
+    assert again.backend.events == [("draft", "loaded"), ("target", "loaded")]
+    other = load_generator(load_config(config(tmp_path, pair, gamma=2)))
+    assert other.backend.events == [("draft", "loaded"), ("target", "compiled")]
+    ref = load_generator(load_config(config(tmp_path, pair, "reference")))
+    want = ref.generate("", prompt_token_ids=[PROMPTS[0]]).token_ids[0]
+    assert other.generate("", prompt_token_ids=[PROMPTS[0]]).token_ids[0] == want
+    fused = load_generator(load_config(config(tmp_path, pair, mode="fused")))
+    assert fused.backend.events == [("target", "compiled")]
+
+
+def test_the_target_alone_compiles_a_plain_target_once(tmp_path, nxdi, pair):
+    ref = load_generator(load_config(config(tmp_path, pair, "reference")))
+    want = ref.generate("", prompt_token_ids=[PROMPTS[1]]).token_ids[0]
+    gen = load_generator(load_config(config(tmp_path, pair)))
+    alone = gen.generate("", prompt_token_ids=[PROMPTS[1]], draft_tokens=0)
+    assert alone.token_ids[0] == want and alone.metrics.drafted == 0
+    # the draft here has the target's architecture and compiled graphs hold no weights, so
+    # the plain target is the draft's cache entry, loaded with the target's weights
+    assert gen.backend.events[-1] == ("plain-target", "loaded")
+    gen.generate("", prompt_token_ids=[PROMPTS[0]], draft_tokens=0)
+    assert [e for e in gen.backend.events if e[0] == "plain-target"] == [("plain-target", "loaded")]
+
+
+def _warped(hf, prefix: list[int], temperature: float, top_k: int) -> torch.Tensor:
+    with torch.no_grad():
+        logits = hf(torch.tensor([prefix])).logits[0, -1].float() / temperature
+    top = torch.topk(logits, top_k)
+    probs = torch.zeros_like(logits)
+    probs[top.indices] = torch.softmax(top.values, dim=-1)
+    return probs
+
+
+def test_unfused_sampling_is_exactly_lossless(tmp_path, nxdi):
+    """T=0.8, top-k 3 over 3 new tokens (27 outcomes): chi-square of the first token and of the
+    whole output against the target's warped distribution; exactly max_new_tokens each time."""
+    from scipy.stats import chisquare
+    from transformers import LlamaForCausalLM
+
+    target = make_checkpoint(tmp_path / "t", seed=3)
+    draft = make_checkpoint(tmp_path / "d", seed=3, noise=0.02, base=target)
+    cfg = config(tmp_path, (target, draft), sampling="temperature: 0.8, top_k: 3")
+    gen = load_generator(load_config(cfg))
+    prompt, n = [1, 5, 9], 1500
+    seqs: Counter[tuple[int, ...]] = Counter()
+    drafted = accepted = 0
+    for seed in range(n):
+        out = gen.generate("", prompt_token_ids=[prompt], max_new_tokens=3, seed=seed)
+        assert len(out.token_ids[0]) == 3
+        seqs[tuple(out.token_ids[0])] += 1
+        drafted, accepted = drafted + out.metrics.drafted, accepted + out.metrics.accepted
+    assert 0 < accepted < drafted  # both accepting and rejecting paths ran
+    hf = LlamaForCausalLM.from_pretrained(target).eval()
+    p1 = _warped(hf, prompt, 0.8, 3)
+    firsts = Counter(s[0] for s in seqs.elements())
+    live = [int(t) for t in torch.nonzero(p1).flatten()]
+    assert (
+        chisquare([firsts[t] for t in live], _scaled([float(p1[t]) for t in live], n)).pvalue > 1e-3
+    )
+    expected = {}
+    for a in live:
+        p2 = _warped(hf, [*prompt, a], 0.8, 3)
+        for b in torch.nonzero(p2).flatten().tolist():
+            p3 = _warped(hf, [*prompt, a, b], 0.8, 3)
+            for c in torch.nonzero(p3).flatten().tolist():
+                expected[(a, b, c)] = float(p1[a] * p2[b] * p3[c]) * n
+    assert set(seqs) <= set(expected)
+    keys = sorted(expected)
+    assert chisquare([seqs[k] for k in keys], _scaled([expected[k] for k in keys], n)).pvalue > 1e-3
+
+
+def _scaled(weights: list[float], n: int) -> list[float]:
+    total = sum(weights)
+    return [w * n / total for w in weights]
+
+
+def test_generate_json_and_stream_through_the_cli(tmp_path, nxdi, pair, capsys):
+    cfg = config(tmp_path, pair)
+    assert main(["generate", str(cfg), "--prompt", "w1 w2 w3", "--json", "--quiet"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert {"text", "token_ids", "finished_by_eos", "metrics"} <= set(body)
+    assert body["metrics"]["drafted"] > 0 and body["metrics"]["accepted"] >= 0
+    assert main(["generate", str(cfg), "--prompt", "w1 w2 w3", "--stream", "--quiet"]) == 0
+    streamed = capsys.readouterr().out
+    assert streamed.startswith(body["text"])
+
+
+def test_fused_with_sampling_is_refused_before_loading(tmp_path, nxdi, pair, capsys):
+    cfg = config(tmp_path, pair, mode="fused", sampling="temperature: 0.8")
+    assert main(["generate", str(cfg), "--prompt", "w1 w2"]) == 2
+    err = capsys.readouterr().err
+    assert "speculation_mode: unfused" in err
+    assert not (tmp_path / "compiled").exists()  # nothing was compiled or loaded
+    greedy = config(tmp_path, pair, mode="fused", name="fused-greedy.yaml")
+    assert main(["generate", str(greedy), "--prompt", "w1 w2", "--temperature", "0.8"]) == 2
+    assert "speculation_mode: unfused" in capsys.readouterr().err

@@ -1,0 +1,231 @@
+"""The NxD Inference 0.8 double does what 0.8's source does (neuronx-distributed-inference at
+cd3abf3): each behaviour neuron-spec relies on or works around, one test each."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from .neuron_fixtures import make_checkpoint, use_nxdi_double
+
+pytestmark = pytest.mark.reference
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("nxdi") / "m", seed=0)
+
+
+@pytest.fixture
+def nxdi(monkeypatch, tmp_path):
+    use_nxdi_double(monkeypatch, tmp_path / "meta")
+    import neuronx_distributed_inference.models.config as config
+    import neuronx_distributed_inference.models.llama.modeling_llama as llama
+    import neuronx_distributed_inference.utils.hf_adapter as adapter
+
+    return config, llama, adapter
+
+
+def _app(nxdi, ckpt, tmp_path, **kw):
+    config, llama, adapter = nxdi
+    base = {"seq_len": 16, "max_context_length": 8, "torch_dtype": "float32", "tp_degree": 2}
+    nc = config.NeuronConfig(**{**base, **kw})
+    cfg = llama.LlamaInferenceConfig(
+        nc, load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0
+    )
+    model = llama.NeuronLlamaForCausalLM(str(ckpt), cfg)
+    model.compile(str(tmp_path / "compiled"))
+    model.load(str(tmp_path / "compiled"))
+    return model
+
+
+def _cte(model, ids):
+    n = len(ids)
+    return model(
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones((1, n), dtype=torch.long),
+        position_ids=torch.arange(n).reshape(1, -1),
+        seq_ids=torch.zeros(1, dtype=torch.long),
+    )
+
+
+def test_neuron_config_only_warns_on_unknown_keywords(nxdi, caplog):
+    config, _, _ = nxdi
+    with caplog.at_level(logging.WARNING):
+        nc = config.NeuronConfig(tp_degree=8, speculaton_length=4)  # a typo
+    assert nc.speculation_length == 0 and "Unexpected keyword arguments" in caplog.text
+    assert nc.world_size == 8 and nc.max_length == nc.seq_len == 128
+
+
+def test_without_torch_dtype_the_checkpoints_dtype_is_adopted(nxdi, tmp_path):
+    config, llama, adapter = nxdi
+    from transformers import LlamaConfig
+
+    hf = LlamaConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, dtype="float16")
+    nc = config.NeuronConfig()
+    llama.LlamaInferenceConfig(nc, load_config=adapter.load_pretrained_config(hf_config=hf),
+                               rope_theta=10000.0)  # fmt: skip
+    assert nc.torch_dtype == torch.float16
+    given = config.NeuronConfig(torch_dtype="float32")
+    llama.LlamaInferenceConfig(given, load_config=adapter.load_pretrained_config(hf_config=hf),
+                               rope_theta=10000.0)  # fmt: skip
+    assert given.torch_dtype == torch.float32
+    with pytest.raises(ValueError, match="only one of"):
+        llama.LlamaInferenceConfig(
+            config.NeuronConfig(), load_config=adapter.load_pretrained_config()
+        )
+
+
+def test_graph_inventory_per_mode(nxdi, ckpt, tmp_path):
+    plain = _app(nxdi, ckpt, tmp_path / "a")
+    spec = _app(nxdi, ckpt, tmp_path / "b", speculation_length=4)
+    assert [m.tag for m in plain.models] == ["context_encoding_model", "token_generation_model"]
+    assert [m.tag for m in spec.models] == ["context_encoding_model", "speculation_model"]
+    assert spec.speculation_model.width == 4
+
+
+def test_a_speculative_target_has_no_token_generation_graph(nxdi, ckpt, tmp_path):
+    model = _app(nxdi, ckpt, tmp_path, speculation_length=4)
+    _cte(model, [1, 5, 9])
+    with pytest.raises(AttributeError):
+        model(input_ids=torch.tensor([[4]]), attention_mask=torch.ones((1, 3), dtype=torch.long),
+              position_ids=torch.tensor([[3]]), seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+
+
+def test_routing_and_output_shapes_with_sampling_off(nxdi, ckpt, tmp_path):
+    model = _app(nxdi, ckpt, tmp_path, speculation_length=4)
+    out = _cte(model, [1, 5, 9])
+    assert out.logits.shape == (1, 1, 96) and out.logits.dtype == torch.float32
+    assert out.tokens is out.logits
+    out = model(input_ids=torch.tensor([[4, 5, 6, 7]]),
+                attention_mask=torch.ones((1, 3), dtype=torch.long),
+                position_ids=torch.arange(3, 7).reshape(1, -1),
+                seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+    assert out.logits.shape == (1, 4, 96)
+
+
+def test_on_device_greedy_returns_int32_tokens(nxdi, ckpt, tmp_path):
+    model = _app(nxdi, ckpt, tmp_path, on_device_sampling_config={"top_k": 1})
+    out = _cte(model, [1, 5, 9])
+    assert out.logits is None and out.tokens.dtype == torch.int32 and out.tokens.shape == (1,)
+
+
+def test_buckets_refuse_what_does_not_fit(nxdi, ckpt, tmp_path):
+    model = _app(nxdi, ckpt, tmp_path, speculation_length=4)
+    with pytest.raises(ValueError, match="exceeds largest bucket"):
+        _cte(model, list(range(1, 10)))  # 9 tokens, max_context_length 8
+    _cte(model, [1, 5, 9])
+    ok = model(
+        input_ids=torch.tensor([[4, 5, 6, 7]]),
+        attention_mask=torch.ones((1, 12), dtype=torch.long),
+        position_ids=torch.arange(12, 16).reshape(1, -1),
+        seq_ids=torch.zeros(1, dtype=torch.long),
+    )  # fmt: skip  12 + 4 == 16: the largest
+    assert ok.logits.shape == (1, 4, 96)
+    with pytest.raises(ValueError, match="exceeds largest bucket"):
+        model(input_ids=torch.tensor([[4, 5, 6, 7]]),
+              attention_mask=torch.ones((1, 13), dtype=torch.long),
+              position_ids=torch.arange(13, 17).reshape(1, -1),
+              seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+
+
+def test_a_one_token_prompt_reads_a_pad_slot(nxdi, ckpt, tmp_path):
+    """Pads carry position 1 and context encoding returns the first maximal position id."""
+    from transformers import LlamaForCausalLM
+
+    model = _app(nxdi, ckpt, tmp_path)
+    got = _cte(model, [7]).logits[0, -1]
+    hf = LlamaForCausalLM.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        right = hf(torch.tensor([[7]])).logits[0, -1]
+        pad_slot = hf(torch.tensor([[7, 0]]), position_ids=torch.tensor([[0, 1]])).logits[0, -1]
+    assert torch.allclose(got, pad_slot, atol=1e-5) and not torch.allclose(got, right, atol=1e-3)
+
+
+def test_kv_is_positional_and_reset_clears_nothing(nxdi, ckpt, tmp_path):
+    model = _app(nxdi, ckpt, tmp_path, speculation_length=2)
+    _cte(model, [1, 5, 9])
+    model(input_ids=torch.tensor([[4, 8]]), attention_mask=torch.ones((1, 3), dtype=torch.long),
+          position_ids=torch.tensor([[3, 4]]), seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+    assert model.kv[0][3] == 4 and model.kv[0][4] == 8
+    # a rejected draft at 4 is overwritten by the next pass from there
+    model(input_ids=torch.tensor([[6, 2]]), attention_mask=torch.ones((1, 4), dtype=torch.long),
+          position_ids=torch.tensor([[4, 5]]), seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+    assert model.kv[0][4] == 6
+    model.reset()
+    assert model.kv[0][4] == 6 and model.kv_cache_populated is False
+
+
+def test_fused_outputs_pad_with_minus_one_and_count_by_position(nxdi, ckpt, tmp_path):
+    config, llama, adapter = nxdi
+    draft_nc = config.NeuronConfig(seq_len=16, max_context_length=8, torch_dtype="float32")
+    draft_cfg = llama.LlamaInferenceConfig(
+        draft_nc, load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0
+    )
+    nc = config.NeuronConfig(seq_len=16, max_context_length=8, torch_dtype="float32",
+                             speculation_length=4, enable_fused_speculation=True,
+                             on_device_sampling_config={"top_k": 1})  # fmt: skip
+    cfg = llama.LlamaInferenceConfig(nc, load_config=adapter.load_pretrained_config(str(ckpt)),
+                                     rope_theta=10000.0)  # fmt: skip
+    cfg.fused_spec_config = config.FusedSpecNeuronConfig(
+        llama.NeuronLlamaForCausalLM._model_cls, draft_config=draft_cfg, draft_model_path=str(ckpt)
+    )
+    model = llama.NeuronLlamaForCausalLM(str(ckpt), cfg)
+    assert [m.tag for m in model.models] == ["context_encoding_model", "fused_speculation_model"]
+    model.compile(str(tmp_path / "f"))
+    model.load(str(tmp_path / "f"))
+    first = _cte(model, [1, 5, 9]).fused_outputs
+    assert first[0].shape == (1, 4) and first[0][0, 1:].tolist() == [-1, -1, -1]
+    assert int(first[3]) == 3
+    out = model(input_ids=first[1], attention_mask=torch.ones((1, 3), dtype=torch.long),
+                position_ids=first[3], seq_ids=torch.zeros(1, dtype=torch.long)).fused_outputs  # fmt: skip
+    n = int(out[3]) - 3
+    assert n == 4  # the draft is the target itself: every draft accepted
+    assert (out[0] == -1).sum() == 0
+
+
+def test_fused_mode_refuses_differing_dtypes(nxdi, ckpt):
+    config, llama, adapter = nxdi
+    draft = llama.LlamaInferenceConfig(config.NeuronConfig(torch_dtype="float32"),
+                                       load_config=adapter.load_pretrained_config(str(ckpt)),
+                                       rope_theta=10000.0)  # fmt: skip
+    cfg = llama.LlamaInferenceConfig(
+        config.NeuronConfig(torch_dtype="bfloat16", speculation_length=4,
+                            enable_fused_speculation=True, on_device_sampling_config={}),
+        load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0,
+    )  # fmt: skip
+    cfg.fused_spec_config = config.FusedSpecNeuronConfig(
+        llama.NeuronLlamaForCausalLM._model_cls, draft_config=draft, draft_model_path=str(ckpt)
+    )
+    with pytest.raises(ValueError, match="cast-type must be set to 'as-declared'"):
+        llama.NeuronLlamaForCausalLM(str(ckpt), cfg)
+
+
+def test_load_does_not_check_the_compiled_model_against_the_config(nxdi, ckpt, tmp_path):
+    one = _app(nxdi, ckpt, tmp_path, speculation_length=4)
+    config, llama, adapter = nxdi
+    nc = config.NeuronConfig(seq_len=64, max_context_length=32, torch_dtype="float32")
+    cfg = llama.LlamaInferenceConfig(nc, load_config=adapter.load_pretrained_config(str(ckpt)),
+                                     rope_theta=10000.0)  # fmt: skip
+    other = llama.NeuronLlamaForCausalLM(str(ckpt), cfg)
+    other.load(str(tmp_path / "compiled"))  # compiled for another length: loads anyway
+    assert other.hf is not None and one.speculation_model.width == 4
+
+
+def test_cpu_mode_refuses_speculation(nxdi, ckpt, tmp_path):
+    config, llama, adapter = nxdi
+    cfg = llama.LlamaInferenceConfig(
+        config.NeuronConfig(speculation_length=4, torch_dtype="float32"),
+        load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0,
+    )  # fmt: skip
+    with pytest.raises(NotImplementedError, match="Speculation is not yet supported"):
+        llama.NeuronLlamaForCausalLM(str(ckpt), cfg).to_cpu()
+
+
+def test_the_generation_adapter_reads_an_undefined_name(nxdi, ckpt, tmp_path):
+    model = _app(nxdi, ckpt, tmp_path)
+    _, _, adapter = nxdi
+    with pytest.raises(NameError, match="tensor_capture_hook"):
+        adapter.HuggingFaceGenerationAdapter(model).generate(torch.tensor([[1, 5]]))
