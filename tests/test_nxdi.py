@@ -38,12 +38,13 @@ def config(tmp_path: Path, pair, backend="nxdi", mode="unfused", *, gamma=3, sam
            eos="", name=None) -> Path:  # fmt: skip
     """n_positions 24 with max_new_tokens 20: a 4-token prompt fills it exactly."""
     target, draft = pair
+    acceptor = "lossless" if sampling else "greedy"
     path = tmp_path / (name or f"{backend}-{mode}-{gamma}.yaml")
     path.write_text(
         f"instance: trn1.32xlarge\nbackend: {backend}\n"
         f"target: {{model: {target}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
         f"draft: {{model: {draft}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
-        f"speculation: {{draft_tokens: {gamma}, acceptor: {'lossless' if sampling else 'greedy'}}}\n"
+        f"speculation: {{draft_tokens: {gamma}, acceptor: {acceptor}}}\n"
         f"sampling: {{{sampling or 'temperature: 0'}, seed: 4}}\n"
         f"generation: {{max_new_tokens: 20, max_prompt_tokens: 4{eos}}}\n"
         f"nxdi: {{speculation_mode: {mode}}}\n"

@@ -65,12 +65,14 @@ def test_without_torch_dtype_the_checkpoints_dtype_is_adopted(nxdi, tmp_path):
 
     hf = LlamaConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, dtype="float16")
     nc = config.NeuronConfig()
-    llama.LlamaInferenceConfig(nc, load_config=adapter.load_pretrained_config(hf_config=hf),
-                               rope_theta=10000.0)  # fmt: skip
+    llama.LlamaInferenceConfig(
+        nc, load_config=adapter.load_pretrained_config(hf_config=hf), rope_theta=10000.0
+    )
     assert nc.torch_dtype == torch.float16
     given = config.NeuronConfig(torch_dtype="float32")
-    llama.LlamaInferenceConfig(given, load_config=adapter.load_pretrained_config(hf_config=hf),
-                               rope_theta=10000.0)  # fmt: skip
+    llama.LlamaInferenceConfig(
+        given, load_config=adapter.load_pretrained_config(hf_config=hf), rope_theta=10000.0
+    )
     assert given.torch_dtype == torch.float32
     with pytest.raises(ValueError, match="only one of"):
         llama.LlamaInferenceConfig(
@@ -90,8 +92,12 @@ def test_a_speculative_target_has_no_token_generation_graph(nxdi, ckpt, tmp_path
     model = _app(nxdi, ckpt, tmp_path, speculation_length=4)
     _cte(model, [1, 5, 9])
     with pytest.raises(AttributeError):
-        model(input_ids=torch.tensor([[4]]), attention_mask=torch.ones((1, 3), dtype=torch.long),
-              position_ids=torch.tensor([[3]]), seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+        model(
+            input_ids=torch.tensor([[4]]),
+            attention_mask=torch.ones((1, 3), dtype=torch.long),
+            position_ids=torch.tensor([[3]]),
+            seq_ids=torch.zeros(1, dtype=torch.long),
+        )
 
 
 def test_routing_and_output_shapes_with_sampling_off(nxdi, ckpt, tmp_path):
@@ -99,10 +105,12 @@ def test_routing_and_output_shapes_with_sampling_off(nxdi, ckpt, tmp_path):
     out = _cte(model, [1, 5, 9])
     assert out.logits.shape == (1, 1, 96) and out.logits.dtype == torch.float32
     assert out.tokens is out.logits
-    out = model(input_ids=torch.tensor([[4, 5, 6, 7]]),
-                attention_mask=torch.ones((1, 3), dtype=torch.long),
-                position_ids=torch.arange(3, 7).reshape(1, -1),
-                seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+    out = model(
+        input_ids=torch.tensor([[4, 5, 6, 7]]),
+        attention_mask=torch.ones((1, 3), dtype=torch.long),
+        position_ids=torch.arange(3, 7).reshape(1, -1),
+        seq_ids=torch.zeros(1, dtype=torch.long),
+    )
     assert out.logits.shape == (1, 4, 96)
 
 
@@ -125,10 +133,12 @@ def test_buckets_refuse_what_does_not_fit(nxdi, ckpt, tmp_path):
     )  # fmt: skip  12 + 4 == 16: the largest
     assert ok.logits.shape == (1, 4, 96)
     with pytest.raises(ValueError, match="exceeds largest bucket"):
-        model(input_ids=torch.tensor([[4, 5, 6, 7]]),
-              attention_mask=torch.ones((1, 13), dtype=torch.long),
-              position_ids=torch.arange(13, 17).reshape(1, -1),
-              seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+        model(
+            input_ids=torch.tensor([[4, 5, 6, 7]]),
+            attention_mask=torch.ones((1, 13), dtype=torch.long),
+            position_ids=torch.arange(13, 17).reshape(1, -1),
+            seq_ids=torch.zeros(1, dtype=torch.long),
+        )
 
 
 def test_a_one_token_prompt_reads_a_pad_slot(nxdi, ckpt, tmp_path):
@@ -147,12 +157,20 @@ def test_a_one_token_prompt_reads_a_pad_slot(nxdi, ckpt, tmp_path):
 def test_kv_is_positional_and_reset_clears_nothing(nxdi, ckpt, tmp_path):
     model = _app(nxdi, ckpt, tmp_path, speculation_length=2)
     _cte(model, [1, 5, 9])
-    model(input_ids=torch.tensor([[4, 8]]), attention_mask=torch.ones((1, 3), dtype=torch.long),
-          position_ids=torch.tensor([[3, 4]]), seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+    model(
+        input_ids=torch.tensor([[4, 8]]),
+        attention_mask=torch.ones((1, 3), dtype=torch.long),
+        position_ids=torch.tensor([[3, 4]]),
+        seq_ids=torch.zeros(1, dtype=torch.long),
+    )
     assert model.kv[0][3] == 4 and model.kv[0][4] == 8
     # a rejected draft at 4 is overwritten by the next pass from there
-    model(input_ids=torch.tensor([[6, 2]]), attention_mask=torch.ones((1, 4), dtype=torch.long),
-          position_ids=torch.tensor([[4, 5]]), seq_ids=torch.zeros(1, dtype=torch.long))  # fmt: skip
+    model(
+        input_ids=torch.tensor([[6, 2]]),
+        attention_mask=torch.ones((1, 4), dtype=torch.long),
+        position_ids=torch.tensor([[4, 5]]),
+        seq_ids=torch.zeros(1, dtype=torch.long),
+    )
     assert model.kv[0][4] == 6
     model.reset()
     assert model.kv[0][4] == 6 and model.kv_cache_populated is False
@@ -164,11 +182,17 @@ def test_fused_outputs_pad_with_minus_one_and_count_by_position(nxdi, ckpt, tmp_
     draft_cfg = llama.LlamaInferenceConfig(
         draft_nc, load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0
     )
-    nc = config.NeuronConfig(seq_len=16, max_context_length=8, torch_dtype="float32",
-                             speculation_length=4, enable_fused_speculation=True,
-                             on_device_sampling_config={"top_k": 1})  # fmt: skip
-    cfg = llama.LlamaInferenceConfig(nc, load_config=adapter.load_pretrained_config(str(ckpt)),
-                                     rope_theta=10000.0)  # fmt: skip
+    nc = config.NeuronConfig(
+        seq_len=16,
+        max_context_length=8,
+        torch_dtype="float32",
+        speculation_length=4,
+        enable_fused_speculation=True,
+        on_device_sampling_config={"top_k": 1},
+    )
+    cfg = llama.LlamaInferenceConfig(
+        nc, load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0
+    )
     cfg.fused_spec_config = config.FusedSpecNeuronConfig(
         llama.NeuronLlamaForCausalLM._model_cls, draft_config=draft_cfg, draft_model_path=str(ckpt)
     )
@@ -179,8 +203,12 @@ def test_fused_outputs_pad_with_minus_one_and_count_by_position(nxdi, ckpt, tmp_
     first = _cte(model, [1, 5, 9]).fused_outputs
     assert first[0].shape == (1, 4) and first[0][0, 1:].tolist() == [-1, -1, -1]
     assert int(first[3]) == 3
-    out = model(input_ids=first[1], attention_mask=torch.ones((1, 3), dtype=torch.long),
-                position_ids=first[3], seq_ids=torch.zeros(1, dtype=torch.long)).fused_outputs  # fmt: skip
+    out = model(
+        input_ids=first[1],
+        attention_mask=torch.ones((1, 3), dtype=torch.long),
+        position_ids=first[3],
+        seq_ids=torch.zeros(1, dtype=torch.long),
+    ).fused_outputs
     n = int(out[3]) - 3
     assert n == 4  # the draft is the target itself: every draft accepted
     assert (out[0] == -1).sum() == 0
@@ -188,14 +216,21 @@ def test_fused_outputs_pad_with_minus_one_and_count_by_position(nxdi, ckpt, tmp_
 
 def test_fused_mode_refuses_differing_dtypes(nxdi, ckpt):
     config, llama, adapter = nxdi
-    draft = llama.LlamaInferenceConfig(config.NeuronConfig(torch_dtype="float32"),
-                                       load_config=adapter.load_pretrained_config(str(ckpt)),
-                                       rope_theta=10000.0)  # fmt: skip
+    draft = llama.LlamaInferenceConfig(
+        config.NeuronConfig(torch_dtype="float32"),
+        load_config=adapter.load_pretrained_config(str(ckpt)),
+        rope_theta=10000.0,
+    )
     cfg = llama.LlamaInferenceConfig(
-        config.NeuronConfig(torch_dtype="bfloat16", speculation_length=4,
-                            enable_fused_speculation=True, on_device_sampling_config={}),
-        load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0,
-    )  # fmt: skip
+        config.NeuronConfig(
+            torch_dtype="bfloat16",
+            speculation_length=4,
+            enable_fused_speculation=True,
+            on_device_sampling_config={},
+        ),
+        load_config=adapter.load_pretrained_config(str(ckpt)),
+        rope_theta=10000.0,
+    )
     cfg.fused_spec_config = config.FusedSpecNeuronConfig(
         llama.NeuronLlamaForCausalLM._model_cls, draft_config=draft, draft_model_path=str(ckpt)
     )
@@ -207,8 +242,9 @@ def test_load_does_not_check_the_compiled_model_against_the_config(nxdi, ckpt, t
     one = _app(nxdi, ckpt, tmp_path, speculation_length=4)
     config, llama, adapter = nxdi
     nc = config.NeuronConfig(seq_len=64, max_context_length=32, torch_dtype="float32")
-    cfg = llama.LlamaInferenceConfig(nc, load_config=adapter.load_pretrained_config(str(ckpt)),
-                                     rope_theta=10000.0)  # fmt: skip
+    cfg = llama.LlamaInferenceConfig(
+        nc, load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0
+    )
     other = llama.NeuronLlamaForCausalLM(str(ckpt), cfg)
     other.load(str(tmp_path / "compiled"))  # compiled for another length: loads anyway
     assert other.hf is not None and one.speculation_model.width == 4
@@ -218,8 +254,9 @@ def test_cpu_mode_refuses_speculation(nxdi, ckpt, tmp_path):
     config, llama, adapter = nxdi
     cfg = llama.LlamaInferenceConfig(
         config.NeuronConfig(speculation_length=4, torch_dtype="float32"),
-        load_config=adapter.load_pretrained_config(str(ckpt)), rope_theta=10000.0,
-    )  # fmt: skip
+        load_config=adapter.load_pretrained_config(str(ckpt)),
+        rope_theta=10000.0,
+    )
     with pytest.raises(NotImplementedError, match="Speculation is not yet supported"):
         llama.NeuronLlamaForCausalLM(str(ckpt), cfg).to_cpu()
 
