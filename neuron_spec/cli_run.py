@@ -144,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     gammas = args.draft_tokens
     if gammas is None:
         configured = cfg.spec.speculation.draft_tokens
-        gammas = [configured] if cfg.spec.backend == "neuronx" else [1, 2, 4, 6, 8]
+        gammas = [configured] if cfg.spec.neuron else [1, 2, 4, 6, 8]
     gen = _load_generator(cfg)
     total = (1 + len(gammas)) * args.repeat
     with Progress(transient=True, console=term.rich_console()) as progress:
@@ -220,15 +220,16 @@ def _dry_run(cfg: ConfigFile, args: argparse.Namespace) -> int:
     """Everything generate does before loading: the preflight (for --instance, with every
     override), then the load plan instead of the load."""
     as_json = args.json
-    if cfg.spec.backend != "neuronx":
+    if not cfg.spec.neuron:
         raise UsageError(
-            "--dry-run shows the transformers-neuronx load plan; this config uses "
-            "the reference backend"
+            "--dry-run shows a Neuron backend's load plan; this config uses the reference backend"
         )
     from .loadplan import build_load_plan
 
     if preflight_or_stop(cfg, args.instance, as_json, local=False, quiet=args.quiet) is None:
         return EXIT_FAILED
+    if cfg.spec.backend == "nxdi":
+        return _nxdi_dry_run(cfg, as_json)
 
     plan = build_load_plan(cfg)
     if as_json:
@@ -248,6 +249,43 @@ def _dry_run(cfg: ConfigFile, args: argparse.Namespace) -> int:
     console.print("\n[bold]compiled-artifact cache keys[/bold]")
     for ml in (plan.draft, plan.target):
         console.print(f"  {ml.role}: {ml.cache_key}", markup=False)
+    for note in plan.notes:
+        console.print(f"[dim]note: {escape(note)}[/dim]")
+    return EXIT_OK
+
+
+def _nxdi_dry_run(cfg: ConfigFile, as_json: bool) -> int:
+    from .backends.nxdi.plan import build_nxdi_plan
+
+    plan = build_nxdi_plan(cfg)
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return EXIT_OK
+    console = stdout_console()
+    version = plan.nxdi_version or "not installed here"
+    console.print(
+        f"[bold]load plan[/bold] for {escape(str(cfg.path))} (NxD Inference {version}, "
+        f"{plan.mode} speculation, k={plan.window})"
+    )
+    console.print(
+        f"lengths: n_positions {plan.n_positions}; target compiled for {plan.compiled_length} "
+        f"(k - 1 positions of headroom); prompts up to {plan.max_context_length} tokens"
+    )
+    console.print("\n[bold]environment[/bold] (scripts/launch.sh exports these)")
+    for name, value in plan.env.items():
+        console.print(f"  export {name}={shlex.quote(value)}", markup=False, soft_wrap=True)
+    console.print("\n[bold]NeuronConfig keywords[/bold]")
+    for m in (plan.draft, plan.target):
+        console.print(
+            f"  {m.role} ({m.checkpoint}): {m.neuron_config}", markup=False, soft_wrap=True
+        )
+    console.print("\n[bold]calls, in order[/bold]")
+    for i, call in enumerate(plan.calls(), 1):
+        console.print(f"  {i:2d}. {call}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        "\n[bold]compiled-artifact cache[/bold]: keyed at load by NxDI's serialized config "
+        "(paths left out), the NxDI and neuronx-cc versions and the instance family"
+    )
     for note in plan.notes:
         console.print(f"[dim]note: {escape(note)}[/dim]")
     return EXIT_OK

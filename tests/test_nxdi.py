@@ -182,3 +182,24 @@ def test_fused_with_sampling_is_refused_before_loading(tmp_path, nxdi, pair, cap
     greedy = config(tmp_path, pair, mode="fused", name="fused-greedy.yaml")
     assert main(["generate", str(greedy), "--prompt", "w1 w2", "--temperature", "0.8"]) == 2
     assert "speculation_mode: unfused" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_nxdi_call_plan_from_validated_fields(capsys):
+    from .conftest import CONFIGS
+
+    cfg = CONFIGS / "trn1-llama2-70b-7b-nxdi.yaml"
+    assert main(["generate", str(cfg), "--dry-run", "--prompt", "hi", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    draft, target = plan["models"]
+    assert plan["backend"] == "nxdi" and plan["speculation_mode"] == "unfused"
+    assert target["neuron_config"]["speculation_length"] == 7  # draft_tokens 6 + 1
+    assert (
+        target["neuron_config"]["seq_len"] == 2048 + 6 and draft["neuron_config"]["seq_len"] == 2048
+    )
+    for m in (draft, target):
+        assert m["neuron_config"]["torch_dtype"] == "bfloat16"  # always passed explicitly
+        assert m["neuron_config"]["max_context_length"] == 512  # generation.max_prompt_tokens
+        assert "on_device_sampling_config" not in m["neuron_config"]  # logits to the host
+    assert main(["generate", str(cfg), "--dry-run", "--prompt", "hi"]) == 0
+    text = capsys.readouterr().out
+    assert "NeuronConfig keywords" in text and "speculation_length': 7" in text

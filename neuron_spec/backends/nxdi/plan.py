@@ -157,8 +157,9 @@ def build_nxdi_plan(
 
     def model(role: str, m: ModelSpec, speculation: int, fused: bool, length: int) -> NxdiModel:
         resolved = resolve_model(m.model, cfg.base_dir, m.architecture)
+        said = notes if role != "plain-target" else []  # the target's notes cover it
         prepare, checkpoint, tokenizer = _preparation(
-            role, m.model, resolved, artifact_root(cfg), notes
+            role, m.model, resolved, artifact_root(cfg), said
         )
         if prepare == "split":  # NxDI reads pytorch_model.bin itself
             prepare, checkpoint, tokenizer = "direct", resolved.location, resolved.location
@@ -174,6 +175,7 @@ def build_nxdi_plan(
     # its compiled graphs do not depend on draft_tokens
     draft = model("draft", spec.draft, 0, False, n)
     plain = model("plain-target", spec.target, 0, False, n)
+    nxdi_version = nxdi_version if nxdi_version is not None else installed_version(NXDI_DIST)
     if nxdi_version is None:
         notes.append(
             "neuronx-distributed-inference is not installed here: versions in the cache key "
@@ -185,7 +187,7 @@ def build_nxdi_plan(
         n_positions=n,
         compiled_length=compiled,
         max_context_length=context,
-        nxdi_version=nxdi_version if nxdi_version is not None else installed_version(NXDI_DIST),
+        nxdi_version=nxdi_version,
         cc_version=cc_version if cc_version is not None else installed_version(CC_DIST),
         env=planned_env(cfg),
         target=target,
