@@ -16,7 +16,14 @@ from .hostprobe import Snapshot
 from .loadplan import build_load_plan, parse_version, planned_env
 from .memory import fmt_bytes
 from .preflight import Finding, Severity
-from .sdk_releases import COMPONENTS, LAST_WITH_DLAMI, Release, releases_with
+from .sdk_releases import (
+    COMPONENTS,
+    LAST_WITH_DLAMI,
+    NXDI_FOR_INF2_TRN1,
+    NXDI_RELEASES,
+    Release,
+    releases_with,
+)
 
 GIB = 1024**3
 # The Python process itself: interpreter, torch, transformers, the tokenizers (an allowance).
@@ -41,6 +48,11 @@ class Context:
     needs: list[Need]
     cores: set[int] | None  # the NeuronCores the config's layout uses
     own_pid: int | None
+    library: str = "transformers-neuronx"  # or "neuronx-distributed-inference"
+
+    @property
+    def nxdi(self) -> bool:
+        return self.library == "neuronx-distributed-inference"
 
 
 @dataclass(frozen=True)
@@ -194,6 +206,8 @@ def neuron_devices(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def transformers_neuronx(ctx: Context) -> Iterator[Finding]:
+    if ctx.nxdi:
+        return
     v = installed_components(ctx.snap)["transformers-neuronx"]
     if v is None:
         yield Finding(
@@ -225,6 +239,8 @@ def transformers_neuronx(ctx: Context) -> Iterator[Finding]:
 
 
 def _reference(ctx: Context) -> list[Release]:
+    if ctx.nxdi:
+        return []  # the component table is transformers-neuronx's; NxDI is checked below
     v = installed_components(ctx.snap)["transformers-neuronx"]
     return releases_with("transformers-neuronx", v) if v else []
 
@@ -425,10 +441,81 @@ def matching_release(ctx: Context) -> Iterator[Finding]:
     )
 
 
+@rule
+def nxdi_release(ctx: Context) -> Iterator[Finding]:
+    """NxD Inference: installed, the SDK it shipped with, and the transformers it pins."""
+    if not ctx.nxdi:
+        return
+    packages = ctx.snap.python_packages
+    v = packages.get("neuronx-distributed-inference")
+    if v is None:
+        yield Finding(
+            "error",
+            "nxdi-missing",
+            "host.neuronx-distributed-inference",
+            "neuronx-distributed-inference is not installed in this Python environment.",
+            "launch the Neuron SDK 2.28 Deep Learning AMI (Inf2/Trn1) and run scripts/launch.sh "
+            "there: it finds /opt/aws_neuronx_venv_pytorch_2_9_nxd_inference itself.",
+        )
+        return
+    sdk, pin = NXDI_RELEASES.get(_bare(v), ("", ""))
+    if not sdk:
+        yield Finding(
+            "warning",
+            "nxdi-release",
+            "host.neuronx-distributed-inference",
+            f"neuronx-distributed-inference {v} is not a release any Neuron SDK shipped.",
+            f"install {NXDI_FOR_INF2_TRN1} (SDK 2.28), the release for Inf2 and Trn1.",
+        )
+        return
+    if _bare(v) != NXDI_FOR_INF2_TRN1:
+        yield Finding(
+            "warning",
+            "nxdi-release",
+            "host.neuronx-distributed-inference",
+            f"neuronx-distributed-inference {v} shipped with Neuron SDK {sdk}; Inf2 and Trn1 "
+            f"are supported up to {NXDI_FOR_INF2_TRN1} (SDK 2.28).",
+            "use the SDK 2.28 Deep Learning AMI on Inf2/Trn1.",
+        )
+    have = packages.get("transformers")
+    if pin and have and not have.startswith(pin + "."):
+        yield Finding(
+            "warning",
+            "nxdi-transformers-pin",
+            "host.transformers",
+            f"NxDI {v} pins transformers {pin}.*; {have} is installed.",
+            f"pip install 'transformers=={pin}.*'",
+        )
+    yield Finding(
+        "info",
+        "neuron-sdk",
+        "host",
+        f"neuronx-distributed-inference {v} shipped with Neuron SDK {sdk} (transformers "
+        f"{pin or '?'}.*).",
+        "nothing to do.",
+    )
+
+
+def host_library(snap: Snapshot, cfg: Any) -> str:
+    """Which Neuron library the host is checked for: the config's backend, else the one
+    installed (NxDI when transformers-neuronx is not)."""
+    if cfg is not None and cfg.spec.backend in ("nxdi", "neuronx"):
+        return (
+            "neuronx-distributed-inference"
+            if cfg.spec.backend == "nxdi"
+            else "transformers-neuronx"
+        )
+    packages = snap.python_packages
+    if "transformers-neuronx" not in packages and "neuronx-distributed-inference" in packages:
+        return "neuronx-distributed-inference"
+    return "transformers-neuronx"
+
+
 def check_host(snap: Snapshot, cfg: Any = None, own_pid: int | None = None) -> DoctorReport:
     needs = model_needs(cfg) if cfg is not None else []
     cores = parse_cores(planned_env(cfg)["NEURON_RT_VISIBLE_CORES"]) if cfg is not None else None
-    ctx = Context(snap, needs, cores, own_pid if own_pid is not None else os.getpid())
+    pid = own_pid if own_pid is not None else os.getpid()
+    ctx = Context(snap, needs, cores, pid, host_library(snap, cfg))
     findings = [f for r in RULES for f in r(ctx)]
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f.severity])

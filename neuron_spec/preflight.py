@@ -69,6 +69,7 @@ FINDING_CODES: dict[str, str] = {
     "nxdi-fused-dtype": "fused speculation needs one dtype for draft and target",
     "nxdi-gqa-small-tp": "NxDI 0.8 fails to compile a GQA model at tp below its KV heads",
     "nxdi-release": "the NxD Inference release installed is not the one for this platform",
+    "nxdi-missing": "neuronx-distributed-inference is not installed in this Python environment",
     "nxdi-transformers-pin": "transformers is not the version NxD Inference pins",
 }
 # Findings that say the config asks for something impossible rather than that this host or

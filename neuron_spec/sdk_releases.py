@@ -90,3 +90,18 @@ LAST_WITH_DLAMI = "2.25.0"  # the last Deep Learning AMI with transformers-neuro
 def releases_with(component: str, version: str) -> list[Release]:
     """The releases that shipped `version` of `component`, newest first."""
     return [r for r in RELEASES if version in r.versions[component]]
+
+
+# NxD Inference releases and the SDK each shipped with, with the transformers each pins in its
+# setup.py. Source: aws-neuron/aws-neuron-sdk `src/helperscripts/n2-manifest.json` and the
+# release notes (2.29: NxDI "models are now only supported on Trn2 and newer"; SDK 2.28 is
+# the pin AWS gives Inf2/Trn1 users); neuronx-distributed-inference setup.py per tag.
+NXDI_RELEASES: dict[str, tuple[str, str]] = {
+    "0.7.14366": ("2.27.0", "4.56"),
+    "0.7.15063": ("2.27.1", "4.56"),
+    "0.8.16251": ("2.28", "4.57"),
+    "0.9.17334": ("2.29", "4.57"),
+    "0.10.17970": ("2.30", ""),
+    "0.10.18399": ("2.31", ""),
+}
+NXDI_FOR_INF2_TRN1 = "0.8.16251"  # Neuron SDK 2.28

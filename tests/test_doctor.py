@@ -328,3 +328,41 @@ def test_a_live_debian_host_without_neuron_packages_reports_them_missing(
         "host.aws-neuronx-runtime-lib",
     ]
     assert rc == 1
+
+
+SDK228 = ROOT / "tests" / "hosts" / "trn1.32xlarge-sdk2.28"
+
+
+def test_doctor_recognises_nxdi_on_a_recorded_sdk_2_28_host(capsys, tmp_path):
+    nxdi_config = ROOT / "configs" / "trn1-llama2-70b-7b-nxdi.yaml"
+    rc, report = doctor(capsys, str(nxdi_config), "--from", str(SDK228))
+    codes = {f["code"]: f for f in report["findings"]}
+    assert rc == 0, report["findings"]
+    assert "tnx-missing" not in codes and "nxdi-missing" not in codes
+    assert "0.8.16251 shipped with Neuron SDK 2.28" in codes["neuron-sdk"]["message"]
+    # the same host without a config: NxDI is what is installed, so it is checked for that
+    rc, report = doctor(capsys, "--from", str(SDK228))
+    assert rc == 0 and not any(f["code"] == "tnx-missing" for f in report["findings"])
+
+
+def test_doctor_on_nxdi_names_a_wrong_release_and_the_transformers_pin(capsys, tmp_path):
+    import shutil
+
+    host = tmp_path / "host"
+    shutil.copytree(SDK228, host)
+    packages = json.loads((host / "pip-list.json").read_text())
+    for p in packages:
+        if p["name"] == "neuronx-distributed-inference":
+            p["version"] = "0.9.17334"
+        if p["name"] == "transformers":
+            p["version"] = "4.55.0"
+    (host / "pip-list.json").write_text(json.dumps(packages))
+    nxdi_config = ROOT / "configs" / "trn1-llama2-70b-7b-nxdi.yaml"
+    _rc, report = doctor(capsys, str(nxdi_config), "--from", str(host))
+    codes = {f["code"] for f in report["findings"]}
+    assert {"nxdi-release", "nxdi-transformers-pin"} <= codes
+    (host / "pip-list.json").write_text(
+        json.dumps([p for p in packages if "inference" not in p["name"]])
+    )
+    rc, report = doctor(capsys, str(nxdi_config), "--from", str(host))
+    assert rc == 1 and any(f["code"] == "nxdi-missing" for f in report["findings"])
