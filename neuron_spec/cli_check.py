@@ -105,7 +105,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     from .loadplan import planned_env
 
     cfg = load(args.config, args.backend)
-    if cfg.spec.backend != "neuronx":
+    if not cfg.spec.neuron:
         raise UsageError(
             "env prints what the Neuron runtime and compiler read; the reference backend "
             "needs none of it"

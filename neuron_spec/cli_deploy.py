@@ -47,7 +47,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     catalog_name = args.instance_type.removeprefix("ml.")
     from .catalog import INSTANCES
 
-    neuron_instance = cfg.spec.backend == "neuronx" and catalog_name in INSTANCES
+    neuron_instance = cfg.spec.neuron and catalog_name in INSTANCES
     if neuron_instance and preflight_or_stop(cfg, catalog_name, args.json, local=False) is None:
         return EXIT_FAILED
     if args.dry_run:

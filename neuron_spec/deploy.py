@@ -128,7 +128,7 @@ def validate(cfg: ConfigFile, opts: DeployOptions) -> list[str]:
             f"--bucket {show(opts.bucket)} is not a usable S3 URL (s3://bucket/prefix): "
             f"{broken or 'write it as s3://bucket/prefix'}"
         )
-    if cfg.spec.backend == "neuronx" and opts.instance_type not in NEURON_INSTANCE_TYPES:
+    if cfg.spec.neuron and opts.instance_type not in NEURON_INSTANCE_TYPES:
         problems.append(
             f"--instance-type {opts.instance_type!r} has no NeuronCores; use one of "
             f"{', '.join(NEURON_INSTANCE_TYPES)}"
@@ -139,6 +139,11 @@ def validate(cfg: ConfigFile, opts: DeployOptions) -> list[str]:
         problems.append(
             "backend: reference needs --image-uri: a container with PyTorch and "
             "transformers >= 4.50 (the default image is AWS's Neuron container)"
+        )
+    if cfg.spec.backend == "nxdi" and not opts.image_uri:
+        problems.append(
+            "backend: nxdi needs --image-uri: a Neuron container with NxD Inference 0.8 (SDK "
+            "2.28) inside; the default image is AWS's transformers-neuronx container"
         )
     if opts.initial_instance_count < 1:
         problems.append("--initial-instance-count must be at least 1")

@@ -92,7 +92,7 @@ def model_fn(model_dir: str) -> Any:
     config_path = _localize(CODE_DIR / CONFIG_NAME)
     cfg = load_config(config_path)
     host = HostFacts.none()
-    if cfg.spec.backend == "neuronx" and cfg.spec.instance != "auto":
+    if cfg.spec.backend in ("neuronx", "nxdi") and cfg.spec.instance != "auto":
         from neuron_spec.host import resolve_host
 
         host = resolve_host(cfg.spec.instance)

@@ -5,10 +5,11 @@
 #   bash scripts/launch.sh [--any-instance] [--skip-doctor] CONFIG [-- GENERATE-ARGS...]
 #
 # On an Inferentia2/Trainium host (neuron-ls, or the EC2 metadata service, says so):
-#   1. finds the Neuron DLAMI's transformers-neuronx environment by probing
-#      /opt/aws_neuronx_venv_* for a Python that imports transformers_neuronx (or uses
-#      $NEURON_SPEC_NEURON_VENV), installing neuron-spec into it once without touching
-#      torch-neuronx; with none, exits 2 and says which AMIs ship it;
+#   1. finds the Neuron DLAMI's environment for the config's backend by probing
+#      /opt/aws_neuronx_venv_* for a Python that imports transformers_neuronx (backend: neuronx)
+#      or neuronx_distributed_inference (backend: nxdi), or uses $NEURON_SPEC_NEURON_VENV;
+#      installs neuron-spec into it once without touching torch-neuronx; with none, exits 2
+#      and says which AMI ships it (or which backend the host's library needs);
 #   2. refuses a config written for another instance type (--any-instance to override);
 #   3. checks the host with `neuron-spec doctor CONFIG` (Neuron component versions, cores held
 #      by other processes, host RAM and disk) and stops on any error (--skip-doctor to override);
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --any-instance) any_instance=1; shift ;;
     --) shift; break ;;
     --skip-doctor) skip_doctor=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     -*) ns_log "unknown option $1 (see --help)"; exit 2 ;;
     *) if [ -z "$config" ]; then config="$1"; shift; else break; fi ;;
   esac
@@ -95,37 +96,62 @@ if [ -n "$want_instance" ] && [ "$want_instance" != "auto" ] && [ -n "$host_inst
   exit 2
 fi
 
-# The DLAMI's transformers-neuronx environment has had several names (2.25:
-# /opt/aws_neuronx_venv_pytorch_2_7_transformers): probe every candidate for one whose Python
-# imports transformers_neuronx, never trust one hard-coded name.
-dlami=""
+# The DLAMIs keep each Neuron library in its own environment, under names that changed across
+# releases (2.25: /opt/aws_neuronx_venv_pytorch_2_7_transformers for transformers-neuronx; 2.28:
+# /opt/aws_neuronx_venv_pytorch_2_9_nxd_inference for NxD Inference): probe every candidate
+# for a Python that imports the config's library, never trust one hard-coded name.
+if [ "$backend" = "nxdi" ]; then
+  module="neuronx_distributed_inference"; library="NxD Inference"
+  other_module="transformers_neuronx"; other_backend="neuronx"
+else
+  module="transformers_neuronx"; library="transformers-neuronx"
+  other_module="neuronx_distributed_inference"; other_backend="nxdi"
+fi
 probe_root="${NEURON_SPEC_VENV_ROOT:-/opt}"
 if [ -n "${NEURON_SPEC_NEURON_VENV:-}" ]; then
   candidates=("$NEURON_SPEC_NEURON_VENV")
 else
   candidates=("$probe_root"/aws_neuronx_venv_*)
 fi
-for cand in "${candidates[@]}"; do
-  if [ -x "$cand/bin/python" ] && "$cand/bin/python" -c "import transformers_neuronx" 2>/dev/null; then
-    dlami="$cand"
-    break
-  fi
-done
+find_venv() {  # the first candidate whose Python imports module $1
+  local cand
+  for cand in "${candidates[@]}"; do
+    if [ -x "$cand/bin/python" ] && "$cand/bin/python" -c "import $1" 2>/dev/null; then
+      printf '%s\n' "$cand"
+      return 0
+    fi
+  done
+  return 1
+}
+dlami="$(find_venv "$module" || true)"
 if [ -z "$dlami" ]; then
-  ns_log "no Python environment with transformers-neuronx on this host (looked in"
+  ns_log "no Python environment with $library on this host (looked in"
   ns_log "${candidates[*]})."
-  ns_log "transformers-neuronx ships preinstalled only on the AWS Deep Learning AMIs (Neuron)"
-  ns_log "up to SDK 2.25 (2025-07-31; Ubuntu 22.04 or Amazon Linux 2023, Python 3.10), in"
-  ns_log "/opt/aws_neuronx_venv_pytorch_2_7_transformers; AMIs from 2.26 on have none."
-  ns_log "Launch a 2.25 (or older) Neuron DLAMI; its AMI id is in the public SSM parameters:"
-  ns_log "  aws ssm get-parameters-by-path --recursive --path /aws/service/neuron/dlami \\"
-  ns_log "    --query 'Parameters[].Name' --output text | tr '\\t' '\\n' | grep 2.25"
-  ns_log "or install transformers-neuronx from Neuron's package index (docs/neuron.md), then"
-  ns_log "point NEURON_SPEC_NEURON_VENV at that environment."
+  other="$(find_venv "$other_module" || true)"
+  if [ -n "$other" ]; then
+    ns_log "$other has the other Neuron library: set 'backend: $other_backend' in $config"
+    ns_log "to run the same pair with it."
+  elif [ "$backend" = "nxdi" ]; then
+    ns_log "NxD Inference ships preinstalled on the AWS Deep Learning AMIs (Neuron); for Inf2"
+    ns_log "and Trn1 use SDK 2.28 (/opt/aws_neuronx_venv_pytorch_2_9_nxd_inference on Ubuntu"
+    ns_log "24.04, ..._2_8_nxd_inference on 22.04). Its AMI id is in the public SSM parameters:"
+    ns_log "  aws ssm get-parameters-by-path --recursive --path /aws/service/neuron/dlami \\"
+    ns_log "    --query 'Parameters[].Name' --output text | tr '\\t' '\\n' | grep 2.28"
+  else
+    ns_log "transformers-neuronx ships preinstalled only on the AWS Deep Learning AMIs (Neuron)"
+    ns_log "up to SDK 2.25 (2025-07-31; Ubuntu 22.04 or Amazon Linux 2023, Python 3.10), in"
+    ns_log "/opt/aws_neuronx_venv_pytorch_2_7_transformers; AMIs from 2.26 on have none: for"
+    ns_log "them set 'backend: nxdi' (NxD Inference, SDK 2.28 for Inf2/Trn1)."
+    ns_log "Launch a 2.25 (or older) Neuron DLAMI; its AMI id is in the public SSM parameters:"
+    ns_log "  aws ssm get-parameters-by-path --recursive --path /aws/service/neuron/dlami \\"
+    ns_log "    --query 'Parameters[].Name' --output text | tr '\\t' '\\n' | grep 2.25"
+    ns_log "or install transformers-neuronx from Neuron's package index (docs/neuron.md), then"
+    ns_log "point NEURON_SPEC_NEURON_VENV at that environment."
+  fi
   exit 2
 fi
 py="$dlami/bin/python"
-ns_log "transformers-neuronx environment: $dlami"
+ns_log "$library environment: $dlami"
 if ! "$py" -c "import neuron_spec" 2>/dev/null; then
   ns_log "installing neuron-spec into $dlami (torch-neuronx is left as it is)"
   "$py" -m pip install --quiet --disable-pip-version-check -e "$ns_root"
@@ -151,5 +177,5 @@ exports="$("${ns[@]}" env "$config")"
 printf '%s\n' "$exports" | sed 's/^/    /' >&2
 eval "$exports"
 
-ns_log "generate (transformers-neuronx; the first run compiles, later runs load cached artifacts)"
+ns_log "generate ($library; the first run compiles, later runs load cached artifacts)"
 exec "${ns[@]}" generate "$config" "${instance_args[@]}" --quiet "${extra[@]}"

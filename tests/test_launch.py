@@ -295,3 +295,48 @@ def test_no_python_is_said_plainly(neuron_host, tmp_path):
     )
     assert proc.returncode == 2
     assert "no Python found" in proc.stderr and "python3-venv" in proc.stderr
+
+
+def nxdi_opt(root: Path) -> Path:
+    """A stand-in for /opt on the SDK 2.28 DLAMI: its NxD Inference environment (the double,
+    with NxDI 0.8.16251's metadata) beside an older one without it."""
+    from .neuron_fixtures import NXDI_DOUBLE, NXDI_RELEASE
+
+    opt = root / "opt-2.28"
+    site = root / "site-2.28"
+    dist_info(site, NXDI_RELEASE, "neuronx-distributed-inference")
+    for name, pythonpath in (
+        ("aws_neuronx_venv_pytorch_2_8", ""),
+        ("aws_neuronx_venv_pytorch_2_9_nxd_inference", f"{site}:{NXDI_DOUBLE}"),
+    ):
+        bin_dir = opt / name / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        python = bin_dir / "python"
+        python.write_text(f'#!/bin/sh\nPYTHONPATH="{pythonpath}" exec {sys.executable} "$@"\n')
+        python.chmod(0o755)
+    return opt
+
+
+def test_an_nxdi_config_runs_in_the_dlami_nxd_inference_environment(neuron_host):
+    cfg = config(neuron_host, "nxdi.yaml")
+    cfg.write_text(cfg.read_text().replace("backend: neuronx", "backend: nxdi"))
+    opt = nxdi_opt(neuron_host["root"])
+    proc = launch(neuron_host, str(cfg), "--", "--prompt", "w1 w2 w3", opt=opt)
+    assert proc.returncode == 0, proc.stderr
+    assert "NxD Inference environment: " in proc.stderr
+    assert "aws_neuronx_venv_pytorch_2_9_nxd_inference" in proc.stderr
+    assert "0.8.16251 shipped with Neuron SDK 2.28" in proc.stdout  # doctor, in NxDI mode
+    assert "accepted / drafted" in proc.stdout
+    # the same host with a transformers-neuronx config: the user learns what to change
+    tnx = launch(neuron_host, str(config(neuron_host, "good.yaml")), opt=opt)
+    assert tnx.returncode == 2 and "set 'backend: nxdi'" in tnx.stderr
+
+
+def test_an_nxdi_config_on_a_host_without_it_names_the_2_28_ami(neuron_host):
+    cfg = config(neuron_host, "nxdi-none.yaml")
+    cfg.write_text(cfg.read_text().replace("backend: neuronx", "backend: nxdi"))
+    opt = fake_opt(neuron_host["root"], with_tnx=False)
+    proc = launch(neuron_host, str(cfg), opt=opt)
+    assert proc.returncode == 2
+    assert "no Python environment with NxD Inference" in proc.stderr
+    assert "SDK 2.28" in proc.stderr and "nxd_inference" in proc.stderr
