@@ -4,7 +4,7 @@ Every keyword argument transformers-neuronx receives is built here from the vali
 never passed through from the user: LlamaForSampling.from_pretrained silently ignores unknown
 keyword arguments, so a typo would compile the wrong model without a word.
 
-The plan is what `neuron-spec generate CONFIG --dry-run` prints and what backends/neuronx.py
+The plan is what `neuron-spec generate CONFIG --dry-run` prints and what backends/neuronx/backend.py
 executes, in this order (neuron-api.md):
   draft:  from_pretrained -> [load(cached dir)] -> to_neuron -> [save(new cache entry)]
   target: from_pretrained -> enable_speculative_decoder(window) -> [load] -> to_neuron -> [save]

@@ -54,13 +54,15 @@ def write_config(
     acceptor: str = "greedy",
     temperature: float = 0.0,
     extra: str = "",
+    loop: str | None = None,
 ) -> Path:
     cfg = tmp_path / f"{backend}-{tp}-{acceptor}.yaml"
     cfg.write_text(
         f"instance: trn1.32xlarge\nbackend: {backend}\n"
         f"target: {{model: {target}, amp: f32, tp_degree: {tp}, n_positions: 256}}\n"
         f"draft: {{model: {draft}, amp: f32, tp_degree: {tp}, n_positions: 256}}\n"
-        f"speculation: {{draft_tokens: 3, acceptor: {acceptor}}}\n"
+        f"speculation: {{draft_tokens: 3, acceptor: {acceptor}"
+        f"{f', loop: {loop}' if loop else ''}}}\n"
         f"sampling: {{temperature: {temperature}, seed: 4}}\n"
         f"generation: {{max_new_tokens: 20, max_prompt_tokens: 32}}\n"
         f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n{extra}"
@@ -155,7 +157,9 @@ def test_lossless_sampling_uses_the_sampled_draft_provider(tmp_path, monkeypatch
 
     monkeypatch.setattr(spec_mod.SpeculativeGenerator, "__init__", spy)
     target, draft = pair_dirs
-    cfg = write_config(tmp_path, target, draft, "neuronx", acceptor="lossless", temperature=0.8)
+    cfg = write_config(
+        tmp_path, target, draft, "neuronx", acceptor="lossless", temperature=0.8, loop="library"
+    )
     gen = load_generator(load_config(cfg))
     a = gen.generate(PROMPTS[1], seed=11)
     b = gen.generate(PROMPTS[1], seed=11)
@@ -440,7 +444,7 @@ def test_engine_loop_is_lossless_including_the_first_token(
     from scipy.stats import chisquare
 
     from neuron_spec.acceptors import LosslessAcceptor
-    from neuron_spec.backends.neuronx_engine import NeuronxRunner
+    from neuron_spec.backends.neuronx.runner import NeuronxRunner
     from neuron_spec.config import SamplingSpec
     from neuron_spec.engine import speculative_generate
     from neuron_spec.sampling import warp

@@ -5,8 +5,8 @@ It executes the load plan (loadplan.py): checkpoints are prepared once (a .bin c
 the split format, a GGUF file de-quantized to safetensors, an s3:// prefix downloaded), then
 each model is built, compiled or loaded from the artifact cache, and put on the NeuronCores.
 Generation runs one of two loops over the same compiled pair (`speculation.loop`):
-- `library` (neuronx_library.py): SpeculativeGenerator.sample, made safe from outside;
-- `engine` (neuronx_engine.py): neuron-spec's own engine over forward/speculative_forward.
+- `library` (library.py): SpeculativeGenerator.sample, made safe from outside;
+- `engine` (runner.py): neuron-spec's own engine over forward/speculative_forward.
 Both return the engine's result type, so metrics are computed one way for every backend.
 """
 
@@ -22,18 +22,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts import ArtifactCache, ArtifactError
-from ..engine import EngineResult, speculative_generate
-from ..errors import BackendUnavailableError, GenerationError, UsageError
-from ..loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
-from .neuron_common import neuron_generator, prepare_checkpoint
-from .neuronx_engine import NeuronxRunner
-from .neuronx_library import LibraryPair, run_library
+from ...artifacts import ArtifactCache, ArtifactError
+from ...engine import EngineResult, speculative_generate
+from ...errors import BackendUnavailableError, GenerationError, UsageError
+from ...loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
+from ..neuron_common import neuron_generator, prepare_checkpoint
+from .library import LibraryPair, run_library
+from .runner import NeuronxRunner
 
 if TYPE_CHECKING:
-    from ..config import ConfigFile
-    from ..generate import Generator
-    from . import Progress
+    from ...config import ConfigFile
+    from ...generate import Generator
+    from .. import Progress
 
 INSTALL_HINT = (
     "transformers-neuronx is not installed in this Python environment. It is not on PyPI (the "
@@ -50,7 +50,7 @@ def import_tnx() -> tuple[Any, str]:
         tnx = importlib.import_module("transformers_neuronx")
     except ImportError as exc:
         raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from None
-    from ..loadplan import TNX_DIST, installed_version
+    from ...loadplan import TNX_DIST, installed_version
 
     version = installed_version(TNX_DIST) or str(getattr(tnx, "__version__", "") or "")
     if not version:
@@ -280,6 +280,6 @@ def load_neuronx_generator(cfg: ConfigFile, progress: Progress | None = None) ->
 
 
 def _version_at_least(version: str, floor: tuple[int, ...]) -> bool:
-    from ..loadplan import parse_version
+    from ...loadplan import parse_version
 
     return parse_version(version)[: len(floor)] >= floor
