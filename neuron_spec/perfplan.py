@@ -91,6 +91,19 @@ def _request_s(ttft_s: float, tpot_s: float, new_tokens: int) -> float:
     return ttft_s + max(new_tokens - 1, 0) * tpot_s
 
 
+def draft_runs(gamma: int, alpha: float, mode: str | None) -> float:
+    """Draft forward passes per round. NxDI fused: the graph runs the draft k = gamma + 1 times
+    (the last draft is never verified), in one device call. NxDI unfused (neuron-spec's engine
+    over a one-token draft graph): gamma, plus one more when every draft was accepted (the last
+    draft is then fed before the next round), so gamma + alpha^gamma on average. Otherwise
+    gamma."""
+    if mode == "fused":
+        return gamma + 1.0
+    if mode == "unfused":
+        return gamma + alpha**gamma
+    return float(gamma)
+
+
 def performance(
     spec: DeploymentSpec, t_arch: Architecture, d_arch: Architecture, host: HostFacts, tp: int,
     inp: Inputs,
@@ -104,11 +117,12 @@ def performance(
     c = inp.c_measured if inp.c_measured is not None else d_step / t_step
     d_step = c * t_step
     ttft = prefill_s(t_arch, t_amp, tp, family, inp.prompt_tokens)
+    mode = spec.nxdi.speculation_mode if spec.backend == "nxdi" else None
     rows = []
     for gamma in GAMMAS:
         verify = verify_step_s(t_arch, t_amp, tp, family, positions, gamma + 1)
         tokens = mean_tokens_per_pass(inp.alpha, gamma)
-        tpot = (gamma * d_step + verify) / tokens
+        tpot = (draft_runs(gamma, inp.alpha, mode) * d_step + verify) / tokens
         rows.append(
             {
                 "gamma": gamma,
@@ -125,6 +139,7 @@ def performance(
     return {
         "instance": host.instance,
         "tp_degree": tp,
+        "speculation_mode": mode,
         "prompt_tokens": inp.prompt_tokens,
         "new_tokens": inp.new_tokens,
         "alpha": inp.alpha,

@@ -140,3 +140,24 @@ def test_a_tp_the_instance_refuses_is_not_the_one_predicted(capsys):
     code = main(["plan", inf2, "--instance", "trn1.32xlarge", "--json"])
     body = json.loads(capsys.readouterr().out)
     assert code == 1 and body["performance"]["tp_degree"] == 32  # the recommended one
+
+
+def test_the_planner_models_nxdi_s_two_modes_apart(write_config, capsys):
+    """Fused runs the draft k times per round (one call), unfused gamma (+1 when all accepted):
+    at the same alpha the fused TPOT is the higher, and both differ from the library's count."""
+    from neuron_spec.config import load_config
+    from neuron_spec.perfplan import draft_runs
+
+    assert draft_runs(4, 0.5, "fused") == 5.0
+    assert draft_runs(4, 0.5, "unfused") == 4.0 + 0.5**4
+    assert draft_runs(4, 0.5, None) == 4.0
+    base = (CONFIGS / "trn1-llama2-70b-7b-nxdi.yaml").read_text()
+    tpots = {}
+    for mode in ("unfused", "fused"):
+        path = write_config(base.replace("speculation_mode: unfused", f"speculation_mode: {mode}"))
+        assert load_config(path).spec.nxdi.speculation_mode == mode
+        assert main(["plan", str(path), "--alpha", "0.8", "--json"]) == 0
+        perf = json.loads(capsys.readouterr().out)["performance"]
+        assert perf["speculation_mode"] == mode
+        tpots[mode] = {r["gamma"]: r["tpot_ms"] for r in perf["speculative"]}
+    assert all(tpots["fused"][g] > tpots["unfused"][g] for g in tpots["fused"])
