@@ -27,6 +27,7 @@ from typing import Any
 
 from .download import confined
 from .errors import NeuronSpecError, UsageError
+from .localtree import walk
 from .safeio import Unreadable, printable, read_json
 
 MANIFEST = "manifest.json"
@@ -54,7 +55,9 @@ def sha256_file(path: Path) -> str:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    """The entry's files (hidden ones too), links followed only inside the entry: a link a
+    compiler or a hand left there never brings outside bytes into the manifest or the mirror."""
+    return [p for p in walk(root, hidden=True).files if p.relative_to(root).as_posix() != MANIFEST]
 
 
 @dataclass(frozen=True)

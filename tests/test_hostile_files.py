@@ -301,3 +301,17 @@ def test_the_upload_hash_memory_survives_hostile_state(tmp_path):
         if time.perf_counter() - start > SECONDS_PER_CASE:
             failures.append(f"#{i}: slow")
     assert not failures, "\n".join(failures[:10])
+
+
+def test_a_link_out_of_a_cache_entry_is_never_hashed_or_mirrored(tmp_path):
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = SECRET")
+
+    def write(d: Path) -> None:
+        (d / "model.neff").write_bytes(b"neff")
+        (d / "creds.neff").symlink_to(secret)
+
+    cache = ArtifactCache(tmp_path / "cache")
+    entry = cache.store(KEY, write, {})
+    manifest = json.loads((entry / MANIFEST).read_text())
+    assert sorted(manifest["files"]) == ["model.neff"]
