@@ -49,6 +49,7 @@ class Metrics:
     alpha: float | None  # per-token acceptance probability, from L
     draft_step_ms: float | None  # mean time of a 1-token draft pass
     target_step_ms: float | None  # mean time of a target pass
+    per_row: list[dict[str, int]] = field(default_factory=list)  # {drafted, accepted} per prompt
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,10 +63,13 @@ def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metric
     drafted = accepted = row_steps = full_row_steps = full_accepted = 0
     pos_drafted = [0] * gamma
     pos_accepted = [0] * gamma
+    per_row = [{"drafted": 0, "accepted": 0} for _ in res.tokens]
     for i, step in enumerate(res.steps):
-        for acc, emitted in zip(step.accepted, step.emitted, strict=True):
+        for b, (acc, emitted) in enumerate(zip(step.accepted, step.emitted, strict=True)):
             if emitted == 0:
                 continue  # the row had finished
+            per_row[b]["drafted"] += step.drafted
+            per_row[b]["accepted"] += acc
             row_steps += 1
             drafted += step.drafted
             accepted += acc
@@ -109,6 +113,7 @@ def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metric
         target_step_ms=statistics.fmean(res.target_step_seconds) * 1e3
         if res.target_step_seconds
         else None,
+        per_row=per_row,
     )
 
 

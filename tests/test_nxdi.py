@@ -203,3 +203,21 @@ def test_dry_run_prints_the_nxdi_call_plan_from_validated_fields(capsys):
     assert main(["generate", str(cfg), "--dry-run", "--prompt", "hi"]) == 0
     text = capsys.readouterr().out
     assert "NeuronConfig keywords" in text and "speculation_length': 7" in text
+
+
+def test_several_prompts_report_per_row_figures_that_sum_to_the_totals(tmp_path, nxdi, pair):
+    ref = load_generator(load_config(config(tmp_path, pair, "reference")))
+    gen = load_generator(load_config(config(tmp_path, pair)))
+    for g in (ref, gen):
+        out = g.generate("", prompt_token_ids=[PROMPTS[0], PROMPTS[2]], max_new_tokens=12)
+        rows = out.metrics.per_row
+        assert len(rows) == 2 and all(r["drafted"] > 0 for r in rows)
+        assert sum(r["drafted"] for r in rows) == out.metrics.drafted
+        assert sum(r["accepted"] for r in rows) == out.metrics.accepted
+    want = [
+        ref.generate("", prompt_token_ids=[p]).token_ids[0][:12] for p in (PROMPTS[0], PROMPTS[2])
+    ]
+    assert (
+        gen.generate("", prompt_token_ids=[PROMPTS[0], PROMPTS[2]], max_new_tokens=12).token_ids
+        == want
+    )

@@ -15,6 +15,7 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..config import ConfigFile
+    from ..engine import EngineResult
     from ..generate import Generator
 
 
@@ -70,6 +71,14 @@ def neuron_generator(
     gen = Generator(cfg, None, None, tok, eos, int(pad), device="neuron", decoder=decode)
     gen.backend = backend
     return gen
+
+
+def place_row(one: EngineResult, row: int, rows: int) -> None:
+    """A one-row result's step records widened to the batch, the row at its place: the Neuron
+    backends decode a batch one row after another, and the metrics count per row."""
+    for step in one.steps:
+        step.accepted = [0] * row + step.accepted + [0] * (rows - row - 1)
+        step.emitted = [0] * row + step.emitted + [0] * (rows - row - 1)
 
 
 def config_eos(checkpoint: Path) -> list[int]:

@@ -26,7 +26,7 @@ from ...artifacts import ArtifactCache, ArtifactError
 from ...engine import EngineResult, speculative_generate
 from ...errors import BackendUnavailableError, GenerationError, UsageError
 from ...loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
-from ..neuron_common import neuron_generator, prepare_checkpoint
+from ..neuron_common import neuron_generator, place_row, prepare_checkpoint
 from .library import LibraryPair, run_library
 from .runner import NeuronxRunner
 
@@ -218,6 +218,7 @@ class NeuronxPair:
                 raise GenerationError(
                     f"transformers-neuronx generation failed: {type(exc).__name__}: {exc}"
                 ) from exc
+            place_row(one, row, len(prompts))
             for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
                 getattr(result, name).extend(getattr(one, name))
             result.draft_step_seconds.extend(one.draft_step_seconds)

@@ -27,7 +27,7 @@ from ...artifacts import ArtifactCache, ArtifactError
 from ...engine import EngineResult, speculative_generate
 from ...errors import BackendUnavailableError, GenerationError, UsageError
 from ...loadplan import CC_DIST, artifact_root, cache_key, installed_version
-from ..neuron_common import neuron_generator, prepare_checkpoint
+from ..neuron_common import neuron_generator, place_row, prepare_checkpoint
 from .fused import fused_generate
 from .plan import NXDI_DIST, NxdiModel, NxdiPlan, build_nxdi_plan
 from .runner import NxdiRunner
@@ -186,6 +186,7 @@ class NxdiPair:
                     f"NxDI generation failed: {type(exc).__name__}: {exc}"
                 ) from exc
             result.start = result.start or one.start
+            place_row(one, row, len(prompts))
             for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
                 getattr(result, name).extend(getattr(one, name))
             result.draft_step_seconds.extend(one.draft_step_seconds)
