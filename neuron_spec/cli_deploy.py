@@ -138,6 +138,9 @@ def _cache_for(args: argparse.Namespace) -> Any:
 
     default = CompileSpec().artifact_cache  # one default, the config's
     root = Path(args.dir or default).expanduser()
+    if args.dir and not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise UsageError(f"--dir {args.dir}: {what}; point it at an artifact cache")
     return ArtifactCache(root)
 
 
@@ -156,11 +159,22 @@ def cmd_cache(args: argparse.Namespace) -> int:
             return EXIT_OK
         console = stdout_console()
         console.print(f"{cache.root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
-        for e in entries:
-            desc = e.description
-            what = f"{desc.get('role', '?')} {desc.get('model', '?')}"
-            state = "ok" if e.ok else f"[red]broken: {escape(e.problem or '')}[/red]"
-            console.print(f"  {e.key}  {e.size_bytes / 1e6:9.1f} MB  {escape(what)}  {state}")
+        if entries:
+            table = term.Table()
+            for header, justify in (("key", "left"), ("size", "right"), ("role", "left"),
+                                    ("model", "left"), ("state", "left")):  # fmt: skip
+                table.add_column(header, justify)
+            for e in entries:
+                desc = e.description
+                state = "ok" if e.ok else f"[red]broken: {escape(e.problem or '')}[/red]"
+                table.add_row(
+                    e.key,
+                    f"{e.size_bytes / 1e6:.1f} MB",
+                    escape(str(desc.get("role", "?"))),
+                    escape(str(desc.get("model", "?"))),
+                    state,
+                )
+            console.print(table)
         return EXIT_OK
     if not (args.all or args.broken or args.older_than is not None):
         raise UsageError("prune needs --all, --broken or --older-than DAYS")

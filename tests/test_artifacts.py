@@ -341,3 +341,16 @@ def test_prune_cleans_leftovers_and_dangling_links(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [".neuron-spec-cache", K1, fresh.name]
     )
+
+
+def test_cache_list_has_headers_and_a_missing_dir_is_a_usage_error(tmp_path, capsys):
+    cache = ArtifactCache(tmp_path / "c")
+    cache.store("0123456789abcdef01234567", lambda d: (d / "a.neff").write_bytes(b"x"), {
+        "role": "target", "model": "llama-2-70b"})  # fmt: skip
+    assert main(["cache", "list", "--dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert all(h in out for h in ("key", "size", "role", "model", "state"))
+    assert "llama-2-70b" in out and "1 entry" in out
+    for args in (["cache", "list"], ["cache", "prune", "--broken"]):
+        assert main([*args, "--dir", str(tmp_path / "nowhere")]) == 2
+        assert "does not exist" in capsys.readouterr().err
