@@ -238,11 +238,13 @@ def _serve(sub: Sub) -> None:
         "serve",
         "serve an OpenAI-compatible completions API",
         "Run the preflight, start an HTTP server at once (GET /health answers 503 while the "
-        "models load, 200 when ready), load the pair, then serve POST /v1/completions "
-        "(OpenAI-compatible: prompt, max_tokens, temperature, top_p, stop, seed, stream) and "
-        "GET /metrics (Prometheus). Requests run one at a time from a bounded queue; a full "
-        "queue answers 429 with Retry-After. SIGTERM drains: the running request gets "
-        "--drain-timeout seconds, then is cancelled; exit 0.",
+        "models load, 200 when ready), load the pair, then serve the OpenAI-compatible routes "
+        "POST /v1/completions and POST /v1/chat/completions (prompt or messages, max_tokens, "
+        "temperature, top_p, stop, seed, stream), GET /v1/models and GET /v1/models/{id}, and "
+        "GET /metrics (Prometheus). A request naming another model gets 404 model_not_found. "
+        "Requests run one at a time from a bounded queue; a full queue answers 429 with "
+        "Retry-After. SIGTERM drains: the running request gets --drain-timeout seconds, then "
+        "is cancelled; exit 0.",
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sv.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
@@ -260,6 +262,12 @@ def _serve(sub: Sub) -> None:
         metavar="S",
         help="on SIGTERM, seconds the running request may take to finish before it is "
         "cancelled (default 30)",
+    )
+    sv.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on every /v1 route (401 otherwise); "
+        "default: the NEURON_SPEC_API_KEY environment variable, else no key",
     )
     _quiet(sv)
 

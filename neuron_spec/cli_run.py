@@ -297,4 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load(args.config, args.backend)
     if preflight_or_stop(cfg, args.instance, False, quiet=args.quiet) is None:
         return EXIT_FAILED
-    return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout)
+    import os
+
+    key = args.api_key or os.environ.get("NEURON_SPEC_API_KEY") or None
+    return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout, key)

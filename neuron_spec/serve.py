@@ -343,6 +343,27 @@ class _Handlers:
 
         return JSONResponse(models_body(self.state.model_name, self.state.started))
 
+    async def model(self, request: Any) -> Any:
+        """GET /v1/models/{id}: the served model, or OpenAI's 404 model_not_found."""
+        from starlette.responses import JSONResponse
+
+        name = request.path_params["model"]
+        if name != self.state.model_name:
+            return self._no_such_model(name)
+        return JSONResponse(models_body(self.state.model_name, self.state.started)["data"][0])
+
+    def _no_such_model(self, name: str) -> JSONResponse:
+        from starlette.responses import JSONResponse
+
+        body = error_body(
+            f"The model '{name}' does not exist: this server serves '{self.state.model_name}' "
+            "(GET /v1/models).",
+            "invalid_request_error",
+            "model",
+            "model_not_found",
+        )
+        return JSONResponse(body, status_code=404)
+
     async def parse(self, request: Any, schema: type[Request]) -> Request | JSONResponse:
         try:
             return frontdoor.parse_body(await request.body(), schema)
@@ -361,6 +382,8 @@ class _Handlers:
         body = await self.parse(request, schema)
         if not isinstance(body, schema):
             return body
+        if body.model is not None and body.model != self.state.model_name:
+            return self._no_such_model(body.model)
         st = self.state
         if st.shutting_down:
             return self.reject(503, "the server is shutting down")
@@ -446,10 +469,36 @@ class _Handlers:
         return _error(status, f"{what} {request.method} {request.url.path}; see GET /v1/models")
 
 
-def build_app(state: ServerState, loader: Any) -> Any:
+class _ApiKey:
+    """Bearer-token check on every /v1 route (OpenAI's 401 shape); /health and /metrics stay
+    open for load balancers and Prometheus. ASGI middleware, so streams are untouched."""
+
+    def __init__(self, app: Any, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import hmac
+
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = error_body(
+                    "Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
+                    "invalid_request_error",
+                    code="invalid_api_key",
+                )
+                from starlette.responses import JSONResponse
+
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(state: ServerState, loader: Any, api_key: str | None = None) -> Any:
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.routing import Route
 
     h = _Handlers(state)
@@ -466,11 +515,13 @@ def build_app(state: ServerState, loader: Any) -> Any:
             Route("/health", h.health),
             Route("/metrics", h.metrics),
             Route("/v1/models", h.models),
+            Route("/v1/models/{model:path}", h.model),
             Route("/v1/completions", h.completions, methods=["POST"]),
             Route("/v1/chat/completions", h.chat_completions, methods=["POST"]),
         ],
         exception_handlers={404: h.not_found, 405: h.not_found},
         lifespan=lifespan,
+        middleware=[Middleware(_ApiKey, key=api_key)] if api_key else [],
     )
 
 
@@ -505,7 +556,12 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    cfg: ConfigFile, host: str, port: int, queue_size: int = 16, drain_timeout_s: float = 30.0
+    cfg: ConfigFile,
+    host: str,
+    port: int,
+    queue_size: int = 16,
+    drain_timeout_s: float = 30.0,
+    api_key: str | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT, then drain: queued requests get 503, the running
     one has drain_timeout_s to finish before it is cancelled. Returns the exit code (0)."""
@@ -519,7 +575,7 @@ def serve(
 
     sock = listen(host, port)  # before anything loads: a busy port is a clear exit 2 at once
     state = ServerState(cfg, queue_size)
-    app = build_app(state, load_generator)
+    app = build_app(state, load_generator, api_key)
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -621,3 +621,39 @@ def test_a_busy_port_is_exit_2_before_anything_loads(demo_checkpoint):
     assert f"127.0.0.1:{port} is in use" in proc.stderr and "--port" in proc.stderr
     assert "Traceback" not in proc.stderr and "loading" not in proc.stderr
     assert time.perf_counter() - t0 < 60  # refused before loading the models
+
+
+def test_models_retrieve_and_another_model_name_is_404_model_not_found(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    served = client.models.list().data[0].id
+    assert client.models.retrieve(served).id == served
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.models.retrieve("gpt-4o")
+    assert exc.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.completions.create(model="gpt-4o", prompt="hi", max_tokens=2)
+    assert exc.value.body["code"] == "model_not_found" and exc.value.body["param"] == "model"
+    ok = client.completions.create(model=served, prompt="hi", max_tokens=2, temperature=0.0)
+    assert ok.choices[0].text is not None
+
+
+def test_an_api_key_is_required_when_set(demo_checkpoint, tmp_path):
+    openai = pytest.importorskip("openai")
+    s = Server(4, tmp_path / "key.log", "--api-key", "s3kr1t")
+    try:
+        assert httpx.get(s.url + "/health", timeout=10).status_code == 200  # stays open
+        r = httpx.get(s.url + "/v1/models", timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=s.url + "/v1", api_key="wrong").models.list()
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="s3kr1t")
+        out = client.chat.completions.create(
+            model=client.models.list().data[0].id,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=2,
+            temperature=0.0,
+        )
+        assert out.choices[0].message.content is not None
+    finally:
+        s.stop()
