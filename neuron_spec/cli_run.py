@@ -207,8 +207,20 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
             f(r["outputs_match_target"]),
         )
     console.print(t)
+    best, speedup = report["best_draft_tokens"], report["best_speedup"]
+    if speedup > 1.0:
+        console.print(f"best draft_tokens: {best} (speedup {speedup:.2f}x over the target alone)")
+    else:
+        console.print(
+            f"[bold]speculation does not pay here[/bold]: no draft_tokens beats the target "
+            f"alone (the best, {best}, runs at {speedup:.2f}x). Use the target alone, or a "
+            "faster or better-matched draft."
+        )
     console.print(
-        f"best draft_tokens: {report['best_draft_tokens']} (speedup {report['best_speedup']:.2f}x)"
+        "[dim]acceptance: the share of drafted tokens the target accepted. alpha: the chance "
+        "that one draft token is accepted given those before it were, estimated from tokens "
+        "per pass; acceptance is higher than alpha when drafting stops early (at the end of a "
+        "request or an EOS), and both are 100% only when every draft matched.[/dim]"
     )
 
 

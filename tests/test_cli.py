@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import sys
@@ -280,3 +281,26 @@ def test_a_command_parses_the_same_when_only_it_is_built(name):
     full, lazy = build_parser(), build_parser([name, "x"])
     assert sub_help(lazy) == sub_help(full)
     assert "Speculative decoding" in full.format_help() and name in full.format_help()
+
+
+def test_bench_says_plainly_when_speculation_does_not_pay():
+    from neuron_spec import term
+    from neuron_spec.cli_run import _render_bench
+
+    row = {"draft_tokens": 4, "tokens_per_s": 7.6, "tokens_per_s_min": 7.0,
+           "tokens_per_s_max": 8.0, "speedup": 0.76, "predicted_speedup": 1.2,
+           "acceptance_rate": 1.0, "mean_tokens_per_pass": 4.1, "alpha": 0.884, "c": 0.4,
+           "outputs_match_target": True}  # fmt: skip
+    report = {"baseline": {"tokens_per_s": 10.0, "tokens_per_s_min": 9.0, "tokens_per_s_max": 11.0,
+                           "target_step_ms": 100.0},
+              "prompts": 2, "max_new_tokens": 16, "repeat": 3, "speculative": [row],
+              "best_draft_tokens": 4, "best_speedup": 0.76}  # fmt: skip
+    buf = io.StringIO()
+    _render_bench(term.Console(buf, colour=False), report)
+    text = buf.getvalue()
+    assert "speculation does not pay here" in text and "best draft_tokens" not in text
+    assert "acceptance: the share of drafted tokens" in text
+    report["best_speedup"] = row["speedup"] = 1.5
+    buf = io.StringIO()
+    _render_bench(term.Console(buf, colour=False), report)
+    assert "best draft_tokens: 4 (speedup 1.50x" in buf.getvalue()
