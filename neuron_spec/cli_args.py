@@ -181,11 +181,18 @@ def _generate(sub: Sub) -> None:
     g.add_argument(
         "--prompt", action="append", metavar="TEXT", help="prompt text; repeat for a batch"
     )
-    g.add_argument("--max-new-tokens", type=positive_int, metavar="N")
+    g.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        metavar="N",
+        help="tokens to generate per prompt (default: the config's generation.max_new_tokens)",
+    )
     g.add_argument("--temperature", type=non_negative_float, metavar="T", help="0 = greedy")
     g.add_argument("--top-k", type=non_negative_int, metavar="K", help="0 = off")
     g.add_argument("--top-p", type=probability, metavar="P", help="1.0 = off")
-    g.add_argument("--seed", type=int, metavar="S")
+    g.add_argument(
+        "--seed", type=int, metavar="S", help="random seed for sampling (default: the config's)"
+    )
     g.add_argument(
         "--draft-tokens",
         type=non_negative_int,
@@ -220,7 +227,13 @@ def _bench(sub: Sub) -> None:
         "neuronx only the compiled speculation.draft_tokens, since each gamma is its own graph)",
     )
     b.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: 3 built-in)")
-    b.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N")
+    b.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="tokens generated per prompt and run (default 64)",
+    )
     b.add_argument(
         "--repeat",
         type=positive_int,
@@ -284,10 +297,10 @@ def _deploy(sub: Sub) -> None:
     dsub = dep.add_subparsers(dest="deploy_command", metavar="ACTION", parser_class=Parser)
     _deploy_sagemaker(dsub)
     dd = dsub.add_parser("delete", help="delete an endpoint, its configuration and its model")
-    dd.add_argument("name", metavar="NAME")
+    dd.add_argument("name", metavar="NAME", help="the endpoint's name (as deploy printed it)")
     dd.add_argument("--region", metavar="R", help="AWS region (default: as for sagemaker)")
     dd.add_argument("--dry-run", action="store_true", help="print the requests; send none")
-    dd.add_argument("--json", action="store_true")
+    dd.add_argument("--json", action="store_true", help="print what was deleted and kept as JSON")
     _hidden_debug(dd)
 
 
@@ -299,7 +312,7 @@ def _deploy_sagemaker(dsub: Sub) -> None:
         "configuration and the endpoint (or update it), and wait until "
         "InService.",
     )
-    ds.add_argument("config", metavar="CONFIG")
+    ds.add_argument("config", metavar="CONFIG", help="YAML deployment config to deploy")
     ds.add_argument("--role", required=True, metavar="ARN", help="SageMaker execution role ARN")
     ds.add_argument(
         "--bucket",
@@ -307,8 +320,19 @@ def _deploy_sagemaker(dsub: Sub) -> None:
         metavar="S3URL",
         help="where model.tar.gz goes: s3://bucket[/prefix]",
     )
-    ds.add_argument("--instance-type", default="ml.inf2.48xlarge", metavar="TYPE")
-    ds.add_argument("--initial-instance-count", type=positive_int, default=1, metavar="N")
+    ds.add_argument(
+        "--instance-type",
+        default="ml.inf2.48xlarge",
+        metavar="TYPE",
+        help="SageMaker instance type (default ml.inf2.48xlarge)",
+    )
+    ds.add_argument(
+        "--initial-instance-count",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="instances behind the endpoint (default 1)",
+    )
     ds.add_argument(
         "--endpoint-name", metavar="NAME", help="default: neuron-spec-<config file name>"
     )
@@ -323,7 +347,13 @@ def _deploy_sagemaker(dsub: Sub) -> None:
         help="inference container (default: AWS's PyTorch Neuron inference container in the "
         "region; docs/deploy.md lists the regions that have one)",
     )
-    ds.add_argument("--wait-timeout", type=positive_int, default=3600, metavar="S")
+    ds.add_argument(
+        "--wait-timeout",
+        type=positive_int,
+        default=3600,
+        metavar="S",
+        help="seconds to wait for InService (default 3600: a 70B pair compiles for long)",
+    )
     ds.add_argument(
         "--no-dependency-wheels",
         action="store_true",
@@ -331,7 +361,7 @@ def _deploy_sagemaker(dsub: Sub) -> None:
         "index for PyYAML, pydantic and rich)",
     )
     ds.add_argument("--dry-run", action="store_true", help="print every API request; send none")
-    ds.add_argument("--json", action="store_true")
+    ds.add_argument("--json", action="store_true", help="print the result as JSON")
     _hidden_debug(ds)
 
 

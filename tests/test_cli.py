@@ -304,3 +304,20 @@ def test_bench_says_plainly_when_speculation_does_not_pay():
     buf = io.StringIO()
     _render_bench(term.Console(buf, colour=False), report)
     assert "best draft_tokens: 4 (speedup 1.50x" in buf.getvalue()
+
+
+def test_every_option_of_every_command_has_help_text():
+    from neuron_spec.cli_args import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not (action.help or "").strip():
+                missing.append(f"{path} {action.option_strings or action.dest}")
+
+    walk(build_parser(), "neuron-spec")
+    assert not missing, missing
