@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     id: str = ""
     created: int = field(default_factory=now)
+    arrived: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.id = self.id or new_id(self.chat)
@@ -125,15 +127,34 @@ class Metrics:
             p + "position_accepted", "Drafts accepted at each position", ["position"], registry=r
         )
         self.queue_depth = Gauge(p + "queue_depth", "Requests waiting", registry=r)
+        # named after vLLM's vllm:num_requests_waiting / _running, request_queue_time_seconds,
+        # e2e_request_latency_seconds
+        self.waiting = Gauge(p + "num_requests_waiting", "Requests waiting", registry=r)
+        self.running = Gauge(p + "num_requests_running", "Requests being decoded", registry=r)
+        latency = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+        self.queue_time = Histogram(
+            p + "request_queue_time_seconds",
+            "Time a request waited before its decoding began",
+            buckets=latency,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            p + "e2e_request_latency_seconds",
+            "Time from a request's arrival to its last token",
+            buckets=latency,
+            registry=r,
+        )
         self.ready = Gauge(p + "ready", "1 once the models are loaded", registry=r)
 
-    def observe(self, m: Any) -> None:
+    def observe(self, m: Any, waited_s: float = 0.0) -> None:
+        """One prompt's figures; `waited_s` (the time it spent queued) counts towards its
+        time to first token, which runs from the request's arrival."""
         self.prompt_tokens.inc(m.prompt_tokens)
         self.tokens.inc(m.new_tokens)
         self.drafted.inc(m.drafted)
         self.accepted.inc(m.accepted)
         if m.time_to_first_token_s is not None:
-            self.ttft.observe(m.time_to_first_token_s)
+            self.ttft.observe(waited_s + m.time_to_first_token_s)
         if m.time_per_output_token_s["mean"] is not None and m.new_tokens > 1:
             for _ in range(m.new_tokens - 1):
                 self.tpot.observe(m.time_per_output_token_s["mean"])
@@ -229,21 +250,27 @@ class ServerState:
         except queue.Full:
             return False
         self.metrics.queue_depth.set(self.jobs.qsize())
+        self.metrics.waiting.set(self.jobs.qsize())
         return True
 
     def _work(self) -> None:
         while True:
             job = self.jobs.get()
             self.metrics.queue_depth.set(self.jobs.qsize())
+            self.metrics.waiting.set(self.jobs.qsize())
             if job is None:
                 return
             if job.cancelled.is_set():
                 self.metrics.requests.labels("cancelled").inc()
                 continue
             self.running = job
+            self.metrics.running.set(1)
+            waited = time.monotonic() - job.arrived
+            self.metrics.queue_time.observe(waited)
             try:
                 job.push("done", self._run(job))
                 self.metrics.requests.labels("ok").inc()
+                self.metrics.e2e.observe(time.monotonic() - job.arrived)
             except GenerationCancelled:
                 self.metrics.requests.labels("cancelled").inc()
                 why = "shutting down" if self.shutting_down else "cancelled"
@@ -254,6 +281,7 @@ class ServerState:
                 job.push("error", (500, f"generation failed: {type(exc).__name__}: {exc}"))
             finally:
                 self.running = None
+                self.metrics.running.set(0)
 
     def _run(self, job: Job) -> dict[str, Any]:
         req, gen = job.request, self.generator
@@ -267,6 +295,7 @@ class ServerState:
                 def on_text(_row: int, delta: str, index: int = index) -> None:
                     job.push("delta", (index, delta))
 
+            began = time.monotonic()
             result = gen.generate(
                 prompt,
                 prompt_token_ids=[job.ids[index]],
@@ -279,7 +308,7 @@ class ServerState:
                 cancelled=job.cancelled.is_set,
             )
             m = result.metrics
-            self.metrics.observe(m)
+            self.metrics.observe(m, began - job.arrived)  # TTFT runs from the arrival
             stopped = result.finished_by_stop[0] or result.finished_by_eos[0]
             choices.append(
                 {

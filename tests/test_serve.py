@@ -657,3 +657,29 @@ def test_an_api_key_is_required_when_set(demo_checkpoint, tmp_path):
         assert out.choices[0].message.content is not None
     finally:
         s.stop()
+
+
+def test_a_queued_request_counts_its_wait_in_time_to_first_token(server):
+    """TTFT runs from arrival: a request queued behind another shows TTFT >= its queue time."""
+    import threading
+
+    names = ("neuron_spec_time_to_first_token_seconds", "neuron_spec_request_queue_time_seconds")
+    before = {n: (server.metric(n + "_sum"), server.metric(n + "_count")) for n in names}
+    first = threading.Thread(
+        target=server.complete, kwargs={"prompt": PROMPT, "max_tokens": 40, "temperature": 0.0}
+    )
+    first.start()
+    time.sleep(0.3)  # the second arrives while the first decodes, and waits for it
+    server.complete(prompt="Second", max_tokens=2, temperature=0.0)
+    first.join()
+    delta = {n: (server.metric(n + "_sum") - s, server.metric(n + "_count") - c)
+             for n, (s, c) in before.items()}  # fmt: skip
+    ttft_sum, ttft_count = delta[names[0]]
+    queue_sum, queue_count = delta[names[1]]
+    assert ttft_count == queue_count == 2
+    assert queue_sum > 0.1  # the second one waited
+    assert ttft_sum >= queue_sum
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("neuron_spec_num_requests_running", "neuron_spec_num_requests_waiting",
+                 "neuron_spec_e2e_request_latency_seconds_bucket"):  # fmt: skip
+        assert name in text
