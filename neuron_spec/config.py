@@ -49,9 +49,16 @@ MAX_MESSAGE = 500  # characters of one problem's message; values in it are shown
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    """' Did you mean 'x'?' or '' when nothing is close."""
+    """' Did you mean 'x'?' or '' when nothing is close. A word naming a model family
+    ('llama-3.2-...') is matched within that family first."""
     import difflib
 
+    family = re.match(r"^([a-z]+-?\d+(?:\.\d+)?)", word.lower())
+    if family:
+        same = [c for c in choices if c.lower().startswith(family.group(1))]
+        close = difflib.get_close_matches(word.lower(), [c.lower() for c in same], n=1, cutoff=0.5)
+        if close:
+            return f" Did you mean '{next(c for c in same if c.lower() == close[0])}'?"
     lowered = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f" Did you mean '{lowered[close[0]]}'?" if close else ""
@@ -113,6 +120,12 @@ _CATALOG_MODELS = (
     "llama-2-70b",
     "llama-3-8b",
     "llama-3-70b",
+    "llama-3.1-8b",
+    "llama-3.1-70b",
+    "llama-3.1-405b",
+    "llama-3.2-1b",
+    "llama-3.2-3b",
+    "llama-3.3-70b",
     "smollm2-135m",
 )
 

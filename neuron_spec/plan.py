@@ -37,11 +37,30 @@ class ModelPlan:
     min_cores: int  # total_bytes / budget per core, rounded up
     fitting_tps: tuple[int, ...]  # valid tps on this host at which the model alone fits
     step_ms: float | None
+    vocab_size: int = 0
+    kv_heads: int = 0
+    tp_degree: int = 1
+
+    def kv_replication(self) -> dict[str, Any] | None:
+        """GQA at tp above the KV heads: each head is replicated to one per core, so the KV
+        cache holds tp / kv_heads copies; what that costs."""
+        if not self.kv_heads or self.tp_degree <= self.kv_heads:
+            return None
+        factor = self.tp_degree / self.kv_heads
+        kv = self.memory.kv_cache_bytes
+        return {
+            "kv_heads": self.kv_heads,
+            "replicated_to": self.tp_degree,
+            "copies": round(factor, 2),
+            "extra_kv_cache_bytes": int(kv - kv / factor),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "architecture": self.architecture,
+            "vocab_size": self.vocab_size,
+            "kv_replication": self.kv_replication(),
             **self.memory.to_dict(),
             "min_cores": self.min_cores,
             "min_tp": self.fitting_tps[0] if self.fitting_tps else None,
@@ -145,7 +164,18 @@ def _model_plan(ctx: Context, role: str) -> ModelPlan | None:
         if kv_heads_shardable(arch, tp) and _memory_at(arch, m, tp).per_core_bytes <= budget
     )
     step = step_ms(arch, m, m.tp_degree, ctx.host.platform)
-    return ModelPlan(role, m.model, arch.name, mem, mem.min_cores(budget), fits, step)
+    return ModelPlan(
+        role,
+        m.model,
+        arch.name,
+        mem,
+        mem.min_cores(budget),
+        fits,
+        step,
+        arch.vocab_size,
+        arch.num_kv_heads if arch.num_kv_heads < arch.num_heads else 0,
+        m.tp_degree,
+    )
 
 
 def _recommend(ctx: Context) -> Recommendation:

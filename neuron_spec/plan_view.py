@@ -17,6 +17,16 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
+def _kv_heads(mp: Any) -> str:
+    rep = mp.kv_replication()
+    if rep is None:
+        return str(mp.kv_heads) if mp.kv_heads else "-"
+    return (
+        f"{rep['kv_heads']}, replicated to {rep['replicated_to']} "
+        f"(+{rep['extra_kv_cache_bytes'] / 2**30:.2f} GiB)"
+    )
+
+
 def render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> None:
     from .memory import fmt_bytes
 
@@ -40,6 +50,7 @@ def render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> N
     row("parameters (padded)", lambda mp: f"{mp.memory.padded_parameters / 1e9:.2f}B")
     row("weights", lambda mp: _gb(mp.memory.weight_bytes))
     row("KV cache", lambda mp: _gb(mp.memory.kv_cache_bytes))
+    row("KV heads (GQA)", _kv_heads)
     row("runtime overhead", lambda mp: _gb(mp.memory.overhead_bytes))
     row("total", lambda mp: _gb(mp.memory.total_bytes))
     row("per core", lambda mp: fmt_bytes(mp.memory.per_core_bytes))

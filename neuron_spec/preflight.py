@@ -738,7 +738,8 @@ def vocabularies(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def llama3_quirks(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuron:
+    # only SpeculativeGenerator (transformers-neuronx's library loop) cannot take an EOS list
+    if not ctx.neuronx or ctx.spec.speculation.loop != "library":
         return
     arch = ctx.arch("target")
     if arch is None:

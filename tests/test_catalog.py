@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from neuron_spec.catalog import ARCHITECTURES, INSTANCES, TP_RULES, find_architecture
+from neuron_spec.catalog import (
+    ARCHITECTURES,
+    INSTANCES,
+    TP_RULES,
+    architecture_names,
+    find_architecture,
+)
 
 CORES_PER_CHIP = {"inf2": 2, "trn1": 2, "trn2": 4}  # trn2: logical cores at LNC=2
 MEMORY_PER_CHIP_GIB = {"inf2": 32, "trn1": 32, "trn2": 96}
@@ -74,3 +82,47 @@ def test_aliases_resolve_case_insensitively():
     assert find_architecture("LLAMA-2-7B").name == "llama-2-7b"
     assert find_architecture("HuggingFaceTB/SmolLM2-135M-Instruct").name == "smollm2-135m"
     assert find_architecture("gpt2") is None
+
+
+@pytest.mark.parametrize(
+    ("target", "draft"), [("llama-3.1-70b", "llama-3.2-1b"), ("llama-3.3-70b", "llama-3.1-8b")]
+)
+def test_the_llama_3_pairs_people_run_validate_and_plan_on_trn1(
+    write_config, capsys, target, draft
+):
+    from neuron_spec.cli import main
+
+    path = write_config(
+        f"""\
+        instance: trn1.32xlarge
+        backend: nxdi
+        target: {{model: {target}, amp: bf16, tp_degree: 32, n_positions: 8192}}
+        draft: {{model: {draft}, amp: bf16, tp_degree: 32, n_positions: 8192}}
+        speculation: {{draft_tokens: 5}}
+        generation: {{max_new_tokens: 512, max_prompt_tokens: 4096}}
+        """
+    )
+    assert main(["validate", str(path), "--json"]) in (0, 1)
+    capsys.readouterr()
+    assert main(["plan", str(path), "--json"]) in (0, 1)
+    plan = json.loads(capsys.readouterr().out)
+    text = json.dumps(plan)
+    assert "128256" in text
+
+
+def test_llama_3_x_rows_match_their_published_sizes_and_eos_lists():
+    for name in ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "llama-3.2-1b",
+                 "llama-3.2-3b", "llama-3.3-70b"):  # fmt: skip
+        arch = ARCHITECTURES[name]
+        assert arch.parameters() == arch.published_parameters
+        assert arch.vocab_size == 128256 and arch.num_kv_heads == 8
+        assert arch.eos_token_id == (128001, 128008, 128009)
+    assert ARCHITECTURES["llama-3.2-1b"].tie_word_embeddings
+    assert not ARCHITECTURES["llama-3.1-70b"].tie_word_embeddings
+
+
+def test_did_you_mean_stays_within_the_family():
+    from neuron_spec.config import did_you_mean
+
+    assert "llama-3.2-1b" in did_you_mean("llama-3.2-1", architecture_names())
+    assert "llama-3.3-70b" in did_you_mean("llama-3.3-70", architecture_names())

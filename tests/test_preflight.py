@@ -181,21 +181,23 @@ def test_llama3_warnings_and_eos_list():
         "generation: {max_new_tokens: 128}",
         "generation: {max_new_tokens: 128, eos_token_id: [128001, 128009]}",
     )
-    found = codes(text)
+    found = codes(text.replace("acceptor: lossless}", "acceptor: lossless, loop: library}"))
     assert found["token-id-zero"] == "warning" and found["eos-list"] == "info"
     assert "vocab-mismatch" not in found
-    engine = codes(text.replace("acceptor: lossless}", "acceptor: lossless, loop: engine}"))
-    assert "token-id-zero" not in engine  # the engine loop counts explicit lengths
+    engine = codes(text)  # the default loop, neuron-spec's engine: explicit lengths, any EOS list
+    assert "token-id-zero" not in engine and "eos-list" not in engine
 
 
 def test_library_loop_defects_are_explained_with_the_engine_fix():
     sampled = edit("temperature: 0.0", "temperature: 0.8")
-    cfg = load_config_text(sampled)
+    library = sampled.replace("acceptor: lossless}", "acceptor: lossless, loop: library}")
+    cfg = load_config_text(library)
     findings = {f.code: f for f in preflight(cfg.spec, host("trn1.32xlarge")).findings}
     defect = findings["library-loop-defects"]
     assert defect.severity == "warning" and "first new token" in defect.message
     assert "loop: engine" in defect.fix and defect.path == "speculation.loop"
     assert "library-loop-defects" not in codes(BASE_CONFIG)  # greedy: nothing to explain
+    assert "library-loop-defects" not in codes(sampled)  # the default loop is the exact one
 
 
 def test_undocumented_tp_warns():
