@@ -67,10 +67,14 @@ def test_batch_of_three_equals_each_alone(generator):
 
 
 def test_sampling_with_the_bf16_draft_rejects_sometimes(generator):
-    result = generator.generate(PROMPTS[1], max_new_tokens=48, temperature=1.0, seed=3)
-    m = result.metrics
-    assert 0 < m.accepted < m.drafted
-    assert len(m.per_position_acceptance) == 4 and m.alpha is not None
+    """Over a few seeded runs (one run can accept every draft: the float noise of the CPU's
+    thread count decides single draws), some drafts are accepted and some rejected."""
+    drafted = accepted = 0
+    for seed in (3, 4, 5):
+        m = generator.generate(PROMPTS[1], max_new_tokens=48, temperature=1.0, seed=seed).metrics
+        drafted, accepted = drafted + m.drafted, accepted + m.accepted
+        assert len(m.per_position_acceptance) == 4 and m.alpha is not None
+    assert 0 < accepted < drafted
 
 
 def test_cli_generate_json_equals_transformers(generator):
