@@ -143,3 +143,25 @@ def test_cpu_threads_leave_room_for_a_busy_machine():
     assert cpu_threads({"OMP_NUM_THREADS": "2"}, 16) is None  # the user's choice stands
     with pytest.raises(UsageError, match="NEURON_SPEC_THREADS"):
         cpu_threads({"NEURON_SPEC_THREADS": "many"}, 2)
+
+
+def test_a_tokenizer_class_this_transformers_lacks_loads_from_tokenizer_json(tmp_path):
+    """transformers 5 writes `TokenizersBackend`, which 4.57 lacks: the tokenizer still loads."""
+    import json
+    import shutil
+
+    from neuron_spec.backends.reference import auto_tokenizer
+
+    from .neuron_fixtures import make_checkpoint
+
+    src = make_checkpoint(tmp_path / "m", seed=0)
+    d = tmp_path / "tok"
+    d.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copy(src / name, d / name)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["tokenizer_class"] = "NoSuchTokenizerClass"
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = auto_tokenizer(str(d))
+    assert tok("w1 w2").input_ids == auto_tokenizer(str(src))("w1 w2").input_ids

@@ -104,14 +104,29 @@ class HFRunner:
         self.n_live = self.mask.long().sum(dim=1)
 
 
+def auto_tokenizer(path: str, **kwargs: Any) -> Any:
+    """AutoTokenizer, readable across transformers releases: a checkpoint saved by
+    transformers 5 names its tokenizer class `TokenizersBackend`, which 4.57 (the release the
+    Neuron DLAMIs' NxDI environments pin) does not have; its tokenizer.json loads the same
+    through PreTrainedTokenizerFast."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except ValueError as exc:
+        if "Tokenizer class" not in str(exc) or kwargs:
+            raise
+        return PreTrainedTokenizerFast.from_pretrained(path)
+
+
 def load_tokenizer(path: str) -> Any:
     """A tokenizer from a directory (needs transformers, not torch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        raise BackendUnavailableError("loading the tokenizer needs transformers")
     try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise BackendUnavailableError("loading the tokenizer needs transformers") from None
-    try:
-        return AutoTokenizer.from_pretrained(path)
+        return auto_tokenizer(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             [
@@ -148,7 +163,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from a checkpoint directory or a .gguf file."""
     require_torch()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI shows its own progress
@@ -178,7 +193,7 @@ def load_model(
         {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs and not tokenizer else {}
     )
     try:
-        tok = AutoTokenizer.from_pretrained(tok_src, **tok_kwargs)
+        tok = auto_tokenizer(tok_src, **tok_kwargs)
         lm = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(
