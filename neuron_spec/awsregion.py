@@ -47,6 +47,11 @@ DLC_REGISTRY: dict[str, tuple[str, bool]] = {
 }
 # AWS's PyTorch inference container for Neuron (transformers-neuronx inside).
 NEURON_REPOSITORY = "pytorch-inference-neuronx:2.1.2-neuronx-py310-sdk2.20.2-ubuntu20.04"
+# AWS's PyTorch inference container for CPUs, in every region of the table above, for the
+# reference backend (its Python decides which dependency wheels deploy ships). Source:
+# aws/deep-learning-containers available_images.md, "PyTorch 2.6.0 | inference | CPU | py312".
+CPU_REPOSITORY = "pytorch-inference:2.6.0-cpu-py312-ubuntu22.04-sagemaker"
+CPU_PYTHON = "3.12"
 
 
 def neuron_regions() -> list[str]:
@@ -86,6 +91,23 @@ def _profile_region(path: Path, profile: str) -> str | None:
     return parser.get(section, "region").strip() or None
 
 
+def _registry(region: str) -> str:
+    account = DLC_REGISTRY[region][0]
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"{account}.dkr.ecr.{region}.{domain}"
+
+
+def cpu_image(region: str) -> str:
+    """AWS's CPU PyTorch inference container in `region` (the reference backend's default)."""
+    if region not in DLC_REGISTRY:
+        raise UsageError(
+            f"{region} is not a region in neuron-spec's table of AWS's containers. Fix: pass "
+            "--image-uri with a PyTorch inference image of that region, or deploy in one of "
+            f"{', '.join(DLC_REGISTRY)}."
+        )
+    return f"{_registry(region)}/{CPU_REPOSITORY}"
+
+
 def neuron_image(region: str) -> str:
     """AWS's Neuron inference container in `region`; UsageError where AWS publishes none."""
     entry = DLC_REGISTRY.get(region)
@@ -96,6 +118,4 @@ def neuron_image(region: str) -> str:
             + ("" if entry else " (not a region in neuron-spec's table)")
             + f". Fix: deploy in one of {where}, or pass --image-uri with your own image."
         )
-    account = entry[0]
-    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-    return f"{account}.dkr.ecr.{region}.{domain}/{NEURON_REPOSITORY}"
+    return f"{_registry(region)}/{NEURON_REPOSITORY}"

@@ -322,9 +322,9 @@ def _deploy_sagemaker(dsub: Sub) -> None:
     )
     ds.add_argument(
         "--instance-type",
-        default="ml.inf2.48xlarge",
         metavar="TYPE",
-        help="SageMaker instance type (default ml.inf2.48xlarge)",
+        help="SageMaker instance type (default: ml.inf2.48xlarge for a Neuron backend, "
+        "ml.m5.xlarge for the reference backend)",
     )
     ds.add_argument(
         "--initial-instance-count",

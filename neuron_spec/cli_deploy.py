@@ -31,10 +31,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 print(f"  kept {why}")
         return EXIT_OK
     cfg = load(args.config)
+    instance_type = args.instance_type or dp.default_instance_type(cfg)
     opts = dp.DeployOptions(
         role_arn=args.role,
         bucket=args.bucket,
-        instance_type=args.instance_type,
+        instance_type=instance_type,
         initial_instance_count=args.initial_instance_count,
         endpoint_name=args.endpoint_name,
         region=args.region,
@@ -44,7 +45,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     problems = dp.validate(cfg, opts)
     if problems:
         raise UsageError("cannot deploy:\n  " + "\n  ".join(problems))
-    catalog_name = args.instance_type.removeprefix("ml.")
+    catalog_name = instance_type.removeprefix("ml.")
     from .catalog import INSTANCES
 
     neuron_instance = cfg.spec.neuron and catalog_name in INSTANCES

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .awsregion import neuron_image, resolve_region
+from .awsregion import CPU_PYTHON, cpu_image, neuron_image, resolve_region
 from .config import ConfigFile
 from .errors import NeuronSpecError, UsageError
 from .s3names import uri_problem
@@ -135,11 +135,6 @@ def validate(cfg: ConfigFile, opts: DeployOptions) -> list[str]:
         )
     elif not re.match(r"^ml\.[a-z0-9]+\.[a-z0-9]+$", opts.instance_type):
         problems.append(f"--instance-type {opts.instance_type!r} is not a SageMaker instance type")
-    if cfg.spec.backend == "reference" and not opts.image_uri:
-        problems.append(
-            "backend: reference needs --image-uri: a container with PyTorch and "
-            "transformers >= 4.50 (the default image is AWS's Neuron container)"
-        )
     if cfg.spec.backend == "nxdi" and not opts.image_uri:
         problems.append(
             "backend: nxdi needs --image-uri: a Neuron container with NxD Inference 0.8 (SDK "
@@ -171,6 +166,12 @@ def _checkpoint_problems(cfg: ConfigFile) -> list[str]:
     return problems
 
 
+def default_instance_type(cfg: ConfigFile) -> str:
+    """Where a config runs when --instance-type is not given: a Neuron instance for a Neuron
+    backend, a 4-vCPU, 16 GiB CPU instance for the reference backend."""
+    return "ml.m5.xlarge" if cfg.spec.backend == "reference" else "ml.inf2.48xlarge"
+
+
 def default_endpoint_name(cfg: ConfigFile) -> str:
     stem = cfg.path.stem if cfg.path else "neuron-spec"
     return re.sub(r"[^a-zA-Z0-9-]", "-", f"neuron-spec-{stem}")[:63].strip("-")
@@ -190,7 +191,10 @@ def plan_deploy(
     prefix = (m.group("prefix") or "").strip("/")
     prefix = prefix + "/" if prefix else ""
     key = f"{prefix}{endpoint}/{stamp}/model.tar.gz"
-    image = opts.image_uri or neuron_image(region)
+    if opts.image_uri:
+        image = opts.image_uri
+    else:
+        image = cpu_image(region) if cfg.spec.backend == "reference" else neuron_image(region)
     model_name = f"{endpoint}-{stamp}"[:63]
     config_name = f"{endpoint}-{stamp}"[:63]
     plan = DeployPlan(endpoint, model_name, config_name, m.group("bucket"), key, image)
@@ -292,8 +296,19 @@ def _project_root() -> Path:
     return root
 
 
-def build_wheels(dest: Path, with_dependencies: bool = True) -> list[Path]:
-    """neuron-spec's wheel, plus wheels of its dependencies for the container's Python."""
+# The reference backend's dependencies a CPU PyTorch container lacks (torch it has).
+REFERENCE_WHEELS = ("transformers", "gguf", "safetensors", "accelerate", "numpy")
+EXTRAS_FILE = "extras.txt"  # in code/wheels: what the entry point installs besides neuron-spec
+
+
+def build_wheels(
+    dest: Path,
+    with_dependencies: bool = True,
+    python: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[Path]:
+    """neuron-spec's wheel, plus wheels of its dependencies (and of `extra` requirements,
+    listed in extras.txt for the entry point) for the container's Python."""
     dest.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     proc = subprocess.run(
@@ -309,7 +324,17 @@ def build_wheels(dest: Path, with_dependencies: bool = True) -> list[Path]:
         deps = [
             r.split(";")[0].strip() for r in (requires("neuron-spec") or []) if "extra ==" not in r
         ]
-        python, platform = CONTAINER_PYTHON
+        reference = {  # name -> the requirement as neuron-spec states it
+            re.split(r"[<>=!~ \[]", r, maxsplit=1)[0]: r.split(";")[0].strip()
+            for r in (requires("neuron-spec") or [])
+            if 'extra == "reference"' in r
+        }
+        wanted = [reference.get(name, name) for name in extra]
+        deps += wanted
+        if extra:
+            (dest / EXTRAS_FILE).write_text("\n".join(wanted) + "\n", encoding="utf-8")
+        python = python or CONTAINER_PYTHON[0]
+        platform = CONTAINER_PYTHON[1]
         proc = subprocess.run(
             [
                 *pip,
@@ -337,6 +362,7 @@ def package(
     out: Path,
     with_dependencies: bool = True,
     rewrite: dict[str, str] | None = None,
+    image_is_default_cpu: bool = False,
 ) -> Path:
     """Write model.tar.gz: code/inference.py, code/neuron-spec.yaml, code/wheels/*.whl.
     `rewrite` (role -> s3:// URI) replaces uploaded local checkpoints in the shipped config."""
@@ -347,7 +373,13 @@ def package(
         code.mkdir()
         shutil.copy(Path(__file__).with_name("sagemaker_entry.py"), code / "inference.py")
         _ship_config(cfg.path, code / "neuron-spec.yaml", rewrite or {})
-        build_wheels(code / "wheels", with_dependencies)
+        cpu = cfg.spec.backend == "reference" and image_is_default_cpu
+        build_wheels(
+            code / "wheels",
+            with_dependencies,
+            python=CPU_PYTHON if cpu else None,
+            extra=REFERENCE_WHEELS if cfg.spec.backend == "reference" else (),
+        )
         part = out.with_name(out.name + ".part")
         with tarfile.open(part, "w:gz") as tar:
             tar.add(code, arcname="code")
@@ -451,7 +483,13 @@ def deploy(
             uploads = _upload_checkpoints(s3, plan, opts, progress, on_bytes)
         with tempfile.TemporaryDirectory() as tmp:
             progress("packaging model.tar.gz (config, entry point, wheels)")
-            archive = package(cfg, Path(tmp) / "model.tar.gz", with_dependencies, plan.rewrite)
+            archive = package(
+                cfg,
+                Path(tmp) / "model.tar.gz",
+                with_dependencies,
+                plan.rewrite,
+                image_is_default_cpu=not opts.image_uri and cfg.spec.backend == "reference",
+            )
             progress(f"uploading to s3://{plan.s3_bucket}/{plan.s3_key}")
             s3.upload_file(str(archive), plan.s3_bucket, plan.s3_key)
         _create(sm, plan, created, progress)

@@ -31,6 +31,8 @@ def _install() -> None:
     except ImportError:
         pass
     wheels = CODE_DIR / "wheels"
+    extras = wheels / "extras.txt"  # the reference backend's libraries, when it is deployed
+    wanted = extras.read_text(encoding="utf-8").split() if extras.is_file() else []
     subprocess.check_call(
         [
             sys.executable,
@@ -41,6 +43,7 @@ def _install() -> None:
             "--find-links",
             str(wheels),
             "neuron-spec",
+            *wanted,
         ]
     )
     importlib.invalidate_caches()

@@ -16,7 +16,7 @@ from neuron_spec.cli import main
 from neuron_spec.config import load_config
 from neuron_spec.errors import UsageError
 
-from .conftest import moto_clients
+from .conftest import CONFIGS, moto_clients
 
 pytestmark = pytest.mark.aws
 ROLE = "arn:aws:iam::123456789012:role/SageMakerNeuronSpec"
@@ -139,15 +139,24 @@ def cpu_config(tmp_path) -> Path:
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/neuron-spec-cpu:latest"
 
 
-def test_reference_backend_needs_an_image(aws, cpu_config):
-    with pytest.raises(UsageError, match="--image-uri"):
-        dp.deploy(
-            load_config(cpu_config),
-            opts(instance_type="ml.m5.xlarge"),
-            lambda _m: None,
-            clients=aws[:2],
-        )
-    assert aws[2] == []
+def test_a_reference_config_deploys_on_aws_cpu_pytorch_image(capsys):
+    """No --image-uri: AWS's CPU PyTorch inference container of the region, a CPU instance,
+    and the reference backend's libraries shipped as wheels for that image's Python."""
+    demo = CONFIGS / "demo-cpu.yaml"
+    role = "arn:aws:iam::123456789012:role/x"
+    args = ["deploy", "sagemaker", str(demo), "--role", role, "--bucket", "s3://my-bucket/p",
+            "--region", "us-east-1", "--dry-run", "--json"]  # fmt: skip
+    assert main(args) == 0
+    requests = json.loads(capsys.readouterr().out)
+    model = next(r for r in requests if r["operation"] == "create_model")["params"]
+    image = model["PrimaryContainer"]["Image"]
+    assert image == (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+        "pytorch-inference:2.6.0-cpu-py312-ubuntu22.04-sagemaker"
+    )
+    config = next(r for r in requests if r["operation"] == "create_endpoint_config")["params"]
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.m5.xlarge"
+    assert dp.default_instance_type(load_config(demo)) == "ml.m5.xlarge"
 
 
 def test_deploy_update_and_delete(aws, cpu_config, capsys):
