@@ -85,6 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError("--stream takes a single --prompt")
     if preflight_or_stop(cfg, args.instance, args.json, quiet=args.quiet) is None:
         return EXIT_FAILED
+    refuse_long_prompts(cfg, args.prompt, args.max_new_tokens)  # before any model loads
     gen = _load_generator(cfg)
     on_text = None
     if args.stream and not args.json:
@@ -122,6 +123,54 @@ def cmd_generate(args: argparse.Namespace) -> int:
     console.print()
     _render_metrics(console, result.metrics.to_dict())
     return EXIT_OK
+
+
+def refuse_long_prompts(cfg: ConfigFile, prompts: list[str], max_new: int | None) -> None:
+    """A prompt that cannot fit n_positions is refused here, with the `tokenizers` library
+    alone (a fraction of a second), not after both models have loaded. Without a local
+    tokenizer.json (a catalog name, s3://) the generator checks it after loading, as always."""
+    import importlib.util
+    from pathlib import Path
+
+    from .checkpoint import resolve_model
+
+    spec = cfg.spec
+    if importlib.util.find_spec("tokenizers") is None:
+        return
+    m = spec.target
+    where = m.tokenizer or resolve_model(m.model, cfg.base_dir, m.architecture).location
+    path = Path(where).expanduser()
+    path = path if path.is_dir() else path.parent
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception:  # an unusual tokenizer: the generator's own check runs after loading
+        return
+    limit = min(spec.target.max_positions, spec.draft.max_positions)
+    new = max_new or spec.generation.max_new_tokens
+    budget = None
+    if spec.backend == "nxdi":  # its prompt encoding is compiled for the prompt budget
+        from .backends.nxdi.plan import context_length
+
+        budget = context_length(cfg)
+    for text in prompts:
+        n = len(tok.encode(text).ids)
+        if budget is not None and n > budget:
+            raise UsageError(
+                f"the prompt is {n} tokens; NxD Inference's prompt encoding is compiled for "
+                f"at most {budget} (generation.max_prompt_tokens). Nothing was loaded."
+            )
+        if n + new > limit:
+            raise UsageError(
+                f"the prompt is {n} tokens and max_new_tokens is {new}: {n + new} exceeds "
+                f"n_positions={limit}, the longest sequence the models were configured for. "
+                "Fix: shorten the prompt, lower --max-new-tokens, or raise n_positions. "
+                "Nothing was loaded."
+            )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

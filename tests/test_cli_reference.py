@@ -165,3 +165,14 @@ def test_draft_tokens_0_runs_the_target_alone(tiny_pair_config):
         for g in ("0", "3")
     ]  # fmt: skip
     assert greedy[0] == greedy[1]
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_anything_loads(tiny_pair_config):
+    """A 3000-word prompt: exit 2 naming n_positions, in well under the time a load takes."""
+    import time
+
+    start = time.perf_counter()
+    proc = cli("generate", str(tiny_pair_config), "--prompt", " ".join(["w1"] * 3000))
+    took = time.perf_counter() - start
+    assert proc.returncode == 2 and "n_positions=512" in proc.stderr
+    assert "Nothing was loaded" in proc.stderr and took < 6.0, took  # 0.3 s on an idle machine
