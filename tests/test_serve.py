@@ -20,6 +20,7 @@ from .conftest import CONFIGS
 pytestmark = [pytest.mark.reference, pytest.mark.model]
 DEMO = CONFIGS / "demo-cpu.yaml"
 PROMPT = "The capital of France is"
+MODEL = "smollm2-135m-instruct"  # the served name: the target checkpoint directory's
 
 
 def free_port() -> int:
@@ -185,7 +186,7 @@ def test_the_openai_quickstart_streaming_loop_runs(server):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     stream = client.chat.completions.create(
-        model="smollm2",
+        model=MODEL,
         messages=[{"role": "user", "content": "Say hello."}],
         max_tokens=8,
         temperature=0.0,
@@ -346,7 +347,7 @@ def test_chat_completions_plain_and_streamed_with_the_openai_client(server):
         {"role": "user", "content": "What is the capital of France?"},
     ]
     out = client.chat.completions.create(
-        model="smollm2", messages=messages, max_tokens=16, temperature=0.0
+        model=MODEL, messages=messages, max_tokens=16, temperature=0.0
     )
     text = out.choices[0].message.content
     assert out.object == "chat.completion" and out.choices[0].message.role == "assistant"
@@ -355,7 +356,7 @@ def test_chat_completions_plain_and_streamed_with_the_openai_client(server):
     assert out.usage.prompt_tokens > 20  # the template's system and role markers count
     events = list(
         client.chat.completions.create(
-            model="smollm2",
+            model=MODEL,
             messages=messages,
             max_tokens=16,
             temperature=0.0,
@@ -369,7 +370,7 @@ def test_chat_completions_plain_and_streamed_with_the_openai_client(server):
     assert events[-1].usage.completion_tokens == out.usage.completion_tokens
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(
-            model="smollm2",
+            model=MODEL,
             messages=messages,
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
         )
@@ -379,7 +380,7 @@ def test_chat_completions_plain_and_streamed_with_the_openai_client(server):
 def test_langchain_chat_model_works_unchanged(server):
     chat_openai = pytest.importorskip("langchain_openai")
     llm = chat_openai.ChatOpenAI(
-        base_url=server.url + "/v1", api_key="unused", model="smollm2", temperature=0, max_tokens=16
+        base_url=server.url + "/v1", api_key="unused", model=MODEL, temperature=0, max_tokens=16
     )
     reply = llm.invoke("What is the capital of France? Answer in one word.")
     assert isinstance(reply.content, str) and reply.content.strip()
@@ -391,11 +392,11 @@ def test_openai_client(server):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     plain = server.complete(prompt=PROMPT, max_tokens=12, temperature=0.0).json()
-    out = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0.0)
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0.0)
     assert out.choices[0].text == plain["choices"][0]["text"]
     assert out.usage.completion_tokens == plain["usage"]["completion_tokens"]
     chunks = client.completions.create(
-        model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0.0, stream=True
+        model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0.0, stream=True
     )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == out.choices[0].text
 
