@@ -45,6 +45,14 @@ def validate(payload: Any, schema: type[Request]) -> Request:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = _param(first["loc"])
+        part = _non_text_part(payload)
+        if part is not None:
+            raise RequestError(
+                400,
+                f"messages: only text content is supported (a {part!r} part was sent); send "
+                "the text alone",
+                "messages",
+            ) from None
         if first["type"] == "extra_forbidden":
             raise RequestError(400, f"unknown field {param!r}", param) from None
         got = repr(first.get("input"))
@@ -54,6 +62,18 @@ def validate(payload: Any, schema: type[Request]) -> Request:
     if refused is not None:
         raise RequestError(400, refused[1], refused[0])
     return body
+
+
+def _non_text_part(payload: Any) -> str | None:
+    """The type of the first message content part that is not text (an image, audio), if any."""
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    for m in messages if isinstance(messages, list) else []:
+        content = m.get("content") if isinstance(m, dict) else None
+        for p in content if isinstance(content, list) else []:
+            kind = p.get("type") if isinstance(p, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                return kind[:40]
+    return None
 
 
 _TYPE_STEP = re.compile(r"^(str|int|float|bool|dict|list|none|[\w-]+\[.*\])$")

@@ -30,6 +30,8 @@ NEUTRAL_COMPLETION: dict[str, tuple[Any, ...]] = {
     "best_of": (1,),
     "logit_bias": ({},),
     "suffix": ("",),
+    "min_p": (0,),
+    "repetition_penalty": (1,),
 }
 NEUTRAL_CHAT: dict[str, tuple[Any, ...]] = {
     "logprobs": (False,),  # chat: a flag
@@ -45,6 +47,8 @@ NEUTRAL_CHAT: dict[str, tuple[Any, ...]] = {
     "modalities": (["text"],),
     "store": (False,),
     "service_tier": ("auto", "default"),
+    "min_p": (0,),
+    "repetition_penalty": (1,),
 }
 
 
@@ -66,11 +70,14 @@ class _Sampling(BaseModel):
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)  # vLLM's extension; 0 = off
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1)
     user: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -79,13 +86,17 @@ class _Sampling(BaseModel):
     def unsupported(self) -> tuple[str, str] | None:
         """(field, message) for the first field set to a value neuron-spec does not
         implement; None when every field is supported or neutral."""
+        if self.n != 1:
+            return "n", (
+                f"n={self.n}: neuron-spec returns one choice per prompt; send n=1 or leave it "
+                "out, and send the request again for another sample"
+            )
         for name, neutral in self.NEUTRAL.items():
             value = getattr(self, name, None)
             if value is not None and not any(value == n for n in neutral):
-                shown = "".join(f"{n!r} or " for n in neutral)
-                return name, (
-                    f"{name}={value!r} is not supported by neuron-spec; send {shown}leave it out"
-                )
+                allowed = " or ".join(repr(n) for n in neutral)
+                fix = f"send {allowed}, or leave it out" if neutral else "leave it out"
+                return name, f"{name}={value!r} is not supported by neuron-spec; {fix}"
         return None
 
     @model_validator(mode="after")

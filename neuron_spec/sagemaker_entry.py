@@ -174,6 +174,7 @@ def predict_fn(request: Any, generator: Any) -> dict[str, Any]:
             max_new_tokens=max_new,
             temperature=request.temperature,
             top_p=request.top_p,
+            top_k=request.top_k,
             seed=request.seed,
             stop=request.stops(),
         )

@@ -302,6 +302,7 @@ class ServerState:
                 max_new_tokens=job.max_new,
                 temperature=req.temperature,
                 top_p=req.top_p,
+                top_k=req.top_k,
                 seed=req.seed,
                 stop=req.stops(),
                 on_text=on_text,

@@ -683,3 +683,40 @@ def test_a_queued_request_counts_its_wait_in_time_to_first_token(server):
     for name in ("neuron_spec_num_requests_running", "neuron_spec_num_requests_waiting",
                  "neuron_spec_e2e_request_latency_seconds_bucket"):  # fmt: skip
         assert name in text
+
+
+def test_top_k_in_extra_body_n_and_image_parts_in_plain_words(server):
+    """`top_k` through extra_body is honoured; n > 1, an image part, min_p and
+    repetition_penalty are refused with a sentence naming the field, never pydantic's text."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    msgs = [{"role": "user", "content": "Say hello."}]
+    one = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=6, temperature=1.0, seed=5,
+        extra_body={"top_k": 1},
+    )  # fmt: skip
+    greedy = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=6, temperature=0.0
+    )
+    assert one.choices[0].message.content == greedy.choices[0].message.content  # top-k 1
+    cases = [
+        ({"n": 2}, "n", "one choice per prompt"),
+        ({"extra_body": {"min_p": 0.1}}, "min_p", "not supported by neuron-spec"),
+        ({"extra_body": {"repetition_penalty": 1.3}}, "repetition_penalty", "not supported"),
+    ]
+    for kwargs, param, words in cases:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2, **kwargs)
+        assert exc.value.body["param"] == param and words in exc.value.body["message"]
+        assert "Input should" not in exc.value.body["message"]
+    image = [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    ]}]  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=MODEL, messages=image, max_tokens=2)
+    assert "only text content" in exc.value.body["message"]
+    assert exc.value.body["param"] == "messages"
+    r = server.complete(prompt=PROMPT, logprobs=2)
+    assert "leave it out" in r.json()["error"]["message"]
+    assert "send leave" not in r.json()["error"]["message"]
