@@ -161,3 +161,14 @@ def test_the_planner_models_nxdi_s_two_modes_apart(write_config, capsys):
         assert perf["speculation_mode"] == mode
         tpots[mode] = {r["gamma"]: r["tpot_ms"] for r in perf["speculative"]}
     assert all(tpots["fused"][g] > tpots["unfused"][g] for g in tpots["fused"])
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.8, 0.95, 0.99])
+def test_the_gamma_table_extends_past_the_best_gamma(capsys, alpha):
+    """The best gamma reported is never the table's last row (up to gamma 16)."""
+    cfg = CONFIGS / "trn1-llama2-70b-7b-bf16.yaml"
+    assert main(["plan", str(cfg), "--alpha", str(alpha), "--json"]) == 0
+    perf = json.loads(capsys.readouterr().out)["performance"]
+    gammas = [r["gamma"] for r in perf["speculative"]]
+    assert gammas == list(range(1, len(gammas) + 1)) and len(gammas) >= 8
+    assert perf["best_gamma"] < gammas[-1] or gammas[-1] == 16
