@@ -221,13 +221,31 @@ def section(
     return perf, cost(host.instance, perf, inp), None
 
 
+def _setup_findings(
+    spec: DeploymentSpec, host: HostFacts, base_dir: Path, target_tp: int | None,
+    draft_tp: int | None,
+) -> list[dict[str, str]]:  # fmt: skip
+    """What `validate` says of the pair on `host` at the tp the comparison ranks it with
+    (errors and warnings; the informational notes are left out)."""
+    from .preflight import preflight
+
+    setup = spec.replace(
+        instance=host.instance or spec.instance,
+        target=spec.target.replace(tp_degree=target_tp or spec.target.tp_degree),
+        draft=spec.draft.replace(tp_degree=draft_tp or spec.draft.tp_degree),
+    )
+    report = preflight(setup, host, base_dir)
+    return [f.to_dict() for f in report.findings if f.severity != "info"]
+
+
 def compare(spec: DeploymentSpec, base_dir: Path, names: list[str], inp: Inputs) -> dict[str, Any]:
     """Every named instance where the pair fits, ranked by $/million tokens (then TPOT), and
     why each other one is left out."""
     from .plan import plan
     from .preflight import build_context, pair_fitting_tps
 
-    ranked, excluded = [], []
+    ranked: list[dict[str, Any]] = []
+    excluded: list[dict[str, Any]] = []
     for name in compare_instances(names):
         host = HostFacts.from_instance(INSTANCES[name])
         rec = plan(spec, host, base_dir).recommendation
@@ -238,10 +256,25 @@ def compare(spec: DeploymentSpec, base_dir: Path, names: list[str], inp: Inputs)
             reason = rec.reasons[0] if rec and rec.target_tp is None and rec.reasons else why
             excluded.append({"instance": name, "reason": reason})
             continue
+        tp = perf["tp_degree"]
+        findings = _setup_findings(spec, host, base_dir, tp, rec.draft_tp if rec else tp)
+        errors = [f for f in findings if f["severity"] == "error"]
+        if errors:
+            first = errors[0]
+            excluded.append(
+                {
+                    "instance": name,
+                    "reason": f"the preflight refuses it at tp {tp}: "
+                    f"{first['code']} ({first['path']}): {first['message']}",
+                    "findings": findings,
+                }
+            )
+            continue
         fits = pair_fitting_tps(ctx) or []
         ranked.append(
             {
                 "instance": name,
+                "findings": findings,
                 "min_tp": fits[0] if fits else None,
                 "tp_degree": perf["tp_degree"],
                 "target_tpot_ms": perf["target"]["tpot_ms"],

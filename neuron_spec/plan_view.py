@@ -17,6 +17,11 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
+def _findings_cell(findings: list[dict[str, str]]) -> str:
+    warnings = sum(f["severity"] == "warning" for f in findings)
+    return "ok" if not warnings else f"{warnings} warning{'s' if warnings > 1 else ''}"
+
+
 def _kv_heads(mp: Any) -> str:
     rep = mp.kv_replication()
     if rep is None:
@@ -171,7 +176,7 @@ def render_compare(console: Console, ranking: dict[str, Any], cfg: ConfigFile) -
     )
     t = Table()
     cols = ("instance", "min tp", "tp", "target TPOT ms", "best gamma", "spec TPOT ms",
-            "$/h", "$/Mtok")  # fmt: skip
+            "$/h", "$/Mtok", "preflight")  # fmt: skip
     for col in cols:
         t.add_column(col, justify="left" if col == "instance" else "right")
     for r in ranking["ranked"]:
@@ -186,7 +191,12 @@ def render_compare(console: Console, ranking: dict[str, Any], cfg: ConfigFile) -
             f"{r['speculative_tpot_ms']:.2f}",
             "-" if usd is None else f"{usd:.2f}",
             "-" if mtok is None else f"{mtok:.2f}",
+            _findings_cell(r.get("findings", [])),
         )
     console.print(t)
+    warned = [r for r in ranking["ranked"] if r.get("findings")]
+    for r in warned:
+        codes = ", ".join(sorted({f["code"] for f in r["findings"]}))
+        console.print(f"  {r['instance']} at tp {r['tp_degree']}: `validate` warns: {codes}")
     for e in ranking["excluded"]:
         console.print(f"  excluded {e['instance']}: {escape(e['reason'] or '')}")

@@ -172,3 +172,17 @@ def test_the_gamma_table_extends_past_the_best_gamma(capsys, alpha):
     gammas = [r["gamma"] for r in perf["speculative"]]
     assert gammas == list(range(1, len(gammas) + 1)) and len(gammas) >= 8
     assert perf["best_gamma"] < gammas[-1] or gammas[-1] == 16
+
+
+def test_compare_carries_each_setups_findings_and_ranks_none_with_an_error(capsys):
+    cfg = CONFIGS / "trn1-llama2-70b-7b-bf16.yaml"
+    assert main(["plan", str(cfg), "--compare", "all", "--json"]) == 0
+    ranking = json.loads(capsys.readouterr().out)["compare"]
+    assert ranking["ranked"]
+    for r in ranking["ranked"]:
+        assert "findings" in r
+        assert not any(f["severity"] == "error" for f in r["findings"])
+    inf2_24 = next(r for r in ranking["ranked"] if r["instance"] == "inf2.24xlarge")
+    assert {f["code"] for f in inf2_24["findings"]} == {"tp-undocumented"}  # tp 12
+    assert main(["plan", str(cfg), "--compare", "all"]) == 0
+    assert "`validate` warns: tp-undocumented" in capsys.readouterr().out
