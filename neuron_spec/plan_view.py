@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+    return f"{n / 2**30:.2f} GiB"  # one unit throughout: GiB, as the per-core budget
 
 
 def _findings_cell(findings: list[dict[str, str]]) -> str:
@@ -140,6 +140,8 @@ def render_performance(
         f"{perf['draft']['tpot_ms']:.2f} ms; c = {perf['c']:.3f} ({perf['c_source']})"
     )
     console.print(f"  alpha = {perf['alpha']} ({escape(perf['alpha_source'])})")
+    if perf.get("model_note"):
+        console.print(f"  [yellow]{escape(perf['model_note'])}[/yellow]")
     st = Table()
     for col in ("gamma", "window k", "verify ms", "tokens/step", "TPOT ms", "speedup"):
         st.add_column(col, justify="right")

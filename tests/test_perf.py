@@ -186,3 +186,12 @@ def test_compare_carries_each_setups_findings_and_ranks_none_with_an_error(capsy
     assert {f["code"] for f in inf2_24["findings"]} == {"tp-undocumented"}  # tp 12
     assert main(["plan", str(cfg), "--compare", "all"]) == 0
     assert "`validate` warns: tp-undocumented" in capsys.readouterr().out
+
+
+def test_plan_speaks_gib_and_says_trn2_is_extrapolated_in_text(capsys):
+    cfg = CONFIGS / "trn1-llama2-70b-7b-bf16.yaml"
+    assert main(["plan", str(cfg), "--instance", "trn2.48xlarge"]) == 0
+    out = capsys.readouterr().out
+    assert "extrapolated" in out
+    table = out.split("layout:")[0]
+    assert " GiB" in table and " GB " not in table
