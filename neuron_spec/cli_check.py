@@ -71,7 +71,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             plan_view.render_compare(stdout_console(), ranking, cfg)
         return EXIT_OK if ranking["ranked"] else EXIT_FAILED
     host = host_for(cfg, args.instance)
-    p = plan(cfg.spec, host, cfg.base_dir)
+    # step times at the request length the performance section models: one source for all
+    p = plan(cfg.spec, host, cfg.base_dir, inp.prompt_tokens + inp.new_tokens)
     report = preflight(cfg.spec, host, cfg.base_dir)
     ctx = build_context(cfg.spec, host, cfg.base_dir)
     archs = {role: ctx.arch(role) for role, _ in cfg.spec.models()}

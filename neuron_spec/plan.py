@@ -17,12 +17,17 @@ from .speedup import best_gamma, expected_speedup
 ALPHAS = (0.6, 0.7, 0.8, 0.9)
 
 
-def step_ms(arch: Architecture, m: ModelSpec, tp: int, platform: str | None) -> float | None:
-    """perf.py's decode step at the compiled sequence length (None off Neuron)."""
+def step_ms(
+    arch: Architecture, m: ModelSpec, tp: int, platform: str | None, positions: int | None = None
+) -> float | None:
+    """perf.py's decode step at `positions` (the request length the performance section models;
+    by default the compiled length), None off Neuron. The one source of step times, so the
+    memory table, the speculation table and the performance section agree."""
     family = FAMILIES.get(platform or "")
     if family is None:
         return None
-    return decode_step_s(arch, m.amp, tp, family, m.max_positions) * 1e3
+    at = min(positions or m.max_positions, m.max_positions)
+    return decode_step_s(arch, m.amp, tp, family, at) * 1e3
 
 
 # --- plan data ---------------------------------------------------------------------------------
@@ -152,7 +157,7 @@ def _tp_candidates(host: HostFacts) -> list[int]:
     return TP_RULES[host.platform].candidates(host.cores) if host.platform else []
 
 
-def _model_plan(ctx: Context, role: str) -> ModelPlan | None:
+def _model_plan(ctx: Context, role: str, positions: int | None = None) -> ModelPlan | None:
     arch, m = ctx.arch(role), ctx.model_spec(role)
     if arch is None:
         return None
@@ -163,7 +168,7 @@ def _model_plan(ctx: Context, role: str) -> ModelPlan | None:
         for tp in _tp_candidates(ctx.host)
         if kv_heads_shardable(arch, tp) and _memory_at(arch, m, tp).per_core_bytes <= budget
     )
-    step = step_ms(arch, m, m.tp_degree, ctx.host.platform)
+    step = step_ms(arch, m, m.tp_degree, ctx.host.platform, positions)
     return ModelPlan(
         role,
         m.model,
@@ -234,15 +239,18 @@ def _recommend(ctx: Context) -> Recommendation:
     return Recommendation(tp, tp, load, tuple(reasons))
 
 
-def _speculation(ctx: Context, rec: Recommendation) -> SpeculationPlan:
+def _speculation(
+    ctx: Context, rec: Recommendation, positions: int | None = None
+) -> SpeculationPlan:
     spec = ctx.spec
     gamma = spec.speculation.draft_tokens
     t_arch, d_arch = ctx.arch("target"), ctx.arch("draft")
     c = None
     if t_arch is not None and d_arch is not None:
         platform = ctx.host.platform or "inf2"
-        t_s = step_ms(t_arch, spec.target, rec.target_tp or spec.target.tp_degree, platform)
-        d_s = step_ms(d_arch, spec.draft, rec.draft_tp or spec.draft.tp_degree, platform)
+        t_tp, d_tp = rec.target_tp or spec.target.tp_degree, rec.draft_tp or spec.draft.tp_degree
+        t_s = step_ms(t_arch, spec.target, t_tp, platform, positions)
+        d_s = step_ms(d_arch, spec.draft, d_tp, platform, positions)
         c = d_s / t_s if t_s and d_s else None
     rows: list[dict[str, float | int]] = []
     if c is not None:
@@ -259,12 +267,19 @@ def _speculation(ctx: Context, rec: Recommendation) -> SpeculationPlan:
     return SpeculationPlan(gamma, spec.speculation.window, c, tuple(rows))
 
 
-def plan(spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None) -> Plan:
+def plan(
+    spec: DeploymentSpec,
+    host: HostFacts,
+    base_dir: Path | None = None,
+    positions: int | None = None,
+) -> Plan:
+    """`positions`: the sequence length step times are modelled at (the performance section's
+    prompt + new tokens); by default each model's compiled length."""
     ctx = build_context(spec, host, base_dir or Path.cwd())
     notes: list[str] = []
     models = {}
     for role, _m in spec.models():
-        mp = _model_plan(ctx, role)
+        mp = _model_plan(ctx, role, positions)
         if mp is None:
             notes.append(
                 f"{role}: architecture unknown ({ctx.models[role].problem or 'no config'})"
@@ -296,4 +311,4 @@ def plan(spec: DeploymentSpec, host: HostFacts, base_dir: Path | None = None) ->
         "step times and speedups come from perf.py's latency model, fitted on published Neuron "
         "2.18 figures (docs/planning.md); measure with `neuron-spec bench` once the models load."
     )
-    return Plan(host, models, layout, rec, _speculation(ctx, rec), tuple(notes))
+    return Plan(host, models, layout, rec, _speculation(ctx, rec, positions), tuple(notes))

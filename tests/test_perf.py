@@ -195,3 +195,16 @@ def test_plan_speaks_gib_and_says_trn2_is_extrapolated_in_text(capsys):
     assert "extrapolated" in out
     table = out.split("layout:")[0]
     assert " GiB" in table and " GB " not in table
+
+
+@pytest.mark.parametrize("prompt_tokens", [128, 1024])
+def test_one_source_for_step_time_tpot_and_c(capsys, prompt_tokens):
+    """The memory table's decode step, the performance section's target TPOT, and both c's are
+    the same numbers in one plan output."""
+    cfg = CONFIGS / "trn1-llama2-70b-7b-bf16.yaml"
+    args = ["plan", str(cfg), "--alpha", "0.8", "--prompt-tokens", str(prompt_tokens), "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    perf = out["performance"]
+    assert out["models"]["target"]["estimated_step_ms"] == round(perf["target"]["tpot_ms"], 2)
+    assert out["speculation"]["c_estimate"] == perf["c"]
