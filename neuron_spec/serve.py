@@ -5,8 +5,11 @@
   request's speculation figures under `speculation`.
 - POST /v1/chat/completions: messages rendered with the tokenizer's chat template, the same
   settings (max_completion_tokens too), plain or streamed as chat.completion.chunk events.
-- GET /v1/models: the one model served. The request schemas (openai_api.py) accept the
-  standard fields clients send with neutral values and refuse other values with a 400.
+- GET /v1/models and /v1/models/{id}: the one model served; a request naming another model is
+  404 model_not_found. The request schemas (openai_api.py, through frontdoor.py, which the
+  SageMaker entry point shares) accept the standard fields clients send with neutral values
+  and refuse other values with a 400 naming the field.
+- --api-key (or NEURON_SPEC_API_KEY): a Bearer key on every /v1 route, 401 otherwise.
 - GET /health: 503 while the models load, 200 once ready.
 - GET /metrics: Prometheus text format.
 
