@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts import sha256_file
 from .checkpoint import resolve_model
 from .config import ConfigFile
 from .localtree import hf_snapshot_blobs, walk
@@ -129,7 +130,7 @@ class HashCache:
             hit = self._data.get(key)
         if hit is not None and hit["stamp"] == _stamp(st):
             return str(hit["sha256"])
-        digest = hash_file(path)
+        digest = sha256_file(path)
         with self._lock:
             self._data[key] = {"stamp": _stamp(st), "sha256": digest}
         return digest
@@ -199,14 +200,6 @@ def _hash_entries(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]
         ):
             out[key] = {"stamp": stamp, "sha256": digest}
     return out, started
-
-
-def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_READ):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ChangedWhileUploading(Exception):

@@ -7,11 +7,11 @@ de-quantized to safetensors, each once and atomically) and the Generator around 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import GenerationError, UsageError
 
 if TYPE_CHECKING:
     from ..config import ConfigFile
@@ -73,12 +73,40 @@ def neuron_generator(
     return gen
 
 
-def place_row(one: EngineResult, row: int, rows: int) -> None:
-    """A one-row result's step records widened to the batch, the row at its place: the Neuron
-    backends decode a batch one row after another, and the metrics count per row."""
-    for step in one.steps:
-        step.accepted = [0] * row + step.accepted + [0] * (rows - row - 1)
-        step.emitted = [0] * row + step.emitted + [0] * (rows - row - 1)
+RowDecoder = Callable[[Sequence[int], Any], "EngineResult"]
+LIBRARY_ERRORS = (RuntimeError, ValueError, KeyError, AssertionError, AttributeError, StopIteration)
+
+
+def decode_rows(
+    prompts: Sequence[Sequence[int]], on_tokens: Any, one: RowDecoder, library: str
+) -> EngineResult:
+    """A batch decoded one row after another (the Neuron backends' loops are batch 1):
+    `one(prompt, on_tokens_for_that_row)` decodes a row; its step records are widened to the
+    batch with the row at its place, so metrics count per row. A library failure is a
+    GenerationError naming the library."""
+    import time
+
+    from ..engine import EngineResult
+
+    result = EngineResult([], [], [], time.perf_counter(), [])
+    rows = len(prompts)
+    for row, prompt in enumerate(prompts):
+        callback = None if on_tokens is None else (lambda _r, t, row=row: on_tokens(row, t))
+        try:
+            res = one(prompt, callback)
+        except LIBRARY_ERRORS as exc:
+            raise GenerationError(
+                f"{library} generation failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        for step in res.steps:
+            step.accepted = [0] * row + step.accepted + [0] * (rows - row - 1)
+            step.emitted = [0] * row + step.emitted + [0] * (rows - row - 1)
+        for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
+            getattr(result, name).extend(getattr(res, name))
+        result.draft_step_seconds.extend(res.draft_step_seconds)
+        result.target_step_seconds.extend(res.target_step_seconds)
+    result.end = time.perf_counter()
+    return result
 
 
 def config_eos(checkpoint: Path) -> list[int]:

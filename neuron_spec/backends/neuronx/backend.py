@@ -17,16 +17,15 @@ import importlib
 import inspect
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...artifacts import ArtifactCache, ArtifactError
 from ...engine import EngineResult, speculative_generate
-from ...errors import BackendUnavailableError, GenerationError, UsageError
+from ...errors import BackendUnavailableError, UsageError
 from ...loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
-from ..neuron_common import neuron_generator, place_row, prepare_checkpoint
+from ..neuron_common import decode_rows, neuron_generator, prepare_checkpoint
 from .library import LibraryPair, run_library
 from .runner import NeuronxRunner
 
@@ -199,32 +198,15 @@ class NeuronxPair:
         cancelled: Any = None,
     ) -> EngineResult:
         self._check_draft_tokens(draft_tokens)
-        result = EngineResult([], [], [], time.perf_counter(), [])
-        for row, prompt in enumerate(prompts):
-            callback = None if on_tokens is None else (lambda _r, t, row=row: on_tokens(row, t))
-            kwargs = {
-                "max_new": max_new_tokens,
-                "eos": list(eos_token_ids),
-                "pad": pad_token_id,
-                "on_tokens": callback,
-                "cancelled": cancelled,
-            }
-            try:
-                if self.loop == "engine":
-                    one = self._engine(prompt, acceptor, draft_tokens, **kwargs)
-                else:
-                    one = self._library(prompt, acceptor, draft_tokens > 0, **kwargs)
-            except (RuntimeError, ValueError, KeyError, AssertionError, StopIteration) as exc:
-                raise GenerationError(
-                    f"transformers-neuronx generation failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            place_row(one, row, len(prompts))
-            for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
-                getattr(result, name).extend(getattr(one, name))
-            result.draft_step_seconds.extend(one.draft_step_seconds)
-            result.target_step_seconds.extend(one.target_step_seconds)
-        result.end = time.perf_counter()
-        return result
+        common = {"max_new": max_new_tokens, "eos": list(eos_token_ids), "pad": pad_token_id,
+                  "cancelled": cancelled}  # fmt: skip
+
+        def one(prompt: Sequence[int], callback: Any) -> EngineResult:
+            if self.loop == "engine":
+                return self._engine(prompt, acceptor, draft_tokens, on_tokens=callback, **common)
+            return self._library(prompt, acceptor, draft_tokens > 0, on_tokens=callback, **common)
+
+        return decode_rows(prompts, on_tokens, one, "transformers-neuronx")
 
     def _check_draft_tokens(self, draft_tokens: int) -> None:
         window = self.plan.window

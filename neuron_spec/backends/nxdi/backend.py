@@ -27,7 +27,7 @@ from ...artifacts import ArtifactCache, ArtifactError
 from ...engine import EngineResult, speculative_generate
 from ...errors import BackendUnavailableError, GenerationError, UsageError
 from ...loadplan import CC_DIST, artifact_root, cache_key, installed_version
-from ..neuron_common import neuron_generator, place_row, prepare_checkpoint
+from ..neuron_common import decode_rows, neuron_generator, prepare_checkpoint
 from .fused import fused_generate
 from .plan import NXDI_DIST, NxdiModel, NxdiPlan, build_nxdi_plan
 from .runner import NxdiRunner
@@ -175,24 +175,12 @@ class NxdiPair:
         cancelled: Any = None,
     ) -> EngineResult:
         self._check(acceptor, draft_tokens)
-        result = EngineResult([], [], [], 0.0, [])
-        for row, prompt in enumerate(prompts):
-            callback = None if on_tokens is None else (lambda _r, t, row=row: on_tokens(row, t))
-            try:
-                one = self._one(prompt, acceptor, draft_tokens, max_new_tokens, eos_token_ids,
-                                pad_token_id, callback, cancelled)  # fmt: skip
-            except (RuntimeError, ValueError, KeyError, AssertionError, AttributeError) as exc:
-                raise GenerationError(
-                    f"NxDI generation failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            result.start = result.start or one.start
-            place_row(one, row, len(prompts))
-            for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
-                getattr(result, name).extend(getattr(one, name))
-            result.draft_step_seconds.extend(one.draft_step_seconds)
-            result.target_step_seconds.extend(one.target_step_seconds)
-            result.end = one.end
-        return result
+
+        def one(prompt: Sequence[int], callback: Any) -> EngineResult:
+            return self._one(prompt, acceptor, draft_tokens, max_new_tokens, eos_token_ids,
+                             pad_token_id, callback, cancelled)  # fmt: skip
+
+        return decode_rows(prompts, on_tokens, one, "NxDI")
 
     def _check(self, acceptor: Any, draft_tokens: int) -> None:
         window = self.plan.window
