@@ -7,10 +7,19 @@ recomputing from the prompt. Rows of a batch accept different numbers of tokens,
 row's live columns may have holes; position ids count live columns, so a row's positions are
 exactly those of its own sequence.
 
+A `Batch` is a fixed number of slots. Each holds a `Row` (one sequence with its own budget,
+EOS ids, acceptor, stream callback and cancellation) or nothing. `step()` runs one
+speculative step for every occupied slot: rows sit at different positions, accept different
+numbers of drafts, and finish on their own; a finished row leaves its slot at once, and a
+new row can be admitted into a free slot between any two steps (its prompt is fed in the
+next step, beside the other rows' one-token to-do lists). This is continuous batching at
+step granularity; `speculative_generate` is the special case of a batch filled once.
+
 Invariant between steps: each model's cache holds every committed token of a row except the
 ones in that row's to-do list, which are fed at the start of the next step (the target's
 to-do is the last emitted token; the draft's also holds the last draft token when every
-draft was accepted, since the draft never fed it).
+draft was accepted, since the draft never fed it). An empty slot is fed a pad token, which
+is dropped again after the step, so it holds no live column at a step boundary.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from typing import Protocol
 
 import torch
 
-from .acceptors import Acceptor
+from .acceptors import Acceptor, GreedyAcceptor
 
 
 class Runner(Protocol):
@@ -51,6 +60,7 @@ class Runner(Protocol):
 # Called with (row, new tokens) as they are accepted; returning True ends that row (a stop
 # string was reached, say).
 StreamCallback = Callable[[int, list[int]], "bool | None"]
+RowCallback = Callable[[list[int]], "bool | None"]
 
 
 class GenerationCancelled(Exception):
@@ -63,6 +73,10 @@ class StepRecord:
     drafted: int  # gamma for this step
     accepted: list[int]  # per row, drafts accepted (before EOS / length truncation)
     emitted: list[int]  # per row, tokens actually appended
+    row_drafted: list[int] | None = None  # per row, when rows drafted different counts
+
+    def drafted_by(self, b: int) -> int:
+        return self.drafted if self.row_drafted is None else self.row_drafted[b]
 
 
 @dataclass
@@ -75,6 +89,36 @@ class EngineResult:
     draft_step_seconds: list[float] = field(default_factory=list)  # 1-token draft feeds
     target_step_seconds: list[float] = field(default_factory=list)  # target passes
     end: float = 0.0
+
+
+@dataclass
+class Row:
+    """One sequence: what it starts from and how it ends. `result` is its own EngineResult
+    (one row), complete when the row leaves the batch."""
+
+    prompt: Sequence[int]
+    max_new: int
+    eos: frozenset[int] = frozenset()
+    acceptor: Acceptor | None = None  # None: the batch's shared acceptor
+    on_tokens: RowCallback | None = None
+    cancelled: Callable[[], bool] | None = None
+    result: EngineResult = field(init=False)
+    was_cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.prompt) == 0:
+            raise ValueError("every prompt needs at least one token")
+        if self.max_new < 1:
+            raise ValueError("a row needs max_new >= 1")
+        self.result = EngineResult([[]], [False], [], time.perf_counter(), [None])
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.result.tokens[0]
+
+    @property
+    def ended(self) -> bool:
+        return self.result.finished_by_eos[0] or len(self.tokens) >= self.max_new
 
 
 def _chunk(todo: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,43 +134,279 @@ def _chunk(todo: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch
 
 
 def _timed_feed(
-    runner: Runner, tokens: torch.Tensor, mask: torch.Tensor, keep: int, sink: list[float] | None
+    runner: Runner, tokens: torch.Tensor, mask: torch.Tensor, keep: int, sinks: list[list[float]]
 ) -> torch.Tensor:
     t0 = time.perf_counter()
     out = runner.feed(tokens, mask, keep)
-    if sink is not None:
+    for sink in sinks:
         sink.append(time.perf_counter() - t0)
     return out
 
 
-def _commit_row(
-    result: EngineResult, b: int, new: list[int], eos: set[int], max_new: int, now: float
-) -> list[int]:
-    """Append what row b may keep of a step's new tokens (up to its budget, through its first
-    EOS); returns them."""
-    keep = new[: max_new - len(result.tokens[b])]
+class _PerRow:
+    """Each row's own acceptor as one: row b's drafts and acceptance use its sampling
+    settings, its generator and its own draft count `gammas[b]` (positions past it are
+    drafted by argmax and never offered), so a seeded row draws exactly what it draws when
+    decoded alone, whatever its neighbours."""
+
+    def __init__(self, acceptors: list[Acceptor], gammas: list[int]):
+        self.acceptors, self.gammas = acceptors, gammas
+        self.uses_draft_logits = any(getattr(a, "uses_draft_logits", True) for a in acceptors)
+        self.samples_draft = any(a.samples_draft for a in acceptors)
+        self.position = 0  # which draft the next draft_token call picks
+
+    def draft_token(self, logits: torch.Tensor) -> torch.Tensor:
+        i, self.position = self.position, self.position + 1
+        picks = [
+            a.draft_token(logits[b : b + 1]) if i < g else logits[b : b + 1].argmax(dim=-1)
+            for b, (a, g) in enumerate(zip(self.acceptors, self.gammas, strict=True))
+        ]
+        return torch.cat(picks)
+
+    def accept(
+        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        width = draft_ids.shape[1] + 1
+        tokens = torch.zeros((len(self.acceptors), width), dtype=torch.long)
+        counts = torch.zeros(len(self.acceptors), dtype=torch.long)
+        for b, (a, g) in enumerate(zip(self.acceptors, self.gammas, strict=True)):
+            q = draft_logits[b : b + 1, :g]
+            row_tokens, row_count = a.accept(
+                draft_ids[b : b + 1, :g], q, target_logits[b : b + 1, : g + 1]
+            )
+            tokens[b, : g + 1] = row_tokens[0]
+            counts[b] = row_count[0]
+        return tokens, counts
+
+
+class Batch:
+    """A fixed number of slots decoded together, one speculative step at a time."""
+
+    def __init__(
+        self,
+        target: Runner,
+        draft: Runner | None,
+        slots: int,
+        *,
+        draft_tokens: int,
+        pad_token_id: int = 0,
+        acceptor: Acceptor | None = None,
+    ):
+        if slots < 1:
+            raise ValueError("a batch needs at least one slot")
+        self.target, self.pad = target, pad_token_id
+        self.draft = draft if draft_tokens > 0 else None
+        self.gamma_max = draft_tokens if self.draft is not None else 0
+        self.shared = acceptor
+        self.idle_acceptor = GreedyAcceptor()
+        self.rows: list[Row | None] = [None] * slots
+        self.target_todo: list[list[int]] = [[pad_token_id] for _ in range(slots)]
+        self.draft_todo: list[list[int]] = [[pad_token_id] for _ in range(slots)]
+        self.dirty = [False] * slots  # holds live columns of a row that has left
+        self.steps: list[StepRecord] = []  # every step, all slots
+        self.draft_step_seconds: list[float] = []
+        self.target_step_seconds: list[float] = []
+        self._times: tuple[list[float], list[float]] = ([], [])  # the last step's passes
+        target.reset(slots)
+        if self.draft is not None:
+            self.draft.reset(slots)
+
+    @property
+    def slots(self) -> int:
+        return len(self.rows)
+
+    def free_slots(self) -> list[int]:
+        return [b for b, r in enumerate(self.rows) if r is None]
+
+    @property
+    def busy(self) -> bool:
+        return any(r is not None for r in self.rows)
+
+    def admit(self, row: Row, slot: int | None = None) -> int:
+        """Place `row` in a free slot (the first, unless named); its prompt is fed at the
+        next step. Returns the slot."""
+        free = self.free_slots()
+        if not free or (slot is not None and slot not in free):
+            raise ValueError("no free slot for the row")
+        if row.acceptor is None and self.shared is None:
+            raise ValueError("the row has no acceptor and the batch no shared one")
+        b = free[0] if slot is None else slot
+        self.rows[b] = row
+        self.target_todo[b] = list(row.prompt)
+        self.draft_todo[b] = list(row.prompt)
+        row.result.start = time.perf_counter()
+        return b
+
+    def leave(self, slot: int) -> Row | None:
+        """Empty a slot (its row is returned as it stands)."""
+        row, self.rows[slot] = self.rows[slot], None
+        self.dirty[slot] = row is not None
+        self.target_todo[slot] = [self.pad]
+        self.draft_todo[slot] = [self.pad]
+        return row
+
+    def cancel_requested(self) -> list[Row]:
+        """Rows whose `cancelled()` turned true leave; returned marked `was_cancelled`."""
+        gone = []
+        for b, row in enumerate(self.rows):
+            if row is not None and row.cancelled is not None and row.cancelled():
+                row.was_cancelled = True
+                row.result.end = time.perf_counter()
+                self.leave(b)
+                gone.append(row)
+        return gone
+
+    @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """One speculative step for every occupied slot; returns the rows that finished in
+        it (EOS, budget, or their callback said stop), which have left their slots."""
+        if not self.busy:
+            return []
+        self._drop_leftovers()
+        t_step = time.perf_counter()
+        active = [r is not None for r in self.rows]
+        # no point drafting past a row's budget
+        gammas = [
+            0 if r is None else min(self.gamma_max, r.max_new - len(r.tokens) - 1)
+            for r in self.rows
+        ]
+        gamma = max(gammas)
+        acceptor = self._acceptor(gammas)
+        marks = (len(self.draft_step_seconds), len(self.target_step_seconds))
+        draft_ids, q_logits, d_start = self._draft(acceptor, gamma)
+        t_logits, t_first = self._verify(draft_ids)
+        q = torch.stack(q_logits, dim=1) if q_logits else t_logits[:, :0]
+        emitted, counts = acceptor.accept(draft_ids, q, t_logits)
+        n_acc = (counts - 1).clamp(min=0, max=gamma)
+        idle = torch.tensor([not a for a in active])
+        self.target.invalidate_from(torch.where(idle, 0, t_first + n_acc))
+        if self.draft is not None:
+            after = d_start + n_acc if gamma > 0 else torch.full_like(n_acc, self.draft.length)
+            self.draft.invalidate_from(torch.where(idle, 0, after))
+        self.dirty = [False] * self.slots
+        now = time.perf_counter()
+        record = StepRecord(now - t_step, gamma, [0] * self.slots, [0] * self.slots)
+        if isinstance(acceptor, _PerRow):  # rows drafted as many as their budgets allow
+            record.row_drafted = gammas
+        self.steps.append(record)
+        self._times = (self.draft_step_seconds[marks[0] :], self.target_step_seconds[marks[1] :])
+        return self._commit(record, emitted, counts, n_acc, draft_ids, now)
+
+    def _drop_leftovers(self) -> None:
+        """A row admitted into a slot whose previous row left after the last step: drop
+        that row's columns before the new prompt is fed."""
+        if not any(self.dirty):
+            return
+        for runner in (self.target, self.draft):
+            if runner is not None:
+                full = torch.full((self.slots,), runner.length, dtype=torch.long)
+                runner.invalidate_from(torch.where(torch.tensor(self.dirty), 0, full))
+        self.dirty = [False] * self.slots
+
+    def _acceptor(self, gammas: list[int]) -> Acceptor:
+        """The shared acceptor when no row brings its own (it sees the whole batch at one
+        draft count), else each row's own."""
+        if all(r is None or r.acceptor is None for r in self.rows) and self.shared is not None:
+            return self.shared
+        chosen = [
+            self.idle_acceptor if r is None else (r.acceptor or self.shared) for r in self.rows
+        ]
+        return _PerRow(chosen, gammas)  # type: ignore[arg-type]  # None only with a shared one
+
+    def _draft(
+        self, acceptor: Acceptor, gamma: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        """gamma draft tokens per row (B, gamma), the logits each was drawn from (kept only
+        when the acceptor reads them), and the cache column where the first was written."""
+        draft_ids = torch.zeros((self.slots, gamma), dtype=torch.long)
+        draft_logits: list[torch.Tensor] = []
+        if gamma == 0 or self.draft is None:
+            return draft_ids, draft_logits, 0
+        keep_q = getattr(acceptor, "uses_draft_logits", True)  # custom acceptors: always
+        tokens, mask = _chunk(self.draft_todo, self.pad)
+        sinks = [self.draft_step_seconds] if tokens.shape[1] == 1 else []  # 1-token steps
+        logits = _timed_feed(self.draft, tokens, mask, 1, sinks)[:, -1]  # (B, V)
+        d_start = self.draft.length  # column where d_1 will be written
+        one = torch.ones((self.slots, 1), dtype=torch.bool)
+        for i in range(gamma):
+            draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
+            if keep_q:
+                draft_logits.append(logits)
+            if i < gamma - 1:
+                step_ids = draft_ids[:, i : i + 1]
+                logits = _timed_feed(self.draft, step_ids, one, 1, [self.draft_step_seconds])
+                logits = logits[:, -1]
+        return draft_ids, draft_logits, d_start
+
+    def _verify(self, draft_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's pass over its to-do tokens and the drafts: the logits of the last
+        gamma + 1 columns (B, gamma + 1, V), and the cache column of the first draft."""
+        gamma = draft_ids.shape[1]
+        tokens, mask = _chunk(self.target_todo, self.pad)
+        first_draft = self.target.length + tokens.shape[1]
+        tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
+        mask = torch.cat([mask, torch.ones((self.slots, gamma), dtype=torch.bool)], dim=1)
+        logits = _timed_feed(self.target, tokens, mask, gamma + 1, [self.target_step_seconds])
+        return logits, torch.full((self.slots,), first_draft, dtype=torch.long)
+
+    def _commit(
+        self,
+        record: StepRecord,
+        emitted: torch.Tensor,
+        counts: torch.Tensor,
+        n_acc: torch.Tensor,
+        draft_ids: torch.Tensor,
+        now: float,
+    ) -> list[Row]:
+        """Append each row's new tokens, let finished rows leave, and set the to-do lists
+        that keep the cache invariant for the next step."""
+        gamma = draft_ids.shape[1]
+        finished = []
+        for b, row in enumerate(self.rows):
+            if row is None:
+                continue
+            new = [int(x) for x in emitted[b, : int(counts[b])]]
+            keep = _commit_row(row, new, now)
+            record.accepted[b], record.emitted[b] = int(n_acc[b]), len(keep)
+            self._record(row, record, b)
+            stop = row.on_tokens is not None and bool(keep) and bool(row.on_tokens(keep))
+            self.target_todo[b] = [new[-1]]
+            if gamma > 0:
+                last_draft = [int(draft_ids[b, -1])] if int(n_acc[b]) == gamma else []
+                self.draft_todo[b] = [*last_draft, new[-1]]
+            else:
+                self.draft_todo[b] = self.draft_todo[b] + [new[-1]]
+            if row.ended or stop:
+                row.result.end = now
+                finished.append(row)
+                self.leave(b)
+        return finished
+
+    def _record(self, row: Row, record: StepRecord, b: int) -> None:
+        """The step as the row saw it, in the row's own result."""
+        row.result.steps.append(
+            StepRecord(
+                record.seconds, record.drafted_by(b), [record.accepted[b]], [record.emitted[b]]
+            )
+        )
+        row.result.draft_step_seconds.extend(self._times[0])
+        row.result.target_step_seconds.extend(self._times[1])
+
+
+def _commit_row(row: Row, new: list[int], now: float) -> list[int]:
+    """Append what the row may keep of a step's new tokens (up to its budget, through its
+    first EOS); returns them."""
+    res = row.result
+    keep = new[: row.max_new - len(res.tokens[0])]
     for i, tok in enumerate(keep):
-        if tok in eos:
+        if tok in row.eos:
             keep = keep[: i + 1]
-            result.finished_by_eos[b] = True
+            res.finished_by_eos[0] = True
             break
-    result.tokens[b].extend(keep)
-    if result.first_token_at[b] is None and keep:
-        result.first_token_at[b] = now
+    res.tokens[0].extend(keep)
+    if res.first_token_at[0] is None and keep:
+        res.first_token_at[0] = now
     return keep
-
-
-@dataclass
-class _Rows:
-    """Per-row loop state: what each model has yet to see (see the module's invariant), which
-    rows are finished, and when they end."""
-
-    target_todo: list[list[int]]
-    draft_todo: list[list[int]]
-    done: list[bool]
-    eos: set[int]
-    max_new: int
-    on_tokens: StreamCallback | None
 
 
 @torch.inference_mode()
@@ -142,137 +422,41 @@ def speculative_generate(
     pad_token_id: int = 0,
     on_tokens: StreamCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    acceptors: Sequence[Acceptor] | None = None,
 ) -> EngineResult:
-    """Generate up to max_new_tokens per prompt. draft=None or draft_tokens=0: target only."""
+    """Generate up to max_new_tokens per prompt, all prompts as one batch. draft=None or
+    draft_tokens=0: target only. `acceptors`, one per prompt, give each row its own
+    sampling (else `acceptor` serves every row)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    batch = len(prompts)
-    gamma_max = draft_tokens if draft is not None else 0
-    target.reset(batch)
-    if draft is not None:
-        draft.reset(batch)
-    rows = _Rows(
-        [list(p) for p in prompts],
-        [list(p) for p in prompts],
-        [False] * batch,
-        set(eos_token_ids),
-        max_new_tokens,
-        on_tokens,
+    batch = Batch(
+        target,
+        draft,
+        len(prompts),
+        draft_tokens=draft_tokens if draft is not None else 0,
+        pad_token_id=pad_token_id,
+        acceptor=acceptor,
     )
-    out: list[list[int]] = [[] for _ in prompts]
-    result = EngineResult(out, [False] * batch, [], time.perf_counter(), [None] * batch)
-
-    while not all(rows.done):
+    eos = frozenset(eos_token_ids)
+    rows = []
+    for b, prompt in enumerate(prompts):
+        callback = None if on_tokens is None else (lambda t, b=b: on_tokens(b, t))
+        own = acceptors[b] if acceptors is not None else None
+        rows.append(Row(list(prompt), max_new_tokens, eos, own, callback))
+        batch.admit(rows[-1], b)
+    start = time.perf_counter()
+    while batch.busy:
         if cancelled is not None and cancelled():
             raise GenerationCancelled()
-        t_step = time.perf_counter()
-        remaining = max(max_new_tokens - len(out[b]) for b in range(batch) if not rows.done[b])
-        gamma = min(gamma_max, remaining - 1)  # no point drafting past the budget
-
-        # 1. Draft gamma tokens, one at a time (the first feed catches the draft's cache up).
-        draft_ids, draft_logits, d_start = _draft(
-            draft if gamma > 0 else None, acceptor, rows.draft_todo, gamma, pad_token_id, result
-        )
-
-        # 2. The target scores its to-do tokens plus the gamma drafts in one pass.
-        t_logits, t_first_draft = _verify(target, rows.target_todo, draft_ids, pad_token_id, result)
-
-        # 3. Accept a prefix of the drafts and emit one more token: (B, gamma + 1), (B,).
-        q_logits = torch.stack(draft_logits, dim=1) if draft_logits else t_logits[:, :0]
-        emitted, counts = acceptor.accept(draft_ids, q_logits, t_logits)
-        n_acc = (counts - 1).clamp(min=0, max=gamma)  # (B,)
-
-        # 4. Roll back what was rejected.
-        target.invalidate_from(t_first_draft + n_acc)
-        if gamma > 0 and draft is not None:
-            draft.invalidate_from(d_start + n_acc)
-
-        # 5. Commit, per row: stop at EOS or the token budget.
-        now = time.perf_counter()
-        record = StepRecord(now - t_step, gamma, [], [])
-        _commit(result, rows, record, emitted, counts, n_acc, draft_ids, now)
-        result.steps.append(record)
+        batch.step()
+    result = EngineResult(
+        [r.tokens for r in rows],
+        [r.result.finished_by_eos[0] for r in rows],
+        batch.steps,
+        start,
+        [r.result.first_token_at[0] for r in rows],
+        batch.draft_step_seconds,
+        batch.target_step_seconds,
+    )
     result.end = time.perf_counter()
     return result
-
-
-def _draft(
-    draft: Runner | None,
-    acceptor: Acceptor,
-    todo: list[list[int]],
-    gamma: int,
-    pad_token_id: int,
-    result: EngineResult,
-) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-    """gamma draft tokens per row (B, gamma), the logits each was drawn from (kept only when
-    the acceptor reads them), and the cache column where the first was written."""
-    batch = len(todo)
-    draft_ids = torch.zeros((batch, gamma), dtype=torch.long)
-    draft_logits: list[torch.Tensor] = []
-    if gamma == 0 or draft is None:
-        return draft_ids, draft_logits, 0
-    keep_q = getattr(acceptor, "uses_draft_logits", True)  # custom acceptors: always
-    tokens, mask = _chunk(todo, pad_token_id)
-    sink = result.draft_step_seconds if tokens.shape[1] == 1 else None  # 1-token steps
-    logits = _timed_feed(draft, tokens, mask, 1, sink)[:, -1]  # (B, V)
-    d_start = draft.length  # column where d_1 will be written
-    one = torch.ones((batch, 1), dtype=torch.bool)
-    for i in range(gamma):
-        draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
-        if keep_q:
-            draft_logits.append(logits)
-        if i < gamma - 1:
-            step_ids = draft_ids[:, i : i + 1]
-            logits = _timed_feed(draft, step_ids, one, 1, result.draft_step_seconds)[:, -1]
-    return draft_ids, draft_logits, d_start
-
-
-def _verify(
-    target: Runner,
-    todo: list[list[int]],
-    draft_ids: torch.Tensor,
-    pad_token_id: int,
-    result: EngineResult,
-) -> tuple[torch.Tensor, int]:
-    """The target's pass over its to-do tokens and the drafts: the logits of the last
-    gamma + 1 columns (B, gamma + 1, V), and the cache column of the first draft."""
-    batch, gamma = draft_ids.shape
-    tokens, mask = _chunk(todo, pad_token_id)
-    first_draft = target.length + tokens.shape[1]
-    tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
-    mask = torch.cat([mask, torch.ones((batch, gamma), dtype=torch.bool)], dim=1)
-    return _timed_feed(target, tokens, mask, gamma + 1, result.target_step_seconds), first_draft
-
-
-def _commit(
-    result: EngineResult,
-    rows: _Rows,
-    record: StepRecord,
-    emitted: torch.Tensor,
-    counts: torch.Tensor,
-    n_acc: torch.Tensor,
-    draft_ids: torch.Tensor,
-    now: float,
-) -> None:
-    """Append each row's new tokens, decide which rows are done, and set the to-do lists
-    that keep the cache invariant for the next step."""
-    gamma = draft_ids.shape[1]
-    for b in range(len(rows.done)):
-        new = [int(x) for x in emitted[b, : int(counts[b])]]
-        accepted = int(n_acc[b])
-        if rows.done[b]:
-            record.accepted.append(0)
-            record.emitted.append(0)
-        else:
-            keep = _commit_row(result, b, new, rows.eos, rows.max_new, now)
-            record.accepted.append(accepted)
-            record.emitted.append(len(keep))
-            stop = rows.on_tokens is not None and bool(keep) and bool(rows.on_tokens(b, keep))
-            ended = result.finished_by_eos[b] or len(result.tokens[b]) >= rows.max_new
-            rows.done[b] = ended or stop
-        rows.target_todo[b] = [new[-1]]
-        if gamma > 0:
-            last_draft = [int(draft_ids[b, -1])] if accepted == gamma else []
-            rows.draft_todo[b] = [*last_draft, new[-1]]
-        else:
-            rows.draft_todo[b] = rows.draft_todo[b] + [new[-1]]

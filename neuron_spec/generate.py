@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config import ConfigFile, SamplingSpec
-from .engine import EngineResult, Runner, speculative_generate
+from .engine import Batch, EngineResult, Row, Runner, speculative_generate
 from .speedup import alpha_from_mean_tokens
 
 
@@ -68,15 +68,16 @@ def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metric
         for b, (acc, emitted) in enumerate(zip(step.accepted, step.emitted, strict=True)):
             if emitted == 0:
                 continue  # the row had finished
-            per_row[b]["drafted"] += step.drafted
+            drafts = step.drafted_by(b)
+            per_row[b]["drafted"] += drafts
             per_row[b]["accepted"] += acc
             row_steps += 1
-            drafted += step.drafted
+            drafted += drafts
             accepted += acc
-            if step.drafted == gamma:
+            if drafts == gamma:
                 full_row_steps += 1
                 full_accepted += acc
-            for j in range(step.drafted):
+            for j in range(drafts):
                 pos_drafted[j] += 1
                 pos_accepted[j] += int(acc > j)
             if i > 0:
@@ -281,6 +282,52 @@ class Generator:
         texts = stream.finish(res.tokens)
         metrics = compute_metrics(res, sum(len(p) for p in ids), gamma)
         return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+
+    def open_batch(self, slots: int) -> Batch | None:
+        """A continuous batch of `slots` rows on this pair, or None when the backend decodes
+        one sequence at a time (then requests run one after another)."""
+        if self.target is None:
+            return None
+        gamma = self.spec.speculation.draft_tokens
+        draft = self.draft if gamma > 0 else None
+        return Batch(self.target, draft, slots, draft_tokens=gamma, pad_token_id=self.pad_token_id)
+
+    def row(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[Row, Callable[[], Generation]]:
+        """One request as a row of a continuous batch (see `open_batch`), with its own
+        sampling, seed, stop strings and budget; and the function that turns the finished
+        row into its Generation."""
+        from .acceptors import make_acceptor
+
+        ids = [list(prompt_ids)]
+        max_new = max_new_tokens or self.spec.generation.max_new_tokens
+        self.check_lengths(ids, max_new)
+        sampling = self._sampling(temperature, top_k, top_p, seed)
+        acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
+        text_cb = None if on_text is None else (lambda _row, delta: on_text(delta))
+        stream = _TextStream(self.tokenizer, 1, text_cb, [s for s in stop if s])
+        callback = (lambda new: stream.on_tokens(0, new)) if stream.active else None
+        eos = frozenset(self.eos_token_ids)
+        row = Row(ids[0], max_new, eos, acceptor, callback, cancelled)
+
+        def finish() -> Generation:
+            res = row.result
+            texts = stream.finish(res.tokens)
+            metrics = compute_metrics(res, len(ids[0]), self.spec.speculation.draft_tokens)
+            return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+
+        return row, finish
 
     def _sampling(
         self,

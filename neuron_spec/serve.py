@@ -25,6 +25,7 @@ requests 503, gives the running one the drain timeout to finish, then cancels it
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import json
@@ -73,7 +74,7 @@ def _error(
 Request = frontdoor.Request
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the scheduler keys its tables by job
 class Job:
     request: Request
     loop: asyncio.AbstractEventLoop
@@ -148,6 +149,9 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(p + "ready", "1 once the models are loaded", registry=r)
+        # batch occupancy: rows decoding together now, out of the batch's slots
+        self.batch_rows = Gauge(p + "batch_rows", "Rows in the running batch", registry=r)
+        self.batch_slots = Gauge(p + "batch_slots", "Slots of the batch", registry=r)
 
     def observe(self, m: Any, waited_s: float = 0.0) -> None:
         """One prompt's figures; `waited_s` (the time it spent queued) counts towards its
@@ -179,7 +183,9 @@ class ServerState:
         self.generator: Any = None
         self.load_error: str | None = None
         self.shutting_down = False
-        self.running: Job | None = None
+        self.running: set[Job] = set()
+        self.slots = cfg.spec.target.batch_size
+        self.metrics.batch_slots.set(self.slots)
         self.on_fatal: Any = None  # called when loading fails: the server exits
         self.model_name = cfg.spec.target.model.rstrip("/").split("/")[-1]
         self.started = now()
@@ -216,8 +222,7 @@ class ServerState:
             self.jobs.put_nowait(None)
 
     def cancel_running(self) -> None:
-        job = self.running
-        if job is not None:
+        for job in list(self.running):
             job.cancelled.set()
 
     @property
@@ -257,47 +262,70 @@ class ServerState:
         return True
 
     def _work(self) -> None:
+        batch = self.generator.open_batch(self.slots)
+        if batch is None:
+            self._work_one_at_a_time()
+        else:
+            _Scheduler(self, batch).run()
+
+    def _next_job(self, block: bool) -> Job | _Stop | None:
+        """The next queued job that is still wanted; None when none waits (and `block` is
+        false); STOP once the server stops taking work."""
         while True:
-            job = self.jobs.get()
-            self.metrics.queue_depth.set(self.jobs.qsize())
-            self.metrics.waiting.set(self.jobs.qsize())
-            if job is None:
-                return
-            if job.cancelled.is_set():
-                self.metrics.requests.labels("cancelled").inc()
-                continue
-            self.running = job
-            self.metrics.running.set(1)
-            waited = time.monotonic() - job.arrived
-            self.metrics.queue_time.observe(waited)
             try:
-                job.push("done", self._run(job))
-                self.metrics.requests.labels("ok").inc()
-                self.metrics.e2e.observe(time.monotonic() - job.arrived)
-            except GenerationCancelled:
-                self.metrics.requests.labels("cancelled").inc()
-                why = "shutting down" if self.shutting_down else "cancelled"
-                job.push("error", (503, f"the request was cancelled: the server is {why}"))
+                job = self.jobs.get(block=block)
+            except queue.Empty:
+                return None
+            self._gauge_queue()
+            if job is None:
+                return STOP
+            if not job.cancelled.is_set():
+                return job
+            self.metrics.requests.labels("cancelled").inc()
+
+    def _gauge_queue(self) -> None:
+        self.metrics.queue_depth.set(self.jobs.qsize())
+        self.metrics.waiting.set(self.jobs.qsize())
+
+    def finish_job(self, job: Job, outcome: BaseException | dict[str, Any]) -> None:
+        """Answer a job: its result, or the error that ended it; counted in /metrics."""
+        self.running.discard(job)
+        self.metrics.running.set(len(self.running))
+        if isinstance(outcome, dict):
+            job.push("done", outcome)
+            self.metrics.requests.labels("ok").inc()
+            self.metrics.e2e.observe(time.monotonic() - job.arrived)
+        elif isinstance(outcome, GenerationCancelled):
+            self.metrics.requests.labels("cancelled").inc()
+            why = "shutting down" if self.shutting_down else "cancelled"
+            job.push("error", (503, f"the request was cancelled: the server is {why}"))
+        else:
+            self.metrics.requests.labels("error").inc()
+            self.metrics.errors.labels(type(outcome).__name__).inc()
+            job.push("error", (500, f"generation failed: {type(outcome).__name__}: {outcome}"))
+
+    def start_job(self, job: Job) -> None:
+        self.running.add(job)
+        self.metrics.running.set(len(self.running))
+        self.metrics.queue_time.observe(time.monotonic() - job.arrived)
+
+    def _work_one_at_a_time(self) -> None:
+        """Backends that decode one sequence at a time: each job runs whole, in turn."""
+        while True:
+            job = self._next_job(block=True)
+            if job is STOP:
+                return
+            assert isinstance(job, Job)
+            self.start_job(job)
+            try:
+                self.finish_job(job, self._run(job))
             except Exception as exc:
-                self.metrics.requests.labels("error").inc()
-                self.metrics.errors.labels(type(exc).__name__).inc()
-                job.push("error", (500, f"generation failed: {type(exc).__name__}: {exc}"))
-            finally:
-                self.running = None
-                self.metrics.running.set(0)
+                self.finish_job(job, exc)
 
     def _run(self, job: Job) -> dict[str, Any]:
         req, gen = job.request, self.generator
-        choices = []
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
-        spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0}
+        results = []
         for index, prompt in enumerate(job.prompts):
-            on_text = None
-            if req.stream:
-
-                def on_text(_row: int, delta: str, index: int = index) -> None:
-                    job.push("delta", (index, delta))
-
             began = time.monotonic()
             result = gen.generate(
                 prompt,
@@ -308,28 +336,161 @@ class ServerState:
                 top_k=req.top_k,
                 seed=req.seed,
                 stop=req.stops(),
-                on_text=on_text,
+                on_text=(lambda _row, d, i=index: job.push("delta", (i, d)))
+                if req.stream
+                else None,
                 cancelled=job.cancelled.is_set,
             )
-            m = result.metrics
-            self.metrics.observe(m, began - job.arrived)  # TTFT runs from the arrival
-            stopped = result.finished_by_stop[0] or result.finished_by_eos[0]
-            choices.append(
-                {
-                    "text": result.text[0],
-                    "index": index,
-                    "logprobs": None,
-                    "finish_reason": "stop" if stopped else "length",
-                }
+            self.metrics.observe(result.metrics, began - job.arrived)  # TTFT from arrival
+            results.append(result)
+        return answer(results)
+
+
+class _Stop:
+    """The worker's signal that the server takes no more work."""
+
+
+STOP = _Stop()
+
+
+def answer(results: list[Any]) -> dict[str, Any]:
+    """A job's response body parts from its prompts' Generations, in order."""
+    choices = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0}
+    for index, result in enumerate(results):
+        m = result.metrics
+        stopped = result.finished_by_stop[0] or result.finished_by_eos[0]
+        choices.append(
+            {
+                "text": result.text[0],
+                "index": index,
+                "logprobs": None,
+                "finish_reason": "stop" if stopped else "length",
+            }
+        )
+        usage["prompt_tokens"] += m.prompt_tokens
+        usage["completion_tokens"] += m.new_tokens
+        spec["drafted"] += m.drafted
+        spec["accepted"] += m.accepted
+        spec["target_passes"] += m.target_passes
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    spec["acceptance_rate"] = spec["accepted"] / spec["drafted"] if spec["drafted"] else None
+    return {"choices": choices, "usage": usage, "speculation": spec}
+
+
+@dataclass
+class _Slot:
+    job: Job
+    index: int  # which of the job's prompts
+    finish: Any  # turns the finished row into its Generation
+    admitted: float
+
+
+class _Scheduler:
+    """Continuous batching: every prompt of every job is a row; rows join the batch at the
+    next step boundary when a slot is free and leave as soon as they finish or their client
+    goes away. A job is answered when all its rows are done."""
+
+    def __init__(self, state: ServerState, batch: Any):
+        self.state, self.batch = state, batch
+        self.pending: collections.deque[tuple[Job, int]] = collections.deque()
+        self.rows: dict[int, _Slot] = {}  # id(row) -> where it belongs
+        self.results: dict[Job, list[Any]] = {}
+        self.stopping = False
+
+    def run(self) -> None:
+        while True:
+            self._fill()
+            if not self.batch.busy:
+                if self.stopping and not self.pending:
+                    return
+                continue
+            for row in self.batch.cancel_requested():
+                self._cancelled(self.rows.pop(id(row)).job)
+            try:
+                finished = self.batch.step()
+            except Exception as exc:
+                self._fail_all(exc)
+                continue
+            for row in finished:
+                self._row_done(row)
+            self.state.metrics.batch_rows.set(len(self.batch.rows) - len(self.batch.free_slots()))
+
+    def _fill(self) -> None:
+        """Admit rows while slots are free: first the prompts of jobs already started, then
+        new jobs; wait for work only when nothing runs."""
+        while self.batch.free_slots():
+            if not self.pending:
+                if self.stopping:
+                    return
+                job = self.state._next_job(block=not self.batch.busy)
+                if job is None:
+                    return
+                if job is STOP:
+                    self.stopping = True
+                    return
+                assert isinstance(job, Job)
+                self.state.start_job(job)
+                self.results[job] = [None] * len(job.prompts)
+                self.pending.extend((job, i) for i in range(len(job.prompts)))
+            job, index = self.pending.popleft()
+            if job in self.results:
+                self._admit(job, index)
+
+    def _admit(self, job: Job, index: int) -> None:
+        req, gen = job.request, self.state.generator
+        try:
+            row, finish = gen.row(
+                job.ids[index],
+                max_new_tokens=job.max_new,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                top_k=req.top_k,
+                seed=req.seed,
+                stop=req.stops(),
+                on_text=(lambda d: job.push("delta", (index, d))) if req.stream else None,
+                cancelled=job.cancelled.is_set,
             )
-            usage["prompt_tokens"] += m.prompt_tokens
-            usage["completion_tokens"] += m.new_tokens
-            spec["drafted"] += m.drafted
-            spec["accepted"] += m.accepted
-            spec["target_passes"] += m.target_passes
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        spec["acceptance_rate"] = spec["accepted"] / spec["drafted"] if spec["drafted"] else None
-        return {"choices": choices, "usage": usage, "speculation": spec}
+        except Exception as exc:
+            self._end(job, exc)
+            return
+        self.batch.admit(row)
+        self.rows[id(row)] = _Slot(job, index, finish, time.monotonic())
+
+    def _row_done(self, row: Any) -> None:
+        slot = self.rows.pop(id(row))
+        if slot.job not in self.results:
+            return
+        result = slot.finish()
+        self.state.metrics.observe(result.metrics, slot.admitted - slot.job.arrived)
+        done = self.results[slot.job]
+        done[slot.index] = result
+        if all(r is not None for r in done):
+            self._end(slot.job, answer(done))
+
+    def _cancelled(self, job: Job) -> None:
+        if job in self.results:
+            self._end(job, GenerationCancelled())
+
+    def _end(self, job: Job, outcome: BaseException | dict[str, Any]) -> None:
+        """Answer the job; its other rows leave the batch, its queued prompts are dropped."""
+        del self.results[job]
+        job.cancelled.set()
+        for b, row in enumerate(self.batch.rows):
+            slot = None if row is None else self.rows.get(id(row))
+            if slot is not None and slot.job is job:
+                self.batch.leave(b)
+                del self.rows[id(row)]
+        self.state.finish_job(job, outcome)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """A failed step leaves the caches in an unknown state: every running job fails and
+        the batch starts afresh."""
+        for job in list(self.results):
+            self._end(job, exc)
+        self.pending.clear()
+        self.batch = self.state.generator.open_batch(self.batch.slots)
 
 
 def _sse(data: dict[str, Any]) -> str:

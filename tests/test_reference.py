@@ -165,3 +165,52 @@ def test_a_tokenizer_class_this_transformers_lacks_loads_from_tokenizer_json(tmp
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
     tok = auto_tokenizer(str(d))
     assert tok("w1 w2").input_ids == auto_tokenizer(str(src))("w1 w2").input_ids
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_a_continuous_batch_on_real_caches_equals_each_prompt_alone(pair, compact, monkeypatch):
+    """Rows join a running batch of real KV caches between steps, leave on their own, and
+    reuse freed slots; the dead columns they leave are compacted away; every row still
+    equals the target's own greedy decoding, and a seeded sampled row equals itself alone."""
+    from neuron_spec.backends import reference
+    from neuron_spec.engine import Batch, Row
+
+    target, draft = pair
+    if not compact:
+        monkeypatch.setattr(reference, "COMPACT_MIN_COLUMNS", 10**6)
+    t_run, d_run = HFRunner(target), HFRunner(draft)
+    batch = Batch(t_run, d_run, 3, draft_tokens=3)
+    prompts = [[1, 5, 9, 3], [2, 7], [4, 4, 4, 8, 10, 11, 12], [6], [3, 3, 9], [8, 1]] * 3
+    budgets = [40, 6, 30, 25, 9, 35] * 3
+    sampled = SamplingSpec(temperature=0.9, seed=7)
+    waiting = [
+        Row(
+            p,
+            n,
+            acceptor=LosslessAcceptor(SamplingSpec(temperature=0.9, seed=7))
+            if i == 4
+            else GreedyAcceptor(),
+        )
+        for i, (p, n) in enumerate(zip(prompts, budgets, strict=True))
+    ]
+    rows, longest_cache = list(waiting), 0
+    while waiting or batch.busy:
+        while waiting and batch.free_slots():
+            batch.admit(waiting.pop(0))
+        batch.step()
+        longest_cache = max(longest_cache, t_run.length)
+    for i, (row, p, n) in enumerate(zip(rows, prompts, budgets, strict=True)):
+        if i != 4:
+            assert row.tokens == greedy_reference(target, p, n)
+    alone = speculative_generate(
+        HFRunner(target),
+        HFRunner(draft),
+        LosslessAcceptor(sampled),
+        [prompts[4]],
+        draft_tokens=3,
+        max_new_tokens=budgets[4],
+    )
+    assert rows[4].tokens == alone.tokens[0]
+    # compacted, the cache never grows far past its longest live row (7 + 30 + drafts);
+    # without it, it holds every row that ever lived in the slot
+    assert (longest_cache <= 2 * 64 + 8) is compact

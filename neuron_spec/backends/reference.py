@@ -56,6 +56,9 @@ def _crop(cache: Any, length: int) -> None:
         cache.crop(length - current)  # negative: remove that many from the end
 
 
+COMPACT_MIN_COLUMNS = 64
+
+
 class HFRunner:
     """One transformers causal LM with a DynamicCache and a per-row live-column mask."""
 
@@ -102,6 +105,23 @@ class HFRunner:
         _crop(self.cache, keep)
         self.mask = self.mask[:, :keep]
         self.n_live = self.mask.long().sum(dim=1)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop columns that are dead in every row (rows that left a continuous batch leave
+        them anywhere, not only at the end) once they are a large share of the cache, so
+        a long-running batch's cache stays as long as its longest live row."""
+        used = self.mask.any(dim=0)
+        dead = int(self.length - int(used.sum()))
+        if dead < max(COMPACT_MIN_COLUMNS, self.length // 2):
+            return
+        index = used.nonzero().flatten()
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                where = index.to(layer.keys.device)
+                layer.keys = layer.keys.index_select(-2, where)
+                layer.values = layer.values.index_select(-2, where)
+        self.mask = self.mask[:, index]
 
 
 def auto_tokenizer(path: str, **kwargs: Any) -> Any:
