@@ -255,9 +255,10 @@ def _serve(sub: Sub) -> None:
         "POST /v1/completions and POST /v1/chat/completions (prompt or messages, max_tokens, "
         "temperature, top_p, stop, seed, stream), GET /v1/models and GET /v1/models/{id}, and "
         "GET /metrics (Prometheus). A request naming another model gets 404 model_not_found. "
-        "Requests run one at a time from a bounded queue; a full queue answers 429 with "
-        "Retry-After. SIGTERM drains: the running request gets --drain-timeout seconds, then "
-        "is cancelled; exit 0.",
+        "Up to --batch-size requests decode together (continuous batching: a request joins "
+        "the running batch at the next step and leaves it when done); the rest wait in a "
+        "bounded queue, and a full queue answers 429 with Retry-After. SIGTERM drains: "
+        "running requests get --drain-timeout seconds, then are cancelled; exit 0.",
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sv.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
@@ -269,11 +270,18 @@ def _serve(sub: Sub) -> None:
         help="requests that may wait for the model (default 16)",
     )
     sv.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help="requests decoded together on the reference backend (default: target.batch_size "
+        "of the config); Neuron backends use the batch size their graphs were compiled for",
+    )
+    sv.add_argument(
         "--drain-timeout",
         type=non_negative_float,
         default=30.0,
         metavar="S",
-        help="on SIGTERM, seconds the running request may take to finish before it is "
+        help="on SIGTERM, seconds the running requests may take to finish before they are "
         "cancelled (default 30)",
     )
     sv.add_argument(

@@ -361,4 +361,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     key = args.api_key or os.environ.get("NEURON_SPEC_API_KEY") or None
-    return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout, key)
+    slots = args.batch_size or cfg.spec.target.batch_size
+    if args.batch_size and cfg.spec.backend != "reference":
+        raise UsageError(
+            f"--batch-size applies to the reference backend; the {cfg.spec.backend} backend "
+            "decodes with the batch size its graphs were compiled for (target.batch_size)."
+        )
+    return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout, key, slots)

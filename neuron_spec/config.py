@@ -18,6 +18,7 @@ from .catalog import INSTANCES, architecture_names, find_architecture
 from .errors import ConfigError, ConfigProblem
 from .schema import (
     AnyOf,
+    Bool,
     Choice,
     Custom,
     Float,
@@ -285,6 +286,18 @@ class SpeculationSpec(Record):
         "first token, safe for token id 0) or library (transformers-neuronx's "
         "SpeculativeGenerator.sample, for comparison: the preflight names its defects). The "
         "reference backend always runs the engine.",
+    )
+    adaptive_batch: bool = spec(
+        Bool(),
+        True,
+        "When serving several requests as one batch: draft only while drafting measurably "
+        "pays. Verification is nearly free at batch 1, not at batch 8, so the engine keeps "
+        "the output tokens/s of steps with and without drafts at each number of rows and "
+        "takes the faster, re-trying the other now and then. A single row always drafts "
+        "draft_tokens, and so does a request that sends its own seed with temperature > 0 "
+        "(its output is then the same whatever else is in the batch). false: always draft. "
+        "Greedy output is the same either way; sampled output stays distributed as the "
+        "target's.",
     )
 
     @property

@@ -102,6 +102,8 @@ class Row:
     acceptor: Acceptor | None = None  # None: the batch's shared acceptor
     on_tokens: RowCallback | None = None
     cancelled: Callable[[], bool] | None = None
+    # always draft (a seeded sampled row: its draws then do not depend on its neighbours)
+    pinned: bool = False
     result: EngineResult = field(init=False)
     was_cancelled: bool = False
 
@@ -179,8 +181,62 @@ class _PerRow:
         return tokens, counts
 
 
+class DraftPolicy:
+    """Whether to draft at the batch's current number of rows, measured rather than assumed.
+
+    At batch 1 verifying gamma drafts costs little more than one decode step; as rows are
+    added the target's pass does more work per row and the drafts' share grows, so there is
+    an occupancy beyond which drafting loses. This keeps, per number of rows, a moving
+    average of output tokens/s over steps with drafts and over steps without, drafts while
+    that is the faster, and every EXPLORE-th step at that occupancy tries the other way for
+    RUN steps so a change (another acceptance rate, a busier machine) is noticed. One row
+    always drafts. Steps that prefill a new row, or feed the draft what it missed while
+    not drafting, are not counted: their time is mostly that catching up."""
+
+    EXPLORE = 16
+    RUN = 3
+    WEIGHT = 0.3  # of the newest step in the moving average
+
+    def __init__(self) -> None:
+        self.rate: dict[tuple[int, bool], float] = {}
+        self.seen: dict[int, int] = {}
+        self.run: tuple[int, bool] = (0, True)  # steps left of an exploration, and its way
+
+    def drafts(self, rows: int) -> bool:
+        if rows <= 1:
+            return True
+        left, way = self.run
+        if left > 0:
+            self.run = (left - 1, way)
+            return way
+        with_drafts, without = self.rate.get((rows, True)), self.rate.get((rows, False))
+        if with_drafts is None:
+            return True
+        if without is None:
+            return False
+        self.seen[rows] = self.seen.get(rows, 0) + 1
+        faster = with_drafts >= without
+        if self.seen[rows] % self.EXPLORE == 0:
+            self.run = (self.RUN - 1, not faster)
+            return not faster
+        return faster
+
+    def observe(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
+        if rows <= 1 or seconds <= 0:
+            return
+        now = tokens / seconds
+        old = self.rate.get((rows, drafted))
+        self.rate[(rows, drafted)] = now if old is None else old + self.WEIGHT * (now - old)
+
+
 class Batch:
-    """A fixed number of slots decoded together, one speculative step at a time."""
+    """A fixed number of slots decoded together, one speculative step at a time.
+
+    A runner with `arrange` (the reference backend's) holds only the occupied slots' rows:
+    before a step its rows are rearranged to them, a departed row's dropped and a new row's
+    started empty, so free slots cost nothing. A runner without it (compiled graphs of one
+    batch size) holds every slot; a free slot is fed a pad token and dropped after the step.
+    """
 
     def __init__(
         self,
@@ -191,9 +247,13 @@ class Batch:
         draft_tokens: int,
         pad_token_id: int = 0,
         acceptor: Acceptor | None = None,
+        policy: DraftPolicy | None = None,
     ):
+        """`policy`: decide per step whether drafting pays at the current occupancy (see
+        DraftPolicy); without one, every step drafts up to `draft_tokens`."""
         if slots < 1:
             raise ValueError("a batch needs at least one slot")
+        self.policy = policy
         self.target, self.pad = target, pad_token_id
         self.draft = draft if draft_tokens > 0 else None
         self.gamma_max = draft_tokens if self.draft is not None else 0
@@ -202,14 +262,18 @@ class Batch:
         self.rows: list[Row | None] = [None] * slots
         self.target_todo: list[list[int]] = [[pad_token_id] for _ in range(slots)]
         self.draft_todo: list[list[int]] = [[pad_token_id] for _ in range(slots)]
-        self.dirty = [False] * slots  # holds live columns of a row that has left
+        self.elastic = all(hasattr(r, "arrange") for r in (target, self.draft) if r is not None)
+        self.physical: list[int] = [] if self.elastic else list(range(slots))  # slot per row
+        self.fresh: set[int] = set()  # admitted since the last step
+        self.dirty = [False] * slots  # fixed rows: holds columns of a row that has left
         self.steps: list[StepRecord] = []  # every step, all slots
         self.draft_step_seconds: list[float] = []
         self.target_step_seconds: list[float] = []
         self._times: tuple[list[float], list[float]] = ([], [])  # the last step's passes
-        target.reset(slots)
+        self._draft_width = 0  # the widest draft feed of the last step
+        target.reset(0 if self.elastic else slots)
         if self.draft is not None:
-            self.draft.reset(slots)
+            self.draft.reset(0 if self.elastic else slots)
 
     @property
     def slots(self) -> int:
@@ -234,13 +298,15 @@ class Batch:
         self.rows[b] = row
         self.target_todo[b] = list(row.prompt)
         self.draft_todo[b] = list(row.prompt)
+        self.fresh.add(b)
         row.result.start = time.perf_counter()
         return b
 
     def leave(self, slot: int) -> Row | None:
         """Empty a slot (its row is returned as it stands)."""
         row, self.rows[slot] = self.rows[slot], None
-        self.dirty[slot] = row is not None
+        self.dirty[slot] = self.dirty[slot] or row is not None
+        self.fresh.discard(slot)
         self.target_todo[slot] = [self.pad]
         self.draft_todo[slot] = [self.pad]
         return row
@@ -256,61 +322,84 @@ class Batch:
                 gone.append(row)
         return gone
 
+    def _runners(self) -> list[Runner]:
+        return [r for r in (self.target, self.draft) if r is not None]
+
     @torch.inference_mode()
     def step(self) -> list[Row]:
         """One speculative step for every occupied slot; returns the rows that finished in
         it (EOS, budget, or their callback said stop), which have left their slots."""
         if not self.busy:
             return []
-        self._drop_leftovers()
+        prefill = bool(self.fresh)
+        self._draft_width = 0
+        self._place_rows()
+        slots = self.physical
         t_step = time.perf_counter()
-        active = [r is not None for r in self.rows]
+        rows = [self.rows[b] for b in slots]
+        occupied = sum(r is not None for r in rows)
+        drafting = self.policy is None or self.policy.drafts(occupied)
         # no point drafting past a row's budget
         gammas = [
-            0 if r is None else min(self.gamma_max, r.max_new - len(r.tokens) - 1)
-            for r in self.rows
+            0
+            if r is None
+            else min(self.gamma_max if drafting or r.pinned else 0, r.max_new - len(r.tokens) - 1)
+            for r in rows
         ]
         gamma = max(gammas)
-        acceptor = self._acceptor(gammas)
+        acceptor = self._acceptor(rows, gammas)
         marks = (len(self.draft_step_seconds), len(self.target_step_seconds))
         draft_ids, q_logits, d_start = self._draft(acceptor, gamma)
         t_logits, t_first = self._verify(draft_ids)
         q = torch.stack(q_logits, dim=1) if q_logits else t_logits[:, :0]
         emitted, counts = acceptor.accept(draft_ids, q, t_logits)
         n_acc = (counts - 1).clamp(min=0, max=gamma)
-        idle = torch.tensor([not a for a in active])
+        idle = torch.tensor([r is None for r in rows])
         self.target.invalidate_from(torch.where(idle, 0, t_first + n_acc))
         if self.draft is not None:
             after = d_start + n_acc if gamma > 0 else torch.full_like(n_acc, self.draft.length)
             self.draft.invalidate_from(torch.where(idle, 0, after))
-        self.dirty = [False] * self.slots
         now = time.perf_counter()
         record = StepRecord(now - t_step, gamma, [0] * self.slots, [0] * self.slots)
         if isinstance(acceptor, _PerRow):  # rows drafted as many as their budgets allow
-            record.row_drafted = gammas
+            record.row_drafted = [0] * self.slots
+            for p, b in enumerate(slots):
+                record.row_drafted[b] = gammas[p]
         self.steps.append(record)
         self._times = (self.draft_step_seconds[marks[0] :], self.target_step_seconds[marks[1] :])
-        return self._commit(record, emitted, counts, n_acc, draft_ids, now)
+        finished = self._commit(record, emitted, counts, n_acc, draft_ids, now)
+        pure = drafting or gamma == 0  # not a step some pinned rows drafted in alone
+        if self.policy is not None and pure and not prefill and self._draft_width <= 2:
+            self.policy.observe(occupied, gamma > 0, sum(record.emitted), record.seconds)
+        return finished
 
-    def _drop_leftovers(self) -> None:
-        """A row admitted into a slot whose previous row left after the last step: drop
-        that row's columns before the new prompt is fed."""
-        if not any(self.dirty):
-            return
-        for runner in (self.target, self.draft):
-            if runner is not None:
+    def _place_rows(self) -> None:
+        """Make the runners' rows those of the occupied slots (elastic), or drop what a
+        departed row left in a slot a new row now takes (fixed)."""
+        if self.elastic:
+            occupied = [b for b, r in enumerate(self.rows) if r is not None]
+            if occupied != self.physical or self.fresh:
+                index = [
+                    None if b in self.fresh or b not in self.physical else self.physical.index(b)
+                    for b in occupied
+                ]
+                for runner in self._runners():
+                    runner.arrange(index)  # type: ignore[attr-defined]
+                self.physical = occupied
+        elif any(self.dirty[b] for b in self.fresh):
+            reset = torch.tensor([self.dirty[b] and b in self.fresh for b in range(self.slots)])
+            for runner in self._runners():
                 full = torch.full((self.slots,), runner.length, dtype=torch.long)
-                runner.invalidate_from(torch.where(torch.tensor(self.dirty), 0, full))
-        self.dirty = [False] * self.slots
+                runner.invalidate_from(torch.where(reset, 0, full))
+            self.dirty = [False] * self.slots
+        self.fresh.clear()
 
-    def _acceptor(self, gammas: list[int]) -> Acceptor:
+    def _acceptor(self, rows: list[Row | None], gammas: list[int]) -> Acceptor:
         """The shared acceptor when no row brings its own (it sees the whole batch at one
         draft count), else each row's own."""
-        if all(r is None or r.acceptor is None for r in self.rows) and self.shared is not None:
+        if all(r is None or r.acceptor is None for r in rows) and self.shared is not None:
             return self.shared
-        chosen = [
-            self.idle_acceptor if r is None else (r.acceptor or self.shared) for r in self.rows
-        ]
+        chosen = [self.idle_acceptor if r is None else (r.acceptor or self.shared) for r in rows]
         return _PerRow(chosen, gammas)  # type: ignore[arg-type]  # None only with a shared one
 
     def _draft(
@@ -318,16 +407,18 @@ class Batch:
     ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
         """gamma draft tokens per row (B, gamma), the logits each was drawn from (kept only
         when the acceptor reads them), and the cache column where the first was written."""
-        draft_ids = torch.zeros((self.slots, gamma), dtype=torch.long)
+        width = len(self.physical)
+        draft_ids = torch.zeros((width, gamma), dtype=torch.long)
         draft_logits: list[torch.Tensor] = []
         if gamma == 0 or self.draft is None:
             return draft_ids, draft_logits, 0
         keep_q = getattr(acceptor, "uses_draft_logits", True)  # custom acceptors: always
-        tokens, mask = _chunk(self.draft_todo, self.pad)
+        tokens, mask = _chunk([self.draft_todo[b] for b in self.physical], self.pad)
+        self._draft_width = tokens.shape[1]
         sinks = [self.draft_step_seconds] if tokens.shape[1] == 1 else []  # 1-token steps
         logits = _timed_feed(self.draft, tokens, mask, 1, sinks)[:, -1]  # (B, V)
         d_start = self.draft.length  # column where d_1 will be written
-        one = torch.ones((self.slots, 1), dtype=torch.bool)
+        one = torch.ones((width, 1), dtype=torch.bool)
         for i in range(gamma):
             draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
             if keep_q:
@@ -341,13 +432,13 @@ class Batch:
     def _verify(self, draft_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The target's pass over its to-do tokens and the drafts: the logits of the last
         gamma + 1 columns (B, gamma + 1, V), and the cache column of the first draft."""
-        gamma = draft_ids.shape[1]
-        tokens, mask = _chunk(self.target_todo, self.pad)
+        width, gamma = draft_ids.shape
+        tokens, mask = _chunk([self.target_todo[b] for b in self.physical], self.pad)
         first_draft = self.target.length + tokens.shape[1]
         tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
-        mask = torch.cat([mask, torch.ones((self.slots, gamma), dtype=torch.bool)], dim=1)
+        mask = torch.cat([mask, torch.ones((width, gamma), dtype=torch.bool)], dim=1)
         logits = _timed_feed(self.target, tokens, mask, gamma + 1, [self.target_step_seconds])
-        return logits, torch.full((self.slots,), first_draft, dtype=torch.long)
+        return logits, torch.full((width,), first_draft, dtype=torch.long)
 
     def _commit(
         self,
@@ -362,17 +453,18 @@ class Batch:
         that keep the cache invariant for the next step."""
         gamma = draft_ids.shape[1]
         finished = []
-        for b, row in enumerate(self.rows):
+        for p, b in enumerate(self.physical):
+            row = self.rows[b]
             if row is None:
                 continue
-            new = [int(x) for x in emitted[b, : int(counts[b])]]
+            new = [int(x) for x in emitted[p, : int(counts[p])]]
             keep = _commit_row(row, new, now)
-            record.accepted[b], record.emitted[b] = int(n_acc[b]), len(keep)
+            record.accepted[b], record.emitted[b] = int(n_acc[p]), len(keep)
             self._record(row, record, b)
             stop = row.on_tokens is not None and bool(keep) and bool(row.on_tokens(keep))
             self.target_todo[b] = [new[-1]]
             if gamma > 0:
-                last_draft = [int(draft_ids[b, -1])] if int(n_acc[b]) == gamma else []
+                last_draft = [int(draft_ids[p, -1])] if int(n_acc[p]) == gamma else []
                 self.draft_todo[b] = [*last_draft, new[-1]]
             else:
                 self.draft_todo[b] = self.draft_todo[b] + [new[-1]]

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .chat import chat_ids
-from .openai_api import ChatRequest, CompletionRequest
+from .openai_api import ChatRequest, CompletionRequest, FieldProblem
 
 MAX_BODY_BYTES = 1 << 20
 Request = CompletionRequest | ChatRequest
@@ -53,6 +53,9 @@ def validate(payload: Any, schema: type[Request]) -> Request:
                 "the text alone",
                 "messages",
             ) from None
+        problem = (first.get("ctx") or {}).get("error")
+        if isinstance(problem, FieldProblem):
+            raise RequestError(400, str(problem), problem.field) from None
         if first["type"] == "extra_forbidden":
             raise RequestError(400, f"unknown field {param!r}", param) from None
         got = repr(first.get("input"))

@@ -288,9 +288,19 @@ class Generator:
         one sequence at a time (then requests run one after another)."""
         if self.target is None:
             return None
+        from .engine import DraftPolicy
+
         gamma = self.spec.speculation.draft_tokens
         draft = self.draft if gamma > 0 else None
-        return Batch(self.target, draft, slots, draft_tokens=gamma, pad_token_id=self.pad_token_id)
+        policy = DraftPolicy() if self.spec.speculation.adaptive_batch else None
+        return Batch(
+            self.target,
+            draft,
+            slots,
+            draft_tokens=gamma,
+            pad_token_id=self.pad_token_id,
+            policy=policy,
+        )
 
     def row(
         self,
@@ -320,6 +330,9 @@ class Generator:
         callback = (lambda new: stream.on_tokens(0, new)) if stream.active else None
         eos = frozenset(self.eos_token_ids)
         row = Row(ids[0], max_new, eos, acceptor, callback, cancelled)
+        # a request that gives its own seed and samples always drafts, so its draws are the
+        # ones it makes alone, whatever else is in the batch
+        row.pinned = seed is not None and sampling.temperature > 0
 
         def finish() -> Generation:
             res = row.result

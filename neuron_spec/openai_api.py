@@ -52,6 +52,14 @@ NEUTRAL_CHAT: dict[str, tuple[Any, ...]] = {
 }
 
 
+class FieldProblem(ValueError):
+    """A check across fields, reported as about one field (`field`) in plain words."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
@@ -77,7 +85,7 @@ class _Sampling(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1)
+    n: int = 1  # choices per prompt, each a batch row
     user: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -86,11 +94,6 @@ class _Sampling(BaseModel):
     def unsupported(self) -> tuple[str, str] | None:
         """(field, message) for the first field set to a value neuron-spec does not
         implement; None when every field is supported or neutral."""
-        if self.n != 1:
-            return "n", (
-                f"n={self.n}: neuron-spec returns one choice per prompt; send n=1 or leave it "
-                "out, and send the request again for another sample"
-            )
         for name, neutral in self.NEUTRAL.items():
             value = getattr(self, name, None)
             if value is not None and not any(value == n for n in neutral):
@@ -102,12 +105,21 @@ class _Sampling(BaseModel):
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> _Sampling:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
+            raise FieldProblem(
+                "stream_options", "stream_options is only allowed when stream is true"
+            )
         return self
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, v: int) -> int:
+        if not 1 <= v <= MAX_PROMPTS:
+            raise FieldProblem("n", f"n={v}: give 1 to {MAX_PROMPTS} choices")
+        return v
 
     @field_validator("temperature")
     @classmethod
@@ -163,6 +175,16 @@ class CompletionRequest(_Sampling):
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @model_validator(mode="after")
+    def _rows(self) -> CompletionRequest:
+        if len(self.prompts()) * self.n > MAX_PROMPTS:
+            raise FieldProblem(
+                "n",
+                f"{len(self.prompts())} prompts x n={self.n} choices is over {MAX_PROMPTS} "
+                "sequences per request; send fewer prompts or a smaller n",
+            )
+        return self
 
     @property
     def new_tokens(self) -> int | None:

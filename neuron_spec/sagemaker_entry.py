@@ -148,6 +148,13 @@ def input_fn(body: bytes | str, content_type: str = "application/json") -> Any:
             raise frontdoor.RequestError(
                 400, "stream is not available here: send it false", "stream"
             )
+        if request.n != 1:
+            raise frontdoor.RequestError(
+                400,
+                f"n={request.n}: this endpoint returns one text per prompt; send n=1 (or leave "
+                "it out) and invoke again for another sample",
+                "n",
+            )
         return request
     except (ValueError, RecursionError):
         raise InvalidRequest(400, "the body is not valid JSON") from None

@@ -89,6 +89,18 @@ class Str(Kind):
         return {"type": "string"}
 
 
+class Bool(Kind):
+    name = "true or false"
+
+    def parse(self, value: Any, loc: Loc) -> Any:
+        if not isinstance(value, bool):
+            raise _Wrong("expected true or false")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+
 @dataclass(frozen=True)
 class _Bounds:
     ge: float | None = None

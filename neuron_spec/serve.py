@@ -13,13 +13,17 @@
 - GET /health: 503 while the models load, 200 once ready.
 - GET /metrics: Prometheus text format.
 
-Generation runs on one worker thread, one request at a time (transformers-neuronx speculation
-is batch 1), fed from a bounded queue: a full queue answers 429 with Retry-After, and /health
-says "saturated" (503) while it is full. Every request is bounded: prompt tokens + max_tokens
-must fit n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
+Generation runs on one worker thread. On the reference backend it is continuous batching:
+every prompt of every request is a row of one engine batch of `--batch-size` slots (default
+target.batch_size); a request joins at the next step while a slot is free, its rows leave the
+moment they finish or their client goes away, and `n` choices are rows too. Neuron backends
+decode one request at a time. What does not fit waits in a bounded queue: a full queue
+answers 429 with Retry-After, and /health says "saturated" (503) while it is full. Every
+request is bounded: prompt tokens + max_tokens must fit n_positions (400 naming the limit;
+max_tokens defaults to what fits). A client that
 disconnects, streaming or not, has its generation cancelled at the next step. Client errors are
 4xx in OpenAI's error shape, counted in /metrics. SIGTERM stops accepting work, answers queued
-requests 503, gives the running one the drain timeout to finish, then cancels it; exit 0.
+requests 503, gives the running ones the drain timeout to finish, then cancels them; exit 0.
 """
 
 from __future__ import annotations
@@ -93,6 +97,18 @@ class Job:
     @property
     def chat(self) -> bool:
         return isinstance(self.request, ChatRequest)
+
+    @property
+    def choices(self) -> int:
+        """Rows to decode: each prompt `n` times (choice k is prompt k // n)."""
+        return len(self.ids) * self.request.n
+
+    def choice(self, k: int) -> tuple[list[int], int | None]:
+        """Choice k's prompt tokens and seed: the n choices of a seeded request use
+        seed, seed + 1, ... so they differ and each is reproducible."""
+        seed = self.request.seed
+        n = self.request.n
+        return self.ids[k // n], None if seed is None else seed + k % n
 
     def push(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
@@ -175,7 +191,13 @@ class Metrics:
 class ServerState:
     """Everything the handlers share: the generator, the queue, the worker, the metrics."""
 
-    def __init__(self, cfg: ConfigFile, queue_size: int = 16, retry_after_s: int = 2):
+    def __init__(
+        self,
+        cfg: ConfigFile,
+        queue_size: int = 16,
+        retry_after_s: int = 2,
+        slots: int | None = None,
+    ):
         self.cfg = cfg
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self.retry_after_s = retry_after_s
@@ -184,7 +206,7 @@ class ServerState:
         self.load_error: str | None = None
         self.shutting_down = False
         self.running: set[Job] = set()
-        self.slots = cfg.spec.target.batch_size
+        self.slots = slots or cfg.spec.target.batch_size
         self.metrics.batch_slots.set(self.slots)
         self.on_fatal: Any = None  # called when loading fails: the server exits
         self.model_name = cfg.spec.target.model.rstrip("/").split("/")[-1]
@@ -325,16 +347,17 @@ class ServerState:
     def _run(self, job: Job) -> dict[str, Any]:
         req, gen = job.request, self.generator
         results = []
-        for index, prompt in enumerate(job.prompts):
+        for index in range(job.choices):
+            ids, seed = job.choice(index)
             began = time.monotonic()
             result = gen.generate(
-                prompt,
-                prompt_token_ids=[job.ids[index]],
+                "",
+                prompt_token_ids=[ids],
                 max_new_tokens=job.max_new,
                 temperature=req.temperature,
                 top_p=req.top_p,
                 top_k=req.top_k,
-                seed=req.seed,
+                seed=seed,
                 stop=req.stops(),
                 on_text=(lambda _row, d, i=index: job.push("delta", (i, d)))
                 if req.stream
@@ -343,7 +366,7 @@ class ServerState:
             )
             self.metrics.observe(result.metrics, began - job.arrived)  # TTFT from arrival
             results.append(result)
-        return answer(results)
+        return answer(results, req.n)
 
 
 class _Stop:
@@ -353,8 +376,9 @@ class _Stop:
 STOP = _Stop()
 
 
-def answer(results: list[Any]) -> dict[str, Any]:
-    """A job's response body parts from its prompts' Generations, in order."""
+def answer(results: list[Any], n: int = 1) -> dict[str, Any]:
+    """A job's response body parts from its choices' Generations, in order (`n` per prompt;
+    a prompt's tokens count once in usage, as OpenAI counts them)."""
     choices = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0}
@@ -369,7 +393,7 @@ def answer(results: list[Any]) -> dict[str, Any]:
                 "finish_reason": "stop" if stopped else "length",
             }
         )
-        usage["prompt_tokens"] += m.prompt_tokens
+        usage["prompt_tokens"] += m.prompt_tokens if index % n == 0 else 0
         usage["completion_tokens"] += m.new_tokens
         spec["drafted"] += m.drafted
         spec["accepted"] += m.accepted
@@ -432,8 +456,8 @@ class _Scheduler:
                     return
                 assert isinstance(job, Job)
                 self.state.start_job(job)
-                self.results[job] = [None] * len(job.prompts)
-                self.pending.extend((job, i) for i in range(len(job.prompts)))
+                self.results[job] = [None] * job.choices
+                self.pending.extend((job, i) for i in range(job.choices))
             job, index = self.pending.popleft()
             if job in self.results:
                 self._admit(job, index)
@@ -441,13 +465,14 @@ class _Scheduler:
     def _admit(self, job: Job, index: int) -> None:
         req, gen = job.request, self.state.generator
         try:
+            ids, seed = job.choice(index)
             row, finish = gen.row(
-                job.ids[index],
+                ids,
                 max_new_tokens=job.max_new,
                 temperature=req.temperature,
                 top_p=req.top_p,
                 top_k=req.top_k,
-                seed=req.seed,
+                seed=seed,
                 stop=req.stops(),
                 on_text=(lambda d: job.push("delta", (index, d))) if req.stream else None,
                 cancelled=job.cancelled.is_set,
@@ -467,7 +492,7 @@ class _Scheduler:
         done = self.results[slot.job]
         done[slot.index] = result
         if all(r is not None for r in done):
-            self._end(slot.job, answer(done))
+            self._end(slot.job, answer(done, slot.job.request.n))
 
     def _cancelled(self, job: Job) -> None:
         if job in self.results:
@@ -756,6 +781,7 @@ def serve(
     queue_size: int = 16,
     drain_timeout_s: float = 30.0,
     api_key: str | None = None,
+    slots: int | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT, then drain: queued requests get 503, the running
     one has drain_timeout_s to finish before it is cancelled. Returns the exit code (0)."""
@@ -768,7 +794,7 @@ def serve(
     from .backends import load_generator
 
     sock = listen(host, port)  # before anything loads: a busy port is a clear exit 2 at once
-    state = ServerState(cfg, queue_size)
+    state = ServerState(cfg, queue_size, slots=slots)
     app = build_app(state, load_generator, api_key)
 
     class _Server(uvicorn.Server):

@@ -176,3 +176,22 @@ def test_a_prompt_that_cannot_fit_is_refused_before_anything_loads(tiny_pair_con
     took = time.perf_counter() - start
     assert proc.returncode == 2 and "n_positions=512" in proc.stderr
     assert "Nothing was loaded" in proc.stderr and took < 6.0, took  # 0.3 s on an idle machine
+
+
+def test_several_prompts_decode_as_one_batch_with_per_row_figures(tiny_pair_config):
+    prompts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10"]
+    args = [a for p in prompts for a in ("--prompt", p)]
+    proc = cli("generate", str(tiny_pair_config), *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["token_ids"]) == len(out["finished_by_eos"]) == len(out["text"]) == 3
+    rows = out["metrics"]["per_row"]
+    assert sum(r["drafted"] for r in rows) == out["metrics"]["drafted"] > 0
+    assert sum(r["accepted"] for r in rows) == out["metrics"]["accepted"]
+    # one batch: the target passes are shared, fewer than the rows' steps one by one
+    alone = [
+        json.loads(cli("generate", str(tiny_pair_config), "--prompt", p, "--json").stdout)
+        for p in prompts
+    ]
+    assert [a["token_ids"] for a in alone] == out["token_ids"]
+    assert out["metrics"]["target_passes"] < sum(a["metrics"]["target_passes"] for a in alone)

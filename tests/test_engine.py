@@ -239,3 +239,57 @@ def test_each_row_samples_with_its_own_acceptor():
         )
     assert together == alone
     assert len({tuple(t) for t in together}) == 3
+
+
+class _TimedStub(StubRunner):
+    """A stub whose feed takes `fixed + per_row x rows` seconds, like a model whose step is
+    memory-bound (fixed) or compute-bound (per row)."""
+
+    def __init__(self, table, fixed: float, per_row: float):
+        super().__init__(table)
+        self.fixed, self.per_row = fixed, per_row
+
+    def feed(self, tokens, mask, keep):
+        import time
+
+        time.sleep(self.fixed + self.per_row * tokens.shape[0])
+        return super().feed(tokens, mask, keep)
+
+
+@pytest.mark.parametrize(
+    ("draft_cost", "target_cost", "should_draft"),
+    [((0.0, 0.004), (0.002, 0.0), False), ((0.0, 0.0002), (0.012, 0.0), True)],
+)
+def test_the_draft_policy_drafts_only_while_it_pays(draft_cost, target_cost, should_draft):
+    """A draft whose cost grows with the rows (compute-bound, as a bf16 draft on a CPU
+    without bf16 units) loses at 4 rows: the policy stops drafting; a cheap draft in front of
+    a memory-bound target keeps drafting. Greedy output is the target's either way."""
+    from neuron_spec.engine import Batch, DraftPolicy, Row
+
+    target = _TimedStub(next_token_table(succ, V), *target_cost)
+    draft = _TimedStub(next_token_table(succ, V), *draft_cost)
+    batch = Batch(target, draft, 4, draft_tokens=4, acceptor=GreedyAcceptor(), policy=DraftPolicy())
+    rows = [Row([p], 400) for p in range(4)]
+    for row in rows:
+        batch.admit(row)
+    for _ in range(60):
+        batch.step()
+    late = batch.steps[20:]
+    drafting = sum(s.drafted > 0 for s in late) / len(late)
+    assert (drafting > 0.7) if should_draft else (drafting < 0.3)
+    assert 0 < drafting < 1 or should_draft  # it keeps re-trying the other way
+    for p, row in enumerate(rows):
+        assert row.tokens == _alone([p], len(row.tokens))
+
+
+def test_one_row_always_drafts_as_configured():
+    from neuron_spec.engine import DraftPolicy
+
+    policy = DraftPolicy()
+    for _ in range(50):
+        policy.observe(1, True, 1, 10.0)  # ignored: a single row is not the policy's to judge
+        assert policy.drafts(1)
+    policy.observe(3, True, 10, 1.0)
+    policy.observe(3, False, 30, 1.0)
+    choices = [policy.drafts(3) for _ in range(32)]
+    assert choices.count(False) > choices.count(True) > 0

@@ -255,7 +255,8 @@ def test_metrics_count_the_request(server):
         ({"prompt": PROMPT, "max_tokens": "8"}, "max_tokens"),
         ({"prompt": ""}, "prompt"),
         ({"max_tokens": 4}, "prompt"),
-        ({"prompt": PROMPT, "n": 3}, "n"),
+        ({"prompt": PROMPT, "n": 17}, "n"),
+        ({"prompt": [PROMPT] * 4, "n": 5}, "n"),
         ({"prompt": PROMPT, "best_of": 2}, "best_of"),
         ({"prompt": PROMPT, "echo": True}, "echo"),
         ({"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty"),
@@ -686,8 +687,9 @@ def test_a_queued_request_counts_its_wait_in_time_to_first_token(server):
 
 
 def test_top_k_in_extra_body_n_and_image_parts_in_plain_words(server):
-    """`top_k` through extra_body is honoured; n > 1, an image part, min_p and
-    repetition_penalty are refused with a sentence naming the field, never pydantic's text."""
+    """`top_k` through extra_body is honoured; n=2 gives two choices; an image part, min_p
+    and repetition_penalty are refused with a sentence naming the field, never pydantic's
+    text."""
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     msgs = [{"role": "user", "content": "Say hello."}]
@@ -699,8 +701,18 @@ def test_top_k_in_extra_body_n_and_image_parts_in_plain_words(server):
         model=MODEL, messages=msgs, max_tokens=6, temperature=0.0
     )
     assert one.choices[0].message.content == greedy.choices[0].message.content  # top-k 1
+    two = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=8, temperature=1.0, seed=3, n=2
+    )
+    assert [c.index for c in two.choices] == [0, 1]
+    texts = [c.message.content for c in two.choices]
+    assert texts[0] != texts[1]  # seeds 3 and 4: two samples, not one twice
+    again = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=8, temperature=1.0, seed=3
+    )
+    assert again.choices[0].message.content == texts[0]  # choice 0 is the seed's own
+    assert two.usage.prompt_tokens == again.usage.prompt_tokens  # the prompt counts once
     cases = [
-        ({"n": 2}, "n", "one choice per prompt"),
         ({"extra_body": {"min_p": 0.1}}, "min_p", "not supported by neuron-spec"),
         ({"extra_body": {"repetition_penalty": 1.3}}, "repetition_penalty", "not supported"),
     ]

@@ -107,6 +107,22 @@ class HFRunner:
         self.n_live = self.mask.long().sum(dim=1)
         self._compact()
 
+    def arrange(self, index: list[int | None]) -> None:
+        """Make row i the current row index[i], or a new empty row where it is None: rows
+        that left a continuous batch are dropped, new ones start with no live column."""
+        src = torch.tensor([len(self.mask) if i is None else i for i in index], dtype=torch.long)
+        empty = torch.zeros((1, self.length), dtype=torch.bool)
+        self.mask = torch.cat([self.mask, empty])[src]
+        self.n_live = self.mask.long().sum(dim=1)
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                where = src.to(layer.keys.device)
+                for name in ("keys", "values"):
+                    held = getattr(layer, name)
+                    blank = held.new_zeros((1, *held.shape[1:]))
+                    setattr(layer, name, torch.cat([held, blank]).index_select(0, where))
+        self._compact()
+
     def _compact(self) -> None:
         """Drop columns that are dead in every row (rows that left a continuous batch leave
         them anywhere, not only at the end) once they are a large share of the cache, so
