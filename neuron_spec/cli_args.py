@@ -164,7 +164,15 @@ def _plan(sub: Sub) -> None:
     p.add_argument(
         "--compare",
         metavar="INSTANCE,...",
-        help="rank these instances (or 'all') where the pair fits by $ per million tokens",
+        help="rank these instances (or 'all') where the pair fits by $ per million tokens, "
+        "each at the batch size that costs least among those neuron-spec runs there",
+    )
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        metavar="B",
+        help="plan memory, step times, tokens/s and cost at batch size B (default: the "
+        "config's target.batch_size); the batching table shows every batch size that fits",
     )
 
 

@@ -53,6 +53,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .preflight import build_context, preflight
 
     cfg = load(args.config, args.backend)
+    if args.batch is not None:  # plan the pair as if both were compiled for this batch
+        import dataclasses
+
+        spec = cfg.spec.replace(
+            target=cfg.spec.target.replace(batch_size=args.batch),
+            draft=cfg.spec.draft.replace(batch_size=args.batch),
+        )
+        cfg = dataclasses.replace(cfg, spec=spec)
     inp = inputs(
         cfg.spec,
         args.prompt_tokens,

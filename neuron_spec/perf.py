@@ -126,12 +126,14 @@ def floor_s(arch: Architecture, amp: str, tp: int, family: Family) -> float:
 
 
 def _decode_terms(
-    arch: Architecture, amp: str, tp: int, family: Family, positions: int
+    arch: Architecture, amp: str, tp: int, family: Family, positions: int, batch: int = 1
 ) -> tuple[float, float]:
-    """(memory seconds at full bandwidth, compute seconds at peak) of one decode step."""
+    """(memory seconds at full bandwidth, compute seconds at peak) of one decode step of
+    `batch` rows: the weights are read once for all rows, each row reads its own KV cache
+    and does its own matmuls."""
     weights, kv = _weights_and_kv(arch, amp, tp, positions)
     padded = weights / BYTES[amp]
-    return (weights + kv) / (tp * family.hbm_bytes_per_s), 2 * padded / (
+    return (weights + batch * kv) / (tp * family.hbm_bytes_per_s), batch * 2 * padded / (
         tp * family.bf16_flops_per_s
     )
 
@@ -152,10 +154,13 @@ def decode_step_s(
     family: Family,
     positions: int,
     c: Constants | None = None,
+    batch: int = 1,
 ) -> float:
-    """Predicted time of one decode step (batch 1) with `positions` in the compiled cache."""
+    """Predicted time of one decode step of `batch` rows with `positions` in the compiled
+    cache (the constants are fitted at batch 1; a batch adds each row's KV reads and
+    compute, which is what grows)."""
     c = c or calibration()[0]
-    memory, compute = _decode_terms(arch, amp, tp, family, positions)
+    memory, compute = _decode_terms(arch, amp, tp, family, positions, batch)
     t = c.overhead_s + arch.num_layers * c.layer_s + max(memory / c.efficiency, compute)
     return max(t, floor_s(arch, amp, tp, family))
 
@@ -178,13 +183,19 @@ def prefill_s(
 
 
 def verify_step_s(
-    arch: Architecture, amp: str, tp: int, family: Family, positions: int, window: int
+    arch: Architecture,
+    amp: str,
+    tp: int,
+    family: Family,
+    positions: int,
+    window: int,
+    batch: int = 1,
 ) -> float:
-    """The target's speculation pass over `window` = gamma + 1 positions."""
+    """The target's speculation pass over `window` = gamma + 1 positions of `batch` rows."""
     pre = calibration()[1]
     extra = _prefill_flops(arch, amp, tp, window - 1, start=positions)
     per_extra = extra / (tp * family.bf16_flops_per_s * pre.efficiency)
-    return decode_step_s(arch, amp, tp, family, positions) + per_extra
+    return decode_step_s(arch, amp, tp, family, positions, batch=batch) + batch * per_extra
 
 
 # --- fitting ----------------------------------------------------------------------------------

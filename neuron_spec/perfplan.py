@@ -18,7 +18,8 @@ from .catalog import INSTANCES, Architecture
 from .config import DeploymentSpec
 from .errors import UsageError
 from .host import HostFacts
-from .perf import FAMILIES, decode_step_s, floor_s, prefill_s, verify_step_s
+from .memory import model_memory
+from .perf import FAMILIES, Family, decode_step_s, floor_s, prefill_s, verify_step_s
 from .pricing import DEFAULT_REGION, price, usd_per_million_tokens
 from .speedup import MAX_GAMMA, mean_tokens_per_pass
 
@@ -105,54 +106,150 @@ def draft_runs(gamma: int, alpha: float, mode: str | None) -> float:
     return float(gamma)
 
 
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """The pair on one host at one tp: what every batch size's figures are computed from."""
+
+    spec: DeploymentSpec
+    target: Architecture
+    draft: Architecture
+    family: Family
+    tp: int
+    positions: int
+    inp: Inputs
+    c_scale: float  # measured c over the model's, or 1
+
+    def steps(self, batch: int) -> tuple[float, float]:
+        """(target decode step, draft decode step) seconds at `batch` rows."""
+        t_amp, d_amp = self.spec.target.amp, self.spec.draft.amp
+        t = decode_step_s(self.target, t_amp, self.tp, self.family, self.positions, batch=batch)
+        d = decode_step_s(self.draft, d_amp, self.tp, self.family, self.positions, batch=batch)
+        return t, d * self.c_scale
+
+    def gammas(self, batch: int) -> list[dict[str, Any]]:
+        """The speculation table at `batch` rows."""
+        t_step, d_step = self.steps(batch)
+        mode = self.spec.nxdi.speculation_mode if self.spec.backend == "nxdi" else None
+        rows = []
+        for gamma in GAMMAS:
+            verify = verify_step_s(
+                self.target, self.spec.target.amp, self.tp, self.family, self.positions,
+                gamma + 1, batch=batch,
+            )  # fmt: skip
+            tokens = mean_tokens_per_pass(self.inp.alpha, gamma)
+            tpot = (draft_runs(gamma, self.inp.alpha, mode) * d_step + verify) / tokens
+            rows.append(
+                {
+                    "gamma": gamma,
+                    "window_k": gamma + 1,
+                    "verify_ms": round(verify * 1e3, 3),
+                    "tokens_per_step": round(tokens, 3),
+                    "tpot_ms": round(tpot * 1e3, 3),
+                    "speedup": round(t_step / tpot, 3),
+                }
+            )
+        return rows
+
+    def fits(self, batch: int, budget: float) -> bool:
+        used = sum(
+            model_memory(a, tp=self.tp, amp=m.amp, n_positions=m.max_positions, batch_size=batch)
+            .per_core_bytes
+            for a, m in ((self.target, self.spec.target), (self.draft, self.spec.draft))
+        )  # fmt: skip
+        return used <= budget
+
+
+def _pair(
+    spec: DeploymentSpec, t_arch: Architecture, d_arch: Architecture, host: HostFacts, tp: int,
+    inp: Inputs,
+) -> _Pair:  # fmt: skip
+    family = FAMILIES[host.platform or "inf2"]
+    positions = min(inp.prompt_tokens + inp.new_tokens, spec.target.max_positions)
+    pair = _Pair(spec, t_arch, d_arch, family, tp, positions, inp, 1.0)
+    if inp.c_measured is None:
+        return pair
+    t_step, d_step = pair.steps(1)
+    return _Pair(
+        spec, t_arch, d_arch, family, tp, positions, inp, inp.c_measured / (d_step / t_step)
+    )
+
+
+def batching(
+    pair: _Pair, host: HostFacts, ttft: float, hourly: float | None
+) -> list[dict[str, Any]]:
+    """Aggregate tokens/s and $/million tokens at each batch size the pair fits, target alone
+    and speculative at that batch's best gamma. A batch reads the weights once for all its
+    rows, so a memory-bound step serves more rows at almost no cost, until each row's KV
+    reads and compute take over; speculation's verification then stops being free."""
+    budget = host.memory_per_core_bytes or 16 * 1024**3
+    new = pair.inp.new_tokens
+    neuron_batch_one = pair.spec.backend in ("neuronx", "nxdi")
+    out = []
+    for batch in BATCHES:
+        if not pair.fits(batch, budget):
+            break
+        t_step, _ = pair.steps(batch)
+        best = min(pair.gammas(batch), key=lambda r: r["tpot_ms"])
+        target_rate = batch * new / _request_s(ttft, t_step, new)
+        spec_rate = batch * new / _request_s(ttft, best["tpot_ms"] / 1e3, new)
+        row: dict[str, Any] = {
+            "batch": batch,
+            "target_tpot_ms": round(t_step * 1e3, 3),
+            "target_tokens_per_s": round(target_rate, 2),
+            "best_gamma": best["gamma"],
+            "speculative_tpot_ms": best["tpot_ms"],
+            "speculative_tokens_per_s": round(spec_rate, 2),
+            "speculation_pays": best["speedup"] > 1.0,
+            "runs_here": batch == 1 or not neuron_batch_one,
+        }
+        if hourly is not None:
+            row["target_only_usd_per_million_tokens"] = round(
+                usd_per_million_tokens(hourly, target_rate), 3
+            )
+            row["speculative_usd_per_million_tokens"] = round(
+                usd_per_million_tokens(hourly, spec_rate), 3
+            )
+        out.append(row)
+    return out
+
+
 def performance(
     spec: DeploymentSpec, t_arch: Architecture, d_arch: Architecture, host: HostFacts, tp: int,
     inp: Inputs,
 ) -> dict[str, Any]:  # fmt: skip
-    """The performance section for the pair on `host` at a shared `tp`."""
-    family = FAMILIES[host.platform or "inf2"]
-    positions = min(inp.prompt_tokens + inp.new_tokens, spec.target.max_positions)
-    t_amp, d_amp = spec.target.amp, spec.draft.amp
-    t_step = decode_step_s(t_arch, t_amp, tp, family, positions)
-    d_step = decode_step_s(d_arch, d_amp, tp, family, positions)
-    c = inp.c_measured if inp.c_measured is not None else d_step / t_step
-    d_step = c * t_step
-    ttft = prefill_s(t_arch, t_amp, tp, family, inp.prompt_tokens)
+    """The performance section for the pair on `host` at a shared `tp`, at the config's
+    batch size (target.batch_size; `plan --batch B` sets it)."""
+    pair = _pair(spec, t_arch, d_arch, host, tp, inp)
+    batch = spec.target.batch_size
+    t_step, d_step = pair.steps(batch)
+    t_one, d_one = pair.steps(1)
+    ttft = prefill_s(t_arch, spec.target.amp, tp, pair.family, inp.prompt_tokens)
     mode = spec.nxdi.speculation_mode if spec.backend == "nxdi" else None
-    rows = []
-    for gamma in GAMMAS:
-        verify = verify_step_s(t_arch, t_amp, tp, family, positions, gamma + 1)
-        tokens = mean_tokens_per_pass(inp.alpha, gamma)
-        tpot = (draft_runs(gamma, inp.alpha, mode) * d_step + verify) / tokens
-        rows.append(
-            {
-                "gamma": gamma,
-                "window_k": gamma + 1,
-                "verify_ms": round(verify * 1e3, 3),
-                "tokens_per_step": round(tokens, 3),
-                "tpot_ms": round(tpot * 1e3, 3),
-                "speedup": round(t_step / tpot, 3),
-            }
-        )
+    rows = pair.gammas(batch)
     best = min(rows, key=lambda r: r["tpot_ms"])
     # the table always extends past the best gamma it reports (unless that is the last searched)
     rows = rows[: max(SHOWN_GAMMAS, int(best["gamma"]) + 1)]
-    target_rate = inp.new_tokens / _request_s(ttft, t_step, inp.new_tokens)
-    spec_rate = inp.new_tokens / _request_s(ttft, best["tpot_ms"] / 1e3, inp.new_tokens)
+    target_rate = batch * inp.new_tokens / _request_s(ttft, t_step, inp.new_tokens)
+    spec_rate = batch * inp.new_tokens / _request_s(ttft, best["tpot_ms"] / 1e3, inp.new_tokens)
+    hourly = _hourly(host.instance, inp)[0]
     return {
         "instance": host.instance,
         "tp_degree": tp,
+        "batch_size": batch,
         "speculation_mode": mode,
         "prompt_tokens": inp.prompt_tokens,
         "new_tokens": inp.new_tokens,
         "alpha": inp.alpha,
         "alpha_source": inp.alpha_source,
-        "c": round(c, 4),
+        "c": round(d_one / t_one, 4),
         "c_source": "measured (bench)" if inp.c_measured is not None else "model",
         "target": {
             "ttft_ms": round(ttft * 1e3, 2),
             "tpot_ms": round(t_step * 1e3, 3),
-            "floor_ms": round(floor_s(t_arch, t_amp, tp, family) * 1e3, 3),
+            "floor_ms": round(floor_s(t_arch, spec.target.amp, tp, pair.family) * 1e3, 3),
             "tokens_per_s": round(target_rate, 2),
         },
         "draft": {"tpot_ms": round(d_step * 1e3, 3)},
@@ -161,6 +258,7 @@ def performance(
         "best_speedup": best["speedup"],
         "speculation_pays": best["speedup"] > 1.0,
         "speculative_tokens_per_s": round(spec_rate, 2),
+        "batching": batching(pair, host, ttft, hourly),
         "model_note": (
             None
             if host.platform in ("inf2", "trn1")
@@ -169,19 +267,21 @@ def performance(
     }
 
 
+def _hourly(instance: str | None, inp: Inputs) -> tuple[float | None, str]:
+    """The $/h the cost figures use and where it comes from."""
+    if inp.price_usd_per_hour is not None:
+        return inp.price_usd_per_hour, "--price"
+    row = price(instance or "", inp.region) if instance else None
+    if row is not None:
+        return row.usd_per_hour, f"{row.source}, {row.as_of}"
+    return None, f"no on-demand price for {instance} in {inp.region}: pass --price"
+
+
 def cost(instance: str | None, perf: dict[str, Any], inp: Inputs) -> dict[str, Any]:
     """$/h and $/million output tokens, target alone and speculative (at the best gamma)."""
-    row = price(instance or "", inp.region) if instance else None
-    if inp.price_usd_per_hour is not None:
-        hourly, source = inp.price_usd_per_hour, "--price"
-    elif row is not None:
-        hourly, source = row.usd_per_hour, f"{row.source}, {row.as_of}"
-    else:
-        return {
-            "usd_per_hour": None,
-            "usd_per_million_tokens": None,
-            "source": f"no on-demand price for {instance} in {inp.region}: pass --price",
-        }
+    hourly, source = _hourly(instance, inp)
+    if hourly is None:
+        return {"usd_per_hour": None, "usd_per_million_tokens": None, "source": source}
     target = usd_per_million_tokens(hourly, perf["target"]["tokens_per_s"])
     spec = usd_per_million_tokens(hourly, perf["speculative_tokens_per_s"])
     return {
@@ -238,6 +338,38 @@ def _setup_findings(
     return [f.to_dict() for f in report.findings if f.severity != "info"]
 
 
+def _row_cost(row: dict[str, Any]) -> float | None:
+    costs = [
+        row.get("target_only_usd_per_million_tokens"),
+        row.get("speculative_usd_per_million_tokens"),
+    ]
+    known = [c for c in costs if c is not None]
+    return min(known) if known else None
+
+
+def _best_batch(rows: list[dict[str, Any]], at_config: float | None) -> dict[str, Any]:
+    """The batch size a comparison ranks a setup at: the cheapest per token among those
+    neuron-spec runs on that backend; and the cheapest the model predicts at any batch."""
+    runnable = [r for r in rows if r["runs_here"] and _row_cost(r) is not None]
+    every = [r for r in rows if _row_cost(r) is not None]
+    if not runnable:
+        return {"batch_size": None, "usd_per_million_tokens": at_config}
+    best = min(runnable, key=lambda r: _row_cost(r) or 0.0)
+    out: dict[str, Any] = {
+        "batch_size": best["batch"],
+        "usd_per_million_tokens": _row_cost(best),
+        "speculation_pays_at_that_batch": best["speculation_pays"],
+    }
+    cheapest = min(every, key=lambda r: _row_cost(r) or 0.0)
+    if cheapest is not best:
+        out["predicted_best_batch"] = {
+            "batch_size": cheapest["batch"],
+            "usd_per_million_tokens": _row_cost(cheapest),
+            "note": "not run by neuron-spec on this backend yet (batch 1 on Neuron)",
+        }
+    return out
+
+
 def compare(spec: DeploymentSpec, base_dir: Path, names: list[str], inp: Inputs) -> dict[str, Any]:
     """Every named instance where the pair fits, ranked by $/million tokens (then TPOT), and
     why each other one is left out."""
@@ -281,8 +413,8 @@ def compare(spec: DeploymentSpec, base_dir: Path, names: list[str], inp: Inputs)
                 "best_gamma": perf["best_gamma"],
                 "speculative_tpot_ms": min(r["tpot_ms"] for r in perf["speculative"]),
                 "usd_per_hour": money["usd_per_hour"],
-                "usd_per_million_tokens": money["usd_per_million_tokens"],
                 "price_source": money["source"],
+                **_best_batch(perf["batching"], money["usd_per_million_tokens"]),
             }
         )
     ranked.sort(

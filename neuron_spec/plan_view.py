@@ -131,8 +131,8 @@ def render_performance(
     t = perf["target"]
     console.print(
         f"[bold]performance[/bold] at tp {perf['tp_degree']} on {perf['instance']}, "
-        f"{perf['prompt_tokens']}-token prompt, {perf['new_tokens']} new tokens "
-        "(latency model: docs/planning.md)"
+        f"batch {perf['batch_size']}, {perf['prompt_tokens']}-token prompt, "
+        f"{perf['new_tokens']} new tokens (latency model: docs/planning.md)"
     )
     console.print(
         f"  target: TTFT {t['ttft_ms']:.1f} ms, TPOT {t['tpot_ms']:.2f} ms (floor "
@@ -157,18 +157,53 @@ def render_performance(
         )
     console.print(st)
     verdict = "speculation pays" if perf["speculation_pays"] else "target alone is faster"
+    rate = "per request" if perf["batch_size"] == 1 else f"over {perf['batch_size']} rows"
     console.print(
         f"  best gamma {perf['best_gamma']} (*): {perf['best_speedup']:.2f}x, {verdict}; "
-        f"{perf['speculative_tokens_per_s']:.1f} tokens/s per request"
+        f"{perf['speculative_tokens_per_s']:.1f} tokens/s {rate}"
     )
     if money is None or money["usd_per_hour"] is None:
         console.print(f"  cost: {escape((money or {}).get('source', 'no price'))}")
+    else:
+        console.print(
+            f"  cost: ${money['usd_per_hour']:.2f}/h ({escape(money['source'])}); per million "
+            f"output tokens ${money['target_only_usd_per_million_tokens']:.2f} target alone, "
+            f"${money['speculative_usd_per_million_tokens']:.2f} speculative"
+        )
+    _render_batching(console, perf["batching"])
+
+
+def _render_batching(console: Console, rows: list[dict[str, Any]]) -> None:
+    """Tokens/s and $/Mtok at each batch size that fits, target alone and speculative."""
+    if not rows:
         return
-    console.print(
-        f"  cost: ${money['usd_per_hour']:.2f}/h ({escape(money['source'])}); per million "
-        f"output tokens ${money['target_only_usd_per_million_tokens']:.2f} target alone, "
-        f"${money['speculative_usd_per_million_tokens']:.2f} speculative"
-    )
+    console.print("  [bold]batching[/bold]: aggregate output tokens/s at each batch size that fits")
+    t = Table()
+    cols = ("batch", "target TPOT ms", "target tok/s", "best gamma", "spec tok/s",
+            "$/Mtok target", "$/Mtok spec", "runs here")  # fmt: skip
+    for col in cols:
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(
+            str(r["batch"]),
+            f"{r['target_tpot_ms']:.2f}",
+            f"{r['target_tokens_per_s']:.0f}",
+            str(r["best_gamma"]) if r["speculation_pays"] else f"{r['best_gamma']} (loses)",
+            f"{r['speculative_tokens_per_s']:.0f}",
+            _usd(r.get("target_only_usd_per_million_tokens")),
+            _usd(r.get("speculative_usd_per_million_tokens")),
+            "yes" if r["runs_here"] else "not yet",
+        )
+    console.print(t)
+    if not all(r["runs_here"] for r in rows):
+        console.print(
+            "  [dim]batch > 1 rows are predictions: the Neuron backends decode batch 1 today "
+            "(batch-speculation); the reference backend batches.[/dim]"
+        )
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def render_compare(console: Console, ranking: dict[str, Any], cfg: ConfigFile) -> None:
@@ -178,7 +213,7 @@ def render_compare(console: Console, ranking: dict[str, Any], cfg: ConfigFile) -
     )
     t = Table()
     cols = ("instance", "min tp", "tp", "target TPOT ms", "best gamma", "spec TPOT ms",
-            "$/h", "$/Mtok", "preflight")  # fmt: skip
+            "$/h", "batch", "$/Mtok", "preflight")  # fmt: skip
     for col in cols:
         t.add_column(col, justify="left" if col == "instance" else "right")
     for r in ranking["ranked"]:
@@ -192,6 +227,7 @@ def render_compare(console: Console, ranking: dict[str, Any], cfg: ConfigFile) -
             str(r["best_gamma"]),
             f"{r['speculative_tpot_ms']:.2f}",
             "-" if usd is None else f"{usd:.2f}",
+            str(r.get("batch_size") or "-"),
             "-" if mtok is None else f"{mtok:.2f}",
             _findings_cell(r.get("findings", [])),
         )

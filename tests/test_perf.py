@@ -208,3 +208,65 @@ def test_one_source_for_step_time_tpot_and_c(capsys, prompt_tokens):
     perf = out["performance"]
     assert out["models"]["target"]["estimated_step_ms"] == round(perf["target"]["tpot_ms"], 2)
     assert out["speculation"]["c_estimate"] == perf["c"]
+
+
+def test_the_planner_at_batch_b(capsys):
+    """A batch reads the weights once: the step grows slowly, aggregate tokens/s nearly with
+    the batch, and speculation's best gamma shrinks as verification stops being free."""
+    assert main(["plan", TRN1, "--alpha", "0.8", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    table = one["performance"]["batching"]
+    batches = [r["batch"] for r in table]
+    assert batches[0] == 1 and batches == sorted(batches) and len(batches) >= 4
+    first = table[0]
+    assert first["target_tokens_per_s"] == one["performance"]["target"]["tokens_per_s"]
+    assert first["speculative_tokens_per_s"] == one["performance"]["speculative_tokens_per_s"]
+    steps = [r["target_tpot_ms"] for r in table]
+    rates = [r["target_tokens_per_s"] for r in table]
+    assert steps == sorted(steps) and steps[-1] < 2 * steps[0]  # memory-bound: weights once
+    assert rates == sorted(rates) and rates[-1] > 0.5 * batches[-1] * rates[0]
+    gammas = [r["best_gamma"] for r in table]
+    assert gammas == sorted(gammas, reverse=True) and gammas[-1] < gammas[0]
+    # the Neuron backends decode batch 1 today: larger batches are predictions only
+    assert [r["runs_here"] for r in table] == [True] + [False] * (len(table) - 1)
+    assert main(["plan", TRN1, "--alpha", "0.8", "--batch", "8", "--json"]) == 1  # refused
+    eight = json.loads(capsys.readouterr().out)
+    assert eight["performance"]["batch_size"] == 8
+    at8 = next(r for r in table if r["batch"] == 8)
+    assert eight["performance"]["target"]["tokens_per_s"] == at8["target_tokens_per_s"]
+    # the memory table sizes 8 rows of KV cache, and the preflight says what refuses them
+    kv1 = one["models"]["target"]["kv_cache_bytes"]
+    assert eight["models"]["target"]["kv_cache_bytes"] == 8 * kv1
+    assert "batch-speculation" in {f["code"] for f in eight["findings"]}
+
+
+def test_the_batching_table_stops_where_the_pair_no_longer_fits(capsys):
+    from neuron_spec.memory import model_memory
+
+    assert main(["plan", TRN1, "--alpha", "0.8", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    perf_ = body["performance"]
+    largest = perf_["batching"][-1]["batch"]
+    budget = body["host"]["memory_per_core_bytes"]
+    tp = perf_["tp_degree"]
+
+    def used(batch):
+        return sum(
+            model_memory(ARCHITECTURES[a], tp=tp, amp="bf16", n_positions=2048,
+                         batch_size=batch).per_core_bytes
+            for a in ("llama-2-70b", "llama-2-7b")
+        )  # fmt: skip
+
+    assert used(largest) <= budget
+    assert largest == 64 or used(largest * 2) > budget
+
+
+def test_compare_ranks_each_setup_at_its_cheapest_batch_it_runs(capsys):
+    assert main(["plan", TRN1, "--compare", "all", "--alpha", "0.8", "--json"]) == 0
+    ranked = json.loads(capsys.readouterr().out)["compare"]["ranked"]
+    priced = [r for r in ranked if r["usd_per_hour"]]
+    for r in priced:
+        assert r["batch_size"] == 1  # what the Neuron backends run today
+        predicted = r["predicted_best_batch"]
+        assert predicted["batch_size"] > 1
+        assert predicted["usd_per_million_tokens"] < r["usd_per_million_tokens"]
