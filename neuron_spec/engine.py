@@ -186,47 +186,66 @@ class DraftPolicy:
 
     At batch 1 verifying gamma drafts costs little more than one decode step; as rows are
     added the target's pass does more work per row and the drafts' share grows, so there is
-    an occupancy beyond which drafting loses. This keeps, per number of rows, a moving
-    average of output tokens/s over steps with drafts and over steps without, drafts while
-    that is the faster, and every EXPLORE-th step at that occupancy tries the other way for
-    RUN steps so a change (another acceptance rate, a busier machine) is noticed. One row
-    always drafts. Steps that prefill a new row, or feed the draft what it missed while
-    not drafting, are not counted: their time is mostly that catching up."""
+    an occupancy beyond which drafting loses. This keeps, per number of rows, moving averages
+    of output tokens/s and step time over steps with drafts and over steps without, and takes
+    the faster way (output per row, each way at its nearest measured occupancy; learning
+    starts with the cheaper way, no drafts). Now and then it tries the other way for RUN
+    steps, so that a change (another acceptance rate, a busier machine) is noticed: after
+    at least EXPLORE steps, and only once the time since the last try is RATIO times what a
+    try costs, so re-checking takes at most about 1/RATIO of the time. One row always
+    drafts. Steps that prefill a new row or catch the draft up are not averaged: their time
+    is mostly that."""
 
     EXPLORE = 16
     RUN = 3
-    WEIGHT = 0.3  # of the newest step in the moving average
+    RATIO = 10.0
+    WEIGHT = 0.3  # of the newest step in the moving averages
 
     def __init__(self) -> None:
-        self.rate: dict[tuple[int, bool], float] = {}
-        self.seen: dict[int, int] = {}
-        self.run: tuple[int, bool] = (0, True)  # steps left of an exploration, and its way
+        self.rate: dict[tuple[int, bool], float] = {}  # output tokens/s
+        self.step_s: dict[tuple[int, bool], float] = {}  # seconds per step
+        self.trying = 0  # steps left of a try of the other way
+        self.try_way = True
+        self.steps_since = 0  # steps since the last try ended
+        self.exploit_s = 0.0  # seconds since the last try ended
+        self.explore_s = 0.0  # seconds the last try took
+
+    def _nearest(self, rows: int, way: bool) -> int | None:
+        """The measured occupancy closest to `rows` for that way."""
+        known = [r for r, w in self.rate if w == way]
+        return min(known, key=lambda r: (abs(r - rows), -r)) if known else None
 
     def drafts(self, rows: int) -> bool:
         if rows <= 1:
             return True
-        left, way = self.run
-        if left > 0:
-            self.run = (left - 1, way)
-            return way
-        with_drafts, without = self.rate.get((rows, True)), self.rate.get((rows, False))
-        if with_drafts is None:
-            return True
-        if without is None:
-            return False
-        self.seen[rows] = self.seen.get(rows, 0) + 1
-        faster = with_drafts >= without
-        if self.seen[rows] % self.EXPLORE == 0:
-            self.run = (self.RUN - 1, not faster)
-            return not faster
+        if self.trying > 0:
+            return self.try_way
+        near = {way: self._nearest(rows, way) for way in (True, False)}
+        if near[False] is None or near[True] is None:  # learning: no drafts first, then with
+            return near[False] is not None
+        per_row = {way: self.rate[(r, way)] / r for way, r in near.items() if r is not None}
+        faster = per_row[True] >= per_row[False]
+        try_cost = max(self.explore_s, self.RUN * self.step_s[(near[not faster], not faster)])
+        if self.steps_since >= self.EXPLORE and self.exploit_s >= self.RATIO * try_cost:
+            self.trying, self.try_way, self.explore_s = self.RUN, not faster, 0.0
+            return self.try_way
         return faster
 
-    def observe(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
-        if rows <= 1 or seconds <= 0:
+    def record(self, rows: int, drafted: bool, tokens: int, seconds: float, counted: bool) -> None:
+        """A step's outcome; `counted` when its rate is a fair sample of its way."""
+        if self.trying > 0:
+            self.explore_s += seconds
+            self.trying -= 1
+            if self.trying == 0:
+                self.steps_since, self.exploit_s = 0, 0.0
+        else:
+            self.steps_since += 1
+            self.exploit_s += seconds
+        if not counted or rows <= 1 or seconds <= 0:
             return
-        now = tokens / seconds
-        old = self.rate.get((rows, drafted))
-        self.rate[(rows, drafted)] = now if old is None else old + self.WEIGHT * (now - old)
+        for table, value in ((self.rate, tokens / seconds), (self.step_s, seconds)):
+            old = table.get((rows, drafted))
+            table[(rows, drafted)] = value if old is None else old + self.WEIGHT * (value - old)
 
 
 class Batch:
@@ -368,9 +387,10 @@ class Batch:
         self.steps.append(record)
         self._times = (self.draft_step_seconds[marks[0] :], self.target_step_seconds[marks[1] :])
         finished = self._commit(record, emitted, counts, n_acc, draft_ids, now)
-        pure = drafting or gamma == 0  # not a step some pinned rows drafted in alone
-        if self.policy is not None and pure and not prefill and self._draft_width <= 2:
-            self.policy.observe(occupied, gamma > 0, sum(record.emitted), record.seconds)
+        if self.policy is not None:
+            pure = drafting or gamma == 0  # not a step some pinned rows drafted in alone
+            fair = pure and not prefill and self._draft_width <= 2
+            self.policy.record(occupied, gamma > 0, sum(record.emitted), record.seconds, fair)
         return finished
 
     def _place_rows(self) -> None:
