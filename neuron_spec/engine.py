@@ -92,6 +92,30 @@ class EngineResult:
 
 
 @dataclass
+class TokenLogprob:
+    """An emitted token's log-probability under the target (its raw logits, before any
+    temperature or top-k/p), and the most likely tokens at that position."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def _logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """logits (n, V) of the positions that emitted `tokens` (n)."""
+    lsm = torch.log_softmax(logits.float(), dim=-1)
+    out = []
+    for i, tok in enumerate(tokens):
+        best = torch.topk(lsm[i], top) if top > 0 else None
+        alternatives = (
+            [] if best is None
+            else [(int(t), float(v)) for v, t in zip(best.values, best.indices, strict=True)]
+        )  # fmt: skip
+        out.append(TokenLogprob(tok, float(lsm[i, tok]), alternatives))
+    return out
+
+
+@dataclass
 class Row:
     """One sequence: what it starts from and how it ends. `result` is its own EngineResult
     (one row), complete when the row leaves the batch."""
@@ -104,6 +128,10 @@ class Row:
     cancelled: Callable[[], bool] | None = None
     # always draft (a seeded sampled row: its draws then do not depend on its neighbours)
     pinned: bool = False
+    # log-probabilities under the target's distribution: None = not wanted, N = each emitted
+    # token's and the N most likely alternatives at its position
+    logprobs: int | None = None
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
     result: EngineResult = field(init=False)
     was_cancelled: bool = False
 
@@ -220,12 +248,12 @@ class DraftPolicy:
             return True
         if self.trying > 0:
             return self.try_way
-        near = {way: self._nearest(rows, way) for way in (True, False)}
-        if near[False] is None or near[True] is None:  # learning: no drafts first, then with
-            return near[False] is not None
-        per_row = {way: self.rate[(r, way)] / r for way, r in near.items() if r is not None}
-        faster = per_row[True] >= per_row[False]
-        try_cost = max(self.explore_s, self.RUN * self.step_s[(near[not faster], not faster)])
+        with_at, without_at = self._nearest(rows, True), self._nearest(rows, False)
+        if with_at is None or without_at is None:  # learning: no drafts first, then with
+            return without_at is not None
+        faster = self.rate[(with_at, True)] / with_at >= self.rate[(without_at, False)] / without_at
+        other = (without_at, False) if faster else (with_at, True)
+        try_cost = max(self.explore_s, self.RUN * self.step_s[other])
         if self.steps_since >= self.EXPLORE and self.exploit_s >= self.RATIO * try_cost:
             self.trying, self.try_way, self.explore_s = self.RUN, not faster, 0.0
             return self.try_way
@@ -386,7 +414,7 @@ class Batch:
                 record.row_drafted[b] = gammas[p]
         self.steps.append(record)
         self._times = (self.draft_step_seconds[marks[0] :], self.target_step_seconds[marks[1] :])
-        finished = self._commit(record, emitted, counts, n_acc, draft_ids, now)
+        finished = self._commit(record, emitted, counts, n_acc, draft_ids, now, t_logits)
         if self.policy is not None:
             pure = drafting or gamma == 0  # not a step some pinned rows drafted in alone
             fair = pure and not prefill and self._draft_width <= 2
@@ -468,6 +496,7 @@ class Batch:
         n_acc: torch.Tensor,
         draft_ids: torch.Tensor,
         now: float,
+        t_logits: torch.Tensor,
     ) -> list[Row]:
         """Append each row's new tokens, let finished rows leave, and set the to-do lists
         that keep the cache invariant for the next step."""
@@ -479,6 +508,8 @@ class Batch:
                 continue
             new = [int(x) for x in emitted[p, : int(counts[p])]]
             keep = _commit_row(row, new, now)
+            if row.logprobs is not None and keep:
+                row.token_logprobs += _logprobs(t_logits[p, : len(keep)], keep, row.logprobs)
             record.accepted[b], record.emitted[b] = int(n_acc[p]), len(keep)
             self._record(row, record, b)
             stop = row.on_tokens is not None and bool(keep) and bool(row.on_tokens(keep))

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config import ConfigFile, SamplingSpec
-from .engine import Batch, EngineResult, Row, Runner, speculative_generate
+from .engine import Batch, EngineResult, Row, Runner, TokenLogprob, speculative_generate
 from .speedup import alpha_from_mean_tokens
 
 
@@ -126,6 +126,7 @@ class Generation:
     metrics: Metrics
     prompt_token_ids: list[list[int]] = field(default_factory=list)
     finished_by_stop: list[bool] = field(default_factory=list)
+    logprobs: list[list[TokenLogprob]] | None = None  # per row, when asked for
 
     def to_dict(self, single: bool = False) -> dict[str, Any]:
         if single and len(self.text) == 1:
@@ -314,10 +315,12 @@ class Generator:
         stop: Sequence[str] = (),
         on_text: Callable[[str], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        logprobs: int | None = None,
     ) -> tuple[Row, Callable[[], Generation]]:
         """One request as a row of a continuous batch (see `open_batch`), with its own
         sampling, seed, stop strings and budget; and the function that turns the finished
-        row into its Generation."""
+        row into its Generation. `logprobs`: N to record each emitted token's log-probability
+        under the target and the N most likely alternatives (None: not recorded)."""
         from .acceptors import make_acceptor
 
         ids = [list(prompt_ids)]
@@ -329,7 +332,7 @@ class Generator:
         stream = _TextStream(self.tokenizer, 1, text_cb, [s for s in stop if s])
         callback = (lambda new: stream.on_tokens(0, new)) if stream.active else None
         eos = frozenset(self.eos_token_ids)
-        row = Row(ids[0], max_new, eos, acceptor, callback, cancelled)
+        row = Row(ids[0], max_new, eos, acceptor, callback, cancelled, logprobs=logprobs)
         # a request that gives its own seed and samples always drafts, so its draws are the
         # ones it makes alone, whatever else is in the batch
         row.pinned = seed is not None and sampling.temperature > 0
@@ -338,7 +341,9 @@ class Generator:
             res = row.result
             texts = stream.finish(res.tokens)
             metrics = compute_metrics(res, len(ids[0]), self.spec.speculation.draft_tokens)
-            return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+            gen = Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+            gen.logprobs = None if logprobs is None else [row.token_logprobs]
+            return gen
 
         return row, finish
 

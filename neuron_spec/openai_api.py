@@ -19,12 +19,12 @@ MAX_PROMPTS = 16
 MAX_STOPS = 4
 MAX_MESSAGES = 256
 MIN_TEMPERATURE = 1e-4
+MAX_LOGPROBS = 20  # alternatives per position, as OpenAI's chat top_logprobs
 
 # field -> the values that change nothing (the default behaviour), for fields not implemented.
 # Numbers compare by value (0 == 0.0); None is always neutral.
 NEUTRAL_COMPLETION: dict[str, tuple[Any, ...]] = {
     "echo": (False,),
-    "logprobs": (),  # completions: how many logprobs to return; only null returns none
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
     "best_of": (1,),
@@ -34,8 +34,6 @@ NEUTRAL_COMPLETION: dict[str, tuple[Any, ...]] = {
     "repetition_penalty": (1,),
 }
 NEUTRAL_CHAT: dict[str, tuple[Any, ...]] = {
-    "logprobs": (False,),  # chat: a flag
-    "top_logprobs": (0,),
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
     "logit_bias": ({},),
@@ -148,6 +146,20 @@ class _Sampling(BaseModel):
     def new_tokens(self) -> int | None:
         raise NotImplementedError
 
+    def logprob_count(self) -> int | None:
+        """None: no log-probabilities wanted; N: each token's and N alternatives."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _no_streamed_logprobs(self) -> _Sampling:
+        if self.stream and self.logprob_count() is not None:
+            raise FieldProblem(
+                "logprobs",
+                "logprobs are returned with stream false only: send the request without "
+                "stream to get them",
+            )
+        return self
+
 
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
@@ -175,6 +187,18 @@ class CompletionRequest(_Sampling):
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= MAX_LOGPROBS:
+            raise FieldProblem(
+                "logprobs", f"logprobs={v}: give 0 to {MAX_LOGPROBS} alternatives per token"
+            )
+        return v
 
     @model_validator(mode="after")
     def _rows(self) -> CompletionRequest:
@@ -241,6 +265,18 @@ class ChatRequest(_Sampling):
     def new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @model_validator(mode="after")
+    def _top_logprobs(self) -> ChatRequest:
+        top = self.top_logprobs
+        if top is not None and not 0 <= top <= MAX_LOGPROBS:
+            raise FieldProblem("top_logprobs", f"top_logprobs={top}: give 0 to {MAX_LOGPROBS}")
+        if top and not self.logprobs:
+            raise FieldProblem("top_logprobs", "top_logprobs needs logprobs: true (send both)")
+        return self
+
     def template_messages(self) -> list[dict[str, str]]:
         """The messages as chat templates expect them ('developer' is OpenAI's newer name for
         'system', which templates know)."""
@@ -272,6 +308,40 @@ def models_body(model: str, created: int) -> dict[str, Any]:
     }
 
 
+def logprobs_body(
+    chat: bool, entries: list[Any], piece: Any, text: str, skip: frozenset[int] = frozenset()
+) -> dict[str, Any]:
+    """A choice's `logprobs` in the endpoint's shape, from the engine's TokenLogprob list:
+    chat `{"content": [{token, logprob, bytes, top_logprobs}]}`, completions `{tokens,
+    token_logprobs, top_logprobs, text_offset}`. `piece(id)` is a token's text; tokens past
+    the returned text (cut at a stop string) and `skip` ids (EOS) are left out."""
+    kept: list[tuple[Any, str, int]] = []
+    offset = 0
+    for e in entries:
+        if e.token in skip or (offset >= len(text) and kept):
+            break
+        s = piece(e.token)
+        kept.append((e, s, offset))
+        offset += len(s)
+    if chat:
+
+        def one(token: int, logprob: float) -> dict[str, Any]:
+            s = piece(token)
+            return {"token": s, "logprob": logprob, "bytes": list(s.encode("utf-8"))}
+
+        content = [
+            {**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
+            for e, _, _ in kept
+        ]
+        return {"content": content, "refusal": None}
+    return {
+        "tokens": [s for _, s, _ in kept],
+        "token_logprobs": [e.logprob for e, _, _ in kept],
+        "top_logprobs": [{piece(t): lp for t, lp in e.top} for e, _, _ in kept],
+        "text_offset": [o for _, _, o in kept],
+    }
+
+
 def full_body(
     chat: bool, ident: str, created: int, model: str, result: dict[str, Any]
 ) -> dict[str, Any]:
@@ -282,7 +352,7 @@ def full_body(
             {
                 "index": c["index"],
                 "message": {"role": "assistant", "content": c["text"]},
-                "logprobs": None,
+                "logprobs": c["logprobs"],
                 "finish_reason": c["finish_reason"],
             }
             for c in choices

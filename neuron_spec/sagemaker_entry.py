@@ -148,6 +148,10 @@ def input_fn(body: bytes | str, content_type: str = "application/json") -> Any:
             raise frontdoor.RequestError(
                 400, "stream is not available here: send it false", "stream"
             )
+        if request.logprob_count() is not None:
+            raise frontdoor.RequestError(
+                400, "logprobs are not returned by this endpoint; leave them out", "logprobs"
+            )
         if request.n != 1:
             raise frontdoor.RequestError(
                 400,

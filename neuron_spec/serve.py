@@ -54,6 +54,7 @@ from .openai_api import (
     chunk,
     error_body,
     full_body,
+    logprobs_body,
     models_body,
     new_id,
     now,
@@ -376,9 +377,10 @@ class _Stop:
 STOP = _Stop()
 
 
-def answer(results: list[Any], n: int = 1) -> dict[str, Any]:
+def answer(results: list[Any], n: int = 1, shape: Any = None) -> dict[str, Any]:
     """A job's response body parts from its choices' Generations, in order (`n` per prompt;
-    a prompt's tokens count once in usage, as OpenAI counts them)."""
+    a prompt's tokens count once in usage, as OpenAI counts them). `shape(result)` gives a
+    choice's logprobs, when they were asked for."""
     choices = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0}
@@ -389,7 +391,7 @@ def answer(results: list[Any], n: int = 1) -> dict[str, Any]:
             {
                 "text": result.text[0],
                 "index": index,
-                "logprobs": None,
+                "logprobs": shape(result) if shape and result.logprobs is not None else None,
                 "finish_reason": "stop" if stopped else "length",
             }
         )
@@ -476,6 +478,7 @@ class _Scheduler:
                 stop=req.stops(),
                 on_text=(lambda d: job.push("delta", (index, d))) if req.stream else None,
                 cancelled=job.cancelled.is_set,
+                logprobs=req.logprob_count(),
             )
         except Exception as exc:
             self._end(job, exc)
@@ -492,7 +495,20 @@ class _Scheduler:
         done = self.results[slot.job]
         done[slot.index] = result
         if all(r is not None for r in done):
-            self._end(slot.job, answer(done, slot.job.request.n))
+            self._end(slot.job, answer(done, slot.job.request.n, self._shape(slot.job)))
+
+    def _shape(self, job: Job) -> Any:
+        """How a choice's log-probabilities are written for this job's endpoint."""
+        gen = self.state.generator
+        tok = gen.tokenizer
+        eos = frozenset(gen.eos_token_ids)
+
+        def shape(result: Any) -> dict[str, Any]:
+            return logprobs_body(
+                job.chat, result.logprobs[0], lambda t: tok.decode([t]), result.text[0], eos
+            )
+
+        return shape
 
     def _cancelled(self, job: Job) -> None:
         if job in self.results:
@@ -608,6 +624,14 @@ class _Handlers:
             return self.reject(503, "the server is shutting down")
         if not st.ready:
             return self.reject(503, "the models are still loading; poll /health")
+        if body.logprob_count() is not None and st.generator.target is None:
+            backend = st.cfg.spec.backend
+            return self.reject(
+                400,
+                f"logprobs are not returned by the {backend} backend yet (the reference "
+                "backend returns them); leave logprobs out",
+                "logprobs",
+            )
         try:
             prompts, ids, max_new = st.prepare(body)
         except frontdoor.RequestError as exc:

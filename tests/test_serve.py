@@ -260,7 +260,7 @@ def test_metrics_count_the_request(server):
         ({"prompt": PROMPT, "best_of": 2}, "best_of"),
         ({"prompt": PROMPT, "echo": True}, "echo"),
         ({"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty"),
-        ({"prompt": PROMPT, "logprobs": 2}, "logprobs"),
+        ({"prompt": PROMPT, "logprobs": 99}, "logprobs"),
         ({"prompt": PROMPT, "frobnicate": 1}, "frobnicate"),
     ],
 )
@@ -729,6 +729,42 @@ def test_top_k_in_extra_body_n_and_image_parts_in_plain_words(server):
         client.chat.completions.create(model=MODEL, messages=image, max_tokens=2)
     assert "only text content" in exc.value.body["message"]
     assert exc.value.body["param"] == "messages"
-    r = server.complete(prompt=PROMPT, logprobs=2)
+    r = server.complete(prompt=PROMPT, echo=True)
     assert "leave it out" in r.json()["error"]["message"]
     assert "send leave" not in r.json()["error"]["message"]
+
+
+def test_logprobs_from_the_targets_distribution(server):
+    """Chat logprobs with top_logprobs=2 and completions logprobs=3: one entry per returned
+    token, from the target's own distribution (greedy picks its most likely token)."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    out = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=8, temperature=0.0, logprobs=True, top_logprobs=2,
+    )  # fmt: skip
+    content = out.choices[0].logprobs.content
+    assert 1 <= len(content) <= out.usage.completion_tokens
+    assert "".join(c.token for c in content) == out.choices[0].message.content
+    for c in content:
+        assert c.logprob <= 0 and len(c.top_logprobs) == 2
+        assert c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob
+        assert c.token == c.top_logprobs[0].token  # greedy: the target's most likely token
+        assert c.logprob == pytest.approx(c.top_logprobs[0].logprob)
+        assert bytes(c.bytes).decode("utf-8", "replace") == c.token
+    body = server.complete(prompt=PROMPT, max_tokens=6, temperature=0.0, logprobs=3).json()
+    lp = body["choices"][0]["logprobs"]
+    assert "".join(lp["tokens"]) == body["choices"][0]["text"]
+    assert len(lp["token_logprobs"]) == len(lp["tokens"]) == len(lp["top_logprobs"])
+    assert all(len(top) == 3 for top in lp["top_logprobs"])
+    assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
+    plain = server.complete(prompt=PROMPT, max_tokens=6, temperature=0.0).json()
+    assert plain["choices"][0]["logprobs"] is None
+    assert plain["choices"][0]["text"] == body["choices"][0]["text"]
+    for bad, param in (
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": 2, "stream": True}, "logprobs"),
+    ):
+        r = server.complete(prompt=PROMPT, max_tokens=2, **bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+        assert "Input should" not in r.json()["error"]["message"]
