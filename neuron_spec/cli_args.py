@@ -325,8 +325,8 @@ def _deploy_sagemaker(dsub: Sub) -> None:
         "sagemaker",
         help="create or update an endpoint",
         description="Validate, package, upload, create the model, the endpoint "
-        "configuration and the endpoint (or update it), and wait until "
-        "InService.",
+        "configuration and the endpoint (or update it), wait until InService, and (with "
+        "--autoscale) register it for auto scaling.",
     )
     ds.add_argument("config", metavar="CONFIG", help="YAML deployment config to deploy")
     ds.add_argument("--role", required=True, metavar="ARN", help="SageMaker execution role ARN")
@@ -369,6 +369,20 @@ def _deploy_sagemaker(dsub: Sub) -> None:
         default=3600,
         metavar="S",
         help="seconds to wait for InService (default 3600: a 70B pair compiles for long)",
+    )
+    ds.add_argument(
+        "--autoscale",
+        metavar="MIN:MAX",
+        help="once InService, register the variant with Application Auto Scaling between MIN "
+        "and MAX instances, target tracking on invocations per instance (the target derived "
+        "from the plan's tokens/s); `deploy delete` removes it",
+    )
+    ds.add_argument(
+        "--autoscale-target",
+        type=positive_float,
+        metavar="N",
+        help="invocations per instance per minute the scaling policy tracks (default: from "
+        "the plan, 70%% of what one instance serves)",
     )
     ds.add_argument(
         "--no-dependency-wheels",
@@ -504,6 +518,13 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 

@@ -41,6 +41,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         region=args.region,
         image_uri=args.image_uri,
         wait_timeout_s=args.wait_timeout,
+        autoscale=_scaling(args, cfg, instance_type),
     )
     problems = dp.validate(cfg, opts)
     if problems:
@@ -67,6 +68,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         verb = "updated" if result["updated"] else "created"
         print(f"endpoint {result['endpoint']} {verb} in {result['region']}: {result['status']}")
     return EXIT_OK
+
+
+def _scaling(args: argparse.Namespace, cfg: Any, instance_type: str) -> Any:
+    """--autoscale MIN:MAX (and --autoscale-target) as a Scaling, or None."""
+    from .autoscale import Scaling, parse_range, target_from_plan
+
+    if args.autoscale is None:
+        if args.autoscale_target is not None:
+            raise UsageError("--autoscale-target needs --autoscale MIN:MAX")
+        return None
+    low, high = parse_range(args.autoscale)
+    if args.autoscale_target is not None:
+        return Scaling(low, high, float(args.autoscale_target), "--autoscale-target")
+    target, source = target_from_plan(cfg, instance_type)
+    return Scaling(low, high, target, source)
 
 
 def _deploy_say(msg: str) -> None:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import autoscale
+from .autoscale import Scaling
 from .awsregion import CPU_PYTHON, cpu_image, neuron_image, resolve_region
 from .config import ConfigFile
 from .errors import NeuronSpecError, UsageError
@@ -93,6 +95,7 @@ class DeployOptions:
     poll_s: float = 30.0
     part_bytes: int = PART_BYTES  # multipart part size for checkpoint files
     upload_workers: int = WORKERS
+    autoscale: Scaling | None = None  # register the variant with Application Auto Scaling
 
 
 @dataclass
@@ -204,6 +207,7 @@ def plan_deploy(
     plan.requests = [
         *(_upload_request(c, opts) for c in plan.checkpoints),
         *_requests(plan, opts, exists),
+        *(autoscale.requests(endpoint, opts.autoscale) if opts.autoscale else []),
     ]
     return plan
 
@@ -422,6 +426,14 @@ def _clients(region: str | None) -> tuple[Any, Any]:
     return session.client("s3", config=config), session.client("sagemaker", config=config)
 
 
+def _autoscaling_client(region: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(region_name=region)
+    return session.client("application-autoscaling", config=Config(retries=RETRIES))
+
+
 def _aws_errors() -> tuple[type[BaseException], ...]:
     """Every exception an AWS call through boto3 can raise."""
     from boto3.exceptions import Boto3Error
@@ -459,8 +471,10 @@ def deploy(
     with_dependencies: bool = True,
     clients: tuple[Any, Any] | None = None,
     on_bytes: Callable[[int, int], None] | None = None,
+    autoscaling: Any = None,
 ) -> dict[str, Any]:
-    """Deploy CONFIG; `on_bytes(n, total)` follows the checkpoint upload."""
+    """Deploy CONFIG; `on_bytes(n, total)` follows the checkpoint upload; with
+    `opts.autoscale`, the variant is registered for auto scaling once InService."""
     problems = validate(cfg, opts)  # before any request, even the existence check
     if problems:
         raise UsageError("cannot deploy:\n  " + "\n  ".join(problems))
@@ -498,6 +512,12 @@ def deploy(
         raise DeployError(f"AWS {_aws_message(exc)}{left}") from None
     try:
         status = wait(sm, plan.endpoint, opts.wait_timeout_s, opts.poll_s, progress)
+        scaling = [r for r in plan.requests if r.service == "application-autoscaling"]
+        if scaling:
+            aas = autoscaling or _autoscaling_client(plan.region)
+            for req in scaling:
+                progress(f"{req.operation} {req.params['ResourceId']}")
+                getattr(aas, req.operation)(**req.params)
     except _aws_errors() as exc:
         raise DeployError(
             f"AWS {_aws_message(exc)}; remove what was deployed with: "
@@ -514,6 +534,15 @@ def deploy(
         "image": plan.image,
         "checkpoints": {role: uri for role, uri in plan.rewrite.items()},
         "upload": uploads,
+        "autoscale": None
+        if opts.autoscale is None
+        else {
+            "resource_id": autoscale.resource_id(plan.endpoint),
+            "min": opts.autoscale.low,
+            "max": opts.autoscale.high,
+            "target_invocations_per_instance_per_minute": opts.autoscale.target,
+            "target_source": opts.autoscale.source,
+        },
     }
 
 
@@ -632,6 +661,7 @@ def delete(
     progress: Callable[[str], None] = lambda _msg: None,
     clients: tuple[Any, Any] | None = None,
     dry_run: bool = False,
+    autoscaling: Any = None,
 ) -> Deletion:
     """Delete an endpoint neuron-spec deployed, its endpoint configurations and models, and
     those an earlier deploy of it left behind - only resources tagged as created by neuron-spec
@@ -640,14 +670,20 @@ def delete(
         raise UsageError(f"{name!r} is not an endpoint name")
     if dry_run:
         return Deletion(delete_plan(name), [])  # sends nothing: not even the lookups
-    _, sm = clients or _clients(resolve_region(region)[0])
+    where = resolve_region(region)[0]
+    _, sm = clients or _clients(where)
     try:
         found = _owned(sm, name)
         if not found.requests and not found.kept:
             raise DeployError(f"there is no endpoint {name}, and nothing a deploy of it left")
+        ours = any(r.operation == "delete_endpoint" for r in found.requests)
+        aas = (autoscaling or _autoscaling_client(where)) if ours else None
+        if aas is not None:  # scaling goes first: it would act on a vanishing variant
+            found.requests[:0] = autoscale.removal(aas, name)
         for req in found.requests:
             progress(req.render())
-            getattr(sm, req.operation)(**req.params)
+            client = aas if req.service == "application-autoscaling" else sm
+            getattr(client, req.operation)(**req.params)
         for why in found.kept:
             progress(f"kept: {why}")
         return found
@@ -667,6 +703,7 @@ def delete_plan(name: str) -> list[Request]:
             {},
             "every configuration, to find the models other configurations still use",
         ),
+        *autoscale.removal_plan(name),
         Request("sagemaker", "delete_endpoint", {"EndpointName": name}, f"only if {ours}"),
         Request(
             "sagemaker",

@@ -318,7 +318,10 @@ def _entry_module():
         ({"prompt": ["p"] * 64}, "prompt"),
         ({"prompt": "hi", "surprise": 1}, "surprise"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.role"),
-        ({"prompt": "hi", "stream_options": {"include_usage": True}}, None),
+        ({"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"prompt": "hi", "n": 2}, "n"),
+        ({"prompt": "hi", "logprobs": 2}, "logprobs"),
+        ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
     ],
 )
 def test_the_entry_point_refuses_what_serve_refuses_with_a_4xx(body, param):
@@ -562,3 +565,68 @@ def test_deploy_does_not_take_over_an_endpoint_it_did_not_create(aws, cpu_config
     assert main(_deploy_args(cpu_config, "ns-theirs")) == 2
     assert "was not created by neuron-spec deploy" in capsys.readouterr().out  # --json
     assert sm.describe_endpoint(EndpointName="ns-theirs")["EndpointConfigName"] == "theirs"
+
+
+def test_autoscale_registers_the_variant_and_delete_removes_it(aws, cpu_config, capsys):
+    import boto3
+
+    aas = boto3.client("application-autoscaling", region_name="us-east-1")
+    rid = "endpoint/ns-scaled/variant/AllTraffic"
+    assert main([*_deploy_args(cpu_config, "ns-scaled"), "--autoscale", "1:4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["autoscale"]["resource_id"] == rid
+    targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])
+    (target,) = targets["ScalableTargets"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
+    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    (policy,) = aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)[
+        "ScalingPolicies"
+    ]
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    metric = tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
+    assert metric == "SageMakerVariantInvocationsPerInstance"
+    # the target comes from the tokens/s and the request length (5 tokens/s on CPU, said)
+    new = load_config(cpu_config).spec.generation.max_new_tokens
+    assert tracking["TargetValue"] == pytest.approx(0.7 * 60 * 5 / new, rel=0.01)
+    assert "assumed 5 tokens/s" in result["autoscale"]["target_source"]
+    assert (
+        result["autoscale"]["target_invocations_per_instance_per_minute"] == tracking["TargetValue"]
+    )
+
+    assert main(["deploy", "delete", "ns-scaled", "--region", "us-east-1", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    ops = [d["operation"] for d in done["deleted"]]
+    assert ops[:3] == ["delete_scaling_policy", "deregister_scalable_target", "delete_endpoint"]
+    assert not aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])[
+        "ScalableTargets"
+    ]
+    assert not aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)[
+        "ScalingPolicies"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--autoscale", "4:1"], "1 <= MIN <= MAX"),
+        (["--autoscale", "two:five"], "MIN:MAX"),
+        (["--autoscale", "0:3"], "1 <= MIN"),
+        (["--autoscale-target", "5"], "needs --autoscale"),
+    ],
+)
+def test_autoscale_refuses_what_cannot_scale(cpu_config, capsys, extra, words):
+    args = _deploy_args(cpu_config, "ns-bad")
+    assert main([*args[:-1], "--dry-run", *extra]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_autoscale_in_the_dry_run_and_an_explicit_target(cpu_config, capsys):
+    args = [*_deploy_args(cpu_config, "ns-dry")[:-1], "--dry-run"]
+    assert main([*args, "--autoscale", "2:6", "--autoscale-target", "12.5"]) == 0
+    out = capsys.readouterr().out
+    assert "register_scalable_target" in out and "'MaxCapacity': 6" in out
+    assert "'TargetValue': 12.5" in out
+    assert main(["deploy", "delete", "ns-dry", "--dry-run"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.index("deregister_scalable_target") < shown.index("delete_endpoint(")
