@@ -1,7 +1,9 @@
 """Continuous batching against one request at a time: `neuron-spec serve` with
 `--batch-size B` beside the same server at `--batch-size 1`, on loopback.
 
-Both servers load once; then for each concurrency level (1, 4, 8, 16 by default) and each
+Both servers load once and serve one unmeasured warm-up round at the highest level (a
+server is long-lived: the batched one learns there at which occupancy drafting pays, see
+engine.DraftPolicy); then for each concurrency level (1, 4, 8, 16 by default) and each
 round, the batch-1 server and the batched one take turns, so a busy machine slows both
 alike. Every client streams one greedy completion of its own prompt. Printed as JSON, per
 server and level: aggregate output tokens/s, p50/p99 time to first token (from sending)
@@ -135,7 +137,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--clients", default="1,4,8,16", help="concurrency levels, comma-separated")
     ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=1, help="alternations per level")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations per level")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     queue = max(levels) + 1
@@ -144,8 +147,12 @@ def main() -> int:
     try:
         for proc, url in servers.values():
             wait_ready(proc, url)
+        for _ in range(args.warmup):
+            for _, url in servers.values():
+                level(url, max(levels), args.max_tokens)
         out: dict[str, Any] = {"config": args.config, "max_tokens": args.max_tokens,
-                               "batch_size": args.batch_size, "levels": {}}  # fmt: skip
+                               "batch_size": args.batch_size, "rounds": args.rounds,
+                               "warmup_rounds": args.warmup, "levels": {}}  # fmt: skip
         for clients in levels:
             row: dict[str, Any] = {name: [] for name in servers}
             texts: dict[str, list[str]] = {}
