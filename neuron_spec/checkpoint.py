@@ -1,7 +1,8 @@
 """Where a model's weights are and what architecture they have, without importing torch.
 
-A model is a catalog name, a checkpoint directory (config.json + weights), a .gguf file, or an
-s3:// URL. Resolution reads only small metadata: config.json, or a GGUF file's header.
+A model is a catalog name, a checkpoint directory (config.json, with or without weights), a
+.gguf file, an s3:// URL, or a Hugging Face Hub repo id (ORG/NAME, hub.py). Resolution reads
+only small metadata: config.json, or a GGUF file's header.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, BinaryIO, Literal
 
 from .catalog import Architecture, find_architecture
 
-Kind = Literal["catalog", "directory", "gguf", "s3"]
+Kind = Literal["catalog", "directory", "gguf", "s3", "hub"]
 
 # transformers-neuronx's loader priority (neuron-api.md); the first three load lazily.
 WEIGHT_FORMATS: tuple[tuple[str, bool], ...] = (
@@ -37,6 +38,7 @@ class ResolvedModel:
     lazy_loadable: bool | None = None  # None when unknown (catalog, s3)
     problem: str | None = None  # why the checkpoint could not be read, if it could not
     weight_bytes_on_disk: int | None = None
+    fix: str | None = None  # what to do about the problem, where known
 
     @property
     def exists(self) -> bool:
@@ -121,18 +123,26 @@ def _directory(spec_model: str, path: Path, override: Architecture | None) -> Re
         arch = override or architecture_from_hf_config(cfg, path.name)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return unreadable(f"{cfg_path} is unreadable ({type(exc).__name__}: {exc})")
-    if weights is None:
-        return ResolvedModel(
-            spec_model,
-            "directory",
-            loc,
-            arch,
-            problem=f"{loc} has no weights (model.safetensors, "
-            "pytorch_model.bin, or their index files)",
-        )
+    if weights is None:  # sized from config.json alone: the preflight warns
+        return ResolvedModel(spec_model, "directory", loc, arch)
     return ResolvedModel(
         spec_model, "directory", loc, arch, weights, lazy, weight_bytes_on_disk=size
     )
+
+
+def _hub(repo: str, override: Architecture | None) -> ResolvedModel:
+    """A Hugging Face Hub repo, sized from its config.json (fetched once, cached)."""
+    from .hub import HubError, fetch_config
+
+    try:
+        cfg = fetch_config(repo)
+        arch = override or architecture_from_hf_config(cfg, repo.split("/")[1])
+    except HubError as exc:
+        return ResolvedModel(repo, "hub", repo, override, problem=exc.message, fix=exc.fix)
+    except (KeyError, TypeError, ValueError) as exc:
+        problem = f"{repo}'s config.json lacks what sizing needs ({type(exc).__name__}: {exc})"
+        return ResolvedModel(repo, "hub", repo, override, problem=problem)
+    return ResolvedModel(repo, "hub", repo, arch)
 
 
 def _size_of(directory: Path, name: str) -> int | None:
@@ -155,7 +165,17 @@ def resolve_model(
 ) -> ResolvedModel:
     """Find a model's weights and architecture. Never raises for a missing checkpoint: the
     problem is recorded, and the preflight turns it into a finding."""
+    from .hub import is_hub_id
+
     override = find_architecture(architecture) if architecture else None
+    if is_hub_id(spec_model, base_dir):  # ORG/NAME that is not a local path: the Hub's
+        return _hub(spec_model, override)
+    if "/" in spec_model and not spec_model.startswith("s3://"):
+        local = _expand(spec_model, base_dir).resolve()
+        if local.exists():  # a path that exists is a path, whatever its name looks like
+            if spec_model.lower().endswith(".gguf"):
+                return _gguf(spec_model, local, override)
+            return _directory(spec_model, local, override)
     arch = find_architecture(spec_model)
     if arch is not None:
         return ResolvedModel(spec_model, "catalog", arch.name, override or arch)

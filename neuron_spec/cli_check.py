@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .cli_common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     findings_json,
     host_for,
     load,
@@ -43,6 +44,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         render_report(stdout_console(), report, cfg)
+    return _exit_code(report)
+
+
+def _exit_code(report: Any) -> int:
+    """0 when nothing is wrong, 2 when a model cannot be read at all, else 1."""
+    from .preflight import INPUT_CODES
+
+    if any(f.code in INPUT_CODES for f in report.errors):
+        return EXIT_USAGE
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -100,7 +110,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         plan_view.render_plan(stdout_console(), p, report, cfg)
         plan_view.render_performance(stdout_console(), perf, money, why)
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return _exit_code(report)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -44,6 +44,9 @@ FINDING_CODES: dict[str, str] = {
     "eos-list": "the model has several EOS ids; transformers-neuronx takes one",
     "token-id-zero": "token id 0 is a real token; transformers-neuronx counts it as padding",
     "checkpoint-missing": "the checkpoint cannot be found or read",
+    "checkpoint-no-weights": "the checkpoint directory has config.json but no weights yet",
+    "hub-unavailable": "the Hugging Face Hub repo cannot be read (offline, gated, missing)",
+    "hub-model": "the model is a Hugging Face Hub repo, sized from its config.json",
     "checkpoint-catalog": "the model is a catalog name: sized, but not loadable",
     "checkpoint-not-lazy": "the checkpoint is loaded whole into host memory",
     "draft-not-smaller": "the draft is not smaller than the target",
@@ -74,7 +77,10 @@ FINDING_CODES: dict[str, str] = {
 }
 # Findings that say the config asks for something impossible rather than that this host or
 # these models fall short: the commands that load (generate, serve, bench) exit 2 on them.
-USAGE_CODES = frozenset({"nxdi-fused-sampling"})
+USAGE_CODES = frozenset({"nxdi-fused-sampling", "hub-unavailable"})
+# Findings that say a model named in the config cannot be read at all: every command,
+# validate and plan included, exits 2 on them.
+INPUT_CODES = frozenset({"hub-unavailable"})
 
 
 @dataclass(frozen=True)
@@ -553,11 +559,29 @@ def positions_vs_model(ctx: Context) -> Iterator[Finding]:
 # --- models ------------------------------------------------------------------------------
 
 
+def _hub_finding(role: str, model: str, r: ResolvedModel) -> Finding:
+    if r.problem:
+        fix = (r.fix or "check the repo name and the network") + "."
+        return Finding("error", "hub-unavailable", f"{role}.model", r.problem + ".", fix)
+    size = r.architecture.parameters() * 2 / 1e9 if r.architecture else 0
+    return Finding(
+        "info",
+        "hub-model",
+        f"{role}.model",
+        f"{model} is a Hugging Face Hub repo: sized from its config.json; generate, serve "
+        f"and launch.sh download its weights (about {size:.0f} GB in bf16) into the Hugging "
+        "Face cache once.",
+        "nothing to do; set HF_TOKEN for a gated repo, HF_HUB_OFFLINE=1 to use only the cache.",
+    )
+
+
 @rule
 def checkpoints(ctx: Context) -> Iterator[Finding]:
     for role, m in _roles(ctx):
         r = ctx.models[role]
-        if r.problem:
+        if r.kind == "hub":
+            yield _hub_finding(role, m.model, r)
+        elif r.problem:
             yield Finding(
                 "error",
                 "checkpoint-missing",
@@ -586,6 +610,15 @@ def checkpoints(ctx: Context) -> Iterator[Finding]:
                 f"set {role}.model to a checkpoint directory (config.json, tokenizer, "
                 "safetensors) or a .gguf file; or run the shipped CPU pair: neuron-spec "
                 "generate configs/demo-cpu.yaml --prompt '...'.",
+            )
+        elif r.kind == "directory" and r.weights is None:
+            yield Finding(
+                "warning",
+                "checkpoint-no-weights",
+                f"{role}.model",
+                f"{r.location} holds config.json but no weights: sized from it, but "
+                "generate and serve cannot load it yet.",
+                "download the weights (safetensors) into it before loading.",
             )
         elif r.kind == "s3" and r.architecture is None:
             yield Finding(

@@ -15,7 +15,11 @@ Progress = Callable[[str], None]
 
 
 def load_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
-    """Load the pair the config describes and return a ready Generator."""
+    """Load the pair the config describes and return a ready Generator (a Hugging Face Hub
+    id is downloaded first, once, into the Hugging Face cache)."""
+    from ..hub import materialize
+
+    cfg = materialize(cfg, progress or (lambda _msg: None))
     if cfg.spec.backend == "reference":
         from .reference import load_reference_generator
 

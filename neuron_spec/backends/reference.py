@@ -64,6 +64,11 @@ class HFRunner:
 
     def __init__(self, model: Any, device: str | None = None):
         self.model = model
+        # transformers 5.x names the cache argument and output `cache`; 4.x `past_key_values`
+        import inspect
+
+        params = inspect.signature(model.forward).parameters
+        self.cache_name = "cache" if "cache" in params else "past_key_values"
         self.device = device or str(next(model.parameters()).device)
         self.vocab_size = int(model.config.vocab_size)
         self.cache: Any = None
@@ -88,11 +93,11 @@ class HFRunner:
             input_ids=tokens.to(self.device),
             attention_mask=full_mask.long().to(self.device),
             position_ids=positions.to(self.device),
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=keep,
+            **{self.cache_name: self.cache},
         )
-        self.cache = out.past_key_values
+        self.cache = getattr(out, self.cache_name)
         self.mask = full_mask
         self.n_live = self.n_live + mask.long().sum(dim=1)
         logits: torch.Tensor = out.logits[:, -keep:].float().cpu()  # (B, keep, V)

@@ -1,0 +1,154 @@
+"""Hugging Face Hub repo ids as `model:`, against a local stand-in for the Hub (HF_ENDPOINT):
+sized from config.json alone, offline mode, gated repos, and the download `generate` makes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .hub_server import Hub
+
+TARGET, DRAFT = "meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def llama31(hidden: int, inter: int, layers: int, heads: int) -> bytes:
+    return json.dumps(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": hidden,
+            "intermediate_size": inter,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": 8,
+            "vocab_size": 128256,
+            "max_position_embeddings": 131072,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
+            "bos_token_id": 128000,
+            "eos_token_id": [128001, 128008, 128009],
+            "torch_dtype": "bfloat16",
+        }
+    ).encode()
+
+
+@pytest.fixture
+def hub(tmp_path):
+    h = Hub()
+    h.add(TARGET, {"config.json": llama31(8192, 28672, 80, 64),
+                   "model-00001-of-00030.safetensors": b"never fetched"})  # fmt: skip
+    h.add(DRAFT, {"config.json": llama31(4096, 14336, 32, 32)})
+    h.add("meta-llama/Llama-3.3-70B-Instruct", {"config.json": b"{}"}, gated=True)
+    yield h
+    h.stop()
+
+
+def run(args, tmp_path: Path, hub: Hub | None = None, **env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    base |= {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    if hub is not None:
+        base["HF_ENDPOINT"] = hub.url
+    return subprocess.run(
+        [sys.executable, "-m", "neuron_spec", *args],
+        capture_output=True, text=True, timeout=300, env=base | env,
+    )  # fmt: skip
+
+
+def config(tmp_path: Path, target: str = TARGET, draft: str = DRAFT) -> Path:
+    path = tmp_path / "pair.yaml"
+    path.write_text(
+        "instance: trn1.32xlarge\nbackend: nxdi\n"
+        f"target: {{model: {target}, amp: bf16, tp_degree: 32}}\n"
+        f"draft: {{model: {draft}, amp: bf16, tp_degree: 32}}\n"
+    )
+    return path
+
+
+def test_validate_and_plan_size_a_hub_repo_from_its_config_alone(hub, tmp_path):
+    cfg = config(tmp_path)
+    proc = run(["validate", str(cfg), "--json"], tmp_path, hub)
+    assert proc.returncode in (0, 1), proc.stderr
+    codes = {f["code"] for f in json.loads(proc.stdout)["findings"]}
+    assert "hub-model" in codes and "checkpoint-missing" not in codes
+    plan = run(["plan", str(cfg), "--json"], tmp_path, hub)
+    assert plan.returncode in (0, 1), plan.stderr
+    body = json.loads(plan.stdout)
+    assert body["models"]["target"]["vocab_size"] == 128256
+    assert body["models"]["target"]["parameters"] > 60e9 > body["models"]["draft"]["parameters"]
+    fetched = {p.rsplit("/", 1)[-1] for p in hub.requests if "/resolve/" in p}
+    assert fetched == {"config.json"}  # no weights downloaded to size the pair
+    # cached: offline mode now reads the cache and sends nothing
+    before = len(hub.requests)
+    again = run(["validate", str(cfg)], tmp_path, hub, HF_HUB_OFFLINE="1")
+    assert again.returncode in (0, 1) and len(hub.requests) == before
+
+
+def test_offline_with_nothing_cached_is_exit_2_naming_the_repo(hub, tmp_path):
+    proc = run(["validate", str(config(tmp_path))], tmp_path, hub, HF_HUB_OFFLINE="1")
+    assert proc.returncode == 2
+    assert TARGET in proc.stdout + proc.stderr and "HF_HUB_OFFLINE" in proc.stdout + proc.stderr
+    assert hub.requests == []  # offline: not one request
+
+
+def test_a_gated_repo_without_a_token_gets_the_fix(hub, tmp_path):
+    cfg = config(tmp_path, target="meta-llama/Llama-3.3-70B-Instruct")
+    proc = run(["validate", str(cfg)], tmp_path, hub)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert "is gated" in out and "HF_TOKEN" in out and "accept the license" in out
+
+
+def test_an_unknown_repo_and_a_local_directory_of_that_shape(hub, tmp_path):
+    proc = run(["validate", str(config(tmp_path, target="nobody/no-such-model"))], tmp_path, hub)
+    assert proc.returncode == 2 and "there is no repo nobody/no-such-model" in proc.stdout
+    local = tmp_path / "meta-llama" / "Llama-3.1-8B-Instruct"  # exists next to the config:
+    local.mkdir(parents=True)  # a path, never a Hub id
+    (local / "config.json").write_bytes(llama31(4096, 14336, 32, 32))
+    hub.requests.clear()
+    proc = run(["validate", str(config(tmp_path, target=TARGET)), "--json"], tmp_path, hub)
+    draft = [f for f in json.loads(proc.stdout)["findings"] if f["path"] == "draft.model"]
+    assert [f["code"] for f in draft] == ["checkpoint-no-weights"]  # a warning, not an error
+    assert all(DRAFT not in p for p in hub.requests)
+
+
+def test_a_directory_with_only_config_json_validates(tmp_path):
+    for role in ("target", "draft"):
+        (tmp_path / role).mkdir()
+        (tmp_path / role / "config.json").write_bytes(llama31(4096, 14336, 32, 32))
+    proc = run(["validate", str(config(tmp_path, "./target", "./draft")), "--json"], tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr
+    findings = json.loads(proc.stdout)["findings"]
+    assert not [f for f in findings if f["code"] == "checkpoint-missing"]
+    assert {f["severity"] for f in findings if f["code"] == "checkpoint-no-weights"} == {"warning"}
+
+
+@pytest.mark.reference
+def test_generate_downloads_a_hub_pair_once_then_runs_offline(hub, tmp_path):
+    from .neuron_fixtures import make_checkpoint
+
+    tiny = make_checkpoint(tmp_path / "tiny", seed=0)
+    hub.add_dir("org/tiny-llama", tiny)
+    cfg = tmp_path / "ref.yaml"
+    cfg.write_text(
+        "backend: reference\n"
+        "target: {model: org/tiny-llama, amp: f32, n_positions: 256}\n"
+        "draft: {model: org/tiny-llama, amp: f32, n_positions: 256}\n"
+        "speculation: {draft_tokens: 2, acceptor: greedy}\n"
+        "generation: {max_new_tokens: 5, max_prompt_tokens: 32}\n"
+    )
+    args = ["generate", str(cfg), "--prompt", "w1 w2 w3", "--json"]
+    first = run(args, tmp_path, hub)
+    assert first.returncode == 0, first.stderr
+    assert "Fetching" in first.stderr  # huggingface_hub's progress bar
+    fetched = [
+        p for p, m in zip(hub.requests, hub.methods, strict=True)
+        if p.endswith(".safetensors") and m == "GET"
+    ]  # fmt: skip
+    assert len(fetched) == 1  # one download for both roles
+    offline = run(args, tmp_path, hub, HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
