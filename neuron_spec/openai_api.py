@@ -150,16 +150,6 @@ class _Sampling(BaseModel):
         """None: no log-probabilities wanted; N: each token's and N alternatives."""
         raise NotImplementedError
 
-    @model_validator(mode="after")
-    def _no_streamed_logprobs(self) -> _Sampling:
-        if self.stream and self.logprob_count() is not None:
-            raise FieldProblem(
-                "logprobs",
-                "logprobs are returned with stream false only: send the request without "
-                "stream to get them",
-            )
-        return self
-
 
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
@@ -315,14 +305,18 @@ def logprobs_body(
     chat `{"content": [{token, logprob, bytes, top_logprobs}]}`, completions `{tokens,
     token_logprobs, top_logprobs, text_offset}`. `piece(id)` is a token's text; tokens past
     the returned text (cut at a stop string) and `skip` ids (EOS) are left out."""
-    kept: list[tuple[Any, str, int]] = []
+    kept: list[Any] = []
     offset = 0
     for e in entries:
         if e.token in skip or (offset >= len(text) and kept):
             break
-        s = piece(e.token)
-        kept.append((e, s, offset))
-        offset += len(s)
+        kept.append(e)
+        offset += len(piece(e.token))
+    return logprobs_part(chat, kept, piece)
+
+
+def logprobs_part(chat: bool, entries: list[Any], piece: Any, offset: int = 0) -> dict[str, Any]:
+    """`entries` in the endpoint's logprobs shape, the first token at text `offset`."""
     if chat:
 
         def one(token: int, logprob: float) -> dict[str, Any]:
@@ -331,15 +325,30 @@ def logprobs_body(
 
         content = [
             {**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
-            for e, _, _ in kept
+            for e in entries
         ]
         return {"content": content, "refusal": None}
+    pieces = [piece(e.token) for e in entries]
+    offsets = []
+    for s in pieces:
+        offsets.append(offset)
+        offset += len(s)
     return {
-        "tokens": [s for _, s, _ in kept],
-        "token_logprobs": [e.logprob for e, _, _ in kept],
-        "top_logprobs": [{piece(t): lp for t, lp in e.top} for e, _, _ in kept],
-        "text_offset": [o for _, _, o in kept],
+        "tokens": pieces,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{piece(t): lp for t, lp in e.top} for e in entries],
+        "text_offset": offsets,
     }
+
+
+def logprobs_after(chat: bool, body: dict[str, Any] | None, sent: int) -> dict[str, Any] | None:
+    """What of a choice's whole logprobs `body` follows its first `sent` tokens."""
+    if body is None:
+        return None
+    if chat:
+        return {"content": body["content"][sent:], "refusal": None}
+    return {key: body[key][sent:] for key in ("tokens", "token_logprobs", "top_logprobs",
+                                              "text_offset")}  # fmt: skip
 
 
 def full_body(
@@ -375,8 +384,10 @@ def chunk(
     index: int,
     text: str | None,
     finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One streamed event. For chat, text None is the opening role delta."""
+    """One streamed event. For chat, text None is the opening role delta; `logprobs` are
+    those of the tokens whose text the event carries."""
     if chat:
         delta: dict[str, Any] = {}
         if text is None:
@@ -386,7 +397,7 @@ def chunk(
         choice: dict[str, Any] = {"index": index, "delta": delta}
     else:
         choice = {"index": index, "text": text or ""}
-    choice.update(logprobs=None, finish_reason=finish_reason)
+    choice.update(logprobs=logprobs, finish_reason=finish_reason)
     return {
         "id": ident,
         "object": "chat.completion.chunk" if chat else "text_completion",

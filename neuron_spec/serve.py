@@ -54,7 +54,9 @@ from .openai_api import (
     chunk,
     error_body,
     full_body,
+    logprobs_after,
     logprobs_body,
+    logprobs_part,
     models_body,
     new_id,
     now,
@@ -88,6 +90,7 @@ class Job:
     max_new: int
     prompts: list[str]  # the texts behind ids (a chat is its rendered template)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    sent_logprobs: dict[int, int] = field(default_factory=dict)  # choice -> tokens streamed
     id: str = ""
     created: int = field(default_factory=now)
     arrived: float = field(default_factory=time.monotonic)
@@ -360,7 +363,7 @@ class ServerState:
                 top_k=req.top_k,
                 seed=seed,
                 stop=req.stops(),
-                on_text=(lambda _row, d, i=index: job.push("delta", (i, d)))
+                on_text=(lambda _row, d, i=index: job.push("delta", (i, d, None)))
                 if req.stream
                 else None,
                 cancelled=job.cancelled.is_set,
@@ -466,6 +469,7 @@ class _Scheduler:
 
     def _admit(self, job: Job, index: int) -> None:
         req, gen = job.request, self.state.generator
+        holder: list[Any] = []  # the row, for its callback
         try:
             ids, seed = job.choice(index)
             row, finish = gen.row(
@@ -476,13 +480,14 @@ class _Scheduler:
                 top_k=req.top_k,
                 seed=seed,
                 stop=req.stops(),
-                on_text=(lambda d: job.push("delta", (index, d))) if req.stream else None,
+                on_text=self._on_text(job, index, holder) if req.stream else None,
                 cancelled=job.cancelled.is_set,
                 logprobs=req.logprob_count(),
             )
         except Exception as exc:
             self._end(job, exc)
             return
+        holder.append(row)
         self.batch.admit(row)
         self.rows[id(row)] = _Slot(job, index, finish, time.monotonic())
 
@@ -496,6 +501,35 @@ class _Scheduler:
         done[slot.index] = result
         if all(r is not None for r in done):
             self._end(slot.job, answer(done, slot.job.request.n, self._shape(slot.job)))
+
+    def _on_text(self, job: Job, index: int, holder: list[Any]) -> Any:
+        """The stream callback of choice `index`: each text delta with the logprobs of the
+        tokens whose text it completes (when asked for)."""
+        if job.request.logprob_count() is None:
+            return lambda d: job.push("delta", (index, d, None))
+        tok, eos = self.state.generator.tokenizer, frozenset(self.state.generator.eos_token_ids)
+        shown = {"chars": 0, "offset": 0}
+
+        def piece(t: int) -> str:
+            return str(tok.decode([t]))
+
+        def on_text(delta: str) -> None:
+            shown["chars"] += len(delta)
+            entries, sent = holder[0].token_logprobs, job.sent_logprobs.get(index, 0)
+            take: list[Any] = []
+            while sent + len(take) < len(entries):
+                e = entries[sent + len(take)]
+                width = len(piece(e.token))
+                if e.token in eos or shown["offset"] + width > shown["chars"]:
+                    break
+                take.append(e)
+                shown["offset"] += width
+            start = shown["offset"] - sum(len(piece(e.token)) for e in take)
+            job.sent_logprobs[index] = sent + len(take)
+            part = logprobs_part(job.chat, take, piece, start) if take else None
+            job.push("delta", (index, delta, part))
+
+        return on_text
 
     def _shape(self, job: Job) -> Any:
         """How a choice's log-probabilities are written for this job's endpoint."""
@@ -687,12 +721,16 @@ class _Handlers:
             while True:
                 kind, payload = await job.events.get()
                 if kind == "delta":
-                    index, text = payload
-                    yield _sse(chunk(*head, index, text))
+                    index, text, logprobs = payload
+                    yield _sse(chunk(*head, index, text, logprobs=logprobs))
                     continue
                 if kind == "done":
                     for n, choice in enumerate(payload["choices"], 1):
-                        last = chunk(*head, choice["index"], "", choice["finish_reason"])
+                        sent = job.sent_logprobs.get(choice["index"], 0)
+                        rest = logprobs_after(job.chat, choice["logprobs"], sent)
+                        last = chunk(
+                            *head, choice["index"], "", choice["finish_reason"], logprobs=rest
+                        )
                         if n == len(payload["choices"]):
                             last["speculation"] = payload["speculation"]
                         yield _sse(last)

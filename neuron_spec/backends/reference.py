@@ -126,15 +126,17 @@ class HFRunner:
                     held = getattr(layer, name)
                     blank = held.new_zeros((1, *held.shape[1:]))
                     setattr(layer, name, torch.cat([held, blank]).index_select(0, where))
-        self._compact()
+        # Membership changed (rare, beside steps): drop every column no row uses, so a row
+        # that starts alone sees exactly the cache it would see in a fresh batch.
+        self._compact(always=True)
 
-    def _compact(self) -> None:
+    def _compact(self, always: bool = False) -> None:
         """Drop columns that are dead in every row (rows that left a continuous batch leave
         them anywhere, not only at the end) once they are a large share of the cache, so
         a long-running batch's cache stays as long as its longest live row."""
         used = self.mask.any(dim=0)
         dead = int(self.length - int(used.sum()))
-        if dead < max(COMPACT_MIN_COLUMNS, self.length // 2):
+        if dead == 0 or (not always and dead < max(COMPACT_MIN_COLUMNS, self.length // 2)):
             return
         index = used.nonzero().flatten()
         for layer in self.cache.layers:
