@@ -87,6 +87,9 @@ class ModelLoad:
     cache_key: str
     key_material: dict[str, Any]
     source: str = ""  # what prepare reads: the .bin directory, the .gguf file or the s3 URL
+    # NeuronConfig(padding_side='right') at batch > 1: 2-D cache ids, rows at their own
+    # positions (batched speculation through the engine, 0.12+)
+    rows_apart: bool = False
 
     def calls(self, api: str) -> list[str]:
         var = self.role
@@ -101,6 +104,8 @@ class ModelLoad:
             out.append(f"# once: {self.source} de-quantized to safetensors in {self.checkpoint}")
         elif self.prepare == "s3":
             out.append(f"# once: {self.source} downloaded to {self.checkpoint}")
+        if self.rows_apart:
+            args += ", neuron_config=NeuronConfig(padding_side='right')"
         out.append(f"{var} = LlamaForSampling.from_pretrained({self.checkpoint!r}, {args})")
         if self.window is not None:
             if api == "v1":
@@ -290,7 +295,7 @@ def _model_load(
         "from_pretrained": kwargs,
         "window": window,
         "batch_sizes": batch_sizes,
-        "neuron_config": None,
+        "neuron_config": "padding_side=right" if m.batch_size > 1 else None,
         **compiler,
     }
     return ModelLoad(
@@ -305,6 +310,7 @@ def _model_load(
         cache_key=cache_key(material),
         key_material=material,
         source=resolved.location,
+        rows_apart=m.batch_size > 1,
     )
 
 

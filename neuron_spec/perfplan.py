@@ -186,7 +186,10 @@ def batching(
     reads and compute take over; speculation's verification then stops being free."""
     budget = host.memory_per_core_bytes or 16 * 1024**3
     new = pair.inp.new_tokens
-    neuron_batch_one = pair.spec.backend in ("neuronx", "nxdi")
+    spec = pair.spec  # batch > 1 runs on the reference backend and on TNx's engine loop
+    batch_one = spec.backend == "nxdi" or (
+        spec.backend == "neuronx" and spec.speculation.loop != "engine"
+    )
     out = []
     for batch in BATCHES:
         if not pair.fits(batch, budget):
@@ -203,7 +206,7 @@ def batching(
             "speculative_tpot_ms": best["tpot_ms"],
             "speculative_tokens_per_s": round(spec_rate, 2),
             "speculation_pays": best["speedup"] > 1.0,
-            "runs_here": batch == 1 or not neuron_batch_one,
+            "runs_here": batch == 1 or not batch_one,
         }
         if hourly is not None:
             row["target_only_usd_per_million_tokens"] = round(
@@ -365,7 +368,7 @@ def _best_batch(rows: list[dict[str, Any]], at_config: float | None) -> dict[str
         out["predicted_best_batch"] = {
             "batch_size": cheapest["batch"],
             "usd_per_million_tokens": _row_cost(cheapest),
-            "note": "not run by neuron-spec on this backend yet (batch 1 on Neuron)",
+            "note": "not run by neuron-spec on this backend and loop (batch 1 there)",
         }
     return out
 

@@ -33,7 +33,7 @@ FINDING_CODES: dict[str, str] = {
     "kv-heads-indivisible": "KV heads cannot be split evenly over tp_degree",
     "memory-over-budget": "the models do not fit the NeuronCore memory budget",
     "memory-high": "the models use more than 90 % of a NeuronCore's memory",
-    "batch-speculation": "batch_size > 1 with speculation on transformers-neuronx",
+    "batch-speculation": "batch_size > 1 with speculation on a Neuron backend",
     "context-estimate": "context_length_estimate exceeds n_positions",
     "sequence-too-long": "prompt + new tokens do not fit n_positions",
     "window-overflow": "the speculation window can run past n_positions",
@@ -440,22 +440,50 @@ def memory_budget(ctx: Context) -> Iterator[Finding]:
 def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
     if not ctx.neuron:
         return
-    for role, m in _roles(ctx):
-        if m.batch_size > 1:
-            yield Finding(
-                "error",
-                "batch-speculation",
-                f"{role}.batch_size",
-                f"batch_size={m.batch_size} with speculation on transformers-neuronx: its "
-                "SpeculativeGenerator samples batch 1 only in API v1 (NotImplementedError), and "
-                "in v2 reuses row 0's acceptance length for every row, corrupting the others."
-                if ctx.neuronx
-                else f"batch_size={m.batch_size} with speculation on NxD Inference: its draft "
-                "speculation is batch 1 (the fused draft's mask update fills one column for "
-                "every row), and neuron-spec's NxDI loop decodes one sequence at a time.",
-                f"set {role}.batch_size: 1 and serve requests one at a time (neuron-spec queues "
-                "them), or use the reference backend for batched experiments.",
-            )
+    spec = ctx.spec
+    batched = [(role, m) for role, m in _roles(ctx) if m.batch_size > 1]
+    if not batched:
+        return
+    engine = spec.speculation.loop == "engine"
+    same = spec.target.batch_size == spec.draft.batch_size
+    if ctx.neuronx and engine and same:
+        yield Finding(
+            "info",
+            "batch-speculation",
+            "target.batch_size",
+            f"batch_size={spec.target.batch_size}: the prompts of a call decode as one batch "
+            "through neuron-spec's engine, each row at its own positions (2-D cache ids, "
+            "padding_side='right'); this needs transformers-neuronx 0.12 or newer (SDK 2.20+), "
+            "checked at load. `serve` decodes one request at a time on this backend.",
+            "nothing to do.",
+        )
+        return
+    role, m = batched[0]
+    if ctx.neuronx and engine:
+        message = (
+            f"target.batch_size={spec.target.batch_size} and draft.batch_size="
+            f"{spec.draft.batch_size} differ: one batch of rows runs through both models."
+        )
+    elif ctx.neuronx:
+        message = (
+            f"batch_size={m.batch_size} with speculation.loop: library: transformers-neuronx's "
+            "SpeculativeGenerator samples batch 1 only in API v1 (NotImplementedError), and in "
+            "v2 reuses row 0's acceptance length for every row, corrupting the others."
+        )
+    else:
+        message = (
+            f"batch_size={m.batch_size} with speculation on NxD Inference: its draft "
+            "speculation is batch 1 (the fused draft's mask update fills one column for every "
+            "row), and neuron-spec's NxDI loop decodes one sequence at a time."
+        )
+    yield Finding(
+        "error",
+        "batch-speculation",
+        f"{role}.batch_size",
+        message,
+        "on transformers-neuronx 0.12+: speculation.loop: engine with one batch_size for "
+        f"draft and target; otherwise set {role}.batch_size: 1 (neuron-spec queues requests).",
+    )
 
 
 @rule

@@ -532,3 +532,84 @@ def test_a_failed_save_after_compiling_still_generates_and_says_why(
     warned = backend_warnings(gen)
     assert len(warned) == 2 and all("could not be saved" in w for w in warned)
     assert "next one compiles again" in warned[0]
+
+
+def batch_config(tmp_path, target, draft, backend, *, sampling="", eos=", eos_token_id: 95"):
+    """batch_size 4, k = 5 (draft_tokens 4), n_positions 40."""
+    cfg = tmp_path / f"{backend}-batch.yaml"
+    cfg.write_text(
+        f"instance: trn1.32xlarge\nbackend: {backend}\n"
+        f"target: {{model: {target}, amp: f32, tp_degree: 32, n_positions: 40, batch_size: 4}}\n"
+        f"draft: {{model: {draft}, amp: f32, tp_degree: 32, n_positions: 40, batch_size: 4}}\n"
+        f"speculation: {{draft_tokens: 4, acceptor: {'lossless' if sampling else 'greedy'}}}\n"
+        f"sampling: {{{sampling or 'temperature: 0'}, seed: 4}}\n"
+        f"generation: {{max_new_tokens: 24, max_prompt_tokens: 8{eos}}}\n"
+        f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n"
+    )
+    return load_config(cfg)
+
+
+BATCH_PROMPTS = ["w1 w5 w9 w3", "w7", "w40 w41 w42 w43 w44 w45", "w2 w2"]  # one is 1 token
+
+
+@pytest.mark.parametrize("version", ["0.12.313", "0.13.322"])
+def test_a_batch_of_rows_at_their_own_positions_equals_each_prompt_alone(
+    tmp_path, monkeypatch, pair_dirs, version
+):
+    use_double(monkeypatch, version, tmp_path / "meta")
+    target, draft = pair_dirs
+    reference = load_generator(batch_config(tmp_path, target, draft, "reference"))
+    neuron = load_generator(batch_config(tmp_path, target, draft, "neuronx"))
+    model = neuron.backend.target
+    assert model.lhs_aligned and model.batch_sizes == [4]  # padding_side='right', batch 4
+    got = neuron.generate(BATCH_PROMPTS)
+    assert got.token_ids == [reference.generate(p).token_ids[0] for p in BATCH_PROMPTS]
+    assert all(len(t) == 24 for t in got.token_ids)
+    rows = got.metrics.per_row
+    assert sum(r["drafted"] for r in rows) == got.metrics.drafted > 0
+    # one target pass per step for all four rows, the rows at different positions in it
+    spread = [pos for (name, *_), pos in zip(model.calls, model.row_positions, strict=True)
+              if name == "speculative_forward"]  # fmt: skip
+    assert spread and any(len(set(p)) > 1 for p in spread)
+    assert got.metrics.target_passes < sum(
+        reference.generate(p).metrics.target_passes for p in BATCH_PROMPTS
+    )
+    # every row wrote its own sequence slot (start_ids = arange(4)), none past n_positions
+    assert sorted(model.kv) == [0, 1, 2, 3]
+    assert max(max(slot) for slot in model.kv.values()) < 40
+
+
+@pytest.mark.parametrize("version", ["0.12.313", "0.13.322"])
+def test_a_sampled_batch_and_a_row_that_stops_at_its_eos(tmp_path, monkeypatch, pair_dirs, version):
+    use_double(monkeypatch, version, tmp_path / "meta")
+    target, draft = pair_dirs
+    sampled = load_generator(
+        batch_config(tmp_path, target, draft, "neuronx", sampling="temperature: 0.8")
+    )
+    out = sampled.generate(BATCH_PROMPTS)
+    # lossless: every row runs to exactly max_new_tokens unless it samples its EOS
+    for tokens, by_eos in zip(out.token_ids, out.finished_by_eos, strict=True):
+        assert len(tokens) == 24 or (by_eos and tokens[-1] == 95 and len(tokens) < 24)
+    assert sum(len(t) == 24 for t in out.token_ids) >= 2
+    del sampled  # frees its NeuronCore memory for the next pair
+    import gc
+
+    gc.collect()
+    plain = load_generator(batch_config(tmp_path, target, draft, "reference"))
+    alone = plain.generate(BATCH_PROMPTS[1]).token_ids[0]
+    stop = alone[5]  # row 1 meets it early; an id it emits
+    cfg = batch_config(tmp_path, target, draft, "neuronx", eos=f", eos_token_id: {stop}")
+    neuron = load_generator(cfg)
+    got = neuron.generate(BATCH_PROMPTS)
+    assert got.finished_by_eos[1] and got.token_ids[1] == alone[: alone.index(stop) + 1]
+    longest = max(range(4), key=lambda r: len(got.token_ids[r]))
+    assert len(got.token_ids[longest]) > len(got.token_ids[1])  # the others went on
+
+
+def test_batch_speculation_needs_the_engine_on_0_12(tmp_path, monkeypatch, pair_dirs):
+    from neuron_spec.errors import UsageError
+
+    use_double(monkeypatch, "0.11.351", tmp_path / "meta")
+    target, draft = pair_dirs
+    with pytest.raises(UsageError, match="no batched speculation graphs"):
+        load_generator(batch_config(tmp_path, target, draft, "neuronx"))

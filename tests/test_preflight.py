@@ -106,8 +106,13 @@ def test_high_water_warning():
 
 
 def test_batch_with_speculation_on_neuronx():
-    found = codes(edit(T_TP, T_TP.replace("batch_size: 1", "batch_size: 4")))
-    assert found["batch-speculation"] == "error"
+    one = edit(T_TP, T_TP.replace("batch_size: 1", "batch_size: 4"))
+    assert codes(one)["batch-speculation"] == "error"  # draft and target batch sizes differ
+    both = edit(D_TP, D_TP.replace("batch_size: 1", "batch_size: 4"), one)
+    assert codes(both)["batch-speculation"] == "info"  # the engine loop batches (0.12+)
+    library = edit("speculation: {", "speculation: {loop: library, ", both)
+    assert codes(library)["batch-speculation"] == "error"  # the library loop cannot
+    found = codes(one)
     ref = edit(
         "backend: neuronx",
         "backend: reference",

@@ -6,7 +6,9 @@ the split format, a GGUF file de-quantized to safetensors, an s3:// prefix downl
 each model is built, compiled or loaded from the artifact cache, and put on the NeuronCores.
 Generation runs one of two loops over the same compiled pair (`speculation.loop`):
 - `library` (library.py): SpeculativeGenerator.sample, made safe from outside;
-- `engine` (runner.py): neuron-spec's own engine over forward/speculative_forward.
+- `engine` (runner.py): neuron-spec's own engine over forward/speculative_forward; at a
+  compiled batch size above 1 (0.12+), batch_runner.py runs the rows of a call together at
+  per-row positions.
 Both return the engine's result type, so metrics are computed one way for every backend.
 """
 
@@ -17,15 +19,17 @@ import importlib
 import inspect
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...artifacts import ArtifactCache, ArtifactError
 from ...engine import EngineResult, speculative_generate
-from ...errors import BackendUnavailableError, UsageError
+from ...errors import BackendUnavailableError, GenerationError, UsageError
 from ...loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
-from ..neuron_common import decode_rows, neuron_generator, prepare_checkpoint
+from ..neuron_common import LIBRARY_ERRORS, decode_rows, neuron_generator, prepare_checkpoint
+from .batch_runner import NeuronxBatchRunner
 from .library import LibraryPair, run_library
 from .runner import NeuronxRunner
 
@@ -103,6 +107,8 @@ class NeuronxPair:
         self.api = speculation_api(importlib.import_module("transformers_neuronx.speculation"))
         self.plan: LoadPlan = build_load_plan(cfg, tnx_version=self.version)
         self.loop = spec.speculation.loop
+        self.batch = spec.target.batch_size
+        self._check_batch(spec.draft.batch_size)
         self.n_positions = min(spec.target.max_positions, spec.draft.max_positions)
         self.cache = ArtifactCache(artifact_root(cfg), spec.compile.s3_mirror)
         self.events: list[tuple[str, str]] = []  # (role, "loaded" | "compiled")
@@ -110,6 +116,24 @@ class NeuronxPair:
             os.environ.setdefault(name, value)  # the runtime reads them at load
         self.draft = self._load(self.plan.draft)
         self.target = self._load(self.plan.target)
+
+    def _check_batch(self, draft_batch: int) -> None:
+        """Batch > 1 runs only through the engine, on 0.12+, with one batch size for both."""
+        if self.batch == 1 and draft_batch == 1:
+            return
+        why = None
+        if self.loop != "engine":
+            why = "SpeculativeGenerator.sample gives every row row 0's accepted length"
+        elif not _version_at_least(self.version, (0, 12)):
+            why = f"transformers-neuronx {self.version} has no batched speculation graphs"
+        elif draft_batch != self.batch:
+            why = f"draft.batch_size={draft_batch} differs from target.batch_size={self.batch}"
+        if why:
+            raise UsageError(
+                f"batch_size > 1 with speculation: {why}. Fix: speculation.loop: engine on "
+                "transformers-neuronx 0.12 or newer, with one batch_size for draft and target; "
+                "or batch_size: 1."
+            )
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -141,7 +165,10 @@ class NeuronxPair:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _build(self, ml: ModelLoad) -> Any:
-        model = self.tnx.LlamaForSampling.from_pretrained(ml.checkpoint, **ml.kwargs)
+        kwargs = dict(ml.kwargs)
+        if ml.rows_apart:  # batch > 1: 2-D cache ids, each row at its own positions
+            kwargs["neuron_config"] = self.tnx.NeuronConfig(padding_side="right")
+        model = self.tnx.LlamaForSampling.from_pretrained(ml.checkpoint, **kwargs)
         if ml.window is not None:
             if _takes(model.enable_speculative_decoder, "batch_sizes"):
                 model.enable_speculative_decoder(ml.window, batch_sizes=ml.batch_sizes)
@@ -200,6 +227,8 @@ class NeuronxPair:
         self._check_draft_tokens(draft_tokens)
         common = {"max_new": max_new_tokens, "eos": list(eos_token_ids), "pad": pad_token_id,
                   "cancelled": cancelled}  # fmt: skip
+        if self.batch > 1:
+            return self._engine_batches(prompts, acceptor, draft_tokens, on_tokens, **common)
 
         def one(prompt: Sequence[int], callback: Any) -> EngineResult:
             if self.loop == "engine":
@@ -238,6 +267,42 @@ class NeuronxPair:
             cancelled=kw["cancelled"],
         )
 
+    def _engine_batches(
+        self,
+        prompts: Sequence[Sequence[int]],
+        acceptor: Any,
+        gamma: int,
+        on_tokens: Any,
+        **kw: Any,
+    ) -> EngineResult:
+        """Prompts in batches of the compiled size, each one engine batch at per-row
+        positions (batch_runner.py); the results joined as one."""
+        vocab, size = self.vocab_size(), self.batch
+        target = NeuronxBatchRunner(
+            self.target, self.n_positions, vocab, size, self.plan.window, kw["pad"]
+        )
+        draft = NeuronxBatchRunner(self.draft, self.n_positions, vocab, size, None, kw["pad"])
+        result = EngineResult([], [], [], time.perf_counter(), [])
+        for first in range(0, len(prompts), size):
+            group = [list(p) for p in prompts[first : first + size]]
+            callback = (
+                None if on_tokens is None
+                else (lambda row, new, first=first: on_tokens(first + row, new))
+            )  # fmt: skip
+            try:
+                res = speculative_generate(
+                    target, draft if gamma else None, acceptor, group, draft_tokens=gamma,
+                    max_new_tokens=kw["max_new"], eos_token_ids=kw["eos"],
+                    pad_token_id=kw["pad"], on_tokens=callback, cancelled=kw["cancelled"],
+                )  # fmt: skip
+            except LIBRARY_ERRORS as exc:
+                raise GenerationError(
+                    f"transformers-neuronx generation failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            _join(result, res, first, len(prompts))
+        result.end = time.perf_counter()
+        return result
+
     def vocab_size(self) -> int:
         config = getattr(self.target, "config", None)
         if isinstance(config, dict):
@@ -254,6 +319,20 @@ class NeuronxPair:
         result = EngineResult([rec.tokens], [rec.by_eos], steps, start, [first])
         result.target_step_seconds = [s.seconds for s in steps[1:] if s.drafted]
         return result
+
+
+def _join(result: EngineResult, part: EngineResult, first: int, rows: int) -> None:
+    """Add a batch's result to the whole at rows first..; its steps widened to all rows."""
+    for step in part.steps:
+        pad_after = rows - first - len(step.accepted)
+        step.accepted = [0] * first + step.accepted + [0] * pad_after
+        step.emitted = [0] * first + step.emitted + [0] * pad_after
+        if step.row_drafted is not None:
+            step.row_drafted = [0] * first + step.row_drafted + [0] * pad_after
+    for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
+        getattr(result, name).extend(getattr(part, name))
+    result.draft_step_seconds.extend(part.draft_step_seconds)
+    result.target_step_seconds.extend(part.target_step_seconds)
 
 
 def load_neuronx_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:

@@ -85,6 +85,9 @@ class LlamaForSampling:
         with open(os.path.join(self.path, "config.json")) as f:
             self.config = json.load(f)
         self.amp, self.tp_degree, self.neuron_config = amp, tp_degree, neuron_config
+        # padding_side='right': 2-D cache ids, rows at their own positions, each row's writes
+        # going to the sequence slot its start_ids entry names
+        self.lhs_aligned = bool(getattr(neuron_config, "lhs_aligned", False))
         self.ignored_kwargs = dict(kwargs)  # the real library ignores unknown kwargs silently
         self.speculation = {}  # (k, batch_size) -> _Graph, in registration order
         self.on_neuron = False
@@ -92,6 +95,7 @@ class LlamaForSampling:
         self.hf = None
         self.kv = {}  # row -> {position: token}: what each KV slot was computed from
         self.calls = []  # ("forward" | "speculative_forward", first position, width)
+        self.row_positions = []  # per call, each row's first position
         return self
 
     # --- graphs, compilation, serialization ----------------------------------------------
@@ -223,11 +227,25 @@ class LlamaForSampling:
         decoder's `next(...)` over its buckets raises."""
         return next(n for n in self.n_positions if n >= last_position + 1)
 
-    def _write(self, input_ids, cache_ids):
+    def _slots(self, batch, start_ids):
+        """The sequence slot each row reads and writes. With 2-D cache ids it is the row's
+        start_ids entry, and start_ids defaults to zeros: every row then writes slot 0."""
+        if not self.lhs_aligned:
+            return list(range(batch))
+        if start_ids is None:
+            return [0] * batch
+        return [int(s) for s in start_ids.reshape(-1)[:batch]]
+
+    def _write(self, input_ids, cache_ids, start_ids=None):
         batch, width = input_ids.shape
         if cache_ids is None:
             positions = torch.arange(width).repeat(batch, 1)
         elif cache_ids.dim() == 2:
+            if not self.lhs_aligned:
+                raise AssertionError(
+                    f"Copying tensor from host to device: buffer ((1, {width})) and "
+                    f"tensor ({tuple(cache_ids.shape)}) have different shapes!"
+                )
             positions = cache_ids
         else:
             positions = cache_ids.reshape(1, -1).repeat(batch, 1)
@@ -237,11 +255,12 @@ class LlamaForSampling:
                 f"{tuple(input_ids.shape)} have different shapes!"
             )
         self._bucket(int(positions.max()))
+        slots = self._slots(batch, start_ids)
         for b in range(batch):
-            row = self.kv.setdefault(b, {})
+            row = self.kv.setdefault(slots[b], {})
             for j in range(width):
                 row[int(positions[b, j])] = int(input_ids[b, j])
-        return positions
+        return positions, slots
 
     @torch.no_grad()
     def _logits_at(self, row, position):
@@ -258,11 +277,14 @@ class LlamaForSampling:
             raise AttributeError("'NoneType' object has no attribute 'run'")
         if input_ids.shape[0] not in self.batch_sizes:
             raise KeyError(input_ids.shape[0])
-        positions = self._write(input_ids, cache_ids)
+        positions, slots = self._write(input_ids, cache_ids, start_ids)
         self.calls.append(("forward", int(positions[0, 0]), input_ids.shape[1]))
-        return torch.stack(
-            [self._logits_at(b, int(positions[b, -1])) for b in range(input_ids.shape[0])]
-        )
+        self.row_positions.append(positions[:, 0].tolist())
+        if self.lhs_aligned and input_ids.shape[1] > 1:
+            last = positions.max(dim=1).values  # vectorized last token: each row's largest id
+        else:
+            last = positions[:, -1]
+        return torch.stack([self._logits_at(slots[b], int(last[b])) for b in range(len(slots))])
 
     def _speculation_graph(self, width, batch, speculation_length):
         if not at_least(0, 10, 0, 360):
@@ -292,11 +314,14 @@ class LlamaForSampling:
                 f"Copying tensor from host to device: buffer ((1, {k})) and "
                 f"tensor ((1, {width})) have different shapes!"
             )
-        positions = self._write(input_ids, cache_ids)
+        positions, slots = self._write(input_ids, cache_ids, start_ids)
         self.calls.append(("speculative_forward", int(positions[0, 0]), width))
+        self.row_positions.append(positions[:, 0].tolist())
         logits = torch.stack(
             [
-                torch.stack([self._logits_at(b, int(positions[b, j])) for b in range(batch)], -1)
+                torch.stack(
+                    [self._logits_at(slots[b], int(positions[b, j])) for b in range(batch)], -1
+                )
                 for j in range(width)
             ]
         )
