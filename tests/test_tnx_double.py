@@ -346,3 +346,52 @@ def test_unknown_kwargs_are_silently_ignored_and_shapes_checked(monkeypatch, ckp
     with pytest.raises(RuntimeError, match="nrt_load_collectives"):
         b.to_neuron()
     assert a(PROMPT).shape == (1, 96)
+
+
+def _batch_model(path, right: bool, batch: int = 2):
+    from transformers_neuronx import LlamaForSampling, NeuronConfig
+
+    config = NeuronConfig(padding_side="right" if right else "left")
+    m = LlamaForSampling.from_pretrained(
+        str(path), n_positions=64, amp="f32", tp_degree=2, batch_size=batch, neuron_config=config
+    )
+    m.enable_speculative_decoder(3, batch_sizes=[batch])
+    m.to_neuron()
+    return m
+
+
+@pytest.mark.parametrize("version", [V12, V13])
+def test_2d_cache_ids_put_each_row_at_its_own_positions_in_its_start_ids_slot(
+    monkeypatch, ckpt, version
+):
+    """padding_side='right': rows at different positions in one call; row b writes the slot
+    start_ids[b] names, and start_ids defaults to zeros: every row then writes slot 0."""
+    use_double(monkeypatch, version)
+    reset_cores()
+    m = _batch_model(ckpt[0], right=True)
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    m.speculative_forward(ids, torch.tensor([[0, 1, 2], [4, 5, 6]]), None, 3)
+    assert sorted(m.kv) == [0] and sorted(m.kv[0]) == [0, 1, 2, 4, 5, 6]  # the trap
+    m.kv.clear()
+    out = m.speculative_forward(
+        ids, torch.tensor([[0, 1, 2], [4, 5, 6]]), torch.arange(2, dtype=torch.int32), 3
+    )
+    assert out.shape[0] == 3 and out.shape[2] == 2  # (k, V, batch)
+    assert m.kv[0] == {0: 5, 1: 6, 2: 7} and m.kv[1] == {4: 8, 5: 9, 6: 10}
+    assert m.row_positions[-1] == [0, 4]
+    # context encoding: each row's logits at its largest cache id (the vectorized last token)
+    m.kv.clear()
+    ctx = torch.tensor([[11, 12, 13], [14, 15, 15]])
+    cache = torch.tensor([[0, 1, 2], [0, 1, 1]])  # row 1's last real token at position 1
+    got = m(ctx, cache, torch.arange(2, dtype=torch.int32))
+    alone = m(torch.tensor([[14, 15]]).repeat(2, 1), torch.tensor([[0, 1], [0, 1]]),
+              torch.arange(2, dtype=torch.int32))  # fmt: skip
+    assert torch.allclose(got[1], alone[1])
+
+
+def test_2d_cache_ids_need_padding_side_right(monkeypatch, ckpt):
+    use_double(monkeypatch, V13)
+    reset_cores()
+    m = _batch_model(ckpt[0], right=False)
+    with pytest.raises(AssertionError, match="different shapes"):
+        m(torch.tensor([[5], [6]]), torch.tensor([[3], [7]]), None)
