@@ -287,15 +287,22 @@ class Generator:
     def open_batch(self, slots: int) -> Batch | None:
         """A continuous batch of `slots` rows on this pair, or None when the backend decodes
         one sequence at a time (then requests run one after another)."""
-        if self.target is None:
+        target, draft = self.target, self.draft
+        runners = getattr(self.backend, "batch_runners", None)
+        if target is None and runners is not None:
+            pair = runners(slots)  # a backend whose compiled graphs batch (TNx 0.12+)
+            if pair is None:
+                return None
+            target, draft = pair
+        if target is None:
             return None
         from .engine import DraftPolicy
 
         gamma = self.spec.speculation.draft_tokens
-        draft = self.draft if gamma > 0 else None
+        draft = draft if gamma > 0 else None
         policy = DraftPolicy() if self.spec.speculation.adaptive_batch else None
         return Batch(
-            self.target,
+            target,
             draft,
             slots,
             draft_tokens=gamma,

@@ -454,7 +454,7 @@ def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
             f"batch_size={spec.target.batch_size}: the prompts of a call decode as one batch "
             "through neuron-spec's engine, each row at its own positions (2-D cache ids, "
             "padding_side='right'); this needs transformers-neuronx 0.12 or newer (SDK 2.20+), "
-            "checked at load. `serve` decodes one request at a time on this backend.",
+            "checked at load; `serve` batches requests on it continuously.",
             "nothing to do.",
         )
         return

@@ -13,14 +13,15 @@
 - GET /health: 503 while the models load, 200 once ready.
 - GET /metrics: Prometheus text format.
 
-Generation runs on one worker thread. On the reference backend it is continuous batching:
+Generation runs on one worker thread. Where the backend batches it is continuous batching:
 every prompt of every request is a row of one engine batch of `--batch-size` slots (default
 target.batch_size); a request joins at the next step while a slot is free, its rows leave the
 moment they finish or their client goes away, and `n` choices are rows too. Neuron backends
-decode one request at a time. What does not fit waits in a bounded queue: a full queue
-answers 429 with Retry-After, and /health says "saturated" (503) while it is full. Every
-request is bounded: prompt tokens + max_tokens must fit n_positions (400 naming the limit;
-max_tokens defaults to what fits). A client that
+decode one request at a time, except transformers-neuronx 0.12+ compiled for a batch
+(target.batch_size), whose engine loop batches the same way. What does not fit waits in a
+bounded queue: a full queue answers 429 with Retry-After, and /health says "saturated"
+(503) while it is full. Every request is bounded: prompt tokens + max_tokens must fit
+n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
 disconnects, streaming or not, has its generation cancelled at the next step. Client errors are
 4xx in OpenAI's error shape, counted in /metrics. SIGTERM stops accepting work, answers queued
 requests 503, gives the running ones the drain timeout to finish, then cancels them; exit 0.
@@ -210,6 +211,7 @@ class ServerState:
         self.load_error: str | None = None
         self.shutting_down = False
         self.running: set[Job] = set()
+        self.batch: Any = None  # the engine batch requests join, where the backend batches
         self.slots = slots or cfg.spec.target.batch_size
         self.metrics.batch_slots.set(self.slots)
         self.on_fatal: Any = None  # called when loading fails: the server exits
@@ -222,7 +224,9 @@ class ServerState:
     def start(self, loader: Any) -> None:
         def load() -> None:
             try:
-                self.generator = loader(self.cfg)
+                gen = loader(self.cfg)
+                self.batch = gen.open_batch(self.slots)  # None: one request at a time
+                self.generator = gen
                 for message in backend_warnings(self.generator):
                     sys.stderr.write(f"neuron-spec: warning: {message}\n")
                 self.metrics.ready.set(1)
@@ -288,11 +292,10 @@ class ServerState:
         return True
 
     def _work(self) -> None:
-        batch = self.generator.open_batch(self.slots)
-        if batch is None:
+        if self.batch is None:
             self._work_one_at_a_time()
         else:
-            _Scheduler(self, batch).run()
+            _Scheduler(self, self.batch).run()
 
     def _next_job(self, block: bool) -> Job | _Stop | None:
         """The next queued job that is still wanted; None when none waits (and `block` is
@@ -658,7 +661,7 @@ class _Handlers:
             return self.reject(503, "the server is shutting down")
         if not st.ready:
             return self.reject(503, "the models are still loading; poll /health")
-        if body.logprob_count() is not None and st.generator.target is None:
+        if body.logprob_count() is not None and st.batch is None:
             backend = st.cfg.spec.backend
             return self.reject(
                 400,

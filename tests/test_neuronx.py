@@ -613,3 +613,38 @@ def test_batch_speculation_needs_the_engine_on_0_12(tmp_path, monkeypatch, pair_
     target, draft = pair_dirs
     with pytest.raises(UsageError, match="no batched speculation graphs"):
         load_generator(batch_config(tmp_path, target, draft, "neuronx"))
+
+
+@pytest.mark.parametrize("version", ["0.13.322"])
+def test_rows_join_a_running_batch_on_transformers_neuronx(
+    tmp_path, monkeypatch, pair_dirs, version
+):
+    """`serve`'s continuous batch on the compiled batch of 4: rows admitted while others
+    are mid-decode (their prompts fed beside the others' one-token steps, at their own
+    positions), each equal to its prompt alone."""
+    use_double(monkeypatch, version, tmp_path / "meta")
+    target, draft = pair_dirs
+    reference = load_generator(batch_config(tmp_path, target, draft, "reference"))
+    neuron = load_generator(batch_config(tmp_path, target, draft, "neuronx"))
+    batch = neuron.open_batch(4)
+    assert batch is not None and not batch.elastic and batch.slots == 4
+    prompts = [*BATCH_PROMPTS, "w9 w8 w7", "w3"]
+    waiting = [(p, neuron.row(neuron.encode([p])[0], max_new_tokens=10)) for p in prompts]
+    done, joined_late, steps = {}, False, 0
+    pending = list(waiting)
+    while pending or batch.busy:
+        while pending and batch.free_slots() and (steps % 3 == 0 or not batch.busy):
+            prompt, (row, finish) = pending.pop(0)
+            joined_late |= batch.busy
+            batch.admit(row)
+            done[id(row)] = (prompt, finish)
+        for row in batch.step():
+            prompt, finish = done[id(row)]
+            assert (
+                finish().token_ids[0] == reference.generate(prompt, max_new_tokens=10).token_ids[0]
+            )
+        steps += 1
+        assert steps < 200
+    assert joined_late
+    model = neuron.backend.target
+    assert max(max(slot) for slot in model.kv.values()) < 40

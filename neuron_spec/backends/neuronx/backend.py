@@ -108,6 +108,7 @@ class NeuronxPair:
         self.plan: LoadPlan = build_load_plan(cfg, tnx_version=self.version)
         self.loop = spec.speculation.loop
         self.batch = spec.target.batch_size
+        self.pad_token_id = 0  # set by the Generator once the tokenizer is known
         self._check_batch(spec.draft.batch_size)
         self.n_positions = min(spec.target.max_positions, spec.draft.max_positions)
         self.cache = ArtifactCache(artifact_root(cfg), spec.compile.s3_mirror)
@@ -267,6 +268,19 @@ class NeuronxPair:
             cancelled=kw["cancelled"],
         )
 
+    def batch_runners(self, slots: int) -> tuple[NeuronxBatchRunner, NeuronxBatchRunner] | None:
+        """Target and draft runners for a continuous batch of `slots` rows (serve), when the
+        models were compiled for a batch (the engine loop); None otherwise."""
+        if self.batch == 1 or self.loop != "engine" or slots > self.batch:
+            return None
+        vocab, pad = self.vocab_size(), self.pad_token_id
+        return (
+            NeuronxBatchRunner(
+                self.target, self.n_positions, vocab, self.batch, self.plan.window, pad
+            ),
+            NeuronxBatchRunner(self.draft, self.n_positions, vocab, self.batch, None, pad),
+        )
+
     def _engine_batches(
         self,
         prompts: Sequence[Sequence[int]],
@@ -338,7 +352,9 @@ def _join(result: EngineResult, part: EngineResult, first: int, rows: int) -> No
 def load_neuronx_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     pair = NeuronxPair(cfg, progress)
     tok_dir = pair.plan.target.tokenizer or pair.plan.target.checkpoint
-    return neuron_generator(cfg, pair, pair.decode, pair.plan.target.checkpoint, tok_dir)
+    gen = neuron_generator(cfg, pair, pair.decode, pair.plan.target.checkpoint, tok_dir)
+    pair.pad_token_id = gen.pad_token_id
+    return gen
 
 
 def _version_at_least(version: str, floor: tuple[int, ...]) -> bool:
