@@ -112,7 +112,6 @@ def test_batch_with_speculation_on_neuronx():
     assert codes(both)["batch-speculation"] == "info"  # the engine loop batches (0.12+)
     library = edit("speculation: {", "speculation: {loop: library, ", both)
     assert codes(library)["batch-speculation"] == "error"  # the library loop cannot
-    found = codes(one)
     ref = edit(
         "backend: neuronx",
         "backend: reference",
