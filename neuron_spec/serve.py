@@ -40,6 +40,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -332,6 +333,9 @@ class ServerState:
             self.metrics.requests.labels("error").inc()
             self.metrics.errors.labels(type(outcome).__name__).inc()
             job.push("error", (500, f"generation failed: {type(outcome).__name__}: {outcome}"))
+            # the client sees one line; the operator's log gets where it failed
+            sys.stderr.write(f"neuron-spec: request {job.id} failed:\n")
+            traceback.print_exception(type(outcome), outcome, outcome.__traceback__)
 
     def start_job(self, job: Job) -> None:
         self.running.add(job)

@@ -214,3 +214,49 @@ def test_a_continuous_batch_on_real_caches_equals_each_prompt_alone(pair, compac
     # compacted, the cache never grows far past its longest live row (7 + 30 + drafts);
     # without it, it holds every row that ever lived in the slot
     assert (longest_cache <= 2 * 64 + 8) is compact
+
+
+def test_a_batch_that_empties_and_refills_with_other_row_counts(pair):
+    """Every row leaves (no live column at all), then waves of 1, 3 and 2 rows: the caches
+    follow the rows each time, and every row is still the target's greedy decoding."""
+    from neuron_spec.engine import Batch, Row
+
+    target, draft = pair
+    t_run = HFRunner(target)
+    batch = Batch(t_run, HFRunner(draft), 3, draft_tokens=2)
+    for wave in ([[1, 2]], [[3], [4, 5, 6], [7, 8]], [[9, 9], [2]], [[5]]):
+        rows = [Row(p, 6, acceptor=GreedyAcceptor()) for p in wave]
+        for row in rows:
+            batch.admit(row)
+        while batch.busy:
+            batch.step()
+        assert [r.tokens for r in rows] == [greedy_reference(target, p, 6) for p in wave]
+        rows_held = {layer.keys.shape[0] for layer in t_run.cache.layers}
+        assert rows_held == {t_run.mask.shape[0]}  # the cache's rows follow the mask's
+
+
+def test_the_draft_cache_follows_the_rows_while_it_is_not_fed(pair):
+    """Rows come and go while steps run without drafts (the draft is not fed, its cache
+    holds no column at all); when drafting resumes, the draft's cache has the rows' count."""
+    from neuron_spec.engine import Batch, Row
+
+    class DraftAlone:  # drafts only with one row, as a measured policy may decide
+        def drafts(self, rows):
+            return rows <= 1
+
+        def record(self, *args):
+            pass
+
+    target, draft = pair
+    batch = Batch(HFRunner(target), HFRunner(draft), 3, draft_tokens=2, policy=DraftAlone())
+    first = Row([1, 2], 4, acceptor=GreedyAcceptor())
+    batch.admit(first)
+    while batch.busy:
+        batch.step()
+    rows = [Row(p, n, acceptor=GreedyAcceptor()) for p, n in (([3], 3), ([4, 5], 6), ([6], 12))]
+    for row in rows:
+        batch.admit(row)
+    while batch.busy:  # three rows: no drafts; they leave one by one; the last drafts alone
+        batch.step()
+    assert any(s.drafted == 0 for s in batch.steps) and batch.steps[-1].drafted > 0
+    assert [r.tokens for r in rows] == [greedy_reference(target, r.prompt, r.max_new) for r in rows]

@@ -59,6 +59,13 @@ def _crop(cache: Any, length: int) -> None:
 COMPACT_MIN_COLUMNS = 64
 
 
+def _holds_rows(layer: Any) -> bool:
+    """Whether a cache layer holds (rows, heads, columns, dim) tensors yet: transformers
+    starts a layer empty (None, or a 1-D empty tensor) until its first update."""
+    keys = getattr(layer, "keys", None)
+    return keys is not None and keys.dim() == 4
+
+
 class HFRunner:
     """One transformers causal LM with a DynamicCache and a per-row live-column mask."""
 
@@ -120,7 +127,7 @@ class HFRunner:
         self.mask = torch.cat([self.mask, empty])[src]
         self.n_live = self.mask.long().sum(dim=1)
         for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            if _holds_rows(layer):  # also when no column is left: the rows still count
                 where = src.to(layer.keys.device)
                 for name in ("keys", "values"):
                     held = getattr(layer, name)
@@ -140,7 +147,7 @@ class HFRunner:
             return
         index = used.nonzero().flatten()
         for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            if _holds_rows(layer):
                 where = index.to(layer.keys.device)
                 layer.keys = layer.keys.index_select(-2, where)
                 layer.values = layer.values.index_select(-2, where)
