@@ -100,10 +100,14 @@ def test_ctrl_c_while_the_venv_is_created_then_the_next_run_recovers(tmp_path):
     venv = tmp_path / "venv"
     slow = tmp_path / "slowpython"
     py = sys.executable
+    # The interrupt must reach a process that is still at work, as a real `python -m venv`
+    # is: the marker is written by the process that then waits (a `touch` that has already
+    # finished when the signal lands would let its shell carry on).
+    wait = f"import pathlib, time; pathlib.Path('{tmp_path}/made').touch(); time.sleep(60)"
     slow.write_text(
         "#!/usr/bin/env bash\n"
         f'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then {py} -m venv --without-pip "$3"; '
-        f"touch {tmp_path}/made; sleep 60; fi\n"
+        f'exec {py} -c "{wait}"; fi\n'
         f'exec {py} "$@"\n'
     )
     slow.chmod(0o755)
