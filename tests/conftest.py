@@ -26,6 +26,7 @@ _TORCH_MODULES = [
     "test_reference.py",
     "test_sampling.py",
     "test_serve.py",  # needs the serve extra and httpx
+    "test_serve_batch.py",  # likewise
     "test_tnx_double.py",
     "test_nxdi_double.py",
     "test_nxdi.py",
