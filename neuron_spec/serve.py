@@ -116,6 +116,20 @@ class Job:
         n = self.request.n
         return self.ids[k // n], None if seed is None else seed + k % n
 
+    def settings(self, k: int) -> dict[str, Any]:
+        """What choice k is generated with, the same on every path: budget, sampling, its
+        seed, stop strings, cancellation."""
+        req = self.request
+        return {
+            "max_new_tokens": self.max_new,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "top_k": req.top_k,
+            "seed": self.choice(k)[1],
+            "stop": req.stops(),
+            "cancelled": self.cancelled.is_set,
+        }
+
     def push(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
 
@@ -359,21 +373,14 @@ class ServerState:
         req, gen = job.request, self.generator
         results = []
         for index in range(job.choices):
-            ids, seed = job.choice(index)
             began = time.monotonic()
             result = gen.generate(
                 "",
-                prompt_token_ids=[ids],
-                max_new_tokens=job.max_new,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                top_k=req.top_k,
-                seed=seed,
-                stop=req.stops(),
+                prompt_token_ids=[job.choice(index)[0]],
+                **job.settings(index),
                 on_text=(lambda _row, d, i=index: job.push("delta", (i, d, None)))
                 if req.stream
                 else None,
-                cancelled=job.cancelled.is_set,
             )
             self.metrics.observe(result.metrics, began - job.arrived)  # TTFT from arrival
             results.append(result)
@@ -478,17 +485,10 @@ class _Scheduler:
         req, gen = job.request, self.state.generator
         holder: list[Any] = []  # the row, for its callback
         try:
-            ids, seed = job.choice(index)
             row, finish = gen.row(
-                ids,
-                max_new_tokens=job.max_new,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                top_k=req.top_k,
-                seed=seed,
-                stop=req.stops(),
+                job.choice(index)[0],
+                **job.settings(index),
                 on_text=self._on_text(job, index, holder) if req.stream else None,
-                cancelled=job.cancelled.is_set,
                 logprobs=req.logprob_count(),
             )
         except Exception as exc:
