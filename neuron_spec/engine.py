@@ -35,7 +35,9 @@ from .acceptors import Acceptor, GreedyAcceptor
 
 
 class Runner(Protocol):
-    """One model and its cache."""
+    """One model and its cache. Optional: `arrange(index)` (the runner holds only the rows
+    of occupied slots, see Batch) and `set_idle(flags)` (a runner of a fixed batch is told,
+    before each step, which rows only fill a free slot)."""
 
     vocab_size: int
 
@@ -440,6 +442,11 @@ class Batch:
                 full = torch.full((self.slots,), runner.length, dtype=torch.long)
                 runner.invalidate_from(torch.where(reset, 0, full))
             self.dirty = [False] * self.slots
+        if not self.elastic:  # rows that only fill the compiled batch need no prefill
+            idle = [r is None for r in self.rows]
+            for runner in self._runners():
+                if hasattr(runner, "set_idle"):
+                    runner.set_idle(idle)
         self.fresh.clear()
 
     def _acceptor(self, rows: list[Row | None], gammas: list[int]) -> Acceptor:

@@ -446,20 +446,28 @@ def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
         return
     engine = spec.speculation.loop == "engine"
     same = spec.target.batch_size == spec.draft.batch_size
-    if ctx.neuronx and engine and same:
+    unfused = ctx.nxdi and spec.nxdi.speculation_mode == "unfused"
+    if same and ((ctx.neuronx and engine) or unfused):
+        how = (
+            "2-D cache ids, padding_side='right'); this needs transformers-neuronx 0.12 or newer "
+            "(SDK 2.20+), checked at load"
+            if ctx.neuronx
+            else "per-row position_ids, seq_ids in order); compiled with continuous batching "
+            "(is_continuous_batching, ctx_batch_size 1), so a new row's context encoding "
+            "writes only its own slot"
+        )
         yield Finding(
             "info",
             "batch-speculation",
             "target.batch_size",
             f"batch_size={spec.target.batch_size}: the prompts of a call decode as one batch "
-            "through neuron-spec's engine, each row at its own positions (2-D cache ids, "
-            "padding_side='right'); this needs transformers-neuronx 0.12 or newer (SDK 2.20+), "
-            "checked at load; `serve` batches requests on it continuously.",
+            f"through neuron-spec's engine, each row at its own positions ({how}); `serve` "
+            "batches requests on it continuously.",
             "nothing to do.",
         )
         return
     role, m = batched[0]
-    if ctx.neuronx and engine:
+    if (ctx.neuronx and engine) or unfused:
         message = (
             f"target.batch_size={spec.target.batch_size} and draft.batch_size="
             f"{spec.draft.batch_size} differ: one batch of rows runs through both models."
@@ -472,17 +480,17 @@ def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
         )
     else:
         message = (
-            f"batch_size={m.batch_size} with speculation on NxD Inference: its draft "
-            "speculation is batch 1 (the fused draft's mask update fills one column for every "
-            "row), and neuron-spec's NxDI loop decodes one sequence at a time."
+            f"batch_size={m.batch_size} with nxdi.speculation_mode: fused: NxDI's fused draft "
+            "loop is batch 1 (its draft mask update fills one column for every row)."
         )
     yield Finding(
         "error",
         "batch-speculation",
         f"{role}.batch_size",
         message,
-        "on transformers-neuronx 0.12+: speculation.loop: engine with one batch_size for "
-        f"draft and target; otherwise set {role}.batch_size: 1 (neuron-spec queues requests).",
+        "one batch_size for draft and target, with speculation.loop: engine on "
+        "transformers-neuronx 0.12+ or nxdi: {speculation_mode: unfused} on NxD Inference; "
+        f"otherwise set {role}.batch_size: 1 (neuron-spec queues requests).",
     )
 
 

@@ -221,3 +221,123 @@ def test_several_prompts_report_per_row_figures_that_sum_to_the_totals(tmp_path,
         gen.generate("", prompt_token_ids=[PROMPTS[0], PROMPTS[2]], max_new_tokens=12).token_ids
         == want
     )
+
+
+# --- batch_size > 1: each row at its own positions, continuous batching ---------------------
+
+BATCH_PROMPTS = [[1, 5, 9, 3], [7], [40, 41, 42, 43, 44, 45], [2, 2]]  # one is 1 token
+
+
+def batch_config(tmp_path, pair, backend="nxdi", *, sampling="", eos=", eos_token_id: 95",
+                 mode="unfused", draft_batch=4):  # fmt: skip
+    """batch_size 4, k = 5 (draft_tokens 4), n_positions 40."""
+    target, draft = pair
+    path = tmp_path / f"{backend}-{mode}-batch.yaml"
+    path.write_text(
+        f"instance: trn1.32xlarge\nbackend: {backend}\n"
+        f"target: {{model: {target}, amp: f32, tp_degree: 32, n_positions: 40, batch_size: 4}}\n"
+        f"draft: {{model: {draft}, amp: f32, tp_degree: 32, n_positions: 40, "
+        f"batch_size: {draft_batch}}}\n"
+        f"speculation: {{draft_tokens: 4, acceptor: {'lossless' if sampling else 'greedy'}}}\n"
+        f"sampling: {{{sampling or 'temperature: 0'}, seed: 4}}\n"
+        f"generation: {{max_new_tokens: 24, max_prompt_tokens: 8{eos}}}\n"
+        f"nxdi: {{speculation_mode: {mode}}}\n"
+        f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n"
+    )
+    return load_config(path)
+
+
+def record_calls(model) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(graph, position_ids, seq_ids) of every compiled-graph run of `model`."""
+    calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    run = model._run
+
+    def recorded(wrapper, ids, mask, positions, seq_ids):
+        calls.append((wrapper.tag, positions.clone(), seq_ids.clone()))
+        return run(wrapper, ids, mask, positions, seq_ids)
+
+    model._run = recorded
+    return calls
+
+
+def test_a_batch_on_nxdi_equals_each_prompt_alone_with_rows_at_their_own_positions(
+    tmp_path, nxdi, pair
+):
+    reference = load_generator(batch_config(tmp_path, pair, "reference"))
+    gen = load_generator(batch_config(tmp_path, pair))
+    target = gen.backend.target
+    nc = target.neuron_config
+    assert nc.is_continuous_batching and nc.ctx_batch_size == 1 and nc.spec_batch_size == 4
+    calls = record_calls(target)
+    got = gen.generate("", prompt_token_ids=BATCH_PROMPTS)
+    want = [reference.generate("", prompt_token_ids=[p], max_new_tokens=24) for p in BATCH_PROMPTS]
+    assert got.token_ids == [w.token_ids[0] for w in want]
+    assert got.finished_by_eos == [w.finished_by_eos[0] for w in want]
+    assert sum(len(t) == 24 for t in got.token_ids) >= 2  # the others stopped at their EOS
+    rows = got.metrics.per_row
+    assert sum(r["drafted"] for r in rows) == got.metrics.drafted > 0
+    # one target pass per step for all four rows, at different positions within it
+    spec = [pos for tag, pos, _ in calls if tag == "speculation_model"]
+    assert spec and all(p.shape == (4, 5) for p in spec)
+    assert any(len(set(p[:, 0].tolist())) > 1 for p in spec)
+    assert all(
+        seq.tolist() == [0, 1, 2, 3] for tag, _, seq in calls if tag != "context_encoding_model"
+    )
+    # each row's context encoding ran alone, into its own slot
+    cte = [seq.tolist() for tag, _, seq in calls if tag == "context_encoding_model"]
+    assert sorted(cte) == [[0], [1], [2], [3]]
+    assert got.metrics.target_passes < sum(w.metrics.target_passes for w in want)
+    # nothing written at or past the compiled length (n_positions + k - 1)
+    assert max(max(slot) for slot in target.kv.values()) < 40 + 4
+
+
+def test_a_sampled_nxdi_batch_and_a_row_that_stops_at_its_eos(tmp_path, nxdi, pair):
+    sampled = load_generator(batch_config(tmp_path, pair, sampling="temperature: 0.8"))
+    out = sampled.generate("", prompt_token_ids=BATCH_PROMPTS)
+    # lossless: every row runs to exactly max_new_tokens unless it samples its EOS
+    for tokens, by_eos in zip(out.token_ids, out.finished_by_eos, strict=True):
+        assert len(tokens) == 24 or (by_eos and tokens[-1] == 95 and len(tokens) < 24)
+    assert sum(len(t) == 24 for t in out.token_ids) >= 2
+    plain = load_generator(batch_config(tmp_path, pair, "reference"))
+    alone = plain.generate("", prompt_token_ids=[BATCH_PROMPTS[1]], max_new_tokens=24)
+    alone_ids = alone.token_ids[0]
+    stop = alone_ids[5]  # row 1 meets it early; an id it emits
+    (tmp_path / "eos").mkdir()
+    gen = load_generator(batch_config(tmp_path / "eos", pair, eos=f", eos_token_id: {stop}"))
+    got = gen.generate("", prompt_token_ids=BATCH_PROMPTS)
+    assert got.finished_by_eos[1] and got.token_ids[1] == alone_ids[: alone_ids.index(stop) + 1]
+    assert max(len(t) for t in got.token_ids) > len(got.token_ids[1])  # the others went on
+
+
+def test_rows_join_a_running_batch_on_nxdi(tmp_path, nxdi, pair):
+    """`serve`'s continuous batch: rows admitted while others are mid-decode are context-
+    encoded alone into their slots, the others' KV untouched; each equals its prompt alone."""
+    reference = load_generator(batch_config(tmp_path, pair, "reference"))
+    gen = load_generator(batch_config(tmp_path, pair))
+    batch = gen.open_batch(4)
+    assert batch is not None and not batch.elastic and batch.slots == 4
+    prompts = [*BATCH_PROMPTS, [9, 8, 7], [3]]
+    done, joined_late, steps = {}, False, 0
+    pending = [(p, gen.row(p, max_new_tokens=10)) for p in prompts]
+    while pending or batch.busy:
+        while pending and batch.free_slots() and (steps % 3 == 0 or not batch.busy):
+            prompt, (row, finish) = pending.pop(0)
+            joined_late |= batch.busy
+            batch.admit(row)
+            done[id(row)] = (prompt, finish)
+        for row in batch.step():
+            prompt, finish = done.pop(id(row))
+            want = reference.generate("", prompt_token_ids=[prompt], max_new_tokens=10)
+            assert finish().token_ids[0] == want.token_ids[0], prompt
+        steps += 1
+        assert steps < 200
+    assert joined_late and not done
+
+
+def test_nxdi_batches_only_unfused_with_one_batch_size(tmp_path, nxdi, pair):
+    from neuron_spec.errors import UsageError
+
+    with pytest.raises(UsageError, match="fused draft loop is batch 1"):
+        load_generator(batch_config(tmp_path, pair, mode="fused"))
+    with pytest.raises(UsageError, match=r"differs from target\.batch_size"):
+        load_generator(batch_config(tmp_path, pair, draft_batch=1))

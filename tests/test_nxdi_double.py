@@ -266,3 +266,50 @@ def test_the_generation_adapter_reads_an_undefined_name(nxdi, ckpt, tmp_path):
     _, _, adapter = nxdi
     with pytest.raises(NameError, match="tensor_capture_hook"):
         adapter.HuggingFaceGenerationAdapter(model).generate(torch.tensor([[1, 5]]))
+
+
+def _rows_cte(model, ids, seq_ids):
+    """Context encoding of one prompt per row, right-padded, positions 0 on the pads."""
+    width = max(len(p) for p in ids)
+    mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in ids])
+    tokens = torch.tensor([p + [0] * (width - len(p)) for p in ids])
+    positions = torch.tensor([list(range(len(p))) + [0] * (width - len(p)) for p in ids])
+    return model(input_ids=tokens, attention_mask=mask, position_ids=positions, seq_ids=seq_ids)
+
+
+def test_continuous_batching_needs_a_context_encoding_of_one_seq_id(nxdi, ckpt, tmp_path):
+    with pytest.raises(AssertionError, match="only supports single seq_id"):
+        _app(nxdi, ckpt, tmp_path, batch_size=2, is_continuous_batching=True)  # ctx batch 2
+
+
+def test_one_rows_context_encoding_rewrites_the_others_without_continuous_batching(
+    nxdi, ckpt, tmp_path
+):
+    plain = _app(nxdi, ckpt, tmp_path / "plain", batch_size=3)
+    _rows_cte(plain, [[5, 6], [7, 8, 9], [3]], torch.arange(3))
+    assert [plain.kv[1][p] for p in range(3)] == [7, 8, 9]
+    _rows_cte(plain, [[11, 12]], torch.tensor([2]))  # one row: padded with copies of it
+    assert [plain.kv[b][0] for b in range(3)] == [11, 11, 11]  # rows 0 and 1 are lost
+    cb = _app(
+        nxdi, ckpt, tmp_path / "cb", batch_size=3, is_continuous_batching=True, ctx_batch_size=1
+    )
+    _rows_cte(cb, [[5, 6], [7, 8, 9], [3]], torch.arange(3))  # three batch-1 runs in turn
+    _rows_cte(cb, [[11, 12]], torch.tensor([2]))
+    assert [cb.kv[b][0] for b in range(3)] == [5, 7, 11]  # only slot 2 was written
+
+
+def test_a_batched_call_holding_position_0_in_any_row_is_context_encoding(nxdi, ckpt, tmp_path):
+    model = _app(
+        nxdi, ckpt, tmp_path, batch_size=2, speculation_length=3, is_continuous_batching=True,
+        ctx_batch_size=1,
+    )  # fmt: skip
+    _rows_cte(model, [[5, 6, 7], [8, 9]], torch.arange(2))
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    at_3 = model(input_ids=ids, attention_mask=mask, position_ids=torch.tensor([[3, 4, 5],
+                 [2, 3, 4]]), seq_ids=torch.arange(2))  # fmt: skip
+    assert at_3.logits.shape[:2] == (2, 3)  # the speculation graph: k logits per row
+    at_0 = model(input_ids=ids, attention_mask=mask, position_ids=torch.tensor([[3, 4, 5],
+                 [0, 1, 2]]), seq_ids=torch.arange(2))  # fmt: skip
+    assert at_0.logits.shape[:2] == (2, 1)  # routed to context encoding
+    assert [model.kv[0][p] for p in range(3)] == [1, 2, 3]  # ... which rewrote row 0 from 0

@@ -118,6 +118,11 @@ def test_batch_with_speculation_on_neuronx():
         edit(T_TP, T_TP.replace("batch_size: 1", "batch_size: 4")),
     )
     assert "batch-speculation" not in codes(ref)
+    nxdi = edit("backend: neuronx", "backend: nxdi", both)
+    assert codes(nxdi)["batch-speculation"] == "info"  # unfused: the engine, continuous batching
+    fused = edit("backend: nxdi", "backend: nxdi\nnxdi: {speculation_mode: fused}", nxdi)
+    assert codes(fused)["batch-speculation"] == "error"  # NxDI's fused draft loop is batch 1
+    assert codes(edit("backend: neuronx", "backend: nxdi", one))["batch-speculation"] == "error"
 
 
 def test_context_length_estimate_beyond_positions():

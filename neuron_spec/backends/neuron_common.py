@@ -120,3 +120,48 @@ def config_eos(checkpoint: Path) -> list[int]:
             if value is not None:
                 return [int(v) for v in value] if isinstance(value, list) else [int(value)]
     return []
+
+
+GroupDecoder = Callable[[list[list[int]], Any], "EngineResult"]
+
+
+def decode_batches(
+    prompts: Sequence[Sequence[int]], size: int, on_tokens: Any, run: GroupDecoder, library: str
+) -> EngineResult:
+    """Prompts in groups of the compiled batch size, each group one engine batch with every
+    row at its own positions (`run(group, on_tokens_for_the_group)`); the results joined as
+    one, step records widened to all rows. A library failure is a GenerationError."""
+    import time
+
+    from ..engine import EngineResult
+
+    result = EngineResult([], [], [], time.perf_counter(), [])
+    for first in range(0, len(prompts), size):
+        group = [list(p) for p in prompts[first : first + size]]
+        callback = (
+            None if on_tokens is None
+            else (lambda row, new, first=first: on_tokens(first + row, new))
+        )  # fmt: skip
+        try:
+            part = run(group, callback)
+        except LIBRARY_ERRORS as exc:
+            raise GenerationError(
+                f"{library} generation failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        _join(result, part, first, len(prompts))
+    result.end = time.perf_counter()
+    return result
+
+
+def _join(result: EngineResult, part: EngineResult, first: int, rows: int) -> None:
+    """Add a batch's result to the whole at rows first..; its steps widened to all rows."""
+    for step in part.steps:
+        pad_after = rows - first - len(step.accepted)
+        step.accepted = [0] * first + step.accepted + [0] * pad_after
+        step.emitted = [0] * first + step.emitted + [0] * pad_after
+        if step.row_drafted is not None:
+            step.row_drafted = [0] * first + step.row_drafted + [0] * pad_after
+    for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
+        getattr(result, name).extend(getattr(part, name))
+    result.draft_step_seconds.extend(part.draft_step_seconds)
+    result.target_step_seconds.extend(part.target_step_seconds)

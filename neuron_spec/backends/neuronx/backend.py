@@ -19,16 +19,20 @@ import importlib
 import inspect
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...artifacts import ArtifactCache, ArtifactError
 from ...engine import EngineResult, speculative_generate
-from ...errors import BackendUnavailableError, GenerationError, UsageError
+from ...errors import BackendUnavailableError, UsageError
 from ...loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
-from ..neuron_common import LIBRARY_ERRORS, decode_rows, neuron_generator, prepare_checkpoint
+from ..neuron_common import (
+    decode_batches,
+    decode_rows,
+    neuron_generator,
+    prepare_checkpoint,
+)
 from .batch_runner import NeuronxBatchRunner
 from .library import LibraryPair, run_library
 from .runner import NeuronxRunner
@@ -290,32 +294,21 @@ class NeuronxPair:
         **kw: Any,
     ) -> EngineResult:
         """Prompts in batches of the compiled size, each one engine batch at per-row
-        positions (batch_runner.py); the results joined as one."""
+        positions (batch_runner.py)."""
         vocab, size = self.vocab_size(), self.batch
         target = NeuronxBatchRunner(
             self.target, self.n_positions, vocab, size, self.plan.window, kw["pad"]
         )
         draft = NeuronxBatchRunner(self.draft, self.n_positions, vocab, size, None, kw["pad"])
-        result = EngineResult([], [], [], time.perf_counter(), [])
-        for first in range(0, len(prompts), size):
-            group = [list(p) for p in prompts[first : first + size]]
-            callback = (
-                None if on_tokens is None
-                else (lambda row, new, first=first: on_tokens(first + row, new))
+
+        def run(group: list[list[int]], callback: Any) -> EngineResult:
+            return speculative_generate(
+                target, draft if gamma else None, acceptor, group, draft_tokens=gamma,
+                max_new_tokens=kw["max_new"], eos_token_ids=kw["eos"],
+                pad_token_id=kw["pad"], on_tokens=callback, cancelled=kw["cancelled"],
             )  # fmt: skip
-            try:
-                res = speculative_generate(
-                    target, draft if gamma else None, acceptor, group, draft_tokens=gamma,
-                    max_new_tokens=kw["max_new"], eos_token_ids=kw["eos"],
-                    pad_token_id=kw["pad"], on_tokens=callback, cancelled=kw["cancelled"],
-                )  # fmt: skip
-            except LIBRARY_ERRORS as exc:
-                raise GenerationError(
-                    f"transformers-neuronx generation failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            _join(result, res, first, len(prompts))
-        result.end = time.perf_counter()
-        return result
+
+        return decode_batches(prompts, size, on_tokens, run, "transformers-neuronx")
 
     def vocab_size(self) -> int:
         config = getattr(self.target, "config", None)
@@ -333,20 +326,6 @@ class NeuronxPair:
         result = EngineResult([rec.tokens], [rec.by_eos], steps, start, [first])
         result.target_step_seconds = [s.seconds for s in steps[1:] if s.drafted]
         return result
-
-
-def _join(result: EngineResult, part: EngineResult, first: int, rows: int) -> None:
-    """Add a batch's result to the whole at rows first..; its steps widened to all rows."""
-    for step in part.steps:
-        pad_after = rows - first - len(step.accepted)
-        step.accepted = [0] * first + step.accepted + [0] * pad_after
-        step.emitted = [0] * first + step.emitted + [0] * pad_after
-        if step.row_drafted is not None:
-            step.row_drafted = [0] * first + step.row_drafted + [0] * pad_after
-    for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
-        getattr(result, name).extend(getattr(part, name))
-    result.draft_step_seconds.extend(part.draft_step_seconds)
-    result.target_step_seconds.extend(part.target_step_seconds)
 
 
 def load_neuronx_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:

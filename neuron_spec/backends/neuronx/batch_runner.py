@@ -6,16 +6,10 @@ and `start_ids = arange(B)` (its default, zeros, would send every row's writes t
 slot 0). `SpeculativeGenerator.sample` gives every row row 0's accepted length at B > 1, so
 batches are driven by neuron-spec's engine only. What the runner maps:
 
-- The engine's columns are virtual, as on the reference backend: a feed appends w columns to
-  every row, of which a row's last m are live; each row keeps which column each of its
-  positions came from, so rolling back to a column is moving that row's position back (the
-  cache is positional: later writes overwrite the stale slots before anything reads them).
+- The engine's virtual columns, rollback and one pass width for rows that bring different
+  numbers of tokens: batch_rows.py.
 - The engine's n <= B rows are padded to the compiled B with idle rows (a pad token at the
   first positions of their own slot, never read).
-- Rows feed different numbers of tokens in one step (a prompt, a draft catching up), but a
-  pass has one width: a row with fewer tokens re-feeds its last cached tokens in front (the
-  same token at the same position after the same prefix gives the same KV), or, when it has
-  too few, is followed by filler that later passes overwrite.
 - The first feed context-encodes every row's prompt but its last `keep` tokens (padded on
   the right to the longest; the per-row last token is its largest cache id), then feeds the
   rest like any later step.
@@ -26,13 +20,14 @@ batches are driven by neuron-spec's engine only. What the runner maps:
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 import torch
 
+from ..batch_rows import PositionalRows
 
-class NeuronxBatchRunner:
+
+class NeuronxBatchRunner(PositionalRows):
     """One LlamaForSampling compiled for `compiled_batch` rows, seen as an engine Runner."""
 
     def __init__(
@@ -44,43 +39,8 @@ class NeuronxBatchRunner:
         window: int | None = None,
         pad_token_id: int = 0,
     ):
-        self.model, self.n_positions, self.vocab_size = model, n_positions, vocab_size
-        self.compiled, self.window, self.pad = compiled_batch, window, pad_token_id
-        self.reset(1)
-
-    def reset(self, batch: int) -> None:
-        if not 1 <= batch <= self.compiled:
-            raise ValueError(f"{batch} rows for a model compiled for batch {self.compiled}")
-        self.rows = batch
-        self.cols: list[list[int]] = [[] for _ in range(batch)]  # column of each position
-        self.hist: list[list[int]] = [[] for _ in range(batch)]  # token at each position
-        self._length = 0
-
-    @property
-    def length(self) -> int:
-        return self._length
-
-    def invalidate_from(self, start: torch.Tensor) -> None:
-        for b in range(self.rows):
-            keep = bisect.bisect_left(self.cols[b], int(start[b]))
-            del self.cols[b][keep:], self.hist[b][keep:]
-        self._length = min(self._length, int(start.max()))
-
-    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-        """tokens (n, w) with live mask -> logits of each row's last `keep` columns."""
-        width = tokens.shape[1]
-        live = [tokens[b][mask[b]].tolist() for b in range(self.rows)]
-        for b, row in enumerate(live):
-            self.cols[b] += range(self._length + width - len(row), self._length + width)
-        self._length += width
-        if all(not h for h in self.hist):  # a new batch: encode the prompts' heads at once
-            live = self._context(live, keep)
-        logits = self._pass(live)  # per row: (its tokens, V)
-        out = torch.zeros((self.rows, keep, self.vocab_size))
-        for b, row_logits in enumerate(logits):
-            take = row_logits[-keep:]
-            out[b, keep - take.shape[0] :] = take
-        return out
+        self.model, self.n_positions, self.window = model, n_positions, window
+        super().__init__(compiled_batch, vocab_size, pad_token_id)
 
     # --- passes --------------------------------------------------------------------------
 
@@ -94,12 +54,16 @@ class NeuronxBatchRunner:
                 "should have been refused before decoding"
             )
 
-    def _context(self, live: list[list[int]], keep: int) -> list[list[int]]:
-        """Context-encode each row but its last `keep` tokens; return what is left to feed."""
+    def _prefill(
+        self, live: list[list[int]], keep: int
+    ) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """A new batch: context-encode each row but its last `keep` tokens at once."""
+        if any(self.hist):
+            return live, self._empty()
         heads = [row[: max(len(row) - keep, 0)] for row in live]
         width = max(len(h) for h in heads)
         if width == 0:
-            return live
+            return live, self._empty()
         self._check(width - 1)
         ids = torch.full((self.compiled, width), self.pad, dtype=torch.long)
         for b, head in enumerate(heads):
@@ -112,28 +76,9 @@ class NeuronxBatchRunner:
         self.model(ids, cache_ids, self._start_ids())
         for b, head in enumerate(heads):
             self.hist[b] = list(head)
-        return [row[len(h) :] for row, h in zip(live, heads, strict=True)]
-
-    def _layout(
-        self, live: list[list[int]], width: int
-    ) -> tuple[torch.Tensor, list[int], list[int]]:
-        """Each row's `width` tokens for one pass, its first position, and where its own
-        tokens start among the columns (re-fed history in front, or filler behind)."""
-        ids = torch.full((self.compiled, width), self.pad, dtype=torch.long)
-        starts, offsets = [0] * self.compiled, [0] * self.compiled
-        for b, row in enumerate(live):
-            pos, gap = len(self.hist[b]), width - len(row)
-            if gap <= pos:  # re-feed the last `gap` cached tokens in front
-                tokens = self.hist[b][pos - gap :] + row
-                starts[b], offsets[b] = pos - gap, gap
-            else:  # too little history: filler behind, overwritten later
-                tokens = row + (row[-1:] or [self.pad]) * gap
-                starts[b] = pos
-            ids[b] = torch.tensor(tokens)
-        return ids, starts, offsets
+        return [row[len(h) :] for row, h in zip(live, heads, strict=True)], self._empty()
 
     def _pass(self, live: list[list[int]]) -> list[torch.Tensor]:
-        """Feed each row its tokens at its positions; the logits of each (per row)."""
         width = max(len(row) for row in live)
         ids, starts, offsets = self._layout(live, width)
         window = self.window
@@ -159,9 +104,4 @@ class NeuronxBatchRunner:
                 for j in range(width)
             ]
             logits = torch.stack([c.float() for c in columns], dim=1)  # (B, w, V)
-        result = []
-        for b, row in enumerate(live):
-            first = offsets[b]
-            result.append(logits[b, first : first + len(row)])
-            self.hist[b] = self.hist[b][: starts[b] + first] + row
-        return result
+        return self._commit(live, logits, starts, offsets)

@@ -27,7 +27,8 @@ from ...artifacts import ArtifactCache, ArtifactError
 from ...engine import EngineResult, speculative_generate
 from ...errors import BackendUnavailableError, GenerationError, UsageError
 from ...loadplan import CC_DIST, artifact_root, cache_key, installed_version
-from ..neuron_common import decode_rows, neuron_generator, prepare_checkpoint
+from ..neuron_common import decode_batches, decode_rows, neuron_generator, prepare_checkpoint
+from .batch_runner import NxdiBatchRunner
 from .fused import fused_generate
 from .plan import NXDI_DIST, NxdiModel, NxdiPlan, build_nxdi_plan
 from .runner import NxdiRunner
@@ -96,6 +97,9 @@ class NxdiPair:
         self.cache = ArtifactCache(artifact_root(cfg), cfg.spec.compile.s3_mirror)
         self.events: list[tuple[str, str]] = []  # (role, "loaded" | "compiled")
         self.family = _family(cfg)
+        self.batch = cfg.spec.target.batch_size
+        self.pad_token_id = 0  # set by the Generator once the tokenizer is known
+        self._check_batch()
         for name, value in self.plan.env.items():
             os.environ.setdefault(name, value)
         for m in (self.plan.draft, self.plan.target):
@@ -107,6 +111,28 @@ class NxdiPair:
         else:
             self.draft = self._application(self.plan.draft)
             self.target = self._application(self.plan.target)
+
+    def _check_batch(self) -> None:
+        """Batch > 1 runs through neuron-spec's engine (unfused), one batch size for both."""
+        spec = self.cfg.spec
+        if self.batch == 1 and spec.draft.batch_size == 1:
+            return
+        why = None
+        if self.plan.mode == "fused":
+            why = (
+                "NxDI's fused draft loop is batch 1 (its draft mask fills one column for all rows)"
+            )
+        elif spec.draft.batch_size != self.batch:
+            why = (
+                f"draft.batch_size={spec.draft.batch_size} differs from "
+                f"target.batch_size={self.batch}"
+            )
+        if why:
+            raise UsageError(
+                f"batch_size > 1 with speculation on NxD Inference: {why}. Fix: nxdi: "
+                "{speculation_mode: unfused} with one batch_size for draft and target; or "
+                "batch_size: 1."
+            )
 
     # --- building, compiling, loading ----------------------------------------------------
 
@@ -175,6 +201,11 @@ class NxdiPair:
         cancelled: Any = None,
     ) -> EngineResult:
         self._check(acceptor, draft_tokens)
+        if self.batch > 1:
+            return self._engine_batches(
+                prompts, acceptor, draft_tokens, max_new_tokens, eos_token_ids, pad_token_id,
+                on_tokens, cancelled,
+            )  # fmt: skip
 
         def one(prompt: Sequence[int], callback: Any) -> EngineResult:
             return self._one(prompt, acceptor, draft_tokens, max_new_tokens, eos_token_ids,
@@ -236,6 +267,60 @@ class NxdiPair:
             eos_token_ids=eos, pad_token_id=pad, on_tokens=on_tokens, cancelled=cancelled,
         )  # fmt: skip
 
+    def batch_runners(self, slots: int) -> tuple[NxdiBatchRunner, NxdiBatchRunner] | None:
+        """Target and draft runners for a continuous batch of `slots` rows (serve), when the
+        models were compiled for a batch; None otherwise."""
+        if self.batch == 1 or slots > self.batch:
+            return None
+        return self._batch_pair(self.pad_token_id)
+
+    def _batch_pair(self, pad: int) -> tuple[NxdiBatchRunner, NxdiBatchRunner]:
+        plan = self.plan
+
+        def runner(model: Any, window: int | None, length: int) -> NxdiBatchRunner:
+            return NxdiBatchRunner(
+                model, vocab_size=self.vocab_size, compiled_length=length,
+                context_length=int(model.neuron_config.max_context_length),
+                compiled_batch=self.batch, pad_token_id=pad, window=window,
+            )  # fmt: skip
+
+        return (
+            runner(self.target, plan.window, plan.compiled_length),
+            runner(self.draft, None, plan.n_positions),
+        )
+
+    def _engine_batches(
+        self,
+        prompts: Sequence[Sequence[int]],
+        acceptor: Any,
+        gamma: int,
+        max_new: int,
+        eos: Sequence[int],
+        pad: int,
+        on_tokens: Any,
+        cancelled: Any,
+    ) -> EngineResult:
+        """Prompts in batches of the compiled size, each one engine batch at per-row
+        positions (batch_runner.py). The target alone runs the plain target at batch B."""
+        if gamma == 0:
+            plain = self._plain()
+            target = NxdiBatchRunner(
+                plain, vocab_size=self.vocab_size, compiled_length=self.plan.n_positions,
+                context_length=int(plain.neuron_config.max_context_length),
+                compiled_batch=self.batch, pad_token_id=pad,
+            )  # fmt: skip
+            draft = None
+        else:
+            target, draft = self._batch_pair(pad)
+
+        def run(group: list[list[int]], callback: Any) -> EngineResult:
+            return speculative_generate(
+                target, draft, acceptor, group, draft_tokens=gamma, max_new_tokens=max_new,
+                eos_token_ids=eos, pad_token_id=pad, on_tokens=callback, cancelled=cancelled,
+            )  # fmt: skip
+
+        return decode_batches(prompts, self.batch, on_tokens, run, "NxDI")
+
     def _runner(self, model: Any, pad: int, *, window: int | None, length: int) -> NxdiRunner:
         return NxdiRunner(
             model,
@@ -279,5 +364,6 @@ def load_nxdi_generator(cfg: ConfigFile, progress: Progress | None = None) -> Ge
     gen = neuron_generator(
         cfg, pair, pair.decode, target.checkpoint, target.tokenizer or target.checkpoint
     )
+    pair.pad_token_id = gen.pad_token_id
     gen.max_prompt_tokens = pair.plan.max_context_length
     return gen

@@ -15,6 +15,8 @@ warning for a keyword it does not know, so a typo would compile the wrong model 
   every logit, so sampling is exact). fused: one application, on-device greedy sampling.
 - plain target (target alone: bench's baseline, --draft-tokens 0): context encoding + token
   generation, compiled only when asked for.
+- batch_size B > 1 (unfused): continuous batching (`is_continuous_batching`, a context
+  encoding of batch 1 into one seq id), speculation and token generation at batch B.
 """
 
 from __future__ import annotations
@@ -138,6 +140,11 @@ def neuron_config_kwargs(
     }
     if speculation:
         kw["speculation_length"] = speculation
+    if m.batch_size > 1 and not fused:
+        # a new row's context encoding writes only its own slot (it must carry one seq id),
+        # so rows join a running batch while the others keep their KV (batch_runner.py)
+        kw["is_continuous_batching"] = True
+        kw["ctx_batch_size"] = 1
     if fused:
         kw["enable_fused_speculation"] = True
         kw["on_device_sampling_config"] = {"do_sample": False, "top_k": 1}

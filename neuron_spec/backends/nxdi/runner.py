@@ -112,14 +112,22 @@ class NxdiRunner:
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            seq_ids=torch.zeros(1, dtype=torch.long),
-        )
-        logits = out.logits
-        if logits is None:
-            raise ValueError("NxDI returned no logits: on-device sampling must be off")
-        out_logits: torch.Tensor = logits.float()[..., : self.vocab_size]
-        return out_logits
+        seq_ids = torch.zeros(1, dtype=torch.long)
+        return nxdi_logits(self.model, ids, mask, positions, seq_ids, self.vocab_size)
+
+
+def nxdi_logits(
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    seq_ids: torch.Tensor,
+    vocab_size: int,
+) -> torch.Tensor:
+    """One `forward()` call; its float32 logits over the vocabulary."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, seq_ids=seq_ids)
+    logits = out.logits
+    if logits is None:
+        raise ValueError("NxDI returned no logits: on-device sampling must be off")
+    out_logits: torch.Tensor = logits.float()[..., :vocab_size]
+    return out_logits

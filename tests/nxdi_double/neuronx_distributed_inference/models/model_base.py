@@ -17,7 +17,11 @@ Reproduced, each with a test in tests/test_nxdi_double.py:
 - the KV cache is positional per seq id: context encoding fills positions [0, bucket) of the
   row, other graphs scatter at position_ids, attention reads the cache where the mask is 1 and
   the active tokens causally; nothing is cleared by reset(); fewer rows than compiled are
-  padded with the first row into the missing seq ids;
+  padded with the first row into the missing seq ids (whose caches take its writes); more
+  rows than compiled run in chunks of the compiled batch, one after another;
+- continuous batching: the context encoding graph must be batch 1 (compile asserts "only
+  supports single seq_id" otherwise) and writes only the row of its seq id; without it a
+  context encoding of the full batch rewrites every row;
 - compile() writes neuron_config.json and model.pt; load() reads model.pt without checking it
   against the config; to_cpu() refuses speculation.
 """
@@ -123,6 +127,9 @@ class NeuronBaseForCausalLM(torch.nn.Module):
     # --- compile and load ---------------------------------------------------------------
 
     def compile(self, compiled_model_path, debug=False, pre_shard_weights_hook=None, dry_run=False):
+        nc = self.neuron_config
+        if nc.is_continuous_batching and nc.ctx_batch_size != 1:  # traced in KVCacheManager
+            raise AssertionError("only supports single seq_id")
         path = os.path.join(os.path.normpath(compiled_model_path), "")
         self.config.save(path)
         if dry_run:
@@ -240,16 +247,31 @@ class NeuronBaseForCausalLM(torch.nn.Module):
             attention_mask = torch.nn.functional.pad(
                 attention_mask, (0, bucket - attention_mask.shape[1]), value=0
             )
+        rows, size = seq_ids.shape[0], wrapper.batch_size
+        if rows > size:  # ModelWrapper.forward: chunks of the compiled batch, one after another
+            inputs = (input_ids, attention_mask, position_ids, seq_ids)
+            parts = [
+                self._batch(wrapper, *(t[i : i + size] for t in inputs))
+                for i in range(0, rows, size)
+            ]
+            if isinstance(parts[0], list):
+                return [torch.cat(x, dim=0) for x in zip(*parts, strict=True)]
+            return torch.cat(parts, dim=0)
+        return self._batch(wrapper, input_ids, attention_mask, position_ids, seq_ids)
+
+    def _batch(self, wrapper, input_ids, attention_mask, position_ids, seq_ids):
+        """One run of a compiled graph: fewer rows than compiled are padded (_forward_with_pad:
+        the first row fills the missing seq ids, in sorted order, and the outputs are picked
+        back)."""
+        nc = self.neuron_config
         rows = seq_ids.shape[0]
-        if rows < wrapper.batch_size:  # _forward_with_pad: the first row fills the missing ids
+        if rows < wrapper.batch_size:
             missing = [s for s in range(wrapper.batch_size) if s not in seq_ids.tolist()]
             seq_ids = torch.cat([seq_ids, torch.tensor(missing, dtype=seq_ids.dtype)])
             pad_rows = lambda t: torch.cat([t, t[:1].expand(len(missing), *t.shape[1:])])  # noqa: E731
             input_ids, attention_mask, position_ids = map(
                 pad_rows, (input_ids, attention_mask, position_ids)
             )
-        elif rows > wrapper.batch_size:
-            raise RuntimeError(f"batch {rows} is larger than the compiled {wrapper.batch_size}")
         if wrapper.tag == FUSED:
             out = self._fused_step(input_ids, attention_mask, position_ids, seq_ids)
         elif wrapper.tag == CTE and nc.enable_fused_speculation:

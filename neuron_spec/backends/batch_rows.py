@@ -1,0 +1,123 @@
+"""What both Neuron batch runners share: the engine's virtual columns over a positional,
+per-row KV cache compiled for a fixed batch of rows.
+
+The engine (engine.Batch) feeds w columns to every row at once, of which a row's last m are
+live. A compiled graph instead writes each row's tokens at that row's own positions, so each
+row keeps which engine column each of its positions came from and which token it holds there.
+Rolling back to a column is moving that row's position back: the cache is positional, and a
+later pass overwrites the stale slots before anything reads them.
+
+A pass has one width for every row, yet rows bring different numbers of tokens (a prompt, a
+draft catching up). A row with fewer re-feeds its last cached tokens in front (the same token at
+the same position after the same prefix gives the same KV), or, when it has too little history,
+is followed by filler that later passes overwrite. `min_start` is the lowest position a pass may
+start a row at (NxDI routes any call holding position 0 to context encoding).
+
+Subclasses implement `_prefill` (what a new row needs before its first pass) and `_pass`.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+
+class PositionalRows:
+    """The column bookkeeping of a batch runner; subclasses run the passes."""
+
+    min_start = 0
+
+    def __init__(self, compiled_batch: int, vocab_size: int, pad_token_id: int):
+        self.compiled, self.vocab_size, self.pad = compiled_batch, vocab_size, pad_token_id
+        self.idle: set[int] = set()
+        self.reset(1)
+
+    def reset(self, batch: int) -> None:
+        if not 1 <= batch <= self.compiled:
+            raise ValueError(f"{batch} rows for a model compiled for batch {self.compiled}")
+        self.rows = batch
+        self.cols: list[list[int]] = [[] for _ in range(batch)]  # column of each position
+        self.hist: list[list[int]] = [[] for _ in range(batch)]  # token at each position
+        self._length = 0
+
+    def set_idle(self, idle: list[bool]) -> None:
+        """Rows that only fill a slot of the compiled batch this step (engine.Batch says so):
+        their tokens are never read, so they need no prefill."""
+        self.idle = {b for b, i in enumerate(idle) if i}
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def invalidate_from(self, start: torch.Tensor) -> None:
+        for b in range(self.rows):
+            keep = bisect.bisect_left(self.cols[b], int(start[b]))
+            del self.cols[b][keep:], self.hist[b][keep:]
+        self._length = min(self._length, int(start.max()))
+
+    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """tokens (n, w) with live mask -> logits of each row's last `keep` columns."""
+        width = tokens.shape[1]
+        live = [tokens[b][mask[b]].tolist() for b in range(self.rows)]
+        for b, row in enumerate(live):
+            self.cols[b] += range(self._length + width - len(row), self._length + width)
+        self._length += width
+        live, first = self._prefill(live, keep)
+        logits = self._pass(live) if any(live) else self._empty()
+        out = torch.zeros((self.rows, keep, self.vocab_size))
+        for b, row_logits in enumerate(logits):
+            take = torch.cat([first[b], row_logits])[-keep:]
+            out[b, keep - take.shape[0] :] = take
+        for b in self.idle:
+            if b < self.rows:
+                self.cols[b], self.hist[b] = [], []
+        return out
+
+    def _prefill(
+        self, live: list[list[int]], keep: int
+    ) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """Encode what new rows need before a pass; return what is left to feed per row and
+        the logits already computed for each row's first tokens (empty when none)."""
+        raise NotImplementedError
+
+    def _pass(self, live: list[list[int]]) -> list[torch.Tensor]:
+        """Feed each row its tokens at its positions; the logits of each (per row)."""
+        raise NotImplementedError
+
+    def _empty(self) -> list[torch.Tensor]:
+        return [torch.zeros((0, self.vocab_size)) for _ in range(self.rows)]
+
+    def _layout(
+        self, live: list[list[int]], width: int
+    ) -> tuple[torch.Tensor, list[int], list[int]]:
+        """Each row's `width` tokens for one pass (idle rows of the compiled batch included),
+        its first position, and where its own tokens start among the columns (re-fed history
+        in front, or filler behind)."""
+        ids = torch.full((self.compiled, width), self.pad, dtype=torch.long)
+        starts = [self.min_start] * self.compiled
+        offsets = [0] * self.compiled
+        for b, row in enumerate(live):
+            if b in self.idle:
+                continue
+            pos, gap = len(self.hist[b]), width - len(row)
+            if pos - gap >= self.min_start and gap <= pos:  # re-feed the last `gap` in front
+                tokens = self.hist[b][pos - gap :] + row
+                starts[b], offsets[b] = pos - gap, gap
+            else:  # too little history: filler behind, overwritten later
+                tokens = row + (row[-1:] or self.hist[b][-1:] or [self.pad]) * gap
+                starts[b] = pos
+            ids[b] = torch.tensor(tokens)
+        return ids, starts, offsets
+
+    def _commit(
+        self, live: list[list[int]], logits: torch.Tensor, starts: list[int], offsets: list[int]
+    ) -> list[torch.Tensor]:
+        """Each row's own logits out of a pass's (B, w, V), its history updated."""
+        result = []
+        for b, row in enumerate(live):
+            first = offsets[b]
+            result.append(logits[b, first : first + len(row)])
+            if b not in self.idle:
+                self.hist[b] = self.hist[b][: starts[b] + first] + row
+        return result
