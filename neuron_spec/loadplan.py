@@ -87,8 +87,8 @@ class ModelLoad:
     cache_key: str
     key_material: dict[str, Any]
     source: str = ""  # what prepare reads: the .bin directory, the .gguf file or the s3 URL
-    # NeuronConfig(padding_side='right') at batch > 1: 2-D cache ids, rows at their own
-    # positions (batched speculation through the engine, 0.12+)
+    # NeuronConfig(padding_side='right', continuous_batching=...) at batch > 1: 2-D cache
+    # ids, rows at their own positions, a prompt encoded into one slot (0.12+)
     rows_apart: bool = False
 
     def calls(self, api: str) -> list[str]:
@@ -105,7 +105,10 @@ class ModelLoad:
         elif self.prepare == "s3":
             out.append(f"# once: {self.source} downloaded to {self.checkpoint}")
         if self.rows_apart:
-            args += ", neuron_config=NeuronConfig(padding_side='right')"
+            args += (
+                ", neuron_config=NeuronConfig(padding_side='right', continuous_batching="
+                f"ContinuousBatchingConfig(max_num_seqs={self.kwargs.get('batch_size')}))"
+            )
         out.append(f"{var} = LlamaForSampling.from_pretrained({self.checkpoint!r}, {args})")
         if self.window is not None:
             if api == "v1":
@@ -295,7 +298,9 @@ def _model_load(
         "from_pretrained": kwargs,
         "window": window,
         "batch_sizes": batch_sizes,
-        "neuron_config": "padding_side=right" if m.batch_size > 1 else None,
+        "neuron_config": (
+            f"padding_side=right,continuous_batching={m.batch_size}" if m.batch_size > 1 else None
+        ),
         **compiler,
     }
     return ModelLoad(

@@ -449,7 +449,8 @@ def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
     unfused = ctx.nxdi and spec.nxdi.speculation_mode == "unfused"
     if same and ((ctx.neuronx and engine) or unfused):
         how = (
-            "2-D cache ids, padding_side='right'); this needs transformers-neuronx 0.12 or newer "
+            "2-D cache ids, padding_side='right', continuous batching: a new row's prompt is "
+            "encoded into its own slot); this needs transformers-neuronx 0.12 or newer "
             "(SDK 2.20+), checked at load"
             if ctx.neuronx
             else "per-row position_ids, seq_ids in order); compiled with continuous batching "

@@ -562,6 +562,7 @@ def test_a_batch_of_rows_at_their_own_positions_equals_each_prompt_alone(
     neuron = load_generator(batch_config(tmp_path, target, draft, "neuronx"))
     model = neuron.backend.target
     assert model.lhs_aligned and model.batch_sizes == [4]  # padding_side='right', batch 4
+    assert model.cb.max_num_seqs == 4 and model.context_batch_sizes == [1]
     got = neuron.generate(BATCH_PROMPTS)
     assert got.token_ids == [reference.generate(p).token_ids[0] for p in BATCH_PROMPTS]
     assert all(len(t) == 24 for t in got.token_ids)
@@ -574,6 +575,10 @@ def test_a_batch_of_rows_at_their_own_positions_equals_each_prompt_alone(
     assert got.metrics.target_passes < sum(
         reference.generate(p).metrics.target_passes for p in BATCH_PROMPTS
     )
+    # prompts were encoded one slot at a time (continuous batching's batch-1 prompt graph)
+    encoded = [rows for (name, _, width), rows in zip(model.calls, model.row_positions,
+               strict=True) if name == "forward" and width > 1]  # fmt: skip
+    assert encoded and all(len(r) == 1 for r in encoded) and len({r[0] for r in encoded}) > 1
     # every row wrote its own sequence slot (start_ids = arange(4)), none past n_positions
     assert sorted(model.kv) == [0, 1, 2, 3]
     assert max(max(slot) for slot in model.kv.values()) < 40
@@ -628,7 +633,9 @@ def test_rows_join_a_running_batch_on_transformers_neuronx(
     neuron = load_generator(batch_config(tmp_path, target, draft, "neuronx"))
     batch = neuron.open_batch(4)
     assert batch is not None and not batch.elastic and batch.slots == 4
-    prompts = [*BATCH_PROMPTS, "w9 w8 w7", "w3"]
+    # the one-token prompt first: row 0 starts at position 0, which the speculation graph
+    # cannot take under continuous batching (one-token passes instead)
+    prompts = [BATCH_PROMPTS[1], BATCH_PROMPTS[0], *BATCH_PROMPTS[2:], "w9 w8 w7", "w3"]
     waiting = [(p, neuron.row(neuron.encode([p])[0], max_new_tokens=10)) for p in prompts]
     done, joined_late, steps = {}, False, 0
     pending = list(waiting)

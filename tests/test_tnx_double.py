@@ -395,3 +395,88 @@ def test_2d_cache_ids_need_padding_side_right(monkeypatch, ckpt):
     m = _batch_model(ckpt[0], right=False)
     with pytest.raises(AssertionError, match="different shapes"):
         m(torch.tensor([[5], [6]]), torch.tensor([[3], [7]]), None)
+
+
+def _cb_model(path, batch: int = 3):
+    from transformers_neuronx import ContinuousBatchingConfig, LlamaForSampling, NeuronConfig
+
+    config = NeuronConfig(continuous_batching=ContinuousBatchingConfig(max_num_seqs=batch))
+    assert config.padding_side == "right"  # continuous batching forces it
+    m = LlamaForSampling.from_pretrained(
+        str(path), n_positions=64, amp="f32", tp_degree=2, batch_size=batch, neuron_config=config
+    )
+    m.enable_speculative_decoder(3, batch_sizes=[batch])
+    m.to_neuron()
+    return m
+
+
+def _slots(n):
+    return torch.arange(n, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("version", [V12, V13])
+def test_continuous_batching_encodes_a_prompt_into_one_slot(monkeypatch, ckpt, version):
+    """The prompt graph is batch 1: forward(ids (1, n), cache ids from 0, start_ids=[slot])
+    writes only that slot; several prompts run one after another, each into its own. Without
+    continuous batching there is no batch-1 graph for a model compiled for 3."""
+    use_double(monkeypatch, version)
+    reset_cores()
+    m = _cb_model(ckpt[0])
+    m(torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.tensor([[0, 1]] * 3), _slots(3))
+    assert [m.kv[s][1] for s in range(3)] == [6, 8, 10]
+    m(torch.tensor([[21, 22, 23]]), torch.tensor([[0, 1, 2]]), torch.tensor([1], dtype=torch.int32))
+    assert m.kv[1] == {0: 21, 1: 22, 2: 23} and m.kv[0] == {0: 5, 1: 6}  # slot 0 kept
+    reset_cores()
+    static = _batch_model(ckpt[0], right=True, batch=3)
+    with pytest.raises(KeyError):
+        static(torch.tensor([[21, 22]]), torch.tensor([[0, 1]]), torch.tensor([1]))
+
+
+@pytest.mark.parametrize("version", [V12, V13])
+def test_continuous_batching_one_token_call_overwrites_the_slots_it_leaves_out(
+    monkeypatch, ckpt, version
+):
+    """Token generation is padded to max_num_seqs with token 0 at cache id 0 for every slot
+    not in the call, so position 0 of those live slots is overwritten. A one-token prompt
+    takes this path too (only more than one token at cache id 0 is a prompt)."""
+    use_double(monkeypatch, version)
+    reset_cores()
+    m = _cb_model(ckpt[0])
+    m(torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.tensor([[0, 1]] * 3), _slots(3))
+    m(torch.tensor([[30]]), torch.tensor([[2]]), torch.tensor([1], dtype=torch.int32))
+    assert m.kv[1][2] == 30 and m.kv[0][0] == 0 and m.kv[2][0] == 0  # slots 0, 2 clobbered
+    m(torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.tensor([[0, 1]] * 3), _slots(3))
+    m(torch.tensor([[31], [32], [33]]), torch.tensor([[2], [2], [2]]), _slots(3))
+    assert [m.kv[s][0] for s in range(3)] == [5, 7, 9]  # the full batch keeps them
+
+
+@pytest.mark.parametrize("version", [V12, V13])
+def test_continuous_batching_seq_ids_out_of_order(monkeypatch, ckpt, version):
+    """A full batch with start_ids out of order: 0.13 returns each row's logits by seq id,
+    0.12 returns them in slot order (row 0 gets slot 0's), so ids are kept in order."""
+    use_double(monkeypatch, version)
+    reset_cores()
+    m = _cb_model(ckpt[0])
+    m(torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.tensor([[0, 1]] * 3), _slots(3))
+    step = torch.tensor([[40], [41], [42]])
+    in_order = m(step, torch.tensor([[2], [2], [2]]), _slots(3))
+    m(torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.tensor([[0, 1]] * 3), _slots(3))
+    swapped = m(step[[2, 1, 0]], torch.tensor([[2], [2], [2]]), torch.tensor([2, 1, 0]))
+    if version == V13:
+        assert torch.allclose(swapped[0], in_order[2])  # picked by seq id
+    else:
+        assert torch.allclose(swapped[0], in_order[0])  # slot order
+
+
+@pytest.mark.parametrize("version", [V12, V13])
+def test_continuous_batching_speculation_with_row_0_at_position_0_is_refused(
+    monkeypatch, ckpt, version
+):
+    use_double(monkeypatch, version)
+    reset_cores()
+    m = _cb_model(ckpt[0])
+    ids = torch.tensor([[5, 6, 7]] * 3)
+    with pytest.raises(AssertionError, match="different shapes"):
+        m.speculative_forward(ids, torch.tensor([[0, 1, 2], [4, 5, 6], [4, 5, 6]]), _slots(3), 3)
+    out = m.speculative_forward(ids, torch.tensor([[1, 2, 3], [4, 5, 6], [4, 5, 6]]), _slots(3), 3)
+    assert out.shape[0] == 3 and out.shape[2] == 3

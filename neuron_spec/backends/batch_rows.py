@@ -10,8 +10,10 @@ later pass overwrites the stale slots before anything reads them.
 A pass has one width for every row, yet rows bring different numbers of tokens (a prompt, a
 draft catching up). A row with fewer re-feeds its last cached tokens in front (the same token at
 the same position after the same prefix gives the same KV), or, when it has too little history,
-is followed by filler that later passes overwrite. `min_start` is the lowest position a pass may
-start a row at (NxDI routes any call holding position 0 to context encoding).
+is followed by filler that later passes overwrite. A pass never starts a re-feed at position 0
+(NxDI routes any call holding position 0 to context encoding; transformers-neuronx under
+continuous batching takes a call whose row 0 starts at 0 for a prompt), and rows that only fill
+a free slot are parked at position 1.
 
 Subclasses implement `_prefill` (what a new row needs before its first pass) and `_pass`.
 """
@@ -25,8 +27,6 @@ import torch
 
 class PositionalRows:
     """The column bookkeeping of a batch runner; subclasses run the passes."""
-
-    min_start = 0
 
     def __init__(self, compiled_batch: int, vocab_size: int, pad_token_id: int):
         self.compiled, self.vocab_size, self.pad = compiled_batch, vocab_size, pad_token_id
@@ -95,13 +95,13 @@ class PositionalRows:
         its first position, and where its own tokens start among the columns (re-fed history
         in front, or filler behind)."""
         ids = torch.full((self.compiled, width), self.pad, dtype=torch.long)
-        starts = [self.min_start] * self.compiled
+        starts = [1] * self.compiled  # free slots are parked at position 1
         offsets = [0] * self.compiled
         for b, row in enumerate(live):
             if b in self.idle:
                 continue
             pos, gap = len(self.hist[b]), width - len(row)
-            if pos - gap >= self.min_start and gap <= pos:  # re-feed the last `gap` in front
+            if pos - gap >= 1:  # re-feed the last `gap` cached tokens in front, from 1 up
                 tokens = self.hist[b][pos - gap :] + row
                 starts[b], offsets[b] = pos - gap, gap
             else:  # too little history: filler behind, overwritten later

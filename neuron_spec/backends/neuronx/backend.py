@@ -171,8 +171,11 @@ class NeuronxPair:
 
     def _build(self, ml: ModelLoad) -> Any:
         kwargs = dict(ml.kwargs)
-        if ml.rows_apart:  # batch > 1: 2-D cache ids, each row at its own positions
-            kwargs["neuron_config"] = self.tnx.NeuronConfig(padding_side="right")
+        if ml.rows_apart:  # batch > 1: each row at its own positions, prompts into one slot
+            slots = self.tnx.ContinuousBatchingConfig(max_num_seqs=kwargs["batch_size"])
+            kwargs["neuron_config"] = self.tnx.NeuronConfig(
+                padding_side="right", continuous_batching=slots
+            )
         model = self.tnx.LlamaForSampling.from_pretrained(ml.checkpoint, **kwargs)
         if ml.window is not None:
             if _takes(model.enable_speculative_decoder, "batch_sizes"):

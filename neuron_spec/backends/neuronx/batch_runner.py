@@ -1,21 +1,23 @@
 """The engine over a transformers-neuronx model compiled for a batch of B > 1 rows (0.12+).
 
-The models are built with `NeuronConfig(padding_side='right')`: every call passes 2-D
-cache ids (one position per row and column), so rows sit at their own positions in one pass,
-and `start_ids = arange(B)` (its default, zeros, would send every row's writes to sequence
-slot 0). `SpeculativeGenerator.sample` gives every row row 0's accepted length at B > 1, so
-batches are driven by neuron-spec's engine only. What the runner maps:
+The models are built with `NeuronConfig(padding_side='right',
+continuous_batching=ContinuousBatchingConfig(max_num_seqs=B))`: every call passes 2-D cache
+ids (one position per row and column), so rows sit at their own positions in one pass, and
+`start_ids = arange(B)` in order (the default, zeros, would send every row's writes to
+sequence slot 0; 0.12 returns a full batch's logits in slot order whatever the ids say).
+`SpeculativeGenerator.sample` gives every row row 0's accepted length at B > 1, so batches are
+driven by neuron-spec's engine only. What the runner maps:
 
 - The engine's virtual columns, rollback and one pass width for rows that bring different
-  numbers of tokens: batch_rows.py.
-- The engine's n <= B rows are padded to the compiled B with idle rows (a pad token at the
-  first positions of their own slot, never read).
-- The first feed context-encodes every row's prompt but its last `keep` tokens (padded on
-  the right to the longest; the per-row last token is its largest cache id), then feeds the
-  rest like any later step.
-- w tokens run through the speculation graph when w fits its window and no row's window
-  reaches n_positions, else as w one-token passes. No position at or past n_positions is
-  ever written.
+  numbers of tokens: batch_rows.py. Every call carries the full compiled batch (under
+  continuous batching a one-token call of fewer rows is padded with token 0 at position 0 of
+  each slot left out, overwriting it); free slots are parked at position 1.
+- A new row, at the start of a batch or joining a running one, has its prompt but its last
+  `keep` tokens context-encoded alone into its own slot (the prompt graph is batch 1 under
+  continuous batching), while the other rows keep their KV; the rest is fed like any step.
+- w tokens run through the speculation graph when w fits its window, no row's window reaches
+  n_positions and row 0 does not start at position 0 (the library would take the call for a
+  prompt), else as w one-token passes. No position at or past n_positions is ever written.
 """
 
 from __future__ import annotations
@@ -57,26 +59,21 @@ class NeuronxBatchRunner(PositionalRows):
     def _prefill(
         self, live: list[list[int]], keep: int
     ) -> tuple[list[list[int]], list[torch.Tensor]]:
-        """A new batch: context-encode each row but its last `keep` tokens at once."""
-        if any(self.hist):
-            return live, self._empty()
-        heads = [row[: max(len(row) - keep, 0)] for row in live]
-        width = max(len(h) for h in heads)
-        if width == 0:
-            return live, self._empty()
-        self._check(width - 1)
-        ids = torch.full((self.compiled, width), self.pad, dtype=torch.long)
-        for b, head in enumerate(heads):
-            filler = head[-1:] or [self.pad]
-            ids[b] = torch.tensor(head + filler * (width - len(head)))
-        cache_ids = torch.arange(width, dtype=torch.int32).repeat(self.compiled, 1)
-        for b, head in enumerate(heads):  # each row's last token: its largest cache id
-            if head:
-                cache_ids[b, len(head) :] = len(head) - 1
-        self.model(ids, cache_ids, self._start_ids())
-        for b, head in enumerate(heads):
-            self.hist[b] = list(head)
-        return [row[len(h) :] for row, h in zip(live, heads, strict=True)], self._empty()
+        """Context-encode each new row into its own slot (continuous batching: the prompt
+        graph is batch 1 and writes only the slot start_ids names), all but its last `keep`
+        tokens. A head of one token is left to the passes: one token with start_ids would be
+        token generation padded to the full batch, writing token 0 at position 0 of every
+        other slot."""
+        for b, row in enumerate(live):
+            head = len(row) - keep
+            if b in self.idle or self.hist[b] or head < 2:
+                continue
+            self._check(head - 1)
+            ids = torch.tensor([row[:head]], dtype=torch.long)
+            cache_ids = torch.arange(head, dtype=torch.int32).unsqueeze(0)
+            self.model(ids, cache_ids, torch.tensor([b], dtype=torch.int32))
+            self.hist[b], live[b] = row[:head], row[head:]
+        return live, self._empty()
 
     def _pass(self, live: list[list[int]]) -> list[torch.Tensor]:
         width = max(len(row) for row in live)
@@ -86,6 +83,7 @@ class NeuronxBatchRunner(PositionalRows):
             window is not None
             and 1 < width <= window
             and all(s + window <= self.n_positions for s in starts[: self.rows])
+            and starts[0] > 0  # else the library takes the call for a prompt
         )
         if use_window:
             assert window is not None

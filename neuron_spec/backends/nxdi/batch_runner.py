@@ -12,7 +12,7 @@ What NxDI 0.8's graphs allow, and how the runner maps onto it (runner.py has bat
   first new one (idle rows: none);
 - any call holding position 0 in any row is routed to context encoding, so no row of a
   speculation or token-generation pass starts at 0: idle rows are parked at position 1, and a
-  row re-feeds cached tokens only from position 1 up (batch_rows.PositionalRows.min_start);
+  row re-feeds cached tokens only from position 1 up (batch_rows.py);
 - a speculative target has only the speculation graph, exactly k wide: a feed is laid out over
   whole multiples of k (re-fed history in front, or filler behind that later passes
   overwrite); the draft and a plain target go one token at a time;
@@ -34,8 +34,6 @@ from .runner import nxdi_logits
 
 class NxdiBatchRunner(PositionalRows):
     """One NxDI application compiled for `compiled_batch` rows (continuous batching)."""
-
-    min_start = 1  # a call holding position 0 anywhere is context encoding
 
     def __init__(
         self,

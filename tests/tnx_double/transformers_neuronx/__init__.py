@@ -8,8 +8,8 @@ slot holds whatever token was last written at that position. The release is chos
 environment variable TNX_DOUBLE_VERSION. Process-wide device state lives in `_runtime`.
 """
 
-from .config import NeuronConfig
+from .config import ContinuousBatchingConfig, NeuronConfig
 from .llama.model import LlamaForSampling
 from .version import __version__
 
-__all__ = ["LlamaForSampling", "NeuronConfig", "__version__"]
+__all__ = ["ContinuousBatchingConfig", "LlamaForSampling", "NeuronConfig", "__version__"]

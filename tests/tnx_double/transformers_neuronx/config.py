@@ -3,6 +3,7 @@
 From 0.11 `padding_side='right'` turns on 2-D cache ids (one position per row and column)
 and a per-row last token in context encoding (`lhs_aligned`, `vectorize_last_token_id`);
 0.10.0.360 spelled it `use_2d_cache_ids=True` or `lhs_aligned=True`. The default is 'left'.
+A `continuous_batching=ContinuousBatchingConfig(max_num_seqs=N)` forces right padding.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class NeuronConfig:
             )
             self.padding_side = "right" if self.lhs_aligned else "left"
         self.continuous_batching = kwargs.pop("continuous_batching", None)
+        if self.continuous_batching:  # forces left alignment (the library's words)
+            self.lhs_aligned = True
+            self.padding_side = "right"
         self.other = kwargs  # everything else the real config takes, unread here
 
     @property
@@ -38,4 +42,23 @@ class NeuronConfig:
         return self.lhs_aligned
 
     def __repr__(self):
-        return f"NeuronConfig(padding_side={self.padding_side!r})"
+        cb = self.continuous_batching
+        seqs = f", max_num_seqs={cb.max_num_seqs}" if cb else ""
+        return f"NeuronConfig(padding_side={self.padding_side!r}{seqs})"
+
+
+class ContinuousBatchingConfig:
+    """max_num_seqs (or batch_size_for_shared_caches): the slots of the shared KV cache."""
+
+    def __init__(self, **kwargs):
+        if kwargs.get("max_num_seqs") is not None:
+            self.max_num_seqs = kwargs.pop("max_num_seqs")
+        else:
+            self.max_num_seqs = kwargs.pop("batch_size_for_shared_caches")
+        self.max_model_len = kwargs.pop("max_model_len", None)
+        self.optimized_paged_attention = kwargs.pop("optimized_paged_attention", None) or False
+        assert len(kwargs) == 0, f"unexpected key word arguments: {kwargs.keys()}"
+
+    @property
+    def batch_size_for_shared_caches(self):
+        return self.max_num_seqs

@@ -88,6 +88,10 @@ class LlamaForSampling:
         # padding_side='right': 2-D cache ids, rows at their own positions, each row's writes
         # going to the sequence slot its start_ids entry names
         self.lhs_aligned = bool(getattr(neuron_config, "lhs_aligned", False))
+        # continuous batching: prompts are encoded one sequence at a time (a batch-1 context
+        # graph) into the slot start_ids names; one-token calls are padded to max_num_seqs
+        self.cb = getattr(neuron_config, "continuous_batching", None)
+        self.context_batch_sizes = [1] if self.cb else self.batch_sizes
         self.ignored_kwargs = dict(kwargs)  # the real library ignores unknown kwargs silently
         self.speculation = {}  # (k, batch_size) -> _Graph, in registration order
         self.on_neuron = False
@@ -129,7 +133,7 @@ class LlamaForSampling:
     def _base_graphs(self):
         graphs = [_Graph(f"token_{b}", self._hlo("token", 1, b)) for b in self.batch_sizes]
         for c in self.context_buckets:
-            for b in self.batch_sizes:
+            for b in self.context_batch_sizes:
                 graphs.append(_Graph(f"context_{c}_{b}", self._hlo("context", c, b)))
         return graphs
 
@@ -275,6 +279,8 @@ class LlamaForSampling:
         """Logits of the last position: (batch, vocab), float32."""
         if not self.on_neuron:
             raise AttributeError("'NoneType' object has no attribute 'run'")
+        if self.cb and start_ids is not None:
+            return self._continuous_forward(input_ids, cache_ids, start_ids)
         if input_ids.shape[0] not in self.batch_sizes:
             raise KeyError(input_ids.shape[0])
         positions, slots = self._write(input_ids, cache_ids, start_ids)
@@ -285,6 +291,51 @@ class LlamaForSampling:
         else:
             last = positions[:, -1]
         return torch.stack([self._logits_at(slots[b], int(last[b])) for b in range(len(slots))])
+
+    def _continuous_forward(self, input_ids, cache_ids, start_ids):
+        """base._prepare_for_continuous_batching: more than one token with row 0 at cache id
+        0 is context encoding, each sequence through the batch-1 graph into its own slot;
+        one token is token generation padded to max_num_seqs with token 0 at cache id 0 in
+        every slot left out of the call (which overwrites that slot's position 0)."""
+        n, width = input_ids.shape
+        seq_ids = start_ids.reshape(-1)
+        if width > 1 and int(cache_ids.reshape(-1)[0]) == 0:
+            rows = [
+                self._encode_one(input_ids[i : i + 1], cache_ids[i : i + 1], seq_ids[i])
+                for i in range(n)
+            ]
+            return torch.cat(rows)
+        if width > 1:  # the speculation preprocessing, then no graph of this width: unmodelled
+            raise NotImplementedError("the double models forward() of width > 1 at cache id > 0")
+        full = self.cb.max_num_seqs
+        ids = torch.zeros((full, 1), dtype=input_ids.dtype)
+        pos = torch.zeros((full, 1), dtype=input_ids.dtype)
+        index = seq_ids.to(torch.int64).unsqueeze(-1)
+        ids.scatter_(0, index, input_ids)
+        pos.scatter_(0, index, cache_ids.reshape(n, 1).to(input_ids.dtype))
+        if full not in self.batch_sizes:
+            raise KeyError(full)
+        positions, _ = self._write(ids, pos, torch.arange(full, dtype=torch.int32))
+        self.calls.append(("forward", int(positions[0, 0]), 1))
+        self.row_positions.append(positions[:, 0].tolist())
+        logits = torch.stack([self._logits_at(b, int(positions[b, 0])) for b in range(full)])
+        return self._select(logits, seq_ids)
+
+    def _select(self, logits, seq_ids):
+        """_postprocess: the rows in order are the first n; otherwise 0.13 picks them by seq
+        id, while 0.12 returns a full batch as it ran (in slot order)."""
+        n = seq_ids.shape[0]
+        if torch.equal(seq_ids, torch.arange(n)) or (not at_least(0, 13) and n == len(logits)):
+            return logits[:n]
+        return logits[seq_ids.to(torch.long)]
+
+    def _encode_one(self, input_ids, cache_ids, slot):
+        if 1 not in self.context_batch_sizes:
+            raise KeyError(1)
+        positions, _ = self._write(input_ids, cache_ids, slot.reshape(1))
+        self.calls.append(("forward", 0, input_ids.shape[1]))
+        self.row_positions.append([int(slot)])
+        return self._logits_at(int(slot), int(positions.max())).unsqueeze(0)
 
     def _speculation_graph(self, width, batch, speculation_length):
         if not at_least(0, 10, 0, 360):
@@ -306,6 +357,14 @@ class LlamaForSampling:
         if not self.on_neuron:
             raise AttributeError("'NoneType' object has no attribute 'run'")
         batch, width = input_ids.shape
+        if self.cb and start_ids is not None and int(cache_ids.reshape(-1)[0]) == 0:
+            # row 0 at cache id 0: _prepare_for_continuous_batching takes it for a prompt and
+            # pads the cache ids to a context bucket, which the speculation graph cannot take
+            bucket = next(c for c in sorted(self.context_buckets) if c >= width)
+            raise AssertionError(
+                f"Copying tensor from host to device: buffer (({batch}, {width})) and "
+                f"tensor (({batch}, {bucket})) have different shapes!"
+            )
         k, graph = self._speculation_graph(width, batch, speculation_length)
         if graph.neff is None:  # registered after to_neuron(): never compiled, never loaded
             raise AttributeError("'NoneType' object has no attribute 'inputs_host_to_device'")
