@@ -6,13 +6,19 @@ decode step (TPOT) = overhead + layers x collective latency
     bytes read: the padded weights (as memory.py shards them) plus the KV cache at the
     sequence length (transformers-neuronx attends over the whole compiled cache).
 prefill (TTFT)     = overhead_ctx + layers x latency_ctx
-                     + FLOPs(prompt) / (utilisation x peak FLOP/s) + weights / effective bandwidth
+                     + matmul FLOPs(prompt) / (utilisation x peak FLOP/s)
+                     + attention FLOPs(prompt) / (attention utilisation x peak FLOP/s)
+                     + weights / effective bandwidth
+    attention FLOPs grow with the square of the prompt (QK^T and AV over every pair of
+    positions, heads padded to tp as the compiled graph has them); the kernels that compute them
+    run far below the matmul utilisation, so they get their own fitted constant. Without it a
+    16k-token prompt is predicted several times too fast.
 verify (window k)  = decode step + (k - 1) x the prefill cost of one more token
     (the target scores k positions in one pass: the same weights read once, a little more
     compute; the cost grows with k from the model, not by a constant).
 
 Hardware constants carry their sources. The free constants (overhead, collective latency and
-bandwidth efficiency for decode; overhead, latency and utilisation for prefill) are fitted by
+bandwidth efficiency for decode; overhead, latency and both utilisations for prefill) are fitted by
 weighted least squares on relative error, each kept physical (non-negative; efficiency and
 utilisation at most 1, so no prediction beats the bandwidth floor), on the published Neuron
 2.18 rows below. benchmarks/planner_accuracy.py reports each row predicted by a fit without it.
@@ -26,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .catalog import ARCHITECTURES, GIB, Architecture
-from .memory import model_memory
+from .memory import model_memory, padded_shape
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,28 @@ TRAINIUM_SEED: tuple[Published, ...] = (
 )
 
 
+_T218 = (
+    "Neuron 2.18 docs, transformers-neuronx inference performance, trn1.32xlarge tp 32, bf16, "
+    "batch 1, p50 (aws-neuron/aws-neuron-sdk, about-neuron/benchmarks/trn1/"
+    "latency_data_decoder.csv)"
+)
+# Held out, never fitted: the same release's Trainium rows, long prompts included.
+TRAINIUM_2_18: tuple[Published, ...] = (
+    Published("llama-2-7b", "trn1.32xlarge", 32, 128, 8064, 13.32, 6.70, _T218),
+    Published("llama-2-13b", "trn1.32xlarge", 32, 4096, 4096, 864.14, 9.84, _T218),
+    Published("llama-2-13b", "trn1.32xlarge", 32, 8192, 8192, 2367.93, 13.41, _T218),
+    Published("llama-2-70b", "trn1.32xlarge", 32, 128, 128, 53.91, 25.18, _T218),
+    Published("llama-2-70b", "trn1.32xlarge", 32, 256, 256, 81.88, 25.27, _T218),
+    Published("llama-2-70b", "trn1.32xlarge", 32, 128, 1024, 57.75, 25.45, _T218),
+    Published("llama-2-70b", "trn1.32xlarge", 32, 1024, 1024, 232.48, 26.04, _T218),
+    Published("llama-2-70b", "trn1.32xlarge", 32, 1024, 2048, 236.78, 26.62, _T218),
+    Published("llama-2-70b", "trn1.32xlarge", 32, 2048, 2048, 690.96, 26.85, _T218),
+    Published("llama-3-70b", "trn1.32xlarge", 32, 128, 128, 52.53, 26.48, _T218),
+    Published("llama-3-70b", "trn1.32xlarge", 32, 128, 1024, 53.2, 24.48, _T218),
+    Published("llama-3-70b", "trn1.32xlarge", 32, 2048, 2048, 547.0, 26.2, _T218),
+)
+
+
 @dataclass(frozen=True)
 class Constants:
     """The fitted constants of one of the two passes (decode or prefill)."""
@@ -101,14 +129,18 @@ class Constants:
     layer_s: float
     efficiency: float  # decode: fraction of HBM bandwidth; prefill: fraction of peak FLOP/s
     fitted_on: tuple[str, ...]
+    attention_efficiency: float = 1.0  # prefill: attention's fraction of peak FLOP/s
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "overhead_ms": round(self.overhead_s * 1e3, 4),
             "layer_latency_us": round(self.layer_s * 1e6, 3),
             "efficiency": round(self.efficiency, 4),
-            "fitted_on": list(self.fitted_on),
         }
+        if self.attention_efficiency != 1.0:
+            out["attention_efficiency"] = round(self.attention_efficiency, 4)
+        out["fitted_on"] = list(self.fitted_on)
+        return out
 
 
 # --- the pieces of a step --------------------------------------------------------------------
@@ -138,13 +170,26 @@ def _decode_terms(
     )
 
 
-def _prefill_flops(arch: Architecture, amp: str, tp: int, tokens: int, start: int = 0) -> float:
-    """Matmul FLOPs of encoding `tokens` positions after `start` cached ones: 2 x parameters
-    per token, plus attention (QK^T and AV over the whole window, as fixed graphs compute)."""
+def _prefill_flops(
+    arch: Architecture, amp: str, tp: int, tokens: int, start: int = 0
+) -> tuple[float, float]:
+    """(matmul, attention) FLOPs of encoding `tokens` positions after `start` cached ones:
+    2 x parameters per token; QK^T and AV over the whole window, as fixed graphs compute them,
+    for the heads padded to tp."""
     weights, _ = _weights_and_kv(arch, amp, tp, 1)
     params = weights / BYTES[amp]
+    heads = padded_shape(arch, tp).heads
     span = start + tokens
-    return 2 * params * tokens + 4 * arch.num_layers * tokens * span * arch.hidden_size
+    return 2 * params * tokens, 4 * arch.num_layers * tokens * span * heads * arch.dim_per_head
+
+
+def _prefill_compute_s(
+    arch: Architecture, amp: str, tp: int, family: Family, tokens: int, pre: Constants,
+    start: int = 0,
+) -> float:  # fmt: skip
+    matmul, attention = _prefill_flops(arch, amp, tp, tokens, start)
+    peak = tp * family.bf16_flops_per_s
+    return matmul / (peak * pre.efficiency) + attention / (peak * pre.attention_efficiency)
 
 
 def decode_step_s(
@@ -176,8 +221,7 @@ def prefill_s(
     """Predicted time to first token: encoding a `prompt`-token context."""
     dec, pre = calibrated or calibration()
     weights, _ = _weights_and_kv(arch, amp, tp, 1)
-    flops = _prefill_flops(arch, amp, tp, prompt)
-    compute = flops / (tp * family.bf16_flops_per_s * pre.efficiency)
+    compute = _prefill_compute_s(arch, amp, tp, family, prompt, pre)
     memory = weights / (tp * family.hbm_bytes_per_s * dec.efficiency)
     return pre.overhead_s + arch.num_layers * pre.layer_s + compute + memory
 
@@ -193,8 +237,7 @@ def verify_step_s(
 ) -> float:
     """The target's speculation pass over `window` = gamma + 1 positions of `batch` rows."""
     pre = calibration()[1]
-    extra = _prefill_flops(arch, amp, tp, window - 1, start=positions)
-    per_extra = extra / (tp * family.bf16_flops_per_s * pre.efficiency)
+    per_extra = _prefill_compute_s(arch, amp, tp, family, window - 1, pre, start=positions)
     return decode_step_s(arch, amp, tp, family, positions, batch=batch) + batch * per_extra
 
 
@@ -278,13 +321,14 @@ def fit(rows: Sequence[Published]) -> tuple[Constants, Constants]:
             continue
         weights, _ = _weights_and_kv(a, "bf16", p.tp, 1)
         known = weights / (p.tp * f.hbm_bytes_per_s * dec.efficiency)
-        flops = _prefill_flops(a, "bf16", p.tp, p.prompt)
-        x.append([1.0, float(a.num_layers), flops / (p.tp * f.bf16_flops_per_s)])
+        matmul, attention = _prefill_flops(a, "bf16", p.tp, p.prompt)
+        peak = p.tp * f.bf16_flops_per_s
+        x.append([1.0, float(a.num_layers), matmul / peak, attention / peak])
         y.append(p.ttft_ms / 1e3 - known)
         total.append(p.ttft_ms / 1e3)
-    o, lay, inv_util = fit_bounded(x, y, (0.0, 0.0, 1.0), total)
+    o, lay, inv_util, inv_attn = fit_bounded(x, y, (0.0, 0.0, 1.0, 1.0), total)
     labels = tuple(_label(p) for p in rows if p.ttft_ms is not None)
-    return dec, Constants(o, lay, 1.0 / inv_util, labels)
+    return dec, Constants(o, lay, 1.0 / inv_util, labels, 1.0 / inv_attn)
 
 
 @functools.cache

@@ -186,8 +186,8 @@ def batching(
     reads and compute take over; speculation's verification then stops being free."""
     budget = host.memory_per_core_bytes or 16 * 1024**3
     new = pair.inp.new_tokens
-    spec = pair.spec  # batch > 1 runs on the reference backend and on TNx's engine loop
-    batch_one = spec.backend == "nxdi" or (
+    spec = pair.spec  # batch > 1 runs on the reference backend, TNx's engine loop, NxDI unfused
+    batch_one = (spec.backend == "nxdi" and spec.nxdi.speculation_mode == "fused") or (
         spec.backend == "neuronx" and spec.speculation.loop != "engine"
     )
     out = []

@@ -197,8 +197,9 @@ def _render_batching(console: Console, rows: list[dict[str, Any]]) -> None:
     console.print(t)
     if not all(r["runs_here"] for r in rows):
         console.print(
-            "  [dim]batch > 1 rows marked 'not yet' are predictions: NxD Inference and "
-            "transformers-neuronx's library loop decode batch 1 (batch-speculation).[/dim]"
+            "  [dim]batch > 1 rows marked 'not yet' are predictions: NxD Inference's fused "
+            "mode and transformers-neuronx's library loop decode batch 1 "
+            "(batch-speculation).[/dim]"
         )
 
 

@@ -210,7 +210,7 @@ def test_one_source_for_step_time_tpot_and_c(capsys, prompt_tokens):
     assert out["speculation"]["c_estimate"] == perf["c"]
 
 
-def test_the_planner_at_batch_b(capsys):
+def test_the_planner_at_batch_b(capsys, tmp_path):
     """A batch reads the weights once: the step grows slowly, aggregate tokens/s nearly with
     the batch, and speculation's best gamma shrinks as verification stops being free."""
     assert main(["plan", TRN1, "--alpha", "0.8", "--json"]) == 0
@@ -227,12 +227,19 @@ def test_the_planner_at_batch_b(capsys):
     assert rates == sorted(rates) and rates[-1] > 0.5 * batches[-1] * rates[0]
     gammas = [r["best_gamma"] for r in table]
     assert gammas == sorted(gammas, reverse=True) and gammas[-1] < gammas[0]
-    # transformers-neuronx's engine loop batches; NxD Inference decodes batch 1
+    # transformers-neuronx's engine loop and NxDI's unfused mode batch; fused decodes batch 1
     assert all(r["runs_here"] for r in table)
-    nxdi = str(CONFIGS / "trn1-llama2-70b-7b-nxdi.yaml")
-    assert main(["plan", nxdi, "--alpha", "0.8", "--json"]) == 0
+    nxdi = CONFIGS / "trn1-llama2-70b-7b-nxdi.yaml"
+    assert main(["plan", str(nxdi), "--alpha", "0.8", "--json"]) == 0
     nxdi_table = json.loads(capsys.readouterr().out)["performance"]["batching"]
-    assert [r["runs_here"] for r in nxdi_table] == [True] + [False] * (len(nxdi_table) - 1)
+    assert all(r["runs_here"] for r in nxdi_table)
+    fused = tmp_path / "fused.yaml"
+    fused.write_text(
+        nxdi.read_text().replace("speculation_mode: unfused", "speculation_mode: fused")
+    )
+    assert main(["plan", str(fused), "--alpha", "0.8", "--json"]) == 0
+    fused_table = json.loads(capsys.readouterr().out)["performance"]["batching"]
+    assert [r["runs_here"] for r in fused_table] == [True] + [False] * (len(fused_table) - 1)
     assert main(["plan", TRN1, "--alpha", "0.8", "--batch", "8", "--json"]) == 0
     eight = json.loads(capsys.readouterr().out)
     assert eight["performance"]["batch_size"] == 8
@@ -266,17 +273,22 @@ def test_the_batching_table_stops_where_the_pair_no_longer_fits(capsys):
     assert largest == 64 or used(largest * 2) > budget
 
 
-def test_compare_ranks_each_setup_at_its_cheapest_batch_it_runs(capsys):
-    assert main(["plan", TRN1, "--compare", "all", "--alpha", "0.8", "--json"]) == 0
-    ranked = json.loads(capsys.readouterr().out)["compare"]["ranked"]
-    priced = [r for r in ranked if r["usd_per_hour"]]
-    assert priced and all(r["batch_size"] > 1 for r in priced)  # the engine loop batches
-    assert all("predicted_best_batch" not in r for r in priced)
-    nxdi = str(CONFIGS / "trn1-llama2-70b-7b-nxdi.yaml")
-    assert main(["plan", nxdi, "--compare", "all", "--alpha", "0.8", "--json"]) == 0
+def test_compare_ranks_each_setup_at_its_cheapest_batch_it_runs(capsys, tmp_path):
+    nxdi = CONFIGS / "trn1-llama2-70b-7b-nxdi.yaml"
+    for config in (TRN1, str(nxdi)):  # TNx's engine loop and NxDI's unfused mode batch
+        assert main(["plan", config, "--compare", "all", "--alpha", "0.8", "--json"]) == 0
+        ranked = json.loads(capsys.readouterr().out)["compare"]["ranked"]
+        priced = [r for r in ranked if r["usd_per_hour"]]
+        assert priced and all(r["batch_size"] > 1 for r in priced)
+        assert all("predicted_best_batch" not in r for r in priced)
+    fused = tmp_path / "fused.yaml"
+    fused.write_text(
+        nxdi.read_text().replace("speculation_mode: unfused", "speculation_mode: fused")
+    )
+    assert main(["plan", str(fused), "--compare", "all", "--alpha", "0.8", "--json"]) == 0
     for r in json.loads(capsys.readouterr().out)["compare"]["ranked"]:
         if r["usd_per_hour"]:
-            assert r["batch_size"] == 1  # NxD Inference decodes batch 1 here
+            assert r["batch_size"] == 1  # NxDI's fused mode decodes batch 1
             predicted = r["predicted_best_batch"]
             assert predicted["batch_size"] > 1
             assert predicted["usd_per_million_tokens"] < r["usd_per_million_tokens"]
