@@ -17,8 +17,8 @@ Generation runs on one worker thread. Where the backend batches it is continuous
 every prompt of every request is a row of one engine batch of `--batch-size` slots (default
 target.batch_size); a request joins at the next step while a slot is free, its rows leave the
 moment they finish or their client goes away, and `n` choices are rows too. Neuron backends
-decode one request at a time, except transformers-neuronx 0.12+ compiled for a batch
-(target.batch_size), whose engine loop batches the same way. What does not fit waits in a
+compiled for a batch (target.batch_size) batch the same way: transformers-neuronx 0.12+ with
+the engine loop, and NxD Inference unfused; otherwise they decode one request at a time. What does not fit waits in a
 bounded queue: a full queue answers 429 with Retry-After, and /health says "saturated"
 (503) while it is full. Every request is bounded: prompt tokens + max_tokens must fit
 n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
