@@ -219,16 +219,20 @@ class DraftPolicy:
     an occupancy beyond which drafting loses. This keeps, per number of rows, moving averages
     of output tokens/s and step time over steps with drafts and over steps without, and takes
     the faster way (output per row, each way at its nearest measured occupancy; learning
-    starts with the cheaper way, no drafts). Now and then it tries the other way for RUN
-    steps, so that a change (another acceptance rate, a busier machine) is noticed: after
-    at least EXPLORE steps, and only once the time since the last try is RATIO times what a
-    try costs, so re-checking takes at most about 1/RATIO of the time. One row always
-    drafts. Steps that prefill a new row or catch the draft up are not averaged: their time
-    is mostly that."""
+    starts with the cheaper way, no drafts). Now and then it tries the other way, so that a
+    change (another acceptance rate, a busier machine) is noticed: after at least EXPLORE
+    steps, and only once the time since the last try is RATIO x backoff times what a try
+    costs, so re-checking takes at most about 1/RATIO of the time. A try lasts until one fair
+    step of the other way (at most RUN steps), whose rate replaces the stale estimate. Each
+    try that confirms the way held doubles the backoff (up to MAX_BACKOFF), and one that
+    overturns it resets it to 1: a way that keeps losing is re-checked ever more rarely (a
+    try of a much slower way is a visible stall). One row always drafts. Steps that prefill
+    a new row or catch the draft up are not averaged: their time is mostly that."""
 
     EXPLORE = 16
-    RUN = 3
+    RUN = 3  # at most, for a try to get one fair step
     RATIO = 10.0
+    MAX_BACKOFF = 16.0
     WEIGHT = 0.3  # of the newest step in the moving averages
 
     def __init__(self) -> None:
@@ -239,43 +243,61 @@ class DraftPolicy:
         self.steps_since = 0  # steps since the last try ended
         self.exploit_s = 0.0  # seconds since the last try ended
         self.explore_s = 0.0  # seconds the last try took
+        self.backoff = 1.0
 
     def _nearest(self, rows: int, way: bool) -> int | None:
         """The measured occupancy closest to `rows` for that way."""
         known = [r for r, w in self.rate if w == way]
         return min(known, key=lambda r: (abs(r - rows), -r)) if known else None
 
+    def _faster(self, rows: int) -> bool | None:
+        """True when drafting is measured faster at `rows` (None: a way is unmeasured)."""
+        with_at, without_at = self._nearest(rows, True), self._nearest(rows, False)
+        if with_at is None or without_at is None:
+            return None
+        return self.rate[(with_at, True)] / with_at >= self.rate[(without_at, False)] / without_at
+
     def drafts(self, rows: int) -> bool:
         if rows <= 1:
             return True
         if self.trying > 0:
             return self.try_way
-        with_at, without_at = self._nearest(rows, True), self._nearest(rows, False)
-        if with_at is None or without_at is None:  # learning: no drafts first, then with
-            return without_at is not None
-        faster = self.rate[(with_at, True)] / with_at >= self.rate[(without_at, False)] / without_at
-        other = (without_at, False) if faster else (with_at, True)
-        try_cost = max(self.explore_s, self.RUN * self.step_s[other])
-        if self.steps_since >= self.EXPLORE and self.exploit_s >= self.RATIO * try_cost:
+        faster = self._faster(rows)
+        if faster is None:  # learning: no drafts first, then a try of drafting
+            if self._nearest(rows, False) is None:
+                return False
+            self.trying, self.try_way, self.explore_s = self.RUN, True, 0.0
+            return True
+        other = self._nearest(rows, not faster)
+        assert other is not None
+        try_cost = max(self.explore_s, self.step_s[(other, not faster)])
+        due = self.RATIO * self.backoff * try_cost
+        if self.steps_since >= self.EXPLORE and self.exploit_s >= due:
             self.trying, self.try_way, self.explore_s = self.RUN, not faster, 0.0
             return self.try_way
         return faster
 
     def record(self, rows: int, drafted: bool, tokens: int, seconds: float, counted: bool) -> None:
         """A step's outcome; `counted` when its rate is a fair sample of its way."""
-        if self.trying > 0:
-            self.explore_s += seconds
-            self.trying -= 1
-            if self.trying == 0:
-                self.steps_since, self.exploit_s = 0, 0.0
-        else:
+        trying = self.trying > 0
+        sample = counted and rows > 1 and seconds > 0
+        if sample:  # a try's sample replaces what is known of that way: it may be stale
+            weight = 1.0 if trying and drafted == self.try_way else self.WEIGHT
+            for table, value in ((self.rate, tokens / seconds), (self.step_s, seconds)):
+                old = table.get((rows, drafted))
+                table[(rows, drafted)] = value if old is None else old + weight * (value - old)
+        if not trying:
             self.steps_since += 1
             self.exploit_s += seconds
-        if not counted or rows <= 1 or seconds <= 0:
             return
-        for table, value in ((self.rate, tokens / seconds), (self.step_s, seconds)):
-            old = table.get((rows, drafted))
-            table[(rows, drafted)] = value if old is None else old + self.WEIGHT * (value - old)
+        self.explore_s += seconds
+        self.trying -= 1
+        if sample and drafted == self.try_way:  # one fair sample settles it
+            self.trying = 0
+            confirmed = self._faster(rows) in (not self.try_way, None)
+            self.backoff = min(2 * self.backoff, self.MAX_BACKOFF) if confirmed else 1.0
+        if self.trying == 0:
+            self.steps_since, self.exploit_s = 0, 0.0
 
 
 class Batch:

@@ -18,10 +18,10 @@ every prompt of every request is a row of one engine batch of `--batch-size` slo
 target.batch_size); a request joins at the next step while a slot is free, its rows leave the
 moment they finish or their client goes away, and `n` choices are rows too. Neuron backends
 compiled for a batch (target.batch_size) batch the same way: transformers-neuronx 0.12+ with
-the engine loop, and NxD Inference unfused; otherwise they decode one request at a time. What does not fit waits in a
-bounded queue: a full queue answers 429 with Retry-After, and /health says "saturated"
-(503) while it is full. Every request is bounded: prompt tokens + max_tokens must fit
-n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
+the engine loop, and NxD Inference unfused; otherwise they decode one request at a time. What
+does not fit waits in a bounded queue: a full queue answers 429 with Retry-After, and /health
+says "saturated" (503) while it is full. Every request is bounded: prompt tokens + max_tokens
+must fit n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
 disconnects, streaming or not, has its generation cancelled at the next step. Client errors are
 4xx in OpenAI's error shape, counted in /metrics. SIGTERM stops accepting work, answers queued
 requests 503, gives the running ones the drain timeout to finish, then cancels them; exit 0.

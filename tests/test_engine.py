@@ -307,3 +307,32 @@ def test_one_row_always_drafts_as_configured():
     # re-checking costs at most about a tenth of the time
     spent_trying = 5.0 * tries
     assert spent_trying <= 0.15 * (spent_trying + 0.1 * choices.count(False)) + 15.0
+
+
+def test_a_way_that_keeps_losing_is_rechecked_ever_more_rarely():
+    """Each try that confirms the way held doubles the wait before the next (a try of a
+    much slower way is a visible stall on a short run); one that overturns it resets it."""
+    import itertools
+
+    from neuron_spec.engine import DraftPolicy
+
+    policy = DraftPolicy()
+    policy.record(4, True, 4, 1.0, True)  # drafting: 4 tokens/s
+    policy.record(4, False, 40, 1.0, True)  # plain steps: 40 tokens/s
+    starts, was_trying = [], False
+    for step in range(3000):
+        way = policy.drafts(4)
+        if way and not was_trying:
+            starts.append(step)
+        was_trying = way
+        policy.record(4, way, 4 if way else 40, 1.0, True)  # every try confirms
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(gaps) >= 4 and gaps == sorted(gaps) and gaps[3] > 3 * gaps[0]
+    assert policy.backoff == DraftPolicy.MAX_BACKOFF
+    # the machine changes: drafting becomes the faster way, and the next try finds it
+    for _ in range(3000):
+        way = policy.drafts(4)
+        policy.record(4, way, 400 if way else 40, 1.0, True)
+        if way and policy.trying == 0:
+            break
+    assert policy.drafts(4) is True and policy.backoff == 1.0

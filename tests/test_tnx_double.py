@@ -480,3 +480,43 @@ def test_continuous_batching_speculation_with_row_0_at_position_0_is_refused(
         m.speculative_forward(ids, torch.tensor([[0, 1, 2], [4, 5, 6], [4, 5, 6]]), _slots(3), 3)
     out = m.speculative_forward(ids, torch.tensor([[1, 2, 3], [4, 5, 6], [4, 5, 6]]), _slots(3), 3)
     assert out.shape[0] == 3 and out.shape[2] == 3
+
+
+@pytest.mark.parametrize("version", [V12, V13])
+def test_continuous_batching_speculation_of_fewer_than_k_tokens_writes_at_the_last_context_slot(
+    monkeypatch, ckpt, version
+):
+    """Fewer than k tokens: the cache ids are padded with max(context buckets) - 1 and the
+    ids with 0, so every row writes token 0 at that position."""
+    use_double(monkeypatch, version)
+    reset_cores()
+    m = _cb_model(ckpt[0])
+    last = max(m.context_buckets) - 1
+    for s in range(3):
+        m.kv.setdefault(s, {})[last] = 77
+    out = m.speculative_forward(
+        torch.tensor([[5, 6]] * 3), torch.tensor([[1, 2], [4, 5], [4, 5]]), _slots(3), 3
+    )
+    assert out.shape[0] == 3
+    assert [m.kv[s][last] for s in range(3)] == [0, 0, 0] and m.kv[0][2] == 6
+
+
+def test_a_bsh_cache_layout_breaks_the_speculation_graph(monkeypatch, ckpt):
+    """layers/attention_utils.update_indices_speculative reads `indices` before setting it
+    on the BSH branch (0.12 and 0.13): tracing the speculation graph fails."""
+    use_double(monkeypatch, V13)
+    reset_cores()
+    from transformers_neuronx import LlamaForSampling, NeuronConfig
+
+    config = NeuronConfig(padding_side="right", cache_layout="BSH")
+    m = LlamaForSampling.from_pretrained(
+        str(ckpt[0]), n_positions=64, amp="f32", tp_degree=2, batch_size=2, neuron_config=config
+    )
+    m.enable_speculative_decoder(3, batch_sizes=[2])
+    with pytest.raises(UnboundLocalError, match="indices"):
+        m.to_neuron()
+    reset_cores()
+    plain = LlamaForSampling.from_pretrained(
+        str(ckpt[0]), n_positions=64, amp="f32", tp_degree=2, batch_size=2, neuron_config=config
+    )
+    plain.to_neuron()  # no speculation graph: nothing traces that branch

@@ -30,7 +30,7 @@ class PositionalRows:
 
     def __init__(self, compiled_batch: int, vocab_size: int, pad_token_id: int):
         self.compiled, self.vocab_size, self.pad = compiled_batch, vocab_size, pad_token_id
-        self.idle: set[int] = set()
+        self.idle: set[int] = set()  # set by engine.Batch before each step
         self.reset(1)
 
     def reset(self, batch: int) -> None:
@@ -39,6 +39,7 @@ class PositionalRows:
         self.rows = batch
         self.cols: list[list[int]] = [[] for _ in range(batch)]  # column of each position
         self.hist: list[list[int]] = [[] for _ in range(batch)]  # token at each position
+        self.idle = set()
         self._length = 0
 
     def set_idle(self, idle: list[bool]) -> None:
@@ -64,7 +65,8 @@ class PositionalRows:
             self.cols[b] += range(self._length + width - len(row), self._length + width)
         self._length += width
         live, first = self._prefill(live, keep)
-        logits = self._pass(live) if any(live) else self._empty()
+        busy = any(row for b, row in enumerate(live) if b not in self.idle)
+        logits = self._pass(live) if busy else self._empty()
         out = torch.zeros((self.rows, keep, self.vocab_size))
         for b, row_logits in enumerate(logits):
             take = torch.cat([first[b], row_logits])[-keep:]

@@ -27,6 +27,8 @@ class NeuronConfig:
                 kwargs.pop("use_2d_cache_ids", False) or kwargs.pop("lhs_aligned", False)
             )
             self.padding_side = "right" if self.lhs_aligned else "left"
+        layout = kwargs.pop("cache_layout", "SBH")
+        self.cache_layout = getattr(layout, "value", layout)
         self.continuous_batching = kwargs.pop("continuous_batching", None)
         if self.continuous_batching:  # forces left alignment (the library's words)
             self.lhs_aligned = True

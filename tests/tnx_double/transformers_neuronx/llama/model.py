@@ -166,6 +166,12 @@ class LlamaForSampling:
                 )
 
     def to_neuron(self):
+        if self.speculation and getattr(self.neuron_config, "cache_layout", "SBH") == "BSH":
+            # layers/attention_utils.update_indices_speculative adds to `indices` before
+            # assigning it on the BSH branch, while the speculation graph is traced
+            raise UnboundLocalError(
+                "cannot access local variable 'indices' where it is not associated with a value"
+            )
         self.graphs = self._base_graphs()
         self._load_weights()
         graphs = self._all_graphs()
@@ -366,6 +372,18 @@ class LlamaForSampling:
                 f"tensor (({batch}, {bucket})) have different shapes!"
             )
         k, graph = self._speculation_graph(width, batch, speculation_length)
+        if self.cb and start_ids is not None and width < k:
+            # _prepare_for_continuous_batching pads the cache ids to the speculation bucket
+            # with max(context buckets) - 1, and the ids are right-padded with 0: every row
+            # writes token 0 there
+            pad = max(self.context_buckets) - 1
+            input_ids = torch.cat(
+                [input_ids, torch.zeros((batch, k - width), dtype=input_ids.dtype)], 1
+            )
+            cache_ids = torch.cat(
+                [cache_ids, torch.full((batch, k - width), pad, dtype=cache_ids.dtype)], 1
+            )
+            width = k
         if graph.neff is None:  # registered after to_neuron(): never compiled, never loaded
             raise AttributeError("'NoneType' object has no attribute 'inputs_host_to_device'")
         if width != k:
