@@ -104,3 +104,24 @@ def use_nxdi_double(monkeypatch, tmp_root: Path) -> None:
     import neuronx_distributed_inference._runtime as runtime
 
     runtime.reset()
+
+
+def drive_continuous_batch(batch, pending, alone) -> bool:
+    """Admit `pending` (prompt, (row, finish)) pairs into `batch` as slots free up, a new one
+    only every third step while others decode (as `serve` admits arrivals), and check each
+    finished row against `alone(prompt)`. True when some row joined a running batch."""
+    done, joined_late, steps = {}, False, 0
+    pending = list(pending)
+    while pending or batch.busy:
+        while pending and batch.free_slots() and (steps % 3 == 0 or not batch.busy):
+            prompt, (row, finish) = pending.pop(0)
+            joined_late |= batch.busy
+            batch.admit(row)
+            done[id(row)] = (prompt, finish)
+        for row in batch.step():
+            prompt, finish = done.pop(id(row))
+            assert finish().token_ids[0] == alone(prompt), prompt
+        steps += 1
+        assert steps < 200
+    assert not done
+    return joined_late

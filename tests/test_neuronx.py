@@ -13,7 +13,7 @@ from neuron_spec.backends import load_generator
 from neuron_spec.config import load_config
 from neuron_spec.errors import BackendUnavailableError
 
-from .neuron_fixtures import make_checkpoint, reset_cores, use_double
+from .neuron_fixtures import drive_continuous_batch, make_checkpoint, reset_cores, use_double
 
 pytestmark = pytest.mark.reference
 V1, V2 = "0.11.351", "0.13.322"
@@ -637,21 +637,8 @@ def test_rows_join_a_running_batch_on_transformers_neuronx(
     # cannot take under continuous batching (one-token passes instead)
     prompts = [BATCH_PROMPTS[1], BATCH_PROMPTS[0], *BATCH_PROMPTS[2:], "w9 w8 w7", "w3"]
     waiting = [(p, neuron.row(neuron.encode([p])[0], max_new_tokens=10)) for p in prompts]
-    done, joined_late, steps = {}, False, 0
-    pending = list(waiting)
-    while pending or batch.busy:
-        while pending and batch.free_slots() and (steps % 3 == 0 or not batch.busy):
-            prompt, (row, finish) = pending.pop(0)
-            joined_late |= batch.busy
-            batch.admit(row)
-            done[id(row)] = (prompt, finish)
-        for row in batch.step():
-            prompt, finish = done[id(row)]
-            assert (
-                finish().token_ids[0] == reference.generate(prompt, max_new_tokens=10).token_ids[0]
-            )
-        steps += 1
-        assert steps < 200
-    assert joined_late
+    assert drive_continuous_batch(
+        batch, waiting, lambda p: reference.generate(p, max_new_tokens=10).token_ids[0]
+    )
     model = neuron.backend.target
     assert max(max(slot) for slot in model.kv.values()) < 40

@@ -15,7 +15,7 @@ from neuron_spec.backends import load_generator
 from neuron_spec.cli import main
 from neuron_spec.config import load_config
 
-from .neuron_fixtures import make_checkpoint, use_nxdi_double
+from .neuron_fixtures import drive_continuous_batch, make_checkpoint, use_nxdi_double
 
 pytestmark = pytest.mark.reference
 PROMPTS = [[1, 5, 9, 3], [7], [4, 4, 8]]
@@ -317,21 +317,12 @@ def test_rows_join_a_running_batch_on_nxdi(tmp_path, nxdi, pair):
     batch = gen.open_batch(4)
     assert batch is not None and not batch.elastic and batch.slots == 4
     prompts = [*BATCH_PROMPTS, [9, 8, 7], [3]]
-    done, joined_late, steps = {}, False, 0
     pending = [(p, gen.row(p, max_new_tokens=10)) for p in prompts]
-    while pending or batch.busy:
-        while pending and batch.free_slots() and (steps % 3 == 0 or not batch.busy):
-            prompt, (row, finish) = pending.pop(0)
-            joined_late |= batch.busy
-            batch.admit(row)
-            done[id(row)] = (prompt, finish)
-        for row in batch.step():
-            prompt, finish = done.pop(id(row))
-            want = reference.generate("", prompt_token_ids=[prompt], max_new_tokens=10)
-            assert finish().token_ids[0] == want.token_ids[0], prompt
-        steps += 1
-        assert steps < 200
-    assert joined_late and not done
+
+    def alone(prompt):
+        return reference.generate("", prompt_token_ids=[prompt], max_new_tokens=10).token_ids[0]
+
+    assert drive_continuous_batch(batch, pending, alone)
 
 
 def test_nxdi_batches_only_unfused_with_one_batch_size(tmp_path, nxdi, pair):

@@ -276,18 +276,19 @@ class NxdiPair:
 
     def _batch_pair(self, pad: int) -> tuple[NxdiBatchRunner, NxdiBatchRunner]:
         plan = self.plan
-
-        def runner(model: Any, window: int | None, length: int) -> NxdiBatchRunner:
-            return NxdiBatchRunner(
-                model, vocab_size=self.vocab_size, compiled_length=length,
-                context_length=int(model.neuron_config.max_context_length),
-                compiled_batch=self.batch, pad_token_id=pad, window=window,
-            )  # fmt: skip
-
         return (
-            runner(self.target, plan.window, plan.compiled_length),
-            runner(self.draft, None, plan.n_positions),
+            self._batch_runner(self.target, pad, plan.window, plan.compiled_length),
+            self._batch_runner(self.draft, pad, None, plan.n_positions),
         )
+
+    def _batch_runner(
+        self, model: Any, pad: int, window: int | None, length: int
+    ) -> NxdiBatchRunner:
+        return NxdiBatchRunner(
+            model, vocab_size=self.vocab_size, compiled_length=length,
+            context_length=int(model.neuron_config.max_context_length),
+            compiled_batch=self.batch, pad_token_id=pad, window=window,
+        )  # fmt: skip
 
     def _engine_batches(
         self,
@@ -302,13 +303,10 @@ class NxdiPair:
     ) -> EngineResult:
         """Prompts in batches of the compiled size, each one engine batch at per-row
         positions (batch_runner.py). The target alone runs the plain target at batch B."""
+        target: NxdiBatchRunner
+        draft: NxdiBatchRunner | None
         if gamma == 0:
-            plain = self._plain()
-            target = NxdiBatchRunner(
-                plain, vocab_size=self.vocab_size, compiled_length=self.plan.n_positions,
-                context_length=int(plain.neuron_config.max_context_length),
-                compiled_batch=self.batch, pad_token_id=pad,
-            )  # fmt: skip
+            target = self._batch_runner(self._plain(), pad, None, self.plan.n_positions)
             draft = None
         else:
             target, draft = self._batch_pair(pad)
