@@ -534,13 +534,16 @@ def test_a_failed_save_after_compiling_still_generates_and_says_why(
     assert "next one compiles again" in warned[0]
 
 
-def batch_config(tmp_path, target, draft, backend, *, sampling="", eos=", eos_token_id: 95"):
-    """batch_size 4, k = 5 (draft_tokens 4), n_positions 40."""
+def batch_config(
+    tmp_path, target, draft, backend, *, sampling="", eos=", eos_token_id: 95", models=""
+):
+    """batch_size 4, k = 5 (draft_tokens 4), n_positions 40 (`models`: more fields of both)."""
     cfg = tmp_path / f"{backend}-batch.yaml"
+    shape = f"amp: f32, tp_degree: 32, n_positions: 40, batch_size: 4{models}"
     cfg.write_text(
         f"instance: trn1.32xlarge\nbackend: {backend}\n"
-        f"target: {{model: {target}, amp: f32, tp_degree: 32, n_positions: 40, batch_size: 4}}\n"
-        f"draft: {{model: {draft}, amp: f32, tp_degree: 32, n_positions: 40, batch_size: 4}}\n"
+        f"target: {{model: {target}, {shape}}}\n"
+        f"draft: {{model: {draft}, {shape}}}\n"
         f"speculation: {{draft_tokens: 4, acceptor: {'lossless' if sampling else 'greedy'}}}\n"
         f"sampling: {{{sampling or 'temperature: 0'}, seed: 4}}\n"
         f"generation: {{max_new_tokens: 24, max_prompt_tokens: 8{eos}}}\n"
@@ -620,7 +623,7 @@ def test_batch_speculation_needs_the_engine_on_0_12(tmp_path, monkeypatch, pair_
         load_generator(batch_config(tmp_path, target, draft, "neuronx"))
 
 
-@pytest.mark.parametrize("version", ["0.13.322"])
+@pytest.mark.parametrize("version", ["0.12.313", "0.13.322"])
 def test_rows_join_a_running_batch_on_transformers_neuronx(
     tmp_path, monkeypatch, pair_dirs, version
 ):
@@ -642,3 +645,24 @@ def test_rows_join_a_running_batch_on_transformers_neuronx(
     )
     model = neuron.backend.target
     assert max(max(slot) for slot in model.kv.values()) < 40
+
+
+@pytest.mark.parametrize("estimate", [6, 4])
+def test_prompts_longer_than_the_context_bucket_on_a_transformers_neuronx_batch(
+    tmp_path, monkeypatch, pair_dirs, estimate
+):
+    """Under continuous batching transformers-neuronx asserts a prompt call no wider than
+    its largest context bucket, and a speculation window no wider either: a row's prompt is
+    encoded up to the bucket and the rest fed with the other rows' steps; with a bucket
+    narrower than the window (4 < k = 5) every step is one-token passes."""
+    use_double(monkeypatch, "0.13.322", tmp_path / "meta")
+    target, draft = pair_dirs
+    models = f", context_length_estimate: {estimate}"
+    reference = load_generator(batch_config(tmp_path, target, draft, "reference"))
+    neuron = load_generator(batch_config(tmp_path, target, draft, "neuronx", models=models))
+    prompts = ["w10 w11 w12 w13 w14 w15 w16 w17", *BATCH_PROMPTS[1:]]
+    got = neuron.generate(prompts, max_new_tokens=8)
+    assert got.token_ids == [reference.generate(p, max_new_tokens=8).token_ids[0] for p in prompts]
+    calls = neuron.backend.target.calls
+    assert max(width for name, _, width in calls if name == "forward") == estimate
+    assert any(name == "speculative_forward" for name, *_ in calls) == (estimate >= 5)

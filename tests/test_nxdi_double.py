@@ -114,6 +114,31 @@ def test_routing_and_output_shapes_with_sampling_off(nxdi, ckpt, tmp_path):
     assert out.logits.shape == (1, 4, 96)
 
 
+def test_a_missing_attention_mask_is_inferred_from_position_ids(nxdi, ckpt, tmp_path):
+    """preprocess_inputs infers the mask (_infer_attention_mask): one token at position p
+    sees positions below p; a window of k sees only its first k cached positions (1 where
+    a position id is at least its column); without position_ids too, an AssertionError."""
+    model = _app(nxdi, ckpt, tmp_path)
+    prompt = _cte(model, [1, 5, 9, 4])
+    inferred = model(
+        input_ids=torch.tensor([[1, 5, 9, 4]]), position_ids=torch.arange(4).reshape(1, -1)
+    )
+    assert torch.equal(inferred.logits, prompt.logits)
+    step = {"input_ids": torch.tensor([[6]]), "position_ids": torch.tensor([[4]])}
+    given = model(**step, attention_mask=torch.ones((1, 4), dtype=torch.long))
+    assert torch.equal(model(**step).logits, given.logits)
+    with pytest.raises(AssertionError, match="need to call forward with position_ids"):
+        model(input_ids=torch.tensor([[6]]))
+    window = _app(nxdi, ckpt, tmp_path / "w", speculation_length=2)
+    _cte(window, [1, 5, 9, 4])
+    ids, positions = torch.tensor([[6, 2]]), torch.tensor([[4, 5]])
+    short = window(input_ids=ids, position_ids=positions).logits
+    first_two = window(
+        input_ids=ids, position_ids=positions, attention_mask=torch.ones((1, 2), dtype=torch.long)
+    ).logits
+    assert torch.equal(short, first_two)
+
+
 def test_on_device_greedy_returns_int32_tokens(nxdi, ckpt, tmp_path):
     model = _app(nxdi, ckpt, tmp_path, on_device_sampling_config={"top_k": 1})
     out = _cte(model, [1, 5, 9])

@@ -397,13 +397,13 @@ def test_2d_cache_ids_need_padding_side_right(monkeypatch, ckpt):
         m(torch.tensor([[5], [6]]), torch.tensor([[3], [7]]), None)
 
 
-def _cb_model(path, batch: int = 3):
+def _cb_model(path, batch: int = 3, **kwargs):
     from transformers_neuronx import ContinuousBatchingConfig, LlamaForSampling, NeuronConfig
 
     config = NeuronConfig(continuous_batching=ContinuousBatchingConfig(max_num_seqs=batch))
     assert config.padding_side == "right"  # continuous batching forces it
     m = LlamaForSampling.from_pretrained(
-        str(path), n_positions=64, amp="f32", tp_degree=2, batch_size=batch, neuron_config=config
+        str(path), n_positions=64, tp_degree=2, batch_size=batch, neuron_config=config, **kwargs
     )
     m.enable_speculative_decoder(3, batch_sizes=[batch])
     m.to_neuron()
@@ -448,6 +448,56 @@ def test_continuous_batching_one_token_call_overwrites_the_slots_it_leaves_out(
     m(torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.tensor([[0, 1]] * 3), _slots(3))
     m(torch.tensor([[31], [32], [33]]), torch.tensor([[2], [2], [2]]), _slots(3))
     assert [m.kv[s][0] for s in range(3)] == [5, 7, 9]  # the full batch keeps them
+
+
+@pytest.mark.parametrize("version", [V12, V13])
+def test_continuous_batching_one_token_call_needs_cache_ids_in_input_ids_dtype(
+    monkeypatch, ckpt, version
+):
+    """base._prepare_for_continuous_batching builds the full batch's cache ids as zeros in
+    input_ids' dtype and scatter_s the caller's cache ids into them: int64 ids with int32
+    cache ids raise torch's RuntimeError before anything runs; one dtype for both runs."""
+    use_double(monkeypatch, version)
+    reset_cores()
+    m = _cb_model(ckpt[0])
+    m(torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.tensor([[0, 1]] * 3), _slots(3))
+    step = torch.tensor([[40], [41], [42]])  # int64, as a tokenizer gives them
+    with pytest.raises(RuntimeError, match=r"scatter\(\): Expected self.dtype to be equal to src"):
+        m(step, torch.full((3, 1), 2, dtype=torch.int32), _slots(3))
+    assert 2 not in m.kv[0]  # nothing ran
+    assert m(step, torch.full((3, 1), 2), _slots(3)).shape == (3, 96)
+    assert [m.kv[s][2] for s in range(3)] == [40, 41, 42]
+    ids32, pos32 = step.to(torch.int32), torch.full((3, 1), 3, dtype=torch.int32)
+    assert m(ids32, pos32, _slots(3)).shape == (3, 96)
+
+
+@pytest.mark.parametrize("version", [V12, V13])
+def test_continuous_batching_asserts_what_does_not_fit_a_context_bucket(monkeypatch, ckpt, version):
+    """Under continuous batching a prompt call wider than the largest context bucket is
+    asserted (without it, context() would encode the first bucket and feed the rest one
+    token at a time); so is a speculation window wider than it, and a speculation call of
+    a batch size with no graph. No context buckets at all: the comparison with None fails."""
+    use_double(monkeypatch, version)
+    reset_cores()
+    m = _cb_model(ckpt[0])  # n_positions 64: one context bucket of 32
+    slot = torch.tensor([1], dtype=torch.int32)
+    with pytest.raises(AssertionError, match=r"invalid input prompt length \(33 <= 32\)"):
+        m(torch.full((1, 33), 7), torch.arange(33).unsqueeze(0), slot)
+    assert m(torch.full((1, 32), 7), torch.arange(32).unsqueeze(0), slot).shape == (1, 96)
+    with pytest.raises(AssertionError, match="invalid batch size for speculative forward"):
+        m.speculative_forward(torch.full((2, 3), 7), torch.tensor([[1, 2, 3]] * 2), _slots(2), 3)
+    reset_cores()
+    narrow = _cb_model(ckpt[0], context_length_estimate=2)
+    with pytest.raises(AssertionError, match=r"invalid input prompt length \(3 <= 2\)"):
+        narrow.speculative_forward(
+            torch.full((3, 3), 7), torch.tensor([[1, 2, 3]] * 3), _slots(3), 3
+        )
+    reset_cores()
+    none = _cb_model(ckpt[0], context_length_estimate=0)
+    with pytest.raises(TypeError):
+        none(torch.full((1, 2), 7), torch.arange(2).unsqueeze(0), slot)
+    one_token = none(torch.full((3, 1), 7), torch.zeros((3, 1), dtype=torch.long), _slots(3))
+    assert one_token.shape == (3, 96)  # token generation needs no context bucket
 
 
 @pytest.mark.parametrize("version", [V12, V13])

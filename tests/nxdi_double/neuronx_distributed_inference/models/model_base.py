@@ -4,6 +4,7 @@ application_base.py at cd3abf3), over a tiny Hugging Face Llama.
 Reproduced, each with a test in tests/test_nxdi_double.py:
 - graph inventory per mode: context encoding always; then a fused speculation graph, or a
   speculation graph of width k (and no token-generation graph), or a token-generation graph;
+- a missing attention mask is inferred from position_ids (which are then required);
 - routing: position_ids.min() == 0 is context encoding; else the fused graph; else width == k
   is the speculation graph; else token generation (AttributeError on a speculative target);
 - buckets: context encoding pads ids with pad_token_id, mask with 0 and positions with 1 up to
@@ -56,6 +57,25 @@ def _seq_bucket(tag, buckets, input_len, speculation_length):
     if required == buckets[-1]:
         return buckets[-1]
     raise ValueError(f"Input len {input_len} exceeds largest bucket ({buckets[-1]}) for {tag}")
+
+
+def _infer_attention_mask(position_ids):
+    """NeuronBaseForCausalLM.preprocess_inputs without a mask (_infer_attention_mask, 0.8
+    cd3abf3, same in 0.9 c63afe0/ef2731e): position_ids are then required. Several tokens
+    per row: 1 where a token's position id is at least its column, as wide as the tokens
+    (a speculation window thus sees only its first k cached positions); one token: 1 on
+    the row's positions below its own, as wide as the largest position id. In the
+    position ids' dtype."""
+    if position_ids is None:
+        raise AssertionError(
+            "need to call forward with position_ids if attention_mask is not provided"
+        )
+    batch, width = position_ids.shape
+    if width != 1:
+        columns = torch.arange(width).expand(batch, width)
+        return (position_ids >= columns).to(position_ids.dtype)
+    columns = torch.arange(int(position_ids.max())).expand(batch, -1)
+    return (position_ids > columns).to(position_ids.dtype)
 
 
 class _Wrapper:
@@ -188,9 +208,7 @@ class NeuronBaseForCausalLM(torch.nn.Module):
                 "Forward called before load. Run load() or load_state_dict() making calling forward"
             )
         if attention_mask is None:
-            raise AssertionError(
-                "need to call forward with position_ids if attention_mask is not provided"
-            )
+            attention_mask = _infer_attention_mask(position_ids)
         if seq_ids is None:
             seq_ids = torch.arange(input_ids.shape[0])
         nc = self.neuron_config

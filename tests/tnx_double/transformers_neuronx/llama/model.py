@@ -21,6 +21,13 @@ def _int_or_int_list(name, value):
     return sorted(values)
 
 
+def _find(buckets, size):
+    """bucket.find: the smallest bucket >= size, else the largest; None without buckets."""
+    if not buckets:
+        return None
+    return buckets[bisect.bisect_left(buckets, size, hi=len(buckets) - 1)]
+
+
 def _find_checkpoint(path):
     """The loader's priority; the split format is a *directory* pytorch_model.bin."""
     for name, is_dir in (
@@ -299,26 +306,51 @@ class LlamaForSampling:
         return torch.stack([self._logits_at(slots[b], int(last[b])) for b in range(len(slots))])
 
     def _continuous_forward(self, input_ids, cache_ids, start_ids):
-        """base._prepare_for_continuous_batching: more than one token with row 0 at cache id
-        0 is context encoding, each sequence through the batch-1 graph into its own slot;
-        one token is token generation padded to max_num_seqs with token 0 at cache id 0 in
-        every slot left out of the call (which overwrites that slot's position 0)."""
-        n, width = input_ids.shape
-        seq_ids = start_ids.reshape(-1)
-        if width > 1 and int(cache_ids.reshape(-1)[0]) == 0:
-            rows = [
-                self._encode_one(input_ids[i : i + 1], cache_ids[i : i + 1], seq_ids[i])
-                for i in range(n)
-            ]
-            return torch.cat(rows)
+        """base._prepare_for_continuous_batching (0.12 6c0b875, 0.13 1ade6d7): more than one
+        token with row 0 at cache id 0 is context encoding, each sequence through the batch-1
+        graph into its own slot; one token is token generation padded to max_num_seqs."""
+        width = input_ids.shape[1]
+        seq_ids = start_ids.flatten()
+        if width > 1 and int(cache_ids.flatten()[0]) == 0:
+            return self._continuous_context(input_ids, cache_ids, seq_ids)
         if width > 1:  # the speculation preprocessing, then no graph of this width: unmodelled
             raise NotImplementedError("the double models forward() of width > 1 at cache id > 0")
+        return self._continuous_token(input_ids, cache_ids, seq_ids)
+
+    def _continuous_context(self, input_ids, cache_ids, seq_ids):
+        """The context branch: each sequence through the batch-1 graph into its slot."""
+        self._context_checks(input_ids, cache_ids)
+        rows = [
+            self._encode_one(input_ids[i : i + 1], cache_ids[i : i + 1], seq_ids[i])
+            for i in range(input_ids.shape[0])
+        ]
+        return torch.cat(rows)
+
+    def _context_checks(self, input_ids, cache_ids):
+        """What the context branch asserts: one cache-id row per sequence, and a width no
+        larger than the context bucket bucket.find gives (the largest when none fits; None
+        without context buckets, which the comparison refuses with a TypeError). Returns
+        that bucket."""
+        n, width = input_ids.shape
+        if n != cache_ids.shape[0]:
+            raise AssertionError(f"invalid n_active_seqs ({n} vs {cache_ids.shape[0]})")
+        bucket = _find(self.context_buckets, width)
+        if not width <= bucket:
+            raise AssertionError(f"invalid input prompt length ({width} <= {bucket})")
+        return bucket
+
+    def _continuous_token(self, input_ids, cache_ids, seq_ids):
+        """The token-generation branch builds the full batch's ids and cache ids as zeros in
+        input_ids' dtype (both of them) and scatter_s the caller's rows into them by seq id:
+        token 0 at cache id 0 in every slot left out of the call (which overwrites that
+        slot's position 0), and torch's own errors for cache ids of another dtype
+        ("scatter(): Expected self.dtype to be equal to src.dtype"), shape or device."""
         full = self.cb.max_num_seqs
         ids = torch.zeros((full, 1), dtype=input_ids.dtype)
         pos = torch.zeros((full, 1), dtype=input_ids.dtype)
-        index = seq_ids.to(torch.int64).unsqueeze(-1)
-        ids.scatter_(0, index, input_ids)
-        pos.scatter_(0, index, cache_ids.reshape(n, 1).to(input_ids.dtype))
+        index = seq_ids.unsqueeze(-1).to(torch.int64)
+        ids.scatter_(dim=0, index=index, src=input_ids)
+        pos.scatter_(dim=0, index=index, src=cache_ids)
         if full not in self.batch_sizes:
             raise KeyError(full)
         positions, _ = self._write(ids, pos, torch.arange(full, dtype=torch.int32))
@@ -356,6 +388,42 @@ class LlamaForSampling:
         k = ks[bisect.bisect_left(ks, width, hi=len(ks) - 1)]
         return k, self.speculation[k, batch]
 
+    def _continuous_speculation(self, input_ids, cache_ids):
+        """speculative_forward under continuous batching runs _prepare_for_continuous_batching
+        first (base.py, 0.12 6c0b875, 0.13 1ade6d7). Row 0 at cache id 0 takes its context
+        branch, whose cache ids (padded to a context bucket wider than the window) the
+        speculation graph's buffer refuses; a window exactly that wide runs. Otherwise it
+        asserts the width fits a context bucket, the batch has a speculation graph and the
+        cache ids (made 2-D) have one row per sequence, then pads them to the speculation
+        bucket with max(context buckets) - 1."""
+        batch, width = input_ids.shape
+        if int(cache_ids.flatten()[0]) == 0:
+            bucket = self._context_checks(input_ids, cache_ids)
+            if bucket == width:
+                return cache_ids
+            raise AssertionError(
+                f"Copying tensor from host to device: buffer (({batch}, {width})) and "
+                f"tensor (({batch}, {bucket})) have different shapes!"
+            )
+        bucket = _find(self.context_buckets, width)
+        if not width <= bucket:
+            raise AssertionError(f"invalid input prompt length ({width} <= {bucket})")
+        batches = [b for (_k, b) in self.speculation]
+        if batch not in batches:
+            raise AssertionError(
+                f"invalid batch size for speculative forward ({batch} not in {batches})"
+            )
+        if cache_ids.dim() == 1:
+            cache_ids = cache_ids.unsqueeze(0)
+        if cache_ids.shape[0] != batch:
+            raise AssertionError(
+                f"invalid n_active_seqs ({batch} vs {cache_ids.shape[0]}) in speculative forward"
+            )
+        k, _graph = self._speculation_graph(width, batch, None)
+        padded = torch.full((batch, k), max(self.context_buckets) - 1, dtype=cache_ids.dtype)
+        padded[:, :width] = cache_ids[:, :width]
+        return padded
+
     def speculative_forward(
         self, input_ids, cache_ids=None, start_ids=None, speculation_length=None
     ):
@@ -363,25 +431,16 @@ class LlamaForSampling:
         if not self.on_neuron:
             raise AttributeError("'NoneType' object has no attribute 'run'")
         batch, width = input_ids.shape
-        if self.cb and start_ids is not None and int(cache_ids.reshape(-1)[0]) == 0:
-            # row 0 at cache id 0: _prepare_for_continuous_batching takes it for a prompt and
-            # pads the cache ids to a context bucket, which the speculation graph cannot take
-            bucket = next(c for c in sorted(self.context_buckets) if c >= width)
-            raise AssertionError(
-                f"Copying tensor from host to device: buffer (({batch}, {width})) and "
-                f"tensor (({batch}, {bucket})) have different shapes!"
-            )
+        continuous = self.cb and start_ids is not None
+        if continuous:
+            cache_ids = self._continuous_speculation(input_ids, cache_ids)
         k, graph = self._speculation_graph(width, batch, speculation_length)
-        if self.cb and start_ids is not None and width < k:
-            # _prepare_for_continuous_batching pads the cache ids to the speculation bucket
+        if continuous and width < k:
+            # _prepare_for_continuous_batching padded the cache ids to the speculation bucket
             # with max(context buckets) - 1, and the ids are right-padded with 0: every row
             # writes token 0 there
-            pad = max(self.context_buckets) - 1
             input_ids = torch.cat(
                 [input_ids, torch.zeros((batch, k - width), dtype=input_ids.dtype)], 1
-            )
-            cache_ids = torch.cat(
-                [cache_ids, torch.full((batch, k - width), pad, dtype=cache_ids.dtype)], 1
             )
             width = k
         if graph.neff is None:  # registered after to_neuron(): never compiled, never loaded
