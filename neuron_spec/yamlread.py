@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, ConfigProblem
+from .safeio import printable
 
 MAX_BYTES = 1 << 20  # a real config is a few kilobytes
 MAX_DEPTH = 32
@@ -43,9 +44,10 @@ def _clip(text: str) -> str:
 
 
 class _Located(Exception):
-    def __init__(self, mark: Any, message: str):
+    def __init__(self, mark: Any, message: str, fix: str | None = None):
         super().__init__(message)
         self.mark, self.message = mark, message
+        self.fix = fix
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -66,14 +68,38 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def construct_object(self, node: Any, deep: bool = False) -> Any:
+        """PyYAML's constructor, with every exception it raises for a value (a tag applied to
+        what it cannot read: `!!float` alone is an IndexError, `!!timestamp maybe` an
+        AttributeError, ...) turned into a located problem naming the tag."""
         try:
             return super().construct_object(node, deep=deep)
         except (_Located, yaml.YAMLError):
             raise
-        except (ValueError, TypeError, OverflowError, KeyError, RecursionError) as exc:
-            what = show(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
-            detail = _clip(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise _Located(node.start_mark, f"unreadable value {what} ({detail})") from None
+        except Exception as exc:  # a value's every failure is the file's, located
+            what = show(node.value) if isinstance(node, yaml.ScalarNode) else "this collection"
+            detail = _clip(printable(str(exc).splitlines()[0]) if str(exc) else "")
+            reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+            if _tagged(node.start_mark):
+                message = f"the tag {show_tag(node.tag)} cannot read {what} ({reason})"
+                raise _Located(node.start_mark, message, TAG_FIX) from None
+            kind = show_tag(node.tag).removeprefix("!!")  # resolved from its look: 2024-13-45
+            message = f"YAML reads {what} as a {kind}, and it is not a valid one ({reason})"
+            raise _Located(node.start_mark, message, QUOTE_FIX) from None
+
+
+def _tagged(mark: Any) -> bool:
+    """Whether the node at `mark` was written with a tag (`!!float 1`), not resolved from how
+    its text looks (`2024-01-01` is a timestamp to YAML)."""
+    buffer, at = getattr(mark, "buffer", None), getattr(mark, "pointer", None)
+    return isinstance(buffer, str) and isinstance(at, int) and buffer[at : at + 1] == "!"
+
+
+def show_tag(tag: str) -> str:
+    """A node's tag as written (`!!float` for tag:yaml.org,2002:float), escaped and bounded."""
+    return _clip(printable(tag.replace(_STANDARD_TAGS, "!!", 1), SHOW_CHARS))
+
+
+_STANDARD_TAGS = "tag:yaml.org,2002:"
 
 
 def _count(node: Any, memo: dict[int, int], stack: set[int]) -> int:
@@ -108,6 +134,11 @@ def _count(node: Any, memo: dict[int, int], stack: set[int]) -> int:
 
 SYNTAX_FIX = "correct the YAML at that position (check indentation, colons, quotes and tags)."
 BOUND_FIX = "write the config out plainly: a real one is a few dozen short values."
+QUOTE_FIX = "quote it if it is text (e.g. '2024-13-45'), or write a valid value."
+TAG_FIX = (
+    "write the plain value without a tag (the word starting with '!'): a config needs none, "
+    "e.g. `seed: 0`, `top_p: 0.9`, `model: llama-2-7b`."
+)
 
 
 def _problem(
@@ -182,9 +213,47 @@ def _check_strings(node: yaml.Node, file: str | None) -> None:
 
 
 def _problem_located(
-    message: str, file: str | None, mark: Any, fix: str = BOUND_FIX
+    message: str, file: str | None, mark: Any, fix: str = BOUND_FIX, path: str = ""
 ) -> ConfigError:
-    return _problem(message, file, mark.line + 1, mark.column + 1, fix)
+    line, column = mark.line + 1, mark.column + 1
+    return ConfigError([ConfigProblem(path, message + ".", fix, file, line, column)])
+
+
+def _path_at(root: yaml.Node | None, mark: Any) -> str:
+    """The dotted path of the node (value or key) that starts at `mark`, "" when none does.
+    Each node is visited once, so aliases and cycles cost nothing."""
+    if root is None or mark is None:
+        return ""
+    where = (mark.line, mark.column)
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if (node.start_mark.line, node.start_mark.column) == where:
+            return path
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+                child = f"{path}.{name}" if path else name
+                stack += [(value, child), (key, child)]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+    return ""
+
+
+def _construct_problem(
+    exc: yaml.constructor.ConstructorError, file: str | None, path: str
+) -> ConfigError:
+    """A value PyYAML cannot build (an unknown tag, a tag on the wrong kind of node), at the
+    node's own position and field."""
+    problem = printable(str(exc.problem or "").splitlines()[0] if exc.problem else "")
+    message = f"this YAML value cannot be read: {_clip(problem)}"
+    if exc.context:
+        message += f" ({_clip(printable(str(exc.context)))})"
+    return _problem_located(message, file, exc.problem_mark, TAG_FIX, path)
 
 
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[str, tuple[int, int]]]:
@@ -204,6 +273,7 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[str, tuple
         loader = _BoundedLoader(text)  # its reader refuses control characters at once
     except yaml.YAMLError as exc:
         raise _yaml_problem(exc, text, file) from None
+    node = None
     try:
         node = loader.get_single_node()
         if node is not None:
@@ -211,7 +281,12 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[str, tuple
             _check_strings(node, file)
         data = loader.construct_document(node) if node is not None else None
     except _Located as exc:
-        raise _problem_located(exc.message, file, exc.mark) from None
+        fix, path = exc.fix or BOUND_FIX, _path_at(node, exc.mark)
+        raise _problem_located(exc.message, file, exc.mark, fix, path) from None
+    except yaml.constructor.ConstructorError as exc:
+        if exc.problem_mark is None:
+            raise _yaml_problem(exc, text, file) from None
+        raise _construct_problem(exc, file, _path_at(node, exc.problem_mark)) from None
     except yaml.YAMLError as exc:
         raise _yaml_problem(exc, text, file) from None
     except RecursionError:

@@ -304,3 +304,102 @@ def test_speculation_lengths_from_other_stacks_get_the_exact_draft_tokens(key, v
     (problem,) = info.value.problems
     assert problem.path == f"speculation.{key}" and problem.line == 4
     assert f"draft_tokens: {want}}}" in problem.fix
+
+
+# --- YAML tags: whatever a tag does to a value, the outcome is a located config error ---------
+
+# The config written out block style, one field a line: (dotted path, line) for each leaf.
+_BLOCK = yaml.safe_dump(_base, sort_keys=False, default_flow_style=False)
+
+
+def _block_fields() -> list[tuple[str, int]]:
+    fields, section = [], ""
+    for number, line in enumerate(_BLOCK.splitlines(), start=1):
+        key, _, value = line.strip().partition(":")
+        if not line.startswith(" "):
+            section = key
+            if value.strip():
+                fields.append((key, number))
+        else:
+            fields.append((f"{section}.{key}", number))
+    return fields
+
+
+_FIELDS = _block_fields()
+
+
+def _tagged(path: str, line: int, tagged: str) -> str:
+    lines = _BLOCK.splitlines()
+    head = lines[line - 1].partition(":")[0]
+    lines[line - 1] = f"{head}: {tagged}"
+    return "\n".join(lines) + "\n"
+
+
+TAGS = [
+    "!!float", "!!int", "!!bool", "!!str", "!!null", "!!binary", "!!timestamp", "!!set",
+    "!!omap", "!!pairs", "!!seq", "!!map", "!!merge", "!!value", "!!python/name:os.system",
+    "!!python/object:os.system", "!!python/object/apply:os.system", "!!python/tuple",
+    "!!python/bytes", "!foo", "!<tag:yaml.org,2002:float>", "!<!bar>", "!foo%1b[31m",
+]  # fmt: skip
+TAG_VALUES = [
+    "", "maybe", "0x", "0b", "1e999", "\"-\"", "\"%%%\"", "2024-13-45", "2024-01-01", ".nan", "~",
+    "[1, 2]", "{a: 1}", "[a: 1]", "[[1, 2]]", "{a, b}", "[]", "{}", "aGVsbG8=", "5",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "tagged"),
+    [
+        ("sampling.seed", "!!float"),
+        ("backend", "!!float"),
+        ("sampling.seed", "!!timestamp maybe"),
+        ("sampling.seed", "!!int"),
+        ("target.tp_degree", "!!int"),
+        ("sampling.top_p", "!!bool"),
+        ("speculation.draft_tokens", "!!binary"),
+        ("sampling.seed", "!!set"),
+        ("sampling.seed", "!!omap"),
+        ("sampling.seed", "!!pairs"),
+        ("target.model", "!!python/name:os.system"),
+        ("instance", "!foo"),
+        ("instance", "!foo bar"),
+        ("sampling.seed", "!!omap [1, 2]"),
+    ],
+)
+def test_a_tag_without_a_usable_value_is_a_located_error_naming_the_field(field, tagged):
+    line = dict(_FIELDS)[field]
+    [p] = _problems(_tagged(field, line, tagged))
+    assert p.line == line and p.file == "x.yaml", p
+    assert p.path == field or p.path.startswith(field + "["), p  # an item of it: field[0]
+
+
+def test_a_tag_problem_shows_the_tag_escaped():
+    line = dict(_FIELDS)["instance"]
+    [p] = _problems(_tagged("instance", line, "!foo%1b[31m x"))
+    assert "\x1b" not in p.message and "\\x1b" in p.message and p.path == "instance"
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_FIELDS),
+    st.sampled_from(TAGS),
+    st.one_of(
+        st.sampled_from(TAG_VALUES),
+        st.from_regex(r"[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,9}", fullmatch=True),
+    ),
+)
+def test_any_tag_on_any_field_loads_or_is_located_at_that_field(where, tag, value):
+    path, line = where
+    try:
+        load_config_text(_tagged(path, line, f"{tag} {value}".strip()), "x.yaml")
+    except ConfigError as exc:
+        assert all(p.line is not None and p.message for p in exc.problems), exc.problems
+        assert any(p.path == path or p.path.startswith(path + ".") or
+                   p.path.startswith(path + "[") for p in exc.problems), exc.problems  # fmt: skip
+
+
+def test_a_value_yaml_reads_as_a_bad_date_is_located_with_a_quote_fix():
+    line = dict(_FIELDS)["target.model"]
+    [p] = _problems(_tagged("target.model", line, "2024-13-45"))
+    assert (p.path, p.line) == ("target.model", line)
+    assert "as a timestamp" in p.message and "quote it" in p.fix
