@@ -81,6 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return _dry_run(cfg, args)
     if not args.prompt:
         raise UsageError("generate needs --prompt TEXT (or --dry-run)")
+    _refuse_empty_prompts(args.prompt)  # before the preflight and any model loads
     if args.stream and len(args.prompt) > 1:
         raise UsageError("--stream takes a single --prompt")
     if preflight_or_stop(cfg, args.instance, args.json, quiet=args.quiet) is None:
@@ -123,6 +124,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     console.print()
     _render_metrics(console, result.metrics.to_dict())
     return EXIT_OK
+
+
+def _refuse_empty_prompts(prompts: list[str]) -> None:
+    for i, text in enumerate(prompts, start=1):
+        if not text:
+            which = f"prompt {i} of {len(prompts)}" if len(prompts) > 1 else "the prompt"
+            raise UsageError(
+                f"--prompt: {which} is empty; there is nothing to continue. "
+                "Fix: give the text to continue, e.g. --prompt 'The sea is'."
+            )
 
 
 def refuse_long_prompts(cfg: ConfigFile, prompts: list[str], max_new: int | None) -> None:
@@ -355,12 +366,10 @@ def _nxdi_dry_run(cfg: ConfigFile, as_json: bool) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
+    key = _api_key(args.api_key)  # before anything else: a blank key must never serve
     cfg = load(args.config, args.backend)
     if preflight_or_stop(cfg, args.instance, False, quiet=args.quiet) is None:
         return EXIT_FAILED
-    import os
-
-    key = args.api_key or os.environ.get("NEURON_SPEC_API_KEY") or None
     slots = args.batch_size or cfg.spec.target.batch_size
     if args.batch_size and cfg.spec.backend != "reference":
         raise UsageError(
@@ -368,3 +377,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "decodes with the batch size its graphs were compiled for (target.batch_size)."
         )
     return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout, key, slots)
+
+
+def _api_key(given: str | None) -> str | None:
+    """--api-key, else NEURON_SPEC_API_KEY, else None (no key); a blank or unusable key is a
+    UsageError, whichever way it came."""
+    import os
+
+    from .serve import check_api_key
+
+    if given is not None:
+        return check_api_key(given, "--api-key")
+    from_env = os.environ.get("NEURON_SPEC_API_KEY")
+    return None if from_env is None else check_api_key(from_env, "NEURON_SPEC_API_KEY")

@@ -76,6 +76,7 @@ class StepRecord:
     accepted: list[int]  # per row, drafts accepted (before EOS / length truncation)
     emitted: list[int]  # per row, tokens actually appended
     row_drafted: list[int] | None = None  # per row, when rows drafted different counts
+    rows: int = 1  # rows decoding together in this step
 
     def drafted_by(self, b: int) -> int:
         return self.drafted if self.row_drafted is None else self.row_drafted[b]
@@ -128,7 +129,7 @@ class Row:
     acceptor: Acceptor | None = None  # None: the batch's shared acceptor
     on_tokens: RowCallback | None = None
     cancelled: Callable[[], bool] | None = None
-    # always draft (a seeded sampled row: its draws then do not depend on its neighbours)
+    # always draft (a seeded sampled row: it consumes its random numbers as it does alone)
     pinned: bool = False
     # log-probabilities under the target's distribution: None = not wanted, N = each emitted
     # token's and the N most likely alternatives at its position
@@ -319,9 +320,13 @@ class Batch:
         pad_token_id: int = 0,
         acceptor: Acceptor | None = None,
         policy: DraftPolicy | None = None,
+        history: bool = True,
     ):
         """`policy`: decide per step whether drafting pays at the current occupancy (see
-        DraftPolicy); without one, every step drafts up to `draft_tokens`."""
+        DraftPolicy); without one, every step drafts up to `draft_tokens`. `history`: keep
+        every step's record and pass times in `steps` and `*_step_seconds` (a batch filled
+        once); a long-lived batch (a server's) keeps only the last step's, since every row
+        records its own steps in its result."""
         if slots < 1:
             raise ValueError("a batch needs at least one slot")
         self.policy = policy
@@ -337,7 +342,8 @@ class Batch:
         self.physical: list[int] = [] if self.elastic else list(range(slots))  # slot per row
         self.fresh: set[int] = set()  # admitted since the last step
         self.dirty = [False] * slots  # fixed rows: holds columns of a row that has left
-        self.steps: list[StepRecord] = []  # every step, all slots
+        self.history = history
+        self.steps: list[StepRecord] = []  # every step, all slots (only the last: no history)
         self.draft_step_seconds: list[float] = []
         self.target_step_seconds: list[float] = []
         self._times: tuple[list[float], list[float]] = ([], [])  # the last step's passes
@@ -404,6 +410,10 @@ class Batch:
             return []
         prefill = bool(self.fresh)
         self._draft_width = 0
+        if not self.history:  # a long-lived batch stays the same size however long it runs
+            self.steps.clear()
+            self.draft_step_seconds.clear()
+            self.target_step_seconds.clear()
         self._place_rows()
         slots = self.physical
         t_step = time.perf_counter()
@@ -432,6 +442,7 @@ class Batch:
             self.draft.invalidate_from(torch.where(idle, 0, after))
         now = time.perf_counter()
         record = StepRecord(now - t_step, gamma, [0] * self.slots, [0] * self.slots)
+        record.rows = occupied
         if isinstance(acceptor, _PerRow):  # rows drafted as many as their budgets allow
             record.row_drafted = [0] * self.slots
             for p, b in enumerate(slots):
@@ -558,7 +569,11 @@ class Batch:
         """The step as the row saw it, in the row's own result."""
         row.result.steps.append(
             StepRecord(
-                record.seconds, record.drafted_by(b), [record.accepted[b]], [record.emitted[b]]
+                record.seconds,
+                record.drafted_by(b),
+                [record.accepted[b]],
+                [record.emitted[b]],
+                rows=record.rows,
             )
         )
         row.result.draft_step_seconds.extend(self._times[0])

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .chat import chat_ids
-from .openai_api import ChatRequest, CompletionRequest, FieldProblem
+from .openai_api import ChatRequest, CompletionRequest, FieldProblem, clip
 
 MAX_BODY_BYTES = 1 << 20
 Request = CompletionRequest | ChatRequest
@@ -45,6 +45,7 @@ def validate(payload: Any, schema: type[Request]) -> Request:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = _param(first["loc"])
+        param = param if param is None or len(param) <= 80 else param[:79] + "…"
         part = _non_text_part(payload)
         if part is not None:
             raise RequestError(
@@ -58,8 +59,7 @@ def validate(payload: Any, schema: type[Request]) -> Request:
             raise RequestError(400, str(problem), problem.field) from None
         if first["type"] == "extra_forbidden":
             raise RequestError(400, f"unknown field {param!r}", param) from None
-        got = repr(first.get("input"))
-        got = got if len(got) <= 80 else got[:79] + "…"
+        got = clip(first.get("input"))
         raise RequestError(400, f"{param}: {first['msg']} (got {got})", param) from None
     refused = body.unsupported()
     if refused is not None:
@@ -127,8 +127,8 @@ def new_tokens(req: Request, ids: list[list[int]], n_positions: int, default: in
     if wanted > room:
         raise RequestError(
             400,
-            f"the prompt ({longest} tokens) + max_tokens ({wanted}) exceeds "
+            f"the prompt ({longest} tokens) + {req.new_tokens_field} ({wanted}) exceeds "
             f"n_positions={n_positions}: at most {room} new tokens fit",
-            "max_tokens",
+            req.new_tokens_field,
         )
     return wanted

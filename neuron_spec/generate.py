@@ -50,6 +50,7 @@ class Metrics:
     draft_step_ms: float | None  # mean time of a 1-token draft pass
     target_step_ms: float | None  # mean time of a target pass
     per_row: list[dict[str, int]] = field(default_factory=list)  # {drafted, accepted} per prompt
+    max_batch_rows: int = 1  # the most rows that decoded together in any step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +116,7 @@ def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metric
         if res.target_step_seconds
         else None,
         per_row=per_row,
+        max_batch_rows=max((step.rows for step in res.steps), default=1),
     )
 
 
@@ -308,6 +310,7 @@ class Generator:
             draft_tokens=gamma,
             pad_token_id=self.pad_token_id,
             policy=policy,
+            history=False,  # each row keeps its own steps; the batch may run for days
         )
 
     def row(
@@ -340,8 +343,9 @@ class Generator:
         callback = (lambda new: stream.on_tokens(0, new)) if stream.active else None
         eos = frozenset(self.eos_token_ids)
         row = Row(ids[0], max_new, eos, acceptor, callback, cancelled, logprobs=logprobs)
-        # a request that gives its own seed and samples always drafts, so its draws are the
-        # ones it makes alone, whatever else is in the batch
+        # a request that gives its own seed and samples always drafts, so it draws its random
+        # numbers as it does alone (its output equals the output alone only while its logits
+        # do too: see max_batch_rows in the metrics)
         row.pinned = seed is not None and sampling.temperature > 0
 
         def finish() -> Generation:

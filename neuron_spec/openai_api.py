@@ -9,9 +9,10 @@ field; an unknown field too. Nothing is silently ignored.
 
 from __future__ import annotations
 
+import codecs
 import time
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,6 +59,13 @@ class FieldProblem(ValueError):
         self.field = field
 
 
+def clip(value: Any, limit: int = 80) -> str:
+    """repr(value) in at most `limit` characters: an error shows what was refused, never a
+    client's whole megabyte back to it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
@@ -97,7 +105,7 @@ class _Sampling(BaseModel):
             if value is not None and not any(value == n for n in neutral):
                 allowed = " or ".join(repr(n) for n in neutral)
                 fix = f"send {allowed}, or leave it out" if neutral else "leave it out"
-                return name, f"{name}={value!r} is not supported by neuron-spec; {fix}"
+                return name, f"{name}={clip(value)} is not supported by neuron-spec; {fix}"
         return None
 
     @model_validator(mode="after")
@@ -145,6 +153,11 @@ class _Sampling(BaseModel):
     @property
     def new_tokens(self) -> int | None:
         raise NotImplementedError
+
+    @property
+    def new_tokens_field(self) -> str:
+        """The field that set `new_tokens`, to name in an error."""
+        return "max_tokens"
 
     def logprob_count(self) -> int | None:
         """None: no log-probabilities wanted; N: each token's and N alternatives."""
@@ -255,6 +268,10 @@ class ChatRequest(_Sampling):
     def new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def new_tokens_field(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+
     def logprob_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
@@ -298,45 +315,81 @@ def models_body(model: str, created: int) -> dict[str, Any]:
     }
 
 
+class Pieces(Protocol):
+    """What the logprobs shapes need of a tokenizer (token_bytes.TokenBytes)."""
+
+    def raw(self, token: int) -> bytes: ...
+
+    def text(self, token: int) -> str: ...
+
+    def width(self, token: int) -> int: ...
+
+    def lead(self, first: int) -> int: ...
+
+
+class TextOffsets:
+    """Character offsets in the decoded text, token after token: a token that ends inside a
+    character moves the offset only once the character is complete."""
+
+    def __init__(self, pieces: Pieces, lead: int = 0):
+        self.pieces, self.skip = pieces, lead
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.chars = 0
+
+    def advance(self, token: int) -> int:
+        """The offset at which `token`'s text starts; then move past it."""
+        at = self.chars
+        data = self.pieces.raw(token) if self.pieces.width(token) else b""
+        data, self.skip = data[self.skip :], max(0, self.skip - len(data))
+        self.chars += len(self.decoder.decode(data))
+        return at
+
+
+def kept_tokens(
+    tokens: list[int], pieces: Pieces, text: str, cut: bool, skip: frozenset[int]
+) -> int:
+    """How many of a choice's tokens its answer lists: every one before the first `skip`
+    (EOS) id; when the text was cut at a stop string, those that start before the cut."""
+    size = len(text.encode("utf-8"))
+    at = -pieces.lead(tokens[0]) if tokens else 0
+    for i, token in enumerate(tokens):
+        if token in skip or (cut and at >= size and i > 0):
+            return i
+        at += pieces.width(token)
+    return len(tokens)
+
+
 def logprobs_body(
-    chat: bool, entries: list[Any], piece: Any, text: str, skip: frozenset[int] = frozenset()
+    chat: bool, entries: list[Any], pieces: Pieces, text: str, cut: bool, skip: frozenset[int]
 ) -> dict[str, Any]:
-    """A choice's `logprobs` in the endpoint's shape, from the engine's TokenLogprob list:
-    chat `{"content": [{token, logprob, bytes, top_logprobs}]}`, completions `{tokens,
-    token_logprobs, top_logprobs, text_offset}`. `piece(id)` is a token's text; tokens past
-    the returned text (cut at a stop string) and `skip` ids (EOS) are left out."""
-    kept: list[Any] = []
-    offset = 0
-    for e in entries:
-        if e.token in skip or (offset >= len(text) and kept):
-            break
-        kept.append(e)
-        offset += len(piece(e.token))
-    return logprobs_part(chat, kept, piece)
+    """A choice's `logprobs` in the endpoint's shape, one entry per token of its answer
+    (see kept_tokens): chat `{"content": [{token, logprob, bytes, top_logprobs}]}`,
+    completions `{tokens, token_logprobs, top_logprobs, text_offset}`."""
+    count = kept_tokens([e.token for e in entries], pieces, text, cut, skip)
+    kept = entries[:count]
+    offsets = TextOffsets(pieces, pieces.lead(kept[0].token) if kept else 0)
+    return logprobs_part(chat, kept, pieces, [offsets.advance(e.token) for e in kept])
 
 
-def logprobs_part(chat: bool, entries: list[Any], piece: Any, offset: int = 0) -> dict[str, Any]:
-    """`entries` in the endpoint's logprobs shape, the first token at text `offset`."""
+def logprobs_part(
+    chat: bool, entries: list[Any], pieces: Pieces, offsets: list[int]
+) -> dict[str, Any]:
+    """`entries` in the endpoint's logprobs shape; `offsets`, their text offsets."""
     if chat:
 
         def one(token: int, logprob: float) -> dict[str, Any]:
-            s = piece(token)
-            return {"token": s, "logprob": logprob, "bytes": list(s.encode("utf-8"))}
+            return {"token": pieces.text(token), "logprob": logprob,
+                    "bytes": list(pieces.raw(token))}  # fmt: skip
 
         content = [
             {**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
             for e in entries
         ]
         return {"content": content, "refusal": None}
-    pieces = [piece(e.token) for e in entries]
-    offsets = []
-    for s in pieces:
-        offsets.append(offset)
-        offset += len(s)
     return {
-        "tokens": pieces,
+        "tokens": [pieces.text(e.token) for e in entries],
         "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{piece(t): lp for t, lp in e.top} for e in entries],
+        "top_logprobs": [{pieces.text(t): lp for t, lp in e.top} for e in entries],
         "text_offset": offsets,
     }
 

@@ -53,7 +53,9 @@ from .errors import BackendUnavailableError, UsageError
 from .openai_api import (
     ChatRequest,
     CompletionRequest,
+    TextOffsets,
     chunk,
+    clip,
     error_body,
     full_body,
     logprobs_after,
@@ -64,11 +66,13 @@ from .openai_api import (
     now,
     usage_chunk,
 )
+from .token_bytes import TokenBytes
 
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
 
 STEP_POLL_S = 0.05
+SEED_RANGE = 1 << 63  # seeds are 0 .. 2^63 - 1 (openai_api, config)
 CANCEL_MARGIN_S = 60  # how often a waiting handler checks that its client is still there
 
 
@@ -111,10 +115,11 @@ class Job:
 
     def choice(self, k: int) -> tuple[list[int], int | None]:
         """Choice k's prompt tokens and seed: the n choices of a seeded request use
-        seed, seed + 1, ... so they differ and each is reproducible."""
+        seed, seed + 1, ... (modulo 2^63, the seed's range) so they differ and each is
+        reproducible."""
         seed = self.request.seed
         n = self.request.n
-        return self.ids[k // n], None if seed is None else seed + k % n
+        return self.ids[k // n], None if seed is None else (seed + k % n) % SEED_RANGE
 
     def settings(self, k: int) -> dict[str, Any]:
         """What choice k is generated with, the same on every path: budget, sampling, its
@@ -208,6 +213,19 @@ class Metrics:
             self.pos_accepted.labels(str(i)).inc(a)
 
 
+def served_names(cfg: ConfigFile) -> tuple[str, frozenset[str]]:
+    """The name the target is served as, and every name a request may use for it: a Hugging
+    Face Hub id is served as itself (`org/name`, as clients name it) and also answers to its
+    last part; a local checkpoint is served as its directory's (or file's) name."""
+    from .hub import is_hub_id
+
+    model = cfg.spec.target.model.rstrip("/")
+    short = model.split("/")[-1]
+    if is_hub_id(model, cfg.base_dir):
+        return model, frozenset({model, short})
+    return short, frozenset({short})
+
+
 class ServerState:
     """Everything the handlers share: the generator, the queue, the worker, the metrics."""
 
@@ -223,6 +241,7 @@ class ServerState:
         self.retry_after_s = retry_after_s
         self.metrics = Metrics()
         self.generator: Any = None
+        self.pieces: Any = None  # the tokenizer's bytes per token, for logprobs
         self.load_error: str | None = None
         self.shutting_down = False
         self.running: set[Job] = set()
@@ -230,7 +249,7 @@ class ServerState:
         self.slots = slots or cfg.spec.target.batch_size
         self.metrics.batch_slots.set(self.slots)
         self.on_fatal: Any = None  # called when loading fails: the server exits
-        self.model_name = cfg.spec.target.model.rstrip("/").split("/")[-1]
+        self.model_name, self.model_names = served_names(cfg)
         self.started = now()
         self._worker = threading.Thread(target=self._work, name="neuron-spec-worker", daemon=True)
 
@@ -241,6 +260,7 @@ class ServerState:
             try:
                 gen = loader(self.cfg)
                 self.batch = gen.open_batch(self.slots)  # None: one request at a time
+                self.pieces = TokenBytes(gen.tokenizer)
                 self.generator = gen
                 for message in backend_warnings(self.generator):
                     sys.stderr.write(f"neuron-spec: warning: {message}\n")
@@ -400,7 +420,7 @@ def answer(results: list[Any], n: int = 1, shape: Any = None) -> dict[str, Any]:
     choice's logprobs, when they were asked for."""
     choices = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0}
+    spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0, "max_batch_rows": 1}
     for index, result in enumerate(results):
         m = result.metrics
         stopped = result.finished_by_stop[0] or result.finished_by_eos[0]
@@ -417,9 +437,40 @@ def answer(results: list[Any], n: int = 1, shape: Any = None) -> dict[str, Any]:
         spec["drafted"] += m.drafted
         spec["accepted"] += m.accepted
         spec["target_passes"] += m.target_passes
+        spec["max_batch_rows"] = max(spec["max_batch_rows"], m.max_batch_rows)
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     spec["acceptance_rate"] = spec["accepted"] / spec["drafted"] if spec["drafted"] else None
     return {"choices": choices, "usage": usage, "speculation": spec}
+
+
+class StreamedLogprobs:
+    """Which of a streamed choice's token logprobs each text delta carries: a token goes out
+    with the delta that completes its bytes (a token inside a character waits for the rest),
+    so every token is sent once, in order, with its text offset."""
+
+    def __init__(self, pieces: TokenBytes, eos: frozenset[int]):
+        self.pieces, self.eos = pieces, eos
+        self.sent = 0  # entries sent so far
+        self.shown = 0  # bytes of text sent so far
+        self.covered = 0  # bytes of the tokens sent so far
+        self.offsets: TextOffsets | None = None
+
+    def take(self, entries: list[Any], delta: str) -> tuple[list[Any], list[int]]:
+        self.shown += len(delta.encode("utf-8"))
+        if self.offsets is None and entries:
+            lead = self.pieces.lead(entries[0].token)
+            self.offsets, self.covered = TextOffsets(self.pieces, lead), -lead
+        take: list[Any] = []
+        while self.offsets is not None and self.sent + len(take) < len(entries):
+            e = entries[self.sent + len(take)]
+            width = self.pieces.width(e.token)
+            if e.token in self.eos or self.covered + width > self.shown:
+                break
+            take.append(e)
+            self.covered += width
+        self.sent += len(take)
+        offsets = [] if self.offsets is None else [self.offsets.advance(e.token) for e in take]
+        return take, offsets
 
 
 @dataclass
@@ -511,42 +562,27 @@ class _Scheduler:
 
     def _on_text(self, job: Job, index: int, holder: list[Any]) -> Any:
         """The stream callback of choice `index`: each text delta with the logprobs of the
-        tokens whose text it completes (when asked for)."""
+        tokens whose bytes it completes (when asked for)."""
         if job.request.logprob_count() is None:
             return lambda d: job.push("delta", (index, d, None))
-        tok, eos = self.state.generator.tokenizer, frozenset(self.state.generator.eos_token_ids)
-        shown = {"chars": 0, "offset": 0}
-
-        def piece(t: int) -> str:
-            return str(tok.decode([t]))
+        stream = StreamedLogprobs(self.state.pieces, frozenset(self.state.generator.eos_token_ids))
 
         def on_text(delta: str) -> None:
-            shown["chars"] += len(delta)
-            entries, sent = holder[0].token_logprobs, job.sent_logprobs.get(index, 0)
-            take: list[Any] = []
-            while sent + len(take) < len(entries):
-                e = entries[sent + len(take)]
-                width = len(piece(e.token))
-                if e.token in eos or shown["offset"] + width > shown["chars"]:
-                    break
-                take.append(e)
-                shown["offset"] += width
-            start = shown["offset"] - sum(len(piece(e.token)) for e in take)
-            job.sent_logprobs[index] = sent + len(take)
-            part = logprobs_part(job.chat, take, piece, start) if take else None
+            take, offsets = stream.take(holder[0].token_logprobs, delta)
+            job.sent_logprobs[index] = stream.sent
+            part = logprobs_part(job.chat, take, self.state.pieces, offsets) if take else None
             job.push("delta", (index, delta, part))
 
         return on_text
 
     def _shape(self, job: Job) -> Any:
         """How a choice's log-probabilities are written for this job's endpoint."""
-        gen = self.state.generator
-        tok = gen.tokenizer
-        eos = frozenset(gen.eos_token_ids)
+        eos = frozenset(self.state.generator.eos_token_ids)
 
         def shape(result: Any) -> dict[str, Any]:
+            cut = bool(result.finished_by_stop and result.finished_by_stop[0])
             return logprobs_body(
-                job.chat, result.logprobs[0], lambda t: tok.decode([t]), result.text[0], eos
+                job.chat, result.logprobs[0], self.state.pieces, result.text[0], cut, eos
             )
 
         return shape
@@ -575,6 +611,26 @@ class _Scheduler:
         self.batch = self.state.generator.open_batch(self.batch.slots)
 
 
+async def read_body(request: Any, limit: int = frontdoor.MAX_BODY_BYTES) -> bytes:
+    """The request body, never more than `limit` bytes of it read: a Content-Length over the
+    limit is refused before a byte of the body is read, and a chunked body is read only
+    until it passes the limit (RequestError 413; uvicorn then closes the connection)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise frontdoor.RequestError(400, "the Content-Length header is not a number")
+        if len(declared.strip()) > 15 or int(declared) > limit:
+            raise frontdoor.RequestError(
+                413, f"the body is {declared} bytes; at most {limit} are accepted"
+            )
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise frontdoor.RequestError(413, f"the body is over {limit} bytes")
+    return bytes(body)
+
+
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
@@ -589,7 +645,10 @@ class _Handlers:
         outcome = {413: "invalid", 429: "rejected", 503: "unavailable"}.get(status, "invalid")
         self.state.metrics.requests.labels(outcome).inc()
         kind = {429: "rate_limit_error", 503: "server_error"}.get(status, "invalid_request_error")
-        return _error(status, message, param, kind)
+        response = _error(status, message, param, kind)
+        if status == 413:  # the rest of the body is never read: close, do not drain it
+            response.headers["Connection"] = "close"
+        return response
 
     async def health(self, _request: Any) -> Any:
         from starlette.responses import JSONResponse
@@ -624,7 +683,7 @@ class _Handlers:
         from starlette.responses import JSONResponse
 
         name = request.path_params["model"]
-        if name != self.state.model_name:
+        if name not in self.state.model_names:
             return self._no_such_model(name)
         return JSONResponse(models_body(self.state.model_name, self.state.started)["data"][0])
 
@@ -632,7 +691,7 @@ class _Handlers:
         from starlette.responses import JSONResponse
 
         body = error_body(
-            f"The model '{name}' does not exist: this server serves '{self.state.model_name}' "
+            f"The model {clip(name)} does not exist: this server serves '{self.state.model_name}' "
             "(GET /v1/models).",
             "invalid_request_error",
             "model",
@@ -642,7 +701,7 @@ class _Handlers:
 
     async def parse(self, request: Any, schema: type[Request]) -> Request | JSONResponse:
         try:
-            return frontdoor.parse_body(await request.body(), schema)
+            return frontdoor.parse_body(await read_body(request), schema)
         except frontdoor.RequestError as exc:
             return self.reject(exc.status, exc.message, exc.param)
 
@@ -658,7 +717,7 @@ class _Handlers:
         body = await self.parse(request, schema)
         if not isinstance(body, schema):
             return body
-        if body.model is not None and body.model != self.state.model_name:
+        if body.model is not None and body.model not in self.state.model_names:
             return self._no_such_model(body.model)
         st = self.state
         if st.shutting_down:
@@ -754,7 +813,9 @@ class _Handlers:
     async def not_found(self, request: Any, exc: Any) -> Any:
         status = getattr(exc, "status_code", 404)
         what = "method not allowed on" if status == 405 else "no such route:"
-        return _error(status, f"{what} {request.method} {request.url.path}; see GET /v1/models")
+        path = request.url.path
+        path = path if len(path) <= 200 else path[:199] + "…"
+        return _error(status, f"{what} {request.method} {path}; see GET /v1/models")
 
 
 class _ApiKey:
@@ -762,14 +823,14 @@ class _ApiKey:
     open for load balancers and Prometheus. ASGI middleware, so streams are untouched."""
 
     def __init__(self, app: Any, key: str):
-        self.app, self.expected = app, f"Bearer {key}".encode()
+        self.app, self.expected = app, key.encode()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         import hmac
 
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            if not hmac.compare_digest(bearer_token(given), self.expected):
                 body = error_body(
                     "Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
                     "invalid_request_error",
@@ -780,6 +841,32 @@ class _ApiKey:
                 await JSONResponse(body, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def bearer_token(header: bytes) -> bytes:
+    """The token of an `Authorization: Bearer TOKEN` header (the scheme is case-insensitive,
+    RFC 7235 section 2.1; spaces around the token are not part of it); b"" for any other."""
+    scheme, _, token = header.strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
+
+
+def check_api_key(key: str, source: str) -> str:
+    """The key, or a UsageError when no client could send it: blank (an unset shell variable
+    passed as --api-key "$KEY" would otherwise serve without authentication), or holding
+    characters an HTTP header cannot carry as a bearer token (spaces, control characters,
+    non-ASCII)."""
+    if not key.strip():
+        raise UsageError(
+            f"{source} is empty (an unset environment variable?): the server would run without "
+            "authentication. Fix: give the key, or leave the option out to serve without one."
+        )
+    bad = [ch for ch in key if not "!" <= ch <= "~"]
+    if bad:
+        raise UsageError(
+            f"{source} holds {bad[0]!r}: a bearer token is printable ASCII without spaces, "
+            "so no client could send this key. Fix: use letters, digits and -._~+/= only."
+        )
+    return key
 
 
 def build_app(state: ServerState, loader: Any, api_key: str | None = None) -> Any:
