@@ -33,6 +33,11 @@ CPU_TOKENS_PER_S = 5.0  # assumed for the reference backend: nothing predicts a 
 SCALE_OUT_COOLDOWN_S = 300  # an instance takes minutes to load the pair; do not pile them on
 SCALE_IN_COOLDOWN_S = 900
 MAX_INSTANCES = 100
+# TargetValue's range, from Application Auto Scaling's service model (botocore 1.44.18,
+# botocore/data/application-autoscaling/2016-02-06/service-2.json,
+# TargetTrackingScalingPolicyConfiguration.TargetValue, shape MetricScale): "Values must be
+# in the range of -2^360 to 2^360."
+MAX_TARGET_VALUE = 2.0**360
 
 
 @dataclass(frozen=True)

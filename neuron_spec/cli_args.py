@@ -15,6 +15,15 @@ from . import __version__
 
 EXIT_USAGE = 2
 
+# Bounds of the flags that stand for a config field: the field's own (config.py; a test keeps
+# them equal), so that a value the config would refuse is refused as the flag is read.
+MAX_POSITIONS = 1 << 20  # config.MAX_POSITIONS: n_positions, and so a prompt's tokens
+MAX_NEW_TOKENS = 1_000_000  # generation.max_new_tokens
+MAX_BATCH = 256  # target.batch_size / draft.batch_size
+MAX_PRICE_USD_PER_HOUR = 10_000.0  # 100x the dearest instance's on-demand price: a typo above
+MAX_PORT = 65_535
+SHOW_CHARS = 40
+
 EPILOG = """\
 examples:
   neuron-spec validate configs/trn1-llama2-70b-7b-bf16.yaml
@@ -139,9 +148,17 @@ def _plan(sub: Sub) -> None:
         "the speculative TPOT at each gamma, tokens/s, $/h and $ per million output tokens. "
         "The latency model and its measured error: docs/planning.md.",
     )
-    p.add_argument("--prompt-tokens", type=positive_int, metavar="N", help="default 128")
     p.add_argument(
-        "--new-tokens", type=positive_int, metavar="M", help="default generation.max_new_tokens"
+        "--prompt-tokens",
+        type=prompt_tokens,
+        metavar="N",
+        help=f"default 128 (1 to {MAX_POSITIONS}, the longest n_positions a config takes)",
+    )
+    p.add_argument(
+        "--new-tokens",
+        type=new_tokens,
+        metavar="M",
+        help=f"default generation.max_new_tokens (1 to {MAX_NEW_TOKENS})",
     )
     p.add_argument(
         "--alpha",
@@ -156,23 +173,26 @@ def _plan(sub: Sub) -> None:
     )
     p.add_argument(
         "--price",
-        type=non_negative_float,
+        type=price,
         metavar="USD_PER_HOUR",
-        help="your hourly price (discounts, reservations) instead of the on-demand table",
+        help="your hourly price (discounts, reservations) instead of the on-demand table "
+        f"(0 to {MAX_PRICE_USD_PER_HOUR:g})",
     )
     p.add_argument("--region", metavar="R", help="region of the price table (default us-east-1)")
     p.add_argument(
         "--compare",
+        type=instance_list,
         metavar="INSTANCE,...",
         help="rank these instances (or 'all') where the pair fits by $ per million tokens, "
         "each at the batch size that costs least among those neuron-spec runs there",
     )
     p.add_argument(
         "--batch",
-        type=positive_int,
+        type=batch_size,
         metavar="B",
         help="plan memory, step times, tokens/s and cost at batch size B (default: the "
-        "config's target.batch_size); the batching table shows every batch size that fits",
+        f"config's target.batch_size; 1 to {MAX_BATCH}); the batching table shows every batch "
+        "size that fits",
     )
 
 
@@ -191,7 +211,7 @@ def _generate(sub: Sub) -> None:
     )
     g.add_argument(
         "--max-new-tokens",
-        type=positive_int,
+        type=new_tokens,
         metavar="N",
         help="tokens to generate per prompt (default: the config's generation.max_new_tokens)",
     )
@@ -237,7 +257,7 @@ def _bench(sub: Sub) -> None:
     b.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: 3 built-in)")
     b.add_argument(
         "--max-new-tokens",
-        type=positive_int,
+        type=new_tokens,
         default=64,
         metavar="N",
         help="tokens generated per prompt and run (default 64)",
@@ -269,7 +289,7 @@ def _serve(sub: Sub) -> None:
         "running requests get --drain-timeout seconds, then are cancelled; exit 0.",
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    sv.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
+    sv.add_argument("--port", type=port, default=8080, help="port (default 8080)")
     sv.add_argument(
         "--queue-size",
         type=positive_int,
@@ -279,10 +299,11 @@ def _serve(sub: Sub) -> None:
     )
     sv.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size,
         metavar="N",
         help="requests decoded together on the reference backend (default: target.batch_size "
-        "of the config); Neuron backends use the batch size their graphs were compiled for",
+        f"of the config; 1 to {MAX_BATCH}); Neuron backends use the batch size their graphs "
+        "were compiled for",
     )
     sv.add_argument(
         "--drain-timeout",
@@ -379,10 +400,11 @@ def _deploy_sagemaker(dsub: Sub) -> None:
     )
     ds.add_argument(
         "--autoscale-target",
-        type=positive_float,
+        type=autoscale_target,
         metavar="N",
         help="invocations per instance per minute the scaling policy tracks (default: from "
-        "the plan, 70%% of what one instance serves)",
+        "the plan, 70%% of what one instance serves; at most 2^360, Application Auto "
+        "Scaling's bound)",
     )
     ds.add_argument(
         "--no-dependency-wheels",
@@ -498,6 +520,76 @@ SUBCOMMANDS: dict[str, Callable[[Sub], None]] = {
     "doctor": _doctor,
     "schema": _schema,
 }
+
+
+def _shown(text: str) -> str:
+    """A command-line value in a message: quoted, escaped and bounded."""
+    text = repr(text)
+    return text if len(text) <= SHOW_CHARS else text[: SHOW_CHARS - 1] + "…"
+
+
+def bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], or a message naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{_shown(text)} is not a whole number ({what}: {low} to {high})"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is outside {low} to {high} ({what})")
+        return value
+
+    return parse
+
+
+def bounded_float(
+    low: float, high: float, what: str, low_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] ((low, high] when low_open): never
+    inf or nan, which would reach JSON as Infinity or NaN."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a number ({what})") from None
+        above = value > low if low_open else value >= low
+        if not (above and value <= high):  # nan fails both comparisons
+            opening = "more than" if low_open else "from"
+            raise argparse.ArgumentTypeError(
+                f"{_shown(text)} is outside the range {opening} {low:g} to {high:g} ({what})"
+            )
+        return value
+
+    return parse
+
+
+prompt_tokens = bounded_int(1, MAX_POSITIONS, "prompt tokens")
+new_tokens = bounded_int(1, MAX_NEW_TOKENS, "new tokens, as generation.max_new_tokens")
+batch_size = bounded_int(1, MAX_BATCH, "a batch size, as target.batch_size")
+port = bounded_int(1, MAX_PORT, "a TCP port")
+price = bounded_float(0.0, MAX_PRICE_USD_PER_HOUR, "US dollars per instance-hour")
+
+
+def autoscale_target(text: str) -> float:
+    """Invocations per instance per minute, in what Application Auto Scaling takes."""
+    from .autoscale import MAX_TARGET_VALUE
+
+    return bounded_float(0.0, MAX_TARGET_VALUE, "invocations per instance per minute", True)(text)
+
+
+def instance_list(text: str) -> list[str]:
+    """--compare's instance names (or 'all'), at least one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} names no instance: write instance types separated by commas "
+            "(e.g. inf2.48xlarge,trn1.32xlarge) or 'all'"
+        )
+    return names
 
 
 def positive_int(text: str) -> int:

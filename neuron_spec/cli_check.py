@@ -81,8 +81,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.region,
     )
     if args.compare:
-        names = [n.strip() for n in args.compare.split(",") if n.strip()]
-        ranking = compare(cfg.spec, cfg.base_dir, names, inp)
+        ranking = compare(cfg.spec, cfg.base_dir, args.compare, inp)
         if args.json:
             print(json.dumps({"config": str(cfg.path), "compare": ranking}, indent=2))
         else:

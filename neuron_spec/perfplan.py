@@ -9,7 +9,7 @@ new_tokens - 1 steps, so short outputs pay their prefill.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from .memory import model_memory
 from .perf import FAMILIES, Family, decode_step_s, floor_s, prefill_s, verify_step_s
 from .pricing import DEFAULT_REGION, price, usd_per_million_tokens
 from .speedup import MAX_GAMMA, mean_tokens_per_pass
+from .yamlread import show
 
 GAMMAS = tuple(range(1, MAX_GAMMA + 1))  # searched; the table shows 1..8, or past the best
 SHOWN_GAMMAS = 8
@@ -69,24 +70,37 @@ def inputs(
     )
 
 
+MAX_BENCH_BYTES = 1 << 20  # a bench report is a few kB
+MAX_C = 10.0  # draft step / target step: a draft 10x slower than its target is a wrong file
+
+
 def read_bench(path: str) -> tuple[float | None, float | None]:
-    """(alpha, c) of the best row of a `neuron-spec bench --json` file."""
+    """(alpha, c) of the best row of a `neuron-spec bench --json` file: alpha in [0, 1], c in
+    (0, MAX_C], both finite; anything else is a UsageError naming the file."""
+    from .safeio import Unreadable, read_json
+
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        report = read_json(Path(path), MAX_BENCH_BYTES)
         rows = {r["draft_tokens"]: r for r in report["speculative"]}
         best = rows[report["best_draft_tokens"]]
         alpha, c = best.get("alpha"), best.get("c")
-    except OSError as exc:
-        raise UsageError(f"--from-bench {path}: {exc.strerror}") from None
+    except Unreadable as exc:
+        raise UsageError(f"--from-bench {path}: {exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UsageError(
             f"--from-bench {path}: not the JSON of `neuron-spec bench --json` (it needs "
             "'speculative' rows with 'alpha' and 'c', and 'best_draft_tokens')"
         ) from None
-    ok = isinstance(alpha, (int, float)) and 0 <= alpha <= 1
-    if not ok or not isinstance(c, (int, float)) or c <= 0:
-        raise UsageError(f"--from-bench {path}: the best row has no measured alpha and c")
+    if not (_number(alpha) and 0 <= alpha <= 1 and _number(c) and 0 < c <= MAX_C):
+        raise UsageError(
+            f"--from-bench {path}: the best row needs a measured alpha in [0, 1] and c in "
+            f"(0, {MAX_C:g}]; it has alpha {show(alpha)}, c {show(c)}"
+        )
     return float(alpha), float(c)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _request_s(ttft_s: float, tpot_s: float, new_tokens: int) -> float:

@@ -209,9 +209,15 @@ def _usd(value: float | None) -> str:
 
 def render_compare(console: Console, ranking: dict[str, Any], cfg: ConfigFile) -> None:
     console.print(
-        f"[bold]{cfg.path}[/bold]: instances where the pair fits, cheapest per million output "
-        f"tokens first (alpha {ranking['alpha']}, prices {ranking['region']})"
+        f"[bold]{escape(str(cfg.path))}[/bold]: instances where the pair fits, cheapest per "
+        f"million output tokens first (alpha {ranking['alpha']}, prices {ranking['region']})"
     )
+    if not ranking["ranked"]:
+        named = len(ranking["excluded"])
+        console.print(f"  the pair fits none of the {named} instance(s) named:")
+        for e in ranking["excluded"]:
+            console.print(f"  excluded {e['instance']}: {escape(e['reason'] or '')}")
+        return
     t = Table()
     cols = ("instance", "min tp", "tp", "target TPOT ms", "best gamma", "spec TPOT ms",
             "$/h", "batch", "$/Mtok", "preflight")  # fmt: skip

@@ -9,7 +9,8 @@ unchanged files skipped.
 - Skipped: a file whose object already has the same size and the same SHA-256 (kept in the
   object's metadata). Hashes are remembered per file and change stamp (inode, size, mtime and
   ctime, which any write moves) in ~/.cache/neuron-spec/upload-hashes.json, so a 140 GB
-  checkpoint is read once, not per deploy; a corrupt memory is an empty one.
+  checkpoint is read once, not per deploy; a corrupt memory is an empty one, and the upload
+  says so (naming the file) before it hashes everything again.
 - Exact: a small file's stored SHA-256 is computed from the bytes sent; a large file that
   changes while its parts go up is not completed (ChangedWhileUploading).
 - Resumed: a large file goes up in parts; a deploy that stops half-way leaves its multipart
@@ -36,7 +37,7 @@ from .artifacts import sha256_file
 from .checkpoint import resolve_model
 from .config import ConfigFile
 from .localtree import hf_snapshot_blobs, walk
-from .safeio import Unreadable, as_int, read_json
+from .safeio import Unreadable, as_int, printable, read_json
 
 PART_BYTES = 64 * 1024 * 1024  # S3 allows 5 MiB to 5 GiB per part, at most 10,000 parts
 MIN_PART_BYTES = 5 * 1024 * 1024
@@ -121,7 +122,7 @@ class HashCache:
     def __init__(self, path: Path | None = None):
         self.path = path or Path.home() / ".cache" / "neuron-spec" / "upload-hashes.json"
         self._lock = threading.Lock()
-        self._data, self._uploads = _hash_entries(self.path)
+        self._data, self._uploads, self.problem = _hash_entries(self.path)
 
     def sha256(self, path: Path) -> str:
         st = path.stat()
@@ -134,6 +135,17 @@ class HashCache:
         with self._lock:
             self._data[key] = {"stamp": _stamp(st), "sha256": digest}
         return digest
+
+    def take_warning(self) -> str | None:
+        """What was wrong with the memory on disk, as a warning, once; None when it was sound
+        (or absent) or the warning was taken already."""
+        problem, self.problem = self.problem, None
+        if problem is None:
+            return None
+        return (
+            f"warning: the upload hash memory {printable(str(self.path))} {problem}: "
+            "discarded, so the files it would have vouched for are hashed again"
+        )
 
     def upload_sha(self, upload_id: str) -> str | None:
         """The SHA-256 an open multipart upload was started for (None: not started here)."""
@@ -168,38 +180,52 @@ def _stamp(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _hash_entries(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The well-formed entries of the hash memory, and the multipart uploads started here;
-    a missing, corrupt or foreign file is an empty memory (every file is hashed again, open
-    uploads are started afresh), never an error."""
+Entries = dict[str, dict[str, Any]]
+
+
+def _hash_entries(path: Path) -> tuple[Entries, dict[str, str], str | None]:
+    """The well-formed entries of the hash memory, the multipart uploads started here, and
+    what was wrong with the file (None: nothing, or no file yet). A corrupt or foreign file
+    is an empty memory (every file is hashed again, open uploads are started afresh), and a
+    malformed entry is left out: never an error."""
+    if not os.path.lexists(path):
+        return {}, {}, None
     try:
         data = read_json(path, MAX_HASHES_BYTES)
-    except Unreadable:
-        return {}, {}
+    except Unreadable as exc:
+        return {}, {}, f"is unreadable ({exc})"
     if not isinstance(data, dict) or data.get("version") != HASHES_VERSION:
-        return {}, {}
-    files, uploads = data.get("files"), data.get("uploads")
-    out: dict[str, dict[str, Any]] = {}
+        return {}, {}, f"is not a version-{HASHES_VERSION} memory of neuron-spec's"
+    files, uploads = data.get("files"), data.get("uploads", {})
     started = {
         k: v
         for k, v in (uploads.items() if isinstance(uploads, dict) else [])
         if isinstance(v, str) and _SHA256.match(v)
     }
-    if not isinstance(files, dict):
-        return out, started
-    for key, entry in files.items():
-        if not isinstance(entry, dict):
-            continue
-        stamp, digest = entry.get("stamp"), entry.get("sha256")
-        if (
-            isinstance(stamp, list)
-            and len(stamp) == 5
-            and all(as_int(x) is not None for x in stamp)
-            and isinstance(digest, str)
-            and _SHA256.match(digest)
-        ):
-            out[key] = {"stamp": stamp, "sha256": digest}
-    return out, started
+    if not isinstance(files, dict) or not isinstance(uploads, dict):
+        return {}, started, "has no mapping of files and uploads"
+    out = {key: entry for key, entry in files.items() if _sound(entry)}
+    dropped = len(files) - len(out) + len(uploads) - len(started)
+    problem = f"has {dropped} malformed entr{'y' if dropped == 1 else 'ies'}" if dropped else None
+    return (
+        {k: {"stamp": e["stamp"], "sha256": e["sha256"]} for k, e in out.items()},
+        started,
+        problem,
+    )
+
+
+def _sound(entry: Any) -> bool:
+    """An entry exactly as HashCache writes it: a stamp of five integers and a SHA-256."""
+    if not isinstance(entry, dict):
+        return False
+    stamp, digest = entry.get("stamp"), entry.get("sha256")
+    return (
+        isinstance(stamp, list)
+        and len(stamp) == 5
+        and all(as_int(x) is not None for x in stamp)
+        and isinstance(digest, str)
+        and _SHA256.match(digest) is not None
+    )
 
 
 class ChangedWhileUploading(Exception):
@@ -255,6 +281,9 @@ class Uploader:
         """Hash and check each file here, in order, while the pool sends what is decided: a
         whole small file, or the missing parts of a large one. Multipart uploads are completed
         once their parts are in. Only leaf jobs run in the pool, so it cannot deadlock."""
+        warning = self.hashes.take_warning()
+        if warning:
+            self.say(warning)
         jobs: list[Future[Any]] = []
         open_uploads: list[tuple[str, LocalFile, str, list[int], dict[int, Any]]] = []
         with ThreadPoolExecutor(max_workers=self.workers) as pool:

@@ -321,3 +321,89 @@ def test_every_option_of_every_command_has_help_text():
 
     walk(build_parser(), "neuron-spec")
     assert not missing, missing
+
+
+# --- flags that stand for a number: refused as they are read, never a crash or a non-finite ---
+
+
+def _refused(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["plan", TRN1_BF16, "--batch", "257"], "outside 1 to 256"),
+        (["plan", TRN1_BF16, "--batch", "0"], "outside 1 to 256"),
+        (["plan", TRN1_BF16, "--prompt-tokens", "1000000000"], "outside 1 to 1048576"),
+        (["plan", TRN1_BF16, "--prompt-tokens", "1e9"], "not a whole number"),
+        (["plan", TRN1_BF16, "--new-tokens", "10000000000"], "outside 1 to 1000000"),
+        (["plan", TRN1_BF16, "--price", "inf", "--json"], "outside the range"),
+        (["plan", TRN1_BF16, "--price", "nan", "--json"], "outside the range"),
+        (["plan", TRN1_BF16, "--price", "1e308", "--json"], "outside the range"),
+        (["plan", TRN1_BF16, "--compare", ",,,"], "names no instance"),
+        (["serve", TRN1_BF16, "--batch-size", "1000000000"], "outside 1 to 256"),
+        (["serve", TRN1_BF16, "--batch-size", "100000000000000000000"], "outside 1 to 256"),
+        (["serve", TRN1_BF16, "--port", "70000"], "outside 1 to 65535"),
+        (["generate", TRN1_BF16, "--max-new-tokens", "10000000"], "outside 1 to 1000000"),
+    ],
+)
+def test_a_number_out_of_its_range_is_refused_as_the_flag_is_read(capsys, argv, says):
+    err = _refused(capsys, *argv)
+    assert says in err and argv[-2 if argv[-1] == "--json" else -1][:8] in err
+    assert "internal error" not in err
+
+
+def test_autoscale_target_beyond_what_application_auto_scaling_takes(capsys):
+    base = ["deploy", "sagemaker", TRN1_BF16, "--role", "arn:aws:iam::1:role/r", "--bucket",
+            "s3://b", "--autoscale", "1:2", "--dry-run", "--autoscale-target"]  # fmt: skip
+    assert "outside the range" in _refused(capsys, *base, "1e300")
+    assert "outside the range" in _refused(capsys, *base, "inf")
+    assert "outside the range" in _refused(capsys, *base, "0")
+
+
+def test_the_flag_bounds_are_the_config_fields_bounds():
+    from neuron_spec import autoscale, cli_args, config
+
+    assert cli_args.MAX_POSITIONS == config.MAX_POSITIONS
+    from neuron_spec.schema import Invalid
+
+    spec = config.load_config_text(BASE_CONFIG).spec
+    assert spec.target.replace(batch_size=cli_args.MAX_BATCH).batch_size == cli_args.MAX_BATCH
+    with pytest.raises(Invalid):
+        spec.target.replace(batch_size=cli_args.MAX_BATCH + 1)
+    gen = spec.generation.replace(max_new_tokens=cli_args.MAX_NEW_TOKENS)
+    with pytest.raises(Invalid):
+        gen.replace(max_new_tokens=cli_args.MAX_NEW_TOKENS + 1)
+    assert autoscale.MAX_TARGET_VALUE == 2.0**360
+
+
+def test_plan_at_the_largest_flags_stays_finite_json(capsys):
+    code, out, err = run(capsys, "plan", TRN1_BF16, "--json", "--batch", "256",
+                         "--prompt-tokens", "1048576", "--new-tokens", "1000000",
+                         "--price", "10000")  # fmt: skip
+    assert code in (0, 1), err
+    json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in plan --json"))
+
+
+def test_generate_refuses_an_empty_prompt_before_loading(capsys, monkeypatch):
+    from neuron_spec import cli_run
+
+    def never(*_a, **_k):
+        raise AssertionError("the models were loaded for an empty prompt")
+
+    monkeypatch.setattr(cli_run, "_load_generator", never)
+    code, _, err = run(capsys, "generate", str(CONFIGS / "demo-cpu.yaml"), "--prompt", "")
+    assert code == 2 and "--prompt" in err and "empty" in err
+    code, _, err = run(capsys, "generate", str(CONFIGS / "demo-cpu.yaml"),
+                       "--prompt", "hi", "--prompt", "")  # fmt: skip
+    assert code == 2 and "prompt 2" in err
+
+
+def test_compare_where_nothing_fits_says_so_instead_of_an_empty_table(capsys):
+    code, out, _ = run(capsys, "plan", TRN1_BF16, "--compare", "inf2.xlarge, inf2.8xlarge")
+    assert code == 1 and "fits none of the 2 instance(s) named" in out
+    assert "excluded inf2.xlarge" in out and "excluded inf2.8xlarge" in out and "┏" not in out

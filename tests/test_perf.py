@@ -292,3 +292,28 @@ def test_compare_ranks_each_setup_at_its_cheapest_batch_it_runs(capsys, tmp_path
             predicted = r["predicted_best_batch"]
             assert predicted["batch_size"] > 1
             assert predicted["usd_per_million_tokens"] < r["usd_per_million_tokens"]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        '{"draft_tokens": 4, "alpha": 0.7, "c": 1e308}',
+        '{"draft_tokens": 4, "alpha": 0.7, "c": Infinity}',
+        '{"draft_tokens": 4, "alpha": NaN, "c": 0.2}',
+        '{"draft_tokens": 4, "alpha": 0.7, "c": 0}',
+        '{"draft_tokens": 4, "alpha": true, "c": 0.2}',
+    ],
+)
+def test_a_bench_file_with_values_out_of_range_is_a_usage_error(capsys, tmp_path, row):
+    bench = tmp_path / "bench.json"
+    bench.write_text('{"speculative": [' + row + '], "best_draft_tokens": 4}')
+    assert main(["plan", TRN1, "--from-bench", str(bench), "--json"]) == 2
+    said = json.loads(capsys.readouterr().out)["message"]
+    assert str(bench) in said and "alpha in [0, 1] and c in (0, 10]" in said
+
+
+def test_a_huge_bench_file_is_not_read_whole(capsys, tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text('{"pad": "' + "x" * (2 << 20) + '"}')
+    assert main(["plan", TRN1, "--from-bench", str(bench)]) == 2
+    assert "bytes" in capsys.readouterr().err

@@ -211,3 +211,25 @@ def test_a_large_file_changed_while_its_parts_go_up_is_not_completed(
     listed = s3.list_objects_v2(Bucket="parts-bucket").get("Contents", [])
     assert not any(o["Key"].endswith("model.safetensors") for o in listed)
     assert s3.list_multipart_uploads(Bucket="parts-bucket").get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("raw", CORRUPT_MEMORIES, ids=range(len(CORRUPT_MEMORIES)))
+def test_a_corrupt_hash_memory_is_discarded_with_a_warning_naming_it(tmp_path, raw):
+    memory = tmp_path / "upload-hashes.json"
+    memory.write_bytes(raw)
+    said: list[str] = []
+    report = Uploader(None, say=said.append, hashes=HashCache(memory)).upload([])
+    assert report.uploaded == [] and len(said) == 1, said
+    assert said[0].startswith("warning:") and str(memory) in said[0]
+    assert "hashed again" in said[0]
+
+
+def test_a_missing_or_sound_hash_memory_says_nothing(tmp_path, checkpoint):
+    memory = tmp_path / "upload-hashes.json"
+    said: list[str] = []
+    Uploader(None, say=said.append, hashes=HashCache(memory)).upload([])
+    cache = HashCache(memory)
+    cache.sha256(checkpoint / "model.safetensors")
+    cache.save()
+    Uploader(None, say=said.append, hashes=HashCache(memory)).upload([])
+    assert said == []
