@@ -7,14 +7,18 @@ only small metadata: config.json, or a GGUF file's header.
 
 from __future__ import annotations
 
-import json
+import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from .catalog import Architecture, find_architecture
+from .errors import ConfigError, ConfigProblem
+from .safeio import Unreadable, read_json
+from .yamlread import show
 
 Kind = Literal["catalog", "directory", "gguf", "s3", "hub"]
 
@@ -50,29 +54,115 @@ def _expand(value: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else (base_dir / p)
 
 
-def architecture_from_hf_config(cfg: dict[str, Any], name: str) -> Architecture:
-    """An Architecture from a Hugging Face config.json mapping (KeyError if incomplete)."""
-    heads = int(cfg["num_attention_heads"])
-    eos = cfg.get("eos_token_id")
-    eos_ids = (
-        tuple(int(x) for x in eos)
-        if isinstance(eos, list)
-        else ((int(eos),) if eos is not None else ())
-    )
+# What sizing reads from a model's config (config.json, or a GGUF header) and the values it
+# accepts. Llama 3.1 405B, the largest published Llama, sits well inside each range: hidden
+# 16384, intermediate 53248, 126 layers, 128 heads, 8 KV heads, vocab 128256, 131072 positions.
+# Beyond them a value is a broken or hostile file, and sizes computed from it overflow.
+SIZE_RANGES: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, 1 << 18),
+    "intermediate_size": (1, 1 << 20),
+    "num_hidden_layers": (1, 1 << 12),
+    "num_attention_heads": (1, 1 << 12),
+    "num_key_value_heads": (1, 1 << 12),
+    "vocab_size": (1, 1 << 24),
+    "max_position_embeddings": (1, 1 << 24),
+    "head_dim": (1, 1 << 12),
+}
+TOKEN_ID_RANGE = (0, 2**31 - 1)
+MAX_EOS_IDS = 64
+MODEL_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_CONFIG_JSON_BYTES = 1 << 20  # a config.json is a few kB
+MAX_INDEX_BYTES = 16 << 20  # a safetensors index: about 100 kB for Llama 3.1 405B
+CONFIG_FIX = (
+    "correct that value in the file (a model's own config.json has it right), or point model "
+    "at another checkpoint"
+)
+
+
+def _bad(where: str, key: str, value: Any, allowed: str) -> ConfigError:
+    message = f"{key} is {show(value)}; allowed: {allowed}."
+    return ConfigError([ConfigProblem(key, message, CONFIG_FIX + ".", where)])
+
+
+def _whole(value: Any, key: str, where: str, bounds: tuple[int, int] | None = None) -> int:
+    """A whole number read from a model's config, within its range (SIZE_RANGES[key] unless
+    `bounds`); a ConfigError naming the file and the key otherwise. 4096.0 counts as 4096."""
+    lo, hi = bounds or SIZE_RANGES[key]
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or number != int(number):
+        raise _bad(where, key, value, f"a whole number from {lo} to {hi}")
+    if not lo <= int(number) <= hi:
+        raise _bad(where, key, value, f"a whole number from {lo} to {hi}")
+    return int(number)
+
+
+def _optional(value: Any, key: str, where: str, default: int | None = None) -> int | None:
+    return default if value is None else _whole(value, key, where)
+
+
+def _model_type(value: Any, key: str, where: str) -> str:
+    if value is None:
+        return "unknown"
+    if not isinstance(value, str) or not MODEL_TYPE.fullmatch(value):
+        raise _bad(where, key, value, "a name of letters, digits, '_', '.' and '-' (e.g. llama)")
+    return value
+
+
+def _eos_ids(value: Any, key: str, where: str) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else ([] if value is None else [value])
+    if len(items) > MAX_EOS_IDS:
+        raise _bad(where, key, value, f"a token id or a list of at most {MAX_EOS_IDS}")
+    return tuple(_whole(x, key, where, TOKEN_ID_RANGE) for x in items)
+
+
+def _shape(heads: int, kv_heads: int, hidden: int, head_dim: int | None, where: str) -> None:
+    """What a Llama's attention needs of its shape (transformers' LlamaAttention)."""
+    if kv_heads > heads or heads % kv_heads:
+        raise _bad(
+            where,
+            "num_key_value_heads",
+            kv_heads,
+            f"a divisor of num_attention_heads ({heads}): each KV head serves a group of heads",
+        )
+    if head_dim is None and hidden % heads:
+        raise _bad(
+            where,
+            "hidden_size",
+            hidden,
+            f"a multiple of num_attention_heads ({heads}) when head_dim is not given",
+        )
+
+
+def architecture_from_hf_config(cfg: dict[str, Any], name: str, where: str = "") -> Architecture:
+    """An Architecture from a Hugging Face config.json mapping: KeyError if a size is missing,
+    ConfigError (naming `where`, the file, and the key) if a value is out of its range."""
+    where = where or f"config.json of {name}"
+    heads = _whole(cfg["num_attention_heads"], "num_attention_heads", where)
+    kv_heads = _optional(cfg.get("num_key_value_heads"), "num_key_value_heads", where, heads)
+    hidden = _whole(cfg["hidden_size"], "hidden_size", where)
+    head_dim = _optional(cfg.get("head_dim"), "head_dim", where)
+    _shape(heads, kv_heads or heads, hidden, head_dim, where)
+    bos = cfg.get("bos_token_id")
+    tie = cfg.get("tie_word_embeddings", False)
+    if tie is not None and not isinstance(tie, bool):
+        raise _bad(where, "tie_word_embeddings", tie, "true or false")
     return Architecture(
         name=name,
-        model_type=str(cfg.get("model_type", "unknown")),
-        hidden_size=int(cfg["hidden_size"]),
-        intermediate_size=int(cfg["intermediate_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
+        model_type=_model_type(cfg.get("model_type"), "model_type", where),
+        hidden_size=hidden,
+        intermediate_size=_whole(cfg["intermediate_size"], "intermediate_size", where),
+        num_layers=_whole(cfg["num_hidden_layers"], "num_hidden_layers", where),
         num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        vocab_size=int(cfg["vocab_size"]),
-        max_positions=int(cfg.get("max_position_embeddings", 2048)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        head_dim=int(cfg["head_dim"]) if cfg.get("head_dim") else None,
-        bos_token_id=int(cfg["bos_token_id"]) if cfg.get("bos_token_id") is not None else None,
-        eos_token_id=eos_ids,
+        num_kv_heads=kv_heads or heads,
+        vocab_size=_whole(cfg["vocab_size"], "vocab_size", where),
+        max_positions=_optional(
+            cfg.get("max_position_embeddings"), "max_position_embeddings", where, 2048
+        )
+        or 2048,
+        tie_word_embeddings=bool(tie),
+        head_dim=head_dim,
+        bos_token_id=None if bos is None else _whole(bos, "bos_token_id", where, TOKEN_ID_RANGE),
+        eos_token_id=_eos_ids(cfg.get("eos_token_id"), "eos_token_id", where),
         source=f"config.json of {name}",
     )
 
@@ -119,10 +209,14 @@ def _directory(spec_model: str, path: Path, override: Architecture | None) -> Re
     if not cfg_path.is_file():
         return unreadable(f"{loc} has no config.json")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        arch = override or architecture_from_hf_config(cfg, path.name)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return unreadable(f"{cfg_path} is unreadable ({type(exc).__name__}: {exc})")
+        cfg = read_json(cfg_path, MAX_CONFIG_JSON_BYTES)
+        if not isinstance(cfg, dict):
+            return unreadable(f"{cfg_path} is not a JSON object")
+        arch = override or architecture_from_hf_config(cfg, path.name, str(cfg_path))
+    except Unreadable as exc:
+        return unreadable(f"{cfg_path} is unreadable ({exc})")
+    except KeyError as exc:
+        return unreadable(f"{cfg_path} lacks {show(exc.args[0])}, which sizing needs")
     if weights is None:  # sized from config.json alone: the preflight warns
         return ResolvedModel(spec_model, "directory", loc, arch)
     return ResolvedModel(
@@ -135,12 +229,12 @@ def _hub(repo: str, override: Architecture | None) -> ResolvedModel:
     from .hub import HubError, fetch_config
 
     try:
-        cfg = fetch_config(repo)
-        arch = override or architecture_from_hf_config(cfg, repo.split("/")[1])
+        cfg, where = fetch_config(repo)
+        arch = override or architecture_from_hf_config(cfg, repo.split("/")[1], where)
     except HubError as exc:
         return ResolvedModel(repo, "hub", repo, override, problem=exc.message, fix=exc.fix)
-    except (KeyError, TypeError, ValueError) as exc:
-        problem = f"{repo}'s config.json lacks what sizing needs ({type(exc).__name__}: {exc})"
+    except KeyError as exc:
+        problem = f"{repo}'s config.json lacks {show(exc.args[0])}, which sizing needs"
         return ResolvedModel(repo, "hub", repo, override, problem=problem)
     return ResolvedModel(repo, "hub", repo, arch)
 
@@ -151,12 +245,12 @@ def _size_of(directory: Path, name: str) -> int | None:
         if target.is_dir():
             return sum(f.stat().st_size for f in target.iterdir() if f.is_file())
         if name.endswith(".index.json"):
-            index = json.loads(target.read_text(encoding="utf-8"))
+            index = read_json(target, MAX_INDEX_BYTES)
             files: set[str] = set(index.get("weight_map", {}).values())
             sizes: list[int] = [(directory / f).stat().st_size for f in files]
             return sum(sizes)
         return target.stat().st_size
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, TypeError, Unreadable):
         return None
 
 
@@ -266,25 +360,40 @@ def read_gguf_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
     return meta, names
 
 
-def architecture_from_gguf(meta: dict[str, Any], tensors: list[str], name: str) -> Architecture:
-    arch = str(meta.get("general.architecture", "unknown"))
+def architecture_from_gguf(
+    meta: dict[str, Any], tensors: list[str], name: str, where: str = ""
+) -> Architecture:
+    """An Architecture from a GGUF header: KeyError if a size is missing, ConfigError (naming
+    the file and the GGUF key) if a value is out of its range."""
+    where = where or f"GGUF metadata of {name}"
+    arch = _model_type(meta.get("general.architecture"), "general.architecture", where)
     p = f"{arch}."
-    heads = int(meta[p + "attention.head_count"])
-    eos = meta.get("tokenizer.ggml.eos_token_id")
+
+    def size(key: str, field: str, default: Any = None) -> int:
+        value = meta[p + key] if default is None else meta.get(p + key, default)
+        return _whole(value, p + key, where, SIZE_RANGES[field])
+
+    heads = size("attention.head_count", "num_attention_heads")
+    kv_heads = size("attention.head_count_kv", "num_key_value_heads", heads)
+    hidden = size("embedding_length", "hidden_size")
+    _shape(heads, kv_heads, hidden, None, where)
+    eos, bos = meta.get("tokenizer.ggml.eos_token_id"), meta.get("tokenizer.ggml.bos_token_id")
     vocab = meta.get(p + "vocab_size") or meta.get("tokenizer.ggml.tokens")
     return Architecture(
         name=name,
         model_type=arch,
-        hidden_size=int(meta[p + "embedding_length"]),
-        intermediate_size=int(meta[p + "feed_forward_length"]),
-        num_layers=int(meta[p + "block_count"]),
+        hidden_size=hidden,
+        intermediate_size=size("feed_forward_length", "intermediate_size"),
+        num_layers=size("block_count", "num_hidden_layers"),
         num_heads=heads,
-        num_kv_heads=int(meta.get(p + "attention.head_count_kv", heads)),
-        vocab_size=int(vocab) if vocab is not None else 0,
-        max_positions=int(meta.get(p + "context_length", 2048)),
+        num_kv_heads=kv_heads,
+        vocab_size=0 if vocab is None else _whole(vocab, p + "vocab_size", where, (1, 1 << 24)),
+        max_positions=size("context_length", "max_position_embeddings", 2048),
         tie_word_embeddings="output.weight" not in tensors,
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=(int(eos),) if eos is not None else (),
+        bos_token_id=None
+        if bos is None
+        else _whole(bos, "tokenizer.ggml.bos_token_id", where, TOKEN_ID_RANGE),
+        eos_token_id=_eos_ids(eos, "tokenizer.ggml.eos_token_id", where),
         source=f"GGUF metadata of {name}",
     )
 
@@ -297,7 +406,7 @@ def _gguf(spec_model: str, path: Path, override: Architecture | None) -> Resolve
         )
     try:
         meta, tensors = read_gguf_metadata(path)
-        arch = override or architecture_from_gguf(meta, tensors, path.name)
+        arch = override or architecture_from_gguf(meta, tensors, path.name, loc)
     except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
         return ResolvedModel(
             spec_model, "gguf", loc, override, problem=f"{loc} is not a readable GGUF file ({exc})"

@@ -1,5 +1,6 @@
 """Hugging Face Hub repo ids as `model:`, against a local stand-in for the Hub (HF_ENDPOINT):
-sized from config.json alone, offline mode, gated repos, and the download `generate` makes."""
+sized from config.json alone, offline mode, gated repos, the download `generate` makes, and
+Hubs that hang, trickle, ask to be retried tomorrow or send 96 MB of config.json."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from .hub_server import Hub
+from .hub_server import Hub, Silent
 
 TARGET, DRAFT = "meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -47,14 +49,16 @@ def hub(tmp_path):
     h.stop()
 
 
-def run(args, tmp_path: Path, hub: Hub | None = None, **env) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+def run(
+    args, tmp_path: Path, hub: Hub | None = None, timeout: float = 300, **env
+) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "NEURON_SPEC_HUB"))}
     base |= {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
     if hub is not None:
         base["HF_ENDPOINT"] = hub.url
     return subprocess.run(
         [sys.executable, "-m", "neuron_spec", *args],
-        capture_output=True, text=True, timeout=300, env=base | env,
+        capture_output=True, text=True, timeout=timeout, env=base | env,
     )  # fmt: skip
 
 
@@ -152,3 +156,120 @@ def test_generate_downloads_a_hub_pair_once_then_runs_offline(hub, tmp_path):
     offline = run(args, tmp_path, hub, HF_HUB_OFFLINE="1")
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
+
+
+# --- Hubs that hang, trickle, rate-limit or flood: bounded in time and size --------------------
+
+QUICK = {"NEURON_SPEC_HUB_TIMEOUT": "2"}  # the default is HUB_TIMEOUT_S; tests need not wait it
+PROMPTLY_S = 25  # 2 s of Hub time, plus starting Python on a busy machine
+
+
+def _hub_finding(proc: subprocess.CompletedProcess, role: str = "target") -> dict:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    found = [f for f in json.loads(proc.stdout)["findings"] if f["path"] == f"{role}.model"]
+    assert [f["code"] for f in found] == ["hub-unavailable"], found
+    return found[0]
+
+
+def test_validate_against_a_hub_that_never_answers_exits_2_naming_it(tmp_path):
+    silent = Silent()
+    start = time.monotonic()
+    try:
+        proc = run(["validate", str(config(tmp_path)), "--json"], tmp_path,
+                   timeout=60, HF_ENDPOINT=silent.url, **QUICK)  # fmt: skip
+    finally:
+        silent.stop()
+    assert time.monotonic() - start < PROMPTLY_S
+    for role in ("target", "draft"):  # the draft is not waited for a second time
+        finding = _hub_finding(proc, role)
+        assert (
+            silent.url in finding["message"]
+            and "no complete answer within 2 s" in (finding["message"])
+        )
+        assert "HF_ENDPOINT" in finding["fix"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("trickle", "too slowly to finish in time"),
+        ("trickle-headers", "no complete answer within 2 s"),
+        ("429", "HTTP 429 (too many requests) and asked to be retried after '86400' s"),
+        ("503", "HTTP 503 (busy) and asked to be retried after '86400' s"),
+        ("huge", "is 96000000 bytes long (Content-Length), more than the 1048576 bytes"),
+        ("huge-chunked", "more than 1048576 bytes long"),
+    ],
+)
+def test_a_hostile_hub_ends_validate_promptly_with_a_located_error(hub, tmp_path, mode, says):
+    hub.hostile[TARGET] = mode
+    start = time.monotonic()
+    proc = run(["validate", str(config(tmp_path)), "--json"], tmp_path, hub, timeout=60, **QUICK)
+    assert time.monotonic() - start < PROMPTLY_S
+    finding = _hub_finding(proc)
+    assert hub.url in finding["message"] and says in finding["message"], finding
+    assert "Waiting" not in proc.stderr  # huggingface_hub's wait for a Retry-After
+
+
+def test_plan_against_a_hub_that_never_answers_is_as_prompt(tmp_path):
+    silent = Silent()
+    start = time.monotonic()
+    try:
+        proc = run(["plan", str(config(tmp_path))], tmp_path, timeout=60,
+                   HF_ENDPOINT=silent.url, **QUICK)  # fmt: skip
+    finally:
+        silent.stop()
+    assert time.monotonic() - start < PROMPTLY_S
+    assert proc.returncode == 2 and silent.url in proc.stdout + proc.stderr
+
+
+def test_the_default_bound_keeps_a_silent_hub_within_30_s(monkeypatch):
+    from neuron_spec import hub
+
+    monkeypatch.delenv(hub.TIMEOUT_ENV, raising=False)
+    assert hub.hub_timeout() == hub.HUB_TIMEOUT_S
+    # one wait per endpoint and process (the other role fails at once), Python's start aside
+    assert hub.HUB_TIMEOUT_S + 10 <= 30
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf", "1e9"])
+def test_a_bad_hub_timeout_setting_is_a_located_error(hub, tmp_path, value):
+    proc = run(["validate", str(config(tmp_path)), "--json"], tmp_path, hub, timeout=60,
+               NEURON_SPEC_HUB_TIMEOUT=value)  # fmt: skip
+    finding = _hub_finding(proc)
+    assert "NEURON_SPEC_HUB_TIMEOUT" in finding["message"] and "(0, 600]" in finding["message"]
+
+
+def test_a_hub_that_stops_answering_falls_back_to_the_cached_config(hub, tmp_path):
+    cfg = config(tmp_path)
+    assert run(["validate", str(cfg)], tmp_path, hub).returncode in (0, 1)
+    hub.hostile[TARGET] = hub.hostile[DRAFT] = "503"
+    proc = run(["validate", str(cfg), "--json"], tmp_path, hub, timeout=60, **QUICK)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    assert "hub-unavailable" not in {f["code"] for f in json.loads(proc.stdout)["findings"]}
+
+
+def test_a_hub_config_json_out_of_range_is_a_config_error_naming_repo_and_key(hub, tmp_path):
+    bad = json.loads(llama31(8192, 28672, 80, 64)) | {"num_attention_heads": 0,
+                                                       "model_type": "\x1b[2J"}  # fmt: skip
+    hub.add(TARGET, {"config.json": json.dumps(bad).encode()})
+    proc = run(["validate", str(config(tmp_path)), "--json"], tmp_path, hub, timeout=60)
+    assert proc.returncode == 2 and "\x1b" not in proc.stdout
+    (problem,) = json.loads(proc.stdout)["problems"]
+    assert problem["path"] == "num_attention_heads" and "from 1 to 4096" in problem["message"]
+    assert problem["file"] == f"config.json of {TARGET} at {hub.url}"
+
+
+def test_generate_against_a_hub_that_never_answers_stops_before_loading(tmp_path):
+    cfg = tmp_path / "ref.yaml"
+    cfg.write_text(f"backend: reference\ntarget: {{model: {TARGET}}}\ndraft: {{model: {DRAFT}}}\n")
+    silent = Silent()
+    start = time.monotonic()
+    try:
+        proc = run(["generate", str(cfg), "--prompt", "hi"], tmp_path, timeout=60,
+                   HF_ENDPOINT=silent.url, **QUICK)  # fmt: skip
+    finally:
+        silent.stop()
+    assert time.monotonic() - start < PROMPTLY_S
+    assert (
+        proc.returncode == 2 and silent.url in proc.stderr and "nothing was loaded" in proc.stderr
+    )
