@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, os, subprocess, sys, time
 from neuron_spec.backends import load_generator
-from neuron_spec.config import load_config
+from neuron_spec.config.spec import load_config
 import torch
 tokens, repeat = int(sys.argv[1]), int(sys.argv[2])
 gen = load_generator(load_config(sys.argv[3]))

@@ -68,8 +68,8 @@ def _pair(work: Path, ckpt: Path, version: str):
     for name in list(sys.modules):
         if name.startswith("transformers_neuronx"):
             del sys.modules[name]
-    from neuron_spec.backends.neuronx import NeuronxPair
-    from neuron_spec.config import load_config
+    from neuron_spec.backends.neuronx.backend import NeuronxPair
+    from neuron_spec.config.spec import load_config
 
     cfg = work / f"{version}.yaml"
     cfg.write_text(
@@ -88,8 +88,8 @@ def _pair(work: Path, ckpt: Path, version: str):
 
 def _run(pair, loop: str, new_tokens: int) -> tuple[float, int, int]:
     """One decode; returns (ms per target pass, target passes, tokens)."""
-    from neuron_spec.acceptors import make_acceptor
-    from neuron_spec.config import SamplingSpec
+    from neuron_spec.config.spec import SamplingSpec
+    from neuron_spec.engine.acceptors import make_acceptor
 
     pair.loop = loop
     acceptor = make_acceptor("greedy", SamplingSpec())

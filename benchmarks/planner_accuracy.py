@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from neuron_spec import perf
+from neuron_spec.planning import perf
 
 TPOT_TOL, TPOT_SHARE = 0.25, 0.80
 TTFT_TOL, TTFT_SHARE = 0.35, 0.70

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "boto3", "botocore", "transformers_neuronx")
 PROBE = (
-    "import sys; from neuron_spec.cli import main; rc = main([sys.argv[2], sys.argv[1]]); "
+    "import sys; from neuron_spec.cli.main import main; rc = main([sys.argv[2], sys.argv[1]]); "
     f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr); "
     "raise SystemExit(rc)"
 )

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from neuron_spec.backends import load_generator  # noqa: E402
-from neuron_spec.bench import DEFAULT_PROMPTS  # noqa: E402
-from neuron_spec.config import load_config  # noqa: E402
-from neuron_spec.models import fetch_demo_checkpoint  # noqa: E402
+from neuron_spec.config.spec import load_config  # noqa: E402
+from neuron_spec.engine.bench import DEFAULT_PROMPTS  # noqa: E402
+from neuron_spec.sources.demo import fetch_demo_checkpoint  # noqa: E402
 
 
 def main() -> int:

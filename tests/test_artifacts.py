@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from neuron_spec.artifacts import ArtifactCache, ArtifactError, verify
-from neuron_spec.cli import main
+from neuron_spec.backends.artifacts import ArtifactCache, ArtifactError, verify
+from neuron_spec.cli.main import main
 
 from .conftest import CONFIGS
 
@@ -214,7 +214,7 @@ def test_mirror_keys_that_would_escape_the_entry_are_refused(tmp_path, s3_server
 
 @pytest.mark.aws
 def test_the_entry_points_download_refuses_escaping_keys(tmp_path, s3_server, capsys):
-    from neuron_spec import sagemaker_entry
+    from neuron_spec.serving import sagemaker_entry
 
     for name in ["config.json", *TRAVERSAL]:
         s3_server.put_object(Bucket="fleet-artifacts", Key=f"ckpt/m/{name}", Body=b"{}")

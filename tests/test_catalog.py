@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from neuron_spec.catalog import (
+from neuron_spec.config.catalog import (
     ARCHITECTURES,
     INSTANCES,
     TP_RULES,
@@ -90,7 +90,7 @@ def test_aliases_resolve_case_insensitively():
 def test_the_llama_3_pairs_people_run_validate_and_plan_on_trn1(
     write_config, capsys, target, draft
 ):
-    from neuron_spec.cli import main
+    from neuron_spec.cli.main import main
 
     path = write_config(
         f"""\
@@ -122,7 +122,7 @@ def test_llama_3_x_rows_match_their_published_sizes_and_eos_lists():
 
 
 def test_did_you_mean_stays_within_the_family():
-    from neuron_spec.config import did_you_mean
+    from neuron_spec.config.spec import did_you_mean
 
     assert "llama-3.2-1b" in did_you_mean("llama-3.2-1", architecture_names())
     assert "llama-3.3-70b" in did_you_mean("llama-3.3-70", architecture_names())

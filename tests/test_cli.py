@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from neuron_spec.cli import main
-from neuron_spec.cli_args import SUBCOMMANDS, build_parser
+from neuron_spec.cli.args import SUBCOMMANDS, build_parser
+from neuron_spec.cli.main import main
 
 from .conftest import BASE_CONFIG, CONFIGS, shipped_configs
 
@@ -163,7 +163,7 @@ def _subprocess(*args: str) -> subprocess.CompletedProcess[str]:
 def test_validate_imports_no_heavy_libraries():
     code = (
         "import sys\n"
-        "from neuron_spec.cli import main\n"
+        "from neuron_spec.cli.main import main\n"
         f"rc = main(['validate', {TRN1_BF16!r}])\n"
         f"rc2 = main(['plan', {TRN1_BF16!r}, '--json'])\n"
         f"main(['generate', {TRN1_BF16!r}, '--dry-run'])\n"
@@ -247,7 +247,7 @@ def test_piped_plan_is_full_width_and_plain():
 
 
 def test_no_color_and_terminal_width_on_a_terminal(monkeypatch):
-    from neuron_spec import term
+    from neuron_spec.cli import term
 
     class Tty:
         def isatty(self):
@@ -261,7 +261,7 @@ def test_no_color_and_terminal_width_on_a_terminal(monkeypatch):
 
 
 def test_an_internal_error_has_its_own_exit_code(capsys, monkeypatch):
-    from neuron_spec import cli_check
+    from neuron_spec.cli import check as cli_check
 
     def broken(_args):
         raise RuntimeError("a bug")
@@ -284,8 +284,8 @@ def test_a_command_parses_the_same_when_only_it_is_built(name):
 
 
 def test_bench_says_plainly_when_speculation_does_not_pay():
-    from neuron_spec import term
-    from neuron_spec.cli_run import _render_bench
+    from neuron_spec.cli import term
+    from neuron_spec.cli.run import _render_bench
 
     row = {"draft_tokens": 4, "tokens_per_s": 7.6, "tokens_per_s_min": 7.0,
            "tokens_per_s_max": 8.0, "speedup": 0.76, "predicted_speedup": 1.2,
@@ -307,7 +307,7 @@ def test_bench_says_plainly_when_speculation_does_not_pay():
 
 
 def test_every_option_of_every_command_has_help_text():
-    from neuron_spec.cli_args import build_parser
+    from neuron_spec.cli.args import build_parser
 
     missing = []
 
@@ -366,10 +366,12 @@ def test_autoscale_target_beyond_what_application_auto_scaling_takes(capsys):
 
 
 def test_the_flag_bounds_are_the_config_fields_bounds():
-    from neuron_spec import autoscale, cli_args, config
+    from neuron_spec.cli import args as cli_args
+    from neuron_spec.config import spec as config
+    from neuron_spec.deploy import autoscale
 
     assert cli_args.MAX_POSITIONS == config.MAX_POSITIONS
-    from neuron_spec.schema import Invalid
+    from neuron_spec.config.schema import Invalid
 
     spec = config.load_config_text(BASE_CONFIG).spec
     assert spec.target.replace(batch_size=cli_args.MAX_BATCH).batch_size == cli_args.MAX_BATCH
@@ -390,7 +392,7 @@ def test_plan_at_the_largest_flags_stays_finite_json(capsys):
 
 
 def test_generate_refuses_an_empty_prompt_before_loading(capsys, monkeypatch):
-    from neuron_spec import cli_run
+    from neuron_spec.cli import run as cli_run
 
     def never(*_a, **_k):
         raise AssertionError("the models were loaded for an empty prompt")

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuron_spec.config import (
+from neuron_spec.config.spec import (
     DeploymentSpec,
     json_schema,
     load_config,
@@ -291,7 +291,7 @@ def test_deep_nesting_is_a_config_error():
     ],
 )
 def test_speculation_lengths_from_other_stacks_get_the_exact_draft_tokens(key, value, want):
-    from neuron_spec.config import load_config_text
+    from neuron_spec.config.spec import load_config_text
 
     text = (
         "instance: trn1.32xlarge\n"

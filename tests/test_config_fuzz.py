@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from neuron_spec.cli import main
+from neuron_spec.cli.main import main
 
 from .conftest import BASE_CONFIG
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from neuron_spec import deploy as dp
-from neuron_spec.cli import main
-from neuron_spec.config import load_config
+from neuron_spec.cli.main import main
+from neuron_spec.config.spec import load_config
+from neuron_spec.deploy import sagemaker as dp
 from neuron_spec.errors import UsageError
 
 from .conftest import CONFIGS, moto_clients
@@ -294,9 +294,7 @@ def test_the_entry_point_serves_a_pair_from_s3(aws, tmp_path, monkeypatch):
 
 
 def _entry_module():
-    spec = importlib.util.spec_from_file_location(
-        "inference_under_test", Path(dp.__file__).with_name("sagemaker_entry.py")
-    )
+    spec = importlib.util.spec_from_file_location("inference_under_test", dp.ENTRY_POINT)
     entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(entry)
     return entry

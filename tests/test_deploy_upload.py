@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from neuron_spec import deploy as dp
-from neuron_spec.awsregion import neuron_image, resolve_region
-from neuron_spec.cli import main
-from neuron_spec.config import load_config
+from neuron_spec.cli.main import main
+from neuron_spec.config.spec import load_config
+from neuron_spec.deploy import sagemaker as dp
+from neuron_spec.deploy.awsregion import neuron_image, resolve_region
+from neuron_spec.deploy.upload import SHA_META, HashCache, Uploader, local_checkpoints
 from neuron_spec.errors import UsageError
-from neuron_spec.upload import SHA_META, HashCache, Uploader, local_checkpoints
 
 from .conftest import CONFIGS, moto_clients
 

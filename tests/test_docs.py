@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuron_spec.docgen import BEGIN, END, reference
-from neuron_spec.preflight import FINDING_CODES, Finding
+from neuron_spec.config.docgen import BEGIN, END, reference
+from neuron_spec.preflight.rules import FINDING_CODES, Finding
 
 from .conftest import ROOT
 
@@ -33,7 +33,7 @@ def test_unregistered_codes_are_refused():
 def test_configuration_reference_is_current():
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    fix = "regenerate: python -m neuron_spec.docgen docs/configuration.md"
+    fix = "regenerate: python -m neuron_spec.config.docgen docs/configuration.md"
     assert text[start:end] == reference(), fix
 
 

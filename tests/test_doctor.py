@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from neuron_spec import hostprobe
-from neuron_spec.cli import main
-from neuron_spec.doctor import check_host, model_needs, parse_cores
-from neuron_spec.sdk_releases import RELEASES, releases_with
+from neuron_spec.cli.main import main
+from neuron_spec.host import probe as hostprobe
+from neuron_spec.host.sdk_releases import RELEASES, releases_with
+from neuron_spec.preflight.doctor import check_host, model_needs, parse_cores
 
 from .conftest import CONFIGS, ROOT
 
@@ -276,7 +276,7 @@ def test_record_then_replay_gives_the_same_report(capsys, tmp_path):
 
 
 def test_needs_follow_the_checkpoint_format(tmp_path, write_config):
-    from neuron_spec.config import load_config
+    from neuron_spec.config.spec import load_config
 
     cfg = load_config(
         _config_with_target(write_config, _checkpoint_70b(tmp_path / "b", "pytorch_model.bin"))

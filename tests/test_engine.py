@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from neuron_spec.acceptors import GreedyAcceptor
-from neuron_spec.engine import speculative_generate
-from neuron_spec.generate import compute_metrics
+from neuron_spec.engine.acceptors import GreedyAcceptor
+from neuron_spec.engine.generate import compute_metrics
+from neuron_spec.engine.loop import speculative_generate
 
 from .stubs import StubRunner, next_token_table
 
@@ -127,7 +127,7 @@ def _alone(prompt, max_new, eos=()):
 
 
 def test_rows_join_and_leave_a_running_batch_at_step_boundaries():
-    from neuron_spec.engine import Batch, Row
+    from neuron_spec.engine.loop import Batch, Row
 
     draft_fn = lambda p: (p + 2) % V if p in (3, 7) else succ(p)  # noqa: E731
     target = StubRunner(next_token_table(succ, V))
@@ -167,7 +167,7 @@ def test_rows_join_and_leave_a_running_batch_at_step_boundaries():
 
 
 def test_a_row_that_stops_leaves_and_the_others_go_on():
-    from neuron_spec.engine import Batch, Row
+    from neuron_spec.engine.loop import Batch, Row
 
     target = StubRunner(next_token_table(succ, V))
     draft = StubRunner(next_token_table(succ, V))
@@ -184,7 +184,7 @@ def test_a_row_that_stops_leaves_and_the_others_go_on():
 
 
 def test_a_cancelled_row_frees_its_slot_without_disturbing_the_rest():
-    from neuron_spec.engine import Batch, Row
+    from neuron_spec.engine.loop import Batch, Row
 
     target = StubRunner(next_token_table(succ, V))
     batch = Batch(target, None, 2, draft_tokens=0, acceptor=GreedyAcceptor())
@@ -208,8 +208,8 @@ def test_each_row_samples_with_its_own_acceptor():
     """Sampled rows in one batch draw exactly what each draws alone with the same seed."""
     import torch
 
-    from neuron_spec.acceptors import LosslessAcceptor
-    from neuron_spec.config import SamplingSpec
+    from neuron_spec.config.spec import SamplingSpec
+    from neuron_spec.engine.acceptors import LosslessAcceptor
 
     torch.manual_seed(0)
     table_t, table_d = torch.randn(V, V) * 2, torch.randn(V, V) * 2
@@ -264,7 +264,7 @@ def test_the_draft_policy_drafts_only_while_it_pays(draft_cost, target_cost, sho
     """A draft whose cost grows with the rows (compute-bound, as a bf16 draft on a CPU
     without bf16 units) loses at 4 rows: the policy stops drafting; a cheap draft in front of
     a memory-bound target keeps drafting. Greedy output is the target's either way."""
-    from neuron_spec.engine import Batch, DraftPolicy, Row
+    from neuron_spec.engine.loop import Batch, DraftPolicy, Row
 
     target = _TimedStub(next_token_table(succ, V), *target_cost)
     draft = _TimedStub(next_token_table(succ, V), *draft_cost)
@@ -282,7 +282,7 @@ def test_the_draft_policy_drafts_only_while_it_pays(draft_cost, target_cost, sho
 
 
 def test_one_row_always_drafts_as_configured():
-    from neuron_spec.engine import DraftPolicy
+    from neuron_spec.engine.loop import DraftPolicy
 
     policy = DraftPolicy()
     for _ in range(50):
@@ -314,7 +314,7 @@ def test_a_way_that_keeps_losing_is_rechecked_ever_more_rarely():
     much slower way is a visible stall on a short run); one that overturns it resets it."""
     import itertools
 
-    from neuron_spec.engine import DraftPolicy
+    from neuron_spec.engine.loop import DraftPolicy
 
     policy = DraftPolicy()
     policy.record(4, True, 4, 1.0, True)  # drafting: 4 tokens/s

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from neuron_spec.artifacts import MANIFEST, ArtifactCache
-from neuron_spec.cli import main
-from neuron_spec.upload import HashCache
+from neuron_spec.backends.artifacts import MANIFEST, ArtifactCache
+from neuron_spec.cli.main import main
+from neuron_spec.deploy.upload import HashCache
 
 from .conftest import ROOT
 

@@ -223,7 +223,7 @@ def test_plan_against_a_hub_that_never_answers_is_as_prompt(tmp_path):
 
 
 def test_the_default_bound_keeps_a_silent_hub_within_30_s(monkeypatch):
-    from neuron_spec import hub
+    from neuron_spec.sources import hub
 
     monkeypatch.delenv(hub.TIMEOUT_ENV, raising=False)
     assert hub.hub_timeout() == hub.HUB_TIMEOUT_S

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuron_spec.catalog import ARCHITECTURES, GIB
-from neuron_spec.memory import model_memory, padded_parameters, padded_shape
+from neuron_spec.config.catalog import ARCHITECTURES, GIB
+from neuron_spec.preflight.memory import model_memory, padded_parameters, padded_shape
 
 L70, L7 = ARCHITECTURES["llama-2-70b"], ARCHITECTURES["llama-2-7b"]
 SEED_GB = 16e9  # the seed counts cores as observed size / 16 GB

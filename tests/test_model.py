@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from neuron_spec.backends import load_generator
-from neuron_spec.config import load_config
-from neuron_spec.models import fetch_demo_checkpoint
+from neuron_spec.config.spec import load_config
+from neuron_spec.sources.demo import fetch_demo_checkpoint
 
 from .conftest import CONFIGS
 

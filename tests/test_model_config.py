@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from neuron_spec.checkpoint import SIZE_RANGES, architecture_from_hf_config
-from neuron_spec.cli import main
+from neuron_spec.cli.main import main
 from neuron_spec.errors import ConfigError
+from neuron_spec.sources.checkpoint import SIZE_RANGES, architecture_from_hf_config
 
 ESC = "\x1b[31mred\x1b]0;title\x07"
 LLAMA: dict[str, Any] = {

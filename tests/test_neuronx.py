@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuron_spec.artifacts import verify
 from neuron_spec.backends import load_generator
-from neuron_spec.config import load_config
+from neuron_spec.backends.artifacts import verify
+from neuron_spec.config.spec import load_config
 from neuron_spec.errors import BackendUnavailableError
 
 from .neuron_fixtures import drive_continuous_batch, make_checkpoint, reset_cores, use_double
@@ -207,7 +207,7 @@ def test_bin_checkpoint_is_split_once_and_tokenizer_stays(tmp_path, monkeypatch,
 
 def test_bench_compares_target_sample_with_the_compiled_window(tmp_path, monkeypatch, pair_dirs):
     use_double(monkeypatch, V2)
-    from neuron_spec.bench import run_bench
+    from neuron_spec.engine.bench import run_bench
     from neuron_spec.errors import UsageError
 
     target, draft = pair_dirs
@@ -253,7 +253,7 @@ def streamed(gen, prompt, **kwargs):
 @pytest.mark.parametrize("version,loop", CASES)
 def test_every_loop_on_every_release(tmp_path, monkeypatch, pair_dirs, version, loop):
     use_double(monkeypatch, version, tmp_path / "meta")
-    from neuron_spec.generate import RequestTooLong
+    from neuron_spec.engine.generate import RequestTooLong
 
     target, draft = pair_dirs
     eos = ", eos_token_id: 95"  # rarely generated: every output runs to max_new_tokens
@@ -384,7 +384,7 @@ def test_stale_artifacts_are_freed_before_recompiling(tmp_path, monkeypatch, pai
     """An entry that verifies but whose NEFFs match no graph of this model: to_neuron() has
     loaded the weights before it fails, so the retry must free them (the device holds two)."""
     use_double(monkeypatch, V2)
-    from neuron_spec.artifacts import ArtifactCache
+    from neuron_spec.backends.artifacts import ArtifactCache
 
     target, draft = pair_dirs
     cfg = load_config(write_config(tmp_path, target, draft, "neuronx"))
@@ -443,11 +443,11 @@ def test_engine_loop_is_lossless_including_the_first_token(
     chain, through the double's graphs and positional caches."""
     from scipy.stats import chisquare
 
-    from neuron_spec.acceptors import LosslessAcceptor
     from neuron_spec.backends.neuronx.runner import NeuronxRunner
-    from neuron_spec.config import SamplingSpec
-    from neuron_spec.engine import speculative_generate
-    from neuron_spec.sampling import warp
+    from neuron_spec.config.spec import SamplingSpec
+    from neuron_spec.engine.acceptors import LosslessAcceptor
+    from neuron_spec.engine.loop import speculative_generate
+    from neuron_spec.engine.sampling import warp
 
     use_double(monkeypatch, V2)
     from transformers_neuronx import LlamaForSampling
@@ -499,7 +499,7 @@ def test_cli_stream_prints_exactly_the_generated_text(
 ):
     import json
 
-    from neuron_spec.cli import main
+    from neuron_spec.cli.main import main
 
     use_double(monkeypatch, version, tmp_path / "meta")
     target, draft = pair_dirs

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from neuron_spec.backends import load_generator
-from neuron_spec.config import load_config
+from neuron_spec.config.spec import load_config
 
 from .neuron_fixtures import make_checkpoint, reset_cores, use_double
 
@@ -108,7 +108,7 @@ def test_gguf_checkpoint_is_converted_once_and_loads(
     tmp_path_factory, monkeypatch, demo_checkpoint, version
 ):
     """The demo pair as shipped (SmolLM2-135M-Instruct Q4_1 GGUF as the target), on one core."""
-    from neuron_spec.models import demo_gguf_path
+    from neuron_spec.sources.demo import demo_gguf_path
 
     tmp = tmp_path_factory.mktemp(f"gguf-{version}")
     cache = tmp_path_factory.getbasetemp() / "gguf-cache"  # one conversion for all releases

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from neuron_spec.backends import load_generator
-from neuron_spec.cli import main
-from neuron_spec.config import load_config
+from neuron_spec.cli.main import main
+from neuron_spec.config.spec import load_config
 
 from .neuron_fixtures import drive_continuous_batch, make_checkpoint, use_nxdi_double
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from neuron_spec import perf
-from neuron_spec.catalog import ARCHITECTURES, INSTANCES, TP_RULES
-from neuron_spec.cli import main
-from neuron_spec.memory import kv_heads_shardable
+from neuron_spec.cli.main import main
+from neuron_spec.config.catalog import ARCHITECTURES, INSTANCES, TP_RULES
+from neuron_spec.planning import perf
+from neuron_spec.preflight.memory import kv_heads_shardable
 
 from .conftest import CONFIGS
 
@@ -145,8 +145,8 @@ def test_a_tp_the_instance_refuses_is_not_the_one_predicted(capsys):
 def test_the_planner_models_nxdi_s_two_modes_apart(write_config, capsys):
     """Fused runs the draft k times per round (one call), unfused gamma (+1 when all accepted):
     at the same alpha the fused TPOT is the higher, and both differ from the library's count."""
-    from neuron_spec.config import load_config
-    from neuron_spec.perfplan import draft_runs
+    from neuron_spec.config.spec import load_config
+    from neuron_spec.planning.perfplan import draft_runs
 
     assert draft_runs(4, 0.5, "fused") == 5.0
     assert draft_runs(4, 0.5, "unfused") == 4.0 + 0.5**4
@@ -253,7 +253,7 @@ def test_the_planner_at_batch_b(capsys, tmp_path):
 
 
 def test_the_batching_table_stops_where_the_pair_no_longer_fits(capsys):
-    from neuron_spec.memory import model_memory
+    from neuron_spec.preflight.memory import model_memory
 
     assert main(["plan", TRN1, "--alpha", "0.8", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)

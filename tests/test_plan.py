@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from neuron_spec.config import load_config
-from neuron_spec.plan import plan
+from neuron_spec.config.spec import load_config
+from neuron_spec.planning.plan import plan
 
 from .conftest import CONFIGS, host
 

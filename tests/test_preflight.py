@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from neuron_spec.config import load_config, load_config_text
-from neuron_spec.host import HostFacts
-from neuron_spec.preflight import FINDING_CODES, RULES, preflight
+from neuron_spec.config.spec import load_config, load_config_text
+from neuron_spec.host.facts import HostFacts
+from neuron_spec.preflight.rules import FINDING_CODES, RULES, preflight
 
 from .conftest import BASE_CONFIG, host, shipped_configs
 
@@ -158,7 +158,7 @@ generation: {{max_new_tokens: {new}}}
 
 @pytest.mark.parametrize(("n", "new"), [(128, 50), (256, 40)])
 def test_aws_recipe_lengths_validate_with_no_prompt_key(n, new):
-    from neuron_spec.preflight import prompt_budget
+    from neuron_spec.preflight.rules import prompt_budget
 
     cfg = load_config_text(AWS_RECIPE.format(n=n, new=new))
     report = preflight(cfg.spec, host("trn1.32xlarge"))
@@ -342,7 +342,7 @@ def _suggested(fix: str) -> list[int]:
 
 @pytest.mark.parametrize("instance", ["trn1.32xlarge", "inf2.48xlarge", "inf2.24xlarge"])
 def test_fix_hints_only_suggest_tp_values_at_which_the_pair_fits(instance):
-    from neuron_spec.preflight import build_context, pair_fitting_tps
+    from neuron_spec.preflight.rules import build_context, pair_fitting_tps
 
     checked = 0
     for t in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48):

@@ -36,7 +36,7 @@ def test_every_file_the_docs_name_exists():
 
 
 def test_every_command_the_readme_and_docs_name_exists():
-    from neuron_spec.cli_args import build_parser
+    from neuron_spec.cli.args import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     commands = sub.choices

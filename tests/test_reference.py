@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from neuron_spec.acceptors import GreedyAcceptor, LosslessAcceptor
 from neuron_spec.backends.reference import HFRunner
-from neuron_spec.config import SamplingSpec
-from neuron_spec.engine import speculative_generate
+from neuron_spec.config.spec import SamplingSpec
+from neuron_spec.engine.acceptors import GreedyAcceptor, LosslessAcceptor
+from neuron_spec.engine.loop import speculative_generate
 
 pytestmark = pytest.mark.reference
 VOCAB = 96
@@ -173,7 +173,7 @@ def test_a_continuous_batch_on_real_caches_equals_each_prompt_alone(pair, compac
     reuse freed slots; the dead columns they leave are compacted away; every row still
     equals the target's own greedy decoding, and a seeded sampled row equals itself alone."""
     from neuron_spec.backends import reference
-    from neuron_spec.engine import Batch, Row
+    from neuron_spec.engine.loop import Batch, Row
 
     target, draft = pair
     if not compact:  # the contrast: nothing dropped, ever
@@ -219,7 +219,7 @@ def test_a_continuous_batch_on_real_caches_equals_each_prompt_alone(pair, compac
 def test_a_batch_that_empties_and_refills_with_other_row_counts(pair):
     """Every row leaves (no live column at all), then waves of 1, 3 and 2 rows: the caches
     follow the rows each time, and every row is still the target's greedy decoding."""
-    from neuron_spec.engine import Batch, Row
+    from neuron_spec.engine.loop import Batch, Row
 
     target, draft = pair
     t_run = HFRunner(target)
@@ -238,7 +238,7 @@ def test_a_batch_that_empties_and_refills_with_other_row_counts(pair):
 def test_the_draft_cache_follows_the_rows_while_it_is_not_fed(pair):
     """Rows come and go while steps run without drafts (the draft is not fed, its cache
     holds no column at all); when drafting resumes, the draft's cache has the rows' count."""
-    from neuron_spec.engine import Batch, Row
+    from neuron_spec.engine.loop import Batch, Row
 
     class DraftAlone:  # drafts only with one row, as a measured policy may decide
         def drafts(self, rows):

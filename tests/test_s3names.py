@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuron_spec.cli import main
-from neuron_spec.s3names import bucket_problem, uri_problem
+from neuron_spec.cli.main import main
+from neuron_spec.util.s3names import bucket_problem, uri_problem
 
 from .conftest import CONFIGS
 

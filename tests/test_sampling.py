@@ -7,15 +7,15 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from neuron_spec.acceptors import (
+from neuron_spec.config.spec import SamplingSpec
+from neuron_spec.engine.acceptors import (
     GreedyAcceptor,
     LosslessAcceptor,
     NeuronxDefaultAcceptor,
     make_acceptor,
 )
-from neuron_spec.config import SamplingSpec
-from neuron_spec.engine import speculative_generate
-from neuron_spec.sampling import greedy_step, speculative_step, speculative_step_loop, warp
+from neuron_spec.engine.loop import speculative_generate
+from neuron_spec.engine.sampling import greedy_step, speculative_step, speculative_step_loop, warp
 
 from .stubs import StubRunner
 
@@ -89,7 +89,7 @@ def test_acceptor_shapes_v1_and_v2():
 
 
 def test_custom_acceptor_by_import_path():
-    acc = make_acceptor("neuron_spec.acceptors:GreedyAcceptor", SamplingSpec())
+    acc = make_acceptor("neuron_spec.engine.acceptors:GreedyAcceptor", SamplingSpec())
     assert isinstance(acc, GreedyAcceptor)
 
 
@@ -191,7 +191,7 @@ class _TnxLikeDraft:
 
 
 def test_sampled_draft_provider_follows_the_draft_provider_contract():
-    from neuron_spec.acceptors import SampledDraftProvider
+    from neuron_spec.engine.acceptors import SampledDraftProvider
 
     table, _ = chains(seed=5)
     greedy = SampledDraftProvider(_TnxLikeDraft(table), LosslessAcceptor(SamplingSpec()))
@@ -209,7 +209,7 @@ def test_sampled_draft_provider_follows_the_draft_provider_contract():
 
 
 def test_sampled_draft_provider_samples_from_the_warped_draft():
-    from neuron_spec.acceptors import SampledDraftProvider
+    from neuron_spec.engine.acceptors import SampledDraftProvider
 
     table, _ = chains(seed=5)
     sampling = SamplingSpec(temperature=0.8, top_k=3, seed=9)

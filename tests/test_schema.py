@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from neuron_spec.config import DeploymentSpec, GenerationSpec, ModelSpec, SamplingSpec
-from neuron_spec.schema import Invalid
+from neuron_spec.config.schema import Invalid
+from neuron_spec.config.spec import DeploymentSpec, GenerationSpec, ModelSpec, SamplingSpec
 
 PAIR = {"target": {"model": "llama-2-70b"}, "draft": {"model": "llama-2-7b"}}
 

@@ -100,14 +100,14 @@ def test_refused_values_are_not_echoed_whole(server):
 
 @pytest.mark.parametrize("key", ["", "   ", "two words", "line\nbreak", "ключ", "tab\there"])
 def test_keys_no_client_can_send_are_refused(key):
-    from neuron_spec.serve import check_api_key
+    from neuron_spec.serving.server import check_api_key
 
     with pytest.raises(UsageError):
         check_api_key(key, "--api-key")
 
 
 def test_serve_with_a_blank_api_key_exits_2_before_loading(pair, capsys, monkeypatch):
-    from neuron_spec.cli import main
+    from neuron_spec.cli.main import main
 
     monkeypatch.delenv("NEURON_SPEC_API_KEY", raising=False)
     assert main(["serve", str(pair), "--api-key", "", "--port", "1"]) == 2
@@ -118,7 +118,7 @@ def test_serve_with_a_blank_api_key_exits_2_before_loading(pair, capsys, monkeyp
 
 
 def test_the_bearer_scheme_is_case_insensitive(server):
-    from neuron_spec.serve import bearer_token
+    from neuron_spec.serving.server import bearer_token
 
     assert bearer_token(b"bearer abc") == b"abc"
     assert bearer_token(b"Basic abc") == b""
@@ -219,8 +219,8 @@ def test_streamed_and_plain_logprobs_agree_and_completions_offsets_climb(server)
 
 def test_a_hub_id_is_served_under_its_full_name(tmp_path, pair):
     from neuron_spec.backends import load_generator
-    from neuron_spec.config import load_config
-    from neuron_spec.serve import served_names
+    from neuron_spec.config.spec import load_config
+    from neuron_spec.serving.server import served_names
 
     hub_yaml = tmp_path / "hub.yaml"
     hub_yaml.write_text(pair.read_text().replace("model: ./target", "model: tinyorg/tiny-model", 1))
@@ -258,7 +258,7 @@ def test_a_seeded_request_alone_is_reproducible_and_says_when_it_was_not_alone(s
 
 def test_the_servers_batch_keeps_no_history(pair):
     from neuron_spec.backends import load_generator
-    from neuron_spec.config import load_config
+    from neuron_spec.config.spec import load_config
 
     gen = load_generator(load_config(pair))
     batch = gen.open_batch(4)

@@ -128,7 +128,7 @@ def test_launch_sh_stops_with_the_signals_status(tmp_path, sig, status):
     hang = tmp_path / "hangingpython"
     hang.write_text(
         "#!/usr/bin/env bash\n"
-        f'case "$*" in *neuron_spec.host*) touch {tmp_path}/probing; sleep 60 ;; esac\n'
+        f'case "$*" in *neuron_spec.host.facts*) touch {tmp_path}/probing; sleep 60 ;; esac\n'
         f'exec {sys.executable} "$@"\n'
     )
     hang.chmod(0o755)

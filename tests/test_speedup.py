@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neuron_spec.speedup import (
+from neuron_spec.engine.speedup import (
     alpha_from_mean_tokens,
     best_gamma,
     expected_speedup,

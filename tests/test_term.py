@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from neuron_spec.term import Console, Table, escape, render_markup, visible_len
+from neuron_spec.cli.term import Console, Table, escape, render_markup, visible_len
 
 
 class Tty(io.StringIO):

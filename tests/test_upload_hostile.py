@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from neuron_spec.config import load_config
-from neuron_spec.localtree import walk
-from neuron_spec.upload import (
+from neuron_spec.config.spec import load_config
+from neuron_spec.deploy.upload import (
     SHA_META,
     ChangedWhileUploading,
     HashCache,
     Uploader,
     local_checkpoints,
 )
+from neuron_spec.util.localtree import walk
 
 from .conftest import moto_clients
 
@@ -74,7 +74,7 @@ def test_a_hugging_face_snapshot_links_into_its_own_blobs(tmp_path):
     (snap / "config.json").symlink_to("../../blobs/f00d")
     (tmp_path / "secret").write_text("x")
     (snap / "leak").symlink_to(tmp_path / "secret")
-    from neuron_spec.localtree import hf_snapshot_blobs
+    from neuron_spec.util.localtree import hf_snapshot_blobs
 
     tree = walk(snap, hf_snapshot_blobs(snap))
     assert [p.name for p in tree.files] == ["config.json"]

@@ -108,8 +108,8 @@ class InProcessServer:
         import uvicorn
 
         from neuron_spec.backends import load_generator
-        from neuron_spec.config import load_config
-        from neuron_spec.serve import ServerState, build_app, listen
+        from neuron_spec.config.spec import load_config
+        from neuron_spec.serving.server import ServerState, build_app, listen
 
         self.state = ServerState(load_config(config), queue_size, slots=slots)
         app = build_app(self.state, loader or load_generator, api_key)

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import ConfigFile
-    from ..generate import Generator
+    from ..config.spec import ConfigFile
+    from ..engine.generate import Generator
 
 Progress = Callable[[str], None]
 
@@ -17,7 +17,7 @@ Progress = Callable[[str], None]
 def load_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     """Load the pair the config describes and return a ready Generator (a Hugging Face Hub
     id is downloaded first, once, into the Hugging Face cache)."""
-    from ..hub import materialize
+    from ..sources.hub import materialize
 
     cfg = materialize(cfg, progress or (lambda _msg: None))
     if cfg.spec.backend == "reference":
@@ -28,7 +28,7 @@ def load_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generat
         from .nxdi.backend import load_nxdi_generator
 
         return load_nxdi_generator(cfg, progress)
-    from .neuronx import load_neuronx_generator
+    from .neuronx.backend import load_neuronx_generator
 
     return load_neuronx_generator(cfg, progress)
 

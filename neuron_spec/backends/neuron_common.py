@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import GenerationError, UsageError
 
 if TYPE_CHECKING:
-    from ..config import ConfigFile
-    from ..engine import EngineResult
-    from ..generate import Generator
+    from ..config.spec import ConfigFile
+    from ..engine.generate import Generator
+    from ..engine.loop import EngineResult
 
 
 def prepare_checkpoint(
@@ -38,13 +38,13 @@ def prepare_checkpoint(
         return True
     final.parent.mkdir(parents=True, exist_ok=True)
     if how == "s3":
-        from ..download import download_prefix
+        from ..sources.download import download_prefix
 
         say(f"{role}: downloading {source} (once)")
         download_prefix(source, final, warn=warn, progress=say)
         return True
     if how == "gguf":
-        from ..models import convert_gguf
+        from ..sources.demo import convert_gguf
 
         say(f"{role}: converting {source} to safetensors (once)")
         convert_gguf(Path(source), final)
@@ -56,7 +56,7 @@ def neuron_generator(
     cfg: ConfigFile, backend: Any, decode: Any, checkpoint: str, tokenizer_dir: str
 ) -> Generator:
     """The Generator around a loaded Neuron pair: its tokenizer and EOS/pad ids."""
-    from ..generate import Generator
+    from ..engine.generate import Generator
     from .reference import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
@@ -86,7 +86,7 @@ def decode_rows(
     GenerationError naming the library."""
     import time
 
-    from ..engine import EngineResult
+    from ..engine.loop import EngineResult
 
     result = EngineResult([], [], [], time.perf_counter(), [])
     rows = len(prompts)
@@ -133,7 +133,7 @@ def decode_batches(
     one, step records widened to all rows. A library failure is a GenerationError."""
     import time
 
-    from ..engine import EngineResult
+    from ..engine.loop import EngineResult
 
     result = EngineResult([], [], [], time.perf_counter(), [])
     for first in range(0, len(prompts), size):

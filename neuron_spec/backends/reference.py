@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BackendUnavailableError, ConfigError, ConfigProblem, UsageError
 
 if TYPE_CHECKING:
-    from ..config import ConfigFile
-    from ..generate import Generator
+    from ..config.spec import ConfigFile
+    from ..engine.generate import Generator
     from . import Progress
 
 try:  # the reference extra; its absence is reported when a backend is actually needed
@@ -299,7 +299,7 @@ def _usable_cores() -> int:
 
 def load_reference_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     """Load target and draft with transformers; return a Generator on HF runners."""
-    from ..generate import Generator
+    from ..engine.generate import Generator
 
     spec = cfg.spec
     say = progress or (lambda _msg: None)

@@ -23,23 +23,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...artifacts import ArtifactCache, ArtifactError
-from ...engine import EngineResult, speculative_generate
+from ...engine.loop import EngineResult, speculative_generate
 from ...errors import BackendUnavailableError, UsageError
-from ...loadplan import LoadPlan, ModelLoad, artifact_root, build_load_plan
+from ..artifacts import ArtifactCache, ArtifactError
 from ..neuron_common import (
     decode_batches,
     decode_rows,
     neuron_generator,
     prepare_checkpoint,
 )
+from ..neuron_plan import LoadPlan, ModelLoad, artifact_root, build_load_plan
 from .batch_runner import NeuronxBatchRunner
 from .library import LibraryPair, run_library
 from .runner import NeuronxRunner
 
 if TYPE_CHECKING:
-    from ...config import ConfigFile
-    from ...generate import Generator
+    from ...config.spec import ConfigFile
+    from ...engine.generate import Generator
     from .. import Progress
 
 INSTALL_HINT = (
@@ -57,7 +57,7 @@ def import_tnx() -> tuple[Any, str]:
         tnx = importlib.import_module("transformers_neuronx")
     except ImportError as exc:
         raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from None
-    from ...loadplan import TNX_DIST, installed_version
+    from ..neuron_plan import TNX_DIST, installed_version
 
     version = installed_version(TNX_DIST) or str(getattr(tnx, "__version__", "") or "")
     if not version:
@@ -340,6 +340,6 @@ def load_neuronx_generator(cfg: ConfigFile, progress: Progress | None = None) ->
 
 
 def _version_at_least(version: str, floor: tuple[int, ...]) -> bool:
-    from ...loadplan import parse_version
+    from ..neuron_plan import parse_version
 
     return parse_version(version)[: len(floor)] >= floor

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from ...acceptors import SampledDraftProvider
-from ...engine import GenerationCancelled, StepRecord
+from ...engine.acceptors import SampledDraftProvider
+from ...engine.loop import GenerationCancelled, StepRecord
 
 
 class _Stop(Exception):

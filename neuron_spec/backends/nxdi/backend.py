@@ -23,19 +23,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...artifacts import ArtifactCache, ArtifactError
-from ...engine import EngineResult, speculative_generate
+from ...engine.loop import EngineResult, speculative_generate
 from ...errors import BackendUnavailableError, GenerationError, UsageError
-from ...loadplan import CC_DIST, artifact_root, cache_key, installed_version
+from ..artifacts import ArtifactCache, ArtifactError
 from ..neuron_common import decode_batches, decode_rows, neuron_generator, prepare_checkpoint
+from ..neuron_plan import CC_DIST, artifact_root, cache_key, installed_version
 from .batch_runner import NxdiBatchRunner
 from .fused import fused_generate
 from .plan import NXDI_DIST, NxdiModel, NxdiPlan, build_nxdi_plan
 from .runner import NxdiRunner
 
 if TYPE_CHECKING:
-    from ...config import ConfigFile
-    from ...generate import Generator
+    from ...config.spec import ConfigFile
+    from ...engine.generate import Generator
     from .. import Progress
 
 INSTALL_HINT = (
@@ -350,7 +350,7 @@ def rope_theta(checkpoint: str) -> float:
 def _family(cfg: ConfigFile) -> str:
     instance = cfg.spec.instance
     if instance == "auto":
-        from ...host import resolve_host
+        from ...host.facts import resolve_host
 
         instance = resolve_host("auto").instance or "unknown"
     return instance.split(".")[0]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ...engine import EngineResult, GenerationCancelled, StepRecord
+from ...engine.loop import EngineResult, GenerationCancelled, StepRecord
 
 
 def fused_generate(

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...checkpoint import resolve_model
-from ...config import ConfigFile, ModelSpec
-from ...loadplan import CC_DIST, _preparation, artifact_root, installed_version, planned_env
+from ...config.spec import ConfigFile, ModelSpec
+from ...sources.checkpoint import resolve_model
+from ..neuron_plan import CC_DIST, _preparation, artifact_root, installed_version, planned_env
 
 NXDI_DIST = "neuronx-distributed-inference"
 DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
