@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from neuron_spec.backends import load_generator  # noqa: E402
 from neuron_spec.config.spec import load_config  # noqa: E402
-from neuron_spec.engine.bench import DEFAULT_PROMPTS  # noqa: E402
+from neuron_spec.planning.bench import DEFAULT_PROMPTS  # noqa: E402
 from neuron_spec.sources.demo import fetch_demo_checkpoint  # noqa: E402
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neuron_spec.config.docgen import BEGIN, END, reference
-from neuron_spec.preflight.rules import FINDING_CODES, Finding
+from neuron_spec.preflight.base import FINDING_CODES, Finding
 
 from .conftest import ROOT
 

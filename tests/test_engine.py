@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neuron_spec.engine.acceptors import GreedyAcceptor
-from neuron_spec.engine.generate import compute_metrics
+from neuron_spec.engine.generation import compute_metrics
 from neuron_spec.engine.loop import speculative_generate
 
 from .stubs import StubRunner, next_token_table

@@ -37,7 +37,7 @@ def generator():
 
 def hf_greedy(gen, prompt: str, n: int) -> list[int]:
     ids = gen.tokenizer(prompt, return_tensors="pt").input_ids
-    model = gen.target.model
+    model = gen.backend.target.model
     with torch.no_grad():
         out = model.generate(
             ids,

@@ -207,8 +207,8 @@ def test_bin_checkpoint_is_split_once_and_tokenizer_stays(tmp_path, monkeypatch,
 
 def test_bench_compares_target_sample_with_the_compiled_window(tmp_path, monkeypatch, pair_dirs):
     use_double(monkeypatch, V2)
-    from neuron_spec.engine.bench import run_bench
     from neuron_spec.errors import UsageError
+    from neuron_spec.planning.bench import run_bench
 
     target, draft = pair_dirs
     gen = load_generator(load_config(write_config(tmp_path, target, draft, "neuronx")))
@@ -253,7 +253,7 @@ def streamed(gen, prompt, **kwargs):
 @pytest.mark.parametrize("version,loop", CASES)
 def test_every_loop_on_every_release(tmp_path, monkeypatch, pair_dirs, version, loop):
     use_double(monkeypatch, version, tmp_path / "meta")
-    from neuron_spec.engine.generate import RequestTooLong
+    from neuron_spec.engine.generation import RequestTooLong
 
     target, draft = pair_dirs
     eos = ", eos_token_id: 95"  # rarely generated: every output runs to max_new_tokens
@@ -518,7 +518,6 @@ def test_cli_stream_prints_exactly_the_generated_text(
 def test_a_failed_save_after_compiling_still_generates_and_says_why(
     tmp_path, monkeypatch, capsys, pair_dirs
 ):
-    from neuron_spec.backends import backend_warnings
 
     use_double(monkeypatch, V2)
     target, draft = pair_dirs
@@ -529,7 +528,7 @@ def test_a_failed_save_after_compiling_still_generates_and_says_why(
     cfg.write_text(text)
     gen = load_generator(load_config(cfg))
     assert gen.generate(PROMPTS[0]).token_ids  # the compiled pair in memory serves
-    warned = backend_warnings(gen)
+    warned = gen.warnings()
     assert len(warned) == 2 and all("could not be saved" in w for w in warned)
     assert "next one compiles again" in warned[0]
 

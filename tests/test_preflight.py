@@ -9,7 +9,8 @@ import pytest
 
 from neuron_spec.config.spec import load_config, load_config_text
 from neuron_spec.host.facts import HostFacts
-from neuron_spec.preflight.rules import FINDING_CODES, RULES, preflight
+from neuron_spec.preflight.base import FINDING_CODES
+from neuron_spec.preflight.check import RULES, preflight
 
 from .conftest import BASE_CONFIG, host, shipped_configs
 
@@ -342,7 +343,8 @@ def _suggested(fix: str) -> list[int]:
 
 @pytest.mark.parametrize("instance", ["trn1.32xlarge", "inf2.48xlarge", "inf2.24xlarge"])
 def test_fix_hints_only_suggest_tp_values_at_which_the_pair_fits(instance):
-    from neuron_spec.preflight.rules import build_context, pair_fitting_tps
+    from neuron_spec.preflight.base import build_context
+    from neuron_spec.preflight.rules import pair_fitting_tps
 
     checked = 0
     for t in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48):

@@ -150,7 +150,7 @@ def test_a_tokenizer_class_this_transformers_lacks_loads_from_tokenizer_json(tmp
     import json
     import shutil
 
-    from neuron_spec.backends.reference import auto_tokenizer
+    from neuron_spec.sources.hf import auto_tokenizer
 
     from .neuron_fixtures import make_checkpoint
 

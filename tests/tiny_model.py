@@ -109,9 +109,10 @@ class InProcessServer:
 
         from neuron_spec.backends import load_generator
         from neuron_spec.config.spec import load_config
-        from neuron_spec.serving.server import ServerState, build_app, listen
+        from neuron_spec.serving.scheduler import Scheduler
+        from neuron_spec.serving.server import build_app, listen
 
-        self.state = ServerState(load_config(config), queue_size, slots=slots)
+        self.state = Scheduler(load_config(config), queue_size, slots=slots)
         app = build_app(self.state, loader or load_generator, api_key)
         self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]

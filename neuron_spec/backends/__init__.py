@@ -1,17 +1,18 @@
-"""Backends that load a draft/target pair: `reference` (PyTorch + transformers), `neuronx`
-(transformers-neuronx) and `nxdi` (NxD Inference, in nxdi/); neuron_common.py holds what the
-two Neuron backends share."""
+"""Layer 5: the backends that load a draft/target pair and drive it with the engine: `reference`
+(PyTorch + transformers, reference.py), `neuronx` (transformers-neuronx, neuronx/) and `nxdi` (NxD
+Inference, nxdi/), each behind the Backend contract of base.py. What the two Neuron backends
+share lives once beside them: neuron_plan.py (fingerprints, cache keys, prepared checkpoints),
+artifacts.py (the compiled-artifact cache), neuron_common.py and positional.py (the engine's
+Runners over positional KV caches). No backend imports another; importing this package imports
+nothing heavy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config.spec import ConfigFile
-    from ..engine.generate import Generator
-
-Progress = Callable[[str], None]
+    from .base import Generator, Progress
 
 
 def load_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
@@ -21,20 +22,12 @@ def load_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generat
 
     cfg = materialize(cfg, progress or (lambda _msg: None))
     if cfg.spec.backend == "reference":
-        from .reference import load_reference_generator
+        from ..sources.hf import require_torch
 
-        return load_reference_generator(cfg, progress)
-    if cfg.spec.backend == "nxdi":
-        from .nxdi.backend import load_nxdi_generator
-
-        return load_nxdi_generator(cfg, progress)
-    from .neuronx.backend import load_neuronx_generator
-
-    return load_neuronx_generator(cfg, progress)
-
-
-def backend_warnings(gen: object) -> list[str]:
-    """What the backend could not do but worked around (the compiled-artifact cache and its
-    S3 mirror): never fatal, never silent."""
-    cache = getattr(getattr(gen, "backend", None), "cache", None)
-    return list(getattr(cache, "warnings", []))
+        require_torch()  # a missing extra says how to install it
+        from .reference import load
+    elif cfg.spec.backend == "nxdi":
+        from .nxdi.backend import load
+    else:
+        from .neuronx.backend import load
+    return load(cfg, progress)

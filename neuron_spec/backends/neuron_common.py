@@ -2,21 +2,20 @@
 bringing a checkpoint into a loadable form (an s3:// prefix downloaded, a GGUF file
 de-quantized to safetensors, each once and atomically) and the Generator around a loaded pair
 (tokenizer, EOS ids from the config or the checkpoint, pad id). The artifact cache
-(artifacts.py), the cache paths (loadplan.py) and the engine (engine.py) are shared as well."""
+(artifacts.py), the plan fingerprints and cache paths (neuron_plan.py) and the engine are shared
+as well."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..config.spec import ConfigFile
+from ..engine.loop import EngineResult
 from ..errors import GenerationError, UsageError
-
-if TYPE_CHECKING:
-    from ..config.spec import ConfigFile
-    from ..engine.generate import Generator
-    from ..engine.loop import EngineResult
+from ..sources.hf import eos_ids, load_tokenizer, pad_id
+from .base import Backend, Generator
 
 
 def prepare_checkpoint(
@@ -44,7 +43,7 @@ def prepare_checkpoint(
         download_prefix(source, final, warn=warn, progress=say)
         return True
     if how == "gguf":
-        from ..sources.demo import convert_gguf
+        from ..sources.demo import convert_gguf  # transformers: only when converting
 
         say(f"{role}: converting {source} to safetensors (once)")
         convert_gguf(Path(source), final)
@@ -53,24 +52,16 @@ def prepare_checkpoint(
 
 
 def neuron_generator(
-    cfg: ConfigFile, backend: Any, decode: Any, checkpoint: str, tokenizer_dir: str
+    cfg: ConfigFile,
+    backend: Backend,
+    checkpoint: str,
+    tokenizer_dir: str,
+    max_prompt_tokens: int | None = None,
 ) -> Generator:
     """The Generator around a loaded Neuron pair: its tokenizer and EOS/pad ids."""
-    from ..engine.generate import Generator
-    from .reference import load_tokenizer
-
     tok = load_tokenizer(tokenizer_dir)
-    eos_override = cfg.spec.generation.eos_token_id
-    if eos_override is not None:
-        eos = list(eos_override) if isinstance(eos_override, list) else [eos_override]
-    else:
-        value = tok.eos_token_id
-        eos = [int(value)] if value is not None else []
-        eos = config_eos(Path(checkpoint)) or eos
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
-    gen = Generator(cfg, None, None, tok, eos, int(pad), device="neuron", decoder=decode)
-    gen.backend = backend
-    return gen
+    eos = eos_ids(cfg.spec.generation.eos_token_id, Path(checkpoint), tok)
+    return Generator(cfg, backend, tok, eos, pad_id(tok, eos), max_prompt_tokens)
 
 
 RowDecoder = Callable[[Sequence[int], Any], "EngineResult"]
@@ -85,8 +76,6 @@ def decode_rows(
     batch with the row at its place, so metrics count per row. A library failure is a
     GenerationError naming the library."""
     import time
-
-    from ..engine.loop import EngineResult
 
     result = EngineResult([], [], [], time.perf_counter(), [])
     rows = len(prompts)
@@ -109,19 +98,6 @@ def decode_rows(
     return result
 
 
-def config_eos(checkpoint: Path) -> list[int]:
-    for name in ("generation_config.json", "config.json"):
-        f = checkpoint / name
-        if f.is_file():
-            try:
-                value = json.loads(f.read_text(encoding="utf-8")).get("eos_token_id")
-            except (OSError, ValueError):
-                continue
-            if value is not None:
-                return [int(v) for v in value] if isinstance(value, list) else [int(value)]
-    return []
-
-
 GroupDecoder = Callable[[list[list[int]], Any], "EngineResult"]
 
 
@@ -132,8 +108,6 @@ def decode_batches(
     row at its own positions (`run(group, on_tokens_for_the_group)`); the results joined as
     one, step records widened to all rows. A library failure is a GenerationError."""
     import time
-
-    from ..engine.loop import EngineResult
 
     result = EngineResult([], [], [], time.perf_counter(), [])
     for first in range(0, len(prompts), size):

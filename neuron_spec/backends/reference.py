@@ -7,38 +7,18 @@ runs them through neuron-spec's speculative engine with real KV caches.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import BackendUnavailableError, ConfigError, ConfigProblem, UsageError
+import torch
 
-if TYPE_CHECKING:
-    from ..config.spec import ConfigFile
-    from ..engine.generate import Generator
-    from . import Progress
-
-try:  # the reference extra; its absence is reported when a backend is actually needed
-    import torch
-except ImportError:  # pragma: no cover - exercised by the light install
-    torch = None  # type: ignore[assignment]
-
-DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
-
-
-def require_torch() -> None:
-    if torch is None:
-        raise BackendUnavailableError(
-            "the reference backend needs PyTorch and transformers, which are not installed. "
-            "Install them with: pip install torch==2.13.0 && pip install 'neuron-spec[reference]'"
-        )
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise BackendUnavailableError(
-            "the reference backend needs transformers: pip install 'neuron-spec[reference]'"
-        ) from None
+from ..config.spec import ConfigFile
+from ..engine.acceptors import Acceptor
+from ..engine.loop import EngineResult, StreamCallback, speculative_generate
+from ..errors import ConfigError, ConfigProblem, UsageError
+from ..sources.hf import eos_ids, load_model, pad_id, require_torch
+from .base import Generator, Progress, RunnerPair
 
 
 def pick_device() -> str:
@@ -46,7 +26,7 @@ def pick_device() -> str:
     forced = os.environ.get("NEURON_SPEC_DEVICE")
     if forced:
         return forced
-    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _crop(cache: Any, length: int) -> None:
@@ -154,122 +134,6 @@ class HFRunner:
         self.mask = self.mask[:, index]
 
 
-def auto_tokenizer(path: str, **kwargs: Any) -> Any:
-    """AutoTokenizer, readable across transformers releases: a checkpoint saved by
-    transformers 5 names its tokenizer class `TokenizersBackend`, which 4.57 (the release the
-    Neuron DLAMIs' NxDI environments pin) does not have; its tokenizer.json loads the same
-    through PreTrainedTokenizerFast."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        return AutoTokenizer.from_pretrained(path, **kwargs)
-    except ValueError as exc:
-        if "Tokenizer class" not in str(exc) or kwargs:
-            raise
-        return PreTrainedTokenizerFast.from_pretrained(path)
-
-
-def load_tokenizer(path: str) -> Any:
-    """A tokenizer from a directory (needs transformers, not torch)."""
-    import importlib.util
-
-    if importlib.util.find_spec("transformers") is None:
-        raise BackendUnavailableError("loading the tokenizer needs transformers")
-    try:
-        return auto_tokenizer(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    "target.tokenizer",
-                    f"cannot load a tokenizer from {path}: {exc}",
-                    "set target.tokenizer to the original checkpoint directory.",
-                )
-            ]
-        ) from None
-
-
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    path: str
-    amp: str
-    device: str
-
-
-def _model_location(model: str, base_dir: Path) -> Path:
-    p = Path(os.path.expandvars(os.path.expanduser(model)))
-    return p if p.is_absolute() else (base_dir / p)
-
-
-def load_model(
-    model: str,
-    amp: str,
-    base_dir: Path,
-    tokenizer: str | None = None,
-    device: str | None = None,
-    path_field: str = "model",
-) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a checkpoint directory or a .gguf file."""
-    require_torch()
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the CLI shows its own progress
-    hf_logging.set_verbosity_error()
-
-    device = device or pick_device()
-    location = _model_location(model, base_dir)
-    if not location.exists():
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    path_field,
-                    f"{location} does not exist; the reference backend loads "
-                    "weights from disk (catalog names only size a model).",
-                    "point it at a checkpoint directory or a .gguf file.",
-                )
-            ]
-        )
-    dtype = getattr(torch, DTYPES[amp])
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if location.is_file() and location.suffix.lower() == ".gguf":
-        src, kwargs["gguf_file"] = str(location.parent), location.name
-    else:
-        src = str(location)
-    tok_src = str(_model_location(tokenizer, base_dir)) if tokenizer else src
-    tok_kwargs = (
-        {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs and not tokenizer else {}
-    )
-    try:
-        tok = auto_tokenizer(tok_src, **tok_kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    path_field,
-                    f"transformers could not load {location}: {exc}",
-                    "check the directory holds config.json, weights and a tokenizer.",
-                )
-            ]
-        ) from None
-    lm.to(device)
-    lm.eval()
-    return LoadedModel(lm, tok, str(location), amp, device)
-
-
-def _eos_ids(lm: Any, tok: Any, override: int | list[int] | None) -> list[int]:
-    if override is not None:
-        return list(override) if isinstance(override, list) else [override]
-    for source in (getattr(lm, "generation_config", None), lm.config, tok):
-        value = getattr(source, "eos_token_id", None)
-        if value is not None:
-            return list(value) if isinstance(value, list | tuple) else [int(value)]
-    return []
-
-
 THREADS_ENV = "NEURON_SPEC_THREADS"
 
 
@@ -297,10 +161,50 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def load_reference_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
-    """Load target and draft with transformers; return a Generator on HF runners."""
-    from ..engine.generate import Generator
+class ReferenceBackend:
+    """The pair as transformers models on the CPU or a GPU: the engine drives their caches
+    directly, and a continuous batch of any size uses the same two runners."""
 
+    name = "reference"
+
+    def __init__(self, target: HFRunner, draft: HFRunner, device: str):
+        self.target, self.draft, self.device = target, draft, device
+
+    def decode(
+        self,
+        prompts: Sequence[Sequence[int]],
+        acceptor: Acceptor,
+        *,
+        draft_tokens: int,
+        max_new_tokens: int,
+        eos_token_ids: Sequence[int] = (),
+        pad_token_id: int = 0,
+        on_tokens: StreamCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> EngineResult:
+        return speculative_generate(
+            self.target,
+            self.draft if draft_tokens > 0 else None,
+            acceptor,
+            prompts,
+            draft_tokens=draft_tokens,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=eos_token_ids,
+            pad_token_id=pad_token_id,
+            on_tokens=on_tokens,
+            cancelled=cancelled,
+        )
+
+    def batch_runners(self, slots: int) -> RunnerPair | None:
+        return self.target, self.draft
+
+    def warnings(self) -> list[str]:
+        return []
+
+
+def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
+    """Load target and draft with transformers; return a Generator on HF runners."""
+    require_torch()
     spec = cfg.spec
     say = progress or (lambda _msg: None)
     device = pick_device()
@@ -308,19 +212,13 @@ def load_reference_generator(cfg: ConfigFile, progress: Progress | None = None) 
     if threads is not None:
         torch.set_num_threads(threads)
         say(f"CPU threads: {threads} (set {THREADS_ENV} to change)")
-    say(f"loading target {spec.target.model} ({spec.target.amp}, {device})")
-    target = load_model(
-        spec.target.model,
-        spec.target.amp,
-        cfg.base_dir,
-        spec.target.tokenizer,
-        device,
-        "target.model",
-    )
-    say(f"loading draft {spec.draft.model} ({spec.draft.amp}, {device})")
-    draft = load_model(
-        spec.draft.model, spec.draft.amp, cfg.base_dir, spec.draft.tokenizer, device, "draft.model"
-    )
+    loaded = []
+    for role, m in spec.models():
+        say(f"loading {role} {m.model} ({m.amp}, {device})")
+        loaded.append(
+            load_model(m.model, m.amp, cfg.base_dir, m.tokenizer, device, f"{role}.model")
+        )
+    target, draft = loaded
     t_vocab, d_vocab = target.model.config.vocab_size, draft.model.config.vocab_size
     if t_vocab != d_vocab:
         raise ConfigError(
@@ -333,14 +231,11 @@ def load_reference_generator(cfg: ConfigFile, progress: Progress | None = None) 
             ]
         )
     tok = target.tokenizer
-    eos = _eos_ids(target.model, tok, spec.generation.eos_token_id)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
-    return Generator(
-        cfg,
-        HFRunner(target.model, device),
-        HFRunner(draft.model, device),
-        tok,
-        eos,
-        int(pad),
-        device,
+    where = Path(target.path)
+    eos = eos_ids(
+        spec.generation.eos_token_id, where if where.is_dir() else None, tok, target.model
     )
+    backend = ReferenceBackend(
+        HFRunner(target.model, device), HFRunner(draft.model, device), device
+    )
+    return Generator(cfg, backend, tok, eos, pad_id(tok, eos))

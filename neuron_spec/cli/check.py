@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ..preflight.rules import preflight
+    from ..preflight.check import preflight
 
     cfg = load(args.config, args.backend)
     host = host_for(cfg, args.instance)
@@ -49,7 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _exit_code(report: Any) -> int:
     """0 when nothing is wrong, 2 when a model cannot be read at all, else 1."""
-    from ..preflight.rules import INPUT_CODES
+    from ..preflight.base import INPUT_CODES
 
     if any(f.code in INPUT_CODES for f in report.errors):
         return EXIT_USAGE
@@ -59,7 +59,8 @@ def _exit_code(report: Any) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..planning.perfplan import compare, inputs, section
     from ..planning.plan import plan
-    from ..preflight.rules import build_context, preflight
+    from ..preflight.base import build_context
+    from ..preflight.check import preflight
     from . import plan_view
 
     cfg = load(args.config, args.backend)

@@ -16,7 +16,7 @@ from .term import Console
 if TYPE_CHECKING:
     from ..config.spec import ConfigFile
     from ..host.facts import HostFacts
-    from ..preflight.rules import Report
+    from ..preflight.base import Report
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -136,7 +136,7 @@ def preflight_or_stop(
     """Run the preflight; on errors, print them and return None (the caller exits 1).
     Otherwise say its warnings once, one line each on stderr, unless `quiet`.
     `local`: the pair loads on this machine (generate, serve), so its directories count."""
-    from ..preflight.rules import preflight
+    from ..preflight.check import preflight
 
     report = preflight(cfg.spec, host_for(cfg, instance), cfg.base_dir, local=local)
     if report.ok:
@@ -148,7 +148,7 @@ def preflight_or_stop(
     else:
         render_report(stderr_console(), report, cfg)
         sys.stderr.write("stopped before loading anything: fix the errors above.\n")
-    from ..preflight.rules import USAGE_CODES
+    from ..preflight.base import USAGE_CODES
 
     if any(f.code in USAGE_CODES for f in report.errors):
         raise UsageError(

@@ -10,7 +10,7 @@ from .term import Console, Table, escape, host_line
 if TYPE_CHECKING:
     from ..config.spec import ConfigFile, DeploymentSpec
     from ..planning.plan import Plan
-    from ..preflight.rules import Report
+    from ..preflight.base import Report
 
 
 def _gb(n: int) -> str:

@@ -8,7 +8,6 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..backends import backend_warnings
 from ..errors import UsageError
 from . import term
 from .common import (
@@ -24,17 +23,21 @@ from .common import (
 from .term import Console, Table
 
 if TYPE_CHECKING:
+    from ..backends.base import Generator
+    from ..backends.neuron_plan import PlanView
+    from ..backends.neuronx.plan import LoadPlan
+    from ..backends.nxdi.plan import NxdiPlan
     from ..config.spec import ConfigFile
 
 
-def _load_generator(cfg: ConfigFile) -> Any:
+def _load_generator(cfg: ConfigFile) -> Generator:
     from ..backends import load_generator
 
     err = stderr_console()
     with err.status("loading models...") as status:
         gen = load_generator(cfg, progress=lambda msg: status.update(msg))
     err.print(f"[dim]loaded on {gen.device}[/dim]")
-    for message in backend_warnings(gen):
+    for message in gen.warnings():
         err.print(f"[yellow]warning:[/yellow] {escape(message)}")
     return gen
 
@@ -110,7 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.json:
         body = result.to_dict(single=len(args.prompt) == 1)
-        body["warnings"] = backend_warnings(gen)
+        body["warnings"] = gen.warnings()
         print(json.dumps(body, indent=2))
         return EXIT_OK
     console = stdout_console()
@@ -187,7 +190,7 @@ def refuse_long_prompts(cfg: ConfigFile, prompts: list[str], max_new: int | None
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from ..engine.bench import DEFAULT_PROMPTS, run_bench
+    from ..planning.bench import DEFAULT_PROMPTS, run_bench
 
     cfg = with_overrides(load(args.config, args.backend), args)
     prompts = list(DEFAULT_PROMPTS)
@@ -290,77 +293,43 @@ def _range(row: dict[str, Any]) -> str:
 
 def _dry_run(cfg: ConfigFile, args: argparse.Namespace) -> int:
     """Everything generate does before loading: the preflight (for --instance, with every
-    override), then the load plan instead of the load."""
-    as_json = args.json
+    override), then the backend's load plan instead of the load."""
     if not cfg.spec.neuron:
         raise UsageError(
             "--dry-run shows a Neuron backend's load plan; this config uses the reference backend"
         )
-    from ..backends.neuron_plan import build_load_plan
-
-    if preflight_or_stop(cfg, args.instance, as_json, local=False, quiet=args.quiet) is None:
+    if preflight_or_stop(cfg, args.instance, args.json, local=False, quiet=args.quiet) is None:
         return EXIT_FAILED
     if cfg.spec.backend == "nxdi":
-        return _nxdi_dry_run(cfg, as_json)
+        from ..backends.nxdi.plan import build_nxdi_plan
 
-    plan = build_load_plan(cfg)
-    if as_json:
+        plan: NxdiPlan | LoadPlan = build_nxdi_plan(cfg)
+    else:
+        from ..backends.neuronx.plan import build_load_plan
+
+        plan = build_load_plan(cfg)
+    if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
-        return EXIT_OK
-    console = stdout_console()
-    version = plan.tnx_version or "not installed here"
-    console.print(
-        f"[bold]load plan[/bold] for {cfg.path} (transformers-neuronx {version}, API {plan.api})"
-    )
-    console.print("\n[bold]environment[/bold] (scripts/launch.sh exports these)")
-    for name, value in plan.env.items():
-        console.print(f"  export {name}={shlex.quote(value)}", markup=False, soft_wrap=True)
-    console.print("\n[bold]calls, in order[/bold]")
-    for i, call in enumerate(plan.calls(), 1):
-        console.print(f"  {i:2d}. {call}", markup=False, highlight=False, soft_wrap=True)
-    console.print("\n[bold]compiled-artifact cache keys[/bold]")
-    for ml in (plan.draft, plan.target):
-        console.print(f"  {ml.role}: {ml.cache_key}", markup=False)
-    for note in plan.notes:
-        console.print(f"[dim]note: {escape(note)}[/dim]")
+    else:
+        _render_plan(stdout_console(), plan.view(str(cfg.path)))
     return EXIT_OK
 
 
-def _nxdi_dry_run(cfg: ConfigFile, as_json: bool) -> int:
-    from ..backends.nxdi.plan import build_nxdi_plan
-
-    plan = build_nxdi_plan(cfg)
-    if as_json:
-        print(json.dumps(plan.to_dict(), indent=2))
-        return EXIT_OK
-    console = stdout_console()
-    version = plan.nxdi_version or "not installed here"
-    console.print(
-        f"[bold]load plan[/bold] for {escape(str(cfg.path))} (NxD Inference {version}, "
-        f"{plan.mode} speculation, k={plan.window})"
-    )
-    console.print(
-        f"lengths: n_positions {plan.n_positions}; target compiled for {plan.compiled_length} "
-        f"(k - 1 positions of headroom); prompts up to {plan.max_context_length} tokens"
-    )
+def _render_plan(console: Console, view: PlanView) -> None:
+    console.print(f"[bold]load plan[/bold]{escape(view.title.removeprefix('load plan'))}")
+    for fact in view.facts:
+        console.print(fact, markup=False, soft_wrap=True)
     console.print("\n[bold]environment[/bold] (scripts/launch.sh exports these)")
-    for name, value in plan.env.items():
+    for name, value in view.env.items():
         console.print(f"  export {name}={shlex.quote(value)}", markup=False, soft_wrap=True)
-    console.print("\n[bold]NeuronConfig keywords[/bold]")
-    for m in (plan.draft, plan.target):
-        console.print(
-            f"  {m.role} ({m.checkpoint}): {m.neuron_config}", markup=False, soft_wrap=True
-        )
-    console.print("\n[bold]calls, in order[/bold]")
-    for i, call in enumerate(plan.calls(), 1):
-        console.print(f"  {i:2d}. {call}", markup=False, highlight=False, soft_wrap=True)
-    console.print(
-        "\n[bold]compiled-artifact cache[/bold]: keyed at load by NxDI's serialized config "
-        "(paths left out), the NxDI and neuronx-cc versions and the instance family"
-    )
-    for note in plan.notes:
+    for heading, lines in view.sections:
+        console.print(f"\n[bold]{heading}[/bold]")
+        numbered = heading.startswith("calls")
+        for i, line in enumerate(lines, 1):
+            text = f"  {i:2d}. {line}" if numbered else f"  {line}"
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+    for note in view.notes:
         console.print(f"[dim]note: {escape(note)}[/dim]")
-    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

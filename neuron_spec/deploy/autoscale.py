@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from .requests import Request
 
 if TYPE_CHECKING:
     from ..config.spec import ConfigFile
-    from .sagemaker import Request
 
 NAMESPACE = "sagemaker"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -84,7 +84,7 @@ def _predicted_rate(cfg: ConfigFile, instance: str) -> tuple[float | None, str]:
     from ..host.facts import HostFacts
     from ..planning.perfplan import inputs, section
     from ..planning.plan import plan
-    from ..preflight.rules import build_context
+    from ..preflight.base import build_context
 
     host = HostFacts.from_instance(INSTANCES[instance])
     rec = plan(cfg.spec, host, cfg.base_dir).recommendation
@@ -104,7 +104,6 @@ def resource_id(endpoint: str) -> str:
 
 def requests(endpoint: str, scaling: Scaling) -> list[Request]:
     """What registering the variant takes: its target, then the policy."""
-    from .sagemaker import Request
 
     rid = resource_id(endpoint)
     common = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": DIMENSION}
@@ -137,7 +136,6 @@ def requests(endpoint: str, scaling: Scaling) -> list[Request]:
 def removal(aas: Any, endpoint: str) -> list[Request]:
     """The requests that remove what `requests` registered for `endpoint` (its policies,
     then the target), from what Application Auto Scaling holds; none when nothing is."""
-    from .sagemaker import Request
 
     rid = resource_id(endpoint)
     common = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": DIMENSION}
@@ -155,7 +153,6 @@ def removal(aas: Any, endpoint: str) -> list[Request]:
 
 def removal_plan(endpoint: str) -> list[Request]:
     """What `deploy delete --dry-run` shows for auto scaling (nothing is looked up)."""
-    from .sagemaker import Request
 
     rid = resource_id(endpoint)
     common = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": DIMENSION}

@@ -37,6 +37,7 @@ from ..util.s3names import uri_problem
 from . import autoscale
 from .autoscale import Scaling
 from .awsregion import CPU_PYTHON, cpu_image, neuron_image, resolve_region
+from .requests import Request
 from .upload import (
     PART_BYTES,
     WORKERS,
@@ -66,20 +67,6 @@ CONTAINER_PYTHON = ("3.10", "manylinux2014_x86_64")
 
 class DeployError(NeuronSpecError):
     exit_code = 1
-
-
-@dataclass(frozen=True)
-class Request:
-    service: str  # "s3" | "sagemaker"
-    operation: str  # boto3 method name
-    params: dict[str, Any]
-    note: str = ""
-
-    def render(self) -> str:
-        shown = {k: ("<model.tar.gz bytes>" if k == "Body" else v) for k, v in self.params.items()}
-        return f"{self.service}.{self.operation}({shown})" + (
-            f"  # {self.note}" if self.note else ""
-        )
 
 
 @dataclass

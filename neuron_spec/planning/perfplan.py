@@ -344,7 +344,7 @@ def _setup_findings(
 ) -> list[dict[str, str]]:  # fmt: skip
     """What `validate` says of the pair on `host` at the tp the comparison ranks it with
     (errors and warnings; the informational notes are left out)."""
-    from ..preflight.rules import preflight
+    from ..preflight.check import preflight
 
     setup = spec.replace(
         instance=host.instance or spec.instance,
@@ -390,7 +390,8 @@ def _best_batch(rows: list[dict[str, Any]], at_config: float | None) -> dict[str
 def compare(spec: DeploymentSpec, base_dir: Path, names: list[str], inp: Inputs) -> dict[str, Any]:
     """Every named instance where the pair fits, ranked by $/million tokens (then TPOT), and
     why each other one is left out."""
-    from ..preflight.rules import build_context, pair_fitting_tps
+    from ..preflight.base import build_context
+    from ..preflight.rules import pair_fitting_tps
     from .plan import plan
 
     ranked: list[dict[str, Any]] = []

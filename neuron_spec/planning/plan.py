@@ -10,8 +10,9 @@ from ..config.catalog import GB, TP_RULES, Architecture
 from ..config.spec import DeploymentSpec, ModelSpec
 from ..engine.speedup import best_gamma, expected_speedup
 from ..host.facts import HostFacts
+from ..preflight.base import Context, build_context
 from ..preflight.memory import HIGH_WATER, ModelMemory, fmt_bytes, kv_heads_shardable, model_memory
-from ..preflight.rules import Context, build_context, pair_fits
+from ..preflight.rules import pair_fits
 from .perf import FAMILIES, decode_step_s
 
 ALPHAS = (0.6, 0.7, 0.8, 0.9)

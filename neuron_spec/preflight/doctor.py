@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..backends.neuron_plan import build_load_plan, parse_version, planned_env
+from ..backends.neuron_plan import parse_version, planned_env
+from ..backends.neuronx.plan import build_load_plan
 from ..host.probe import Snapshot
 from ..host.sdk_releases import (
     COMPONENTS,
@@ -22,8 +23,8 @@ from ..host.sdk_releases import (
     Release,
     releases_with,
 )
+from .base import Finding, Severity
 from .memory import fmt_bytes
-from .rules import Finding, Severity
 
 GIB = 1024**3
 # The Python process itself: interpreter, torch, transformers, the tokenizers (an allowance).

@@ -1,5 +1,5 @@
 """Preflight rules for backend: nxdi (NxD Inference), registered beside the generic Neuron rules
-of preflight.py, which apply to it too (NeuronCores, memory per core, lengths, checkpoints).
+of rules.py, which apply to it too (NeuronCores, memory per core, lengths, checkpoints).
 Sources: NxDI 0.8 (cd3abf3) and the SDK's documentation, as cited in each finding's page."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..backends.neuron_plan import installed_version, parse_version
-from .rules import Context, Finding, rule
+from .base import Context, Finding, registry
 
 NXDI_PIN = (0, 8)  # SDK 2.28: the last release AWS supports for Inf2 and Trn1
 TRANSFORMERS_PIN: dict[tuple[int, ...], tuple[int, int]] = {
@@ -15,6 +15,9 @@ TRANSFORMERS_PIN: dict[tuple[int, ...], tuple[int, int]] = {
     (0, 8): (4, 57),
     (0, 9): (4, 57),
 }
+
+
+RULES, rule = registry()
 
 
 @rule

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from .chat import chat_ids
 from .openai_api import ChatRequest, CompletionRequest, FieldProblem, clip
+
+if TYPE_CHECKING:
+    from ..backends.base import Generator
 
 MAX_BODY_BYTES = 1 << 20
 Request = CompletionRequest | ChatRequest
@@ -89,7 +92,7 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     return ".".join(steps) or None
 
 
-def prompts(generator: Any, req: Request) -> tuple[list[str], list[list[int]]]:
+def prompts(generator: Generator, req: Request) -> tuple[list[str], list[list[int]]]:
     """The request's prompt texts and tokens; a chat goes through the tokenizer's chat
     template, its content kept as text (chat.py). RequestError (400) when it cannot."""
     where = "messages" if isinstance(req, ChatRequest) else "prompt"

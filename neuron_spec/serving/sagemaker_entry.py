@@ -17,7 +17,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # installed from code/wheels when the endpoint starts
+    from neuron_spec.backends.base import Generator
+    from neuron_spec.serving.frontdoor import Request
 
 CODE_DIR = Path(__file__).resolve().parent
 CONFIG_NAME = "neuron-spec.yaml"
@@ -85,12 +89,12 @@ def _localize(config_path: Path) -> Path:
     return out
 
 
-def model_fn(model_dir: str) -> Any:
+def model_fn(model_dir: str) -> Generator:
     _install()
     from neuron_spec.backends import load_generator
     from neuron_spec.config.spec import load_config
     from neuron_spec.host.facts import HostFacts
-    from neuron_spec.preflight.rules import preflight
+    from neuron_spec.preflight.check import preflight
 
     config_path = _localize(CODE_DIR / CONFIG_NAME)
     cfg = load_config(config_path)
@@ -129,7 +133,7 @@ class InvalidRequest(_toolkit_error()):  # type: ignore[misc]
         Exception.__init__(self, status, message, self.phrase)
 
 
-def input_fn(body: bytes | str, content_type: str = "application/json") -> Any:
+def input_fn(body: bytes | str, content_type: str = "application/json") -> Request:
     """The request, validated with `serve`'s schema and limits: a body with `messages` is a
     chat completion, any other a completion ({"prompt": ..., "max_tokens": ..., ...})."""
     from neuron_spec.serving import frontdoor
@@ -166,7 +170,7 @@ def input_fn(body: bytes | str, content_type: str = "application/json") -> Any:
         raise InvalidRequest(exc.status, exc.message, exc.param) from None
 
 
-def predict_fn(request: Any, generator: Any) -> dict[str, Any]:
+def predict_fn(request: Request, generator: Generator) -> dict[str, Any]:
     from neuron_spec.serving import frontdoor
 
     try:

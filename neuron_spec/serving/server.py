@@ -13,14 +13,12 @@
 - GET /health: 503 while the models load, 200 once ready.
 - GET /metrics: Prometheus text format.
 
-Generation runs on one worker thread. Where the backend batches it is continuous batching:
-every prompt of every request is a row of one engine batch of `--batch-size` slots (default
-target.batch_size); a request joins at the next step while a slot is free, its rows leave the
-moment they finish or their client goes away, and `n` choices are rows too. Neuron backends
-compiled for a batch (target.batch_size) batch the same way: transformers-neuronx 0.12+ with
-the engine loop, and NxD Inference unfused; otherwise they decode one request at a time. What
-does not fit waits in a bounded queue: a full queue answers 429 with Retry-After, and /health
-says "saturated" (503) while it is full. Every request is bounded: prompt tokens + max_tokens
+This module is the HTTP side: routes, request parsing (frontdoor.py) and the wire format of
+answers (openai_api.py). The work runs in scheduler.py: one worker thread, continuous batching
+where the backend batches (every prompt and each of its `n` choices a row of one engine batch of
+`--batch-size` slots), one request at a time otherwise. What does not fit waits in a bounded
+queue: a full queue answers 429 with Retry-After, and /health says "saturated" (503) while it
+is full. Every request is bounded: prompt tokens + max_tokens
 must fit n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
 disconnects, streaming or not, has its generation cancelled at the next step. Client errors are
 4xx in OpenAI's error shape, counted in /metrics. SIGTERM stops accepting work, answers queued
@@ -30,49 +28,40 @@ requests 503, gives the running ones the drain timeout to finish, then cancels t
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import errno
 import json
-import queue
 import signal
 import socket
 import sys
 import threading
-import time
-import traceback
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..backends import backend_warnings
 from ..config.spec import ConfigFile
-from ..engine.loop import GenerationCancelled
 from ..errors import BackendUnavailableError, UsageError
 from . import frontdoor
 from .openai_api import (
     ChatRequest,
     CompletionRequest,
-    TextOffsets,
     chunk,
     clip,
     error_body,
     full_body,
     logprobs_after,
-    logprobs_body,
-    logprobs_part,
     models_body,
-    new_id,
     now,
     usage_chunk,
 )
-from .token_bytes import TokenBytes
+from .scheduler import Job, Loader, Scheduler
 
 if TYPE_CHECKING:
-    from starlette.responses import JSONResponse
+    from starlette.applications import Starlette
+    from starlette.requests import Request as HttpRequest
+    from starlette.responses import JSONResponse, Response
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
+Request = frontdoor.Request
 STEP_POLL_S = 0.05
-SEED_RANGE = 1 << 63  # seeds are 0 .. 2^63 - 1 (openai_api, config)
 CANCEL_MARGIN_S = 60  # how often a waiting handler checks that its client is still there
 
 
@@ -82,135 +71,6 @@ def _error(
     from starlette.responses import JSONResponse
 
     return JSONResponse(error_body(message, kind, param), status_code=status)
-
-
-Request = frontdoor.Request
-
-
-@dataclass(eq=False)  # hashed by identity: the scheduler keys its tables by job
-class Job:
-    request: Request
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[tuple[str, Any]]
-    ids: list[list[int]]  # each prompt's tokens, checked against n_positions
-    max_new: int
-    prompts: list[str]  # the texts behind ids (a chat is its rendered template)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    sent_logprobs: dict[int, int] = field(default_factory=dict)  # choice -> tokens streamed
-    id: str = ""
-    created: int = field(default_factory=now)
-    arrived: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self.id = self.id or new_id(self.chat)
-
-    @property
-    def chat(self) -> bool:
-        return isinstance(self.request, ChatRequest)
-
-    @property
-    def choices(self) -> int:
-        """Rows to decode: each prompt `n` times (choice k is prompt k // n)."""
-        return len(self.ids) * self.request.n
-
-    def choice(self, k: int) -> tuple[list[int], int | None]:
-        """Choice k's prompt tokens and seed: the n choices of a seeded request use
-        seed, seed + 1, ... (modulo 2^63, the seed's range) so they differ and each is
-        reproducible."""
-        seed = self.request.seed
-        n = self.request.n
-        return self.ids[k // n], None if seed is None else (seed + k % n) % SEED_RANGE
-
-    def settings(self, k: int) -> dict[str, Any]:
-        """What choice k is generated with, the same on every path: budget, sampling, its
-        seed, stop strings, cancellation."""
-        req = self.request
-        return {
-            "max_new_tokens": self.max_new,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "top_k": req.top_k,
-            "seed": self.choice(k)[1],
-            "stop": req.stops(),
-            "cancelled": self.cancelled.is_set,
-        }
-
-    def push(self, kind: str, payload: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
-
-
-class Metrics:
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        r = self.registry = CollectorRegistry()
-        p = "neuron_spec_"
-        self.requests = Counter(
-            p + "requests", "Completion requests by outcome", ["status"], registry=r
-        )
-        self.errors = Counter(p + "request_errors", "Failed requests by kind", ["kind"], registry=r)
-        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed", registry=r)
-        self.tokens = Counter(p + "generated_tokens", "Tokens generated", registry=r)
-        self.ttft = Histogram(
-            p + "time_to_first_token_seconds",
-            "Time to first token",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
-        )
-        self.tpot = Histogram(
-            p + "time_per_output_token_seconds",
-            "Time per output token",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
-            registry=r,
-        )
-        self.drafted = Counter(p + "draft_tokens", "Draft tokens proposed", registry=r)
-        self.accepted = Counter(p + "accepted_tokens", "Draft tokens accepted", registry=r)
-        self.pos_drafted = Counter(
-            p + "position_drafted", "Drafts proposed at each position", ["position"], registry=r
-        )
-        self.pos_accepted = Counter(
-            p + "position_accepted", "Drafts accepted at each position", ["position"], registry=r
-        )
-        self.queue_depth = Gauge(p + "queue_depth", "Requests waiting", registry=r)
-        # named after vLLM's vllm:num_requests_waiting / _running, request_queue_time_seconds,
-        # e2e_request_latency_seconds
-        self.waiting = Gauge(p + "num_requests_waiting", "Requests waiting", registry=r)
-        self.running = Gauge(p + "num_requests_running", "Requests being decoded", registry=r)
-        latency = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-        self.queue_time = Histogram(
-            p + "request_queue_time_seconds",
-            "Time a request waited before its decoding began",
-            buckets=latency,
-            registry=r,
-        )
-        self.e2e = Histogram(
-            p + "e2e_request_latency_seconds",
-            "Time from a request's arrival to its last token",
-            buckets=latency,
-            registry=r,
-        )
-        self.ready = Gauge(p + "ready", "1 once the models are loaded", registry=r)
-        # batch occupancy: rows decoding together now, out of the batch's slots
-        self.batch_rows = Gauge(p + "batch_rows", "Rows in the running batch", registry=r)
-        self.batch_slots = Gauge(p + "batch_slots", "Slots of the batch", registry=r)
-
-    def observe(self, m: Any, waited_s: float = 0.0) -> None:
-        """One prompt's figures; `waited_s` (the time it spent queued) counts towards its
-        time to first token, which runs from the request's arrival."""
-        self.prompt_tokens.inc(m.prompt_tokens)
-        self.tokens.inc(m.new_tokens)
-        self.drafted.inc(m.drafted)
-        self.accepted.inc(m.accepted)
-        if m.time_to_first_token_s is not None:
-            self.ttft.observe(waited_s + m.time_to_first_token_s)
-        if m.time_per_output_token_s["mean"] is not None and m.new_tokens > 1:
-            for _ in range(m.new_tokens - 1):
-                self.tpot.observe(m.time_per_output_token_s["mean"])
-        for i, (d, a) in enumerate(
-            zip(m.per_position_drafted, m.per_position_accepted, strict=True), 1
-        ):
-            self.pos_drafted.labels(str(i)).inc(d)
-            self.pos_accepted.labels(str(i)).inc(a)
 
 
 def served_names(cfg: ConfigFile) -> tuple[str, frozenset[str]]:
@@ -226,392 +86,7 @@ def served_names(cfg: ConfigFile) -> tuple[str, frozenset[str]]:
     return short, frozenset({short})
 
 
-class ServerState:
-    """Everything the handlers share: the generator, the queue, the worker, the metrics."""
-
-    def __init__(
-        self,
-        cfg: ConfigFile,
-        queue_size: int = 16,
-        retry_after_s: int = 2,
-        slots: int | None = None,
-    ):
-        self.cfg = cfg
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
-        self.retry_after_s = retry_after_s
-        self.metrics = Metrics()
-        self.generator: Any = None
-        self.pieces: Any = None  # the tokenizer's bytes per token, for logprobs
-        self.load_error: str | None = None
-        self.shutting_down = False
-        self.running: set[Job] = set()
-        self.batch: Any = None  # the engine batch requests join, where the backend batches
-        self.slots = slots or cfg.spec.target.batch_size
-        self.metrics.batch_slots.set(self.slots)
-        self.on_fatal: Any = None  # called when loading fails: the server exits
-        self.model_name, self.model_names = served_names(cfg)
-        self.started = now()
-        self._worker = threading.Thread(target=self._work, name="neuron-spec-worker", daemon=True)
-
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    def start(self, loader: Any) -> None:
-        def load() -> None:
-            try:
-                gen = loader(self.cfg)
-                self.batch = gen.open_batch(self.slots)  # None: one request at a time
-                self.pieces = TokenBytes(gen.tokenizer)
-                self.generator = gen
-                for message in backend_warnings(self.generator):
-                    sys.stderr.write(f"neuron-spec: warning: {message}\n")
-                self.metrics.ready.set(1)
-                self._worker.start()
-            except Exception as exc:
-                self.load_error = f"{type(exc).__name__}: {exc}"
-                if self.on_fatal is not None:
-                    self.on_fatal()
-
-        threading.Thread(target=load, name="neuron-spec-loader", daemon=True).start()
-
-    def begin_shutdown(self) -> None:
-        """Stop taking work; answer queued requests 503; let the running one finish."""
-        self.shutting_down = True
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.push("error", (503, "the server is shutting down"))
-        with contextlib.suppress(queue.Full):
-            self.jobs.put_nowait(None)
-
-    def cancel_running(self) -> None:
-        for job in list(self.running):
-            job.cancelled.set()
-
-    @property
-    def ready(self) -> bool:
-        return self.generator is not None and not self.shutting_down
-
-    @property
-    def saturated(self) -> bool:
-        return self.jobs.full()
-
-    def stop_worker(self, timeout_s: float) -> None:
-        """Cancel what runs and wait for the worker to leave the models: a process must not
-        exit while a thread is inside torch (that aborts it)."""
-        self.begin_shutdown()
-        self.cancel_running()
-        if self._worker.is_alive():
-            self._worker.join(timeout_s)
-
-    def prepare(self, req: Request) -> tuple[list[str], list[list[int]], int]:
-        """Prompt texts, their tokens and the new tokens to generate (frontdoor.py's rules)."""
-        gen = self.generator
-        texts, ids = frontdoor.prompts(gen, req)
-        limit = frontdoor.new_tokens(
-            req, ids, gen.n_positions, self.cfg.spec.generation.max_new_tokens
-        )
-        return texts, ids, limit
-
-    # --- work ------------------------------------------------------------------------------
-
-    def submit(self, job: Job) -> bool:
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            return False
-        self.metrics.queue_depth.set(self.jobs.qsize())
-        self.metrics.waiting.set(self.jobs.qsize())
-        return True
-
-    def _work(self) -> None:
-        if self.batch is None:
-            self._work_one_at_a_time()
-        else:
-            _Scheduler(self, self.batch).run()
-
-    def _next_job(self, block: bool) -> Job | _Stop | None:
-        """The next queued job that is still wanted; None when none waits (and `block` is
-        false); STOP once the server stops taking work."""
-        while True:
-            try:
-                job = self.jobs.get(block=block)
-            except queue.Empty:
-                return None
-            self._gauge_queue()
-            if job is None:
-                return STOP
-            if not job.cancelled.is_set():
-                return job
-            self.metrics.requests.labels("cancelled").inc()
-
-    def _gauge_queue(self) -> None:
-        self.metrics.queue_depth.set(self.jobs.qsize())
-        self.metrics.waiting.set(self.jobs.qsize())
-
-    def finish_job(self, job: Job, outcome: BaseException | dict[str, Any]) -> None:
-        """Answer a job: its result, or the error that ended it; counted in /metrics."""
-        self.running.discard(job)
-        self.metrics.running.set(len(self.running))
-        if isinstance(outcome, dict):
-            job.push("done", outcome)
-            self.metrics.requests.labels("ok").inc()
-            self.metrics.e2e.observe(time.monotonic() - job.arrived)
-        elif isinstance(outcome, GenerationCancelled):
-            self.metrics.requests.labels("cancelled").inc()
-            why = "shutting down" if self.shutting_down else "cancelled"
-            job.push("error", (503, f"the request was cancelled: the server is {why}"))
-        else:
-            self.metrics.requests.labels("error").inc()
-            self.metrics.errors.labels(type(outcome).__name__).inc()
-            job.push("error", (500, f"generation failed: {type(outcome).__name__}: {outcome}"))
-            # the client sees one line; the operator's log gets where it failed
-            sys.stderr.write(f"neuron-spec: request {job.id} failed:\n")
-            traceback.print_exception(type(outcome), outcome, outcome.__traceback__)
-
-    def start_job(self, job: Job) -> None:
-        self.running.add(job)
-        self.metrics.running.set(len(self.running))
-        self.metrics.queue_time.observe(time.monotonic() - job.arrived)
-
-    def _work_one_at_a_time(self) -> None:
-        """Backends that decode one sequence at a time: each job runs whole, in turn."""
-        while True:
-            job = self._next_job(block=True)
-            if job is STOP:
-                return
-            assert isinstance(job, Job)
-            self.start_job(job)
-            try:
-                self.finish_job(job, self._run(job))
-            except Exception as exc:
-                self.finish_job(job, exc)
-
-    def _run(self, job: Job) -> dict[str, Any]:
-        req, gen = job.request, self.generator
-        results = []
-        for index in range(job.choices):
-            began = time.monotonic()
-            result = gen.generate(
-                "",
-                prompt_token_ids=[job.choice(index)[0]],
-                **job.settings(index),
-                on_text=(lambda _row, d, i=index: job.push("delta", (i, d, None)))
-                if req.stream
-                else None,
-            )
-            self.metrics.observe(result.metrics, began - job.arrived)  # TTFT from arrival
-            results.append(result)
-        return answer(results, req.n)
-
-
-class _Stop:
-    """The worker's signal that the server takes no more work."""
-
-
-STOP = _Stop()
-
-
-def answer(results: list[Any], n: int = 1, shape: Any = None) -> dict[str, Any]:
-    """A job's response body parts from its choices' Generations, in order (`n` per prompt;
-    a prompt's tokens count once in usage, as OpenAI counts them). `shape(result)` gives a
-    choice's logprobs, when they were asked for."""
-    choices = []
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    spec: dict[str, Any] = {"drafted": 0, "accepted": 0, "target_passes": 0, "max_batch_rows": 1}
-    for index, result in enumerate(results):
-        m = result.metrics
-        stopped = result.finished_by_stop[0] or result.finished_by_eos[0]
-        choices.append(
-            {
-                "text": result.text[0],
-                "index": index,
-                "logprobs": shape(result) if shape and result.logprobs is not None else None,
-                "finish_reason": "stop" if stopped else "length",
-            }
-        )
-        usage["prompt_tokens"] += m.prompt_tokens if index % n == 0 else 0
-        usage["completion_tokens"] += m.new_tokens
-        spec["drafted"] += m.drafted
-        spec["accepted"] += m.accepted
-        spec["target_passes"] += m.target_passes
-        spec["max_batch_rows"] = max(spec["max_batch_rows"], m.max_batch_rows)
-    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    spec["acceptance_rate"] = spec["accepted"] / spec["drafted"] if spec["drafted"] else None
-    return {"choices": choices, "usage": usage, "speculation": spec}
-
-
-class StreamedLogprobs:
-    """Which of a streamed choice's token logprobs each text delta carries: a token goes out
-    with the delta that completes its bytes (a token inside a character waits for the rest),
-    so every token is sent once, in order, with its text offset."""
-
-    def __init__(self, pieces: TokenBytes, eos: frozenset[int]):
-        self.pieces, self.eos = pieces, eos
-        self.sent = 0  # entries sent so far
-        self.shown = 0  # bytes of text sent so far
-        self.covered = 0  # bytes of the tokens sent so far
-        self.offsets: TextOffsets | None = None
-
-    def take(self, entries: list[Any], delta: str) -> tuple[list[Any], list[int]]:
-        self.shown += len(delta.encode("utf-8"))
-        if self.offsets is None and entries:
-            lead = self.pieces.lead(entries[0].token)
-            self.offsets, self.covered = TextOffsets(self.pieces, lead), -lead
-        take: list[Any] = []
-        while self.offsets is not None and self.sent + len(take) < len(entries):
-            e = entries[self.sent + len(take)]
-            width = self.pieces.width(e.token)
-            if e.token in self.eos or self.covered + width > self.shown:
-                break
-            take.append(e)
-            self.covered += width
-        self.sent += len(take)
-        offsets = [] if self.offsets is None else [self.offsets.advance(e.token) for e in take]
-        return take, offsets
-
-
-@dataclass
-class _Slot:
-    job: Job
-    index: int  # which of the job's prompts
-    finish: Any  # turns the finished row into its Generation
-    admitted: float
-
-
-class _Scheduler:
-    """Continuous batching: every prompt of every job is a row; rows join the batch at the
-    next step boundary when a slot is free and leave as soon as they finish or their client
-    goes away. A job is answered when all its rows are done."""
-
-    def __init__(self, state: ServerState, batch: Any):
-        self.state, self.batch = state, batch
-        self.pending: collections.deque[tuple[Job, int]] = collections.deque()
-        self.rows: dict[int, _Slot] = {}  # id(row) -> where it belongs
-        self.results: dict[Job, list[Any]] = {}
-        self.stopping = False
-
-    def run(self) -> None:
-        while True:
-            self._fill()
-            if not self.batch.busy:
-                if self.stopping and not self.pending:
-                    return
-                continue
-            for row in self.batch.cancel_requested():
-                self._cancelled(self.rows.pop(id(row)).job)
-            try:
-                finished = self.batch.step()
-            except Exception as exc:
-                self._fail_all(exc)
-                continue
-            for row in finished:
-                self._row_done(row)
-            self.state.metrics.batch_rows.set(len(self.batch.rows) - len(self.batch.free_slots()))
-
-    def _fill(self) -> None:
-        """Admit rows while slots are free: first the prompts of jobs already started, then
-        new jobs; wait for work only when nothing runs."""
-        while self.batch.free_slots():
-            if not self.pending:
-                if self.stopping:
-                    return
-                job = self.state._next_job(block=not self.batch.busy)
-                if job is None:
-                    return
-                if job is STOP:
-                    self.stopping = True
-                    return
-                assert isinstance(job, Job)
-                self.state.start_job(job)
-                self.results[job] = [None] * job.choices
-                self.pending.extend((job, i) for i in range(job.choices))
-            job, index = self.pending.popleft()
-            if job in self.results:
-                self._admit(job, index)
-
-    def _admit(self, job: Job, index: int) -> None:
-        req, gen = job.request, self.state.generator
-        holder: list[Any] = []  # the row, for its callback
-        try:
-            row, finish = gen.row(
-                job.choice(index)[0],
-                **job.settings(index),
-                on_text=self._on_text(job, index, holder) if req.stream else None,
-                logprobs=req.logprob_count(),
-            )
-        except Exception as exc:
-            self._end(job, exc)
-            return
-        holder.append(row)
-        self.batch.admit(row)
-        self.rows[id(row)] = _Slot(job, index, finish, time.monotonic())
-
-    def _row_done(self, row: Any) -> None:
-        slot = self.rows.pop(id(row))
-        if slot.job not in self.results:
-            return
-        result = slot.finish()
-        self.state.metrics.observe(result.metrics, slot.admitted - slot.job.arrived)
-        done = self.results[slot.job]
-        done[slot.index] = result
-        if all(r is not None for r in done):
-            self._end(slot.job, answer(done, slot.job.request.n, self._shape(slot.job)))
-
-    def _on_text(self, job: Job, index: int, holder: list[Any]) -> Any:
-        """The stream callback of choice `index`: each text delta with the logprobs of the
-        tokens whose bytes it completes (when asked for)."""
-        if job.request.logprob_count() is None:
-            return lambda d: job.push("delta", (index, d, None))
-        stream = StreamedLogprobs(self.state.pieces, frozenset(self.state.generator.eos_token_ids))
-
-        def on_text(delta: str) -> None:
-            take, offsets = stream.take(holder[0].token_logprobs, delta)
-            job.sent_logprobs[index] = stream.sent
-            part = logprobs_part(job.chat, take, self.state.pieces, offsets) if take else None
-            job.push("delta", (index, delta, part))
-
-        return on_text
-
-    def _shape(self, job: Job) -> Any:
-        """How a choice's log-probabilities are written for this job's endpoint."""
-        eos = frozenset(self.state.generator.eos_token_ids)
-
-        def shape(result: Any) -> dict[str, Any]:
-            cut = bool(result.finished_by_stop and result.finished_by_stop[0])
-            return logprobs_body(
-                job.chat, result.logprobs[0], self.state.pieces, result.text[0], cut, eos
-            )
-
-        return shape
-
-    def _cancelled(self, job: Job) -> None:
-        if job in self.results:
-            self._end(job, GenerationCancelled())
-
-    def _end(self, job: Job, outcome: BaseException | dict[str, Any]) -> None:
-        """Answer the job; its other rows leave the batch, its queued prompts are dropped."""
-        del self.results[job]
-        job.cancelled.set()
-        for b, row in enumerate(self.batch.rows):
-            slot = None if row is None else self.rows.get(id(row))
-            if slot is not None and slot.job is job:
-                self.batch.leave(b)
-                del self.rows[id(row)]
-        self.state.finish_job(job, outcome)
-
-    def _fail_all(self, exc: Exception) -> None:
-        """A failed step leaves the caches in an unknown state: every running job fails and
-        the batch starts afresh."""
-        for job in list(self.results):
-            self._end(job, exc)
-        self.pending.clear()
-        self.batch = self.state.generator.open_batch(self.batch.slots)
-
-
-async def read_body(request: Any, limit: int = frontdoor.MAX_BODY_BYTES) -> bytes:
+async def read_body(request: HttpRequest, limit: int = frontdoor.MAX_BODY_BYTES) -> bytes:
     """The request body, never more than `limit` bytes of it read: a Content-Length over the
     limit is refused before a byte of the body is read, and a chunked body is read only
     until it passes the limit (RequestError 413; uvicorn then closes the connection)."""
@@ -635,25 +110,27 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-class _Handlers:
+class Routes:
     """The HTTP side: every client error is a 4xx in OpenAI's error shape, counted."""
 
-    def __init__(self, state: ServerState):
-        self.state = state
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.model_name, self.model_names = served_names(scheduler.cfg)
+        self.started = now()
 
     def reject(self, status: int, message: str, param: str | None = None) -> JSONResponse:
         outcome = {413: "invalid", 429: "rejected", 503: "unavailable"}.get(status, "invalid")
-        self.state.metrics.requests.labels(outcome).inc()
+        self.scheduler.metrics.requests.labels(outcome).inc()
         kind = {429: "rate_limit_error", 503: "server_error"}.get(status, "invalid_request_error")
         response = _error(status, message, param, kind)
         if status == 413:  # the rest of the body is never read: close, do not drain it
             response.headers["Connection"] = "close"
         return response
 
-    async def health(self, _request: Any) -> Any:
+    async def health(self, _request: HttpRequest) -> Response:
         from starlette.responses import JSONResponse
 
-        st = self.state
+        st = self.scheduler
         if st.load_error:
             return JSONResponse({"status": "failed", "error": st.load_error}, status_code=503)
         if st.shutting_down:
@@ -664,34 +141,34 @@ class _Handlers:
         if st.saturated:
             body = {"status": "saturated", "queue": queue_info}
             return JSONResponse(body, 503, headers={"Retry-After": str(st.retry_after_s)})
-        return JSONResponse({"status": "ready", "model": st.model_name, "queue": queue_info})
+        return JSONResponse({"status": "ready", "model": self.model_name, "queue": queue_info})
 
-    async def metrics(self, _request: Any) -> Any:
+    async def metrics(self, _request: HttpRequest) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         from starlette.responses import Response
 
-        registry = self.state.metrics.registry
+        registry = self.scheduler.metrics.registry
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def models(self, _request: Any) -> Any:
+    async def models(self, _request: HttpRequest) -> Response:
         from starlette.responses import JSONResponse
 
-        return JSONResponse(models_body(self.state.model_name, self.state.started))
+        return JSONResponse(models_body(self.model_name, self.started))
 
-    async def model(self, request: Any) -> Any:
+    async def model(self, request: HttpRequest) -> Response:
         """GET /v1/models/{id}: the served model, or OpenAI's 404 model_not_found."""
         from starlette.responses import JSONResponse
 
         name = request.path_params["model"]
-        if name not in self.state.model_names:
+        if name not in self.model_names:
             return self._no_such_model(name)
-        return JSONResponse(models_body(self.state.model_name, self.state.started)["data"][0])
+        return JSONResponse(models_body(self.model_name, self.started)["data"][0])
 
     def _no_such_model(self, name: str) -> JSONResponse:
         from starlette.responses import JSONResponse
 
         body = error_body(
-            f"The model {clip(name)} does not exist: this server serves '{self.state.model_name}' "
+            f"The model {clip(name)} does not exist: this server serves '{self.model_name}' "
             "(GET /v1/models).",
             "invalid_request_error",
             "model",
@@ -699,27 +176,27 @@ class _Handlers:
         )
         return JSONResponse(body, status_code=404)
 
-    async def parse(self, request: Any, schema: type[Request]) -> Request | JSONResponse:
+    async def parse(self, request: HttpRequest, schema: type[Request]) -> Request | JSONResponse:
         try:
             return frontdoor.parse_body(await read_body(request), schema)
         except frontdoor.RequestError as exc:
             return self.reject(exc.status, exc.message, exc.param)
 
-    async def completions(self, request: Any) -> Any:
+    async def completions(self, request: HttpRequest) -> Response:
         return await self.answer(request, CompletionRequest)
 
-    async def chat_completions(self, request: Any) -> Any:
+    async def chat_completions(self, request: HttpRequest) -> Response:
         return await self.answer(request, ChatRequest)
 
-    async def answer(self, request: Any, schema: type[Request]) -> Any:
+    async def answer(self, request: HttpRequest, schema: type[Request]) -> Response:
         from starlette.responses import StreamingResponse
 
         body = await self.parse(request, schema)
-        if not isinstance(body, schema):
+        if not isinstance(body, CompletionRequest | ChatRequest):
             return body
-        if body.model is not None and body.model not in self.state.model_names:
+        if body.model is not None and body.model not in self.model_names:
             return self._no_such_model(body.model)
-        st = self.state
+        st = self.scheduler
         if st.shutting_down:
             return self.reject(503, "the server is shutting down")
         if not st.ready:
@@ -749,7 +226,7 @@ class _Handlers:
             )
         return await self.wait(job, request)
 
-    async def wait(self, job: Job, request: Any) -> Any:
+    async def wait(self, job: Job, request: HttpRequest) -> Response:
         """The result of a non-streaming job; a client that goes away cancels it."""
         from starlette.responses import JSONResponse
 
@@ -773,14 +250,14 @@ class _Handlers:
         if kind == "error":
             status, message = payload
             return _error(status, message, kind="server_error")
-        model = self.state.model_name
+        model = self.model_name
         return JSONResponse(full_body(job.chat, job.id, job.created, model, payload))
 
     async def stream(self, job: Job) -> AsyncIterator[str]:
         """Server-sent events as OpenAI sends them: (chat: a role delta first,) text deltas,
         one finishing event per choice (the last one also carrying `speculation`), then, only
         with stream_options.include_usage, usage (choices: []), then [DONE]."""
-        head = (job.chat, job.id, job.created, self.state.model_name)
+        head = (job.chat, job.id, job.created, self.model_name)
         try:
             if job.chat:
                 yield _sse(chunk(*head, 0, None))
@@ -810,7 +287,7 @@ class _Handlers:
         finally:
             job.cancelled.set()  # the client went away, or we are done: free the worker
 
-    async def not_found(self, request: Any, exc: Any) -> Any:
+    async def not_found(self, request: HttpRequest, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         what = "method not allowed on" if status == 405 else "no such route:"
         path = request.url.path
@@ -822,10 +299,10 @@ class _ApiKey:
     """Bearer-token check on every /v1 route (OpenAI's 401 shape); /health and /metrics stay
     open for load balancers and Prometheus. ASGI middleware, so streams are untouched."""
 
-    def __init__(self, app: Any, key: str):
+    def __init__(self, app: ASGIApp, key: str):
         self.app, self.expected = app, key.encode()
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         import hmac
 
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
@@ -869,21 +346,21 @@ def check_api_key(key: str, source: str) -> str:
     return key
 
 
-def build_app(state: ServerState, loader: Any, api_key: str | None = None) -> Any:
+def build_app(scheduler: Scheduler, loader: Loader, api_key: str | None = None) -> Starlette:
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.routing import Route
 
-    h = _Handlers(state)
+    h = Routes(scheduler)
 
     @asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
-        state.start(loader)
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        scheduler.start(loader)
         yield
-        state.begin_shutdown()
-        state.cancel_running()
+        scheduler.begin_shutdown()
+        scheduler.cancel_running()
 
     return Starlette(
         routes=[
@@ -950,16 +427,16 @@ def serve(
     from ..backends import load_generator
 
     sock = listen(host, port)  # before anything loads: a busy port is a clear exit 2 at once
-    state = ServerState(cfg, queue_size, slots=slots)
-    app = build_app(state, load_generator, api_key)
+    scheduler = Scheduler(cfg, queue_size, slots=slots)
+    app = build_app(scheduler, load_generator, api_key)
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Drain, then exit 0. uvicorn's own handler would also re-raise the signal once it
             # has shut down, so a server that stopped cleanly would look killed.
-            if not state.shutting_down:
-                state.begin_shutdown()
-                timer = threading.Timer(drain_timeout_s, state.cancel_running)
+            if not scheduler.shutting_down:
+                scheduler.begin_shutdown()
+                timer = threading.Timer(drain_timeout_s, scheduler.cancel_running)
                 timer.daemon = True
                 timer.start()
             if self.should_exit and sig == signal.SIGINT:
@@ -982,10 +459,10 @@ def serve(
     def fatal() -> None:
         server.should_exit = True
 
-    state.on_fatal = fatal
+    scheduler.on_fatal = fatal
     server.run(sockets=[sock])
-    state.stop_worker(timeout_s=60)
-    if state.load_error:
-        sys.stderr.write(f"error: loading the models failed: {state.load_error}\n")
+    scheduler.stop_worker(timeout_s=60)
+    if scheduler.load_error:
+        sys.stderr.write(f"error: loading the models failed: {scheduler.load_error}\n")
         return 1
     return 0

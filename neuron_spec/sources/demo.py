@@ -107,7 +107,7 @@ def fetch_demo_checkpoint(
 def convert_gguf(gguf: Path, final: Path) -> Path:
     """A GGUF file as a safetensors checkpoint directory (config.json, de-quantized f32
     weights, tokenizer), written atomically: `final` appears complete or not at all."""
-    from ..backends.reference import load_model
+    from .hf import load_model
 
     loaded = load_model(str(gguf), "f32", gguf.parent, device="cpu")
     plain = _dequantized_copy(loaded.model)

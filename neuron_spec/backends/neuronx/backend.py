@@ -32,15 +32,15 @@ from ..neuron_common import (
     neuron_generator,
     prepare_checkpoint,
 )
-from ..neuron_plan import LoadPlan, ModelLoad, artifact_root, build_load_plan
+from ..neuron_plan import artifact_root
 from .batch_runner import NeuronxBatchRunner
 from .library import LibraryPair, run_library
+from .plan import LoadPlan, ModelLoad, build_load_plan
 from .runner import NeuronxRunner
 
 if TYPE_CHECKING:
     from ...config.spec import ConfigFile
-    from ...engine.generate import Generator
-    from .. import Progress
+    from ..base import Generator, Progress
 
 INSTALL_HINT = (
     "transformers-neuronx is not installed in this Python environment. It is not on PyPI (the "
@@ -57,7 +57,8 @@ def import_tnx() -> tuple[Any, str]:
         tnx = importlib.import_module("transformers_neuronx")
     except ImportError as exc:
         raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from None
-    from ..neuron_plan import TNX_DIST, installed_version
+    from ..neuron_plan import installed_version
+    from .plan import TNX_DIST
 
     version = installed_version(TNX_DIST) or str(getattr(tnx, "__version__", "") or "")
     if not version:
@@ -100,7 +101,10 @@ def _to_neuron(model: Any) -> str | None:
 
 
 class NeuronxPair:
-    """Draft and target loaded on NeuronCores, ready to generate."""
+    """Draft and target loaded on NeuronCores, ready to generate (a Backend)."""
+
+    name = "neuronx"
+    device = "neuron"
 
     def __init__(self, cfg: ConfigFile, progress: Progress | None = None):
         self.cfg = cfg
@@ -313,6 +317,9 @@ class NeuronxPair:
 
         return decode_batches(prompts, size, on_tokens, run, "transformers-neuronx")
 
+    def warnings(self) -> list[str]:
+        return list(self.cache.warnings)
+
     def vocab_size(self) -> int:
         config = getattr(self.target, "config", None)
         if isinstance(config, dict):
@@ -331,10 +338,10 @@ class NeuronxPair:
         return result
 
 
-def load_neuronx_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
+def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     pair = NeuronxPair(cfg, progress)
     tok_dir = pair.plan.target.tokenizer or pair.plan.target.checkpoint
-    gen = neuron_generator(cfg, pair, pair.decode, pair.plan.target.checkpoint, tok_dir)
+    gen = neuron_generator(cfg, pair, pair.plan.target.checkpoint, tok_dir)
     pair.pad_token_id = gen.pad_token_id
     return gen
 

@@ -9,7 +9,7 @@ sequence slot 0; 0.12 returns a full batch's logits in slot order whatever the i
 driven by neuron-spec's engine only. What the runner maps:
 
 - The engine's virtual columns, rollback and one pass width for rows that bring different
-  numbers of tokens: batch_rows.py. Every call carries the full compiled batch (under
+  numbers of tokens: positional.py. Every call carries the full compiled batch (under
   continuous batching a one-token call of fewer rows is padded with token 0 at position 0 of
   each slot left out, overwriting it); free slots are parked at position 1.
 - A new row, at the start of a batch or joining a running one, has its prompt but its last
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..batch_rows import PositionalRows
+from ..positional import PositionalRows
 
 
 class NeuronxBatchRunner(PositionalRows):

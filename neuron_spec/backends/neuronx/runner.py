@@ -22,56 +22,33 @@ from typing import Any
 
 import torch
 
+from ..positional import PositionalRunner
 
-class NeuronxRunner:
+
+class NeuronxRunner(PositionalRunner):
     """One LlamaForSampling seen as an engine Runner (batch 1)."""
 
+    library = "transformers-neuronx"
+
     def __init__(self, model: Any, n_positions: int, vocab_size: int, window: int | None = None):
+        super().__init__(vocab_size)
         self.model = model
         self.n_positions = n_positions
-        self.vocab_size = vocab_size
         self.window = window  # the compiled speculation width, on the target only
-        self.pos = 0
 
-    def reset(self, batch: int) -> None:
-        if batch != 1:
-            raise ValueError("the transformers-neuronx engine loop decodes one sequence at a time")
-        self.pos = 0
+    def _context(self, prompt: torch.Tensor) -> torch.Tensor:
+        self._check(prompt.shape[1] - 1)
+        out: torch.Tensor = self.model(prompt, None, None)  # (1, V)
+        return out.float().unsqueeze(1)
 
-    @property
-    def length(self) -> int:
-        return self.pos
-
-    def invalidate_from(self, start: torch.Tensor) -> None:
-        # Positional cache: moving the write position back is the rollback; later writes
-        # overwrite. Never forward: a slot that was not written stays unwritten.
-        self.pos = min(self.pos, int(start.reshape(-1)[0]))
-
-    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-        """tokens (1, w) -> logits of the last `keep` columns (1, keep, V)."""
-        if not bool(mask.all()):
-            raise ValueError("the transformers-neuronx engine loop has no padded columns")
-        width = tokens.shape[1]
-        chunks: list[torch.Tensor] = []  # (1, n, V) each, for the columns computed
-        i = 0
-        if self.pos == 0:
-            i = max(1, width - keep)
-            self._check(i - 1)
-            chunks.append(self.model(tokens[:, :i], None, None).float().unsqueeze(1))
-            self.pos = i
-        while i < width:
-            n = self._window_chunk(width - i)
-            chunk = tokens[:, i : i + n]
-            chunks.append(self._speculative(chunk) if n > 1 else self._one(chunk))
-            i += n
-        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
-        return out[:, -keep:]
-
-    def _window_chunk(self, remaining: int) -> int:
-        """How many tokens the next pass takes: a speculation window when one fits."""
+    def _width(self, remaining: int) -> int:
+        """A speculation window when one fits, else one token."""
         if self.window is None or remaining == 1 or self.pos + self.window > self.n_positions:
             return 1
         return min(remaining, self.window)
+
+    def _pass(self, chunk: torch.Tensor) -> torch.Tensor:
+        return self._speculative(chunk) if chunk.shape[1] > 1 else self._one(chunk)
 
     def _check(self, position: int) -> None:
         if position >= self.n_positions:
@@ -84,7 +61,6 @@ class NeuronxRunner:
         self._check(self.pos)
         cache_ids = torch.tensor([self.pos], dtype=torch.int32)
         out: torch.Tensor = self.model(token, cache_ids, None)  # (1, V)
-        self.pos += 1
         return out.float().unsqueeze(1)
 
     def _speculative(self, chunk: torch.Tensor) -> torch.Tensor:
@@ -94,5 +70,4 @@ class NeuronxRunner:
         window = torch.cat([chunk, pad], dim=1)
         cache_ids = torch.arange(self.pos, self.pos + self.window, dtype=torch.int32)
         out: torch.Tensor = self.model.speculative_forward(window, cache_ids, None, self.window)
-        self.pos += n
         return out[:n, :, 0].float().unsqueeze(0)  # (k, V, 1) -> (1, n, V)

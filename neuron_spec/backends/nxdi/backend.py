@@ -35,8 +35,7 @@ from .runner import NxdiRunner
 
 if TYPE_CHECKING:
     from ...config.spec import ConfigFile
-    from ...engine.generate import Generator
-    from .. import Progress
+    from ..base import Generator, Progress
 
 INSTALL_HINT = (
     "neuronx-distributed-inference is not installed in this Python environment (it is not on "
@@ -86,7 +85,10 @@ def normalised_config(serialized: str) -> Any:
 
 
 class NxdiPair:
-    """The loaded applications, ready to generate."""
+    """The loaded applications, ready to generate (a Backend)."""
+
+    name = "nxdi"
+    device = "neuron"
 
     def __init__(self, cfg: ConfigFile, progress: Progress | None = None):
         self.cfg = cfg
@@ -183,6 +185,9 @@ class NxdiPair:
         return model
 
     # --- generation ------------------------------------------------------------------------
+
+    def warnings(self) -> list[str]:
+        return list(self.cache.warnings)
 
     @property
     def vocab_size(self) -> int:
@@ -356,12 +361,12 @@ def _family(cfg: ConfigFile) -> str:
     return instance.split(".")[0]
 
 
-def load_nxdi_generator(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
+def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     pair = NxdiPair(cfg, progress)
     target = pair.plan.target
+    tok_dir = target.tokenizer or target.checkpoint
     gen = neuron_generator(
-        cfg, pair, pair.decode, target.checkpoint, target.tokenizer or target.checkpoint
+        cfg, pair, target.checkpoint, tok_dir, max_prompt_tokens=pair.plan.max_context_length
     )
     pair.pad_token_id = gen.pad_token_id
-    gen.max_prompt_tokens = pair.plan.max_context_length
     return gen

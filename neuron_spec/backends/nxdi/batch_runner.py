@@ -12,7 +12,7 @@ What NxDI 0.8's graphs allow, and how the runner maps onto it (runner.py has bat
   first new one (idle rows: none);
 - any call holding position 0 in any row is routed to context encoding, so no row of a
   speculation or token-generation pass starts at 0: idle rows are parked at position 1, and a
-  row re-feeds cached tokens only from position 1 up (batch_rows.py);
+  row re-feeds cached tokens only from position 1 up (positional.py);
 - a speculative target has only the speculation graph, exactly k wide: a feed is laid out over
   whole multiples of k (re-fed history in front, or filler behind that later passes
   overwrite); the draft and a plain target go one token at a time;
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..batch_rows import PositionalRows
+from ..positional import PositionalRows
 from .runner import nxdi_logits
 
 

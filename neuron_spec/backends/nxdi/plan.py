@@ -28,7 +28,14 @@ from typing import Any
 
 from ...config.spec import ConfigFile, ModelSpec
 from ...sources.checkpoint import resolve_model
-from ..neuron_plan import CC_DIST, _preparation, artifact_root, installed_version, planned_env
+from ..neuron_plan import (
+    CC_DIST,
+    PlanView,
+    artifact_root,
+    installed_version,
+    planned_env,
+    preparation,
+)
 
 NXDI_DIST = "neuronx-distributed-inference"
 DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
@@ -92,6 +99,34 @@ class NxdiPlan:
             "neuron-spec's engine: target(...) width k verify passes, draft(...) one token at "
             "a time, logits to the host, acceptance and sampling on the host",
         ]
+
+    def view(self, config: str) -> PlanView:
+        version = self.nxdi_version or "not installed here"
+        keywords = [
+            f"{m.role} ({m.checkpoint}): {m.neuron_config}" for m in (self.draft, self.target)
+        ]
+        return PlanView(
+            title=f"load plan for {config} (NxD Inference {version}, {self.mode} speculation, "
+            f"k={self.window})",
+            facts=[
+                f"lengths: n_positions {self.n_positions}; target compiled for "
+                f"{self.compiled_length} (k - 1 positions of headroom); prompts up to "
+                f"{self.max_context_length} tokens"
+            ],
+            env=self.env,
+            sections=[
+                ("NeuronConfig keywords", keywords),
+                ("calls, in order", self.calls()),
+                (
+                    "compiled-artifact cache",
+                    [
+                        "keyed at load by NxDI's serialized config (paths left out), the NxDI and "
+                        "neuronx-cc versions and the instance family"
+                    ],
+                ),
+            ],
+            notes=self.notes,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,7 +200,7 @@ def build_nxdi_plan(
     def model(role: str, m: ModelSpec, speculation: int, fused: bool, length: int) -> NxdiModel:
         resolved = resolve_model(m.model, cfg.base_dir, m.architecture)
         said = notes if role != "plain-target" else []  # the target's notes cover it
-        prepare, checkpoint, tokenizer = _preparation(
+        prepare, checkpoint, tokenizer = preparation(
             role, m.model, resolved, artifact_root(cfg), said
         )
         if prepare == "split":  # NxDI reads pytorch_model.bin itself

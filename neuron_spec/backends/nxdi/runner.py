@@ -23,9 +23,13 @@ from typing import Any
 
 import torch
 
+from ..positional import PositionalRunner
 
-class NxdiRunner:
+
+class NxdiRunner(PositionalRunner):
     """One NxDI application (batch 1, seq id 0) seen as an engine Runner."""
+
+    library = "NxDI"
 
     def __init__(
         self,
@@ -37,42 +41,15 @@ class NxdiRunner:
         pad_token_id: int,
         window: int | None = None,
     ):
+        super().__init__(vocab_size)
         self.model = model
-        self.vocab_size = vocab_size
         self.compiled_length = compiled_length
         self.context_length = context_length
         self.pad_token_id = pad_token_id
         self.window = window  # the speculation graph's width k, on a speculative target only
-        self.pos = 0
 
-    def reset(self, batch: int) -> None:
-        if batch != 1:
-            raise ValueError("the NxDI engine loop decodes one sequence at a time")
-        self.pos = 0  # a new request is a new context encoding: nothing else to clear
-
-    @property
-    def length(self) -> int:
-        return self.pos
-
-    def invalidate_from(self, start: torch.Tensor) -> None:
-        self.pos = min(self.pos, int(start.reshape(-1)[0]))
-
-    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-        """tokens (1, w) -> logits of the last `keep` columns (1, keep, V)."""
-        if not bool(mask.all()):
-            raise ValueError("the NxDI engine loop has no padded columns")
-        width = tokens.shape[1]
-        chunks: list[torch.Tensor] = []
-        i = 0
-        if self.pos == 0:
-            i = max(1, width - keep)
-            chunks.append(self._context(tokens[:, :i]))
-        while i < width:
-            n = min(width - i, self.window) if self.window else 1
-            chunks.append(self._pass(tokens[:, i : i + n]))
-            i += n
-        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
-        return out[:, -keep:]
+    def _width(self, remaining: int) -> int:
+        return min(remaining, self.window) if self.window else 1
 
     def _context(self, prompt: torch.Tensor) -> torch.Tensor:
         n = prompt.shape[1]
@@ -88,9 +65,7 @@ class NxdiRunner:
         mask[:, :n] = 1
         positions = torch.zeros((1, width), dtype=torch.long)  # pads at 0, never the maximum
         positions[:, :n] = torch.arange(n)
-        logits = self._forward(ids, mask, positions)  # (1, 1, V): the last prompt position
-        self.pos = n
-        return logits
+        return self._forward(ids, mask, positions)  # (1, 1, V): the last prompt position
 
     def _pass(self, chunk: torch.Tensor) -> torch.Tensor:
         n = chunk.shape[1]
@@ -106,7 +81,6 @@ class NxdiRunner:
         mask = torch.ones((1, self.pos), dtype=torch.long)  # committed positions only
         positions = torch.arange(self.pos, end).reshape(1, -1)
         logits = self._forward(ids, mask, positions)  # (1, width, V)
-        self.pos += n
         return logits[:, :n]
 
     def _forward(

@@ -1,5 +1,13 @@
-"""What both Neuron batch runners share: the engine's virtual columns over a positional,
-per-row KV cache compiled for a fixed batch of rows.
+"""The engine's Runners over a positional KV cache, which both Neuron libraries have: a compiled
+graph writes each token's K/V at the position it is given, and attention reads the positions
+below. Rolling back rejected drafts is moving the write position back: the next pass
+overwrites the stale slots before any query reads them.
+
+`PositionalRunner`: one sequence (a model compiled for batch 1). Its first feed is the prompt's
+context encoding (all but the tokens whose logits are wanted after it); later feeds go through
+the library's passes, as wide as a subclass allows (a speculation window, or one token).
+
+`PositionalRows`: a fixed batch of rows, each at its own positions.
 
 The engine (engine.Batch) feeds w columns to every row at once, of which a row's last m are
 live. A compiled graph instead writes each row's tokens at that row's own positions, so each
@@ -23,6 +31,61 @@ from __future__ import annotations
 import bisect
 
 import torch
+
+
+class PositionalRunner:
+    """One sequence over a positional cache; subclasses run the library's calls."""
+
+    library = "the Neuron"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.pos = 0
+
+    def reset(self, batch: int) -> None:
+        if batch != 1:
+            raise ValueError(f"the {self.library} engine loop decodes one sequence at a time")
+        self.pos = 0  # a new request is a new context encoding: nothing else to clear
+
+    @property
+    def length(self) -> int:
+        return self.pos
+
+    def invalidate_from(self, start: torch.Tensor) -> None:
+        # Positional cache: moving the write position back is the rollback; later writes
+        # overwrite. Never forward: a slot that was not written stays unwritten.
+        self.pos = min(self.pos, int(start.reshape(-1)[0]))
+
+    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """tokens (1, w) -> logits of the last `keep` columns (1, keep, V)."""
+        if not bool(mask.all()):
+            raise ValueError(f"the {self.library} engine loop has no padded columns")
+        width = tokens.shape[1]
+        chunks: list[torch.Tensor] = []  # (1, n, V) each, for the columns computed
+        i = 0
+        if self.pos == 0:
+            i = max(1, width - keep)
+            chunks.append(self._context(tokens[:, :i]))  # (1, 1, V): the last prompt position
+            self.pos = i
+        while i < width:
+            n = self._width(width - i)
+            chunks.append(self._pass(tokens[:, i : i + n]))
+            self.pos += n
+            i += n
+        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+        return out[:, -keep:]
+
+    def _context(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Encode the prompt (1, n) at positions 0..n-1; the logits of its last (1, 1, V)."""
+        raise NotImplementedError
+
+    def _width(self, remaining: int) -> int:
+        """How many of the remaining tokens the next pass takes."""
+        raise NotImplementedError
+
+    def _pass(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Feed chunk (1, n) at positions pos..pos+n-1; its logits (1, n, V)."""
+        raise NotImplementedError
 
 
 class PositionalRows:

@@ -6,8 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .generate import Generation, Generator
-from .speedup import alpha_from_mean_tokens, expected_speedup
+from ..backends.base import Generator
+from ..engine.generation import Generation
+from ..engine.speedup import alpha_from_mean_tokens, expected_speedup
 
 DEFAULT_PROMPTS = (
     "The history of the printing press begins",

@@ -1,0 +1,243 @@
+"""The contract between the backends and everything above them.
+
+A backend loads a draft/target pair for some hardware and exposes it as a `Backend`: it
+decodes token ids through neuron-spec's engine (`decode`), hands the engine the Runners of a
+continuous batch when its models can batch (`batch_runners`), and says what it worked around
+(`warnings`). A `Generator` wraps a Backend with its tokenizer and the config: text in, text and
+figures out, one request as a row of a continuous batch. The CLI, the server and the SageMaker
+entry point hold a Generator; each backend module's `load(cfg, progress)` returns one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ..config.spec import ConfigFile, SamplingSpec
+from ..engine.acceptors import Acceptor, make_acceptor
+from ..engine.generation import (
+    Generation,
+    RequestTooLong,
+    TextCallback,
+    TextStream,
+    compute_metrics,
+)
+from ..engine.loop import Batch, DraftPolicy, EngineResult, Row, Runner, StreamCallback
+
+Progress = Callable[[str], None]
+RunnerPair = tuple[Runner, Runner | None]  # the target's and the draft's
+
+
+class Backend(Protocol):
+    """A loaded pair on its hardware."""
+
+    name: str  # "reference" | "neuronx" | "nxdi"
+    device: str  # "cpu", "cuda", "neuron"
+
+    def decode(
+        self,
+        prompts: Sequence[Sequence[int]],
+        acceptor: Acceptor,
+        *,
+        draft_tokens: int,
+        max_new_tokens: int,
+        eos_token_ids: Sequence[int] = (),
+        pad_token_id: int = 0,
+        on_tokens: StreamCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> EngineResult:
+        """Generate for every prompt (token ids) through the engine."""
+        ...
+
+    def batch_runners(self, slots: int) -> RunnerPair | None:
+        """Runners for a continuous batch of `slots` rows, or None when the compiled models
+        decode one sequence at a time."""
+        ...
+
+    def warnings(self) -> list[str]:
+        """What the backend could not do but worked around (never fatal, never silent)."""
+        ...
+
+
+class Generator:
+    """A loaded pair with its tokenizer: `generate` text as often as you like, or make each
+    request a row of a continuous batch (`open_batch`, `row`)."""
+
+    def __init__(
+        self,
+        cfg: ConfigFile,
+        backend: Backend,
+        tokenizer: Any,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        max_prompt_tokens: int | None = None,
+    ):
+        self.cfg = cfg
+        self.spec = cfg.spec
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.eos_token_ids = list(eos_token_ids)
+        self.pad_token_id = pad_token_id
+        self.max_prompt_tokens = max_prompt_tokens  # a backend compiled for shorter prompts
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    def warnings(self) -> list[str]:
+        return self.backend.warnings()
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        ids = [list(self.tokenizer(p).input_ids) for p in prompts]
+        for p, row in zip(prompts, ids, strict=True):
+            if not row:
+                raise ValueError(f"prompt {p!r} encodes to no tokens")
+        return ids
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        draft_tokens: int | None = None,
+        on_text: TextCallback | None = None,
+        prompt_token_ids: Sequence[Sequence[int]] | None = None,
+        stop: Sequence[str] = (),
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Generation:
+        """Generate for one prompt or a batch. `on_text(row, delta)` receives text as tokens are
+        accepted; `stop` strings end a row (the text is cut before the stop string, which is
+        not returned); `cancelled()` is polled between steps and aborts the call with
+        GenerationCancelled when it turns true."""
+        batch = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = (
+            [list(p) for p in prompt_token_ids]
+            if prompt_token_ids is not None
+            else self.encode(batch)
+        )
+        max_new = max_new_tokens or self.spec.generation.max_new_tokens
+        self.check_lengths(ids, max_new)
+        sampling = self._sampling(temperature, top_k, top_p, seed)
+        acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
+        gamma = self.spec.speculation.draft_tokens if draft_tokens is None else draft_tokens
+        stream = TextStream(self.tokenizer, len(ids), on_text, [s for s in stop if s])
+        res = self.backend.decode(
+            ids,
+            acceptor,
+            draft_tokens=gamma,
+            max_new_tokens=max_new,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            on_tokens=stream.on_tokens if stream.active else None,
+            cancelled=cancelled,
+        )
+        texts = stream.finish(res.tokens)
+        metrics = compute_metrics(res, sum(len(p) for p in ids), gamma)
+        return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+
+    def open_batch(self, slots: int) -> Batch | None:
+        """A continuous batch of `slots` rows on this pair, or None when the backend decodes
+        one sequence at a time (then requests run one after another)."""
+        pair = self.backend.batch_runners(slots)
+        if pair is None:
+            return None
+        target, draft = pair
+        gamma = self.spec.speculation.draft_tokens
+        policy = DraftPolicy() if self.spec.speculation.adaptive_batch else None
+        return Batch(
+            target,
+            draft if gamma > 0 else None,
+            slots,
+            draft_tokens=gamma,
+            pad_token_id=self.pad_token_id,
+            policy=policy,
+            history=False,  # each row keeps its own steps; the batch may run for days
+        )
+
+    def row(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        logprobs: int | None = None,
+    ) -> tuple[Row, Callable[[], Generation]]:
+        """One request as a row of a continuous batch (see `open_batch`), with its own
+        sampling, seed, stop strings and budget; and the function that turns the finished
+        row into its Generation. `logprobs`: N to record each emitted token's log-probability
+        under the target and the N most likely alternatives (None: not recorded)."""
+        ids = [list(prompt_ids)]
+        max_new = max_new_tokens or self.spec.generation.max_new_tokens
+        self.check_lengths(ids, max_new)
+        sampling = self._sampling(temperature, top_k, top_p, seed)
+        acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
+        text_cb = None if on_text is None else (lambda _row, delta: on_text(delta))
+        stream = TextStream(self.tokenizer, 1, text_cb, [s for s in stop if s])
+        callback = (lambda new: stream.on_tokens(0, new)) if stream.active else None
+        eos = frozenset(self.eos_token_ids)
+        row = Row(ids[0], max_new, eos, acceptor, callback, cancelled, logprobs=logprobs)
+        # a request that gives its own seed and samples always drafts, so it draws its random
+        # numbers as it does alone (its output equals the output alone only while its logits
+        # do too: see max_batch_rows in the metrics)
+        row.pinned = seed is not None and sampling.temperature > 0
+
+        def finish() -> Generation:
+            res = row.result
+            texts = stream.finish(res.tokens)
+            metrics = compute_metrics(res, len(ids[0]), self.spec.speculation.draft_tokens)
+            gen = Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+            gen.logprobs = None if logprobs is None else [row.token_logprobs]
+            return gen
+
+        return row, finish
+
+    def _sampling(
+        self,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+    ) -> SamplingSpec:
+        """The config's sampling with this call's overrides."""
+        s = self.spec.sampling
+        return SamplingSpec(
+            temperature=s.temperature if temperature is None else float(temperature),
+            top_k=s.top_k if top_k is None else top_k,
+            top_p=s.top_p if top_p is None else float(top_p),
+            seed=s.seed if seed is None else seed,
+        )
+
+    @property
+    def n_positions(self) -> int:
+        """The longest sequence (prompt + generated) both models were configured for."""
+        return min(self.spec.target.max_positions, self.spec.draft.max_positions)
+
+    def check_lengths(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+        """Refuse a request that cannot fit n_positions before any model runs (ValueError,
+        which the CLI shows as a usage error and the server as a 400)."""
+        limit = self.n_positions
+        longest = max(len(p) for p in prompts)
+        if self.max_prompt_tokens is not None and longest > self.max_prompt_tokens:
+            raise RequestTooLong(
+                f"the prompt has {longest} tokens; the models' prompt encoding was compiled for "
+                f"at most {self.max_prompt_tokens} (generation.max_prompt_tokens). Fix: shorten "
+                "the prompt, or raise generation.max_prompt_tokens and load again.",
+                "prompt",
+            )
+        if longest + max_new_tokens > limit:
+            raise RequestTooLong(
+                f"the prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
+                f"{longest + max_new_tokens} exceeds n_positions={limit}, the longest sequence "
+                "the models were configured for. Fix: shorten the prompt, lower "
+                "max_new_tokens, or raise n_positions in the config."
+            )

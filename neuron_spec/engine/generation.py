@@ -1,0 +1,205 @@
+"""What a generation returns: the texts, the tokens and the figures (Metrics, computed one way for
+every backend from the engine's step records), and the text stream that turns accepted tokens
+into text deltas and ends a row at a stop string."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .loop import EngineResult, TokenLogprob
+from .speedup import alpha_from_mean_tokens
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the earliest stop string in text, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+@dataclass
+class Metrics:
+    """Figures of one generate call (all rows of a batch together)."""
+
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+    time_to_first_token_s: float | None
+    time_per_output_token_s: dict[str, float | None]  # mean, p50, p90, p99
+    tokens_per_s: float
+    target_passes: int
+    draft_tokens: int  # gamma as configured
+    drafted: int
+    accepted: int
+    acceptance_rate: float | None  # accepted / drafted
+    mean_tokens_per_pass: float | None  # L: tokens emitted per target pass, per row
+    per_position_acceptance: list[float]  # P(draft i accepted | drafted), i = 1..gamma
+    per_position_drafted: list[int]  # how often position i was drafted
+    per_position_accepted: list[int]  # how often position i was accepted
+    alpha: float | None  # per-token acceptance probability, from L
+    draft_step_ms: float | None  # mean time of a 1-token draft pass
+    target_step_ms: float | None  # mean time of a target pass
+    per_row: list[dict[str, int]] = field(default_factory=list)  # {drafted, accepted} per prompt
+    max_batch_rows: int = 1  # the most rows that decoded together in any step
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metrics:
+    new_tokens = sum(len(t) for t in res.tokens)
+    seconds = max(res.end - res.start, 1e-9)
+    firsts = [t - res.start for t in res.first_token_at if t is not None]
+    per_token: list[float] = []
+    drafted = accepted = row_steps = full_row_steps = full_accepted = 0
+    pos_drafted = [0] * gamma
+    pos_accepted = [0] * gamma
+    per_row = [{"drafted": 0, "accepted": 0} for _ in res.tokens]
+    for i, step in enumerate(res.steps):
+        for b, (acc, emitted) in enumerate(zip(step.accepted, step.emitted, strict=True)):
+            if emitted == 0:
+                continue  # the row had finished
+            drafts = step.drafted_by(b)
+            per_row[b]["drafted"] += drafts
+            per_row[b]["accepted"] += acc
+            row_steps += 1
+            drafted += drafts
+            accepted += acc
+            if drafts == gamma:
+                full_row_steps += 1
+                full_accepted += acc
+            for j in range(drafts):
+                pos_drafted[j] += 1
+                pos_accepted[j] += int(acc > j)
+            if i > 0:
+                per_token.extend([step.seconds / emitted] * emitted)
+    mean_l = (full_accepted + full_row_steps) / full_row_steps if full_row_steps else None
+    alpha = alpha_from_mean_tokens(mean_l, gamma) if (mean_l is not None and gamma > 0) else None
+    return Metrics(
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        seconds=seconds,
+        time_to_first_token_s=statistics.fmean(firsts) if firsts else None,
+        time_per_output_token_s={
+            "mean": statistics.fmean(per_token) if per_token else None,
+            "p50": _percentile(per_token, 0.50),
+            "p90": _percentile(per_token, 0.90),
+            "p99": _percentile(per_token, 0.99),
+        },
+        tokens_per_s=new_tokens / seconds,
+        target_passes=len(res.steps),
+        draft_tokens=gamma,
+        drafted=drafted,
+        accepted=accepted,
+        acceptance_rate=accepted / drafted if drafted else None,
+        mean_tokens_per_pass=(accepted + row_steps) / row_steps if row_steps else None,
+        per_position_acceptance=[
+            a / d if d else 0.0 for a, d in zip(pos_accepted, pos_drafted, strict=True)
+        ],
+        per_position_drafted=pos_drafted,
+        per_position_accepted=pos_accepted,
+        alpha=alpha,
+        draft_step_ms=statistics.fmean(res.draft_step_seconds) * 1e3
+        if res.draft_step_seconds
+        else None,
+        target_step_ms=statistics.fmean(res.target_step_seconds) * 1e3
+        if res.target_step_seconds
+        else None,
+        per_row=per_row,
+        max_batch_rows=max((step.rows for step in res.steps), default=1),
+    )
+
+
+@dataclass
+class Generation:
+    text: list[str]
+    token_ids: list[list[int]]  # generated tokens only, per prompt
+    finished_by_eos: list[bool]
+    metrics: Metrics
+    prompt_token_ids: list[list[int]] = field(default_factory=list)
+    finished_by_stop: list[bool] = field(default_factory=list)
+    logprobs: list[list[TokenLogprob]] | None = None  # per row, when asked for
+
+    def to_dict(self, single: bool = False) -> dict[str, Any]:
+        if single and len(self.text) == 1:
+            return {
+                "text": self.text[0],
+                "token_ids": self.token_ids[0],
+                "finished_by_eos": self.finished_by_eos[0],
+                "metrics": self.metrics.to_dict(),
+            }
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "finished_by_eos": self.finished_by_eos,
+            "metrics": self.metrics.to_dict(),
+        }
+
+
+class RequestTooLong(ValueError):
+    """Prompt + max_new_tokens exceed n_positions. `field`: what to shorten first (the
+    prompt when it leaves no room at all, else max_tokens)."""
+
+    def __init__(self, message: str, field: str = "max_tokens"):
+        super().__init__(message)
+        self.field = field
+
+
+TextCallback = Callable[[int, str], None]
+
+
+class TextStream:
+    """Text as tokens are accepted, for `on_text` and stop strings. Text that may be the start
+    of a stop string, or an incomplete multi-byte character, is held back until it is known
+    not to be; a row that reaches a stop string ends there, the stop string not included."""
+
+    def __init__(
+        self, tokenizer: Any, rows: int, on_text: TextCallback | None, stops: list[str]
+    ) -> None:
+        self.tokenizer, self.on_text, self.stops = tokenizer, on_text, stops
+        self.so_far: list[list[int]] = [[] for _ in range(rows)]
+        self.shown = [""] * rows
+        self.stopped = [False] * rows
+        self.hold = max((len(s) for s in stops), default=1) - 1  # may be the start of a stop
+
+    @property
+    def active(self) -> bool:
+        return self.on_text is not None or bool(self.stops)
+
+    def on_tokens(self, row: int, new: list[int]) -> bool:
+        """The engine's callback: True ends the row."""
+        self.so_far[row].extend(new)
+        text = self.tokenizer.decode(self.so_far[row], skip_special_tokens=True)
+        cut = _first_stop(text, self.stops)
+        if cut is not None:
+            text, self.stopped[row] = text[:cut], True
+        elif text.endswith("\ufffd"):
+            return False  # an incomplete multi-byte character: wait for the rest
+        shown = self.shown[row]
+        safe = len(text) if self.stopped[row] else max(len(shown), len(text) - self.hold)
+        if self.on_text is not None and safe > len(shown):
+            self.on_text(row, text[len(shown) : safe])
+        self.shown[row] = text[:safe]
+        return self.stopped[row]
+
+    def finish(self, tokens: list[list[int]]) -> list[str]:
+        """Each row's whole text, cut at its first stop string; what was held back is sent."""
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+        for row, text in enumerate(texts):
+            cut = _first_stop(text, self.stops)
+            if cut is not None:
+                texts[row], self.stopped[row] = text[:cut], True
+            elif self.on_text is not None and len(text) > len(self.shown[row]):
+                self.on_text(row, text[len(self.shown[row]) :])  # flush what was held back
+        return texts
