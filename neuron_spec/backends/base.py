@@ -22,7 +22,8 @@ from ..engine.generation import (
     TextStream,
     compute_metrics,
 )
-from ..engine.loop import Batch, DraftPolicy, EngineResult, Row, Runner, StreamCallback
+from ..engine.loop import Batch, EngineResult, Row, StreamCallback
+from ..engine.runner import Runner
 
 Progress = Callable[[str], None]
 RunnerPair = tuple[Runner, Runner | None]  # the target's and the draft's

@@ -69,7 +69,7 @@ def prepared_dir(resolved: ResolvedModel, cache_root: Path) -> Path:
 def planned_env(cfg: ConfigFile) -> dict[str, str]:
     """The environment launch.sh exports: the core layout and the compiler settings."""
     spec = cfg.spec
-    cores = max(spec.target.tp_degree, spec.draft.tp_degree)
+    cores = max(m.tp_degree for _role, m in spec.models())
     env = {"NEURON_RT_VISIBLE_CORES": "0" if cores == 1 else f"0-{cores - 1}"}
     if spec.compile.cc_flags:
         env["NEURON_CC_FLAGS"] = spec.compile.cc_flags

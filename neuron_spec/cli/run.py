@@ -164,7 +164,7 @@ def refuse_long_prompts(cfg: ConfigFile, prompts: list[str], max_new: int | None
         tok = Tokenizer.from_file(str(file))
     except Exception:  # an unusual tokenizer: the generator's own check runs after loading
         return
-    limit = min(spec.target.max_positions, spec.draft.max_positions)
+    limit = spec.n_positions
     new = max_new or spec.generation.max_new_tokens
     budget = None
     if spec.backend == "nxdi":  # its prompt encoding is compiled for the prompt budget

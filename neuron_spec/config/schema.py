@@ -349,7 +349,22 @@ class Record:
             raise Invalid(issues + more)
         record = cls(**parsed)
         object.__setattr__(record, "_given", frozenset(values))
+        related = record.all_relations(loc)
+        if related:
+            raise Invalid(related)
         return record
+
+    def relations(self, loc: Loc) -> list[Issue]:
+        """Problems between this record's fields (each field alone is valid); none here."""
+        return []
+
+    def all_relations(self, loc: Loc = ()) -> list[Issue]:
+        """This record's relations and its nested records'."""
+        found = list(self.relations(loc))
+        for name, value in self.items():
+            if isinstance(value, Record):
+                found += value.all_relations((*loc, name))
+        return found
 
     @property
     def keys_given(self) -> frozenset[str]:
@@ -361,6 +376,9 @@ class Record:
         """A copy with `changes` validated in; raises Invalid like from_data."""
         record = dataclasses.replace(self, **changes)  # type: ignore[type-var]
         object.__setattr__(record, "_given", self.keys_given | frozenset(changes))
+        related = record.all_relations()
+        if related:
+            raise Invalid(related)
         return record
 
     def items(self) -> Iterator[tuple[str, Any]]:

@@ -25,6 +25,7 @@ from .schema import (
     Int,
     Invalid,
     Issue,
+    Loc,
     ListOf,
     Nested,
     Nullable,
@@ -37,12 +38,15 @@ from .yamlread import DuplicateKeys, parse_yaml, show
 
 Amp = Literal["f32", "f16", "bf16"]
 Loop = Literal["library", "engine"]
+Method = Literal["draft", "ngram", "suffix"]
 Backend = Literal["neuronx", "nxdi", "reference"]
 SpeculationMode = Literal["unfused", "fused"]
 BUILTIN_ACCEPTORS = ("greedy", "lossless", "neuronx-default")
 _CUSTOM_ACCEPTOR = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 MAX_DRAFT_TOKENS = 31
+MAX_NGRAM = 16
+MAX_SUFFIX_TOKENS = 1 << 24
 # The longest sequence any config may ask for: 8x Llama 3.1's 131072-token context. Anything
 # longer is a typo, and unbounded lengths overflow the memory model's floats.
 MAX_POSITIONS = 1 << 20
@@ -261,13 +265,52 @@ class ModelSpec(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class SpeculationSpec(Record):
-    """How the draft proposes and the target accepts."""
+    """Where proposals come from, how many, and how the target accepts them."""
 
+    method: Method = spec(
+        Choice(*get_args(Method)),
+        "draft",
+        "Where the proposed tokens come from. draft: the draft model (the `draft:` section). "
+        "ngram: prompt lookup, no draft model: the row's last n tokens are found earlier in its "
+        "prompt and output, and what followed is proposed (pays on input-grounded work: "
+        "summaries, extraction, edits, code). suffix: the same over the row and over earlier "
+        "outputs of the same server (repeated tasks, agent loops). ngram and suffix load and "
+        "compile no draft model: a `draft:` section is not needed.",
+    )
     draft_tokens: int = spec(
         Int(ge=1, le=MAX_DRAFT_TOKENS),
         4,
-        "Draft tokens proposed per step (gamma, what papers, vLLM and Hugging Face "
-        "call k). transformers-neuronx's compiled window k is derived: window = draft_tokens + 1.",
+        "The most tokens proposed per step (gamma, what papers, vLLM and Hugging Face "
+        "call k). transformers-neuronx's and NxD Inference's compiled window k is derived: "
+        "window = draft_tokens + 1.",
+    )
+    adaptive: bool = spec(
+        Bool(),
+        True,
+        "Choose each step's proposal length, 0 (no speculation) to draft_tokens, for the most "
+        "output tokens/s at the batch's current occupancy: from each row's recent acceptance "
+        "and the measured time of steps at each length and number of rows (the engine "
+        "learns both as it runs). false: always propose draft_tokens (as many as the lookup "
+        "finds, for ngram and suffix). A request that sends its own seed with temperature > "
+        "0 always proposes all it can, so it draws its random numbers as it does alone. "
+        "Greedy output is the target's either way; sampled output stays distributed as the "
+        "target's.",
+    )
+    ngram_min: int = spec(
+        Int(ge=1, le=MAX_NGRAM),
+        1,
+        "ngram and suffix: the shortest run of tokens that must match for a proposal.",
+    )
+    ngram_max: int = spec(
+        Int(ge=1, le=MAX_NGRAM),
+        4,
+        "ngram and suffix: the longest run matched (longer matches are tried first).",
+    )
+    suffix_tokens: int = spec(
+        Int(ge=0, le=MAX_SUFFIX_TOKENS),
+        262144,
+        "suffix: how many tokens of earlier outputs the server keeps to match against (the "
+        "oldest are forgotten first; about 100 bytes each with the index).",
     )
     acceptor: str = spec(
         Str(),
@@ -287,18 +330,24 @@ class SpeculationSpec(Record):
         "SpeculativeGenerator.sample, for comparison: the preflight names its defects). The "
         "reference backend always runs the engine.",
     )
-    adaptive_batch: bool = spec(
-        Bool(),
-        True,
-        "When serving several requests as one batch: draft only while drafting measurably "
-        "pays. Verification is nearly free at batch 1, not at batch 8, so the engine keeps "
-        "the output tokens/s of steps with and without drafts at each number of rows and "
-        "takes the faster, re-trying the other now and then. A single row always drafts "
-        "draft_tokens, and so does a request that sends its own seed with temperature > 0 "
-        "(its output is then the same whatever else is in the batch). false: always draft. "
-        "Greedy output is the same either way; sampled output stays distributed as the "
-        "target's.",
-    )
+
+    def relations(self, loc: Loc) -> list[Issue]:
+        if self.ngram_min > self.ngram_max:
+            return [
+                Issue(
+                    (*loc, "ngram_min"),
+                    "value",
+                    f"ngram_min={self.ngram_min} is larger than ngram_max={self.ngram_max}. "
+                    f"Fix: set ngram_min to at most {self.ngram_max}.",
+                    value=self.ngram_min,
+                )
+            ]
+        return []
+
+    @property
+    def uses_draft(self) -> bool:
+        """Proposals come from a draft model (which is then loaded and compiled)."""
+        return self.method == "draft"
 
     @property
     def window(self) -> int:
@@ -396,7 +445,12 @@ class DeploymentSpec(Record):
         "transformers on CPU or CUDA.",
     )
     target: ModelSpec = spec(Nested(ModelSpec), description=ModelSpec.__doc__ or "")
-    draft: ModelSpec = spec(Nested(ModelSpec), description=ModelSpec.__doc__ or "")
+    draft: ModelSpec | None = spec(
+        Nullable(Nested(ModelSpec)),
+        None,
+        (ModelSpec.__doc__ or "") + " Required with speculation.method: draft; ngram and "
+        "suffix need none (a draft given to them is not loaded).",
+    )
     speculation: SpeculationSpec = spec(Nested(SpeculationSpec), SpeculationSpec())
     sampling: SamplingSpec = spec(Nested(SamplingSpec), SamplingSpec())
     generation: GenerationSpec = spec(Nested(GenerationSpec), GenerationSpec())
@@ -409,8 +463,34 @@ class DeploymentSpec(Record):
         return self.backend in ("neuronx", "nxdi")
 
     def models(self) -> Iterator[tuple[str, ModelSpec]]:
+        """The models that load: the target, and the draft when proposals come from it."""
         yield "target", self.target
-        yield "draft", self.draft
+        if self.draft_model is not None:
+            yield "draft", self.draft_model
+
+    @property
+    def draft_model(self) -> ModelSpec | None:
+        """The draft model that loads: the `draft:` section with method draft, else none."""
+        return self.draft if self.speculation.uses_draft else None
+
+    @property
+    def n_positions(self) -> int:
+        """The longest sequence (prompt + generated) every loaded model is configured for."""
+        return min(m.max_positions for _role, m in self.models())
+
+    def relations(self, loc: Loc) -> list[Issue]:
+        if self.speculation.uses_draft and self.draft is None:
+            return [
+                Issue(
+                    (*loc, "draft"),
+                    "value",
+                    "speculation.method is draft (the default), and there is no `draft:` "
+                    "section: the draft model proposes the tokens. Fix: add a draft model that "
+                    "shares the target's tokenizer, or set speculation.method: ngram (prompt "
+                    "lookup) or suffix, which need no draft model.",
+                )
+            ]
+        return []
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ transformers-neuronx's SpeculativeGenerator (both API generations).
 Each acceptor has
 - `samples_draft`: whether drafts must be *sampled* from the warped draft distribution
   (lossless) or taken by argmax (greedy, neuronx-default);
-- `accept(draft_ids (B, g), draft_logits (B, g, V), target_logits (B, g+1, V))` ->
-  `(tokens (B, g+1), counts (B,))`, explicit counts, for neuron-spec's own loop;
+- `accept(draft_ids (B, g), draft_logits (B, g, V) or None, target_logits (B, g+1, V))` ->
+  `(tokens (B, g+1), counts (B,))`, explicit counts, for neuron-spec's own loop. Draft logits
+  None: the proposals are point masses (a proposer without a draft model proposed them with
+  certainty, q = δ(x)), which every acceptor handles;
 - `__call__(draft_ids, draft_scores, target_scores)`, transformers-neuronx's TokenAcceptor
   convention: v1 (<= 0.12) passes `(1, k-1)`, `(k-1, V)`, `(k, V)` and expects `(1, n)`;
   v2 (0.12 on) passes `(bs, k-1)`, `(bs, k-1, V)`, `(bs, k, V)` and expects `(bs, k)` int64
@@ -21,7 +23,7 @@ import torch
 
 from ..config.spec import SamplingSpec
 from ..errors import ConfigError, ConfigProblem
-from .sampling import greedy_step, sample, speculative_step, warp
+from .sampling import greedy_step, point_mass_step, sample, speculative_step, warp
 
 
 class AcceptorCall(NamedTuple):
@@ -36,7 +38,10 @@ class Acceptor(Protocol):
     samples_draft: bool
 
     def accept(
-        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+        self,
+        draft_ids: torch.Tensor,
+        draft_logits: torch.Tensor | None,
+        target_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def draft_token(self, draft_logits: torch.Tensor) -> torch.Tensor: ...
@@ -66,7 +71,10 @@ class _Base:
     uses_draft_logits = True
 
     def accept(
-        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+        self,
+        draft_ids: torch.Tensor,
+        draft_logits: torch.Tensor | None,
+        target_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
@@ -103,7 +111,10 @@ class GreedyAcceptor(_Base):
     uses_draft_logits = False
 
     def accept(
-        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+        self,
+        draft_ids: torch.Tensor,
+        draft_logits: torch.Tensor | None,
+        target_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return greedy_step(draft_ids, target_logits)
 
@@ -130,12 +141,17 @@ class LosslessAcceptor(_Base):
         return sample(self._warp(draft_logits), self.generator)
 
     def accept(
-        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+        self,
+        draft_ids: torch.Tensor,
+        draft_logits: torch.Tensor | None,
+        target_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.sampling.temperature == 0:
             return greedy_step(draft_ids, target_logits)
-        q = self._warp(draft_logits)  # (B, g, V)
         p = self._warp(target_logits)  # (B, g+1, V)
+        if draft_logits is None:  # point-mass proposals
+            return point_mass_step(draft_ids, p, self.generator)
+        q = self._warp(draft_logits)  # (B, g, V)
         return speculative_step(draft_ids, q, p, self.generator)
 
 
@@ -148,10 +164,15 @@ class NeuronxDefaultAcceptor(_Base):
     name = "neuronx-default"
 
     def accept(
-        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+        self,
+        draft_ids: torch.Tensor,
+        draft_logits: torch.Tensor | None,
+        target_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        q = torch.softmax(draft_logits.float(), dim=-1)
         p = torch.softmax(target_logits.float(), dim=-1)
+        if draft_logits is None:
+            return point_mass_step(draft_ids, p, self.generator)
+        q = torch.softmax(draft_logits.float(), dim=-1)
         return speculative_step(draft_ids, q, p, self.generator)
 
 
@@ -174,8 +195,13 @@ class CallableAcceptor(_Base):
         return fn(draft_logits) if fn else draft_logits.argmax(dim=-1)
 
     def accept(
-        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+        self,
+        draft_ids: torch.Tensor,
+        draft_logits: torch.Tensor | None,
+        target_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if draft_logits is None:  # point masses, as logits the user's acceptor can read
+            draft_logits = point_mass_logits(draft_ids, target_logits.shape[-1])
         if hasattr(self.inner, "accept"):
             out: tuple[torch.Tensor, torch.Tensor] = self.inner.accept(
                 draft_ids, draft_logits, target_logits
@@ -189,6 +215,12 @@ class CallableAcceptor(_Base):
         tokens[:, : result.shape[1]] = result[:, :k].long()
         counts = (tokens != 0).int().cumprod(dim=-1).sum(dim=-1).clamp(min=1)
         return tokens, counts.long()
+
+
+def point_mass_logits(draft_ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Logits (B, g, V) of point masses on draft_ids: 0 there, -inf elsewhere."""
+    logits = torch.full((*draft_ids.shape, vocab), float("-inf"))
+    return logits.scatter_(-1, draft_ids.unsqueeze(-1), 0.0)
 
 
 BUILTIN: dict[str, type[_Base]] = {

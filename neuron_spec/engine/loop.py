@@ -27,37 +27,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import cast
 
 import torch
 
 from .acceptors import Acceptor, GreedyAcceptor
-
-
-class Runner(Protocol):
-    """One model and its cache. Optional: `arrange(index)` (the runner holds only the rows
-    of occupied slots, see Batch) and `set_idle(flags)` (a runner of a fixed batch is told,
-    before each step, which rows only fill a free slot)."""
-
-    vocab_size: int
-
-    def reset(self, batch: int) -> None: ...
-
-    @property
-    def length(self) -> int:
-        """Columns in the cache (live or not)."""
-        ...
-
-    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-        """Append columns tokens (B, w) with live mask (B, w); return the logits of the last
-        `keep` columns (B, keep, V). Fewer logits, less work: the vocabulary projection is a
-        large share of a small model's step."""
-        ...
-
-    def invalidate_from(self, start: torch.Tensor) -> None:
-        """Mark row b's columns >= start[b] dead; crop columns that are dead in every row."""
-        ...
-
+from .policy import LengthPolicy, RowAcceptance, RowPlan
+from .proposers import DraftModel, Proposal, Proposer
+from .runner import Runner, chunk, timed_feed
 
 # Called with (row, new tokens) as they are accepted; returning True ends that row (a stop
 # string was reached, say).
@@ -129,12 +106,14 @@ class Row:
     acceptor: Acceptor | None = None  # None: the batch's shared acceptor
     on_tokens: RowCallback | None = None
     cancelled: Callable[[], bool] | None = None
-    # always draft (a seeded sampled row: it consumes its random numbers as it does alone)
+    # always propose as many tokens as it can (a seeded sampled row: it consumes its random
+    # numbers as it does alone, whatever the length policy chooses for the batch)
     pinned: bool = False
     # log-probabilities under the target's distribution: None = not wanted, N = each emitted
     # token's and the N most likely alternatives at its position
     logprobs: int | None = None
     token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    acceptance: RowAcceptance = field(default_factory=RowAcceptance)
     result: EngineResult = field(init=False)
     was_cancelled: bool = False
 
@@ -152,28 +131,6 @@ class Row:
     @property
     def ended(self) -> bool:
         return self.result.finished_by_eos[0] or len(self.tokens) >= self.max_new
-
-
-def _chunk(todo: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-aligned (B, w) tokens and live mask from per-row token lists."""
-    width = max(1, max(len(t) for t in todo))
-    tokens = torch.full((len(todo), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(todo), width), dtype=torch.bool)
-    for b, row in enumerate(todo):
-        if row:
-            tokens[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[b, width - len(row) :] = True
-    return tokens, mask
-
-
-def _timed_feed(
-    runner: Runner, tokens: torch.Tensor, mask: torch.Tensor, keep: int, sinks: list[list[float]]
-) -> torch.Tensor:
-    t0 = time.perf_counter()
-    out = runner.feed(tokens, mask, keep)
-    for sink in sinks:
-        sink.append(time.perf_counter() - t0)
-    return out
 
 
 class _PerRow:
@@ -197,13 +154,16 @@ class _PerRow:
         return torch.cat(picks)
 
     def accept(
-        self, draft_ids: torch.Tensor, draft_logits: torch.Tensor, target_logits: torch.Tensor
+        self,
+        draft_ids: torch.Tensor,
+        draft_logits: torch.Tensor | None,
+        target_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         width = draft_ids.shape[1] + 1
         tokens = torch.zeros((len(self.acceptors), width), dtype=torch.long)
         counts = torch.zeros(len(self.acceptors), dtype=torch.long)
         for b, (a, g) in enumerate(zip(self.acceptors, self.gammas, strict=True)):
-            q = draft_logits[b : b + 1, :g]
+            q = None if draft_logits is None else draft_logits[b : b + 1, :g]
             row_tokens, row_count = a.accept(
                 draft_ids[b : b + 1, :g], q, target_logits[b : b + 1, : g + 1]
             )
@@ -212,145 +172,65 @@ class _PerRow:
         return tokens, counts
 
 
-class DraftPolicy:
-    """Whether to draft at the batch's current number of rows, measured rather than assumed.
-
-    At batch 1 verifying gamma drafts costs little more than one decode step; as rows are
-    added the target's pass does more work per row and the drafts' share grows, so there is
-    an occupancy beyond which drafting loses. This keeps, per number of rows, moving averages
-    of output tokens/s and step time over steps with drafts and over steps without, and takes
-    the faster way (output per row, each way at its nearest measured occupancy; learning
-    starts with the cheaper way, no drafts). Now and then it tries the other way, so that a
-    change (another acceptance rate, a busier machine) is noticed: after at least EXPLORE
-    steps, and only once the time since the last try is RATIO x backoff times what a try
-    costs, so re-checking takes at most about 1/RATIO of the time. A try lasts until one fair
-    step of the other way (at most RUN steps), whose rate replaces the stale estimate. Each
-    try that confirms the way held doubles the backoff (up to MAX_BACKOFF), and one that
-    overturns it resets it to 1: a way that keeps losing is re-checked ever more rarely (a
-    try of a much slower way is a visible stall). One row always drafts. Steps that prefill
-    a new row or catch the draft up are not averaged: their time is mostly that."""
-
-    EXPLORE = 16
-    RUN = 3  # at most, for a try to get one fair step
-    RATIO = 10.0
-    MAX_BACKOFF = 16.0
-    WEIGHT = 0.3  # of the newest step in the moving averages
-
-    def __init__(self) -> None:
-        self.rate: dict[tuple[int, bool], float] = {}  # output tokens/s
-        self.step_s: dict[tuple[int, bool], float] = {}  # seconds per step
-        self.trying = 0  # steps left of a try of the other way
-        self.try_way = True
-        self.steps_since = 0  # steps since the last try ended
-        self.exploit_s = 0.0  # seconds since the last try ended
-        self.explore_s = 0.0  # seconds the last try took
-        self.backoff = 1.0
-
-    def _nearest(self, rows: int, way: bool) -> int | None:
-        """The measured occupancy closest to `rows` for that way."""
-        known = [r for r, w in self.rate if w == way]
-        return min(known, key=lambda r: (abs(r - rows), -r)) if known else None
-
-    def _faster(self, rows: int) -> bool | None:
-        """True when drafting is measured faster at `rows` (None: a way is unmeasured)."""
-        with_at, without_at = self._nearest(rows, True), self._nearest(rows, False)
-        if with_at is None or without_at is None:
-            return None
-        return self.rate[(with_at, True)] / with_at >= self.rate[(without_at, False)] / without_at
-
-    def drafts(self, rows: int) -> bool:
-        if rows <= 1:
-            return True
-        if self.trying > 0:
-            return self.try_way
-        faster = self._faster(rows)
-        if faster is None:  # learning: no drafts first, then a try of drafting
-            if self._nearest(rows, False) is None:
-                return False
-            self.trying, self.try_way, self.explore_s = self.RUN, True, 0.0
-            return True
-        other = self._nearest(rows, not faster)
-        assert other is not None
-        try_cost = max(self.explore_s, self.step_s[(other, not faster)])
-        due = self.RATIO * self.backoff * try_cost
-        if self.steps_since >= self.EXPLORE and self.exploit_s >= due:
-            self.trying, self.try_way, self.explore_s = self.RUN, not faster, 0.0
-            return self.try_way
-        return faster
-
-    def record(self, rows: int, drafted: bool, tokens: int, seconds: float, counted: bool) -> None:
-        """A step's outcome; `counted` when its rate is a fair sample of its way."""
-        trying = self.trying > 0
-        sample = counted and rows > 1 and seconds > 0
-        if sample:  # a try's sample replaces what is known of that way: it may be stale
-            weight = 1.0 if trying and drafted == self.try_way else self.WEIGHT
-            for table, value in ((self.rate, tokens / seconds), (self.step_s, seconds)):
-                old = table.get((rows, drafted))
-                table[(rows, drafted)] = value if old is None else old + weight * (value - old)
-        if not trying:
-            self.steps_since += 1
-            self.exploit_s += seconds
-            return
-        self.explore_s += seconds
-        self.trying -= 1
-        if sample and drafted == self.try_way:  # one fair sample settles it
-            self.trying = 0
-            confirmed = self._faster(rows) in (not self.try_way, None)
-            self.backoff = min(2 * self.backoff, self.MAX_BACKOFF) if confirmed else 1.0
-        if self.trying == 0:
-            self.steps_since, self.exploit_s = 0, 0.0
+def _as_proposer(given: Proposer | Runner | None, slots: int, pad: int) -> Proposer | None:
+    """A Proposer as given, or a draft model's Runner wrapped as one."""
+    if given is None or hasattr(given, "propose"):
+        return cast("Proposer | None", given)
+    return DraftModel(given, slots, pad)
 
 
 class Batch:
     """A fixed number of slots decoded together, one speculative step at a time.
 
-    A runner with `arrange` (the reference backend's) holds only the occupied slots' rows:
-    before a step its rows are rearranged to them, a departed row's dropped and a new row's
-    started empty, so free slots cost nothing. A runner without it (compiled graphs of one
-    batch size) holds every slot; a free slot is fed a pad token and dropped after the step.
+    Each step the proposer offers up to `gamma_max` tokens per row (a draft model's drafts, or
+    a lookup's matches), as many as the length policy chooses (or `gamma_max` without one);
+    the target verifies them in one pass; the acceptor keeps each row's prefix and one more
+    token. A runner with `arrange` (the reference backend's) holds only the occupied slots'
+    rows: before a step its rows are rearranged to them, a departed row's dropped and a new
+    row's started empty, so free slots cost nothing. A runner without it (compiled graphs of
+    one batch size) holds every slot; a free slot is fed a pad token and dropped after the step.
     """
 
     def __init__(
         self,
         target: Runner,
-        draft: Runner | None,
+        proposer: Proposer | Runner | None,
         slots: int,
         *,
         draft_tokens: int,
         pad_token_id: int = 0,
         acceptor: Acceptor | None = None,
-        policy: DraftPolicy | None = None,
+        policy: LengthPolicy | None = None,
         history: bool = True,
     ):
-        """`policy`: decide per step whether drafting pays at the current occupancy (see
-        DraftPolicy); without one, every step drafts up to `draft_tokens`. `history`: keep
-        every step's record and pass times in `steps` and `*_step_seconds` (a batch filled
-        once); a long-lived batch (a server's) keeps only the last step's, since every row
-        records its own steps in its result."""
+        """`proposer`: a Proposer, or a draft model's Runner, or None (the target alone).
+        `policy`: choose each step's proposal length (see policy.py); without one, every step
+        proposes up to `draft_tokens`. `history`: keep every step's record and pass times in
+        `steps` and `*_step_seconds` (a batch filled once); a long-lived batch (a server's)
+        keeps only the last step's, since every row records its own steps in its result."""
         if slots < 1:
             raise ValueError("a batch needs at least one slot")
-        self.policy = policy
-        self.target, self.pad = target, pad_token_id
-        self.draft = draft if draft_tokens > 0 else None
-        self.gamma_max = draft_tokens if self.draft is not None else 0
+        self.proposer = _as_proposer(proposer, slots, pad_token_id) if draft_tokens > 0 else None
+        self.target, self.pad, self.policy, self.history = target, pad_token_id, policy, history
+        self.gamma_max = draft_tokens if self.proposer is not None else 0
         self.shared = acceptor
         self.idle_acceptor = GreedyAcceptor()
         self.rows: list[Row | None] = [None] * slots
         self.target_todo: list[list[int]] = [[pad_token_id] for _ in range(slots)]
-        self.draft_todo: list[list[int]] = [[pad_token_id] for _ in range(slots)]
-        self.elastic = all(hasattr(r, "arrange") for r in (target, self.draft) if r is not None)
+        self.elastic = all(hasattr(r, "arrange") for r in self._runners())
         self.physical: list[int] = [] if self.elastic else list(range(slots))  # slot per row
         self.fresh: set[int] = set()  # admitted since the last step
         self.dirty = [False] * slots  # fixed rows: holds columns of a row that has left
-        self.history = history
         self.steps: list[StepRecord] = []  # every step, all slots (only the last: no history)
         self.draft_step_seconds: list[float] = []
         self.target_step_seconds: list[float] = []
         self._times: tuple[list[float], list[float]] = ([], [])  # the last step's passes
-        self._draft_width = 0  # the widest draft feed of the last step
-        target.reset(0 if self.elastic else slots)
-        if self.draft is not None:
-            self.draft.reset(0 if self.elastic else slots)
+        for runner in self._runners():
+            runner.reset(0 if self.elastic else slots)
+
+    @property
+    def draft(self) -> Runner | None:
+        return None if self.proposer is None else self.proposer.runner
 
     @property
     def slots(self) -> int:
@@ -374,7 +254,8 @@ class Batch:
         b = free[0] if slot is None else slot
         self.rows[b] = row
         self.target_todo[b] = list(row.prompt)
-        self.draft_todo[b] = list(row.prompt)
+        if self.proposer is not None:
+            self.proposer.admit(b, row.prompt)
         self.fresh.add(b)
         row.result.start = time.perf_counter()
         return b
@@ -385,7 +266,9 @@ class Batch:
         self.dirty[slot] = self.dirty[slot] or row is not None
         self.fresh.discard(slot)
         self.target_todo[slot] = [self.pad]
-        self.draft_todo[slot] = [self.pad]
+        if self.proposer is not None and row is not None:
+            done = not row.was_cancelled and row.ended
+            self.proposer.leave(slot, list(row.prompt) + row.tokens if done else None)
         return row
 
     def cancel_requested(self) -> list[Row]:
@@ -400,7 +283,8 @@ class Batch:
         return gone
 
     def _runners(self) -> list[Runner]:
-        return [r for r in (self.target, self.draft) if r is not None]
+        draft = self.draft if hasattr(self, "proposer") else None
+        return [r for r in (self.target, draft) if r is not None]
 
     @torch.inference_mode()
     def step(self) -> list[Row]:
@@ -408,53 +292,74 @@ class Batch:
         it (EOS, budget, or their callback said stop), which have left their slots."""
         if not self.busy:
             return []
-        prefill = bool(self.fresh)
-        self._draft_width = 0
         if not self.history:  # a long-lived batch stays the same size however long it runs
             self.steps.clear()
             self.draft_step_seconds.clear()
             self.target_step_seconds.clear()
+        prefill = bool(self.fresh)
         self._place_rows()
-        slots = self.physical
         t_step = time.perf_counter()
-        rows = [self.rows[b] for b in slots]
-        occupied = sum(r is not None for r in rows)
-        drafting = self.policy is None or self.policy.drafts(occupied)
-        # no point drafting past a row's budget
-        gammas = [
-            0
-            if r is None
-            else min(self.gamma_max if drafting or r.pinned else 0, r.max_new - len(r.tokens) - 1)
-            for r in rows
-        ]
-        gamma = max(gammas)
-        acceptor = self._acceptor(rows, gammas)
+        rows = [self.rows[b] for b in self.physical]
+        candidates = self._candidates()
+        lengths = self._lengths(rows, candidates)
+        gamma = max(lengths, default=0)
+        acceptor = self._acceptor(rows, lengths)
         marks = (len(self.draft_step_seconds), len(self.target_step_seconds))
-        draft_ids, q_logits, d_start = self._draft(acceptor, gamma)
-        t_logits, t_first = self._verify(draft_ids)
-        q = torch.stack(q_logits, dim=1) if q_logits else t_logits[:, :0]
-        emitted, counts = acceptor.accept(draft_ids, q, t_logits)
-        n_acc = (counts - 1).clamp(min=0, max=gamma)
+        proposal = self._propose(lengths, acceptor)
+        t_logits, t_first, t_seconds = self._verify(proposal.ids)
+        emitted, counts = acceptor.accept(proposal.ids, proposal.logits, t_logits)
+        n_acc = torch.minimum((counts - 1).clamp(min=0), torch.tensor(lengths))
         idle = torch.tensor([r is None for r in rows])
         self.target.invalidate_from(torch.where(idle, 0, t_first + n_acc))
-        if self.draft is not None:
-            after = d_start + n_acc if gamma > 0 else torch.full_like(n_acc, self.draft.length)
-            self.draft.invalidate_from(torch.where(idle, 0, after))
+        if self.proposer is not None:
+            self.proposer.settle(self.physical, n_acc, idle)
         now = time.perf_counter()
         record = StepRecord(now - t_step, gamma, [0] * self.slots, [0] * self.slots)
-        record.rows = occupied
-        if isinstance(acceptor, _PerRow):  # rows drafted as many as their budgets allow
-            record.row_drafted = [0] * self.slots
-            for p, b in enumerate(slots):
-                record.row_drafted[b] = gammas[p]
+        record.rows = sum(r is not None for r in rows)
+        record.row_drafted = [0] * self.slots
+        for p, b in enumerate(self.physical):
+            record.row_drafted[b] = lengths[p]
         self.steps.append(record)
         self._times = (self.draft_step_seconds[marks[0] :], self.target_step_seconds[marks[1] :])
-        finished = self._commit(record, emitted, counts, n_acc, draft_ids, now, t_logits)
-        if self.policy is not None:
-            pure = drafting or gamma == 0  # not a step some pinned rows drafted in alone
-            fair = pure and not prefill and self._draft_width <= 2
-            self.policy.record(occupied, gamma > 0, sum(record.emitted), record.seconds, fair)
+        finished = self._commit(record, emitted, counts, n_acc, lengths, candidates, now, t_logits)
+        self._learn(gamma, t_seconds, record.seconds, prefill)
         return finished
+
+    def _candidates(self) -> list[list[int]] | None:
+        """What a free proposer would propose for each row (None: a draft model)."""
+        if self.proposer is None or not self.proposer.free:
+            return None
+        return self.proposer.candidates(self.physical, self.gamma_max)
+
+    def _lengths(self, rows: list[Row | None], candidates: list[list[int]] | None) -> list[int]:
+        """Each row's proposal length this step: the policy's choice (pinned rows: all they
+        can), never more than the proposer has or the row's budget leaves."""
+        caps = [
+            0 if r is None else min(
+                self.gamma_max if candidates is None else len(candidates[p]),
+                r.max_new - len(r.tokens) - 1,
+            )
+            for p, r in enumerate(rows)
+        ]  # fmt: skip
+        if self.policy is None:
+            return caps
+        plans = [
+            RowPlan(r.acceptance, cap, r.pinned) for r, cap in zip(rows, caps, strict=True) if r
+        ]
+        gamma = self.policy.choose(len(self.physical), plans)
+        pinned = max((p.cap for p in plans if p.pinned), default=0)
+        gamma = max(gamma, pinned)  # a pinned row widens the pass: every row may use it
+        return [min(gamma, cap) for cap in caps]
+
+    def _propose(self, lengths: list[int], acceptor: Acceptor) -> Proposal:
+        width = len(self.physical)
+        if self.proposer is None or max(lengths, default=0) == 0:
+            return Proposal(torch.zeros((width, 0), dtype=torch.long), [0] * width)
+        proposal = self.proposer.propose(self.physical, lengths, acceptor)
+        if isinstance(self.proposer, DraftModel):
+            self.draft_step_seconds.extend(self.proposer.pass_seconds)
+            self.proposer.pass_seconds.clear()
+        return proposal
 
     def _place_rows(self) -> None:
         """Make the runners' rows those of the occupied slots (elastic), or drop what a
@@ -482,51 +387,27 @@ class Batch:
                     runner.set_idle(idle)
         self.fresh.clear()
 
-    def _acceptor(self, rows: list[Row | None], gammas: list[int]) -> Acceptor:
-        """The shared acceptor when no row brings its own (it sees the whole batch at one
-        draft count), else each row's own."""
-        if all(r is None or r.acceptor is None for r in rows) and self.shared is not None:
+    def _acceptor(self, rows: list[Row | None], lengths: list[int]) -> Acceptor:
+        """The shared acceptor when no row brings its own and every row offers as many
+        tokens (it sees the whole batch at once); else each row's own at its own length."""
+        own = any(r is not None and r.acceptor is not None for r in rows)
+        if not own and self.shared is not None and len(set(lengths)) <= 1:
             return self.shared
         chosen = [self.idle_acceptor if r is None else (r.acceptor or self.shared) for r in rows]
-        return _PerRow(chosen, gammas)  # type: ignore[arg-type]  # None only with a shared one
+        return _PerRow(chosen, lengths)  # type: ignore[arg-type]  # None only with a shared one
 
-    def _draft(
-        self, acceptor: Acceptor, gamma: int
-    ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-        """gamma draft tokens per row (B, gamma), the logits each was drawn from (kept only
-        when the acceptor reads them), and the cache column where the first was written."""
-        width = len(self.physical)
-        draft_ids = torch.zeros((width, gamma), dtype=torch.long)
-        draft_logits: list[torch.Tensor] = []
-        if gamma == 0 or self.draft is None:
-            return draft_ids, draft_logits, 0
-        keep_q = getattr(acceptor, "uses_draft_logits", True)  # custom acceptors: always
-        tokens, mask = _chunk([self.draft_todo[b] for b in self.physical], self.pad)
-        self._draft_width = tokens.shape[1]
-        sinks = [self.draft_step_seconds] if tokens.shape[1] == 1 else []  # 1-token steps
-        logits = _timed_feed(self.draft, tokens, mask, 1, sinks)[:, -1]  # (B, V)
-        d_start = self.draft.length  # column where d_1 will be written
-        one = torch.ones((width, 1), dtype=torch.bool)
-        for i in range(gamma):
-            draft_ids[:, i] = acceptor.draft_token(logits)  # (B,)
-            if keep_q:
-                draft_logits.append(logits)
-            if i < gamma - 1:
-                step_ids = draft_ids[:, i : i + 1]
-                logits = _timed_feed(self.draft, step_ids, one, 1, [self.draft_step_seconds])
-                logits = logits[:, -1]
-        return draft_ids, draft_logits, d_start
-
-    def _verify(self, draft_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target's pass over its to-do tokens and the drafts: the logits of the last
-        gamma + 1 columns (B, gamma + 1, V), and the cache column of the first draft."""
+    def _verify(self, draft_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The target's pass over its to-do tokens and the proposals: the logits of the last
+        gamma + 1 columns (B, gamma + 1, V), the cache column of the first proposal, and the
+        pass's seconds."""
         width, gamma = draft_ids.shape
-        tokens, mask = _chunk([self.target_todo[b] for b in self.physical], self.pad)
+        tokens, mask = chunk([self.target_todo[b] for b in self.physical], self.pad)
         first_draft = self.target.length + tokens.shape[1]
         tokens = torch.cat([tokens, draft_ids], dim=1)  # (B, w + gamma)
         mask = torch.cat([mask, torch.ones((width, gamma), dtype=torch.bool)], dim=1)
-        logits = _timed_feed(self.target, tokens, mask, gamma + 1, [self.target_step_seconds])
-        return logits, torch.full((width,), first_draft, dtype=torch.long)
+        logits = timed_feed(self.target, tokens, mask, gamma + 1, [self.target_step_seconds])
+        seconds = self.target_step_seconds[-1]
+        return logits, torch.full((width,), first_draft, dtype=torch.long), seconds
 
     def _commit(
         self,
@@ -534,13 +415,13 @@ class Batch:
         emitted: torch.Tensor,
         counts: torch.Tensor,
         n_acc: torch.Tensor,
-        draft_ids: torch.Tensor,
+        lengths: list[int],
+        candidates: list[list[int]] | None,
         now: float,
         t_logits: torch.Tensor,
     ) -> list[Row]:
-        """Append each row's new tokens, let finished rows leave, and set the to-do lists
-        that keep the cache invariant for the next step."""
-        gamma = draft_ids.shape[1]
+        """Append each row's new tokens, learn its acceptance, let finished rows leave, and
+        set the to-do lists that keep the caches' invariant for the next step."""
         finished = []
         for p, b in enumerate(self.physical):
             row = self.rows[b]
@@ -550,20 +431,45 @@ class Batch:
             keep = _commit_row(row, new, now)
             if row.logprobs is not None and keep:
                 row.token_logprobs += _logprobs(t_logits[p, : len(keep)], keep, row.logprobs)
-            record.accepted[b], record.emitted[b] = int(n_acc[p]), len(keep)
+            accepted = int(n_acc[p])
+            record.accepted[b], record.emitted[b] = accepted, len(keep)
             self._record(row, record, b)
+            self._acceptance(
+                row, accepted, lengths[p], None if candidates is None else candidates[p], new
+            )
             stop = row.on_tokens is not None and bool(keep) and bool(row.on_tokens(keep))
             self.target_todo[b] = [new[-1]]
-            if gamma > 0:
-                last_draft = [int(draft_ids[p, -1])] if int(n_acc[p]) == gamma else []
-                self.draft_todo[b] = [*last_draft, new[-1]]
-            else:
-                self.draft_todo[b] = self.draft_todo[b] + [new[-1]]
+            if self.proposer is not None:
+                self.proposer.commit(b, new, accepted, lengths[p])
             if row.ended or stop:
                 row.result.end = now
                 finished.append(row)
                 self.leave(b)
         return finished
+
+    def _acceptance(
+        self, row: Row, accepted: int, offered: int, candidate: list[int] | None, new: list[int]
+    ) -> None:
+        """What this step says of the row's acceptance: its offered proposals, or, when it
+        offered none, the free proposal it had, checked against the token the target emitted
+        (a point mass is accepted exactly when the target's token equals it)."""
+        if offered == 0 and candidate:
+            accepted, offered = int(candidate[0] == new[0]), 1
+        row.acceptance.add(accepted, offered)
+        if self.policy is not None:
+            self.policy.observe_acceptance(accepted, offered)
+
+    def _learn(self, gamma: int, verify_s: float, step_s: float, prefill: bool) -> None:
+        """The policy's measurements: a prefill's pass is not a decoding step's."""
+        if self.policy is None or prefill:
+            return
+        rows = len(self.physical)
+        width = self.policy.verify_width(gamma)
+        self.policy.observe_verify(rows, width, verify_s)
+        passes = self._times[0]
+        for seconds in passes:
+            self.policy.observe_draft(rows, seconds)
+        self.policy.observe_host(rows, step_s - verify_s - sum(passes))
 
     def _record(self, row: Row, record: StepRecord, b: int) -> None:
         """The step as the row saw it, in the row's own result."""
@@ -599,7 +505,7 @@ def _commit_row(row: Row, new: list[int], now: float) -> list[int]:
 @torch.inference_mode()
 def speculative_generate(
     target: Runner,
-    draft: Runner | None,
+    proposer: Proposer | Runner | None,
     acceptor: Acceptor,
     prompts: Sequence[Sequence[int]],
     *,
@@ -610,19 +516,22 @@ def speculative_generate(
     on_tokens: StreamCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     acceptors: Sequence[Acceptor] | None = None,
+    policy: LengthPolicy | None = None,
 ) -> EngineResult:
-    """Generate up to max_new_tokens per prompt, all prompts as one batch. draft=None or
-    draft_tokens=0: target only. `acceptors`, one per prompt, give each row its own
-    sampling (else `acceptor` serves every row)."""
+    """Generate up to max_new_tokens per prompt, all prompts as one batch. `proposer`: a
+    Proposer or a draft model's Runner; None or draft_tokens=0: the target alone. `acceptors`,
+    one per prompt, give each row its own sampling (else `acceptor` serves every row);
+    `policy` chooses each step's proposal length (else always up to draft_tokens)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     batch = Batch(
         target,
-        draft,
+        proposer,
         len(prompts),
-        draft_tokens=draft_tokens if draft is not None else 0,
+        draft_tokens=draft_tokens if proposer is not None else 0,
         pad_token_id=pad_token_id,
         acceptor=acceptor,
+        policy=policy,
     )
     eos = frozenset(eos_token_ids)
     rows = []

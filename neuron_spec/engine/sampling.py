@@ -137,3 +137,35 @@ def greedy_step(
     positions = torch.arange(gamma + 1, device=best.device).unsqueeze(0)
     tokens = torch.where(positions <= n_accepted.unsqueeze(1), best, torch.zeros_like(best))
     return tokens, (n_accepted + 1).long()
+
+
+def point_mass_step(
+    draft_tokens: torch.Tensor,  # (B, gamma) int64: x_1..x_gamma, each proposed with q = 1
+    p: torch.Tensor,  # (B, gamma + 1, V): target distributions at the gamma + 1 positions
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One speculative sampling step for proposals that are point masses (a proposer without a
+    draft model: prompt lookup, suffix matching). With q_i = δ(x_i) the rule of
+    `speculative_step` becomes: accept x_i with probability p_i(x_i); at the first rejection
+    emit a token drawn from p_i with x_i removed and renormalised (norm(max(p - q, 0))); when
+    all pass, a bonus token drawn from p_gamma. The output is distributed exactly as p.
+
+    Returns (tokens (B, gamma + 1), counts (B,)) like `speculative_step`.
+    """
+    batch, gamma = draft_tokens.shape
+    idx = draft_tokens.unsqueeze(-1)  # (B, gamma, 1)
+    p_x = p[:, :gamma].gather(-1, idx).squeeze(-1)  # (B, gamma): p_i(x_i)
+    u = torch.rand(batch, gamma, generator=generator, device=p.device)  # (B, gamma)
+    accepted = u < p_x  # accept x_i w.p. min(1, p/1)
+    n_accepted = accepted.int().cumprod(dim=-1).sum(dim=-1)  # (B,)
+    rows = torch.arange(batch, device=p.device)
+    p_n = p[rows, n_accepted].clone()  # (B, V): at the first rejection, or the bonus position
+    rejected = n_accepted < gamma  # rows whose proposal at n was refused
+    refused = torch.cat([draft_tokens, draft_tokens.new_zeros(batch, 1)], dim=1)[rows, n_accepted]
+    p_n[rows[rejected], refused[rejected]] = 0.0  # p without the refused token
+    last = sample(p_n / p_n.sum(dim=-1, keepdim=True).clamp_min(1e-30), generator)  # (B,)
+    positions = torch.arange(gamma + 1, device=p.device).unsqueeze(0)
+    padded = torch.cat([draft_tokens, draft_tokens.new_zeros(batch, 1)], dim=1)
+    tokens = torch.where(positions < n_accepted.unsqueeze(1), padded, torch.zeros_like(padded))
+    tokens[rows, n_accepted] = last
+    return tokens, (n_accepted + 1).long()

@@ -144,10 +144,12 @@ class Context:
         return self.spec.neuron
 
     def arch(self, role: str) -> Architecture | None:
-        return self.models[role].architecture
+        """The role's architecture; None when unknown or when the role loads no model."""
+        found = self.models.get(role)
+        return None if found is None else found.architecture
 
     def model_spec(self, role: str) -> ModelSpec:
-        return self.spec.target if role == "target" else self.spec.draft
+        return dict(self.spec.models())[role]
 
 
 def build_context(spec: DeploymentSpec, host: HostFacts, base_dir: Path) -> Context:

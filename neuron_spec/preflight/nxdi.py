@@ -51,7 +51,10 @@ def nxdi_fused_layout(ctx: Context) -> Iterator[Finding]:
     spec = ctx.spec
     if not ctx.nxdi or spec.nxdi.speculation_mode != "fused":
         return
-    t, d = spec.target.tp_degree, spec.draft.tp_degree
+    draft = spec.draft_model
+    if draft is None:  # speculation-method says why fused needs one
+        return
+    t, d = spec.target.tp_degree, draft.tp_degree
     if t % d:
         yield Finding(
             "error",
@@ -62,12 +65,12 @@ def nxdi_fused_layout(ctx: Context) -> Iterator[Finding]:
             "(NxD's initialize_speculative_draft_group).",
             f"set draft.tp_degree to a divisor of {t} (usually {t}).",
         )
-    if spec.target.amp != spec.draft.amp:
+    if spec.target.amp != draft.amp:
         yield Finding(
             "error",
             "nxdi-fused-dtype",
             "draft.amp",
-            f"draft.amp={spec.draft.amp} but target.amp={spec.target.amp}: NxDI refuses "
+            f"draft.amp={draft.amp} but target.amp={spec.target.amp}: NxDI refuses "
             "differing dtypes in one fused graph unless weights are kept as declared "
             "(ValueError in validate_config).",
             f"set draft.amp: {spec.target.amp}, or use nxdi: {{speculation_mode: unfused}}.",

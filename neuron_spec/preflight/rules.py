@@ -94,7 +94,10 @@ def tp_within_cores(ctx: Context) -> Iterator[Finding]:
 def tp_equal(ctx: Context) -> Iterator[Finding]:
     if not ctx.neuronx:
         return
-    t, d = ctx.spec.target.tp_degree, ctx.spec.draft.tp_degree
+    draft = ctx.spec.draft_model
+    if draft is None:  # no draft model: the target has the cores to itself
+        return
+    t, d = ctx.spec.target.tp_degree, draft.tp_degree
     if t != d:
         yield Finding(
             "error",
@@ -218,7 +221,8 @@ def _suggest(ctx: Context, near: int, count: int = 3) -> str:
 
 @rule
 def memory_budget(ctx: Context) -> Iterator[Finding]:
-    if not ctx.neuron or not ctx.host.is_neuron or len(ctx.memory) < 2:
+    roles = [role for role, _m in _roles(ctx)]
+    if not ctx.neuron or not ctx.host.is_neuron or any(r not in ctx.memory for r in roles):
         return
     budget = ctx.host.memory_per_core_bytes
     over_alone = False
@@ -247,13 +251,14 @@ def memory_budget(ctx: Context) -> Iterator[Finding]:
             )
     if over_alone:
         return
-    t, d = ctx.memory["target"], ctx.memory["draft"]
-    shared = t.per_core_bytes + d.per_core_bytes
+    loads = [(role, ctx.memory[role]) for role in roles]
+    shared = sum(mem.per_core_bytes for _role, mem in loads)
     breakdown = (
-        f"target {fmt_bytes(t.per_core_bytes)} + draft {fmt_bytes(d.per_core_bytes)} = "
-        f"{fmt_bytes(shared)} per NeuronCore of {fmt_bytes(budget)}"
+        " + ".join(f"{role} {fmt_bytes(mem.per_core_bytes)}" for role, mem in loads)
+        + f" = {fmt_bytes(shared)} per NeuronCore of {fmt_bytes(budget)}"
     )
     if shared > budget:
+        t, d = ctx.memory["target"], ctx.memory["draft"]  # one model alone was checked above
         yield Finding(
             "error",
             "memory-over-budget",
@@ -286,7 +291,8 @@ def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
     if not batched:
         return
     engine = spec.speculation.loop == "engine"
-    same = spec.target.batch_size == spec.draft.batch_size
+    draft = spec.draft_model
+    same = draft is None or spec.target.batch_size == draft.batch_size
     unfused = ctx.nxdi and spec.nxdi.speculation_mode == "unfused"
     if same and ((ctx.neuronx and engine) or unfused):
         how = (
@@ -312,7 +318,8 @@ def batch_with_speculation(ctx: Context) -> Iterator[Finding]:
     if (ctx.neuronx and engine) or unfused:
         message = (
             f"target.batch_size={spec.target.batch_size} and draft.batch_size="
-            f"{spec.draft.batch_size} differ: one batch of rows runs through both models."
+            f"{draft.batch_size if draft else '-'} differ: one batch of rows runs through both "
+            "models."
         )
     elif ctx.neuronx:
         message = (
@@ -743,10 +750,10 @@ def acceptor_sampling(ctx: Context) -> Iterator[Finding]:
 def idle_cores(ctx: Context) -> Iterator[Finding]:
     if not ctx.neuron or not ctx.host.is_neuron:
         return
-    used = max(ctx.spec.target.tp_degree, ctx.spec.draft.tp_degree)
+    used = max(m.tp_degree for _role, m in ctx.spec.models())
     if ctx.host.platform is None or used >= ctx.host.cores:
         return
-    archs = [a for a in (ctx.arch("target"), ctx.arch("draft")) if a is not None]
+    archs = [a for a in (ctx.arch(role) for role, _m in ctx.spec.models()) if a is not None]
     larger = [
         tp
         for tp in TP_RULES[ctx.host.platform].candidates(ctx.host.cores)

@@ -119,26 +119,40 @@ class LoadPlan:
     tnx_version: str | None
     cc_version: str | None
     env: dict[str, str]
-    draft: ModelLoad
+    draft: ModelLoad | None  # None: proposals come from a lookup, no draft model loads
     target: ModelLoad
     window: int
     acceptor: str
     draft_provider: str
+    loop: str = "engine"
+    method: str = "draft"
     notes: list[str] = field(default_factory=list)
 
     def calls(self) -> list[str]:
         api = self.api if self.api != "unknown" else "v2"
+        loads = [c for m in self.models for c in m.calls(api)]
+        if self.loop == "library":
+            return [
+                *loads,
+                f"generator = SpeculativeGenerator({self.draft_provider}, target, "
+                f"k={self.window}, acceptor={self.acceptor})",
+                "generator.sample(input_ids, sequence_length=prompt + max_new_tokens, ...)",
+            ]
+        proposals = (
+            "draft(ids, cache_ids) one token at a time"
+            if self.draft is not None
+            else f"{self.method} lookup on the host (no draft model)"
+        )
         return [
-            *self.draft.calls(api),
-            *self.target.calls(api),
-            f"generator = SpeculativeGenerator({self.draft_provider}, target, "
-            f"k={self.window}, acceptor={self.acceptor})",
-            "generator.sample(input_ids, sequence_length=prompt + max_new_tokens, ...)",
+            *loads,
+            f"neuron-spec's engine: proposals from {proposals}; target.speculative_forward("
+            f"ids, cache_ids, start_ids, {self.window}) verifies them (target(...) one token "
+            "when a step proposes none); acceptance and sampling on the host",
         ]
 
     @property
-    def models(self) -> tuple[ModelLoad, ModelLoad]:
-        return self.draft, self.target
+    def models(self) -> tuple[ModelLoad, ...]:
+        return (self.target,) if self.draft is None else (self.draft, self.target)
 
     def view(self, config: str) -> PlanView:
         version = self.tnx_version or "not installed here"
@@ -150,7 +164,7 @@ class LoadPlan:
                 ("calls, in order", self.calls()),
                 (
                     "compiled-artifact cache keys",
-                    [f"{m.role}: {m.cache_key}" for m in (self.draft, self.target)],
+                    [f"{m.role}: {m.cache_key}" for m in self.models],
                 ),
             ],
             notes=self.notes,
@@ -174,7 +188,9 @@ class LoadPlan:
             "transformers_neuronx": self.tnx_version,
             "neuronx_cc": self.cc_version,
             "env": self.env,
-            "draft": model(self.draft),
+            "speculation_method": self.method,
+            "loop": self.loop,
+            "draft": None if self.draft is None else model(self.draft),
             "target": model(self.target),
             "calls": self.calls(),
             "notes": self.notes,
@@ -203,7 +219,7 @@ def build_load_plan(
     def model_load(role: str, m: ModelSpec) -> ModelLoad:
         return _model_load(cfg, role, m, window if role == "target" else None, compiler, notes)
 
-    draft = model_load("draft", spec.draft)
+    draft = None if spec.draft_model is None else model_load("draft", spec.draft_model)
     target = model_load("target", spec.target)
     acceptor = spec.speculation.acceptor
     provider = (
@@ -227,6 +243,8 @@ def build_load_plan(
         window=window,
         acceptor=acceptor,
         draft_provider=provider,
+        loop=spec.speculation.loop,
+        method=spec.speculation.method,
         notes=notes,
     )
 

@@ -1,0 +1,187 @@
+"""How many tokens to propose, step by step: the speculation length that maximises measured
+output tokens per second at the batch's current occupancy.
+
+For a step of proposal length g (0 = no speculation), row r emits on average
+L(α_r, g_r) = (1 - α_r^(g_r + 1)) / (1 - α_r) tokens, where α_r is the row's recent acceptance
+rate and g_r = min(g, what the row can propose). The step costs the target's pass at the width
+the backend verifies g with (g + 1 on the reference backend; the compiled window k on Neuron,
+whatever g is), plus g passes of a draft model when there is one, plus the host's own time.
+The length chosen is the one with the most expected tokens per second (speculative.md,
+"Choosing the length at run time").
+
+Every cost is measured, not assumed: moving averages of the target's pass time per (rows,
+width), of a draft pass per rows, and of the host's time per step. A width not yet measured at
+this occupancy is estimated from the widths that are (linear in the width), else from a prior
+that a token of width costs `PRIOR_TOKEN_SHARE` of a one-token pass; the first step that uses
+it measures it. Acceptance rates come from the rows (`RowAcceptance`): from what was accepted,
+and for proposals that cost nothing (prompt lookup, suffix matching) also from the proposal a
+row did not offer, checked against the token the target then emitted. A draft model's rows
+learn only when they propose, so when the policy has stopped proposing it re-tries now and
+then, ever more rarely while the tries confirm it (as TCP backs off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+PRIOR_TOKEN_SHARE = 0.5  # an extra token of width costs this share of a one-token pass
+PRIOR_ALPHA = 0.5  # acceptance before a row or the batch has evidence
+PRIOR_TRIALS = 2.0  # weight of the batch-wide estimate in a row's own
+DECAY = 0.9  # of old evidence per new trial: acceptance follows the text
+WEIGHT = 0.3  # of a new measurement in a cost's moving average
+PROBE_EVERY = 16  # steps between re-tries of proposing, doubled while tries confirm (x16 max)
+
+
+def expected_tokens(alpha: float, gamma: int) -> float:
+    """Mean tokens a row emits in a step that offers gamma proposals (one at least)."""
+    if gamma <= 0:
+        return 1.0
+    alpha = min(max(alpha, 0.0), 0.999999)
+    return float((1 - alpha ** (gamma + 1)) / (1 - alpha))
+
+
+@dataclass
+class RowAcceptance:
+    """A row's recent acceptance: decayed successes and trials (one trial per position offered,
+    up to and including the first refused)."""
+
+    successes: float = 0.0
+    trials: float = 0.0
+
+    def add(self, accepted: int, offered: int) -> None:
+        """A step offered `offered` proposals and `accepted` of them were kept."""
+        if offered <= 0:
+            return
+        trials = accepted + (1 if accepted < offered else 0)
+        scale = DECAY**trials
+        self.successes = self.successes * scale + accepted
+        self.trials = self.trials * scale + trials
+
+    def alpha(self, prior: float) -> float:
+        return (self.successes + PRIOR_TRIALS * prior) / (self.trials + PRIOR_TRIALS)
+
+
+class _Average:
+    """A moving average (the first value taken as it is)."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def add(self, x: float, weight: float = WEIGHT) -> None:
+        self.value = x if self.value is None else self.value + weight * (x - self.value)
+
+
+@dataclass
+class RowPlan:
+    """What the policy knows of one row for one step."""
+
+    acceptance: RowAcceptance
+    cap: int  # the most tokens it can propose now (its proposer, its budget)
+    pinned: bool = False  # proposes `cap` whatever the policy chooses (a seeded sampled row)
+
+
+@dataclass
+class LengthPolicy:
+    """Chooses each step's proposal length; learns costs and acceptance as steps run.
+
+    `verify_width(g)`: the width the backend's target pass has for g proposals;
+    `draft_passes`: proposing g tokens costs g passes of a draft model (else nothing)."""
+
+    gamma_max: int
+    verify_width: Callable[[int], int] = lambda g: g + 1
+    draft_passes: bool = False
+    verify: dict[tuple[int, int], _Average] = field(default_factory=dict)
+    draft: dict[int, _Average] = field(default_factory=dict)
+    host: dict[int, _Average] = field(default_factory=dict)
+    batch_acceptance: RowAcceptance = field(default_factory=RowAcceptance)
+    idle_steps: int = 0  # steps since a draft model last proposed
+    backoff: int = 1
+
+    # --- measurements ------------------------------------------------------------------------
+
+    def observe_verify(self, rows: int, width: int, seconds: float) -> None:
+        self.verify.setdefault((rows, width), _Average()).add(seconds)
+
+    def observe_draft(self, rows: int, seconds: float) -> None:
+        self.draft.setdefault(rows, _Average()).add(seconds)
+
+    def observe_host(self, rows: int, seconds: float) -> None:
+        self.host.setdefault(rows, _Average()).add(max(seconds, 0.0))
+
+    def observe_acceptance(self, accepted: int, offered: int) -> None:
+        self.batch_acceptance.add(accepted, offered)
+
+    # --- estimates ---------------------------------------------------------------------------
+
+    def verify_seconds(self, rows: int, width: int) -> float | None:
+        """The target pass at (rows, width): measured, else interpolated in the width, else
+        from the one-token pass and the prior; None when nothing is known at these rows."""
+        known = sorted(
+            (w, a.value) for (r, w), a in self.verify.items() if r == rows and a.value is not None
+        )
+        exact = dict(known).get(width)
+        if exact is not None:
+            return exact
+        if not known:
+            return None
+        if len(known) == 1:
+            w0, v0 = known[0]
+            one = v0 / (1 + PRIOR_TOKEN_SHARE * (w0 - 1))
+            return one * (1 + PRIOR_TOKEN_SHARE * (width - 1))
+        below = [(w, v) for w, v in known if w < width]
+        above = [(w, v) for w, v in known if w > width]
+        (w1, v1), (w2, v2) = (
+            (below[-1], above[0]) if below and above
+            else (known[-2], known[-1]) if below else (known[0], known[1])
+        )  # fmt: skip
+        slope = max((v2 - v1) / (w2 - w1), 0.0)
+        return max(v1 + slope * (width - w1), 0.0)
+
+    def step_seconds(self, rows: int, gamma: int) -> float | None:
+        verify = self.verify_seconds(rows, self.verify_width(gamma))
+        if verify is None:
+            return None
+        host = self.host.get(rows)
+        extra = host.value if host is not None and host.value is not None else 0.0
+        if self.draft_passes and gamma > 0:
+            draft = self.draft.get(rows)
+            one = draft.value if draft is not None and draft.value is not None else verify / 2
+            extra += gamma * one
+        return verify + extra
+
+    # --- the choice --------------------------------------------------------------------------
+
+    def choose(self, rows: int, plans: Sequence[RowPlan]) -> int:
+        """The step's proposal length for `rows` computed rows (0 .. gamma_max)."""
+        longest = min(self.gamma_max, max((p.cap for p in plans), default=0))
+        if longest == 0:
+            return 0
+        prior = self.batch_acceptance.alpha(PRIOR_ALPHA)
+        alphas = [p.acceptance.alpha(prior) for p in plans]
+        best, best_rate = 0, -1.0
+        for gamma in range(longest + 1):
+            seconds = self.step_seconds(rows, gamma)
+            tokens = sum(
+                expected_tokens(a, min(gamma, p.cap)) for a, p in zip(alphas, plans, strict=True)
+            )
+            # a width never measured at this occupancy: try it (its first step measures it)
+            rate = float("inf") if seconds is None else tokens / max(seconds, 1e-9)
+            if rate > best_rate:
+                best, best_rate = gamma, rate
+        return self._probe(best, longest)
+
+    def _probe(self, chosen: int, longest: int) -> int:
+        """A draft model's acceptance is learned only by proposing: after a run of steps
+        without, propose once; each try that does not win proposing back doubles the wait
+        before the next (up to 16x)."""
+        if not self.draft_passes:
+            return chosen
+        if chosen > 0:
+            self.idle_steps, self.backoff = 0, 1
+            return chosen
+        self.idle_steps += 1
+        if self.idle_steps < PROBE_EVERY * self.backoff:
+            return 0
+        self.idle_steps, self.backoff = 0, min(2 * self.backoff, 16)
+        return longest
