@@ -22,7 +22,9 @@ from ..engine.generation import (
     TextStream,
     compute_metrics,
 )
-from ..engine.loop import Batch, EngineResult, Row, StreamCallback
+from ..engine.loop import Batch, Decode, EngineResult, ProposerFactory, Row
+from ..engine.policy import LengthPolicy
+from ..engine.proposers import PromptLookup, SuffixLookup, SuffixStore
 from ..engine.runner import Runner
 
 Progress = Callable[[str], None]
@@ -30,29 +32,27 @@ RunnerPair = tuple[Runner, Runner | None]  # the target's and the draft's
 
 
 class Backend(Protocol):
-    """A loaded pair on its hardware."""
+    """A loaded pair (or a target alone, for proposers without a draft model) on its
+    hardware."""
 
     name: str  # "reference" | "neuronx" | "nxdi"
     device: str  # "cpu", "cuda", "neuron"
 
     def decode(
-        self,
-        prompts: Sequence[Sequence[int]],
-        acceptor: Acceptor,
-        *,
-        draft_tokens: int,
-        max_new_tokens: int,
-        eos_token_ids: Sequence[int] = (),
-        pad_token_id: int = 0,
-        on_tokens: StreamCallback | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
     ) -> EngineResult:
         """Generate for every prompt (token ids) through the engine."""
         ...
 
     def batch_runners(self, slots: int) -> RunnerPair | None:
-        """Runners for a continuous batch of `slots` rows, or None when the compiled models
-        decode one sequence at a time."""
+        """The target's Runner and the draft model's (None when none is loaded) for a
+        continuous batch of `slots` rows; None when the compiled models decode one sequence
+        at a time."""
+        ...
+
+    def verify_width(self, gamma: int) -> int:
+        """How wide the target's pass is when a step proposes gamma tokens: gamma + 1 where
+        the width is free (PyTorch), the compiled window where it is not (Neuron)."""
         ...
 
     def warnings(self) -> list[str]:
@@ -80,6 +80,42 @@ class Generator:
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.max_prompt_tokens = max_prompt_tokens  # a backend compiled for shorter prompts
+        sp = cfg.spec.speculation
+        # earlier outputs, for the suffix proposer: one store for as long as the pair is loaded
+        self.suffix = SuffixStore(sp.ngram_min, sp.ngram_max, sp.suffix_tokens)
+        self.policies: dict[tuple[str, int], LengthPolicy] = {}  # what the policies learned
+
+    def lookup(self, method: str) -> ProposerFactory | None:
+        """Fresh lookup proposers for `method`; None for the draft model."""
+        sp = self.spec.speculation
+        if method == "ngram":
+            return lambda _slots: PromptLookup(sp.ngram_min, sp.ngram_max)
+        if method == "suffix":
+            return lambda _slots: SuffixLookup(self.suffix, sp.ngram_min, sp.ngram_max)
+        return None
+
+    def policy(self, method: str, gamma: int, adaptive: bool | None = None) -> LengthPolicy | None:
+        """The length policy for `method` at up to `gamma` tokens (kept across calls: what it
+        measured stays true for the loaded pair); None when lengths are fixed."""
+        if gamma == 0 or not (self.spec.speculation.adaptive if adaptive is None else adaptive):
+            return None
+        key = (method, gamma)
+        if key not in self.policies:
+            self.policies[key] = LengthPolicy(
+                gamma, self.backend.verify_width, draft_passes=method == "draft"
+            )
+        return self.policies[key]
+
+    def method(self, method: str | None) -> str:
+        """The proposal method of a call: the config's unless given; a draft model must be
+        loaded for `draft`."""
+        chosen = method or self.spec.speculation.method
+        if chosen == "draft" and self.spec.draft_model is None:
+            raise ValueError(
+                "speculation.method draft needs a draft model and this config loads none; use "
+                "ngram or suffix, or add a draft: section with method: draft"
+            )
+        return chosen
 
     @property
     def device(self) -> str:
@@ -109,8 +145,11 @@ class Generator:
         prompt_token_ids: Sequence[Sequence[int]] | None = None,
         stop: Sequence[str] = (),
         cancelled: Callable[[], bool] | None = None,
+        method: str | None = None,
+        adaptive: bool | None = None,
     ) -> Generation:
-        """Generate for one prompt or a batch. `on_text(row, delta)` receives text as tokens are
+        """Generate for one prompt or a batch. `method` and `adaptive` override the config's
+        speculation.method and speculation.adaptive for this call. `on_text(row, delta)` receives text as tokens are
         accepted; `stop` strings end a row (the text is cut before the stop string, which is
         not returned); `cancelled()` is polled between steps and aborts the call with
         GenerationCancelled when it turns true."""
@@ -125,19 +164,21 @@ class Generator:
         sampling = self._sampling(temperature, top_k, top_p, seed)
         acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
         gamma = self.spec.speculation.draft_tokens if draft_tokens is None else draft_tokens
+        chosen = self.method(method)
         stream = TextStream(self.tokenizer, len(ids), on_text, [s for s in stop if s])
-        res = self.backend.decode(
-            ids,
-            acceptor,
+        how = Decode(
             draft_tokens=gamma,
             max_new_tokens=max_new,
             eos_token_ids=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
             on_tokens=stream.on_tokens if stream.active else None,
             cancelled=cancelled,
+            lookup=self.lookup(chosen),
+            policy=self.policy(chosen, gamma, adaptive),
         )
+        res = self.backend.decode(ids, acceptor, how)
         texts = stream.finish(res.tokens)
-        metrics = compute_metrics(res, sum(len(p) for p in ids), gamma)
+        metrics = compute_metrics(res, sum(len(p) for p in ids), gamma, chosen)
         return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
 
     def open_batch(self, slots: int) -> Batch | None:
@@ -148,14 +189,15 @@ class Generator:
             return None
         target, draft = pair
         gamma = self.spec.speculation.draft_tokens
-        policy = DraftPolicy() if self.spec.speculation.adaptive_batch else None
+        method = self.method(None)
+        lookup = self.lookup(method)
         return Batch(
             target,
-            draft if gamma > 0 else None,
+            lookup(slots) if lookup is not None else draft,
             slots,
             draft_tokens=gamma,
             pad_token_id=self.pad_token_id,
-            policy=policy,
+            policy=self.policy(method, gamma),
             history=False,  # each row keeps its own steps; the batch may run for days
         )
 
@@ -195,7 +237,8 @@ class Generator:
         def finish() -> Generation:
             res = row.result
             texts = stream.finish(res.tokens)
-            metrics = compute_metrics(res, len(ids[0]), self.spec.speculation.draft_tokens)
+            sp = self.spec.speculation
+            metrics = compute_metrics(res, len(ids[0]), sp.draft_tokens, sp.method)
             gen = Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
             gen.logprobs = None if logprobs is None else [row.token_logprobs]
             return gen
@@ -220,8 +263,8 @@ class Generator:
 
     @property
     def n_positions(self) -> int:
-        """The longest sequence (prompt + generated) both models were configured for."""
-        return min(self.spec.target.max_positions, self.spec.draft.max_positions)
+        """The longest sequence (prompt + generated) every loaded model is configured for."""
+        return self.spec.n_positions
 
     def check_lengths(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
         """Refuse a request that cannot fit n_positions before any model runs (ValueError,

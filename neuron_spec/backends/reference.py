@@ -7,7 +7,7 @@ runs them through neuron-spec's speculative engine with real KV caches.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 
 from ..config.spec import ConfigFile
 from ..engine.acceptors import Acceptor
-from ..engine.loop import EngineResult, StreamCallback, speculative_generate
+from ..engine.loop import Decode, EngineResult
 from ..errors import ConfigError, ConfigProblem, UsageError
 from ..sources.hf import eos_ids, load_model, pad_id, require_torch
 from .base import Generator, Progress, RunnerPair
@@ -167,33 +167,16 @@ class ReferenceBackend:
 
     name = "reference"
 
-    def __init__(self, target: HFRunner, draft: HFRunner, device: str):
+    def __init__(self, target: HFRunner, draft: HFRunner | None, device: str):
         self.target, self.draft, self.device = target, draft, device
 
     def decode(
-        self,
-        prompts: Sequence[Sequence[int]],
-        acceptor: Acceptor,
-        *,
-        draft_tokens: int,
-        max_new_tokens: int,
-        eos_token_ids: Sequence[int] = (),
-        pad_token_id: int = 0,
-        on_tokens: StreamCallback | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
     ) -> EngineResult:
-        return speculative_generate(
-            self.target,
-            self.draft if draft_tokens > 0 else None,
-            acceptor,
-            prompts,
-            draft_tokens=draft_tokens,
-            max_new_tokens=max_new_tokens,
-            eos_token_ids=eos_token_ids,
-            pad_token_id=pad_token_id,
-            on_tokens=on_tokens,
-            cancelled=cancelled,
-        )
+        return how.run(self.target, self.draft, acceptor, prompts)
+
+    def verify_width(self, gamma: int) -> int:
+        return gamma + 1
 
     def batch_runners(self, slots: int) -> RunnerPair | None:
         return self.target, self.draft

@@ -67,9 +67,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.batch is not None:  # plan the pair as if both were compiled for this batch
         import dataclasses
 
+        draft = cfg.spec.draft
         spec = cfg.spec.replace(
             target=cfg.spec.target.replace(batch_size=args.batch),
-            draft=cfg.spec.draft.replace(batch_size=args.batch),
+            draft=draft and draft.replace(batch_size=args.batch),
         )
         cfg = dataclasses.replace(cfg, spec=spec)
     inp = inputs(

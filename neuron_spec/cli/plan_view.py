@@ -65,18 +65,17 @@ def render_plan(console: Console, p: Plan, report: Report, cfg: ConfigFile) -> N
     console.print(t)
     if p.layout:
         lay = p.layout
+        who = "both models" if len(p.models) > 1 else "the target"
         console.print(
-            f"layout: both models on cores {lay.visible_cores} (NEURON_RT_VISIBLE_CORES), "
+            f"layout: {who} on cores {lay.visible_cores} (NEURON_RT_VISIBLE_CORES), "
             f"{fmt_bytes(lay.per_core_bytes)} per core of {fmt_bytes(lay.budget_per_core)} "
             f"({lay.utilization:.0%})"
         )
     rec = p.recommendation
     if rec is not None:
         if rec.target_tp:
-            console.print(
-                f"[bold]recommendation:[/bold] target.tp_degree: {rec.target_tp}, "
-                f"draft.tp_degree: {rec.draft_tp}"
-            )
+            draft = f", draft.tp_degree: {rec.draft_tp}" if rec.draft_tp else ""
+            console.print(f"[bold]recommendation:[/bold] target.tp_degree: {rec.target_tp}{draft}")
         else:
             console.print("[bold]recommendation:[/bold] none")
         for r in rec.reasons:
@@ -95,9 +94,13 @@ def _render_speedup(console: Console, p: Plan) -> None:
     sp = p.speculation
     if not sp.rows:
         return
+    cost = (
+        f"estimated c = draft/target step time = {sp.c_estimate:.2f}"
+        if sp.c_estimate
+        else "no draft model: proposals cost no model pass, c = 0"
+    )
     console.print(
-        f"expected speedup (draft_tokens {sp.draft_tokens}, window k={sp.window}, "
-        f"estimated c = draft/target step time = {sp.c_estimate:.2f})"
+        f"expected speedup (draft_tokens {sp.draft_tokens}, window k={sp.window}, {cost})"
     )
     st = Table()
     for col in ("alpha", f"speedup at {sp.draft_tokens}", "best draft_tokens", "best speedup"):
@@ -117,7 +120,8 @@ def performance_tp(spec: DeploymentSpec, p: Plan) -> int | None:
     tp = spec.target.tp_degree
     fits = p.layout is not None and p.layout.per_core_bytes <= p.layout.budget_per_core
     valid = p.host.platform is not None and TP_RULES[p.host.platform].allowed(tp)
-    if tp == spec.draft.tp_degree and fits and valid and tp <= p.host.cores:
+    shared = all(m.tp_degree == tp for _role, m in spec.models())
+    if shared and fits and valid and tp <= p.host.cores:
         return tp
     return rec.target_tp if rec else None
 
@@ -134,10 +138,15 @@ def render_performance(
         f"batch {perf['batch_size']}, {perf['prompt_tokens']}-token prompt, "
         f"{perf['new_tokens']} new tokens (latency model: docs/planning.md)"
     )
+    draft = (
+        f"draft TPOT {perf['draft']['tpot_ms']:.2f} ms"
+        if perf["draft"]
+        else f"proposals by {perf['speculation_method']} lookup, no draft model"
+    )
     console.print(
         f"  target: TTFT {t['ttft_ms']:.1f} ms, TPOT {t['tpot_ms']:.2f} ms (floor "
-        f"{t['floor_ms']:.2f} ms), {t['tokens_per_s']:.1f} tokens/s; draft TPOT "
-        f"{perf['draft']['tpot_ms']:.2f} ms; c = {perf['c']:.3f} ({perf['c_source']})"
+        f"{t['floor_ms']:.2f} ms), {t['tokens_per_s']:.1f} tokens/s; {draft}; "
+        f"c = {perf['c']:.3f} ({perf['c_source']})"
     )
     console.print(f"  alpha = {perf['alpha']} ({escape(perf['alpha_source'])})")
     if perf.get("model_note"):

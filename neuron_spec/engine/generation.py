@@ -52,12 +52,15 @@ class Metrics:
     target_step_ms: float | None  # mean time of a target pass
     per_row: list[dict[str, int]] = field(default_factory=list)  # {drafted, accepted} per prompt
     max_batch_rows: int = 1  # the most rows that decoded together in any step
+    method: str = "draft"  # where proposals came from: draft, ngram or suffix
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metrics:
+def compute_metrics(
+    res: EngineResult, prompt_tokens: int, gamma: int, method: str = "draft"
+) -> Metrics:
     new_tokens = sum(len(t) for t in res.tokens)
     seconds = max(res.end - res.start, 1e-9)
     firsts = [t - res.start for t in res.first_token_at if t is not None]
@@ -118,6 +121,7 @@ def compute_metrics(res: EngineResult, prompt_tokens: int, gamma: int) -> Metric
         else None,
         per_row=per_row,
         max_batch_rows=max((step.rows for step in res.steps), default=1),
+        method=method,
     )
 
 

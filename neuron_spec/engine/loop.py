@@ -502,6 +502,53 @@ def _commit_row(row: Row, new: list[int], now: float) -> list[int]:
     return keep
 
 
+ProposerFactory = Callable[[int], Proposer]  # slots -> a fresh lookup proposer
+
+
+@dataclass
+class Decode:
+    """How a call's prompts are decoded, whatever the backend: the speculation length, the
+    budget, the stop ids, the callbacks, where proposals come from (`lookup`: a factory of
+    lookup proposers; None: the backend's draft model, when it has one) and the length policy
+    (None: always up to draft_tokens)."""
+
+    draft_tokens: int
+    max_new_tokens: int
+    eos_token_ids: Sequence[int] = ()
+    pad_token_id: int = 0
+    on_tokens: StreamCallback | None = None
+    cancelled: Callable[[], bool] | None = None
+    lookup: ProposerFactory | None = None
+    policy: LengthPolicy | None = None
+
+    def run(
+        self,
+        target: Runner,
+        draft: Runner | None,
+        acceptor: Acceptor,
+        prompts: Sequence[Sequence[int]],
+        on_tokens: StreamCallback | None = None,
+    ) -> EngineResult:
+        """The prompts as one batch over `target`, proposals from the lookup or `draft`;
+        `on_tokens` (when given) replaces the call's own callback (a group of a larger call)."""
+        proposer: Proposer | Runner | None = draft
+        if self.lookup is not None:
+            proposer = self.lookup(len(prompts))
+        return speculative_generate(
+            target,
+            proposer if self.draft_tokens > 0 else None,
+            acceptor,
+            prompts,
+            draft_tokens=self.draft_tokens,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            on_tokens=on_tokens or self.on_tokens,
+            cancelled=self.cancelled,
+            policy=self.policy,
+        )
+
+
 @torch.inference_mode()
 def speculative_generate(
     target: Runner,

@@ -129,7 +129,7 @@ class _Pair:
 
     spec: DeploymentSpec
     target: Architecture
-    draft: Architecture
+    draft: Architecture | None  # None: a lookup proposes (no draft passes, no draft memory)
     family: Family
     tp: int
     positions: int
@@ -137,10 +137,14 @@ class _Pair:
     c_scale: float  # measured c over the model's, or 1
 
     def steps(self, batch: int) -> tuple[float, float]:
-        """(target decode step, draft decode step) seconds at `batch` rows."""
-        t_amp, d_amp = self.spec.target.amp, self.spec.draft.amp
+        """(target decode step, draft decode step) seconds at `batch` rows; a lookup's
+        proposals cost no model pass (0)."""
+        t_amp = self.spec.target.amp
         t = decode_step_s(self.target, t_amp, self.tp, self.family, self.positions, batch=batch)
-        d = decode_step_s(self.draft, d_amp, self.tp, self.family, self.positions, batch=batch)
+        draft = self.spec.draft_model
+        if self.draft is None or draft is None:
+            return t, 0.0
+        d = decode_step_s(self.draft, draft.amp, self.tp, self.family, self.positions, batch=batch)
         return t, d * self.c_scale
 
     def gammas(self, batch: int) -> list[dict[str, Any]]:
@@ -168,22 +172,24 @@ class _Pair:
         return rows
 
     def fits(self, batch: int, budget: float) -> bool:
+        archs = {"target": self.target, "draft": self.draft}
         used = sum(
             model_memory(a, tp=self.tp, amp=m.amp, n_positions=m.max_positions, batch_size=batch)
             .per_core_bytes
-            for a, m in ((self.target, self.spec.target), (self.draft, self.spec.draft))
+            for role, m in self.spec.models()
+            if (a := archs[role]) is not None
         )  # fmt: skip
         return used <= budget
 
 
 def _pair(
-    spec: DeploymentSpec, t_arch: Architecture, d_arch: Architecture, host: HostFacts, tp: int,
-    inp: Inputs,
+    spec: DeploymentSpec, t_arch: Architecture, d_arch: Architecture | None, host: HostFacts,
+    tp: int, inp: Inputs,
 ) -> _Pair:  # fmt: skip
     family = FAMILIES[host.platform or "inf2"]
     positions = min(inp.prompt_tokens + inp.new_tokens, spec.target.max_positions)
     pair = _Pair(spec, t_arch, d_arch, family, tp, positions, inp, 1.0)
-    if inp.c_measured is None:
+    if inp.c_measured is None or d_arch is None:
         return pair
     t_step, d_step = pair.steps(1)
     return _Pair(
@@ -234,8 +240,8 @@ def batching(
 
 
 def performance(
-    spec: DeploymentSpec, t_arch: Architecture, d_arch: Architecture, host: HostFacts, tp: int,
-    inp: Inputs,
+    spec: DeploymentSpec, t_arch: Architecture, d_arch: Architecture | None, host: HostFacts,
+    tp: int, inp: Inputs,
 ) -> dict[str, Any]:  # fmt: skip
     """The performance section for the pair on `host` at a shared `tp`, at the config's
     batch size (target.batch_size; `plan --batch B` sets it)."""
@@ -261,15 +267,16 @@ def performance(
         "new_tokens": inp.new_tokens,
         "alpha": inp.alpha,
         "alpha_source": inp.alpha_source,
+        "speculation_method": spec.speculation.method,
         "c": round(d_one / t_one, 4),
-        "c_source": "measured (bench)" if inp.c_measured is not None else "model",
+        "c_source": _c_source(spec, inp),
         "target": {
             "ttft_ms": round(ttft * 1e3, 2),
             "tpot_ms": round(t_step * 1e3, 3),
             "floor_ms": round(floor_s(t_arch, spec.target.amp, tp, pair.family) * 1e3, 3),
             "tokens_per_s": round(target_rate, 2),
         },
-        "draft": {"tpot_ms": round(d_step * 1e3, 3)},
+        "draft": None if d_arch is None else {"tpot_ms": round(d_step * 1e3, 3)},
         "speculative": rows,
         "best_gamma": best["gamma"],
         "best_speedup": best["speedup"],
@@ -282,6 +289,12 @@ def performance(
             else "extrapolated: the latency model is fitted on NeuronCore-v2 (Inf2) rows only"
         ),
     }
+
+
+def _c_source(spec: DeploymentSpec, inp: Inputs) -> str:
+    if spec.draft_model is None:
+        return f"0: {spec.speculation.method} proposes without a model pass"
+    return "measured (bench)" if inp.c_measured is not None else "model"
 
 
 def _hourly(instance: str | None, inp: Inputs) -> tuple[float | None, str]:
@@ -330,7 +343,7 @@ def section(
     t_arch, d_arch = archs.get("target"), archs.get("draft")
     if not host.is_neuron or host.platform is None:
         return None, None, "no Neuron instance: pass --instance for time and cost"
-    if t_arch is None or d_arch is None:
+    if t_arch is None or (d_arch is None and spec.draft_model is not None):
         return None, None, "a model's architecture is unknown: set architecture: or a catalog name"
     if tp is None:
         return None, None, f"the pair fits {host.instance} at no tp the runtime accepts"
@@ -346,10 +359,11 @@ def _setup_findings(
     (errors and warnings; the informational notes are left out)."""
     from ..preflight.check import preflight
 
+    draft = spec.draft_model
     setup = spec.replace(
         instance=host.instance or spec.instance,
         target=spec.target.replace(tp_degree=target_tp or spec.target.tp_degree),
-        draft=spec.draft.replace(tp_degree=draft_tp or spec.draft.tp_degree),
+        draft=draft and draft.replace(tp_degree=draft_tp or draft.tp_degree),
     )
     report = preflight(setup, host, base_dir)
     return [f.to_dict() for f in report.findings if f.severity != "info"]

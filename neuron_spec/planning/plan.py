@@ -186,47 +186,56 @@ def _model_plan(ctx: Context, role: str, positions: int | None = None) -> ModelP
 
 def _recommend(ctx: Context) -> Recommendation:
     host, spec = ctx.host, ctx.spec
-    t_arch, d_arch = ctx.arch("target"), ctx.arch("draft")
-    if t_arch is None or d_arch is None or not host.is_neuron or host.platform is None:
+    roles = dict(spec.models())
+    archs = {role: ctx.arch(role) for role in roles}
+    if any(a is None for a in archs.values()) or not host.is_neuron or host.platform is None:
         return Recommendation(
             None, None, None, ("no recommendation: a model's size or the host is unknown",)
         )
     budget = host.memory_per_core_bytes
     rule = TP_RULES[host.platform]
     shared = pair_fits(ctx) or []
+    alone = len(roles) == 1
+    what = "the target" if alone else "the pair"
     if not shared:
-        need = (
-            _memory_at(t_arch, spec.target, host.cores).total_bytes
-            + _memory_at(d_arch, spec.draft, host.cores).total_bytes
+        need = sum(
+            _memory_at(a, roles[role], host.cores).total_bytes
+            for role, a in archs.items()
+            if a is not None
         )
         return Recommendation(
             None,
             None,
             None,
             (
-                f"the pair does not fit {host.instance or 'this host'} at any tp the runtime "
-                f"accepts ({rule.description}); together they need about {need / GB:.0f} GB, "
-                f"{host.cores} cores offer {host.cores * budget / GB:.0f} GB.",
+                f"{what} does not fit {host.instance or 'this host'} at any tp the runtime "
+                f"accepts ({rule.description}); {'it needs' if alone else 'together they need'} "
+                f"about {need / GB:.0f} GB, {host.cores} cores offer "
+                f"{host.cores * budget / GB:.0f} GB.",
                 "use amp: bf16, shorter n_positions, or a larger instance.",
             ),
         )
     tp, load = shared[-1]
-    reasons = [
+    reasons = [] if alone else [
         "draft and target run in one process and both load from core 0, so they must share "
         "one tp_degree (a second model on a subset of cores fails with nrt_load_collectives).",
+    ]  # fmt: skip
+    reasons += [
         f"tp {tp} is the largest value the runtime accepts on {host.instance or host.platform} "
-        f"({rule.description}) at which both fit: {fmt_bytes(load)} per core of "
+        f"({rule.description}) at which {what} fits: {fmt_bytes(load)} per core of "
         f"{fmt_bytes(budget)} ({load / budget:.0%}).",
         "decoding is memory-bandwidth-bound: every extra core adds HBM bandwidth, so the "
-        "largest shared tp is the fastest.",
+        "largest tp that fits is the fastest.",
     ]
+    t_arch = archs["target"]
+    assert t_arch is not None
     t_alone = [
         t
         for t in _tp_candidates(host)
         if kv_heads_shardable(t_arch, t)
         and _memory_at(t_arch, spec.target, t).per_core_bytes <= budget
     ]
-    if t_alone and t_alone[0] < tp and t_alone[0] * 2 <= host.cores:
+    if not alone and t_alone and t_alone[0] < tp and t_alone[0] * 2 <= host.cores:
         reasons.append(
             f"the target alone would fit from tp {t_alone[0]}, leaving cores for the draft, "
             "but disjoint core sets need two processes, which SpeculativeGenerator cannot "
@@ -237,7 +246,7 @@ def _recommend(ctx: Context) -> Recommendation:
             f"at {load / budget:.0%} of the budget the margin is thin; consider "
             "shorter n_positions."
         )
-    return Recommendation(tp, tp, load, tuple(reasons))
+    return Recommendation(tp, None if alone else tp, load, tuple(reasons))
 
 
 def _speculation(
@@ -246,12 +255,15 @@ def _speculation(
     spec = ctx.spec
     gamma = spec.speculation.draft_tokens
     t_arch, d_arch = ctx.arch("target"), ctx.arch("draft")
+    draft = spec.draft_model
     c = None
-    if t_arch is not None and d_arch is not None:
+    if draft is None:
+        c = 0.0  # a lookup: no model pass per proposal
+    elif t_arch is not None and d_arch is not None:
         platform = ctx.host.platform or "inf2"
-        t_tp, d_tp = rec.target_tp or spec.target.tp_degree, rec.draft_tp or spec.draft.tp_degree
+        t_tp, d_tp = rec.target_tp or spec.target.tp_degree, rec.draft_tp or draft.tp_degree
         t_s = step_ms(t_arch, spec.target, t_tp, platform, positions)
-        d_s = step_ms(d_arch, spec.draft, d_tp, platform, positions)
+        d_s = step_ms(d_arch, draft, d_tp, platform, positions)
         c = d_s / t_s if t_s and d_s else None
     rows: list[dict[str, float | int]] = []
     if c is not None:
@@ -289,8 +301,8 @@ def plan(
         else:
             models[role] = mp
     layout = None
-    if host.is_neuron and len(models) == 2:
-        used = max(spec.target.tp_degree, spec.draft.tp_degree)
+    if host.is_neuron and len(models) == len(list(spec.models())):
+        used = max(m.tp_degree for _role, m in spec.models())
         layout = Layout(
             cores_used=used,
             visible_cores=f"0-{used - 1}" if used > 1 else "0",

@@ -107,8 +107,9 @@ def model_needs(cfg: Any) -> list[Need]:
 
     plan = build_load_plan(cfg, tnx_version="", cc_version="", env={})
     out = []
-    for ml in (plan.draft, plan.target):
-        m = cfg.spec.draft if ml.role == "draft" else cfg.spec.target
+    roles = dict(cfg.spec.models())
+    for ml in plan.models:
+        m = roles[ml.role]
         r = resolve_model(m.model, cfg.base_dir, m.architecture)
         arch = r.architecture
         if arch is None or ml.prepare == "missing":

@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...engine.loop import EngineResult, speculative_generate
+from ...engine.acceptors import Acceptor
+from ...engine.loop import Decode, EngineResult, StreamCallback
 from ...errors import BackendUnavailableError, UsageError
 from ..artifacts import ArtifactCache, ArtifactError
 from ..neuron_common import (
@@ -117,13 +118,20 @@ class NeuronxPair:
         self.loop = spec.speculation.loop
         self.batch = spec.target.batch_size
         self.pad_token_id = 0  # set by the Generator once the tokenizer is known
-        self._check_batch(spec.draft.batch_size)
-        self.n_positions = min(spec.target.max_positions, spec.draft.max_positions)
+        draft_model = spec.draft_model
+        self._check_batch(self.batch if draft_model is None else draft_model.batch_size)
+        if self.loop == "library" and draft_model is None:
+            raise UsageError(
+                f"speculation.loop: library runs transformers-neuronx's SpeculativeGenerator, "
+                f"which drafts with a draft model; speculation.method: "
+                f"{spec.speculation.method} has none. Fix: speculation.loop: engine."
+            )
+        self.n_positions = spec.n_positions
         self.cache = ArtifactCache(artifact_root(cfg), spec.compile.s3_mirror)
         self.events: list[tuple[str, str]] = []  # (role, "loaded" | "compiled")
         for name, value in self.plan.env.items():
             os.environ.setdefault(name, value)  # the runtime reads them at load
-        self.draft = self._load(self.plan.draft)
+        self.draft = None if self.plan.draft is None else self._load(self.plan.draft)
         self.target = self._load(self.plan.target)
 
     def _check_batch(self, draft_batch: int) -> None:
@@ -225,29 +233,23 @@ class NeuronxPair:
     # --- generation ------------------------------------------------------------------------
 
     def decode(
-        self,
-        prompts: Sequence[Sequence[int]],
-        acceptor: Any,
-        *,
-        draft_tokens: int,
-        max_new_tokens: int,
-        eos_token_ids: Sequence[int] = (),
-        pad_token_id: int = 0,
-        on_tokens: Any = None,
-        cancelled: Any = None,
+        self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
     ) -> EngineResult:
-        self._check_draft_tokens(draft_tokens)
-        common = {"max_new": max_new_tokens, "eos": list(eos_token_ids), "pad": pad_token_id,
-                  "cancelled": cancelled}  # fmt: skip
+        self._check_draft_tokens(how.draft_tokens)
         if self.batch > 1:
-            return self._engine_batches(prompts, acceptor, draft_tokens, on_tokens, **common)
+            return self._engine_batches(prompts, acceptor, how)
 
-        def one(prompt: Sequence[int], callback: Any) -> EngineResult:
+        def one(prompt: Sequence[int], callback: StreamCallback | None) -> EngineResult:
             if self.loop == "engine":
-                return self._engine(prompt, acceptor, draft_tokens, on_tokens=callback, **common)
-            return self._library(prompt, acceptor, draft_tokens > 0, on_tokens=callback, **common)
+                return self._engine(prompt, acceptor, how, callback)
+            return self._library(prompt, acceptor, how, callback)
 
-        return decode_rows(prompts, on_tokens, one, "transformers-neuronx")
+        return decode_rows(prompts, how.on_tokens, one, "transformers-neuronx")
+
+    def verify_width(self, gamma: int) -> int:
+        """A step of gamma proposals runs the compiled window; none, one token (the token
+        generation graph)."""
+        return self.plan.window if gamma > 0 else 1
 
     def _check_draft_tokens(self, draft_tokens: int) -> None:
         window = self.plan.window
@@ -262,60 +264,47 @@ class NeuronxPair:
                 f"speculation.draft_tokens in the config and load again.{smaller}"
             )
 
-    def _engine(self, prompt: Sequence[int], acceptor: Any, gamma: int, **kw: Any) -> EngineResult:
+    def _engine(
+        self,
+        prompt: Sequence[int],
+        acceptor: Acceptor,
+        how: Decode,
+        callback: StreamCallback | None,
+    ) -> EngineResult:
         vocab = self.vocab_size()
         target = NeuronxRunner(self.target, self.n_positions, vocab, self.plan.window)
-        draft = NeuronxRunner(self.draft, self.n_positions, vocab) if gamma else None
-        return speculative_generate(
-            target,
-            draft,
-            acceptor,
-            [list(prompt)],
-            draft_tokens=gamma,
-            max_new_tokens=kw["max_new"],
-            eos_token_ids=kw["eos"],
-            pad_token_id=kw["pad"],
-            on_tokens=kw["on_tokens"],
-            cancelled=kw["cancelled"],
-        )
+        draft = None if self.draft is None else NeuronxRunner(self.draft, self.n_positions, vocab)
+        return how.run(target, draft, acceptor, [list(prompt)], callback)
 
-    def batch_runners(self, slots: int) -> tuple[NeuronxBatchRunner, NeuronxBatchRunner] | None:
+    def batch_runners(
+        self, slots: int
+    ) -> tuple[NeuronxBatchRunner, NeuronxBatchRunner | None] | None:
         """Target and draft runners for a continuous batch of `slots` rows (serve), when the
         models were compiled for a batch (the engine loop); None otherwise."""
         if self.batch == 1 or self.loop != "engine" or slots > self.batch:
             return None
-        vocab, pad = self.vocab_size(), self.pad_token_id
-        return (
-            NeuronxBatchRunner(
-                self.target, self.n_positions, vocab, self.batch, self.plan.window, pad
-            ),
-            NeuronxBatchRunner(self.draft, self.n_positions, vocab, self.batch, None, pad),
+        return self._batch_pair(self.pad_token_id)
+
+    def _batch_pair(self, pad: int) -> tuple[NeuronxBatchRunner, NeuronxBatchRunner | None]:
+        vocab, size = self.vocab_size(), self.batch
+        target = NeuronxBatchRunner(
+            self.target, self.n_positions, vocab, size, self.plan.window, pad
         )
+        if self.draft is None:
+            return target, None
+        return target, NeuronxBatchRunner(self.draft, self.n_positions, vocab, size, None, pad)
 
     def _engine_batches(
-        self,
-        prompts: Sequence[Sequence[int]],
-        acceptor: Any,
-        gamma: int,
-        on_tokens: Any,
-        **kw: Any,
+        self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
     ) -> EngineResult:
         """Prompts in batches of the compiled size, each one engine batch at per-row
         positions (batch_runner.py)."""
-        vocab, size = self.vocab_size(), self.batch
-        target = NeuronxBatchRunner(
-            self.target, self.n_positions, vocab, size, self.plan.window, kw["pad"]
-        )
-        draft = NeuronxBatchRunner(self.draft, self.n_positions, vocab, size, None, kw["pad"])
+        target, draft = self._batch_pair(how.pad_token_id)
 
-        def run(group: list[list[int]], callback: Any) -> EngineResult:
-            return speculative_generate(
-                target, draft if gamma else None, acceptor, group, draft_tokens=gamma,
-                max_new_tokens=kw["max_new"], eos_token_ids=kw["eos"],
-                pad_token_id=kw["pad"], on_tokens=callback, cancelled=kw["cancelled"],
-            )  # fmt: skip
+        def run(group: list[list[int]], callback: StreamCallback | None) -> EngineResult:
+            return how.run(target, draft, acceptor, group, callback)
 
-        return decode_batches(prompts, size, on_tokens, run, "transformers-neuronx")
+        return decode_batches(prompts, self.batch, how.on_tokens, run, "transformers-neuronx")
 
     def warnings(self) -> list[str]:
         return list(self.cache.warnings)
@@ -327,10 +316,24 @@ class NeuronxPair:
         return int(getattr(config, "vocab_size", 0) or 0)
 
     def _library(
-        self, prompt: Sequence[int], acceptor: Any, speculate: bool, **kw: Any
+        self,
+        prompt: Sequence[int],
+        acceptor: Acceptor,
+        how: Decode,
+        callback: StreamCallback | None,
     ) -> EngineResult:
         pair = LibraryPair(self.draft, self.target, self.api, self.plan.window, self.n_positions)
-        rec, start = run_library(pair, prompt, acceptor, speculate=speculate, **kw)
+        rec, start = run_library(
+            pair,
+            prompt,
+            acceptor,
+            speculate=how.draft_tokens > 0,
+            max_new=how.max_new_tokens,
+            eos=list(how.eos_token_ids),
+            pad=how.pad_token_id,
+            on_tokens=callback,
+            cancelled=how.cancelled,
+        )
         steps = rec.steps(start)
         first = rec.puts[0].at if rec.tokens else None
         result = EngineResult([rec.tokens], [rec.by_eos], steps, start, [first])

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...engine.loop import EngineResult, speculative_generate
+from ...engine.acceptors import Acceptor
+from ...engine.loop import Decode, EngineResult, StreamCallback
 from ...errors import BackendUnavailableError, GenerationError, UsageError
 from ..artifacts import ArtifactCache, ArtifactError
 from ..neuron_common import decode_batches, decode_rows, neuron_generator, prepare_checkpoint
@@ -104,31 +105,40 @@ class NxdiPair:
         self._check_batch()
         for name, value in self.plan.env.items():
             os.environ.setdefault(name, value)
-        for m in (self.plan.draft, self.plan.target):
+        for m in self.plan.models:
             prepare_checkpoint(m.role, m.prepare, m.source, m.checkpoint, self.say, self.cache.warn)
         self.draft: Any = None
         self.plain: Any = None
         if self.plan.mode == "fused":
-            self.target = self._application(self.plan.target, fused_draft=self.plan.draft)
-        else:
-            self.draft = self._application(self.plan.draft)
+            self.target = self._application(self.plan.target, fused_draft=self._fused_draft())
+        else:  # unfused: the draft only when proposals come from it (else the target alone)
+            if self.plan.draft is not None:
+                self.draft = self._application(self.plan.draft)
             self.target = self._application(self.plan.target)
+
+    def _fused_draft(self) -> NxdiModel:
+        if self.plan.draft is None:
+            raise UsageError(
+                "nxdi: {speculation_mode: fused} compiles the draft model into the target's "
+                f"graph; speculation.method: {self.cfg.spec.speculation.method} has none. Fix: "
+                "speculation_mode: unfused (the target's speculation graph verifies the "
+                "lookup's proposals)."
+            )
+        return self.plan.draft
 
     def _check_batch(self) -> None:
         """Batch > 1 runs through neuron-spec's engine (unfused), one batch size for both."""
         spec = self.cfg.spec
-        if self.batch == 1 and spec.draft.batch_size == 1:
+        draft_batch = self.batch if spec.draft_model is None else spec.draft_model.batch_size
+        if self.batch == 1 and draft_batch == 1:
             return
         why = None
         if self.plan.mode == "fused":
             why = (
                 "NxDI's fused draft loop is batch 1 (its draft mask fills one column for all rows)"
             )
-        elif spec.draft.batch_size != self.batch:
-            why = (
-                f"draft.batch_size={spec.draft.batch_size} differs from "
-                f"target.batch_size={self.batch}"
-            )
+        elif draft_batch != self.batch:
+            why = f"draft.batch_size={draft_batch} differs from target.batch_size={self.batch}"
         if why:
             raise UsageError(
                 f"batch_size > 1 with speculation on NxD Inference: {why}. Fix: nxdi: "
@@ -194,29 +204,20 @@ class NxdiPair:
         return int(self.target.config.vocab_size)
 
     def decode(
-        self,
-        prompts: Sequence[Sequence[int]],
-        acceptor: Any,
-        *,
-        draft_tokens: int,
-        max_new_tokens: int,
-        eos_token_ids: Sequence[int] = (),
-        pad_token_id: int = 0,
-        on_tokens: Any = None,
-        cancelled: Any = None,
+        self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
     ) -> EngineResult:
-        self._check(acceptor, draft_tokens)
+        self._check(acceptor, how.draft_tokens)
         if self.batch > 1:
-            return self._engine_batches(
-                prompts, acceptor, draft_tokens, max_new_tokens, eos_token_ids, pad_token_id,
-                on_tokens, cancelled,
-            )  # fmt: skip
+            return self._engine_batches(prompts, acceptor, how)
 
-        def one(prompt: Sequence[int], callback: Any) -> EngineResult:
-            return self._one(prompt, acceptor, draft_tokens, max_new_tokens, eos_token_ids,
-                             pad_token_id, callback, cancelled)  # fmt: skip
+        def one(prompt: Sequence[int], callback: StreamCallback | None) -> EngineResult:
+            return self._one(prompt, acceptor, how, callback)
 
-        return decode_rows(prompts, on_tokens, one, "NxDI")
+        return decode_rows(prompts, how.on_tokens, one, "NxDI")
+
+    def verify_width(self, gamma: int) -> int:
+        """A speculating target has only its window-wide graph: every step costs one."""
+        return self.plan.window
 
     def _check(self, acceptor: Any, draft_tokens: int) -> None:
         window = self.plan.window
@@ -243,48 +244,40 @@ class NxdiPair:
     def _one(
         self,
         prompt: Sequence[int],
-        acceptor: Any,
-        gamma: int,
-        max_new: int,
-        eos: Sequence[int],
-        pad: int,
-        on_tokens: Any,
-        cancelled: Any,
+        acceptor: Acceptor,
+        how: Decode,
+        callback: StreamCallback | None,
     ) -> EngineResult:
-        plan = self.plan
-        if gamma == 0:
+        plan, pad = self.plan, how.pad_token_id
+        if how.draft_tokens == 0:
             target = self._runner(self._plain(), pad, window=None, length=plan.n_positions)
-            return speculative_generate(
-                target, None, acceptor, [prompt], draft_tokens=0, max_new_tokens=max_new,
-                eos_token_ids=eos, pad_token_id=pad, on_tokens=on_tokens, cancelled=cancelled,
-            )  # fmt: skip
+            return how.run(target, None, acceptor, [prompt], callback)
         if plan.mode == "fused":
             return fused_generate(
                 self.target, prompt, window=plan.window,
                 context_length=int(self.target.neuron_config.max_context_length),
-                compiled_length=plan.compiled_length, max_new=max_new, eos=eos, pad=pad,
-                on_tokens=on_tokens, cancelled=cancelled,
+                compiled_length=plan.compiled_length, max_new=how.max_new_tokens,
+                eos=how.eos_token_ids, pad=pad, on_tokens=callback, cancelled=how.cancelled,
             )  # fmt: skip
         target = self._runner(self.target, pad, window=plan.window, length=plan.compiled_length)
-        draft = self._runner(self.draft, pad, window=None, length=plan.n_positions)
-        return speculative_generate(
-            target, draft, acceptor, [prompt], draft_tokens=gamma, max_new_tokens=max_new,
-            eos_token_ids=eos, pad_token_id=pad, on_tokens=on_tokens, cancelled=cancelled,
-        )  # fmt: skip
+        draft = None
+        if self.draft is not None:
+            draft = self._runner(self.draft, pad, window=None, length=plan.n_positions)
+        return how.run(target, draft, acceptor, [prompt], callback)
 
-    def batch_runners(self, slots: int) -> tuple[NxdiBatchRunner, NxdiBatchRunner] | None:
+    def batch_runners(self, slots: int) -> tuple[NxdiBatchRunner, NxdiBatchRunner | None] | None:
         """Target and draft runners for a continuous batch of `slots` rows (serve), when the
         models were compiled for a batch; None otherwise."""
         if self.batch == 1 or slots > self.batch:
             return None
         return self._batch_pair(self.pad_token_id)
 
-    def _batch_pair(self, pad: int) -> tuple[NxdiBatchRunner, NxdiBatchRunner]:
+    def _batch_pair(self, pad: int) -> tuple[NxdiBatchRunner, NxdiBatchRunner | None]:
         plan = self.plan
-        return (
-            self._batch_runner(self.target, pad, plan.window, plan.compiled_length),
-            self._batch_runner(self.draft, pad, None, plan.n_positions),
-        )
+        target = self._batch_runner(self.target, pad, plan.window, plan.compiled_length)
+        if self.draft is None:
+            return target, None
+        return target, self._batch_runner(self.draft, pad, None, plan.n_positions)
 
     def _batch_runner(
         self, model: Any, pad: int, window: int | None, length: int
@@ -296,33 +289,23 @@ class NxdiPair:
         )  # fmt: skip
 
     def _engine_batches(
-        self,
-        prompts: Sequence[Sequence[int]],
-        acceptor: Any,
-        gamma: int,
-        max_new: int,
-        eos: Sequence[int],
-        pad: int,
-        on_tokens: Any,
-        cancelled: Any,
+        self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
     ) -> EngineResult:
         """Prompts in batches of the compiled size, each one engine batch at per-row
         positions (batch_runner.py). The target alone runs the plain target at batch B."""
+        pad = how.pad_token_id
         target: NxdiBatchRunner
         draft: NxdiBatchRunner | None
-        if gamma == 0:
+        if how.draft_tokens == 0:
             target = self._batch_runner(self._plain(), pad, None, self.plan.n_positions)
             draft = None
         else:
             target, draft = self._batch_pair(pad)
 
-        def run(group: list[list[int]], callback: Any) -> EngineResult:
-            return speculative_generate(
-                target, draft, acceptor, group, draft_tokens=gamma, max_new_tokens=max_new,
-                eos_token_ids=eos, pad_token_id=pad, on_tokens=callback, cancelled=cancelled,
-            )  # fmt: skip
+        def run(group: list[list[int]], callback: StreamCallback | None) -> EngineResult:
+            return how.run(target, draft, acceptor, group, callback)
 
-        return decode_batches(prompts, self.batch, on_tokens, run, "NxDI")
+        return decode_batches(prompts, self.batch, how.on_tokens, run, "NxDI")
 
     def _runner(self, model: Any, pad: int, *, window: int | None, length: int) -> NxdiRunner:
         return NxdiRunner(

@@ -72,9 +72,13 @@ class NxdiPlan:
     cc_version: str | None
     env: dict[str, str]
     target: NxdiModel
-    draft: NxdiModel
+    draft: NxdiModel | None  # None: a lookup proposes, no draft model loads
     plain_target: NxdiModel
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def models(self) -> tuple[NxdiModel, ...]:
+        return (self.target,) if self.draft is None else (self.draft, self.target)
 
     def calls(self) -> list[str]:
         cfg = "LlamaInferenceConfig(NeuronConfig(**kw), load_config=load_pretrained_config(path))"
@@ -91,9 +95,19 @@ class NxdiPlan:
                 "model(input_ids, attention_mask, position_ids, seq_ids) round by round: "
                 "fused_outputs = [accepted, next id, next mask, next position]",
             ]
+        target = f"target = NeuronLlamaForCausalLM(target, {cfg.replace('path', 'target')})"
+        if self.draft is None:  # a lookup proposes: the target's speculation graph alone
+            return [
+                target,
+                "target.compile(<entry>)  # on a cache miss",
+                "target.load(<entry>)",
+                "neuron-spec's engine: proposals from a lookup on the host (no draft model), "
+                "target(...) width k verify passes, logits to the host, acceptance and "
+                "sampling on the host",
+            ]
         return [
             f"draft = NeuronLlamaForCausalLM(draft, {cfg.replace('path', 'draft')})",
-            f"target = NeuronLlamaForCausalLM(target, {cfg.replace('path', 'target')})",
+            target,
             "draft.compile(<entry>), target.compile(<entry>)  # each on a cache miss",
             "draft.load(<entry>), target.load(<entry>)",
             "neuron-spec's engine: target(...) width k verify passes, draft(...) one token at "
@@ -102,9 +116,7 @@ class NxdiPlan:
 
     def view(self, config: str) -> PlanView:
         version = self.nxdi_version or "not installed here"
-        keywords = [
-            f"{m.role} ({m.checkpoint}): {m.neuron_config}" for m in (self.draft, self.target)
-        ]
+        keywords = [f"{m.role} ({m.checkpoint}): {m.neuron_config}" for m in self.models]
         return PlanView(
             title=f"load plan for {config} (NxD Inference {version}, {self.mode} speculation, "
             f"k={self.window})",
@@ -139,7 +151,7 @@ class NxdiPlan:
             "nxdi_version": self.nxdi_version,
             "neuronx_cc_version": self.cc_version,
             "env": self.env,
-            "models": [m.to_dict() for m in (self.draft, self.target)],
+            "models": [m.to_dict() for m in self.models],
             "calls": self.calls(),
             "notes": self.notes,
         }
@@ -148,7 +160,7 @@ class NxdiPlan:
 def context_length(cfg: ConfigFile) -> int:
     """The prompt budget NxDI's context encoding is compiled for."""
     spec = cfg.spec
-    n = min(spec.target.max_positions, spec.draft.max_positions)
+    n = spec.n_positions
     window = spec.speculation.window
     budget = spec.generation.max_prompt_tokens or max(
         1, n - spec.generation.max_new_tokens - window
@@ -192,7 +204,7 @@ def build_nxdi_plan(
     spec = cfg.spec
     mode = spec.nxdi.speculation_mode
     window = spec.speculation.window
-    n = min(spec.target.max_positions, spec.draft.max_positions)
+    n = spec.n_positions
     compiled = n + window - 1
     context = context_length(cfg)
     notes: list[str] = []
@@ -215,7 +227,7 @@ def build_nxdi_plan(
     target = model("target", spec.target, window, mode == "fused", compiled)
     # the draft never needs the headroom (it is fed one token at a time, below n_positions), so
     # its compiled graphs do not depend on draft_tokens
-    draft = model("draft", spec.draft, 0, False, n)
+    draft = None if spec.draft_model is None else model("draft", spec.draft_model, 0, False, n)
     plain = model("plain-target", spec.target, 0, False, n)
     nxdi_version = nxdi_version if nxdi_version is not None else installed_version(NXDI_DIST)
     if nxdi_version is None:
