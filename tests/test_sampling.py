@@ -218,3 +218,81 @@ def test_sampled_draft_provider_samples_from_the_warped_draft():
         [provider(torch.tensor([[2]]), 1, cache_ids=torch.tensor([5]))[0] for _ in range(4000)]
     ).flatten()
     assert chi2_p_value(draws, warp(table[2], 0.8, 3)) >= P_ACCEPT
+
+
+# --- proposals without a draft model: point masses -----------------------------------------
+
+
+def test_the_point_mass_step_is_the_speculative_step_with_one_hot_q():
+    from neuron_spec.engine.sampling import point_mass_step
+
+    g = torch.Generator().manual_seed(5)
+    p = torch.softmax(torch.randn(64, 4, VOCAB, generator=g), dim=-1)
+    ids = torch.randint(0, VOCAB, (64, 3), generator=g)
+    q = torch.nn.functional.one_hot(ids, VOCAB).double()
+    a = point_mass_step(ids, p, torch.Generator().manual_seed(9))
+    b = speculative_step(ids, q, p.double(), torch.Generator().manual_seed(9))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+class _ChainLookup:
+    """A free proposer that proposes the draft chain's argmax continuation: deterministic, so a
+    point mass, and often right."""
+
+    name = "chain"
+    free = True
+    runner = None
+
+    def __init__(self, table: torch.Tensor):
+        self.table, self.last = table, {}
+
+    def admit(self, slot, prompt):
+        self.last[slot] = prompt[-1]
+
+    def leave(self, slot, output):
+        self.last.pop(slot, None)
+
+    def candidates(self, slots, limit):
+        self._c = {}
+        for b in slots:  # a free slot of a fixed batch has no row: it proposes nothing
+            x, row = self.last.get(b), []
+            for _ in range(limit if x is not None else 0):
+                x = int(self.table[x].argmax())
+                row.append(x)
+            self._c[b] = row
+        return [self._c[b] for b in slots]
+
+    def propose(self, slots, lengths, acceptor):
+        from neuron_spec.engine.proposers import Proposal
+
+        g = max(lengths)
+        rows = [(self._c[b][:g] + [0] * g)[:g] for b in slots]
+        return Proposal(torch.tensor(rows, dtype=torch.long), list(lengths))
+
+    def settle(self, slots, accepted, idle):
+        pass
+
+    def commit(self, slot, new, accepted, offered):
+        self.last[slot] = new[-1]
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+@pytest.mark.parametrize("proposer", ["chain", "ngram"])
+def test_lossless_with_point_mass_proposals_matches_the_target_distribution(name, proposer):
+    """Proposals from a lookup are certain (q = δ(x)): accepted with probability p(x), and
+    on refusal the token is drawn from p without x. The output is the target's distribution
+    (chi-square at every position), for a proposer that is often right and for prompt lookup."""
+    from neuron_spec.engine.proposers import PromptLookup
+
+    sampling = SETTINGS[name]
+    target, draft = chains(seed=3)
+    prompt = [1, 2, 3, 4, 1, 0, 2, 0]  # unigram matches: prompt lookup proposes often
+    make = (lambda: _ChainLookup(draft)) if proposer == "chain" else (lambda: PromptLookup(1, 2))
+    res = speculative_generate(
+        StubRunner(target), make(), LosslessAcceptor(sampling), [prompt] * ROWS,
+        draft_tokens=3, max_new_tokens=STEPS,
+    )  # fmt: skip
+    proposed = sum(sum(s.row_drafted or []) for s in res.steps)
+    assert proposed > ROWS  # proposals were offered and verified
+    tokens = torch.tensor(res.tokens)
+    assert worst_p_value(tokens, exact_marginals(target, 0, sampling)) >= P_ACCEPT

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 PRIOR_TOKEN_SHARE = 0.5  # an extra token of width costs this share of a one-token pass
 PRIOR_ALPHA = 0.5  # acceptance before a row or the batch has evidence
 PRIOR_TRIALS = 2.0  # weight of the batch-wide estimate in a row's own
-DECAY = 0.9  # of old evidence per new trial: acceptance follows the text
+DECAY = 0.97  # of old evidence per new trial (about 30 trials remembered)
 WEIGHT = 0.3  # of a new measurement in a cost's moving average
 PROBE_EVERY = 16  # steps between re-tries of proposing, doubled while tries confirm (x16 max)
 

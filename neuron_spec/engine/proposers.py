@@ -67,8 +67,9 @@ class Proposer(Protocol):
         ...
 
     def candidates(self, slots: Sequence[int], limit: int) -> list[list[int]] | None:
-        """Free proposers: what each row would propose now (up to `limit` tokens, maybe none);
-        None for a draft model, which proposes only when asked (at a cost)."""
+        """Free proposers: what each row would propose now (up to `limit` tokens, maybe none;
+        none for a free slot of a fixed batch, which `slots` may include); None for a draft
+        model, which proposes only when asked (at a cost)."""
         ...
 
     def propose(

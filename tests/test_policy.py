@@ -1,0 +1,178 @@
+"""The speculation length policy: the math, the estimates, and what it chooses on stub models
+whose passes take measured time (a width that costs more than it returns is given up; a free,
+accurate proposer is used to the full; a draft model is re-tried ever more rarely)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from neuron_spec.engine.policy import (
+    LengthPolicy,
+    RowAcceptance,
+    RowPlan,
+    expected_tokens,
+)
+
+V = 10
+
+
+def test_expected_tokens_is_the_truncated_geometric_mean():
+    assert expected_tokens(0.0, 5) == 1.0
+    assert expected_tokens(0.5, 0) == 1.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_tokens(1.0, 4) == pytest.approx(5.0, rel=1e-3)
+
+
+def test_a_rows_acceptance_follows_its_recent_trials():
+    acc = RowAcceptance()
+    assert acc.alpha(prior=0.3) == pytest.approx(0.3)  # no evidence: the prior
+    for _ in range(20):
+        acc.add(accepted=4, offered=4)  # every proposal kept
+    assert acc.alpha(prior=0.3) > 0.9
+    for _ in range(100):
+        acc.add(accepted=0, offered=4)  # then none: the old evidence fades
+    assert acc.alpha(prior=0.3) < 0.15
+
+
+def _policy_with(costs: dict[int, float], gamma_max: int = 6, **kw) -> LengthPolicy:
+    policy = LengthPolicy(gamma_max, **kw)
+    for width, seconds in costs.items():
+        policy.observe_verify(1, width, seconds)
+    return policy
+
+
+def _plan(alpha: float, cap: int = 6) -> RowPlan:
+    """A row with plenty of evidence that each proposal is kept with probability alpha."""
+    return RowPlan(RowAcceptance(successes=100 * alpha, trials=100.0), cap)
+
+
+def test_poor_acceptance_and_costly_width_choose_no_speculation():
+    policy = _policy_with({1: 0.010, 7: 0.030})  # width 7 costs 3x a token
+    assert policy.choose(1, [_plan(0.1)]) == 0
+    assert policy.choose(1, [_plan(0.95)]) > 0
+
+
+def test_a_fixed_width_backend_proposes_all_it_can():
+    """On Neuron the verify graph has the compiled width whatever is proposed: proposing
+    costs nothing more, so any acceptance at all is worth every token."""
+    policy = _policy_with({7: 0.030}, verify_width=lambda g: 7)
+    assert policy.choose(1, [_plan(0.2)]) == 6
+    assert policy.choose(1, [_plan(0.2, cap=2)]) == 2  # no more than the proposer has
+
+
+def test_unmeasured_widths_are_interpolated_then_tried():
+    policy = _policy_with({1: 0.010, 9: 0.050}, gamma_max=8)
+    assert policy.verify_seconds(1, 5) == pytest.approx(0.030)
+    assert policy.verify_seconds(1, 11) == pytest.approx(0.060)
+    assert policy.verify_seconds(4, 1) is None  # nothing known at 4 rows
+    assert policy.choose(4, [_plan(0.5)] * 4) == 0  # so the first step there measures it
+
+
+def test_a_draft_model_is_re_tried_ever_more_rarely():
+    policy = _policy_with({1: 0.010, 5: 0.012}, gamma_max=4, draft_passes=True)
+    policy.observe_draft(1, 0.1)  # a draft pass costs 10 target passes: never worth it
+    plans = [_plan(0.5)]
+    chosen = [policy.choose(1, plans) for _ in range(2000)]
+    tries = [i for i, g in enumerate(chosen) if g > 0]
+    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert tries and gaps == sorted(gaps) and gaps[-1] >= 8 * gaps[0]
+    assert len(tries) < 30
+
+
+# --- on stub models ------------------------------------------------------------------------
+
+
+class _Timed:
+    """A stub runner whose feed sleeps `fixed + per_token x width` seconds."""
+
+    def __init__(self, inner, fixed: float, per_token: float):
+        self.inner, self.fixed, self.per_token = inner, fixed, per_token
+        self.vocab_size = inner.vocab_size
+        self.widths: list[int] = []
+
+    def reset(self, batch):
+        self.inner.reset(batch)
+
+    @property
+    def length(self):
+        return self.inner.length
+
+    def feed(self, tokens, mask, keep):
+        self.widths.append(tokens.shape[1])
+        time.sleep(self.fixed + self.per_token * tokens.shape[1])
+        return self.inner.feed(tokens, mask, keep)
+
+    def invalidate_from(self, start):
+        self.inner.invalidate_from(start)
+
+
+class _Fixed:
+    """A free proposer that proposes `tokens(prev)`: right or wrong by construction."""
+
+    name = "fixed"
+    free = True
+    runner = None
+
+    def __init__(self, right: bool):
+        self.right, self.last = right, {}
+
+    def admit(self, slot, prompt):
+        self.last[slot] = prompt[-1]
+
+    def leave(self, slot, output):
+        self.last.pop(slot, None)
+
+    def candidates(self, slots, limit):
+        out = []
+        for b in slots:  # a free slot of a fixed batch has no row: it proposes nothing
+            x, row = self.last.get(b), []
+            for _ in range(limit if x is not None else 0):
+                x = (x + 1) % V if self.right else (x + 5) % V
+                row.append(x)
+            out.append(row)
+        self._cands = dict(zip(slots, out, strict=True))
+        return out
+
+    def propose(self, slots, lengths, acceptor):
+        import torch
+
+        from neuron_spec.engine.proposers import Proposal
+
+        gamma = max(lengths)
+        rows = [(self._cands[b][:gamma] + [0] * gamma)[:gamma] for b in slots]
+        return Proposal(torch.tensor(rows, dtype=torch.long), list(lengths))
+
+    def settle(self, slots, accepted, idle):
+        pass
+
+    def commit(self, slot, new, accepted, offered):
+        self.last[slot] = new[-1]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("right", [True, False])
+def test_the_engine_learns_whether_proposing_pays(right):
+    """Width costs: a token of width adds a third of a one-token pass. Proposals that are
+    always right are used to the full; proposals that are always wrong are given up after a
+    few steps (checked against the emitted token, not by proposing). Greedy output is the
+    target's either way."""
+    from neuron_spec.engine.acceptors import GreedyAcceptor
+    from neuron_spec.engine.loop import speculative_generate
+
+    from .stubs import StubRunner, next_token_table
+
+    table = next_token_table(lambda p: (p + 1) % V, V)
+    target = _Timed(StubRunner(table), fixed=0.006, per_token=0.002)
+    policy = LengthPolicy(6)
+    res = speculative_generate(
+        target, _Fixed(right), GreedyAcceptor(), [[0]], draft_tokens=6, max_new_tokens=150,
+        policy=policy,
+    )  # fmt: skip
+    assert res.tokens[0] == [(i + 1) % V for i in range(150)]
+    late = [s.drafted for s in res.steps[len(res.steps) // 2 :]]
+    if right:
+        assert sorted(late)[len(late) // 2] == 6 and len(res.steps) < 40
+    else:
+        assert sum(g > 0 for g in late) <= 2 and len(res.steps) >= 140
