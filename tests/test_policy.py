@@ -4,6 +4,7 @@ accurate proposer is used to the full; a draft model is re-tried ever more rarel
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -76,7 +77,7 @@ def test_a_draft_model_is_re_tried_ever_more_rarely():
     plans = [_plan(0.5)]
     chosen = [policy.choose(1, plans) for _ in range(2000)]
     tries = [i for i, g in enumerate(chosen) if g > 0]
-    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert tries and gaps == sorted(gaps) and gaps[-1] >= 8 * gaps[0]
     assert len(tries) < 30
 

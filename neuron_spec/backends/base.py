@@ -150,9 +150,9 @@ class Generator:
     ) -> Generation:
         """Generate for one prompt or a batch. `method` and `adaptive` override the config's
         speculation.method and speculation.adaptive for this call. `on_text(row, delta)`
-        receives text as tokens are accepted; `stop` strings end a row (the text is cut before the stop string, which is
-        not returned); `cancelled()` is polled between steps and aborts the call with
-        GenerationCancelled when it turns true."""
+        receives text as tokens are accepted; `stop` strings end a row (the text is cut
+        before the stop string, which is not returned); `cancelled()` is polled between steps
+        and aborts the call with GenerationCancelled when it turns true."""
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = (
             [list(p) for p in prompt_token_ids]
