@@ -37,6 +37,10 @@ class Backend(Protocol):
 
     name: str  # "reference" | "neuronx" | "nxdi"
     device: str  # "cpu", "cuda", "neuron"
+    # what a token of verify width is assumed to cost, as a share of a one-token pass, until
+    # the engine has measured it: a CPU's matrix products grow with the width, an
+    # accelerator's memory-bound pass barely does
+    width_cost: float
 
     def decode(
         self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
@@ -102,7 +106,10 @@ class Generator:
         key = (method, gamma)
         if key not in self.policies:
             self.policies[key] = LengthPolicy(
-                gamma, self.backend.verify_width, draft_passes=method == "draft"
+                gamma,
+                self.backend.verify_width,
+                draft_passes=method == "draft",
+                token_share=self.backend.width_cost,
             )
         return self.policies[key]
 

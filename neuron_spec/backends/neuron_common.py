@@ -87,13 +87,7 @@ def decode_rows(
             raise GenerationError(
                 f"{library} generation failed: {type(exc).__name__}: {exc}"
             ) from exc
-        for step in res.steps:
-            step.accepted = [0] * row + step.accepted + [0] * (rows - row - 1)
-            step.emitted = [0] * row + step.emitted + [0] * (rows - row - 1)
-        for name in ("tokens", "finished_by_eos", "steps", "first_token_at"):
-            getattr(result, name).extend(getattr(res, name))
-        result.draft_step_seconds.extend(res.draft_step_seconds)
-        result.target_step_seconds.extend(res.target_step_seconds)
+        _join(result, res, row, rows)
     result.end = time.perf_counter()
     return result
 

@@ -169,6 +169,7 @@ class ReferenceBackend:
 
     def __init__(self, target: HFRunner, draft: HFRunner | None, device: str):
         self.target, self.draft, self.device = target, draft, device
+        self.width_cost = 0.5 if device == "cpu" else 0.05
 
     def decode(
         self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
@@ -195,14 +196,14 @@ def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     if threads is not None:
         torch.set_num_threads(threads)
         say(f"CPU threads: {threads} (set {THREADS_ENV} to change)")
-    loaded = []
-    for role, m in spec.models():
+    loaded = {}
+    for role, m in spec.models():  # the draft only when proposals come from it
         say(f"loading {role} {m.model} ({m.amp}, {device})")
-        loaded.append(
-            load_model(m.model, m.amp, cfg.base_dir, m.tokenizer, device, f"{role}.model")
-        )
-    target, draft = loaded
-    t_vocab, d_vocab = target.model.config.vocab_size, draft.model.config.vocab_size
+        path_field = f"{role}.model"
+        loaded[role] = load_model(m.model, m.amp, cfg.base_dir, m.tokenizer, device, path_field)
+    target, draft = loaded["target"], loaded.get("draft")
+    t_vocab = target.model.config.vocab_size
+    d_vocab = t_vocab if draft is None else draft.model.config.vocab_size
     if t_vocab != d_vocab:
         raise ConfigError(
             [
@@ -218,7 +219,6 @@ def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     eos = eos_ids(
         spec.generation.eos_token_id, where if where.is_dir() else None, tok, target.model
     )
-    backend = ReferenceBackend(
-        HFRunner(target.model, device), HFRunner(draft.model, device), device
-    )
+    draft_runner = None if draft is None else HFRunner(draft.model, device)
+    backend = ReferenceBackend(HFRunner(target.model, device), draft_runner, device)
     return Generator(cfg, backend, tok, eos, pad_id(tok, eos))

@@ -12,8 +12,10 @@ The length chosen is the one with the most expected tokens per second (speculati
 Every cost is measured, not assumed: moving averages of the target's pass time per (rows,
 width), of a draft pass per rows, and of the host's time per step. A width not yet measured at
 this occupancy is estimated from the widths that are (linear in the width), else from a prior
-that a token of width costs `PRIOR_TOKEN_SHARE` of a one-token pass; the first step that uses
-it measures it. Acceptance rates come from the rows (`RowAcceptance`): from what was accepted,
+that a token of width costs `token_share` of a one-token pass (the backend's guess: a CPU's
+matrix products grow with the width, an accelerator's memory-bound pass barely does); the first
+step that uses it measures it. At an occupancy with nothing measured yet, the longest
+proposal is tried first. Acceptance rates come from the rows (`RowAcceptance`): from what was accepted,
 and for proposals that cost nothing (prompt lookup, suffix matching) also from the proposal a
 row did not offer, checked against the token the target then emitted. A draft model's rows
 learn only when they propose, so when the policy has stopped proposing it re-tries now and
@@ -25,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-PRIOR_TOKEN_SHARE = 0.5  # an extra token of width costs this share of a one-token pass
 PRIOR_ALPHA = 0.5  # acceptance before a row or the batch has evidence
 PRIOR_TRIALS = 2.0  # weight of the batch-wide estimate in a row's own
 DECAY = 0.97  # of old evidence per new trial (about 30 trials remembered)
@@ -91,6 +92,7 @@ class LengthPolicy:
     gamma_max: int
     verify_width: Callable[[int], int] = lambda g: g + 1
     draft_passes: bool = False
+    token_share: float = 0.5  # a token of verify width, as a share of a one-token pass
     verify: dict[tuple[int, int], _Average] = field(default_factory=dict)
     draft: dict[int, _Average] = field(default_factory=dict)
     host: dict[int, _Average] = field(default_factory=dict)
@@ -127,8 +129,8 @@ class LengthPolicy:
             return None
         if len(known) == 1:
             w0, v0 = known[0]
-            one = v0 / (1 + PRIOR_TOKEN_SHARE * (w0 - 1))
-            return one * (1 + PRIOR_TOKEN_SHARE * (width - 1))
+            one = v0 / (1 + self.token_share * (w0 - 1))
+            return one * (1 + self.token_share * (width - 1))
         below = [(w, v) for w, v in known if w < width]
         above = [(w, v) for w, v in known if w > width]
         (w1, v1), (w2, v2) = (
@@ -161,13 +163,14 @@ class LengthPolicy:
         alphas = [p.acceptance.alpha(prior) for p in plans]
         best, best_rate = 0, -1.0
         for gamma in range(longest + 1):
-            seconds = self.step_seconds(rows, gamma)
+            # nothing measured at this occupancy: every length looks as cheap, so the longest
+            # (the most tokens) is tried first, and its step measures the pass
+            seconds = self.step_seconds(rows, gamma) or 1.0
             tokens = sum(
                 expected_tokens(a, min(gamma, p.cap)) for a, p in zip(alphas, plans, strict=True)
             )
-            # a width never measured at this occupancy: try it (its first step measures it)
-            rate = float("inf") if seconds is None else tokens / max(seconds, 1e-9)
-            if rate > best_rate:
+            rate = tokens / max(seconds, 1e-9)
+            if rate > best_rate * (1 + 1e-9):  # a tie goes to the shorter proposal
                 best, best_rate = gamma, rate
         return self._probe(best, longest)
 

@@ -90,6 +90,7 @@ class NxdiPair:
 
     name = "nxdi"
     device = "neuron"
+    width_cost = 0.05  # a decode step is memory-bound: the window's tokens cost little
 
     def __init__(self, cfg: ConfigFile, progress: Progress | None = None):
         self.cfg = cfg
