@@ -205,8 +205,20 @@ def test_dry_run_uses_every_override_it_accepts(capsys):
     assert default["target"]["speculation_window"] == 7
     assert body["target"]["speculation_window"] == 4  # draft_tokens 3 + 1
     assert any("enable_speculative_decoder(4" in c for c in body["calls"])
-    assert any("SampledDraftProvider" in c for c in body["calls"])  # lossless at T=0.9
-    assert not any("SampledDraftProvider" in c for c in default["calls"])
+    assert any("drafts sampled from its warped" in c for c in body["calls"])  # lossless, T=0.9
+    assert not any("sampled" in c for c in default["calls"])
+    import dataclasses
+
+    from neuron_spec.backends.neuronx.plan import build_load_plan
+    from neuron_spec.config.spec import load_config
+
+    cfg = load_config(TRN1_BF16)
+    spec = cfg.spec.replace(
+        speculation=cfg.spec.speculation.replace(loop="library"),
+        sampling=cfg.spec.sampling.replace(temperature=0.9),
+    )
+    library = build_load_plan(dataclasses.replace(cfg, spec=spec))
+    assert any("SampledDraftProvider" in c for c in library.calls())
 
 
 def test_an_override_out_of_range_names_the_flag(capsys):
@@ -286,8 +298,10 @@ def test_a_command_parses_the_same_when_only_it_is_built(name):
 def test_bench_says_plainly_when_speculation_does_not_pay():
     from neuron_spec.cli import term
     from neuron_spec.cli.run import _render_bench
+    from neuron_spec.planning.bench import advice
 
-    row = {"draft_tokens": 4, "tokens_per_s": 7.6, "tokens_per_s_min": 7.0,
+    row = {"method": "draft", "adaptive": False, "draft_tokens": 4, "tokens_per_s": 7.6,
+           "tokens_per_s_min": 7.0,
            "tokens_per_s_max": 8.0, "speedup": 0.76, "predicted_speedup": 1.2,
            "acceptance_rate": 1.0, "mean_tokens_per_pass": 4.1, "alpha": 0.884, "c": 0.4,
            "outputs_match_target": True}  # fmt: skip
@@ -295,15 +309,19 @@ def test_bench_says_plainly_when_speculation_does_not_pay():
                            "target_step_ms": 100.0},
               "prompts": 2, "max_new_tokens": 16, "repeat": 3, "speculative": [row],
               "best_draft_tokens": 4, "best_speedup": 0.76}  # fmt: skip
+    report["advice"] = advice({**row})
     buf = io.StringIO()
     _render_bench(term.Console(buf, colour=False), report)
     text = buf.getvalue()
-    assert "speculation does not pay here" in text and "best draft_tokens" not in text
-    assert "acceptance: the share of drafted tokens" in text
+    assert "speculation does not pay here" in text and "best:" not in text
+    assert "acceptance: the share of proposed tokens" in text
     report["best_speedup"] = row["speedup"] = 1.5
+    report["advice"] = advice({**row})
     buf = io.StringIO()
     _render_bench(term.Console(buf, colour=False), report)
-    assert "best draft_tokens: 4 (speedup 1.50x" in buf.getvalue()
+    said = buf.getvalue()
+    assert "best: use speculation: {method: draft, draft_tokens: 4, adaptive: false}" in said
+    assert "(1.50x the target alone)" in said
 
 
 def test_every_option_of_every_command_has_help_text():

@@ -112,4 +112,6 @@ def test_a_draft_method_without_a_draft_section_is_a_located_config_error(tmp_pa
     with pytest.raises(ConfigError) as err:
         load_config(path)
     problem = err.value.problems[0]
-    assert problem.path == "draft" and "method: ngram" in problem.fix
+    assert (
+        problem.path == "draft" and "method: ngram" in problem.fix and "missing" in problem.message
+    )

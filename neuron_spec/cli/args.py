@@ -241,18 +241,29 @@ def _bench(sub: Sub) -> None:
     b = _with_config(
         sub,
         "bench",
-        "compare target-only decoding with speculation at several draft_tokens",
-        "Load the pair once, then decode the same prompts target-only and with each "
-        "draft_tokens value. Reports tokens/s, speedup over target-only, acceptance, alpha, the "
-        "measured draft/target cost ratio c, the speedup S(alpha, gamma, c) the formula "
-        "predicts beside the measured one, and the best draft_tokens.",
+        "compare the target alone with each way of speculating, and say which to use",
+        "Load the models once, then decode the same prompts with the target alone and with "
+        "each proposal method (a draft model, prompt lookup, suffix matching), at fixed "
+        "lengths and with the adaptive length. Reports tokens/s, speedup over the target "
+        "alone, acceptance, alpha, the proposal's cost ratio c, the speedup S(alpha, gamma, "
+        "c) the formula predicts beside the measured one, whether greedy output matches the "
+        "target's, and the setting to use.",
+    )
+    b.add_argument(
+        "--methods",
+        type=str_list,
+        metavar="LIST",
+        help="comma-separated proposal methods to compare: draft, ngram, suffix (default: "
+        "every one the config can run; draft needs a draft model, loaded with method: draft)",
     )
     b.add_argument(
         "--draft-tokens",
         type=int_list,
         metavar="LIST",
-        help="comma-separated values of gamma (default 1,2,4,6,8 on the reference backend; on "
-        "neuronx only the compiled speculation.draft_tokens, since each gamma is its own graph)",
+        help="comma-separated fixed lengths (gamma) for the configured method; the adaptive "
+        "length runs up to the largest (default 1,2,4,6,8 on the reference backend; on Neuron "
+        "the compiled speculation.draft_tokens, since each window is its own graph). Other "
+        "methods run at speculation.draft_tokens",
     )
     b.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: 3 built-in)")
     b.add_argument(
@@ -644,3 +655,10 @@ def int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError("draft token counts must be positive integers")
     return sorted(set(values))
+
+
+def str_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing: give a comma-separated list")
+    return values

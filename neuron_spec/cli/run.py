@@ -61,7 +61,8 @@ def _render_metrics(console: Console, metrics: dict[str, Any]) -> None:
     t.add_row("throughput", f"{metrics['tokens_per_s']:.1f} tokens/s")
     t.add_row("target passes", str(metrics["target_passes"]))
     if metrics["draft_tokens"]:
-        t.add_row("draft tokens per step", str(metrics["draft_tokens"]))
+        source = "a draft model" if metrics["method"] == "draft" else f"{metrics['method']} lookup"
+        t.add_row("proposals", f"from {source}, up to {metrics['draft_tokens']} per step")
         t.add_row(
             "accepted / drafted",
             f"{metrics['accepted']} / {metrics['drafted']}"
@@ -190,7 +191,7 @@ def refuse_long_prompts(cfg: ConfigFile, prompts: list[str], max_new: int | None
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from ..planning.bench import DEFAULT_PROMPTS, run_bench
+    from ..planning.bench import DEFAULT_PROMPTS, run_bench, settings
 
     cfg = with_overrides(load(args.config, args.backend), args)
     prompts = list(DEFAULT_PROMPTS)
@@ -209,7 +210,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         configured = cfg.spec.speculation.draft_tokens
         gammas = [configured] if cfg.spec.neuron else [1, 2, 4, 6, 8]
     gen = _load_generator(cfg)
-    total = (1 + len(gammas)) * args.repeat
+    methods = _bench_methods(args.methods, cfg)
+    total = len(settings(gen, methods, gammas)) * args.repeat
     with Progress(transient=True, console=term.rich_console()) as progress:
         task = progress.add_task("benchmarking", total=total)
         try:
@@ -220,6 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 args.max_new_tokens,
                 args.repeat,
                 tick=lambda label: progress.update(task, advance=1, description=label),
+                methods=methods,
             )
         except ValueError as exc:  # a prompt that cannot fit n_positions, or encodes to nothing
             raise UsageError(str(exc)) from None
@@ -228,6 +231,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_OK
     _render_bench(stdout_console(), report)
     return EXIT_OK
+
+
+def _bench_methods(given: list[str] | None, cfg: ConfigFile) -> list[str]:
+    """--methods, checked against what the config loads (a draft model only with method
+    draft); by default every method it can run."""
+    from ..planning.bench import METHODS
+
+    loads_draft = cfg.spec.draft_model is not None
+    if given is None:
+        return [m for m in METHODS if m != "draft" or loads_draft]
+    unknown = [m for m in given if m not in METHODS]
+    if unknown:
+        raise UsageError(
+            f"--methods: {', '.join(unknown)} unknown; choose from draft, ngram, suffix"
+        )
+    if "draft" in given and not loads_draft:
+        raise UsageError(
+            "--methods draft: this config loads no draft model (speculation.method is "
+            f"{cfg.spec.speculation.method}); set method: draft with a draft: section to compare it"
+        )
+    return list(dict.fromkeys(given))
 
 
 def _render_bench(console: Console, report: dict[str, Any]) -> None:
@@ -239,7 +263,8 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
     )
     t = Table()
     cols = (
-        "draft_tokens",
+        "method",
+        "length",
         "tokens/s",
         "min..max",
         "speedup",
@@ -258,7 +283,8 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
 
     for r in report["speculative"]:
         t.add_row(
-            str(r["draft_tokens"]),
+            r["method"],
+            f"adaptive, up to {r['draft_tokens']}" if r["adaptive"] else str(r["draft_tokens"]),
             f(r["tokens_per_s"], "{:.1f}"),
             _range(r),
             f(r["speedup"]),
@@ -270,20 +296,15 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
             f(r["outputs_match_target"]),
         )
     console.print(t)
-    best, speedup = report["best_draft_tokens"], report["best_speedup"]
-    if speedup > 1.0:
-        console.print(f"best draft_tokens: {best} (speedup {speedup:.2f}x over the target alone)")
+    if report["best_speedup"] > 1.0:
+        console.print(f"[bold]best:[/bold] {escape(report['advice'])}")
     else:
-        console.print(
-            f"[bold]speculation does not pay here[/bold]: no draft_tokens beats the target "
-            f"alone (the best, {best}, runs at {speedup:.2f}x). Use the target alone, or a "
-            "faster or better-matched draft."
-        )
+        console.print(f"[bold]speculation does not pay here[/bold]: {escape(report['advice'])}")
     console.print(
-        "[dim]acceptance: the share of drafted tokens the target accepted. alpha: the chance "
-        "that one draft token is accepted given those before it were, estimated from tokens "
-        "per pass; acceptance is higher than alpha when drafting stops early (at the end of a "
-        "request or an EOS), and both are 100% only when every draft matched.[/dim]"
+        "[dim]acceptance: the share of proposed tokens the target accepted. alpha: the chance "
+        "that one proposed token is accepted given those before it were, estimated from "
+        "tokens per pass (for an adaptive length, at its longest); c: a proposal's cost as a "
+        "share of a target step (0 for lookups, which run no model).[/dim]"
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .schema import FieldSpec, Nested, Record
+from .schema import FieldSpec, Nested, Nullable, Record
 from .spec import DeploymentSpec
 
 BEGIN = "<!-- BEGIN GENERATED FIELD REFERENCE (python -m neuron_spec.config.docgen) -->"
@@ -24,9 +24,12 @@ def field_rows(model: type[Record] = DeploymentSpec, prefix: str = "") -> list[s
     rows = []
     for field in model.field_specs():
         path = f"{prefix}{field.name}"
-        if isinstance(field.kind, Nested):
-            section = field.kind.record
-            rows.append(f"| `{path}` | section | {_default(field)} | {section.__doc__ or ''} |")
+        kind = field.kind.inner if isinstance(field.kind, Nullable) else field.kind
+        if isinstance(kind, Nested):
+            section = kind.record
+            what = "section or null" if kind is not field.kind else "section"
+            meaning = (field.description or section.__doc__ or "").replace("|", "\\|")
+            rows.append(f"| `{path}` | {what} | {_default(field)} | {meaning} |")
             rows.extend(field_rows(section, path + "."))
             continue
         desc = field.description.replace("|", "\\|").replace("\n", " ")

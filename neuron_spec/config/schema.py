@@ -345,6 +345,7 @@ class Record:
         ]
         values = {k: v for k, v in data.items() if k in known}
         parsed, more = _parse_fields(cls, values, loc)
+        more += cls.data_issues(data, loc)
         if issues or more:
             raise Invalid(issues + more)
         record = cls(**parsed)
@@ -356,6 +357,12 @@ class Record:
 
     def relations(self, loc: Loc) -> list[Issue]:
         """Problems between this record's fields (each field alone is valid); none here."""
+        return []
+
+    @classmethod
+    def data_issues(cls, data: Mapping[str, Any], loc: Loc) -> list[Issue]:
+        """Problems between keys that can be seen in the data itself, reported with every
+        other problem of the data (a key required by another's value); none here."""
         return []
 
     def all_relations(self, loc: Loc = ()) -> list[Issue]:

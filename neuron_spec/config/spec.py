@@ -427,6 +427,18 @@ class NxdiSpec(Record):
     )
 
 
+def _missing_draft(loc: Loc) -> Issue:
+    return Issue(
+        (*loc, "draft"),
+        "missing",
+        "required key is missing: speculation.method is draft (the default), and the draft "
+        "model proposes the tokens.",
+        fix="add a draft: section (a model that shares the target's tokenizer), or set "
+        "speculation.method: ngram (prompt lookup) or suffix, which need no draft model.",
+        record=DeploymentSpec,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeploymentSpec(Record):
     """A draft/target pair and how to run it."""
@@ -480,16 +492,15 @@ class DeploymentSpec(Record):
 
     def relations(self, loc: Loc) -> list[Issue]:
         if self.speculation.uses_draft and self.draft is None:
-            return [
-                Issue(
-                    (*loc, "draft"),
-                    "value",
-                    "speculation.method is draft (the default), and there is no `draft:` "
-                    "section: the draft model proposes the tokens. Fix: add a draft model that "
-                    "shares the target's tokenizer, or set speculation.method: ngram (prompt "
-                    "lookup) or suffix, which need no draft model.",
-                )
-            ]
+            return [_missing_draft(loc)]
+        return []
+
+    @classmethod
+    def data_issues(cls, data: Mapping[str, Any], loc: Loc) -> list[Issue]:
+        speculation = data.get("speculation")
+        method = speculation.get("method", "draft") if isinstance(speculation, dict) else "draft"
+        if "draft" not in data and method == "draft":
+            return [_missing_draft(loc)]
         return []
 
 
@@ -568,6 +579,8 @@ def _describe(issue: Issue) -> tuple[str, str]:
     if issue.kind == "unknown":
         fix = f"allowed keys here: {', '.join(sorted(allowed))}." if allowed else "remove it."
         return f"unknown key {show(key)}.{did_you_mean(key[:100], allowed)}", fix
+    if issue.kind == "missing" and issue.fix:
+        return issue.message, issue.fix
     if issue.kind == "missing":
         field = next((f for f in record.field_specs() if f.name == key), None) if record else None
         desc = field.description if field else ""

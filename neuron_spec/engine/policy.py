@@ -15,11 +15,11 @@ this occupancy is estimated from the widths that are (linear in the width), else
 that a token of width costs `token_share` of a one-token pass (the backend's guess: a CPU's
 matrix products grow with the width, an accelerator's memory-bound pass barely does); the first
 step that uses it measures it. At an occupancy with nothing measured yet, the longest
-proposal is tried first. Acceptance rates come from the rows (`RowAcceptance`): from what was accepted,
-and for proposals that cost nothing (prompt lookup, suffix matching) also from the proposal a
-row did not offer, checked against the token the target then emitted. A draft model's rows
-learn only when they propose, so when the policy has stopped proposing it re-tries now and
-then, ever more rarely while the tries confirm it (as TCP backs off).
+proposal is tried first. Acceptance rates come from the rows (`RowAcceptance`): from what was
+accepted, and for proposals that cost nothing (prompt lookup, suffix matching) also from the
+proposal a row did not offer, checked against the token the target then emitted. A draft
+model's rows learn only when they propose, so when the policy has stopped proposing it re-tries
+now and then, ever more rarely while the tries confirm it (as TCP backs off).
 """
 
 from __future__ import annotations

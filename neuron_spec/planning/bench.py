@@ -1,4 +1,12 @@
-"""`neuron-spec bench`: target-only decoding against speculation at several gamma."""
+"""`neuron-spec bench`: the target alone against each way of speculating, on the same prompts.
+
+A setting is a proposal method (a draft model, prompt lookup, suffix matching) at a fixed
+length (every step proposes draft_tokens) or adaptive (the engine chooses each step's length).
+Every setting decodes the prompts `repeat` times, interleaved with the others so that a machine
+slowing down or speeding up touches all alike; each reports its median run and the spread. The
+report names the fastest setting (and says when none beats the target alone); for greedy
+decoding it also checks that every setting's output is the target's.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +23,29 @@ DEFAULT_PROMPTS = (
     "Once upon a time, in a small village by the sea,",
     "def fibonacci(n):",
 )
+METHODS = ("draft", "ngram", "suffix")
+
+
+@dataclass(frozen=True)
+class Setting:
+    method: str  # draft | ngram | suffix; "target" for the target alone
+    draft_tokens: int  # at most, per step (0: the target alone)
+    adaptive: bool
+
+    @property
+    def label(self) -> str:
+        if self.draft_tokens == 0:
+            return "target only"
+        how = "adaptive" if self.adaptive else "fixed"
+        return f"{self.method} {how} {self.draft_tokens}"
+
+
+TARGET = Setting("target", 0, False)
 
 
 @dataclass
 class BenchRow:
-    draft_tokens: int  # 0 = target only
+    setting: Setting
     seconds: float
     new_tokens: int
     target_passes: int
@@ -35,7 +61,9 @@ class BenchRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "draft_tokens": self.draft_tokens,
+            "method": self.setting.method,
+            "adaptive": self.setting.adaptive,
+            "draft_tokens": self.setting.draft_tokens,
             "seconds": round(self.seconds, 4),
             "new_tokens": self.new_tokens,
             "tokens_per_s": round(self.tokens_per_s, 3),
@@ -45,15 +73,33 @@ class BenchRow:
         }
 
 
-def _run(gen: Generator, prompts: Sequence[str], gamma: int, max_new: int) -> BenchRow:
-    results: list[Generation] = [
-        gen.generate(p, max_new_tokens=max_new, draft_tokens=gamma) for p in prompts
-    ]
+def settings(gen: Generator, methods: Sequence[str], gammas: Sequence[int]) -> list[Setting]:
+    """The target alone; the config's method at each of `gammas` and adaptive; every other
+    method at the config's draft_tokens, fixed and adaptive."""
+    configured = gen.spec.speculation.method
+    most = max(gammas)
+    out = [TARGET]
+    for method in methods:
+        fixed = gammas if method == configured else [gen.spec.speculation.draft_tokens]
+        out += [Setting(method, g, False) for g in fixed]
+        out.append(Setting(method, most, True))
+    return list(dict.fromkeys(out))
+
+
+def _run(gen: Generator, prompts: Sequence[str], s: Setting, max_new: int) -> BenchRow:
+    method = s.method if s.draft_tokens else None
+    results: list[Generation] = []
+    for p in prompts:
+        out = gen.generate(
+            p, max_new_tokens=max_new, draft_tokens=s.draft_tokens, method=method,
+            adaptive=s.adaptive,
+        )  # fmt: skip
+        results.append(out)
     m = [r.metrics for r in results]
     d_ms = [x.draft_step_ms for x in m if x.draft_step_ms is not None]
     t_ms = [x.target_step_ms for x in m if x.target_step_ms is not None]
     return BenchRow(
-        draft_tokens=gamma,
+        setting=s,
         seconds=sum(x.seconds for x in m),
         new_tokens=sum(x.new_tokens for x in m),
         target_passes=sum(x.target_passes for x in m),
@@ -89,45 +135,74 @@ def run_bench(
     max_new: int,
     repeat: int = 3,
     tick: Callable[[str], None] | None = None,
+    methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Decode `prompts` target-only and at each gamma, `repeat` times. Runs are interleaved
-    (every setting once, then again) so that a machine slowing down or speeding up touches all
-    settings alike; each setting reports its median run and the spread of its runs."""
+    """Decode `prompts` with every setting (see `settings`), `repeat` interleaved times."""
     tick = tick or (lambda _s: None)
     gen.check_lengths(gen.encode(prompts), max_new)  # every prompt fits, before any work
-    gen.generate(prompts[0], max_new_tokens=4, draft_tokens=max(gammas))  # warm-up
-    runs: dict[int, list[BenchRow]] = {g: [] for g in [0, *gammas]}
+    chosen = [m for m in (methods or available_methods(gen))]
+    plan = settings(gen, chosen, gammas)
+    for s in plan[1:]:  # warm-up: the first call of each way pays one-off costs
+        gen.generate(prompts[0], max_new_tokens=4, draft_tokens=s.draft_tokens, method=s.method)
+    runs: dict[Setting, list[BenchRow]] = {s: [] for s in plan}
     for _ in range(repeat):
-        for gamma in runs:
-            runs[gamma].append(_run(gen, prompts, gamma, max_new))
-            tick("target only" if gamma == 0 else f"draft_tokens={gamma}")
-    base = _median_row(runs[0])
-    rows = [_speculative_row(gen, gamma, _median_row(runs[gamma]), base) for gamma in gammas]
-    for row in rows:
-        row.update(_spread(runs[row["draft_tokens"]]))
-    best_row = max(rows, key=lambda x: x["speedup"])
+        for s in plan:
+            runs[s].append(_run(gen, prompts, s, max_new))
+            tick(s.label)
+    base = _median_row(runs[TARGET])
+    rows = [_speculative_row(gen, _median_row(runs[s]), base) for s in plan[1:]]
+    for s, row in zip(plan[1:], rows, strict=True):
+        row.update(_spread(runs[s]))
+    best = max(rows, key=lambda x: x["speedup"])
     return {
         "prompts": len(prompts),
         "max_new_tokens": max_new,
         "repeat": repeat,
         "temperature": gen.spec.sampling.temperature,
         "acceptor": gen.spec.speculation.acceptor,
+        "configured_method": gen.spec.speculation.method,
         "baseline": {
             **base.to_dict(),
             "target_step_ms": round(base.target_step_ms or 0, 3),
-            **_spread(runs[0]),
+            **_spread(runs[TARGET]),
         },
         "speculative": rows,
-        "best_draft_tokens": best_row["draft_tokens"],
-        "best_speedup": best_row["speedup"],
+        "best": {k: best[k] for k in ("method", "adaptive", "draft_tokens", "speedup")},
+        "best_draft_tokens": best["draft_tokens"],
+        "best_speedup": best["speedup"],
+        "advice": advice(best),
     }
 
 
-def _speculative_row(gen: Generator, gamma: int, r: BenchRow, base: BenchRow) -> dict[str, Any]:
+def available_methods(gen: Generator) -> list[str]:
+    """Every method this loaded pair can run: the draft model only when one is loaded."""
+    return [m for m in METHODS if m != "draft" or gen.spec.draft_model is not None]
+
+
+def advice(best: dict[str, Any]) -> str:
+    if best["speedup"] <= 1.0:
+        return (
+            "speculation does not pay on these prompts: no setting beats the target alone; "
+            "decode with the target alone (generate --draft-tokens 0), or try prompts closer "
+            "to your workload"
+        )
+    how = "adaptive: true" if best["adaptive"] else "adaptive: false"
+    return (
+        f"use speculation: {{method: {best['method']}, draft_tokens: {best['draft_tokens']}, "
+        f"{how}}} ({best['speedup']:.2f}x the target alone)"
+    )
+
+
+def _speculative_row(gen: Generator, r: BenchRow, base: BenchRow) -> dict[str, Any]:
+    gamma = r.setting.draft_tokens
     steps = r.target_passes
     mean_l = (r.accepted + steps) / steps if steps else None
     alpha = alpha_from_mean_tokens(mean_l, gamma) if mean_l else None
-    c = r.draft_step_ms / base.target_step_ms if r.draft_step_ms and base.target_step_ms else None
+    if r.setting.method == "draft":
+        has_ms = r.draft_step_ms and base.target_step_ms
+        c = r.draft_step_ms / base.target_step_ms if has_ms else None  # type: ignore[operator]
+    else:
+        c = 0.0  # a lookup costs no model pass
     greedy = gen.spec.sampling.temperature == 0
     return {
         **r.to_dict(),

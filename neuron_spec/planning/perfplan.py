@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..config.catalog import INSTANCES, Architecture
 from ..config.spec import DeploymentSpec
@@ -52,7 +52,8 @@ def inputs(
     price_override: float | None,
     region: str | None,
 ) -> Inputs:
-    measured_alpha, c = read_bench(bench_file) if bench_file else (None, None)
+    method = spec.speculation.method
+    measured_alpha, c = read_bench(bench_file, method) if bench_file else (None, None)
     if alpha is not None:
         a, source = alpha, "--alpha"
     elif measured_alpha is not None:
@@ -74,32 +75,52 @@ MAX_BENCH_BYTES = 1 << 20  # a bench report is a few kB
 MAX_C = 10.0  # draft step / target step: a draft 10x slower than its target is a wrong file
 
 
-def read_bench(path: str) -> tuple[float | None, float | None]:
-    """(alpha, c) of the best row of a `neuron-spec bench --json` file: alpha in [0, 1], c in
-    (0, MAX_C], both finite; anything else is a UsageError naming the file."""
+def read_bench(path: str, method: str = "draft") -> tuple[float | None, float | None]:
+    """(alpha, c) of the fastest row of a `neuron-spec bench --json` file for `method` (rows
+    written before bench compared methods are the draft model's): alpha in [0, 1], c in
+    (0, MAX_C] ([0, MAX_C] for a lookup), both finite; anything else is a UsageError naming
+    the file."""
     from ..util.safeio import Unreadable, read_json
 
     try:
         report = read_json(Path(path), MAX_BENCH_BYTES)
-        rows = {r["draft_tokens"]: r for r in report["speculative"]}
-        best = rows[report["best_draft_tokens"]]
+        rows = [r for r in report["speculative"] if r.get("method", "draft") == method]
+        if not rows:
+            raise UsageError(
+                f"--from-bench {path}: no row for speculation.method {method}; run `neuron-spec "
+                f"bench CONFIG --methods {method} --json` to measure it"
+            )
+        best = _fastest(rows, report)
         alpha, c = best.get("alpha"), best.get("c")
     except Unreadable as exc:
         raise UsageError(f"--from-bench {path}: {exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UsageError(
             f"--from-bench {path}: not the JSON of `neuron-spec bench --json` (it needs "
-            "'speculative' rows with 'alpha' and 'c', and 'best_draft_tokens')"
+            "'speculative' rows with 'alpha' and 'c', and their 'speedup' or "
+            "'best_draft_tokens')"
         ) from None
-    if not (_number(alpha) and 0 <= alpha <= 1 and _number(c) and 0 < c <= MAX_C):
-        raise UsageError(
-            f"--from-bench {path}: the best row needs a measured alpha in [0, 1] and c in "
-            f"(0, {MAX_C:g}]; it has alpha {show(alpha)}, c {show(c)}"
-        )
+    lookup = method != "draft"  # a lookup's c is 0; a draft model always costs something
+    low = "[0" if lookup else "(0"
+    problem = UsageError(
+        f"--from-bench {path}: the best {method} row needs a measured alpha in [0, 1] and "
+        f"c in {low}, {MAX_C:g}]; it has alpha {show(alpha)}, c {show(c)}"
+    )
+    if not _number(alpha) or not _number(c) or not 0 <= alpha <= 1 or c > MAX_C:
+        raise problem
+    if c < 0 or (c == 0 and not lookup):
+        raise problem
     return float(alpha), float(c)
 
 
-def _number(value: Any) -> bool:
+def _fastest(rows: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
+    """The fastest row; a file from before rows had their speedup names its best row."""
+    if all("speedup" in r for r in rows):
+        return max(rows, key=lambda r: float(r["speedup"]))
+    return next(r for r in rows if r["draft_tokens"] == report["best_draft_tokens"])
+
+
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -47,6 +47,8 @@ FINDING_CODES: dict[str, str] = {
     "checkpoint-catalog": "the model is a catalog name: sized, but not loadable",
     "checkpoint-not-lazy": "the checkpoint is loaded whole into host memory",
     "draft-not-smaller": "the draft is not smaller than the target",
+    "speculation-method": "the proposal method cannot run with this loop or speculation mode",
+    "draft-unused": "a draft model is configured but the proposal method does not load it",
     "acceptor-ignores-sampling": "the acceptor ignores the configured sampling settings",
     "cores-idle": "some NeuronCores of the instance stay idle",
     "library-loop-defects": "the library loop has defects neuron-spec cannot fix from outside",
@@ -74,7 +76,7 @@ FINDING_CODES: dict[str, str] = {
 }
 # Findings that say the config asks for something impossible rather than that this host or
 # these models fall short: the commands that load (generate, serve, bench) exit 2 on them.
-USAGE_CODES = frozenset({"nxdi-fused-sampling", "hub-unavailable"})
+USAGE_CODES = frozenset({"nxdi-fused-sampling", "hub-unavailable", "speculation-method"})
 # Findings that say a model named in the config cannot be read at all: every command,
 # validate and plan included, exits 2 on them.
 INPUT_CODES = frozenset({"hub-unavailable"})

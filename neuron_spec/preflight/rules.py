@@ -709,6 +709,48 @@ def library_loop(ctx: Context) -> Iterator[Finding]:
 
 
 @rule
+def speculation_method(ctx: Context) -> Iterator[Finding]:
+    """A lookup proposes without a draft model: the paths that draft on the device or in the
+    library's own loop need one; a draft section it does not use is said, not loaded."""
+    spec, sp = ctx.spec, ctx.spec.speculation
+    if sp.uses_draft:
+        return
+    needs = None
+    if ctx.neuronx and sp.loop == "library":
+        needs = (
+            "speculation.loop",
+            "speculation.loop: library runs transformers-neuronx's "
+            "SpeculativeGenerator, which drafts with a draft model",
+            "speculation.loop: engine",
+        )
+    elif ctx.nxdi and spec.nxdi.speculation_mode == "fused":
+        needs = (
+            "nxdi.speculation_mode",
+            "nxdi: {speculation_mode: fused} compiles a draft model into the target's graph",
+            "nxdi: {speculation_mode: unfused}",
+        )
+    if needs is not None:
+        path, why, fix = needs
+        yield Finding(
+            "error",
+            "speculation-method",
+            path,
+            f"{why}; speculation.method: {sp.method} proposes without one.",
+            f"set {fix} (neuron-spec's engine verifies the lookup's proposals with the "
+            "target's speculation graph), or method: draft with a draft model.",
+        )
+    if spec.draft is not None:
+        yield Finding(
+            "info",
+            "draft-unused",
+            "draft.model",
+            f"speculation.method is {sp.method}: proposals come from a lookup, so the draft "
+            "model is neither loaded nor compiled (nor counted in memory).",
+            "remove the draft: section, or set method: draft to use it.",
+        )
+
+
+@rule
 def draft_smaller(ctx: Context) -> Iterator[Finding]:
     t, d = ctx.arch("target"), ctx.arch("draft")
     if t is not None and d is not None and d.parameters() >= t.parameters():

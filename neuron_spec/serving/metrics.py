@@ -32,6 +32,12 @@ class Metrics:
         )
         self.drafted = Counter(p + "draft_tokens", "Draft tokens proposed", registry=r)
         self.accepted = Counter(p + "accepted_tokens", "Draft tokens accepted", registry=r)
+        self.proposed = Counter(
+            p + "proposed_tokens", "Tokens proposed, by method", ["method"], registry=r
+        )
+        self.kept = Counter(
+            p + "accepted_proposals", "Proposed tokens accepted, by method", ["method"], registry=r
+        )
         self.pos_drafted = Counter(
             p + "position_drafted", "Drafts proposed at each position", ["position"], registry=r
         )
@@ -68,6 +74,8 @@ class Metrics:
         self.tokens.inc(m.new_tokens)
         self.drafted.inc(m.drafted)
         self.accepted.inc(m.accepted)
+        self.proposed.labels(m.method).inc(m.drafted)
+        self.kept.labels(m.method).inc(m.accepted)
         if m.time_to_first_token_s is not None:
             self.ttft.observe(waited_s + m.time_to_first_token_s)
         if m.time_per_output_token_s["mean"] is not None and m.new_tokens > 1:

@@ -40,6 +40,9 @@ def answer(results: list[Generation], n: int = 1, shape: Shape | None = None) ->
         spec["target_passes"] += m.target_passes
         spec["max_batch_rows"] = max(spec["max_batch_rows"], m.max_batch_rows)
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    # an extension clients may ignore: what speculation proposed and kept for this request
+    usage["proposed_tokens"], usage["accepted_tokens"] = spec["drafted"], spec["accepted"]
+    spec["method"] = results[0].metrics.method if results else None
     spec["acceptance_rate"] = spec["accepted"] / spec["drafted"] if spec["drafted"] else None
     return {"choices": choices, "usage": usage, "speculation": spec}
 

@@ -207,6 +207,8 @@ def predict_fn(request: Request, generator: Generator) -> dict[str, Any]:
             "prompt_tokens": totals["prompt"],
             "completion_tokens": totals["new"],
             "total_tokens": totals["prompt"] + totals["new"],
+            "proposed_tokens": totals["drafted"],
+            "accepted_tokens": totals["accepted"],
         },
         "speculation": {
             "drafted": totals["drafted"],

@@ -139,7 +139,7 @@ class LoadPlan:
                 "generator.sample(input_ids, sequence_length=prompt + max_new_tokens, ...)",
             ]
         proposals = (
-            "draft(ids, cache_ids) one token at a time"
+            f"draft(ids, cache_ids) one token at a time, {self.draft_provider}"
             if self.draft is not None
             else f"{self.method} lookup on the host (no draft model)"
         )
@@ -222,11 +222,11 @@ def build_load_plan(
     draft = None if spec.draft_model is None else model_load("draft", spec.draft_model)
     target = model_load("target", spec.target)
     acceptor = spec.speculation.acceptor
-    provider = (
-        "SampledDraftProvider(draft)"
-        if acceptor == "lossless" and spec.sampling.temperature > 0
-        else "draft (argmax drafts)"
-    )
+    sampled = acceptor == "lossless" and spec.sampling.temperature > 0
+    if spec.speculation.loop == "library":
+        provider = "SampledDraftProvider(draft)" if sampled else "draft (argmax drafts)"
+    else:
+        provider = "drafts sampled from its warped distribution" if sampled else "argmax drafts"
     if api == "unknown":
         notes.append(
             "transformers-neuronx is not installed here: the calls are shown for "
