@@ -148,6 +148,12 @@ class _Fixed:
     def settle(self, slots, accepted, idle):
         pass
 
+    def acceptance(self, slot):
+        return None
+
+    def learn(self, slot, accepted, offered):
+        pass
+
     def commit(self, slot, new, accepted, offered):
         self.last[slot] = new[-1]
 

@@ -344,12 +344,20 @@ class Batch:
         if self.policy is None:
             return caps
         plans = [
-            RowPlan(r.acceptance, cap, r.pinned) for r, cap in zip(rows, caps, strict=True) if r
+            RowPlan(self._known(b, r), cap, r.pinned)
+            for b, r, cap in zip(self.physical, rows, caps, strict=True)
+            if r is not None
         ]
         gamma = self.policy.choose(len(self.physical), plans)
         pinned = max((p.cap for p in plans if p.pinned), default=0)
         gamma = max(gamma, pinned)  # a pinned row widens the pass: every row may use it
         return [min(gamma, cap) for cap in caps]
+
+    def _known(self, slot: int, row: Row) -> RowAcceptance:
+        """What is known of how often the row's proposals are kept: the proposer's record
+        when it keeps one (a lookup's, by match length), else the row's own."""
+        found = None if self.proposer is None else self.proposer.acceptance(slot)
+        return row.acceptance if found is None else found
 
     def _propose(self, lengths: list[int], acceptor: Acceptor) -> Proposal:
         width = len(self.physical)
@@ -434,9 +442,8 @@ class Batch:
             accepted = int(n_acc[p])
             record.accepted[b], record.emitted[b] = accepted, len(keep)
             self._record(row, record, b)
-            self._acceptance(
-                row, accepted, lengths[p], None if candidates is None else candidates[p], new
-            )
+            candidate = None if candidates is None else candidates[p]
+            self._acceptance(b, row, accepted, lengths[p], candidate, new)
             stop = row.on_tokens is not None and bool(keep) and bool(row.on_tokens(keep))
             self.target_todo[b] = [new[-1]]
             if self.proposer is not None:
@@ -448,7 +455,13 @@ class Batch:
         return finished
 
     def _acceptance(
-        self, row: Row, accepted: int, offered: int, candidate: list[int] | None, new: list[int]
+        self,
+        slot: int,
+        row: Row,
+        accepted: int,
+        offered: int,
+        candidate: list[int] | None,
+        new: list[int],
     ) -> None:
         """What this step says of the row's acceptance: its offered proposals, or, when it
         offered none, the free proposal it had, checked against the token the target emitted
@@ -456,6 +469,8 @@ class Batch:
         if offered == 0 and candidate:
             accepted, offered = int(candidate[0] == new[0]), 1
         row.acceptance.add(accepted, offered)
+        if self.proposer is not None:
+            self.proposer.learn(slot, accepted, offered)
         if self.policy is not None:
             self.policy.observe_acceptance(accepted, offered)
 

@@ -32,6 +32,7 @@ from typing import Protocol
 import torch
 
 from .acceptors import Acceptor
+from .policy import RowAcceptance
 from .runner import Runner, chunk, timed_feed
 
 
@@ -82,6 +83,15 @@ class Proposer(Protocol):
 
     def commit(self, slot: int, new: list[int], accepted: int, offered: int) -> None:
         """The tokens the row in `slot` emitted this step."""
+        ...
+
+    def acceptance(self, slot: int) -> RowAcceptance | None:
+        """What is known of how often this row's current proposals are kept, when the
+        proposer knows better than the row's own record (a lookup: by match length)."""
+        ...
+
+    def learn(self, slot: int, accepted: int, offered: int) -> None:
+        """This step's trials of the row's proposals (see `acceptance`)."""
         ...
 
 
@@ -162,6 +172,12 @@ class DraftModel:
             after = torch.full_like(accepted, self._runner.length)
         self._runner.invalidate_from(torch.where(idle, 0, after))
 
+    def acceptance(self, slot: int) -> RowAcceptance | None:
+        return None  # the row's own record
+
+    def learn(self, slot: int, accepted: int, offered: int) -> None:
+        pass
+
     def commit(self, slot: int, new: list[int], accepted: int, offered: int) -> None:
         if self._gamma > 0:
             last = [self._last[slot]] if accepted == self._gamma else []
@@ -208,7 +224,10 @@ class NgramIndex:
 
 
 class PromptLookup:
-    """Prompt lookup over each row's own prompt and output (see the module)."""
+    """Prompt lookup over each row's own prompt and output (see the module). How often a
+    proposal is kept depends most on how long a run of tokens it was matched on (a single
+    repeated token says little; four say much), so acceptance is learned per match length,
+    across rows, for the length policy."""
 
     name = "ngram"
     free = True
@@ -218,6 +237,8 @@ class PromptLookup:
         self.n_min, self.n_max = n_min, n_max
         self.rows: dict[int, NgramIndex] = {}
         self._proposed: dict[int, list[int]] = {}
+        self._matched: dict[int, int] = {}  # slot -> match length of its current proposal
+        self.by_length: dict[int, RowAcceptance] = {}
 
     def admit(self, slot: int, prompt: Sequence[int]) -> None:
         index = NgramIndex(self.n_min, self.n_max)
@@ -228,14 +249,24 @@ class PromptLookup:
         self.rows.pop(slot, None)
         self._proposed.pop(slot, None)
 
-    def _lookup(self, slot: int, limit: int) -> list[int]:
+    def _lookup(self, slot: int, limit: int) -> tuple[int, list[int]]:
         index = self.rows.get(slot)
-        return index.lookup(limit)[1] if index is not None else []
+        return index.lookup(limit) if index is not None else (0, [])
 
     def candidates(self, slots: Sequence[int], limit: int) -> list[list[int]]:
         found = [self._lookup(b, limit) for b in slots]
-        self._proposed = dict(zip(slots, found, strict=True))
-        return found
+        self._matched = {b: n for b, (n, _tokens) in zip(slots, found, strict=True)}
+        self._proposed = {b: tokens for b, (_n, tokens) in zip(slots, found, strict=True)}
+        return [tokens for _n, tokens in found]
+
+    def acceptance(self, slot: int) -> RowAcceptance | None:
+        n = self._matched.get(slot, 0)
+        return self.by_length.setdefault(n, RowAcceptance()) if n else None
+
+    def learn(self, slot: int, accepted: int, offered: int) -> None:
+        found = self.acceptance(slot)
+        if found is not None:
+            found.add(accepted, offered)
 
     def propose(self, slots: Sequence[int], lengths: Sequence[int], acceptor: Acceptor) -> Proposal:
         gamma = max(lengths, default=0)
@@ -324,13 +355,13 @@ class SuffixLookup(PromptLookup):
         super().__init__(n_min, n_max)
         self.store = store
 
-    def _lookup(self, slot: int, limit: int) -> list[int]:
+    def _lookup(self, slot: int, limit: int) -> tuple[int, list[int]]:
         index = self.rows.get(slot)
         if index is None:
-            return []
-        own_n, own = index.lookup(limit)
-        shared_n, shared = self.store.match(index.tokens, limit)
-        return shared if shared_n > own_n else own
+            return 0, []
+        own = index.lookup(limit)
+        shared = self.store.match(index.tokens, limit)
+        return shared if shared[0] > own[0] else own
 
     def leave(self, slot: int, output: Sequence[int] | None) -> None:
         if output is not None:
