@@ -297,6 +297,7 @@ class Batch:
             self.draft_step_seconds.clear()
             self.target_step_seconds.clear()
         prefill = bool(self.fresh)
+        self._draft_s = 0.0  # the draft model's feeds this step
         self._place_rows()
         t_step = time.perf_counter()
         rows = [self.rows[b] for b in self.physical]
@@ -367,6 +368,7 @@ class Batch:
         if isinstance(self.proposer, DraftModel):
             self.draft_step_seconds.extend(self.proposer.pass_seconds)
             self.proposer.pass_seconds.clear()
+            self._draft_s = self.proposer.seconds
         return proposal
 
     def _place_rows(self) -> None:
@@ -481,10 +483,9 @@ class Batch:
         rows = len(self.physical)
         width = self.policy.verify_width(gamma)
         self.policy.observe_verify(rows, width, verify_s)
-        passes = self._times[0]
-        for seconds in passes:
-            self.policy.observe_draft(rows, seconds)
-        self.policy.observe_host(rows, step_s - verify_s - sum(passes))
+        if gamma > 0 and self._draft_s > 0:
+            self.policy.observe_draft(rows, self._draft_s / gamma)  # per token, catch-up in
+        self.policy.observe_host(rows, step_s - verify_s - self._draft_s)
 
     def _record(self, row: Row, record: StepRecord, b: int) -> None:
         """The step as the row saw it, in the row's own result."""

@@ -31,7 +31,7 @@ PRIOR_ALPHA = 0.5  # acceptance before a row or the batch has evidence
 PRIOR_TRIALS = 2.0  # weight of the batch-wide estimate in a row's own
 DECAY = 0.97  # of old evidence per new trial (about 30 trials remembered)
 WEIGHT = 0.3  # of a new measurement in a cost's moving average
-PROBE_EVERY = 16  # steps between re-tries of proposing, doubled while tries confirm (x16 max)
+PROBE_RATIO = 10.0  # time without proposing per second a re-try costs (doubled, up to x16)
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:
@@ -94,10 +94,10 @@ class LengthPolicy:
     draft_passes: bool = False
     token_share: float = 0.5  # a token of verify width, as a share of a one-token pass
     verify: dict[tuple[int, int], _Average] = field(default_factory=dict)
-    draft: dict[int, _Average] = field(default_factory=dict)
+    draft: dict[int, _Average] = field(default_factory=dict)  # a proposed token's share
     host: dict[int, _Average] = field(default_factory=dict)
     batch_acceptance: RowAcceptance = field(default_factory=RowAcceptance)
-    idle_steps: int = 0  # steps since a draft model last proposed
+    idle_seconds: float = 0.0  # step time since a draft model last proposed
     backoff: int = 1
 
     # --- measurements ------------------------------------------------------------------------
@@ -172,19 +172,22 @@ class LengthPolicy:
             rate = tokens / max(seconds, 1e-9)
             if rate > best_rate * (1 + 1e-9):  # a tie goes to the shorter proposal
                 best, best_rate = gamma, rate
-        return self._probe(best, longest)
+        return self._probe(rows, best, longest)
 
-    def _probe(self, chosen: int, longest: int) -> int:
-        """A draft model's acceptance is learned only by proposing: after a run of steps
-        without, propose once; each try that does not win proposing back doubles the wait
-        before the next (up to 16x)."""
+    def _probe(self, rows: int, chosen: int, longest: int) -> int:
+        """A draft model's acceptance is learned only by proposing: after a stretch of steps
+        without, propose once. A re-try happens once the time spent without proposing is
+        PROBE_RATIO x backoff times what the re-try costs, so re-trying takes at most about a
+        tenth of the time; each re-try that does not win proposing back doubles the backoff
+        (up to 16x)."""
         if not self.draft_passes:
             return chosen
         if chosen > 0:
-            self.idle_steps, self.backoff = 0, 1
+            self.idle_seconds, self.backoff = 0.0, 1
             return chosen
-        self.idle_steps += 1
-        if self.idle_steps < PROBE_EVERY * self.backoff:
+        self.idle_seconds += self.step_seconds(rows, 0) or 0.0
+        cost = self.step_seconds(rows, longest) or 0.0
+        if self.idle_seconds < PROBE_RATIO * self.backoff * cost:
             return 0
-        self.idle_steps, self.backoff = 0, min(2 * self.backoff, 16)
+        self.idle_seconds, self.backoff = 0.0, min(2 * self.backoff, 16)
         return longest

@@ -25,6 +25,7 @@ lengths.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -120,7 +121,8 @@ class DraftModel:
     def __init__(self, runner: Runner, slots: int, pad_token_id: int = 0):
         self._runner, self.pad = runner, pad_token_id
         self.todo: list[list[int]] = [[pad_token_id] for _ in range(slots)]
-        self.pass_seconds: list[float] = []  # 1-token passes, for the policy and the metrics
+        self.pass_seconds: list[float] = []  # 1-token passes, for the metrics
+        self.seconds = 0.0  # every feed of the last proposal, its catch-up included
         self.feed_width = 0  # the widest feed of the last proposal (a catch-up is wide)
         self._start = 0
         self._gamma = 0
@@ -143,9 +145,10 @@ class DraftModel:
         gamma = max(lengths, default=0)
         width = len(slots)
         ids = torch.zeros((width, gamma), dtype=torch.long)
-        self._gamma, self.feed_width = gamma, 0
+        self._gamma, self.feed_width, self.seconds = gamma, 0, 0.0
         if gamma == 0:
             return Proposal(ids, list(lengths))
+        began = time.perf_counter()
         keep_q = getattr(acceptor, "uses_draft_logits", True)  # custom acceptors: always
         tokens, mask = chunk([self.todo[b] for b in slots], self.pad)
         self.feed_width = tokens.shape[1]
@@ -163,6 +166,7 @@ class DraftModel:
                 logits = step[:, -1]
         q = torch.stack(drawn, dim=1) if drawn else None
         self._last = {b: int(ids[p, -1]) for p, b in enumerate(slots)}
+        self.seconds = time.perf_counter() - began
         return Proposal(ids, list(lengths), q, self._start)
 
     def settle(self, slots: Sequence[int], accepted: torch.Tensor, idle: torch.Tensor) -> None:
