@@ -103,7 +103,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--draft-tokens", type=int, default=8, help="neuron-spec's lookups")
     ap.add_argument("--prompt-lookup-tokens", type=int, default=10, help="transformers'")
-    ap.add_argument("--only", default="", help="run only the settings whose names contain one of these |-separated words")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="run only the settings whose names contain one of these |-separated words",
+    )
     args = ap.parse_args()
     fetch_demo_checkpoint()
     prompts = json.loads((ROOT / "benchmarks" / "prompts" / f"{args.prompts}.json").read_text())
@@ -178,7 +182,9 @@ def report(
         rows[name] = {
             "tokens_per_s": round(r.tokens / r.seconds, 2),
             "tokens_per_s_rounds": [round(x, 2) for x in rates],
-            "speedup_vs_target_alone": round((r.tokens / r.seconds) / (base.tokens / base.seconds), 3),
+            "speedup_vs_target_alone": round(
+                (r.tokens / r.seconds) / (base.tokens / base.seconds), 3
+            ),
             "tokens_per_target_pass": round(r.tokens / max(r.passes, 1), 3),
             "same_output_as_target_greedy": r.outputs == reference,
             "new_tokens": r.tokens,
