@@ -49,8 +49,7 @@ def test_the_dry_run_of_a_lookup_compiles_the_target_alone(capsys):
 def _findings(capsys, tmp_path: Path, text: str) -> dict[str, dict]:
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    run(capsys, "validate", str(path), "--json")
-    code, out, _ = run(capsys, "validate", str(path), "--json")
+    _code, out, _ = run(capsys, "validate", str(path), "--json")
     return {f["code"]: f for f in json.loads(out)["findings"]}
 
 
@@ -120,8 +119,8 @@ def test_the_server_reports_proposals_in_usage_and_metrics_by_method(tmp_path):
         assert usage["accepted_tokens"] == answer["speculation"]["accepted"]
         assert answer["speculation"]["method"] == "suffix"
         metrics = httpx.get(server.url + "/metrics").text
-        line = next(x for x in metrics.splitlines()
-                    if x.startswith('neuron_spec_proposed_tokens_total{method="suffix"}'))  # fmt: skip
+        name = 'neuron_spec_proposed_tokens_total{method="suffix"}'
+        line = next(x for x in metrics.splitlines() if x.startswith(name))
         assert float(line.split()[-1]) == usage["proposed_tokens"]
     finally:
         server.stop()
