@@ -90,7 +90,7 @@ def nxdi_gqa_small_tp(ctx: Context) -> Iterator[Finding]:
                 "error",
                 "nxdi-gqa-small-tp",
                 f"{role}.tp_degree",
-                f"{arch.name} has {kv} KV heads and tp_degree={m.tp_degree}: NxDI 0.8 then "
+                f"{arch.name} has {kv} KV heads and tp_degree={m.tp_degree}: NxDI (0.8, 0.9) then "
                 "picks CONVERT_TO_MHA without expanding the KV heads and compilation fails "
                 "(aws-neuron/aws-neuron-sdk#1289).",
                 f"set {role}.tp_degree to {kv} or a multiple of it.",

@@ -60,11 +60,12 @@ def check_surface(nxdi: dict[str, Any], version: str, plan: NxdiPlan) -> None:
         return
     row = nxdi_release(version)
     shared = f"the surface the releases with public source share ({PUBLIC_SOURCES})"
-    why = (
-        f"Its source was never published: neuron-spec drives it only through {shared}"
-        if row is None or not row.source
-        else f"neuron-spec drives {shared}"
-    )
+    if row is None:
+        why = f"No Neuron SDK shipped it; neuron-spec drives {shared}"
+    elif not row.source:
+        why = f"Its source was never published: neuron-spec drives it only through {shared}"
+    else:
+        why = f"neuron-spec drives {shared}"
     raise BackendUnavailableError(
         f"{release_name(version)} lacks what neuron-spec drives: "
         + "; ".join(problems)
