@@ -404,6 +404,9 @@ def test_each_nxdi_dlami_names_the_backend_and_its_environment(
         assert "SDK 2.28" in warning["fix"]
     else:
         assert "AWS supports it on Inf2 and Trn1" in info["message"]
+    # the release AWS names for Inf2/Trn1 now, said where another one is installed
+    named = "the release AWS names for Inf2/Trn1 now is 0.10.18399 (SDK 2.31)"
+    assert (named in info["message"]) is (release == "0.8.16251")
 
 
 def test_the_2_29_dlami_on_a_trn2_has_no_warning(capsys, tmp_path):

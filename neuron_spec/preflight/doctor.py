@@ -20,6 +20,7 @@ from ..host.sdk_releases import (
     COMPONENTS,
     INF2_TRN1,
     LAST_WITH_DLAMI,
+    NXDI_FOR_INF2_TRN1,
     NxdiRelease,
     Release,
     nxdi_release,
@@ -507,9 +508,22 @@ def _nxdi_info(ctx: Context, row: NxdiRelease, warned: bool) -> Finding:
         f"neuronx-distributed-inference {row.version} shipped with Neuron SDK {row.sdk} "
         f"({pin}); run `backend: nxdi` in {where}"
         + (f"; AWS supports it on {hosts}" if not warned and ctx.platforms else "")
+        + _current_note(row, ctx.platforms, warned)
         + _python_note(row, snap.python_version)
         + ".",
         "nothing to do." if not warned else "see the warnings above.",
+    )
+
+
+def _current_note(row: NxdiRelease, platforms: tuple[str, ...], warned: bool) -> str:
+    """On Inf2/Trn1 with a supported release other than the one AWS names now, say which."""
+    if warned or row.version == NXDI_FOR_INF2_TRN1 or not set(platforms) & set(INF2_TRN1):
+        return ""
+    current = nxdi_release(NXDI_FOR_INF2_TRN1)
+    sdk = current.sdk if current else "?"
+    return (
+        f"; the release AWS names for Inf2/Trn1 now is {NXDI_FOR_INF2_TRN1} (SDK {sdk}), "
+        "the one its maintenance fixes go to"
     )
 
 
