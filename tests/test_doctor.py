@@ -263,6 +263,7 @@ def test_bad_recording_directory_is_a_usage_error(capsys, tmp_path):
     assert main(["doctor", "--from", str(tmp_path / "empty")]) == 2
 
 
+@pytest.mark.slow  # runs the live host's tools (dpkg-query, neuron-ls)
 def test_record_then_replay_gives_the_same_report(capsys, tmp_path):
     rec = tmp_path / "rec"
     rc_live = main(["doctor", "--record", str(rec), "--json"])
@@ -301,6 +302,7 @@ def test_probe_parses_df_and_meminfo():
     assert check_host(snap).ok
 
 
+@pytest.mark.slow  # runs the live host's tools (dpkg-query, neuron-ls)
 def test_a_live_debian_host_without_neuron_packages_reports_them_missing(
     tmp_path, monkeypatch, capsys
 ):

@@ -322,6 +322,7 @@ def nxdi_opt(root: Path, release: str = "", envs: tuple[str, ...] = ()) -> Path:
     return opt
 
 
+@pytest.mark.slow
 def test_an_nxdi_config_runs_in_the_dlami_nxd_inference_environment(neuron_host):
     cfg = config(neuron_host, "nxdi.yaml")
     cfg.write_text(cfg.read_text().replace("backend: neuronx", "backend: nxdi"))
@@ -377,6 +378,7 @@ def test_the_newest_pytorch_nxd_inference_environment_comes_first(neuron_host):
     assert "environment: " in proc.stderr and "_2_9_nxd_inference (" in proc.stderr
 
 
+@pytest.mark.slow
 def test_an_nxdi_config_on_a_host_without_it_names_the_2_31_ami(neuron_host):
     cfg = config(neuron_host, "nxdi-none.yaml")
     cfg.write_text(cfg.read_text().replace("backend: neuronx", "backend: nxdi"))
