@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .hub_server import Hub, Silent
+from .hub_server import COMMIT, Hub, Silent
 
 TARGET, DRAFT = "meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -273,3 +273,59 @@ def test_generate_against_a_hub_that_never_answers_stops_before_loading(tmp_path
     assert (
         proc.returncode == 2 and silent.url in proc.stderr and "nothing was loaded" in proc.stderr
     )
+
+
+# --- either HTTP client huggingface_hub hands out ------------------------------------------------
+
+
+@pytest.fixture(params=["own", "requests", "httpx"])
+def client(request):
+    """huggingface_hub's own client, or the kind another release hands out: a requests.Session
+    (before 1.0, as transformers 4.x pins it) or an httpx client (1.0 on)."""
+    if request.param == "own":
+        yield pytest.importorskip("huggingface_hub").get_session()
+        return
+    if request.param == "requests":
+        session = pytest.importorskip("requests").Session()
+    else:
+        session = pytest.importorskip("httpx").Client(follow_redirects=True)
+    with session:
+        yield session
+
+
+def test_the_bounded_request_reads_through_either_kind_of_client(hub, client, request):
+    import threading
+
+    from neuron_spec.sources import hub as source
+
+    stop = threading.Event()
+
+    def get(repo: str, limit: int = source.MAX_CONFIG_BYTES, seconds: float = 5.0):
+        url = f"{hub.url}/{repo}/resolve/main/config.json"
+        with source._open(client, url, {}, 2.0) as response:
+            short = response.status_code >= 400
+            deadline = time.monotonic() + seconds
+            return response, source._read(response, limit, deadline, stop, keep_short=short)
+
+    response, body = get(DRAFT)
+    assert response.status_code == 200 and body == hub.repos[DRAFT]["config.json"]
+    assert response.headers.get("x-repo-commit") == COMMIT
+    response, body = get("meta-llama/Llama-3.3-70B-Instruct", source.MAX_ERROR_BYTES)
+    refused = source._settled(response, body)  # what hf_raise_for_status is given
+    assert refused.status_code == 401 and refused.headers.get("x-error-code") == "GatedRepo"
+    assert "restricted" in refused.json()["error"]
+    if request.node.callspec.params["client"] == "own":
+        # of the library's own type: hf_raise_for_status reads it as the Hub meant it
+        import huggingface_hub.errors
+        import huggingface_hub.utils
+
+        with pytest.raises(huggingface_hub.errors.GatedRepoError):
+            huggingface_hub.utils.hf_raise_for_status(refused)
+    hub.hostile[TARGET] = "trickle"  # a byte every 0.2 s: no read waits long enough to fail
+    start = time.monotonic()
+    with pytest.raises(source._Unavailable, match="too slowly to finish in time"):
+        get(TARGET, seconds=1.0)
+    assert time.monotonic() - start < 5
+    hub.hostile[TARGET] = "huge-chunked"
+    with pytest.raises(source._TooLarge, match="more than 1048576 bytes long"):
+        get(TARGET)
