@@ -192,6 +192,9 @@ def test_deploy_update_and_delete(aws, cpu_config, capsys):
     wheels = [Path(n).name for n in names if n.startswith("code/wheels/") and n.endswith(".whl")]
     assert any(w.startswith("neuron_spec-") for w in wheels)
     assert any(w.startswith("pydantic_core-") for w in wheels)  # no index needed
+    assert any(w.startswith("accelerate-") for w in wheels)  # the reference backend's
+    shipped_torch = [w for w in wheels if w.startswith(("torch-", "nvidia_", "triton-"))]
+    assert shipped_torch == []  # the container has torch: never its 3 GB again
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         shipped = tar.extractfile("code/neuron-spec.yaml").read().decode()
     assert shipped == cpu_config.read_text()
