@@ -72,6 +72,7 @@ def config(tmp_path: Path, target: str = TARGET, draft: str = DRAFT) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_validate_and_plan_size_a_hub_repo_from_its_config_alone(hub, tmp_path):
     cfg = config(tmp_path)
     proc = run(["validate", str(cfg), "--json"], tmp_path, hub)
@@ -91,6 +92,7 @@ def test_validate_and_plan_size_a_hub_repo_from_its_config_alone(hub, tmp_path):
     assert again.returncode in (0, 1) and len(hub.requests) == before
 
 
+@pytest.mark.slow
 def test_offline_with_nothing_cached_is_exit_2_naming_the_repo(hub, tmp_path):
     proc = run(["validate", str(config(tmp_path))], tmp_path, hub, HF_HUB_OFFLINE="1")
     assert proc.returncode == 2
@@ -98,6 +100,7 @@ def test_offline_with_nothing_cached_is_exit_2_naming_the_repo(hub, tmp_path):
     assert hub.requests == []  # offline: not one request
 
 
+@pytest.mark.slow
 def test_a_gated_repo_without_a_token_gets_the_fix(hub, tmp_path):
     cfg = config(tmp_path, target="meta-llama/Llama-3.3-70B-Instruct")
     proc = run(["validate", str(cfg)], tmp_path, hub)
@@ -106,6 +109,7 @@ def test_a_gated_repo_without_a_token_gets_the_fix(hub, tmp_path):
     assert "is gated" in out and "HF_TOKEN" in out and "accept the license" in out
 
 
+@pytest.mark.slow
 def test_an_unknown_repo_and_a_local_directory_of_that_shape(hub, tmp_path):
     proc = run(["validate", str(config(tmp_path, target="nobody/no-such-model"))], tmp_path, hub)
     assert proc.returncode == 2 and "there is no repo nobody/no-such-model" in proc.stdout
@@ -119,6 +123,7 @@ def test_an_unknown_repo_and_a_local_directory_of_that_shape(hub, tmp_path):
     assert all(DRAFT not in p for p in hub.requests)
 
 
+@pytest.mark.slow
 def test_a_directory_with_only_config_json_validates(tmp_path):
     for role in ("target", "draft"):
         (tmp_path / role).mkdir()
@@ -131,6 +136,7 @@ def test_a_directory_with_only_config_json_validates(tmp_path):
 
 
 @pytest.mark.reference
+@pytest.mark.slow
 def test_generate_downloads_a_hub_pair_once_then_runs_offline(hub, tmp_path):
     from .neuron_fixtures import make_checkpoint
 
@@ -171,6 +177,7 @@ def _hub_finding(proc: subprocess.CompletedProcess, role: str = "target") -> dic
     return found[0]
 
 
+@pytest.mark.slow
 def test_validate_against_a_hub_that_never_answers_exits_2_naming_it(tmp_path):
     silent = Silent()
     start = time.monotonic()
@@ -200,6 +207,7 @@ def test_validate_against_a_hub_that_never_answers_exits_2_naming_it(tmp_path):
         ("huge-chunked", "more than 1048576 bytes long"),
     ],
 )
+@pytest.mark.slow
 def test_a_hostile_hub_ends_validate_promptly_with_a_located_error(hub, tmp_path, mode, says):
     hub.hostile[TARGET] = mode
     start = time.monotonic()
@@ -210,6 +218,7 @@ def test_a_hostile_hub_ends_validate_promptly_with_a_located_error(hub, tmp_path
     assert "Waiting" not in proc.stderr  # huggingface_hub's wait for a Retry-After
 
 
+@pytest.mark.slow
 def test_plan_against_a_hub_that_never_answers_is_as_prompt(tmp_path):
     silent = Silent()
     start = time.monotonic()
@@ -232,6 +241,7 @@ def test_the_default_bound_keeps_a_silent_hub_within_30_s(monkeypatch):
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf", "1e9"])
+@pytest.mark.slow
 def test_a_bad_hub_timeout_setting_is_a_located_error(hub, tmp_path, value):
     proc = run(["validate", str(config(tmp_path)), "--json"], tmp_path, hub, timeout=60,
                NEURON_SPEC_HUB_TIMEOUT=value)  # fmt: skip
@@ -239,6 +249,7 @@ def test_a_bad_hub_timeout_setting_is_a_located_error(hub, tmp_path, value):
     assert "NEURON_SPEC_HUB_TIMEOUT" in finding["message"] and "(0, 600]" in finding["message"]
 
 
+@pytest.mark.slow
 def test_a_hub_that_stops_answering_falls_back_to_the_cached_config(hub, tmp_path):
     cfg = config(tmp_path)
     assert run(["validate", str(cfg)], tmp_path, hub).returncode in (0, 1)
@@ -248,6 +259,7 @@ def test_a_hub_that_stops_answering_falls_back_to_the_cached_config(hub, tmp_pat
     assert "hub-unavailable" not in {f["code"] for f in json.loads(proc.stdout)["findings"]}
 
 
+@pytest.mark.slow
 def test_a_hub_config_json_out_of_range_is_a_config_error_naming_repo_and_key(hub, tmp_path):
     bad = json.loads(llama31(8192, 28672, 80, 64)) | {"num_attention_heads": 0,
                                                        "model_type": "\x1b[2J"}  # fmt: skip
@@ -259,6 +271,7 @@ def test_a_hub_config_json_out_of_range_is_a_config_error_naming_repo_and_key(hu
     assert problem["file"] == f"config.json of {TARGET} at {hub.url}"
 
 
+@pytest.mark.slow
 def test_generate_against_a_hub_that_never_answers_stops_before_loading(tmp_path):
     cfg = tmp_path / "ref.yaml"
     cfg.write_text(f"backend: reference\ntarget: {{model: {TARGET}}}\ndraft: {{model: {DRAFT}}}\n")

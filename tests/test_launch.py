@@ -16,7 +16,7 @@ import pytest
 
 from .neuron_fixtures import DOUBLE, dist_info, make_checkpoint
 
-pytestmark = pytest.mark.reference
+pytestmark = [pytest.mark.reference, pytest.mark.slow]  # scripts/launch.sh as a process
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "scripts" / "launch.sh"
 

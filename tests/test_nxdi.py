@@ -135,6 +135,7 @@ def _warped(hf, prefix: list[int], temperature: float, top_k: int) -> torch.Tens
     return probs
 
 
+@pytest.mark.slow  # a sampling campaign: about 40 s
 def test_unfused_sampling_is_exactly_lossless(tmp_path, nxdi):
     """T=0.8, top-k 3 over 3 new tokens (27 outcomes): chi-square of the first token and of the
     whole output against the target's warped distribution; exactly max_new_tokens each time."""
