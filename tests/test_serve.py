@@ -400,7 +400,7 @@ def test_a_full_queue_answers_429_with_retry_after(pair):
             "POST",
             s.url + "/v1/completions",
             timeout=300,
-            json={"prompt": "Write a long story:", "max_tokens": 60, "stream": True},
+            json={"prompt": "Write a long story:", "max_tokens": 80, "stream": True},
         ) as running:
             lines = running.iter_lines()
             next(line for line in lines if line.startswith("data: "))  # it is running now
@@ -602,8 +602,8 @@ def test_a_queued_request_counts_its_wait_in_time_to_first_token(slow_server):
     server = slow_server
     names = ("neuron_spec_time_to_first_token_seconds", "neuron_spec_request_queue_time_seconds")
     before = {n: (server.metric(n + "_sum"), server.metric(n + "_count")) for n in names}
-    first = threading.Thread(
-        target=server.complete, kwargs={"prompt": PROMPT, "max_tokens": 40, "temperature": 0.0}
+    first = threading.Thread(  # 80 tokens at 20 ms a target pass: about a second
+        target=server.complete, kwargs={"prompt": PROMPT, "max_tokens": 80, "temperature": 0.0}
     )
     first.start()
     time.sleep(0.3)  # the second arrives while the first decodes, and waits for it

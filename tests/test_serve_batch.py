@@ -43,9 +43,9 @@ def batched(pair):
 
 @pytest.fixture(scope="module")
 def batched_slowly(pair):
-    """The same, with a target pass of 10 ms: 60 tokens take long enough for a late request
+    """The same, with a target pass of 30 ms: 60 tokens take long enough for a late request
     to join while the others still run."""
-    s = InProcessServer(pair, slots=8, queue_size=16, loader=slowed_loader(0.01))
+    s = InProcessServer(pair, slots=8, queue_size=16, loader=slowed_loader(0.03))
     yield s
     s.stop()
 
