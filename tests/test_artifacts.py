@@ -229,6 +229,7 @@ def test_the_entry_points_download_refuses_escaping_keys(tmp_path, s3_server, ca
 
 
 @pytest.mark.aws
+@pytest.mark.slow  # 3000 requests to the S3 server (a mirror entry pulled past the first page)
 def test_mirror_entries_of_more_than_1000_files_are_pulled(tmp_path, s3_server):
     uri = "s3://fleet-artifacts/many"
 

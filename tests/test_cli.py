@@ -160,6 +160,7 @@ def _subprocess(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow  # a fresh interpreter: what `validate` imports
 def test_validate_imports_no_heavy_libraries():
     code = (
         "import sys\n"
@@ -176,6 +177,7 @@ def test_validate_imports_no_heavy_libraries():
     assert "HEAVY [] 0 0" in proc.stdout
 
 
+@pytest.mark.slow  # `python -m neuron_spec` as a process
 def test_module_entry_point_and_internal_errors_have_no_traceback(write_config):
     proc = _subprocess("-m", "neuron_spec", "validate", TRN1_BF16, "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["ok"] is True
@@ -247,15 +249,15 @@ def test_reference_backend_on_catalog_names_is_a_preflight_error_with_the_fix(ca
     assert "configs/demo-cpu.yaml" in errs["target.model"]["fix"]
 
 
-def test_piped_plan_is_full_width_and_plain():
-    proc = _subprocess("-m", "neuron_spec", "plan", TRN1_BF16)
-    assert proc.returncode == 0, proc.stderr
-    assert "\x1b[" not in proc.stdout + proc.stderr
-    assert "…" not in proc.stdout  # nothing cut to fit 80 columns
+def test_piped_plan_is_full_width_and_plain(capsys):
+    code, out, err = run(capsys, "plan", TRN1_BF16)  # capsys: stdout is a pipe, not a tty
+    assert code == 0, err
+    assert "\x1b[" not in out + err
+    assert "…" not in out  # nothing cut to fit 80 columns
     headers = ("alpha", "speedup at 6", "best draft_tokens", "best speedup")
-    assert any(all(h in line for h in headers) for line in proc.stdout.splitlines())
-    assert "estimated c = draft/target step time =" in proc.stdout  # a title on one line
-    assert any(len(line) > 100 for line in proc.stdout.splitlines())  # not wrapped at 80
+    assert any(all(h in line for h in headers) for line in out.splitlines())
+    assert "estimated c = draft/target step time =" in out  # a title on one line
+    assert any(len(line) > 100 for line in out.splitlines())  # not wrapped at 80
 
 
 def test_no_color_and_terminal_width_on_a_terminal(monkeypatch):

@@ -1,5 +1,6 @@
-"""generate / bench through the CLI on a tiny random pair saved to disk: the target as
-safetensors, the draft as pytorch_model.bin, both with the demo model's tokenizer."""
+"""generate / bench through the CLI (in this process: `neuron_spec.cli.main.main`) on a tiny
+random pair saved to disk: the target as safetensors, the draft as pytorch_model.bin, both with
+a word-level tokenizer. One test runs `python -m neuron_spec` as a process, for its start-up."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from neuron_spec.cli.main import main
 
 from .neuron_fixtures import make_checkpoint
 
@@ -33,16 +37,26 @@ def tiny_pair_config(tmp_path_factory) -> Path:
     return config
 
 
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "neuron_spec", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_validate_warns_about_the_bin_checkpoint(tiny_pair_config):
+@pytest.fixture
+def cli(capsys):
+    """`neuron-spec ARGS` in this process: its exit code and what it printed."""
+
+    def run(*args: str) -> Ran:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return run
+
+
+def test_validate_warns_about_the_bin_checkpoint(tiny_pair_config, cli):
     proc = cli("validate", str(tiny_pair_config), "--json")
     body = json.loads(proc.stdout)
     assert proc.returncode == 0
@@ -50,7 +64,7 @@ def test_validate_warns_about_the_bin_checkpoint(tiny_pair_config):
     assert codes.get("checkpoint-not-lazy") == "draft.model"
 
 
-def test_generate_stream_prints_the_same_text(tiny_pair_config):
+def test_generate_stream_prints_the_same_text(tiny_pair_config, cli):
     as_json = json.loads(
         cli("generate", str(tiny_pair_config), "--prompt", "w1 w2 w3", "--json").stdout
     )
@@ -61,7 +75,7 @@ def test_generate_stream_prints_the_same_text(tiny_pair_config):
     assert len(as_json["token_ids"]) == 12
 
 
-def test_bench_json(tiny_pair_config, tmp_path):
+def test_bench_json(tiny_pair_config, tmp_path, cli):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("w1 w2 w3\n\nw40 w41\n")
     proc = cli(
@@ -90,7 +104,7 @@ def test_bench_json(tiny_pair_config, tmp_path):
     assert report["best_draft_tokens"] in (1, 3)
 
 
-def test_generate_stops_on_a_preflight_error_before_loading(tiny_pair_config, tmp_path):
+def test_generate_stops_on_a_preflight_error_before_loading(tiny_pair_config, tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     text = tiny_pair_config.read_text().replace("./draft", str(tmp_path / "missing"))
     bad.write_text(text.replace("./target", str(tiny_pair_config.parent / "target")))
@@ -99,7 +113,10 @@ def test_generate_stops_on_a_preflight_error_before_loading(tiny_pair_config, tm
     assert "checkpoint-missing" in proc.stderr and "before loading" in proc.stderr
 
 
-def test_neuronx_without_the_library_says_how_to_get_it(tmp_path):
+def test_neuronx_without_the_library_says_how_to_get_it(tmp_path, cli, monkeypatch):
+    for name in list(sys.modules):  # a test double another test imported is not installed
+        if name.split(".")[0] == "transformers_neuronx":
+            monkeypatch.delitem(sys.modules, name)
     cfg = tmp_path / "n.yaml"
     shutil.copy(Path(__file__).parent.parent / "configs" / "trn1-llama2-70b-7b-bf16.yaml", cfg)
     proc = cli("generate", str(cfg), "--prompt", "x")
@@ -111,7 +128,7 @@ def test_neuronx_without_the_library_says_how_to_get_it(tmp_path):
 LONG_PROMPT = " ".join(f"w{i}" for i in range(600))  # more tokens than n_positions=512
 
 
-def test_generate_and_bench_refuse_a_prompt_past_n_positions(tiny_pair_config, tmp_path):
+def test_generate_and_bench_refuse_a_prompt_past_n_positions(tiny_pair_config, tmp_path, cli):
     proc = cli("generate", str(tiny_pair_config), "--prompt", LONG_PROMPT)
     assert proc.returncode == 2, proc.stderr
     assert "n_positions=512" in proc.stderr and "Traceback" not in proc.stderr
@@ -122,7 +139,7 @@ def test_generate_and_bench_refuse_a_prompt_past_n_positions(tiny_pair_config, t
     assert "n_positions=512" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_generate_says_the_preflight_warnings_once_and_quiet_hides_them(tiny_pair_config):
+def test_generate_says_the_preflight_warnings_once_and_quiet_hides_them(tiny_pair_config, cli):
     args = ("generate", str(tiny_pair_config), "--prompt", "w1 w2", "--max-new-tokens", "2")
     # greedy acceptor with a temperature from the command line: the preflight sees the flag
     loud = cli(*args, "--temperature", "0.9")
@@ -139,7 +156,7 @@ def test_generate_says_the_preflight_warnings_once_and_quiet_hides_them(tiny_pai
     assert "warning " not in quiet.stderr and quiet.stdout.startswith("w1 w2")
 
 
-def test_piped_bench_table_has_every_header_whole(tiny_pair_config):
+def test_piped_bench_table_has_every_header_whole(tiny_pair_config, cli):
     proc = cli("bench", str(tiny_pair_config), "--draft-tokens", "2", "--max-new-tokens", "4")
     assert proc.returncode == 0, proc.stderr
     assert "\x1b[" not in proc.stdout and "…" not in proc.stdout
@@ -148,7 +165,7 @@ def test_piped_bench_table_has_every_header_whole(tiny_pair_config):
         assert column in head, head
 
 
-def test_draft_tokens_0_runs_the_target_alone(tiny_pair_config):
+def test_draft_tokens_0_runs_the_target_alone(tiny_pair_config, cli):
     """The baseline users compare a speedup against: no draft call, the target's greedy text."""
     alone = cli(
         "generate", str(tiny_pair_config), "--prompt", "w1 w2 w3", "--draft-tokens", "0",
@@ -167,18 +184,37 @@ def test_draft_tokens_0_runs_the_target_alone(tiny_pair_config):
     assert greedy[0] == greedy[1]
 
 
+@pytest.mark.slow
 def test_a_prompt_that_cannot_fit_is_refused_before_anything_loads(tiny_pair_config):
-    """A 3000-word prompt: exit 2 naming n_positions, in well under the time a load takes."""
+    """A 3000-word prompt: exit 2 naming n_positions, in well under the time a load takes,
+    counting the start of `python -m neuron_spec` (torch is not even imported)."""
     import time
 
     start = time.perf_counter()
-    proc = cli("generate", str(tiny_pair_config), "--prompt", " ".join(["w1"] * 3000))
+    proc = subprocess.run(
+        [sys.executable, "-m", "neuron_spec", "generate", str(tiny_pair_config), "--prompt",
+         " ".join(["w1"] * 3000)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     took = time.perf_counter() - start
     assert proc.returncode == 2 and "n_positions=512" in proc.stderr
     assert "Nothing was loaded" in proc.stderr and took < 6.0, took  # 0.3 s on an idle machine
 
 
-def test_several_prompts_decode_as_one_batch_with_per_row_figures(tiny_pair_config):
+def test_a_prompt_that_cannot_fit_is_refused_without_loading(tiny_pair_config, cli, monkeypatch):
+    """The same refusal in this process: the loader is never called."""
+    from neuron_spec import backends
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(backends, "load_generator", never)
+    ran = cli("generate", str(tiny_pair_config), "--prompt", " ".join(["w1"] * 3000))
+    assert ran.returncode == 2 and "n_positions=512" in ran.stderr
+    assert "Nothing was loaded" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_several_prompts_decode_as_one_batch_with_per_row_figures(tiny_pair_config, cli):
     prompts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10"]
     args = [a for p in prompts for a in ("--prompt", p)]
     proc = cli("generate", str(tiny_pair_config), *args, "--json")

@@ -6,6 +6,7 @@ located by a line, messages of bounded size."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 from typing import Any
@@ -201,9 +202,14 @@ def _textual(rng: random.Random) -> str:
     )
 
 
-def documents(n: int, seed: int = 20261122) -> list[str]:
+@functools.cache  # every campaign reads the same documents: made once
+def _documents(n: int, seed: int) -> tuple[str, ...]:
     rng = random.Random(seed)
-    return [_structural(rng) if rng.random() < 0.6 else _textual(rng) for _ in range(n)]
+    return tuple(_structural(rng) if rng.random() < 0.6 else _textual(rng) for _ in range(n))
+
+
+def documents(n: int, seed: int = 20261122) -> list[str]:
+    return list(_documents(n, seed))
 
 
 def test_the_fuzzer_generates_varied_documents():
@@ -211,9 +217,16 @@ def test_the_fuzzer_generates_varied_documents():
     assert len(docs) == DOCUMENTS and len(set(docs)) > DOCUMENTS * 0.6
 
 
-@pytest.mark.parametrize("chunk", range(4))
+# A campaign in chunks: the first is the fast loop's sample, the rest run in the full loop.
+CHUNKS = 8
+CAMPAIGN = [
+    pytest.param(i, marks=[pytest.mark.slow] if i else [], id=str(i)) for i in range(CHUNKS)
+]
+
+
+@pytest.mark.parametrize("chunk", CAMPAIGN)
 def test_no_document_gives_an_internal_error(tmp_path, capsys, chunk):
-    docs = documents(DOCUMENTS)[chunk::4]
+    docs = documents(DOCUMENTS)[chunk::CHUNKS]
     failures: list[str] = []
     outcomes = {0: 0, 1: 0, 2: 0}
     path = tmp_path / "fuzz.yaml"
@@ -237,13 +250,17 @@ def test_no_document_gives_an_internal_error(tmp_path, capsys, chunk):
     assert outcomes[0] + outcomes[1] > 0  # ... and some still validate
 
 
+@pytest.mark.parametrize("half", [0, pytest.param(1, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("command", ["plan", "generate"])
-def test_plan_and_dry_run_survive_the_documents_that_validate_reads(tmp_path, capsys, command):
+def test_plan_and_dry_run_survive_the_documents_that_validate_reads(
+    tmp_path, capsys, command, half
+):
     """plan and `generate --dry-run` go further than validate (memory model, predictions, the
     load plan): the documents that hold the numeric hazards must not break them either."""
     hazards = (*tuple(PLACEHOLDERS.values()), "0x", "e+310", "e310", "!!")
     docs = [d for d in documents(DOCUMENTS) if any(h in d for h in hazards)][:300]
     assert len(docs) >= 100
+    docs = docs[half::2]  # half of them in the fast loop, the other half in the full loop
     extra = ["--dry-run", "--prompt", "hi"] if command == "generate" else []
     path = tmp_path / "fuzz.yaml"
     failures = []

@@ -18,7 +18,7 @@ from neuron_spec.errors import UsageError
 
 from .conftest import CONFIGS, moto_clients
 
-pytestmark = pytest.mark.aws
+pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("wheels_without_pip")]
 ROLE = "arn:aws:iam::123456789012:role/SageMakerNeuronSpec"
 
 
@@ -159,6 +159,7 @@ def test_a_reference_config_deploys_on_aws_cpu_pytorch_image(capsys):
     assert dp.default_instance_type(load_config(demo)) == "ml.m5.xlarge"
 
 
+@pytest.mark.slow  # pip builds and downloads the wheels
 def test_deploy_update_and_delete(aws, cpu_config, capsys):
     s3, sm, _ = aws
     args = [
@@ -192,6 +193,9 @@ def test_deploy_update_and_delete(aws, cpu_config, capsys):
     wheels = [Path(n).name for n in names if n.startswith("code/wheels/") and n.endswith(".whl")]
     assert any(w.startswith("neuron_spec-") for w in wheels)
     assert any(w.startswith("pydantic_core-") for w in wheels)  # no index needed
+    assert any(w.startswith("accelerate-") for w in wheels)  # the reference backend's
+    shipped_torch = [w for w in wheels if w.startswith(("torch-", "nvidia_", "triton-"))]
+    assert shipped_torch == []  # the container has torch: never its 3 GB again
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         shipped = tar.extractfile("code/neuron-spec.yaml").read().decode()
     assert shipped == cpu_config.read_text()
@@ -447,7 +451,11 @@ def _leftovers(sm, name: str) -> list[str]:
     return sorted(n for n in models + configs if n.startswith(name + "-"))
 
 
-def test_deploy_succeeds_through_throttling(aws, proxied, cpu_config, capsys):
+def test_deploy_succeeds_through_throttling(aws, proxied, cpu_config, capsys, monkeypatch):
+    from botocore.retries.standard import ExponentialBackoff
+
+    # botocore's retries as configured, waiting 10 ms instead of its backoff of up to seconds
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda _self, _context: 0.01)
     # the first two attempts of every S3 upload and SageMaker call are throttled
     proxy = proxied(lambda op, n: throttle(op) if n <= 2 and op != "s3:GET" else None)
     assert main(_deploy_args(cpu_config, "ns-throttled")) == 0, capsys.readouterr().err

@@ -19,7 +19,7 @@ from neuron_spec.errors import UsageError
 
 from .conftest import CONFIGS, moto_clients
 
-pytestmark = pytest.mark.aws
+pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("wheels_without_pip")]
 ROLE = "arn:aws:iam::123456789012:role/SageMakerNeuronSpec"
 MiB = 1024 * 1024
 
@@ -239,6 +239,7 @@ def test_deploy_uploads_local_checkpoints_once_and_ships_their_urls(
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_the_demo_pair_deploys_from_its_local_directory(aws, demo_checkpoint, capsys):
     config = CONFIGS / "demo-cpu.yaml"
     assert main(_deploy(config, "ns-demo")) == 0, capsys.readouterr().err

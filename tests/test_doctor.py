@@ -263,6 +263,7 @@ def test_bad_recording_directory_is_a_usage_error(capsys, tmp_path):
     assert main(["doctor", "--from", str(tmp_path / "empty")]) == 2
 
 
+@pytest.mark.slow  # runs the live host's tools (dpkg-query, neuron-ls)
 def test_record_then_replay_gives_the_same_report(capsys, tmp_path):
     rec = tmp_path / "rec"
     rc_live = main(["doctor", "--record", str(rec), "--json"])
@@ -301,6 +302,7 @@ def test_probe_parses_df_and_meminfo():
     assert check_host(snap).ok
 
 
+@pytest.mark.slow  # runs the live host's tools (dpkg-query, neuron-ls)
 def test_a_live_debian_host_without_neuron_packages_reports_them_missing(
     tmp_path, monkeypatch, capsys
 ):
@@ -366,3 +368,120 @@ def test_doctor_on_nxdi_names_a_wrong_release_and_the_transformers_pin(capsys, t
     )
     rc, report = doctor(capsys, str(nxdi_config), "--from", str(host))
     assert rc == 1 and any(f["code"] == "nxdi-missing" for f in report["findings"])
+
+
+# --- NxD Inference DLAMIs: 2.28, 2.29, 2.31 (recordings written from the SDK's package lists) ---
+
+HOSTS = ROOT / "tests" / "hosts"
+NXDI_VENV = "/opt/aws_neuronx_venv_pytorch_2_9_nxd_inference"
+NXDI_CONFIG = ROOT / "configs" / "trn1-llama2-70b-7b-nxdi.yaml"
+
+
+@pytest.mark.parametrize(
+    ("recording", "release", "sdk", "warnings"),
+    [
+        ("trn1.32xlarge-sdk2.28", "0.8.16251", "2.28", []),
+        ("trn1.32xlarge-sdk2.29", "0.9.17334", "2.29", ["nxdi-release"]),  # Trn2 and newer only
+        ("inf2.48xlarge-sdk2.31", "0.10.18399", "2.31", []),
+    ],
+)
+def test_each_nxdi_dlami_names_the_backend_and_its_environment(
+    capsys, recording, release, sdk, warnings
+):
+    rc, report = doctor(capsys, "--from", str(HOSTS / recording))
+    assert rc == 0 and codes(report, "error") == []
+    assert codes(report, "warning") == warnings
+    info = next(f for f in report["findings"] if f["code"] == "neuron-sdk")
+    assert (
+        f"neuronx-distributed-inference {release} shipped with Neuron SDK {sdk}" in info["message"]
+    )
+    assert (
+        "`backend: nxdi`" in info["message"] and f"({NXDI_VENV}, Python 3.12.3)" in info["message"]
+    )
+    assert report["components"]["neuronx-distributed-inference"] == release
+    if warnings:  # 0.9 on a Trn1: the AMI AWS names for Inf2/Trn1 instead
+        warning = next(f for f in report["findings"] if f["code"] == "nxdi-release")
+        assert "only supported on Trn2 and newer hardware" in warning["message"]
+        assert "SDK 2.31" in warning["fix"] and "pytorch-2.9/ubuntu-24.04" in warning["fix"]
+        assert "SDK 2.28" in warning["fix"]
+    else:
+        assert "AWS supports it on Inf2 and Trn1" in info["message"]
+    # the release AWS names for Inf2/Trn1 now, said where another one is installed
+    named = "the release AWS names for Inf2/Trn1 now is 0.10.18399 (SDK 2.31)"
+    assert (named in info["message"]) is (release == "0.8.16251")
+
+
+def test_the_2_29_dlami_on_a_trn2_has_no_warning(capsys, tmp_path):
+    host = Path(shutil.copytree(HOSTS / "trn1.32xlarge-sdk2.29", tmp_path / "trn2"))
+
+    def trn2(devices):
+        for d in devices:
+            d["nc_count"], d["memory_size"] = 8, 96 * GIB
+            d["neuroncore_ids"] = list(range(8 * d["neuron_device"], 8 * d["neuron_device"] + 8))
+        return devices
+
+    edit_json(host / "neuron-ls.json", trn2)
+    rc, report = doctor(capsys, "--from", str(host))
+    assert rc == 0 and codes(report, "warning") == [] and codes(report) == ["neuron-sdk"]
+    assert "AWS supports it on Trn2" in report["findings"][0]["message"]
+
+
+def test_the_config_names_the_platform_when_neuron_ls_gave_no_devices(capsys, tmp_path):
+    host = Path(shutil.copytree(HOSTS / "inf2.48xlarge-sdk2.31", tmp_path / "h"))
+    packages = json.loads((host / "pip-list.json").read_text())
+    for p in packages:
+        if p["name"] == "neuronx-distributed-inference":
+            p["version"] = "0.9.17334"
+    (host / "pip-list.json").write_text(json.dumps(packages))
+    (host / "neuron-ls.json").unlink()  # no devices: the trn1 config's instance decides
+    _rc, report = doctor(capsys, str(NXDI_CONFIG), "--from", str(host))
+    warning = next(f for f in report["findings"] if f["code"] == "nxdi-release")
+    assert "installed on this Inf2/Trn1 host" not in warning["message"]
+    assert "installed on this Trn1 host" in warning["message"]
+
+
+@pytest.mark.parametrize(
+    ("version", "said"),
+    [
+        ("0.7.15063", "shipped with Neuron SDK 2.27.1, before the releases neuron-spec drives"),
+        ("0.11.1", "is not a release any Neuron SDK shipped"),
+    ],
+)
+def test_nxdi_releases_neuron_spec_does_not_drive_are_named(capsys, tmp_path, version, said):
+    host = Path(shutil.copytree(HOSTS / "inf2.48xlarge-sdk2.31", tmp_path / "h"))
+    packages = json.loads((host / "pip-list.json").read_text())
+    for p in packages:
+        if p["name"] == "neuronx-distributed-inference":
+            p["version"] = version
+    (host / "pip-list.json").write_text(json.dumps(packages))
+    rc, report = doctor(capsys, "--from", str(host))
+    warning = next(f for f in report["findings"] if f["code"] == "nxdi-release")
+    assert rc == 0 and said in warning["message"] and "0.10.18399 (SDK 2.31)" in warning["message"]
+    assert "SDK 2.31" in warning["fix"] and "neuron-sdk" not in codes(report)
+
+
+def test_a_python_outside_the_release_range_is_said(capsys, tmp_path):
+    host = Path(shutil.copytree(HOSTS / "inf2.48xlarge-sdk2.31", tmp_path / "h"))
+    (host / "python.json").write_text(json.dumps({"prefix": "/home/me/venv", "version": "3.10.12"}))
+    _rc, report = doctor(capsys, "--from", str(host))
+    info = next(f for f in report["findings"] if f["code"] == "neuron-sdk")
+    assert "(/home/me/venv, Python 3.10.12)" in info["message"]
+    assert "its SDK lists Python 3.11 to 3.13, this is 3.10.12" in info["message"]
+
+
+def test_nxdi_missing_names_the_ami_aws_names_for_inf2_and_trn1(capsys, tmp_path):
+    host = Path(shutil.copytree(HOSTS / "trn1.32xlarge-sdk2.28", tmp_path / "h"))
+    edit_json(host / "pip-list.json", lambda ps: [p for p in ps if "inference" not in p["name"]])
+    rc, report = doctor(capsys, str(NXDI_CONFIG), "--from", str(host))
+    missing = next(f for f in report["findings"] if f["code"] == "nxdi-missing")
+    assert rc == 1 and NXDI_VENV in missing["message"]
+    assert "Neuron SDK 2.31 Deep Learning AMI" in missing["fix"] and "SDK 2.28" in missing["fix"]
+
+
+def test_python_json_is_read_as_untrusted_text():
+    raw = hostprobe.read_recording(HOSTS / "inf2.48xlarge-sdk2.31")
+    snap = hostprobe.parse(raw, "x")
+    assert snap.python_prefix == NXDI_VENV and snap.python_version == "3.12.3"
+    for bad in ('{"prefix": 3, "version": "3.12; rm -rf /"}', "[1]", "not json"):
+        snap = hostprobe.parse({**raw, "python.json": bad}, "x")
+        assert snap.python_prefix is None and snap.python_version is None

@@ -112,7 +112,12 @@ def _check(rc: int, out: str, err: str, took: float, label: str) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("chunk", range(4))
+# Each campaign in chunks: the first is the fast loop's sample, the rest run in the full loop.
+def campaign(n: int) -> list:
+    return [pytest.param(i, marks=[pytest.mark.slow] if i else [], id=str(i)) for i in range(n)]
+
+
+@pytest.mark.parametrize("chunk", campaign(4))
 def test_doctor_survives_hostile_recordings(tmp_path, capsys, chunk):
     cases = recordings(1200)[chunk::4]
     failures: list[str] = []
@@ -225,11 +230,11 @@ def _manifest_case(rng: random.Random, entry: Path) -> None:
             f.truncate(rng.choice([3 * 1024**3, 20 << 20]))
 
 
-@pytest.mark.parametrize("chunk", range(2))
+@pytest.mark.parametrize("chunk", campaign(4))
 def test_cache_list_and_prune_survive_hostile_manifests(tmp_path, capsys, chunk):
     rng = random.Random(1000 + chunk)
     failures: list[str] = []
-    for i in range(450):
+    for i in range(225):
         root = tmp_path / f"c{i}"
         entry = _entry(root)
         _manifest_case(rng, entry)

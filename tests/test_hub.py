@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .hub_server import Hub, Silent
+from .hub_server import COMMIT, Hub, Silent
 
 TARGET, DRAFT = "meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -72,6 +72,7 @@ def config(tmp_path: Path, target: str = TARGET, draft: str = DRAFT) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_validate_and_plan_size_a_hub_repo_from_its_config_alone(hub, tmp_path):
     cfg = config(tmp_path)
     proc = run(["validate", str(cfg), "--json"], tmp_path, hub)
@@ -91,6 +92,7 @@ def test_validate_and_plan_size_a_hub_repo_from_its_config_alone(hub, tmp_path):
     assert again.returncode in (0, 1) and len(hub.requests) == before
 
 
+@pytest.mark.slow
 def test_offline_with_nothing_cached_is_exit_2_naming_the_repo(hub, tmp_path):
     proc = run(["validate", str(config(tmp_path))], tmp_path, hub, HF_HUB_OFFLINE="1")
     assert proc.returncode == 2
@@ -98,6 +100,7 @@ def test_offline_with_nothing_cached_is_exit_2_naming_the_repo(hub, tmp_path):
     assert hub.requests == []  # offline: not one request
 
 
+@pytest.mark.slow
 def test_a_gated_repo_without_a_token_gets_the_fix(hub, tmp_path):
     cfg = config(tmp_path, target="meta-llama/Llama-3.3-70B-Instruct")
     proc = run(["validate", str(cfg)], tmp_path, hub)
@@ -106,6 +109,7 @@ def test_a_gated_repo_without_a_token_gets_the_fix(hub, tmp_path):
     assert "is gated" in out and "HF_TOKEN" in out and "accept the license" in out
 
 
+@pytest.mark.slow
 def test_an_unknown_repo_and_a_local_directory_of_that_shape(hub, tmp_path):
     proc = run(["validate", str(config(tmp_path, target="nobody/no-such-model"))], tmp_path, hub)
     assert proc.returncode == 2 and "there is no repo nobody/no-such-model" in proc.stdout
@@ -119,6 +123,7 @@ def test_an_unknown_repo_and_a_local_directory_of_that_shape(hub, tmp_path):
     assert all(DRAFT not in p for p in hub.requests)
 
 
+@pytest.mark.slow
 def test_a_directory_with_only_config_json_validates(tmp_path):
     for role in ("target", "draft"):
         (tmp_path / role).mkdir()
@@ -131,6 +136,7 @@ def test_a_directory_with_only_config_json_validates(tmp_path):
 
 
 @pytest.mark.reference
+@pytest.mark.slow
 def test_generate_downloads_a_hub_pair_once_then_runs_offline(hub, tmp_path):
     from .neuron_fixtures import make_checkpoint
 
@@ -171,6 +177,7 @@ def _hub_finding(proc: subprocess.CompletedProcess, role: str = "target") -> dic
     return found[0]
 
 
+@pytest.mark.slow
 def test_validate_against_a_hub_that_never_answers_exits_2_naming_it(tmp_path):
     silent = Silent()
     start = time.monotonic()
@@ -200,6 +207,7 @@ def test_validate_against_a_hub_that_never_answers_exits_2_naming_it(tmp_path):
         ("huge-chunked", "more than 1048576 bytes long"),
     ],
 )
+@pytest.mark.slow
 def test_a_hostile_hub_ends_validate_promptly_with_a_located_error(hub, tmp_path, mode, says):
     hub.hostile[TARGET] = mode
     start = time.monotonic()
@@ -210,6 +218,7 @@ def test_a_hostile_hub_ends_validate_promptly_with_a_located_error(hub, tmp_path
     assert "Waiting" not in proc.stderr  # huggingface_hub's wait for a Retry-After
 
 
+@pytest.mark.slow
 def test_plan_against_a_hub_that_never_answers_is_as_prompt(tmp_path):
     silent = Silent()
     start = time.monotonic()
@@ -232,6 +241,7 @@ def test_the_default_bound_keeps_a_silent_hub_within_30_s(monkeypatch):
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf", "1e9"])
+@pytest.mark.slow
 def test_a_bad_hub_timeout_setting_is_a_located_error(hub, tmp_path, value):
     proc = run(["validate", str(config(tmp_path)), "--json"], tmp_path, hub, timeout=60,
                NEURON_SPEC_HUB_TIMEOUT=value)  # fmt: skip
@@ -239,6 +249,7 @@ def test_a_bad_hub_timeout_setting_is_a_located_error(hub, tmp_path, value):
     assert "NEURON_SPEC_HUB_TIMEOUT" in finding["message"] and "(0, 600]" in finding["message"]
 
 
+@pytest.mark.slow
 def test_a_hub_that_stops_answering_falls_back_to_the_cached_config(hub, tmp_path):
     cfg = config(tmp_path)
     assert run(["validate", str(cfg)], tmp_path, hub).returncode in (0, 1)
@@ -248,6 +259,7 @@ def test_a_hub_that_stops_answering_falls_back_to_the_cached_config(hub, tmp_pat
     assert "hub-unavailable" not in {f["code"] for f in json.loads(proc.stdout)["findings"]}
 
 
+@pytest.mark.slow
 def test_a_hub_config_json_out_of_range_is_a_config_error_naming_repo_and_key(hub, tmp_path):
     bad = json.loads(llama31(8192, 28672, 80, 64)) | {"num_attention_heads": 0,
                                                        "model_type": "\x1b[2J"}  # fmt: skip
@@ -259,6 +271,7 @@ def test_a_hub_config_json_out_of_range_is_a_config_error_naming_repo_and_key(hu
     assert problem["file"] == f"config.json of {TARGET} at {hub.url}"
 
 
+@pytest.mark.slow
 def test_generate_against_a_hub_that_never_answers_stops_before_loading(tmp_path):
     cfg = tmp_path / "ref.yaml"
     cfg.write_text(f"backend: reference\ntarget: {{model: {TARGET}}}\ndraft: {{model: {DRAFT}}}\n")
@@ -273,3 +286,59 @@ def test_generate_against_a_hub_that_never_answers_stops_before_loading(tmp_path
     assert (
         proc.returncode == 2 and silent.url in proc.stderr and "nothing was loaded" in proc.stderr
     )
+
+
+# --- either HTTP client huggingface_hub hands out ------------------------------------------------
+
+
+@pytest.fixture(params=["own", "requests", "httpx"])
+def client(request):
+    """huggingface_hub's own client, or the kind another release hands out: a requests.Session
+    (before 1.0, as transformers 4.x pins it) or an httpx client (1.0 on)."""
+    if request.param == "own":
+        yield pytest.importorskip("huggingface_hub").get_session()
+        return
+    if request.param == "requests":
+        session = pytest.importorskip("requests").Session()
+    else:
+        session = pytest.importorskip("httpx").Client(follow_redirects=True)
+    with session:
+        yield session
+
+
+def test_the_bounded_request_reads_through_either_kind_of_client(hub, client, request):
+    import threading
+
+    from neuron_spec.sources import hub as source
+
+    stop = threading.Event()
+
+    def get(repo: str, limit: int = source.MAX_CONFIG_BYTES, seconds: float = 5.0):
+        url = f"{hub.url}/{repo}/resolve/main/config.json"
+        with source._open(client, url, {}, 2.0) as response:
+            short = response.status_code >= 400
+            deadline = time.monotonic() + seconds
+            return response, source._read(response, limit, deadline, stop, keep_short=short)
+
+    response, body = get(DRAFT)
+    assert response.status_code == 200 and body == hub.repos[DRAFT]["config.json"]
+    assert response.headers.get("x-repo-commit") == COMMIT
+    response, body = get("meta-llama/Llama-3.3-70B-Instruct", source.MAX_ERROR_BYTES)
+    refused = source._settled(response, body)  # what hf_raise_for_status is given
+    assert refused.status_code == 401 and refused.headers.get("x-error-code") == "GatedRepo"
+    assert "restricted" in refused.json()["error"]
+    if request.node.callspec.params["client"] == "own":
+        # of the library's own type: hf_raise_for_status reads it as the Hub meant it
+        import huggingface_hub.errors
+        import huggingface_hub.utils
+
+        with pytest.raises(huggingface_hub.errors.GatedRepoError):
+            huggingface_hub.utils.hf_raise_for_status(refused)
+    hub.hostile[TARGET] = "trickle"  # a byte every 0.2 s: no read waits long enough to fail
+    start = time.monotonic()
+    with pytest.raises(source._Unavailable, match="too slowly to finish in time"):
+        get(TARGET, seconds=1.0)
+    assert time.monotonic() - start < 5
+    hub.hostile[TARGET] = "huge-chunked"
+    with pytest.raises(source._TooLarge, match="more than 1048576 bytes long"):
+        get(TARGET)

@@ -16,7 +16,7 @@ import pytest
 
 from .neuron_fixtures import DOUBLE, dist_info, make_checkpoint
 
-pytestmark = pytest.mark.reference
+pytestmark = [pytest.mark.reference, pytest.mark.slow]  # scripts/launch.sh as a process
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "scripts" / "launch.sh"
 
@@ -297,26 +297,32 @@ def test_no_python_is_said_plainly(neuron_host, tmp_path):
     assert "no Python found" in proc.stderr and "python3-venv" in proc.stderr
 
 
-def nxdi_opt(root: Path) -> Path:
-    """A stand-in for /opt on the SDK 2.28 DLAMI: its NxD Inference environment (the double,
-    with NxDI 0.8.16251's metadata) beside an older one without it."""
+def nxdi_opt(root: Path, release: str = "", envs: tuple[str, ...] = ()) -> Path:
+    """A stand-in for /opt on an NxD Inference DLAMI: its environments named in `envs` hold the
+    double at `release` (with that release's metadata), the others a Python without it. The
+    default is SDK 2.28's: the NxD Inference environment beside an older one without it."""
     from .neuron_fixtures import NXDI_DOUBLE, NXDI_RELEASE
 
-    opt = root / "opt-2.28"
-    site = root / "site-2.28"
-    dist_info(site, NXDI_RELEASE, "neuronx-distributed-inference")
-    for name, pythonpath in (
-        ("aws_neuronx_venv_pytorch_2_8", ""),
-        ("aws_neuronx_venv_pytorch_2_9_nxd_inference", f"{site}:{NXDI_DOUBLE}"),
-    ):
+    release = release or NXDI_RELEASE
+    envs = envs or ("aws_neuronx_venv_pytorch_2_9_nxd_inference",)
+    opt = root / f"opt-{release}-{len(envs)}"
+    site = root / f"site-{release}"
+    dist_info(site, release, "neuronx-distributed-inference")
+    names = ("aws_neuronx_venv_pytorch_2_8", "aws_neuronx_venv_jax_0_9", *envs)
+    for name in names:
         bin_dir = opt / name / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
+        path = f"{site}:{NXDI_DOUBLE}" if name in envs else ""
         python = bin_dir / "python"
-        python.write_text(f'#!/bin/sh\nPYTHONPATH="{pythonpath}" exec {sys.executable} "$@"\n')
+        python.write_text(
+            f'#!/bin/sh\nNXDI_DOUBLE_RELEASE={release} PYTHONPATH="{path}" '
+            f'exec {sys.executable} "$@"\n'
+        )
         python.chmod(0o755)
     return opt
 
 
+@pytest.mark.slow
 def test_an_nxdi_config_runs_in_the_dlami_nxd_inference_environment(neuron_host):
     cfg = config(neuron_host, "nxdi.yaml")
     cfg.write_text(cfg.read_text().replace("backend: neuronx", "backend: nxdi"))
@@ -332,11 +338,54 @@ def test_an_nxdi_config_runs_in_the_dlami_nxd_inference_environment(neuron_host)
     assert tnx.returncode == 2 and "set 'backend: nxdi'" in tnx.stderr
 
 
-def test_an_nxdi_config_on_a_host_without_it_names_the_2_28_ami(neuron_host):
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("release", "sdk", "warned"), [("0.9.17334", "2.29", True), ("0.10.18399", "2.31", False)]
+)
+def test_the_2_29_to_2_31_environments_are_found_their_own_first(neuron_host, release, sdk, warned):
+    """2.29-2.31 DLAMIs: the PyTorch 2.9 NxD Inference environment beside the vLLM one (which
+    holds NxD Inference too) and others without it; the library's own is taken, and the doctor
+    says the release (0.9 on this Trn1: a warning, the run goes on)."""
+    cfg = config(neuron_host, f"nxdi-{sdk}.yaml")
+    cfg.write_text(cfg.read_text().replace("backend: neuronx", "backend: nxdi"))
+    envs = (
+        "aws_neuronx_venv_pytorch_inference_vllm_0_16",
+        "aws_neuronx_venv_pytorch_2_9_nxd_inference",
+    )
+    opt = nxdi_opt(neuron_host["root"], release, envs)
+    proc = launch(neuron_host, str(cfg), "--", "--prompt", "w1 w2 w3", opt=opt)
+    assert proc.returncode == 0, proc.stderr
+    taken = f"aws_neuronx_venv_pytorch_2_9_nxd_inference (neuronx-distributed-inference {release})"
+    assert taken in proc.stderr
+    assert f"{release} shipped with Neuron SDK {sdk}" in proc.stdout
+    assert ("warning nxdi-release" in proc.stdout) is warned
+    assert "accepted / drafted" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_newest_pytorch_nxd_inference_environment_comes_first(neuron_host):
+    """A host with both of 2.28's NxD Inference environments: the PyTorch 2.9 one is taken
+    (the names sort the other way)."""
+    cfg = config(neuron_host, "nxdi-order.yaml")
+    cfg.write_text(cfg.read_text().replace("backend: neuronx", "backend: nxdi"))
+    envs = (
+        "aws_neuronx_venv_pytorch_2_8_nxd_inference",
+        "aws_neuronx_venv_pytorch_2_9_nxd_inference",
+    )
+    opt = nxdi_opt(neuron_host["root"], "", envs)
+    proc = launch(neuron_host, str(cfg), "--skip-doctor", "--", "--prompt", "w1", opt=opt)
+    assert proc.returncode == 0, proc.stderr
+    assert "environment: " in proc.stderr and "_2_9_nxd_inference (" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_nxdi_config_on_a_host_without_it_names_the_2_31_ami(neuron_host):
     cfg = config(neuron_host, "nxdi-none.yaml")
     cfg.write_text(cfg.read_text().replace("backend: neuronx", "backend: nxdi"))
     opt = fake_opt(neuron_host["root"], with_tnx=False)
     proc = launch(neuron_host, str(cfg), opt=opt)
     assert proc.returncode == 2
     assert "no Python environment with NxD Inference" in proc.stderr
-    assert "SDK 2.28" in proc.stderr and "nxd_inference" in proc.stderr
+    assert "SDK 2.31 AMI" in proc.stderr and "SDK 2.28" in proc.stderr
+    assert "pytorch-2.9/ubuntu-24.04/latest/image_id" in proc.stderr
+    assert "_pytorch_2_9_nxd_inference" in proc.stderr

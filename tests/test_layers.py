@@ -6,6 +6,7 @@ The layers, bottom to top, are listed in LAYERS (and in each package's docstring
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,10 +59,15 @@ def _target(node: ast.ImportFrom, here: str, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+@functools.cache  # the checks below read every module: parsed once
+def _tree(name: str) -> ast.Module:
+    return ast.parse(MODULES[name].read_text(encoding="utf-8"))
+
+
 def imports(name: str) -> list[tuple[str, list[str], bool, int]]:
     """(imported module, names taken from it, only under TYPE_CHECKING, line) per import."""
     path = MODULES[name]
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _tree(name)
     typing_only = _type_checking_lines(tree)
     out = []
     for node in ast.walk(tree):
@@ -180,9 +186,9 @@ def test_no_module_imports_another_modules_private_name():
         if n.startswith("_") and not n.startswith("__") and dst != src
     ]
     attributes = []
-    for src, path in MODULES.items():
+    for src in MODULES:
         bound = _module_aliases(src)
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_tree(src)):
             if (
                 isinstance(node, ast.Attribute)
                 and isinstance(node.value, ast.Name)
@@ -200,7 +206,7 @@ def _module_aliases(src: str) -> dict[str, str]:
     """Local names bound to other neuron_spec modules by `import` or `from pkg import mod`."""
     path = MODULES[src]
     out = {}
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_tree(src)):
         if isinstance(node, ast.ImportFrom):
             target = _target(node, src, path.name == "__init__.py")
             for a in node.names:

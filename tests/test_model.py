@@ -19,7 +19,7 @@ from neuron_spec.sources.demo import fetch_demo_checkpoint
 
 from .conftest import CONFIGS
 
-pytestmark = [pytest.mark.reference, pytest.mark.model]
+pytestmark = [pytest.mark.reference, pytest.mark.model, pytest.mark.slow]
 DEMO = CONFIGS / "demo-cpu.yaml"
 PROMPTS = [
     "The capital of France is",

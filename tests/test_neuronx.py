@@ -435,6 +435,7 @@ def _chain(seed: int) -> torch.Tensor:
     return torch.softmax(torch.randn(5, 5, generator=g) * 1.5, dim=-1)
 
 
+@pytest.mark.slow  # a sampling campaign (2000 runs each); the acceptor's: test_sampling.py
 @pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 3)])
 def test_engine_loop_is_lossless_including_the_first_token(
     monkeypatch, pair_dirs, temperature, top_k

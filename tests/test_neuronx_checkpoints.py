@@ -102,22 +102,32 @@ def test_s3_checkpoint_is_downloaded_once_and_loads(
     assert again.generate(PROMPT).token_ids == want.token_ids
 
 
-@pytest.mark.model
-@pytest.mark.parametrize("version", RELEASES)
-def test_gguf_checkpoint_is_converted_once_and_loads(
-    tmp_path_factory, monkeypatch, demo_checkpoint, version
-):
-    """The demo pair as shipped (SmolLM2-135M-Instruct Q4_1 GGUF as the target), on one core."""
+@pytest.fixture(scope="module")
+def gguf_reference(tmp_path_factory, demo_checkpoint):
+    """The demo GGUF on the reference backend (transformers de-quantizes it: the slow part),
+    once for every release: its file, the cache of conversions, and what it generates."""
     from neuron_spec.sources.demo import demo_gguf_path
 
-    tmp = tmp_path_factory.mktemp(f"gguf-{version}")
-    cache = tmp_path_factory.getbasetemp() / "gguf-cache"  # one conversion for all releases
-    use_double(monkeypatch, version, tmp / "meta")
     gguf = demo_gguf_path()
     assert gguf.is_file()  # fetched with the demo checkpoint
+    tmp = tmp_path_factory.mktemp("gguf-reference")
+    cache = tmp_path_factory.getbasetemp() / "gguf-cache"  # one conversion for all releases
     want = load_generator(
         config(tmp / "r.yaml", str(gguf), str(demo_checkpoint), "reference", cache, tp=1)
     ).generate("The capital of France is")
+    return gguf, cache, want
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.parametrize("version", RELEASES)
+def test_gguf_checkpoint_is_converted_once_and_loads(
+    tmp_path_factory, monkeypatch, demo_checkpoint, gguf_reference, version
+):
+    """The demo pair as shipped (SmolLM2-135M-Instruct Q4_1 GGUF as the target), on one core."""
+    gguf, cache, want = gguf_reference
+    tmp = tmp_path_factory.mktemp(f"gguf-{version}")
+    use_double(monkeypatch, version, tmp / "meta")
     gen = load_generator(
         config(tmp / "n.yaml", str(gguf), str(demo_checkpoint), "neuronx", cache, tp=1)
     )

@@ -1,6 +1,8 @@
-"""backend: nxdi against the NxD Inference 0.8 double: both speculation modes give the reference
-backend's tokens, sampling is exactly lossless (unfused), lengths and EOS lists are honoured,
-compiled artifacts are reused only for the config they were compiled for."""
+"""backend: nxdi against the NxD Inference double, at 0.8 (cd3abf3) and, where a release could
+change the outcome, 0.9 (c63afe0) too: both speculation modes give the reference backend's
+tokens, sampling is exactly lossless (unfused), lengths and EOS lists are honoured, compiled
+artifacts are reused only for the config they were compiled for, and a release lacking what the
+backend drives is refused by name before anything compiles."""
 
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ from neuron_spec.backends import load_generator
 from neuron_spec.cli.main import main
 from neuron_spec.config.spec import load_config
 
-from .neuron_fixtures import drive_continuous_batch, make_checkpoint, use_nxdi_double
+from .neuron_fixtures import (
+    NXDI_RELEASE,
+    NXDI_RELEASES,
+    drive_continuous_batch,
+    make_checkpoint,
+    use_nxdi_double,
+)
 
 pytestmark = pytest.mark.reference
 PROMPTS = [[1, 5, 9, 3], [7], [4, 4, 8]]
@@ -30,8 +38,15 @@ def pair(tmp_path_factory):
 
 
 @pytest.fixture
-def nxdi(monkeypatch, tmp_path):
-    use_nxdi_double(monkeypatch, tmp_path / "meta")
+def nxdi(request, monkeypatch, tmp_path):
+    """The double at 0.8.16251, or at the release a test parametrizes it with (indirect)."""
+    release = getattr(request, "param", NXDI_RELEASE)
+    use_nxdi_double(monkeypatch, tmp_path / "meta", release)
+    return release
+
+
+# the releases with public source, and 0.10 as a stand-in on 0.9's surface (no source)
+WITH_0_10 = (*NXDI_RELEASES, "0.10.18399")
 
 
 def config(tmp_path: Path, pair, backend="nxdi", mode="unfused", *, gamma=3, sampling="",
@@ -53,6 +68,7 @@ def config(tmp_path: Path, pair, backend="nxdi", mode="unfused", *, gamma=3, sam
     return path
 
 
+@pytest.mark.parametrize("nxdi", WITH_0_10, indirect=True)
 @pytest.mark.parametrize("mode", ["unfused", "fused"])
 def test_greedy_tokens_equal_the_reference_for_every_length(tmp_path, nxdi, pair, mode):
     ref = load_generator(load_config(config(tmp_path, pair, "reference")))
@@ -119,6 +135,7 @@ def _warped(hf, prefix: list[int], temperature: float, top_k: int) -> torch.Tens
     return probs
 
 
+@pytest.mark.slow  # a sampling campaign: about 40 s
 def test_unfused_sampling_is_exactly_lossless(tmp_path, nxdi):
     """T=0.8, top-k 3 over 3 new tokens (27 outcomes): chi-square of the first token and of the
     whole output against the target's warped distribution; exactly max_new_tokens each time."""
@@ -260,6 +277,7 @@ def record_calls(model) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     return calls
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_a_batch_on_nxdi_equals_each_prompt_alone_with_rows_at_their_own_positions(
     tmp_path, nxdi, pair
 ):
@@ -291,6 +309,7 @@ def test_a_batch_on_nxdi_equals_each_prompt_alone_with_rows_at_their_own_positio
     assert max(max(slot) for slot in target.kv.values()) < 40 + 4
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_a_sampled_nxdi_batch_and_a_row_that_stops_at_its_eos(tmp_path, nxdi, pair):
     sampled = load_generator(batch_config(tmp_path, pair, sampling="temperature: 0.8"))
     out = sampled.generate("", prompt_token_ids=BATCH_PROMPTS)
@@ -309,6 +328,7 @@ def test_a_sampled_nxdi_batch_and_a_row_that_stops_at_its_eos(tmp_path, nxdi, pa
     assert max(len(t) for t in got.token_ids) > len(got.token_ids[1])  # the others went on
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_rows_join_a_running_batch_on_nxdi(tmp_path, nxdi, pair):
     """`serve`'s continuous batch: rows admitted while others are mid-decode are context-
     encoded alone into their slots, the others' KV untouched; each equals its prompt alone."""
@@ -332,3 +352,88 @@ def test_nxdi_batches_only_unfused_with_one_batch_size(tmp_path, nxdi, pair):
         load_generator(batch_config(tmp_path, pair, mode="fused"))
     with pytest.raises(UsageError, match=r"differs from target\.batch_size"):
         load_generator(batch_config(tmp_path, pair, draft_batch=1))
+
+
+# --- the load-time check of what the backend drives (0.10 has no public source) ---------------
+
+
+def _refused_before_compiling(tmp_path, pair, capsys, *pieces: str) -> None:
+    cfg = config(tmp_path, pair, name="surface.yaml")
+    assert main(["generate", str(cfg), "--prompt", "w1 w2"]) == 2
+    err = capsys.readouterr().err
+    for piece in pieces:
+        assert piece in err, (piece, err)
+    import neuronx_distributed_inference._runtime as runtime
+
+    assert runtime.EVENTS == [] and not (tmp_path / "compiled").exists()
+
+
+@pytest.mark.parametrize("nxdi", ["0.10.18399"], indirect=True)
+def test_a_neuron_config_that_drops_a_keyword_is_refused_with_the_release(
+    tmp_path, nxdi, pair, capsys, monkeypatch
+):
+    """A stand-in 0.10 whose NeuronConfig no longer knows `speculation_length` (it would only
+    log a warning and compile a target without a speculation graph)."""
+    from neuronx_distributed_inference.models.config import NeuronConfig
+
+    init = NeuronConfig.__init__
+
+    def without(self, **kwargs):
+        kwargs.pop("speculation_length", None)
+        init(self, **kwargs)
+
+    monkeypatch.setattr(NeuronConfig, "__init__", without)
+    _refused_before_compiling(
+        tmp_path, pair, capsys, "NxD Inference 0.10.18399 (Neuron SDK 2.31)",
+        "`speculation_length` (given 4, reads back 0)", "0.8.16251 (SDK 2.28)",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("nxdi", ["0.10.18399"], indirect=True)
+def test_a_forward_without_seq_ids_is_refused_with_the_release(
+    tmp_path, nxdi, pair, capsys, monkeypatch
+):
+    from neuronx_distributed_inference.models.model_base import NeuronBaseForCausalLM
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None):
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(NeuronBaseForCausalLM, "forward", forward)
+    _refused_before_compiling(
+        tmp_path, pair, capsys, "0.10.18399", "NeuronLlamaForCausalLM.forward(", "'seq_ids'"
+    )
+
+
+@pytest.mark.parametrize("nxdi", ["0.9.17334"], indirect=True)
+def test_0_9_without_the_nki_packages_names_what_is_missing(
+    tmp_path, nxdi, pair, capsys, monkeypatch
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nkilib", None)  # not importable in this environment
+    _refused_before_compiling(
+        tmp_path, pair, capsys, "NxD Inference 0.9.17334 (Neuron SDK 2.29) is installed",
+        "nkilib",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("nxdi", "platform_warning"),
+    [("0.8.16251", False), ("0.9.17334", True), ("0.10.18399", False)],
+    indirect=["nxdi"],
+)
+def test_validate_local_says_whether_aws_supports_the_release_here(
+    tmp_path, nxdi, pair, capsys, platform_warning
+):
+    """The config is for a trn1.32xlarge: AWS supports 0.8 and 0.10 there, 0.9 on Trn2 only.
+    The transformers pin is known for 0.8 and 0.9 (4.57.*), not for 0.10 (no source)."""
+    import transformers
+
+    assert main(["validate", str(config(tmp_path, pair)), "--local", "--json"]) == 0
+    found = {f["code"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert ("nxdi-release" in found) is platform_warning
+    if platform_warning:
+        assert "on Trn2 only" in found["nxdi-release"]["message"]
+        assert "Neuron SDK 2.31 Deep Learning AMI" in found["nxdi-release"]["fix"]
+    off_pin = not transformers.__version__.startswith("4.57.")
+    assert ("nxdi-transformers-pin" in found) is (off_pin and nxdi != "0.10.18399")

@@ -1,5 +1,6 @@
-"""The NxD Inference 0.8 double does what 0.8's source does (neuronx-distributed-inference at
-cd3abf3): each behaviour neuron-spec relies on or works around, one test each."""
+"""The NxD Inference double does what each release's source does (neuronx-distributed-inference
+0.8 at cd3abf3, 0.9 at c63afe0 and ef2731e): each behaviour neuron-spec relies on or works around,
+one test each, over both releases where the path is shared; then each 0.8 -> 0.9 difference."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from .neuron_fixtures import make_checkpoint, use_nxdi_double
+from .neuron_fixtures import NXDI_RELEASE, NXDI_RELEASES, make_checkpoint, use_nxdi_double
 
 pytestmark = pytest.mark.reference
 
@@ -19,8 +20,12 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.fixture
-def nxdi(monkeypatch, tmp_path):
-    use_nxdi_double(monkeypatch, tmp_path / "meta")
+def nxdi(request, monkeypatch, tmp_path):
+    """The double's (config, llama, adapter) modules at 0.8.16251, or at the release a test
+    parametrizes it with (indirect): a release, or (release, source commit)."""
+    param = getattr(request, "param", NXDI_RELEASE)
+    release, source = param if isinstance(param, tuple) else (param, None)
+    use_nxdi_double(monkeypatch, tmp_path / "meta", release, source)
     import neuronx_distributed_inference.models.config as config
     import neuronx_distributed_inference.models.llama.modeling_llama as llama
     import neuronx_distributed_inference.utils.hf_adapter as adapter
@@ -80,6 +85,7 @@ def test_without_torch_dtype_the_checkpoints_dtype_is_adopted(nxdi, tmp_path):
         )
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_graph_inventory_per_mode(nxdi, ckpt, tmp_path):
     plain = _app(nxdi, ckpt, tmp_path / "a")
     spec = _app(nxdi, ckpt, tmp_path / "b", speculation_length=4)
@@ -100,6 +106,7 @@ def test_a_speculative_target_has_no_token_generation_graph(nxdi, ckpt, tmp_path
         )
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_routing_and_output_shapes_with_sampling_off(nxdi, ckpt, tmp_path):
     model = _app(nxdi, ckpt, tmp_path, speculation_length=4)
     out = _cte(model, [1, 5, 9])
@@ -114,6 +121,7 @@ def test_routing_and_output_shapes_with_sampling_off(nxdi, ckpt, tmp_path):
     assert out.logits.shape == (1, 4, 96)
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_a_missing_attention_mask_is_inferred_from_position_ids(nxdi, ckpt, tmp_path):
     """preprocess_inputs infers the mask (_infer_attention_mask): one token at position p
     sees positions below p; a window of k sees only its first k cached positions (1 where
@@ -145,6 +153,7 @@ def test_on_device_greedy_returns_int32_tokens(nxdi, ckpt, tmp_path):
     assert out.logits is None and out.tokens.dtype == torch.int32 and out.tokens.shape == (1,)
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_buckets_refuse_what_does_not_fit(nxdi, ckpt, tmp_path):
     model = _app(nxdi, ckpt, tmp_path, speculation_length=4)
     with pytest.raises(ValueError, match="exceeds largest bucket"):
@@ -166,6 +175,7 @@ def test_buckets_refuse_what_does_not_fit(nxdi, ckpt, tmp_path):
         )
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_a_one_token_prompt_reads_a_pad_slot(nxdi, ckpt, tmp_path):
     """Pads carry position 1 and context encoding returns the first maximal position id."""
     from transformers import LlamaForCausalLM
@@ -179,6 +189,7 @@ def test_a_one_token_prompt_reads_a_pad_slot(nxdi, ckpt, tmp_path):
     assert torch.allclose(got, pad_slot, atol=1e-5) and not torch.allclose(got, right, atol=1e-3)
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_kv_is_positional_and_reset_clears_nothing(nxdi, ckpt, tmp_path):
     model = _app(nxdi, ckpt, tmp_path, speculation_length=2)
     _cte(model, [1, 5, 9])
@@ -201,6 +212,7 @@ def test_kv_is_positional_and_reset_clears_nothing(nxdi, ckpt, tmp_path):
     assert model.kv[0][4] == 6 and model.kv_cache_populated is False
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_fused_outputs_pad_with_minus_one_and_count_by_position(nxdi, ckpt, tmp_path):
     config, llama, adapter = nxdi
     draft_nc = config.NeuronConfig(seq_len=16, max_context_length=8, torch_dtype="float32")
@@ -302,11 +314,13 @@ def _rows_cte(model, ids, seq_ids):
     return model(input_ids=tokens, attention_mask=mask, position_ids=positions, seq_ids=seq_ids)
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_continuous_batching_needs_a_context_encoding_of_one_seq_id(nxdi, ckpt, tmp_path):
     with pytest.raises(AssertionError, match="only supports single seq_id"):
         _app(nxdi, ckpt, tmp_path, batch_size=2, is_continuous_batching=True)  # ctx batch 2
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_one_rows_context_encoding_rewrites_the_others_without_continuous_batching(
     nxdi, ckpt, tmp_path
 ):
@@ -323,6 +337,7 @@ def test_one_rows_context_encoding_rewrites_the_others_without_continuous_batchi
     assert [cb.kv[b][0] for b in range(3)] == [5, 7, 11]  # only slot 2 was written
 
 
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
 def test_a_batched_call_holding_position_0_in_any_row_is_context_encoding(nxdi, ckpt, tmp_path):
     model = _app(
         nxdi, ckpt, tmp_path, batch_size=2, speculation_length=3, is_continuous_batching=True,
@@ -338,3 +353,141 @@ def test_a_batched_call_holding_position_0_in_any_row_is_context_encoding(nxdi, 
                  [0, 1, 2]]), seq_ids=torch.arange(2))  # fmt: skip
     assert at_0.logits.shape[:2] == (2, 1)  # routed to context encoding
     assert [model.kv[0][p] for p in range(3)] == [1, 2, 3]  # ... which rewrote row 0 from 0
+
+
+# --- what changed from 0.8 (cd3abf3) to 0.9 (c63afe0) and the 2.29-v2 sync (ef2731e) -----------
+
+V2 = ("0.9.17334", "ef2731e")
+EVERY_SOURCE = [*NXDI_RELEASES, V2]
+
+
+@pytest.mark.parametrize(
+    ("nxdi", "module_version"),
+    [("0.8.16251", "0.8.0"), ("0.9.17334", "0.9.0"), (V2, "0.9.0"), ("0.10.18399", "0.10.0")],
+    indirect=["nxdi"],
+)
+def test_the_module_says_its_line_and_only_the_metadata_the_release(nxdi, module_version):
+    """_version.py holds major.minor.0; the build number is only in the distribution metadata,
+    which is what the backend reads."""
+    import importlib.metadata
+
+    from neuronx_distributed_inference._version import __version__
+
+    from neuron_spec.backends.nxdi.backend import import_nxdi
+
+    assert __version__ == module_version
+    release = importlib.metadata.version("neuronx-distributed-inference")
+    assert release.startswith(module_version[:-1]) and release != module_version
+    assert import_nxdi()[1] == release
+
+
+@pytest.mark.parametrize("nxdi", EVERY_SOURCE, indirect=True)
+def test_0_9_neuron_config_writes_the_platform_target_into_the_environment(nxdi, monkeypatch):
+    """c63afe0 NeuronConfig._setup_kernel_target_platform: NKI kernels read the target from
+    NEURON_PLATFORM_TARGET_OVERRIDE; an unset one is set for the whole process."""
+    import os
+
+    from neuronx_distributed_inference import _release
+
+    config, _, _ = nxdi
+    config.NeuronConfig(tp_degree=2)
+    got = os.environ.get("NEURON_PLATFORM_TARGET_OVERRIDE")
+    assert got == ("trn1" if _release.AT_LEAST_0_9 else None)
+    monkeypatch.setenv("NEURON_PLATFORM_TARGET_OVERRIDE", "trn2")
+    config.NeuronConfig()
+    assert os.environ["NEURON_PLATFORM_TARGET_OVERRIDE"] == "trn2"  # a set one is kept
+
+
+@pytest.mark.parametrize(("nxdi", "trn1", "trn2"), [("0.8.16251", False, False),
+                         ("0.9.17334", False, True)], indirect=["nxdi"])  # fmt: skip
+def test_the_top_k_kernel_is_on_by_default_except_on_trn1_from_0_9(nxdi, monkeypatch, trn1, trn2):
+    config, _, _ = nxdi
+    assert config.OnDeviceSamplingConfig(top_k=1).top_k_kernel_enabled is trn1
+    monkeypatch.setenv("NEURON_PLATFORM_TARGET_OVERRIDE", "trn2")
+    assert config.OnDeviceSamplingConfig(top_k=1).top_k_kernel_enabled is trn2
+    assert config.OnDeviceSamplingConfig(top_k_kernel_enabled=False).top_k_kernel_enabled is False
+
+
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
+def test_0_9_knows_enable_ve_data_parallel(nxdi, caplog):
+    from neuronx_distributed_inference import _release
+
+    config, _, _ = nxdi
+    with caplog.at_level(logging.WARNING):
+        config.NeuronConfig(enable_ve_data_parallel=True)
+    assert ("Unexpected keyword arguments" in caplog.text) is not _release.AT_LEAST_0_9
+
+
+@pytest.mark.parametrize("nxdi", NXDI_RELEASES, indirect=True)
+def test_compile_takes_disable_fail_fast_from_0_9(nxdi, ckpt, tmp_path):
+    from neuronx_distributed_inference import _release
+
+    config, llama, adapter = nxdi
+    cfg = llama.LlamaInferenceConfig(
+        config.NeuronConfig(seq_len=16, max_context_length=8, torch_dtype="float32"),
+        load_config=adapter.load_pretrained_config(str(ckpt)),
+        rope_theta=10000.0,
+    )
+    model = llama.NeuronLlamaForCausalLM(str(ckpt), cfg)
+    if _release.AT_LEAST_0_9:
+        model.compile(str(tmp_path / "c"), disable_fail_fast=True)
+        assert (tmp_path / "c" / "model.pt").is_file()
+    else:
+        with pytest.raises(TypeError, match="disable_fail_fast"):
+            model.compile(str(tmp_path / "c"), disable_fail_fast=True)
+
+
+@pytest.mark.parametrize("nxdi", EVERY_SOURCE, indirect=True)
+def test_forward_takes_the_library_keywords_only_and_the_hook_from_ef2731e(nxdi, ckpt, tmp_path):
+    from neuronx_distributed_inference import _release
+
+    model = _app(nxdi, ckpt, tmp_path)
+    step = {
+        "input_ids": torch.tensor([[1, 5, 9]]),
+        "attention_mask": torch.ones((1, 3), dtype=torch.long),
+        "position_ids": torch.arange(3).reshape(1, -1),
+        "seq_ids": torch.zeros(1, dtype=torch.long),
+    }
+    with pytest.raises(TypeError, match="unexpected keyword argument 'cache_ids'"):
+        model(**step, cache_ids=None)  # no **kwargs in any release
+    if _release.ADAPTER_FIXED:
+        out = model(**step, tensor_capture_hook=lambda *_: None)
+        assert out.captured_tensors is None and out.logits.shape == (1, 1, 96)
+    else:
+        with pytest.raises(TypeError, match="tensor_capture_hook"):
+            model(**step, tensor_capture_hook=None)
+        assert not hasattr(model(**step), "captured_tensors")
+
+
+@pytest.mark.parametrize("nxdi", EVERY_SOURCE, indirect=True)
+def test_the_generation_adapter_runs_only_from_ef2731e(nxdi, ckpt, tmp_path):
+    """fcb5a86, cd3abf3, c63afe0: prepare_inputs_for_generation reads a name defined nowhere;
+    ef2731e reads it from the kwargs and forward() takes it."""
+    from neuronx_distributed_inference import _release
+
+    model = _app(nxdi, ckpt, tmp_path)
+    _, _, adapter = nxdi
+    generation = adapter.HuggingFaceGenerationAdapter(model)
+    if _release.ADAPTER_FIXED:
+        out = generation.generate(torch.tensor([[1, 5]]))
+        assert out.logits.shape == (1, 1, 96) and out.captured_tensors is None
+    else:
+        with pytest.raises(NameError, match="tensor_capture_hook"):
+            generation.generate(torch.tensor([[1, 5]]))
+
+
+@pytest.mark.parametrize("release", NXDI_RELEASES)
+def test_0_9_imports_the_nki_packages_with_the_llama_model(monkeypatch, tmp_path, release):
+    """c63afe0 models/llama/modeling_llama.py: `import nki.language as nl`, `from nkilib...`
+    at import time; an environment without them cannot import the model at all."""
+    import importlib
+    import sys
+
+    use_nxdi_double(monkeypatch, tmp_path / "meta", release)
+    monkeypatch.setitem(sys.modules, "nkilib", None)
+    name = "neuronx_distributed_inference.models.llama.modeling_llama"
+    if release.startswith("0.9"):
+        with pytest.raises(ImportError, match="nkilib"):
+            importlib.import_module(name)
+    else:
+        assert importlib.import_module(name).NeuronLlamaForCausalLM

@@ -3,10 +3,7 @@ the README's validate example shows what `neuron-spec validate` prints for that 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 from .conftest import ROOT
 
@@ -53,21 +50,18 @@ def test_every_command_the_readme_and_docs_name_exists():
             assert action in actions, f"`neuron-spec {command} {action}` does not exist"
 
 
-def test_the_validate_example_is_what_validate_prints():
+def test_the_validate_example_is_what_validate_prints(capsys, monkeypatch):
+    from neuron_spec.cli.main import main
+
     block = README.split("```console\n", 1)[1].split("```", 1)[0]
     command, *shown = block.splitlines()
     args = command.removeprefix("$ neuron-spec ").split()
-    proc = subprocess.run(
-        [sys.executable, "-m", "neuron_spec", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "100"},
-        timeout=120,
-    )
-    printed = [line.rstrip() for line in proc.stdout.splitlines()]
+    monkeypatch.chdir(ROOT)  # the example's paths are the repository's
+    monkeypatch.setenv("COLUMNS", "100")
+    code = main(args)
+    printed = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
     # every headline line (host, findings, verdict) and every Fix appears as printed
     for line in shown:
         if re.match(r"^(examples/|error |warning |info |FAIL|OK)|^  Fix:", line):
             assert line in printed, f"README shows {line!r}; validate prints {printed}"
-    assert proc.returncode == 1
+    assert code == 1

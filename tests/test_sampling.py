@@ -151,8 +151,18 @@ SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("name", SETTINGS)
-@pytest.mark.parametrize("gamma", [1, 3])
+# Every setting at both draft lengths: two of the six in the fast loop, all in the full loop.
+FAST_SAMPLES = {(1, "t0.7-top3"), (3, "t0.9-top_p0.8")}
+
+
+@pytest.mark.parametrize(
+    ("gamma", "name"),
+    [
+        pytest.param(g, n, id=f"{g}-{n}", marks=[] if (g, n) in FAST_SAMPLES else pytest.mark.slow)
+        for g in (1, 3)
+        for n in SETTINGS
+    ],
+)
 def test_lossless_matches_the_target_distribution(name, gamma):
     sampling = SETTINGS[name]
     target, draft = chains(seed=3)

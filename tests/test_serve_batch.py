@@ -1,5 +1,6 @@
-"""`neuron-spec serve --batch-size 8` as a real process: continuous batching over real
-sockets. Requests decode together, join a running batch, and leave it on their own."""
+"""`serve --batch-size 8`: continuous batching, in this process on a real socket, over a tiny
+chat Llama built in the test. Requests decode together, join a running batch, and leave it on
+their own."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import time
 import httpx
 import pytest
 
-from .test_serve import PROMPT, Server
+from .tiny_model import InProcessServer, slowed_loader, tiny_pair_yaml
 
-pytestmark = [pytest.mark.reference, pytest.mark.model]
+pytestmark = pytest.mark.reference
+PROMPT = "The capital of France is"
 PROMPTS = [
     PROMPT,
     "Once upon a time",
@@ -27,19 +29,36 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def batched(demo_checkpoint, tmp_path_factory):
-    s = Server(16, tmp_path_factory.mktemp("serve-batch") / "server.log", "--batch-size", "8")
+def pair(tmp_path_factory):
+    return tiny_pair_yaml(tmp_path_factory.mktemp("serve-batch"))
+
+
+@pytest.fixture(scope="module")
+def batched(pair):
+    """8 slots, as `serve --batch-size 8`."""
+    s = InProcessServer(pair, slots=8, queue_size=16)
     yield s
     s.stop()
 
 
-def greedy(server: Server, prompt: str, n: int) -> dict:
+@pytest.fixture(scope="module")
+def batched_slowly(pair):
+    """The same, with a target pass of 30 ms: 60 tokens take long enough for a late request
+    to join while the others still run."""
+    s = InProcessServer(pair, slots=8, queue_size=16, loader=slowed_loader(0.03))
+    yield s
+    s.stop()
+
+
+def greedy(server: InProcessServer, prompt: str, n: int) -> dict:
     r = server.complete(prompt=prompt, max_tokens=n, temperature=0.0)
     assert r.status_code == 200, r.text
     return r.json()
 
 
-def stream_events(server: Server, body: dict, on_first=None, close_after: int | None = None):
+def stream_events(
+    server: InProcessServer, body: dict, on_first=None, close_after: int | None = None
+):
     """A streamed completion: (events, done, [perf_counter of each text event])."""
     events, stamps, done = [], [], False
     body = {**body, "stream": True}
@@ -73,7 +92,8 @@ def test_concurrent_greedy_requests_equal_each_alone(batched):
     assert batched.metric("neuron_spec_batch_slots") == 8
 
 
-def test_a_late_request_gets_its_first_token_before_the_others_finish(batched):
+def test_a_late_request_gets_its_first_token_before_the_others_finish(batched_slowly):
+    batched = batched_slowly
     started = threading.Barrier(8)
     long_body = {"max_tokens": 60, "temperature": 0.0}
     with cf.ThreadPoolExecutor(7) as pool:

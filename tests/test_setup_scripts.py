@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the setup scripts run in bash, as processes
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV_SH = ROOT / "scripts" / "_env.sh"
 

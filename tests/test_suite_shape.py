@@ -31,3 +31,115 @@ def test_every_module_that_needs_torch_is_listed():
     assert needs, "the scan found no torch modules: it is broken"
     missing = [name for name in needs if name not in conftest._TORCH_MODULES]
     assert not missing, f"add to conftest._TORCH_MODULES: {missing}"
+
+
+# --- the fast loop: `pytest -m "not slow"` starts no process and loads no real model ----------
+
+# Names that start a process or reach the real model, wherever a test uses them: itself, through
+# a helper or fixture of its module or of conftest.py, or through a name imported from another
+# test module (test_serve_batch once took its Server from test_serve).
+STARTS_OR_LOADS = {
+    "subprocess", "Popen", "fork", "forkpty", "posix_spawn", "spawnv", "execv", "system",
+    "multiprocessing", "create_subprocess_exec", "create_subprocess_shell",
+    "demo_checkpoint", "fetch_demo_checkpoint", "fetch_demo_gguf", "demo_gguf_path",
+}  # fmt: skip
+
+
+class _Module:
+    def __init__(self, path: Path):
+        self.tree = ast.parse(path.read_text(encoding="utf-8"))
+        self.defs = {
+            n.name: n
+            for n in self.tree.body
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        }
+        self.imported: dict[str, tuple[str, str]] = {}  # name -> (test module, its name)
+        for n in self.tree.body:
+            if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module:
+                for a in n.names:
+                    self.imported[a.asname or a.name] = (n.module, a.name)
+
+    def marked_slow(self) -> bool:
+        for n in self.tree.body:
+            if isinstance(n, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets
+            ):
+                return _says_slow(n.value)
+        return False
+
+
+def _says_slow(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.attr == "slow" for n in ast.walk(node))
+
+
+def _used_names(node: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            names.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            names.add(n.attr)
+        elif isinstance(n, ast.arg):  # a fixture a test or fixture asks for
+            names.add(n.arg)
+    return names
+
+
+def _reaches(modules: dict[str, _Module], module: str, node: ast.AST) -> str | None:
+    """The first name in STARTS_OR_LOADS that `node` uses, directly or through the helpers,
+    fixtures and imported names it uses."""
+    seen: set[tuple[str, str]] = set()
+    todo = [(module, node)]
+    while todo:
+        mod, current = todo.pop()
+        for name in sorted(_used_names(current)):
+            if name in STARTS_OR_LOADS:
+                return name
+            here = modules[mod]
+            for target_mod, target in (
+                (mod, here.defs.get(name)),
+                ("conftest", modules["conftest"].defs.get(name)),
+                *(
+                    [(here.imported[name][0], modules[here.imported[name][0]].defs.get(
+                        here.imported[name][1]))]
+                    if name in here.imported and here.imported[name][0] in modules
+                    else []
+                ),
+            ):  # fmt: skip
+                if target is not None and (target_mod, name) not in seen:
+                    seen.add((target_mod, name))
+                    todo.append((target_mod, target))
+    return None
+
+
+def _tests(module: _Module):
+    for n in module.tree.body:
+        if isinstance(n, ast.FunctionDef) and n.name.startswith("test_"):
+            yield n.name, n, any(_says_slow(d) for d in n.decorator_list)
+        elif isinstance(n, ast.ClassDef) and n.name.startswith("Test"):
+            class_slow = any(_says_slow(d) for d in n.decorator_list)
+            for m in n.body:
+                if isinstance(m, ast.FunctionDef) and m.name.startswith("test_"):
+                    slow = class_slow or any(_says_slow(d) for d in m.decorator_list)
+                    yield f"{n.name}.{m.name}", m, slow
+
+
+def test_every_test_that_starts_a_process_or_loads_the_real_model_is_slow():
+    here = Path(__file__).parent
+    modules = {p.stem: _Module(p) for p in here.glob("*.py")}
+    checked, unmarked = 0, []
+    for name, module in sorted(modules.items()):
+        if not name.startswith("test_"):
+            continue
+        module_slow = module.marked_slow()
+        for test, node, slow in _tests(module):
+            what = _reaches(modules, name, node)
+            if what is None:
+                continue
+            checked += 1
+            if not (module_slow or slow):
+                unmarked.append(f"{name}.py::{test} (uses {what})")
+    assert checked > 20, "the scan found almost nothing: it is broken"
+    assert not unmarked, (
+        "mark these slow (pytest.mark.slow), or keep their work in this process on a tiny "
+        f"checkpoint: {unmarked}"
+    )

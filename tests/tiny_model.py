@@ -145,11 +145,44 @@ class InProcessServer:
 
         return httpx.post(self.url + route, json=body, timeout=120)
 
+    def complete(self, **body: Any) -> Any:
+        return self.post("/v1/completions", **body)
+
+    def metric(self, name: str) -> float:
+        """The sum of a Prometheus series from /metrics (`name` or `name{labels}`)."""
+        import httpx
+
+        return metric_value(httpx.get(self.url + "/metrics", timeout=10).text, name)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
         self.state.stop_worker(timeout_s=30)
         self.sock.close()
+
+
+def metric_value(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith(name + "_created"):
+            head, value = line.rsplit(" ", 1)
+            if head == name or head.startswith(name + "{"):
+                total += float(value)
+    return total
+
+
+def slowed_loader(seconds: float) -> Any:
+    """A loader whose target sleeps `seconds` before each forward pass: a request of a few
+    hundred tokens then runs for seconds, long enough to queue behind, hang up on, or join."""
+
+    def load(cfg: Any) -> Any:
+        from neuron_spec.backends import load_generator
+
+        gen = load_generator(cfg)
+        gen.backend.target.model.register_forward_pre_hook(lambda *_: time.sleep(seconds))
+        return gen
+
+    return load
 
 
 def raw_http(port: int, head: bytes, body: bytes = b"", read_timeout: float = 10) -> bytes:

@@ -25,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +294,24 @@ def _project_root() -> Path:
 # The reference backend's dependencies a CPU PyTorch container lacks (torch it has).
 REFERENCE_WHEELS = ("transformers", "gguf", "safetensors", "accelerate", "numpy")
 EXTRAS_FILE = "extras.txt"  # in code/wheels: what the entry point installs besides neuron-spec
+# What every container neuron-spec deploys to already has, and is never shipped: accelerate
+# requires torch, and pip would otherwise download torch with its CUDA libraries (about 3 GB)
+# into the archive, where pip on the endpoint would leave it unused.
+CONTAINER_HAS = frozenset({"torch"})
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ ;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _requirements(wheel: Path) -> list[str]:
+    """A wheel's own requirements (its Requires-Dist without an extra's)."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        text = zf.read(meta).decode("utf-8")
+    reqs = [line.split(":", 1)[1].strip() for line in text.splitlines()
+            if line.startswith("Requires-Dist:")]  # fmt: skip
+    return [r for r in reqs if not re.search(r"\bextra\s*==", r)]
 
 
 def build_wheels(
@@ -324,30 +343,35 @@ def build_wheels(
             if 'extra == "reference"' in r
         }
         wanted = [reference.get(name, name) for name in extra]
-        deps += wanted
         if extra:
             (dest / EXTRAS_FILE).write_text("\n".join(wanted) + "\n", encoding="utf-8")
         python = python or CONTAINER_PYTHON[0]
-        platform = CONTAINER_PYTHON[1]
-        proc = subprocess.run(
-            [
-                *pip,
-                "download",
-                "--quiet",
-                "--only-binary=:all:",
-                "--python-version",
-                python,
-                "--platform",
-                platform,
-                "-d",
-                str(dest),
-                *deps,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise DeployError(f"downloading dependency wheels failed: {proc.stderr[-800:]}")
+        download = [
+            *pip,
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--python-version",
+            python,
+            "--platform",
+            CONTAINER_PYTHON[1],
+            "-d",
+            str(dest),
+        ]
+
+        def fetch(requirements: list[str], *flags: str) -> None:
+            proc = subprocess.run(
+                [*download, *flags, *requirements], capture_output=True, text=True
+            )
+            if proc.returncode != 0:
+                raise DeployError(f"downloading dependency wheels failed: {proc.stderr[-800:]}")
+
+        if wanted:  # the extras alone first, then what they need but the container has
+            before = set(dest.glob("*.whl"))
+            fetch(wanted, "--no-deps")
+            for wheel in sorted(set(dest.glob("*.whl")) - before):
+                deps += [r for r in _requirements(wheel) if _name(r) not in CONTAINER_HAS]
+        fetch(deps)
     return sorted(dest.glob("*.whl"))
 
 

@@ -11,6 +11,8 @@ recording (`doctor --record DIR`) and the live host go through the same parser:
     meminfo         /proc/meminfo
     memory.max      /sys/fs/cgroup/memory.max (a container's memory limit)
     df.txt          `df -Pk DIR` for the directory compiled artifacts go to
+    python.json     the interpreter doctor runs in: {"prefix": sys.prefix, "version": "3.12.3"}
+                    (which virtual environment the Python packages above are from)
 
 Standard library only.
 """
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,7 @@ FILES = (
     "meminfo",
     "memory.max",
     "df.txt",
+    "python.json",
 )
 TOOL_TIMEOUT_S = 30.0
 
@@ -81,6 +86,8 @@ class Snapshot:
     disk_path: str | None
     disk_free: int | None
     problems: list[str] = field(default_factory=list)  # outputs that could not be parsed
+    python_prefix: str | None = None  # the environment the Python packages are from
+    python_version: str | None = None
 
     @property
     def cores(self) -> int:
@@ -194,6 +201,7 @@ def parse(raw: dict[str, str | None], source: str, disk_path: str | None = None)
     os_packages = _tab_pairs(raw.get(f"{tool}.txt")) if tool else None
     mem = _meminfo(raw.get("meminfo"))
     disk_free, df_path = _df(raw.get("df.txt"))
+    prefix, version = _python(_json(raw.get("python.json"), "python.json", problems))
     return Snapshot(
         source=source,
         devices=devices,
@@ -207,6 +215,8 @@ def parse(raw: dict[str, str | None], source: str, disk_path: str | None = None)
         disk_path=df_path or disk_path,
         disk_free=disk_free,
         problems=problems,
+        python_prefix=prefix,
+        python_version=version,
     )
 
 
@@ -222,6 +232,19 @@ def _json(text: str | None, name: str, problems: list[str]) -> Any:
     except Unreadable as exc:
         problems.append(f"{name} is {exc}")
         return _MISSING
+
+
+PYTHON_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,4}){1,2}[a-z0-9]{0,8}", re.ASCII)
+
+
+def _python(value: Any) -> tuple[str | None, str | None]:
+    """(sys.prefix, version) from python.json; None for what is missing or not text."""
+    if not isinstance(value, dict):
+        return None, None
+    prefix, version = value.get("prefix"), value.get("version")
+    prefix_text = _text(prefix, 300) if isinstance(prefix, str) else ""
+    ok = isinstance(version, str) and PYTHON_VERSION.fullmatch(version)
+    return prefix_text or None, version if ok else None
 
 
 def _tab_pairs(text: str | None) -> dict[str, str]:
@@ -266,6 +289,7 @@ def live_outputs(disk_dir: Path) -> dict[str, str | None]:
     raw: dict[str, str | None] = dict.fromkeys(FILES)
     raw["neuron-ls.json"] = _run(["neuron-ls", "--json-output"])
     raw["pip-list.json"] = json.dumps(_python_packages())
+    raw["python.json"] = json.dumps({"prefix": sys.prefix, "version": platform.python_version()})
     # dpkg-query exits 1 when no package matches: an answer (none installed), not a failure
     dpkg = ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", "aws-neuronx-*"]
     raw["dpkg.txt"] = _run(dpkg, ok=(0, 1))

@@ -1,10 +1,14 @@
-"""What each Neuron SDK release that shipped transformers-neuronx with speculative decoding
-installed together: the combinations AWS tested and shipped.
+"""What each Neuron SDK release installed together, for the two Neuron libraries neuron-spec
+drives: the combinations AWS tested and shipped.
 
-Source: the release manifest of the Neuron SDK documentation, `src/helperscripts/n2-manifest.json`
-in github.com/aws-neuron/aws-neuron-sdk (as of release 2.26.1, 2025-10-29; 2.26 is the last
-release with transformers-neuronx). Inf2/Trn1 packages; torch-neuronx is listed once per PyTorch
-line (`<torch version>.<neuron version>`).
+transformers-neuronx (the releases that shipped it with speculative decoding): the release
+manifest of the Neuron SDK documentation, `src/helperscripts/n2-manifest.json` in
+github.com/aws-neuron/aws-neuron-sdk (as of release 2.26.1, 2025-10-29; 2.26 is the last release
+with transformers-neuronx). Inf2/Trn1 packages; torch-neuronx is listed once per PyTorch line
+(`<torch version>.<neuron version>`).
+
+NxD Inference: one row per release (NXDI), with where AWS supports it and where its Deep
+Learning AMI keeps it; the sources are named above the table.
 """
 
 from __future__ import annotations
@@ -92,16 +96,86 @@ def releases_with(component: str, version: str) -> list[Release]:
     return [r for r in RELEASES if version in r.versions[component]]
 
 
-# NxD Inference releases and the SDK each shipped with, with the transformers each pins in its
-# setup.py. Source: aws-neuron/aws-neuron-sdk `src/helperscripts/n2-manifest.json` and the
-# release notes (2.29: NxDI "models are now only supported on Trn2 and newer"; SDK 2.28 is
-# the pin AWS gives Inf2/Trn1 users); neuronx-distributed-inference setup.py per tag.
-NXDI_RELEASES: dict[str, tuple[str, str]] = {
-    "0.7.14366": ("2.27.0", "4.56"),
-    "0.7.15063": ("2.27.1", "4.56"),
-    "0.8.16251": ("2.28", "4.57"),
-    "0.9.17334": ("2.29", "4.57"),
-    "0.10.17970": ("2.30", ""),
-    "0.10.18399": ("2.31", ""),
-}
-NXDI_FOR_INF2_TRN1 = "0.8.16251"  # Neuron SDK 2.28
+# --- NxD Inference ----------------------------------------------------------------------------
+# Each NxD Inference release: the Neuron SDK that shipped it, what its setup.py pins, the Python
+# versions the SDK manifest lists for it, where AWS supports its models, where its DLAMI keeps it,
+# and the public source read for it. Sources: aws-neuron/aws-neuron-sdk `81ce03ae`
+# (src/helperscripts/n2-manifest.json per release; release-notes/components/nxd-inference.rst:
+# 2.29 "NxD Inference models are now only supported on Trn2 and newer hardware";
+# deploy/environments/dlami.rst and dlami/index.rst at 2.28 `86a92868`, 2.29 `539a73c5`, 2.31
+# `ee7d6e00` for the venvs; the announcements announce-eos-nxdi-nxd-core-inference (2026-10-16)
+# and announce-no-support-nxdi-nxd-core-inference-trn (2026-11-17): on Inf2 and Trn1 NxD Inference
+# "remain[s] in maintenance mode at Neuron SDK 2.31"); neuronx-distributed-inference setup.py at
+# fcb5a86 (0.7), cd3abf3 (0.8), c63afe0 and ef2731e (0.9). 0.10 was never published as source.
+
+INF2_TRN1: tuple[str, ...] = ("inf2", "trn1")
+VENV_2_9 = "/opt/aws_neuronx_venv_pytorch_2_9_nxd_inference"
+VENV_2_8 = "/opt/aws_neuronx_venv_pytorch_2_8_nxd_inference"
+
+
+@dataclass(frozen=True)
+class NxdiRelease:
+    version: str  # the wheel's version (only the distribution metadata has it in full)
+    sdk: str  # the Neuron SDK release(s) that shipped it
+    transformers: str  # setup.py's pin, "4.57" for 4.57.*; "" where no source was published
+    torch_neuronx: str  # setup.py's torch_neuronx requirement
+    python: tuple[str, str]  # the oldest and newest Python the SDK manifest lists for it
+    platforms: tuple[str, ...]  # where AWS supports NxD Inference models in this release
+    venvs: tuple[str, ...]  # where its Deep Learning AMI keeps it (Ubuntu 24.04 first)
+    source: str  # the public commits read for it, or "" when none was published
+    driven: bool  # neuron-spec drives it (0.8 and later; 0.10 through the load-time check)
+
+    @property
+    def line(self) -> tuple[int, int]:
+        major, minor = self.version.split(".")[:2]
+        return int(major), int(minor)
+
+    def supports(self, platform: str) -> bool:
+        return platform in self.platforms
+
+
+# fmt: off
+NXDI: tuple[NxdiRelease, ...] = (
+    NxdiRelease("0.7.14366", "2.27.0", "4.56", ">=2.5", ("3.10", "3.12"),
+                ("inf2", "trn1", "trn2"), (VENV_2_9, VENV_2_8), "fcb5a86", False),
+    NxdiRelease("0.7.15063", "2.27.1", "4.56", ">=2.5", ("3.10", "3.12"),
+                ("inf2", "trn1", "trn2"), (VENV_2_9, VENV_2_8), "", False),
+    NxdiRelease("0.8.16251", "2.28", "4.57", ">=2.5", ("3.10", "3.12"),
+                ("inf2", "trn1", "trn2"), (VENV_2_9, VENV_2_8), "cd3abf3", True),
+    NxdiRelease("0.9.17334", "2.29", "4.57", "==2.9.*", ("3.10", "3.12"),
+                ("trn2",), (VENV_2_9,), "c63afe0, ef2731e", True),
+    NxdiRelease("0.10.17970", "2.30", "", "2.9", ("3.11", "3.13"),
+                ("inf2", "trn1", "trn2"), (VENV_2_9,), "", True),
+    NxdiRelease("0.10.18399", "2.31", "", "2.9", ("3.11", "3.13"),
+                ("inf2", "trn1", "trn2"), (VENV_2_9,), "", True),
+)
+# fmt: on
+NXDI_BY_VERSION: dict[str, NxdiRelease] = {r.version: r for r in NXDI}
+DRIVEN_NXDI: tuple[NxdiRelease, ...] = tuple(r for r in NXDI if r.driven)
+
+# The Deep Learning AMI AWS names for NxD Inference on Inf2 and Trn1 today: SDK 2.31, the last
+# with a PyTorch 2.9 / NxD Inference environment (2.32's DLAMIs carry neither NxDI nor NxD).
+# The PyTorch 2.9 single-framework DLAMI's SSM parameter keeps pointing at the last one published.
+NXDI_FOR_INF2_TRN1 = "0.10.18399"
+NXDI_AMI_FOR_INF2_TRN1 = (
+    "the Neuron SDK 2.31 Deep Learning AMI (Deep Learning AMI Neuron PyTorch 2.9, Ubuntu 24.04; "
+    "`aws ssm get-parameter --name /aws/service/neuron/dlami/pytorch-2.9/ubuntu-24.04/latest/"
+    f"image_id`), environment {VENV_2_9}"
+)
+NXDI_PINNED_FOR_INF2_TRN1 = "0.8.16251"  # SDK 2.28: what the 2.29 notes told Inf2/Trn1 to pin
+
+
+def nxdi_release(version: str) -> NxdiRelease | None:
+    """The release a wheel version names ('0.8.16251', with or without a local suffix)."""
+    return NXDI_BY_VERSION.get(version.split("+")[0].strip())
+
+
+def driven_nxdi_text() -> str:
+    """'0.8.16251 (SDK 2.28), 0.9.17334 (SDK 2.29), ...': the releases neuron-spec drives."""
+    return ", ".join(f"{r.version} (SDK {r.sdk})" for r in DRIVEN_NXDI)
+
+
+def platform_text(platforms: tuple[str, ...]) -> str:
+    """('inf2', 'trn1') -> 'Inf2 and Trn1'."""
+    names = [{"inf2": "Inf2", "trn1": "Trn1", "trn2": "Trn2"}.get(p, p) for p in platforms]
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -14,17 +14,22 @@ from typing import Any
 
 from ..backends.neuron_plan import parse_version, planned_env
 from ..backends.neuronx.plan import build_load_plan
+from ..config.catalog import INSTANCES
 from ..host.probe import Snapshot
 from ..host.sdk_releases import (
     COMPONENTS,
+    INF2_TRN1,
     LAST_WITH_DLAMI,
     NXDI_FOR_INF2_TRN1,
-    NXDI_RELEASES,
+    NxdiRelease,
     Release,
+    nxdi_release,
+    platform_text,
     releases_with,
 )
 from .base import Finding, Severity
 from .memory import fmt_bytes
+from .nxdi import release_findings, where_to_run
 
 GIB = 1024**3
 # The Python process itself: interpreter, torch, transformers, the tokenizers (an allowance).
@@ -50,6 +55,7 @@ class Context:
     cores: set[int] | None  # the NeuronCores the config's layout uses
     own_pid: int | None
     library: str = "transformers-neuronx"  # or "neuronx-distributed-inference"
+    platforms: tuple[str, ...] = ()  # the host's: ("inf2", "trn1") for that generation; () unknown
 
     @property
     def nxdi(self) -> bool:
@@ -87,9 +93,10 @@ def _bare(version: str) -> str:
     return version.split("+")[0].split("-")[0].split("~")[0].strip()
 
 
-def installed_components(snap: Snapshot) -> dict[str, str | None]:
+def installed_components(snap: Snapshot, library: str = COMPONENTS[0]) -> dict[str, str | None]:
+    """The Neuron components' versions; the first is the library doctor checks the host for."""
     out: dict[str, str | None] = {}
-    for name in COMPONENTS:
+    for name in (library, *COMPONENTS[1:]):
         src = (snap.os_packages or {}) if name in OS_COMPONENTS else snap.python_packages
         v = src.get(name)
         out[name] = _bare(v) if v else None
@@ -438,14 +445,18 @@ def matching_release(ctx: Context) -> Iterator[Finding]:
         "neuron-sdk",
         "host",
         f"transformers-neuronx {have['transformers-neuronx']} shipped with Neuron SDK "
-        f"{', '.join(r.sdk for r in ref)}; checked against it: {', '.join(checked)}.",
+        f"{', '.join(r.sdk for r in ref)}; checked against it: {', '.join(checked)}; run "
+        f"`backend: neuronx` in this environment"
+        + (f" ({ctx.snap.python_prefix})" if ctx.snap.python_prefix else "")
+        + ".",
         "nothing to do.",
     )
 
 
 @rule
-def nxdi_release(ctx: Context) -> Iterator[Finding]:
-    """NxD Inference: installed, the SDK it shipped with, and the transformers it pins."""
+def nxdi_release_check(ctx: Context) -> Iterator[Finding]:
+    """NxD Inference: installed, the SDK it shipped with, where AWS supports it, the transformers
+    it pins; and, for a release neuron-spec drives, the backend and environment to run it in."""
     if not ctx.nxdi:
         return
     packages = ctx.snap.python_packages
@@ -455,47 +466,89 @@ def nxdi_release(ctx: Context) -> Iterator[Finding]:
             "error",
             "nxdi-missing",
             "host.neuronx-distributed-inference",
-            "neuronx-distributed-inference is not installed in this Python environment.",
-            "launch the Neuron SDK 2.28 Deep Learning AMI (Inf2/Trn1) and run scripts/launch.sh "
-            "there: it finds /opt/aws_neuronx_venv_pytorch_2_9_nxd_inference itself.",
+            "neuronx-distributed-inference is not installed in this Python environment"
+            + (f" ({ctx.snap.python_prefix})" if ctx.snap.python_prefix else "")
+            + ".",
+            f"{where_to_run(ctx.platforms)}; run scripts/launch.sh there: it finds the "
+            "environment itself.",
         )
         return
-    sdk, pin = NXDI_RELEASES.get(_bare(v), ("", ""))
-    if not sdk:
-        yield Finding(
-            "warning",
-            "nxdi-release",
-            "host.neuronx-distributed-inference",
-            f"neuronx-distributed-inference {v} is not a release any Neuron SDK shipped.",
-            f"install {NXDI_FOR_INF2_TRN1} (SDK 2.28), the release for Inf2 and Trn1.",
-        )
-        return
-    if _bare(v) != NXDI_FOR_INF2_TRN1:
-        yield Finding(
-            "warning",
-            "nxdi-release",
-            "host.neuronx-distributed-inference",
-            f"neuronx-distributed-inference {v} shipped with Neuron SDK {sdk}; Inf2 and Trn1 "
-            f"are supported up to {NXDI_FOR_INF2_TRN1} (SDK 2.28).",
-            "use the SDK 2.28 Deep Learning AMI on Inf2/Trn1.",
-        )
-    have = packages.get("transformers")
-    if pin and have and not have.startswith(pin + "."):
-        yield Finding(
-            "warning",
-            "nxdi-transformers-pin",
-            "host.transformers",
-            f"NxDI {v} pins transformers {pin}.*; {have} is installed.",
-            f"pip install 'transformers=={pin}.*'",
-        )
-    yield Finding(
+    found = release_findings(
+        _bare(v),
+        ctx.platforms,
+        packages.get("transformers"),
+        "host.neuronx-distributed-inference",
+        "host.transformers",
+    )
+    yield from found
+    row = nxdi_release(_bare(v))
+    if row is not None and row.driven:
+        yield _nxdi_info(ctx, row, warned=bool(found))
+
+
+def _nxdi_info(ctx: Context, row: NxdiRelease, warned: bool) -> Finding:
+    """Which SDK, which backend, which environment: one line."""
+    snap = ctx.snap
+    pin = (
+        f"transformers {row.transformers}.*"
+        if row.transformers
+        else "no public source: what neuron-spec drives is checked when the backend loads"
+    )
+    where = (
+        f"this environment ({snap.python_prefix}"
+        + (f", Python {snap.python_version}" if snap.python_version else "")
+        + ")"
+        if snap.python_prefix
+        else f"the environment its Deep Learning AMI keeps it in ({row.venvs[0]})"
+    )
+    hosts = platform_text(ctx.platforms)
+    return Finding(
         "info",
         "neuron-sdk",
         "host",
-        f"neuronx-distributed-inference {v} shipped with Neuron SDK {sdk} (transformers "
-        f"{pin or '?'}.*).",
-        "nothing to do.",
+        f"neuronx-distributed-inference {row.version} shipped with Neuron SDK {row.sdk} "
+        f"({pin}); run `backend: nxdi` in {where}"
+        + (f"; AWS supports it on {hosts}" if not warned and ctx.platforms else "")
+        + _current_note(row, ctx.platforms, warned)
+        + _python_note(row, snap.python_version)
+        + ".",
+        "nothing to do." if not warned else "see the warnings above.",
     )
+
+
+def _current_note(row: NxdiRelease, platforms: tuple[str, ...], warned: bool) -> str:
+    """On Inf2/Trn1 with a supported release other than the one AWS names now, say which."""
+    if warned or row.version == NXDI_FOR_INF2_TRN1 or not set(platforms) & set(INF2_TRN1):
+        return ""
+    current = nxdi_release(NXDI_FOR_INF2_TRN1)
+    sdk = current.sdk if current else "?"
+    return (
+        f"; the release AWS names for Inf2/Trn1 now is {NXDI_FOR_INF2_TRN1} (SDK {sdk}), "
+        "the one its maintenance fixes go to"
+    )
+
+
+def _python_note(row: NxdiRelease, version: str | None) -> str:
+    if version is None:
+        return ""
+    have = parse_version(version)[:2]
+    low, high = (parse_version(x)[:2] for x in row.python)
+    if low <= have <= high:
+        return ""
+    return f"; its SDK lists Python {row.python[0]} to {row.python[1]}, this is {version}"
+
+
+def host_platforms(snap: Snapshot, cfg: Any) -> tuple[str, ...]:
+    """The host's platform, from its devices (NeuronCore-v2 devices: 2 cores and 32 GiB each,
+    Inf2 or Trn1; more cores per device: Trn2), else from the config's instance."""
+    devices = snap.devices or []
+    if devices and all(d.nc_count == 2 for d in devices):
+        return INF2_TRN1
+    if devices and all(d.nc_count >= 4 for d in devices):
+        return ("trn2",)
+    if cfg is not None and cfg.spec.instance in INSTANCES:
+        return (INSTANCES[cfg.spec.instance].platform,)
+    return ()
 
 
 def host_library(snap: Snapshot, cfg: Any) -> str:
@@ -517,13 +570,13 @@ def check_host(snap: Snapshot, cfg: Any = None, own_pid: int | None = None) -> D
     needs = model_needs(cfg) if cfg is not None else []
     cores = parse_cores(planned_env(cfg)["NEURON_RT_VISIBLE_CORES"]) if cfg is not None else None
     pid = own_pid if own_pid is not None else os.getpid()
-    ctx = Context(snap, needs, cores, pid, host_library(snap, cfg))
+    ctx = Context(snap, needs, cores, pid, host_library(snap, cfg), host_platforms(snap, cfg))
     findings = [f for r in RULES for f in r(ctx)]
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f.severity])
     return DoctorReport(
         tuple(findings),
-        installed_components(snap),
+        installed_components(snap, ctx.library),
         [r.sdk for r in _reference(ctx)],
         needs,
         snap,

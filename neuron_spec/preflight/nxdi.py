@@ -1,21 +1,25 @@
 """Preflight rules for backend: nxdi (NxD Inference), registered beside the generic Neuron rules
 of rules.py, which apply to it too (NeuronCores, memory per core, lengths, checkpoints).
-Sources: NxDI 0.8 (cd3abf3) and the SDK's documentation, as cited in each finding's page."""
+Sources: NxDI 0.8 (cd3abf3), 0.9 (c63afe0, ef2731e) and the SDK's documentation, as cited in
+each finding's page. Which release is supported where: host/sdk_releases.py (NXDI), shared with
+`doctor` through release_findings()."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..backends.neuron_plan import installed_version, parse_version
+from ..backends.neuron_plan import installed_version
+from ..host.sdk_releases import (
+    INF2_TRN1,
+    NXDI_AMI_FOR_INF2_TRN1,
+    NXDI_FOR_INF2_TRN1,
+    NXDI_PINNED_FOR_INF2_TRN1,
+    NxdiRelease,
+    driven_nxdi_text,
+    nxdi_release,
+    platform_text,
+)
 from .base import Context, Finding, registry
-
-NXDI_PIN = (0, 8)  # SDK 2.28: the last release AWS supports for Inf2 and Trn1
-TRANSFORMERS_PIN: dict[tuple[int, ...], tuple[int, int]] = {
-    (0, 7): (4, 56),
-    (0, 8): (4, 57),
-    (0, 9): (4, 57),
-}
-
 
 RULES, rule = registry()
 
@@ -89,7 +93,7 @@ def nxdi_gqa_small_tp(ctx: Context) -> Iterator[Finding]:
                 "error",
                 "nxdi-gqa-small-tp",
                 f"{role}.tp_degree",
-                f"{arch.name} has {kv} KV heads and tp_degree={m.tp_degree}: NxDI 0.8 then "
+                f"{arch.name} has {kv} KV heads and tp_degree={m.tp_degree}: NxDI (0.8, 0.9) then "
                 "picks CONVERT_TO_MHA without expanding the KV heads and compilation fails "
                 "(aws-neuron/aws-neuron-sdk#1289).",
                 f"set {role}.tp_degree to {kv} or a multiple of it.",
@@ -97,33 +101,90 @@ def nxdi_gqa_small_tp(ctx: Context) -> Iterator[Finding]:
 
 
 @rule
-def nxdi_release(ctx: Context) -> Iterator[Finding]:
-    """On the machine that loads the pair: which NxDI, and the transformers it pins."""
+def nxdi_release_rule(ctx: Context) -> Iterator[Finding]:
+    """On the machine that loads the pair: which NxDI, where AWS supports it, its transformers."""
     if not ctx.nxdi or not ctx.local:
         return
     version = installed_version("neuronx-distributed-inference")
     if version is None:
         return  # the backend says how to get it, when it loads
-    release = parse_version(version)[:2]
-    platform = ctx.host.platform
-    if platform in ("inf2", "trn1") and release != NXDI_PIN:
-        yield Finding(
-            "warning",
-            "nxdi-release",
-            "backend",
-            f"neuronx-distributed-inference {version} is installed; for {platform} AWS "
-            "supports NxDI 0.8 (Neuron SDK 2.28): 0.9 and later are for Trn2 and newer, and "
-            "0.10 has no public source.",
-            "use the SDK 2.28 Deep Learning AMI's /opt/aws_neuronx_venv_pytorch_2_9_nxd_inference.",
+    platforms = (ctx.host.platform,) if ctx.host.platform else ()
+    yield from release_findings(
+        version, platforms, installed_version("transformers"), "backend", "backend"
+    )
+
+
+def where_to_run(platforms: tuple[str, ...]) -> str:
+    """The AMI AWS names for NxD Inference on these platforms."""
+    if not platforms or set(platforms) & set(INF2_TRN1):
+        return (
+            f"on Inf2 and Trn1 AWS names {NXDI_AMI_FOR_INF2_TRN1} (NxDI {NXDI_FOR_INF2_TRN1}); "
+            f"SDK 2.28 (NxDI {NXDI_PINNED_FOR_INF2_TRN1}) is supported there too"
         )
-    pin = TRANSFORMERS_PIN.get(release)
-    have = installed_version("transformers")
-    if pin and have and parse_version(have)[:2] != pin:
-        yield Finding(
-            "warning",
-            "nxdi-transformers-pin",
-            "backend",
-            f"NxDI {version} pins transformers {pin[0]}.{pin[1]}.*, but {have} is installed: "
-            "its generation adapter overrides private transformers methods.",
-            f"pip install 'transformers=={pin[0]}.{pin[1]}.*' in this environment.",
+    return "on Trn2 the SDK 2.29, 2.30 and 2.31 Deep Learning AMIs ship releases neuron-spec drives"
+
+
+def release_findings(
+    version: str,
+    platforms: tuple[str, ...],
+    transformers: str | None,
+    path: str,
+    pin_path: str,
+) -> list[Finding]:
+    """Warnings about an installed NxDI: a release no SDK shipped, one neuron-spec does not
+    drive, one AWS does not support on this platform (`platforms`: the host's, () unknown), a
+    transformers other than its pin. None for a supported release."""
+    row = nxdi_release(version)
+    if row is None or not row.driven:
+        what = (
+            "is not a release any Neuron SDK shipped"
+            if row is None
+            else f"shipped with Neuron SDK {row.sdk}, before the releases neuron-spec drives"
         )
+        return [
+            Finding(
+                "warning",
+                "nxdi-release",
+                path,
+                f"neuronx-distributed-inference {version} {what} ({driven_nxdi_text()}); "
+                "the backend checks at load time that it has what neuron-spec drives.",
+                "use a Deep Learning AMI with a release neuron-spec drives: "
+                f"{where_to_run(platforms)}.",
+            )
+        ]
+    out = [f for f in (_platform_finding(row, platforms, path),) if f is not None]
+    pin = row.transformers
+    if pin and transformers and not transformers.startswith(pin + "."):
+        out.append(
+            Finding(
+                "warning",
+                "nxdi-transformers-pin",
+                pin_path,
+                f"NxDI {version} pins transformers {pin}.* (its setup.py), but {transformers} "
+                "is installed: its generation adapter overrides private transformers methods.",
+                f"pip install 'transformers=={pin}.*' in this environment.",
+            )
+        )
+    return out
+
+
+def _platform_finding(row: NxdiRelease, platforms: tuple[str, ...], path: str) -> Finding | None:
+    off = [p for p in platforms if not row.supports(p)]
+    if not off:
+        return None
+    host = platform_text(tuple(off)).replace(" and ", "/")
+    quote = (
+        ' (the 2.29 release notes: NxD Inference models "are now only supported on Trn2 and '
+        'newer hardware")'
+        if row.line == (0, 9)
+        else ""
+    )
+    return Finding(
+        "warning",
+        "nxdi-release",
+        path,
+        f"neuronx-distributed-inference {row.version} (Neuron SDK {row.sdk}) is installed on this "
+        f"{host} host; AWS supports NxD Inference models in it on "
+        f"{platform_text(row.platforms)} only{quote}.",
+        f"{where_to_run(tuple(off))}; scripts/launch.sh finds its environment.",
+    )

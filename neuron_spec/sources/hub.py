@@ -16,19 +16,22 @@ limit each socket read, so a server that trickles a byte every few seconds never
 it retries a 429 or 503 after the server's Retry-After, however long (`Retry-After: 86400`
 waits a day), and when the first metadata request fails it tries again for up to 60 s per
 attempt; and it downloads a file whole before its size can be looked at. So that one request
-is made here, through huggingface_hub's own HTTP session, headers (the token) and errors,
-and its answer is filed in huggingface_hub's cache layout (blobs/, snapshots/, refs/main),
-where `HF_HUB_OFFLINE=1` and the weights download find it.
+is made here, through huggingface_hub's own HTTP client (`get_session()`: an httpx client from
+huggingface_hub 1.0 on, a requests.Session before it, as transformers 4.x pins it; either one
+carries the user's proxy and certificate settings), headers (the token) and errors, and its
+answer is filed in huggingface_hub's cache layout (blobs/, snapshots/, refs/main), where
+`HF_HUB_OFFLINE=1` and the weights download find it.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +44,7 @@ WEIGHTS = ["*.safetensors", "*.safetensors.index.json"]
 METADATA = ["*.json", "tokenizer.model", "*.tiktoken", "*.txt"]
 MAX_CONFIG_BYTES = 1 << 20
 MAX_ERROR_BYTES = 64 << 10  # of an error answer's body: enough for the Hub's JSON message
+PIECE_BYTES = 64 << 10  # read at most this much of an answer at a time
 HUB_TIMEOUT_S = 15.0  # two repos (target and draft) stay within 30 s
 TIMEOUT_ENV = "NEURON_SPEC_HUB_TIMEOUT"
 MAX_TIMEOUT_S = 600.0
@@ -302,7 +306,7 @@ def _classify(hub: Any, repo: str, exc: BaseException, seconds: float) -> Except
     if not isinstance(exc, Exception):  # KeyboardInterrupt and the like, in the worker
         return _Unavailable(type(exc).__name__)
     name = type(exc).__name__
-    if "Timeout" in name:  # httpx's ConnectTimeout, ReadTimeout, ...
+    if "Timeout" in name or "timed out" in str(exc):  # ConnectTimeout, ReadTimeout, ...
         return _Unavailable(f"no complete answer within {seconds:g} s ({name})")
     detail = printable(str(exc), 160)
     return _Unavailable(f"{name}{': ' + detail if detail else ''}")
@@ -311,8 +315,7 @@ def _classify(hub: Any, repo: str, exc: BaseException, seconds: float) -> Except
 def _get(
     hub: Any, url: str, headers: dict[str, str], per_read: float, deadline: float, stop: Any
 ) -> _Answer:
-    client = hub.get_session()
-    with client.stream("GET", url, headers=headers, timeout=per_read) as response:
+    with _open(hub.get_session(), url, headers, per_read) as response:
         status = int(response.status_code)
         if status == 429 or status >= 500:
             raise _Unavailable(_busy(status, response.headers.get("Retry-After")))
@@ -347,7 +350,7 @@ def _read(response: Any, limit: int, deadline: float, stop: Any, keep_short: boo
     """The body, decoded, at most `limit` bytes (or its first `limit` when `keep_short`),
     given up once the deadline passes."""
     chunks, size = [], 0
-    for chunk in response.iter_bytes():
+    for chunk in _chunks(response):
         size += len(chunk)
         if size > limit:
             if keep_short:
@@ -360,17 +363,48 @@ def _read(response: Any, limit: int, deadline: float, stop: Any, keep_short: boo
     return b"".join(chunks)
 
 
+# huggingface_hub's HTTP client is an httpx client from 1.0 on (its `stream()` opens a streamed
+# answer) and a requests.Session before (its `stream` is a setting: `get(..., stream=True)`
+# opens one). Both answers have `status_code` and case-insensitive `headers`; these three
+# functions are all that differs.
+
+
+def _open(session: Any, url: str, headers: dict[str, str], per_read: float) -> Any:
+    """A streamed GET of `url`, as a context manager that closes it (without reading on);
+    redirects are followed, as huggingface_hub's client is set to, and nothing is retried."""
+    if callable(getattr(session, "stream", None)):  # httpx
+        return session.stream("GET", url, headers=headers, timeout=per_read)
+    return session.get(url, headers=headers, timeout=per_read, stream=True)  # requests
+
+
+def _chunks(response: Any) -> Iterator[bytes]:
+    """The body, decoded (a gzipped answer is unzipped), in pieces as they arrive: each
+    piece is what one read of the connection brought, so a trickle is looked at byte by byte."""
+    if hasattr(response, "iter_bytes"):  # httpx
+        return iter(response.iter_bytes())
+    read1 = getattr(response.raw, "read1", None)  # requests over urllib3 2.x
+    if read1 is None:  # an older urllib3 reads whole pieces; the caller's deadline bounds that
+        return iter(response.iter_content(PIECE_BYTES))
+    return iter(lambda: read1(PIECE_BYTES, decode_content=True) or b"", b"")
+
+
 def _settled(response: Any, body: bytes) -> Any:
-    """A read copy of a streamed error answer, for huggingface_hub's hf_raise_for_status
-    (which would otherwise read the whole body itself)."""
+    """A read copy of a streamed error answer, of the client's own type, for
+    huggingface_hub's hf_raise_for_status (which would otherwise read the whole body itself)."""
     kept = {
         k: v
         for k, v in response.headers.items()
         if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")
     }
-    return type(response)(
-        response.status_code, headers=kept, content=body, request=response.request
-    )
+    if hasattr(response, "iter_bytes"):  # httpx
+        return type(response)(
+            response.status_code, headers=kept, content=body, request=response.request
+        )
+    copy = type(response)()  # requests: its body is read from `raw`
+    copy.status_code, copy.headers = response.status_code, type(response.headers)(kept)
+    copy.raw, copy.encoding = io.BytesIO(body), response.encoding
+    copy.url, copy.reason, copy.request = response.url, response.reason, response.request
+    return copy
 
 
 # --- the Hugging Face cache --------------------------------------------------------------------

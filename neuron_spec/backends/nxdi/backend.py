@@ -1,8 +1,9 @@
 """The NxD Inference backend: the only code that imports neuronx_distributed_inference.
 
-It executes plan.py's load plan: checkpoints prepared once (neuron_common.py), each NxDI
-application built from validated NeuronConfig keywords, compiled into the artifact cache or
-loaded from it, then driven through `forward()`:
+It executes plan.py's load plan, once surface.py has found in the installed release (0.8, 0.9,
+or 0.10, which has no public source) everything the plan drives: checkpoints prepared once
+(neuron_common.py), each NxDI application built from validated NeuronConfig keywords,
+compiled into the artifact cache or loaded from it, then driven through `forward()`:
 - unfused: neuron-spec's engine over a draft and a target Runner (runner.py), exactly lossless;
 - fused: round by round over the one fused graph (fused.py), greedy on the device;
 - the target alone (--draft-tokens 0, bench's baseline): a plain target (context encoding +
@@ -33,6 +34,7 @@ from .batch_runner import NxdiBatchRunner
 from .fused import fused_generate
 from .plan import NXDI_DIST, NxdiModel, NxdiPlan, build_nxdi_plan
 from .runner import NxdiRunner
+from .surface import check_surface, import_failure
 
 if TYPE_CHECKING:
     from ...config.spec import ConfigFile
@@ -40,10 +42,11 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = (
     "neuronx-distributed-inference is not installed in this Python environment (it is not on "
-    "PyPI). For Inf2 and Trn1, AWS's Neuron SDK 2.28 Deep Learning AMI ships it in "
-    "/opt/aws_neuronx_venv_pytorch_2_9_nxd_inference (Ubuntu 24.04) or "
-    "/opt/aws_neuronx_venv_pytorch_2_8_nxd_inference (22.04); scripts/launch.sh finds it and "
-    "`neuron-spec doctor` checks a host. See docs/neuron.md."
+    "PyPI). AWS's Neuron Deep Learning AMIs ship it in "
+    "/opt/aws_neuronx_venv_pytorch_2_9_nxd_inference: for Inf2 and Trn1 the SDK 2.31 AMI (the "
+    "one AWS names now) or 2.28 (also /opt/aws_neuronx_venv_pytorch_2_8_nxd_inference on Ubuntu "
+    "22.04); scripts/launch.sh finds it and `neuron-spec doctor` checks a host. See "
+    "docs/neuron.md."
 )
 PATH_KEYS = ("_name_or_path", "draft_model_path", "model_path")
 
@@ -55,6 +58,9 @@ def import_nxdi() -> tuple[dict[str, Any], str]:
         llama = importlib.import_module("neuronx_distributed_inference.models.llama.modeling_llama")
         adapter = importlib.import_module("neuronx_distributed_inference.utils.hf_adapter")
     except ImportError as exc:
+        installed = installed_version(NXDI_DIST)
+        if installed:  # there, but it does not import: say what is missing
+            raise import_failure(installed, exc) from None
         raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from None
     version = installed_version(NXDI_DIST)
     if not version:
@@ -98,6 +104,7 @@ class NxdiPair:
         self.nxdi, self.version = import_nxdi()
         self.cc_version = installed_version(CC_DIST)
         self.plan: NxdiPlan = build_nxdi_plan(cfg, self.version, self.cc_version)
+        check_surface(self.nxdi, self.version, self.plan)  # before anything is prepared
         self.cache = ArtifactCache(artifact_root(cfg), cfg.spec.compile.s3_mirror)
         self.events: list[tuple[str, str]] = []  # (role, "loaded" | "compiled")
         self.family = _family(cfg)

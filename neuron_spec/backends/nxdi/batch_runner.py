@@ -1,7 +1,8 @@
 """An NxDI application compiled for a batch of B > 1 rows with continuous batching, seen as an
 engine Runner: each row at its own positions, rows joining and leaving between steps.
 
-What NxDI 0.8's graphs allow, and how the runner maps onto it (runner.py has batch 1):
+What NxDI's graphs allow (0.8 at cd3abf3, unchanged at 0.9's c63afe0 and ef2731e), and how the
+runner maps onto it (runner.py has batch 1):
 - the plan compiles with `is_continuous_batching=True` and `ctx_batch_size=1`: context
   encoding then writes only the cache row of the one `seq_id` it is given, so a new row is
   prefilled into its slot while the others keep their KV. Without continuous batching a

@@ -1,6 +1,10 @@
 """NeuronConfig, InferenceConfig, OnDeviceSamplingConfig, FusedSpecNeuronConfig as 0.8 has them
 (models/config.py at cd3abf3): keyword-only, every field defaulted, unknown keywords only
-logged, `torch_dtype` adopted from the checkpoint when not given, world_size fixed at init."""
+logged, `torch_dtype` adopted from the checkpoint when not given, world_size fixed at init.
+0.9 (c63afe0, unchanged at ef2731e) adds, for what neuron-spec touches: NeuronConfig writes
+NEURON_PLATFORM_TARGET_OVERRIDE into the environment (`_setup_kernel_target_platform`) and takes
+`enable_ve_data_parallel`; OnDeviceSamplingConfig's `top_k_kernel_enabled` defaults to "not
+trn1". Every keyword neuron-spec passes is read the same way at fcb5a86, cd3abf3 and c63afe0."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import logging
 import os
 
 import torch
+
+from .. import _release
 
 CONFIG_FILE = "neuron_config.json"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -32,6 +38,10 @@ class OnDeviceSamplingConfig:
         self.dynamic = kwargs.pop("dynamic", False)
         self.deterministic = kwargs.pop("deterministic", False)
         self.global_topk = kwargs.pop("global_topk", 256)
+        # 0.9: the top-k kernel is on by default except on trn1 (its known accuracy issue at
+        # batch <= 4 is with the kernel off); 0.8: off
+        default_kernel = _release.AT_LEAST_0_9 and _release.platform_target() != "trn1"
+        self.top_k_kernel_enabled = kwargs.pop("top_k_kernel_enabled", default_kernel)
         # anything else is silently dropped, as the library does
 
 
@@ -84,6 +94,11 @@ class NeuronConfig:
         self.pp_degree = kwargs.pop("pp_degree", 1)
         self.ep_degree = kwargs.pop("ep_degree", 1)
         self.save_sharded_checkpoint = kwargs.pop("save_sharded_checkpoint", False)
+        if _release.AT_LEAST_0_9:
+            self.enable_ve_data_parallel = kwargs.pop("enable_ve_data_parallel", False)
+            # _setup_kernel_target_platform: NKI kernels read the target from the environment
+            if not os.environ.get("NEURON_PLATFORM_TARGET_OVERRIDE"):
+                os.environ["NEURON_PLATFORM_TARGET_OVERRIDE"] = _release.platform_target()
         self.world_size = kwargs.pop("world_size", None)
         if self.world_size is None:
             self.world_size = self.tp_degree * self.pp_degree * self.ep_degree

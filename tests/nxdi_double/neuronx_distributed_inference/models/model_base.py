@@ -25,6 +25,15 @@ Reproduced, each with a test in tests/test_nxdi_double.py:
   context encoding of the full batch rewrites every row;
 - compile() writes neuron_config.json and model.pt; load() reads model.pt without checking it
   against the config; to_cpu() refuses speculation.
+
+0.9 (c63afe0, ef2731e), diffed against cd3abf3 function by function: `forward`,
+`_get_model_outputs`, `preprocess_inputs`, `_infer_attention_mask`, `reset`, the fused model's
+`_token_gen_forward`, `ModelWrapper` padding and routing, `KVCacheManager` writes and the
+attention's prior/active masks (`compute_for_token_gen`) are unchanged on every path above (the
+changes are NKI kernel calls, off here, and tensor replacement). What differs, reproduced:
+- forward() takes exactly the library's keywords, never **kwargs (all releases); ef2731e adds
+  `tensor_capture_hook` and every output carries `captured_tensors = None`;
+- compile() takes `disable_fail_fast` from c63afe0 on.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import os
 
 import torch
 
-from .. import _runtime
+from .. import _release, _runtime
 
 CTE, TKG, SPEC, FUSED = (
     "context_encoding_model",
@@ -146,7 +155,22 @@ class NeuronBaseForCausalLM(torch.nn.Module):
 
     # --- compile and load ---------------------------------------------------------------
 
-    def compile(self, compiled_model_path, debug=False, pre_shard_weights_hook=None, dry_run=False):
+    if _release.AT_LEAST_0_9:  # c63afe0 adds disable_fail_fast
+
+        def compile(
+            self, compiled_model_path, debug=False, pre_shard_weights_hook=None, dry_run=False,
+            disable_fail_fast=False,
+        ):  # fmt: skip
+            self._compile(compiled_model_path, dry_run)
+
+    else:
+
+        def compile(
+            self, compiled_model_path, debug=False, pre_shard_weights_hook=None, dry_run=False
+        ):
+            self._compile(compiled_model_path, dry_run)
+
+    def _compile(self, compiled_model_path, dry_run):
         nc = self.neuron_config
         if nc.is_continuous_batching and nc.ctx_batch_size != 1:  # traced in KVCacheManager
             raise AssertionError("only supports single seq_id")
@@ -194,15 +218,36 @@ class NeuronBaseForCausalLM(torch.nn.Module):
 
     # --- forward ------------------------------------------------------------------------
 
-    def forward(
-        self,
-        input_ids=None,
-        seq_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        sampling_params=None,
-        **kwargs,
-    ):
+    # forward() takes exactly the library's keywords (no **kwargs: another keyword is a
+    # TypeError); ef2731e adds tensor_capture_hook, applied to captured tensors (none here).
+    if _release.ADAPTER_FIXED:
+
+        def forward(
+            self, input_ids=None, seq_ids=None, attention_mask=None, position_ids=None,
+            past_key_values=None, inputs_embeds=None, sampling_params=None, prev_hidden=None,
+            labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+            adapter_ids=None, medusa_args=None, return_dict=None, llava_args=None,
+            input_capture_hook=None, tensor_capture_hook=None, slot_mapping=None,
+            block_table=None, full_context_lens=None, computed_context_lens=None, tf_args=None,
+        ):  # fmt: skip
+            out = self._forward(input_ids, seq_ids, attention_mask, position_ids)
+            if tensor_capture_hook and out.captured_tensors:
+                tensor_capture_hook(self, out.captured_tensors)
+            return out
+
+    else:
+
+        def forward(
+            self, input_ids=None, seq_ids=None, attention_mask=None, position_ids=None,
+            past_key_values=None, inputs_embeds=None, sampling_params=None, prev_hidden=None,
+            labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+            adapter_ids=None, medusa_args=None, return_dict=None, llava_args=None,
+            input_capture_hook=None, slot_mapping=None, block_table=None,
+            full_context_lens=None, computed_context_lens=None, tf_args=None,
+        ):  # fmt: skip
+            return self._forward(input_ids, seq_ids, attention_mask, position_ids)
+
+    def _forward(self, input_ids, seq_ids, attention_mask, position_ids):
         if self.hf is None:
             raise RuntimeError(
                 "Forward called before load. Run load() or load_state_dict() making calling forward"
@@ -241,6 +286,8 @@ class NeuronBaseForCausalLM(torch.nn.Module):
             result.fused_outputs = out
         else:
             result.tokens = out
+        if _release.ADAPTER_FIXED:
+            result.captured_tensors = None  # ef2731e: tensor capture, off
         return result
 
     def _run(self, wrapper, input_ids, attention_mask, position_ids, seq_ids):

@@ -1,10 +1,13 @@
-"""utils/hf_adapter.py as 0.8 has it: `load_pretrained_config` (exactly one argument; the
-checkpoint's dtype replaces NeuronConfig's unless torch_dtype was given) and the generation
-adapter, whose prepare_inputs_for_generation reads a name defined nowhere."""
+"""utils/hf_adapter.py: `load_pretrained_config` (exactly one argument; the checkpoint's dtype
+replaces NeuronConfig's unless torch_dtype was given; the same at cd3abf3, c63afe0, ef2731e) and
+the generation adapter, whose prepare_inputs_for_generation reads a name defined nowhere until
+ef2731e (the 2.29-v2 sync) reads it from its kwargs and forward() takes it."""
 
 from __future__ import annotations
 
-from .. import models  # noqa: F401  (the package layout the library has)
+import torch
+
+from .. import _release, models  # noqa: F401  (models: the package layout the library has)
 from ..models.config import to_torch_dtype
 
 
@@ -34,17 +37,43 @@ def load_pretrained_config(model_path_or_name=None, hf_config=None):
 
 
 class HuggingFaceGenerationAdapter:
+    """The adapter's first step: reset its own model (never an assistant's), prepare the inputs,
+    and call the model's forward() with them (the adapter sets `self.forward` to it)."""
+
     def __init__(self, model, input_start_offsets=None):
         self.neuron_model = model
         self.neuron_config = model.neuron_config
         self.input_start_offsets = input_start_offsets
+        self.forward = model.forward
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
         self.neuron_model.reset()  # its own model only: never an assistant's
-        return self.prepare_inputs_for_generation(input_ids, attention_mask=attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs = self.prepare_inputs_for_generation(input_ids, attention_mask, **kwargs)
+        return self.forward(**inputs, return_dict=True)
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        # As published in 0.7-0.9: the dictionary names a variable that is never defined.
-        model_inputs.update({"tensor_capture_hook": tensor_capture_hook})  # noqa: F821
-        return model_inputs
+    def _inputs(self, input_ids, attention_mask, kwargs):
+        position_ids = attention_mask.long().cumsum(-1) - 1
+        position_ids.masked_fill_(attention_mask == 0, 1)
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "attention_mask": attention_mask,
+            "input_capture_hook": kwargs.get("input_capture_hook", None),
+        }
+
+    if _release.ADAPTER_FIXED:  # ef2731e: read from the kwargs
+
+        def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+            model_inputs = self._inputs(input_ids, attention_mask, kwargs)
+            tensor_capture_hook = kwargs.get("tensor_capture_hook")
+            model_inputs.update({"tensor_capture_hook": tensor_capture_hook})
+            return model_inputs
+
+    else:  # as published at fcb5a86, cd3abf3 and c63afe0: a name defined nowhere
+
+        def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+            model_inputs = self._inputs(input_ids, attention_mask, kwargs)
+            model_inputs.update({"tensor_capture_hook": tensor_capture_hook})  # noqa: F821
+            return model_inputs

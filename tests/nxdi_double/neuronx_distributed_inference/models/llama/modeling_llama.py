@@ -1,7 +1,16 @@
 """models/llama/modeling_llama.py: the Llama application class and its config's required
-attributes (pad_token_id among them)."""
+attributes (pad_token_id among them). From 0.9 (c63afe0) the module imports the NKI packages
+at import time (`import nki.language as nl`, `from nkilib.core... import ...`: its MLP, RMSNorm
+and attention kernels moved there from neuronx-cc), so an environment without them cannot
+import it at all."""
 
 from __future__ import annotations
+
+from ... import _release
+
+if _release.AT_LEAST_0_9:
+    import nki.language  # noqa: F401
+    import nkilib  # noqa: F401
 
 from ..config import InferenceConfig, NeuronConfig
 from ..model_base import NeuronBaseForCausalLM
