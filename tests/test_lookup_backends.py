@@ -82,11 +82,13 @@ def test_transformers_neuronx_runs_a_lookup_on_the_target_alone(
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("method", ["ngram", "suffix"])
+@pytest.mark.parametrize(
+    ("method", "release"), [("ngram", "0.8.16251"), ("suffix", "0.8.16251"), ("ngram", "0.9.17334")]
+)
 def test_nxd_inference_unfused_runs_a_lookup_on_the_targets_speculation_model(
-    tmp_path, monkeypatch, target_dir, batch, method
+    tmp_path, monkeypatch, target_dir, batch, method, release
 ):
-    use_nxdi_double(monkeypatch, tmp_path / "meta")
+    use_nxdi_double(monkeypatch, tmp_path / "meta", release)
     expected = reference_tokens(tmp_path, target_dir)
     cfg = lookup_config(tmp_path, target_dir, "nxdi", batch=batch, method=method)
     gen = load_generator(load_config(cfg))

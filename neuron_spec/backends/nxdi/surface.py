@@ -149,7 +149,8 @@ def _keyword_problems(nxdi: dict[str, Any], plan: NxdiPlan) -> list[str]:
 
 
 def _planned_keywords(plan: NxdiPlan) -> Iterable[dict[str, Any]]:
-    return [m.neuron_config for m in (plan.target, plan.draft, plan.plain_target)]
+    models = (plan.target, plan.draft, plan.plain_target)  # no draft: a lookup proposes
+    return [m.neuron_config for m in models if m is not None]
 
 
 def _kept(nc: Any, name: str, value: Any) -> bool:
