@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import platform
@@ -34,10 +35,38 @@ _TORCH_MODULES = [
     "test_nxdi_double.py",
     "test_nxdi.py",
 ]
-if importlib.util.find_spec("torch") is None:
-    if os.environ.get("NEURON_SPEC_REQUIRE_TORCH") == "1":
+
+
+def _missing_top_level_imports(path: Path) -> list[str]:
+    """The modules a test file imports at its top level (not inside a function) that this
+    environment cannot find: such a file cannot even be collected here."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    tops = {n.split(".")[0] for n in names}
+    return sorted(t for t in tops if importlib.util.find_spec(t) is None)
+
+
+_UNIMPORTABLE = {
+    p.name: missing
+    for p in sorted(Path(__file__).parent.glob("test_*.py"))
+    if (missing := _missing_top_level_imports(p))
+}
+if os.environ.get("NEURON_SPEC_REQUIRE_TORCH") == "1":
+    if importlib.util.find_spec("torch") is None:
         raise RuntimeError("torch is required for the full test suite: bash scripts/test.sh")
-    collect_ignore = _TORCH_MODULES
+    if _UNIMPORTABLE:
+        raise RuntimeError(
+            f"the full test suite needs the dev extra: {_UNIMPORTABLE} (pip install -e '.[dev]')"
+        )
+# Without torch (the core-only install) the modules that need it are not collected, nor any
+# module whose top-level imports this environment lacks (httpx, the serve extra).
+_NO_TORCH = importlib.util.find_spec("torch") is None
+collect_ignore = sorted(set(_UNIMPORTABLE) | (set(_TORCH_MODULES) if _NO_TORCH else set()))
 CONFIGS = ROOT / "configs"
 
 BASE_CONFIG = """\
