@@ -23,9 +23,11 @@ _TORCH_MODULES = [
     "test_cli_reference.py",
     "test_engine.py",
     "test_launch.py",
+    "test_lookup_backends.py",
     "test_model.py",
     "test_neuronx.py",
     "test_neuronx_checkpoints.py",
+    "test_proposers.py",
     "test_reference.py",
     "test_sampling.py",
     "test_serve.py",  # needs the serve extra and httpx

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..backends.base import Generator
-from ..engine.generation import Generation
 from ..engine.speedup import alpha_from_mean_tokens, expected_speedup
+
+if TYPE_CHECKING:  # the report's helpers (advice, rendering) run in the light install
+    from ..backends.base import Generator
+    from ..engine.generation import Generation
 
 DEFAULT_PROMPTS = (
     "The history of the printing press begins",
