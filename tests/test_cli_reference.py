@@ -87,21 +87,33 @@ def test_bench_json(tiny_pair_config, tmp_path, cli):
         str(prompts),
         "--max-new-tokens",
         "8",
+        "--methods",
+        "draft,ngram",
         "--json",
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["prompts"] == 2 and report["repeat"] == 3
-    assert [r["draft_tokens"] for r in report["speculative"]] == [1, 3]
+    # the configured method (draft) at each length and adaptive up to the longest; another
+    # method at the configured draft_tokens (3), fixed and adaptive up to the longest
+    settings = [(r["method"], r["draft_tokens"], r["adaptive"]) for r in report["speculative"]]
+    assert settings == [("draft", 1, False), ("draft", 3, False), ("draft", 3, True),
+                        ("ngram", 3, False), ("ngram", 3, True)]  # fmt: skip
     for row in [report["baseline"], *report["speculative"]]:
         assert row["runs"] == 3
         assert row["tokens_per_s_min"] <= row["tokens_per_s"] <= row["tokens_per_s_max"]
         assert row["spread_pct"] >= 0
     for row in report["speculative"]:
         assert row["outputs_match_target"] is True  # greedy: identical to target-only
-        assert row["speedup"] > 0 and row["c"] is not None and row["predicted_speedup"] > 0
-        assert 0.0 <= row["alpha"] <= 1.0
-    assert report["best_draft_tokens"] in (1, 3)
+        assert row["speedup"] > 0
+        if not row["adaptive"]:
+            assert row["c"] is not None and row["predicted_speedup"] > 0
+        if row["drafted"]:  # an adaptive setting may have chosen never to propose
+            assert 0.0 <= row["alpha"] <= 1.0
+        else:
+            assert row["adaptive"] and row["acceptance_rate"] is None
+    best = max(report["speculative"], key=lambda r: r["speedup"])
+    assert report["best"] == {k: best[k] for k in ("method", "adaptive", "draft_tokens", "speedup")}
 
 
 def test_generate_stops_on_a_preflight_error_before_loading(tiny_pair_config, tmp_path, cli):
@@ -160,7 +172,7 @@ def test_piped_bench_table_has_every_header_whole(tiny_pair_config, cli):
     proc = cli("bench", str(tiny_pair_config), "--draft-tokens", "2", "--max-new-tokens", "4")
     assert proc.returncode == 0, proc.stderr
     assert "\x1b[" not in proc.stdout and "…" not in proc.stdout
-    head = next(line for line in proc.stdout.splitlines() if "draft_tokens" in line)
+    head = next(line for line in proc.stdout.splitlines() if "method" in line and "length" in line)
     for column in ("tokens/s", "min..max", "speedup", "predicted", "acceptance", "same output"):
         assert column in head, head
 

@@ -228,7 +228,9 @@ CASES = [(v, loop) for v in RELEASES for loop in ("library", "engine")]
 
 def loop_config(tmp_path, target, draft, backend, loop="library", *, sampling="", eos=""):
     """n_positions 24 with max_new_tokens 20: a 4-token prompt fills it exactly. loop None
-    leaves the key out: the default loop."""
+    leaves the key out: the default loop. Every step proposes draft_tokens (adaptive off): the
+    loops are compared step for step, and the tiny random pair's low acceptance would
+    otherwise teach the engine to stop proposing."""
     cfg = tmp_path / f"{backend}-{loop}.yaml"
     chosen = f", loop: {loop}" if loop else ""
     cfg.write_text(
@@ -236,7 +238,7 @@ def loop_config(tmp_path, target, draft, backend, loop="library", *, sampling=""
         f"target: {{model: {target}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
         f"draft: {{model: {draft}, amp: f32, tp_degree: 32, n_positions: 24}}\n"
         f"speculation: {{draft_tokens: 3, acceptor: {'lossless' if sampling else 'greedy'}"
-        f"{chosen}}}\n"
+        f"{chosen}, adaptive: false}}\n"
         f"sampling: {{{sampling or 'temperature: 0'}, seed: 4}}\n"
         f"generation: {{max_new_tokens: 20, max_prompt_tokens: 4{eos}}}\n"
         f"compile: {{artifact_cache: {tmp_path / 'compiled'}}}\n"

@@ -239,16 +239,15 @@ def test_the_draft_cache_follows_the_rows_while_it_is_not_fed(pair):
     """Rows come and go while steps run without drafts (the draft is not fed, its cache
     holds no column at all); when drafting resumes, the draft's cache has the rows' count."""
     from neuron_spec.engine.loop import Batch, Row
+    from neuron_spec.engine.policy import LengthPolicy
 
-    class DraftAlone:  # drafts only with one row, as a measured policy may decide
-        def drafts(self, rows):
-            return rows <= 1
-
-        def record(self, *args):
-            pass
+    class DraftAlone(LengthPolicy):  # drafts only with one row, as a measured policy may decide
+        def choose(self, rows, plans):
+            return self.gamma_max if rows <= 1 else 0
 
     target, draft = pair
-    batch = Batch(HFRunner(target), HFRunner(draft), 3, draft_tokens=2, policy=DraftAlone())
+    policy = DraftAlone(gamma_max=2, draft_passes=True)
+    batch = Batch(HFRunner(target), HFRunner(draft), 3, draft_tokens=2, policy=policy)
     first = Row([1, 2], 4, acceptor=GreedyAcceptor())
     batch.admit(first)
     while batch.busy:

@@ -128,7 +128,11 @@ def test_stream_concatenates_to_the_same_text(server):
     # as OpenAI: no usage chunk (choices: []) unless stream_options.include_usage asks for it
     assert all(e["choices"] and "usage" not in e for e in events)
     assert events[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
-    assert events[-1]["speculation"]["drafted"] == plain["speculation"]["drafted"]
+    # the figures' shape, not their values: the engine chooses each step's proposal length
+    # from measured times, so two runs of one prompt may propose differently
+    for figures in (events[-1]["speculation"], plain["speculation"]):
+        assert figures.keys() == plain["speculation"].keys()
+        assert 0 <= figures["accepted"] <= figures["drafted"]
     with httpx.stream(
         "POST",
         server.url + "/v1/completions",
@@ -142,7 +146,12 @@ def test_stream_concatenates_to_the_same_text(server):
         },
     ) as r:
         events, done = read_stream(r)
-    assert done and events[-1]["choices"] == [] and events[-1]["usage"] == plain["usage"]
+    assert done and events[-1]["choices"] == []
+    usage = events[-1]["usage"]
+    assert usage.keys() == plain["usage"].keys()
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):  # proposals may differ
+        assert usage[key] == plain["usage"][key]
+    assert 0 <= usage["accepted_tokens"] <= usage["proposed_tokens"]
 
 
 def test_the_openai_quickstart_streaming_loop_runs(server):

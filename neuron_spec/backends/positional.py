@@ -63,8 +63,9 @@ class PositionalRunner:
         width = tokens.shape[1]
         chunks: list[torch.Tensor] = []  # (1, n, V) each, for the columns computed
         i = 0
-        if self.pos == 0:
-            i = max(1, width - keep)
+        if self.pos == 0:  # a draft that caught up late brings more than its prompt: the
+            # context encoding takes what it was compiled for, later passes the rest
+            i = min(max(1, width - keep), self._context_capacity())
             chunks.append(self._context(tokens[:, :i]))  # (1, 1, V): the last prompt position
             self.pos = i
         while i < width:
@@ -78,6 +79,10 @@ class PositionalRunner:
     def _context(self, prompt: torch.Tensor) -> torch.Tensor:
         """Encode the prompt (1, n) at positions 0..n-1; the logits of its last (1, 1, V)."""
         raise NotImplementedError
+
+    def _context_capacity(self) -> int:
+        """The most tokens one context encoding takes."""
+        return 1 << 62
 
     def _width(self, remaining: int) -> int:
         """How many of the remaining tokens the next pass takes."""

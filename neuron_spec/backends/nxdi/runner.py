@@ -48,6 +48,9 @@ class NxdiRunner(PositionalRunner):
         self.pad_token_id = pad_token_id
         self.window = window  # the speculation graph's width k, on a speculative target only
 
+    def _context_capacity(self) -> int:
+        return self.context_length
+
     def _width(self, remaining: int) -> int:
         return min(remaining, self.window) if self.window else 1
 
