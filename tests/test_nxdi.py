@@ -86,6 +86,30 @@ def test_greedy_tokens_equal_the_reference_for_every_length(tmp_path, nxdi, pair
     assert metrics.drafted > 0 and 0 < metrics.accepted <= metrics.drafted
 
 
+def test_a_draft_that_first_proposes_late_catches_up_past_the_compiled_context(
+    tmp_path, nxdi, pair, monkeypatch
+):
+    """The engine proposes nothing for the first steps (as the length policy may choose), so
+    the draft's first feed holds the 4-token prompt and every token emitted since: more than
+    its context encoding was compiled for (max_prompt_tokens 4). The rest goes through token
+    generation; the output is still the target's."""
+    from neuron_spec.engine.policy import LengthPolicy
+
+    chosen: list[int] = []
+
+    def late(self, rows, plans):
+        chosen.append(0 if len(chosen) < 8 else self.gamma_max)
+        return chosen[-1]
+
+    ref = load_generator(load_config(config(tmp_path, pair, "reference")))
+    want = ref.generate("", prompt_token_ids=[PROMPTS[0]]).token_ids[0]
+    monkeypatch.setattr(LengthPolicy, "choose", late)
+    gen = load_generator(load_config(config(tmp_path, pair, "nxdi")))
+    got = gen.generate("", prompt_token_ids=[PROMPTS[0]])
+    assert got.token_ids[0] == want
+    assert chosen[:8] == [0] * 8 and got.metrics.drafted > 0
+
+
 @pytest.mark.parametrize("mode", ["unfused", "fused"])
 def test_an_eos_list_ends_the_text_at_its_second_id(tmp_path, nxdi, pair, mode):
     ref = load_generator(load_config(config(tmp_path, pair, "reference")))
