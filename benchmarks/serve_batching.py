@@ -2,8 +2,8 @@
 `--batch-size B` beside the same server at `--batch-size 1`, on loopback.
 
 Both servers load once and serve one unmeasured warm-up round at the highest level (a
-server is long-lived: the batched one learns there at which occupancy drafting pays, see
-engine.DraftPolicy); then for each concurrency level (1, 4, 8, 16 by default) and each
+server is long-lived: with `speculation.adaptive`, the engine learns there what a step of each
+proposal length costs at each occupancy, see engine/policy.py); then for each concurrency level (1, 4, 8, 16 by default) and each
 round, the batch-1 server and the batched one take turns, so a busy machine slows both
 alike. Every client streams one greedy completion of its own prompt. Printed as JSON, per
 server and level: aggregate output tokens/s, p50/p99 time to first token (from sending)

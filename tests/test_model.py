@@ -30,9 +30,16 @@ N = 48
 
 
 @pytest.fixture(scope="module")
-def generator():
+def generator(tmp_path_factory):
+    """The demo pair proposing draft_tokens every step (adaptive off): these tests look at the
+    draft's proposals, which the adaptive length soon stops making on this CPU (the demo's
+    draft costs most of a target step)."""
     fetch_demo_checkpoint(say=lambda _m: None)
-    return load_generator(load_config(DEMO))
+    text = DEMO.read_text()
+    assert "speculation:\n  draft_tokens: 4\n" in text
+    fixed = tmp_path_factory.mktemp("demo") / "demo-fixed.yaml"
+    fixed.write_text(text.replace("speculation:\n", "speculation:\n  adaptive: false\n"))
+    return load_generator(load_config(fixed))
 
 
 def hf_greedy(gen, prompt: str, n: int) -> list[int]:
@@ -59,6 +66,16 @@ def test_greedy_equals_transformers_generate(generator, prompt):
     result = generator.generate(prompt, max_new_tokens=N, temperature=0.0)
     assert result.token_ids[0] == hf_greedy(generator, prompt, N)
     assert result.metrics.target_passes < len(result.token_ids[0])  # drafts were accepted
+
+
+def test_the_adaptive_length_keeps_the_greedy_output():
+    """The demo as shipped (adaptive): whatever lengths the engine chooses, the output is the
+    target's greedy decoding."""
+    gen = load_generator(load_config(DEMO))
+    assert gen.spec.speculation.adaptive
+    for prompt in PROMPTS:
+        result = gen.generate(prompt, max_new_tokens=N, temperature=0.0)
+        assert result.token_ids[0] == hf_greedy(gen, prompt, N)
 
 
 def test_batch_of_three_equals_each_alone(generator):

@@ -5,7 +5,6 @@ accurate proposer is used to the full; a draft model is re-tried ever more rarel
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 
@@ -87,11 +86,22 @@ def test_a_draft_model_is_re_tried_ever_more_rarely_and_cheaply():
 # --- on stub models ------------------------------------------------------------------------
 
 
-class _Timed:
-    """A stub runner whose feed sleeps `fixed + per_token x width` seconds."""
+class _Clock:
+    """The engine's clock in a test: time passes only when a model runs, so the costs the
+    policy measures are exactly the stub's, whatever else the machine is doing."""
 
-    def __init__(self, inner, fixed: float, per_token: float):
-        self.inner, self.fixed, self.per_token = inner, fixed, per_token
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _Timed:
+    """A stub runner whose feed takes `fixed + per_token x width` seconds of the clock."""
+
+    def __init__(self, inner, fixed: float, per_token: float, clock: _Clock):
+        self.inner, self.fixed, self.per_token, self.clock = inner, fixed, per_token, clock
         self.vocab_size = inner.vocab_size
         self.widths: list[int] = []
 
@@ -104,7 +114,7 @@ class _Timed:
 
     def feed(self, tokens, mask, keep):
         self.widths.append(tokens.shape[1])
-        time.sleep(self.fixed + self.per_token * tokens.shape[1])
+        self.clock.now += self.fixed + self.per_token * tokens.shape[1]
         return self.inner.feed(tokens, mask, keep)
 
     def invalidate_from(self, start):
@@ -162,7 +172,7 @@ class _Fixed:
 
 @pytest.mark.reference
 @pytest.mark.parametrize("right", [True, False])
-def test_the_engine_learns_whether_proposing_pays(right):
+def test_the_engine_learns_whether_proposing_pays(right, monkeypatch):
     """Width costs: a token of width adds a third of a one-token pass. Proposals that are
     always right are used to the full; proposals that are always wrong are given up after a
     few steps (checked against the emitted token, not by proposing). Greedy output is the
@@ -172,8 +182,11 @@ def test_the_engine_learns_whether_proposing_pays(right):
 
     from .stubs import StubRunner, next_token_table
 
+    clock = _Clock()
+    for module in ("loop", "runner", "proposers"):
+        monkeypatch.setattr(f"neuron_spec.engine.{module}.time", clock)
     table = next_token_table(lambda p: (p + 1) % V, V)
-    target = _Timed(StubRunner(table), fixed=0.006, per_token=0.002)
+    target = _Timed(StubRunner(table), fixed=0.006, per_token=0.002, clock=clock)
     policy = LengthPolicy(6)
     res = speculative_generate(
         target, _Fixed(right), GreedyAcceptor(), [[0]], draft_tokens=6, max_new_tokens=150,

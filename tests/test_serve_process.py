@@ -206,7 +206,10 @@ def test_logprobs_from_the_targets_distribution(server):
         if choice.logprobs is not None and choice.logprobs.content:
             streamed.extend(choice.logprobs.content)
     assert text == out.choices[0].message.content
-    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+    # the same tokens; their log-probabilities to float rounding (the engine chooses each
+    # step's proposal length as it measures, and a pass of another width rounds differently)
+    assert [c.token for c in streamed] == [c.token for c in content]
+    assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-4)
 
 
 def test_full_queue_answers_429_and_sigterm_drains(demo_checkpoint, tmp_path):
