@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ..config.catalog import INSTANCES, Architecture
+from ..config.catalog import INSTANCES, TP_RULES, Architecture
 from ..config.spec import DeploymentSpec
 from ..config.yamlread import show
 from ..engine.speedup import MAX_GAMMA, mean_tokens_per_pass
@@ -23,6 +23,9 @@ from ..host.facts import HostFacts
 from ..preflight.memory import model_memory
 from .perf import FAMILIES, Family, decode_step_s, floor_s, prefill_s, verify_step_s
 from .pricing import DEFAULT_REGION, price, usd_per_million_tokens
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 GAMMAS = tuple(range(1, MAX_GAMMA + 1))  # searched; the table shows 1..8, or past the best
 SHOWN_GAMMAS = 8
@@ -126,6 +129,24 @@ def _number(value: Any) -> TypeGuard[float]:
 
 def _request_s(ttft_s: float, tpot_s: float, new_tokens: int) -> float:
     return ttft_s + max(new_tokens - 1, 0) * tpot_s
+
+
+def request_tokens_per_s(ttft_s: float, tpot_s: float, new_tokens: int) -> float:
+    """Output tokens per second of one request timed whole: TTFT, then new_tokens - 1 steps."""
+    return new_tokens / _request_s(ttft_s, tpot_s, new_tokens)
+
+
+def performance_tp(spec: DeploymentSpec, p: Plan) -> int | None:
+    """The tp the prediction is for: the config's when draft and target share it and the pair
+    fits there; otherwise the recommended one (None when the pair fits nowhere)."""
+    rec = p.recommendation
+    tp = spec.target.tp_degree
+    fits = p.layout is not None and p.layout.per_core_bytes <= p.layout.budget_per_core
+    valid = p.host.platform is not None and TP_RULES[p.host.platform].allowed(tp)
+    shared = all(m.tp_degree == tp for _role, m in spec.models())
+    if shared and fits and valid and tp <= p.host.cores:
+        return tp
+    return rec.target_tp if rec else None
 
 
 def draft_runs(gamma: int, alpha: float, mode: str | None) -> float:
