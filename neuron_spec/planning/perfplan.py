@@ -79,14 +79,15 @@ MAX_C = 10.0  # draft step / target step: a draft 10x slower than its target is 
 
 
 def read_bench(path: str, method: str = "draft") -> tuple[float | None, float | None]:
-    """(alpha, c) of the fastest row of a `neuron-spec bench --json` file for `method` (rows
-    written before bench compared methods are the draft model's): alpha in [0, 1], c in
-    (0, MAX_C] ([0, MAX_C] for a lookup), both finite; anything else is a UsageError naming
-    the file."""
+    """(alpha, c) of the fastest row of a `neuron-spec bench --json` file or a `neuron-spec
+    verify` report for `method` (rows written before bench compared methods are the draft
+    model's): alpha in [0, 1], c in (0, MAX_C] ([0, MAX_C] for a lookup), both finite; a verify
+    report whose checks failed, or anything else, is a UsageError naming the file."""
     from ..util.safeio import Unreadable, read_json
 
     try:
         report = read_json(Path(path), MAX_BENCH_BYTES)
+        _refuse_failed_verify(path, report)
         rows = [r for r in report["speculative"] if r.get("method", "draft") == method]
         if not rows:
             raise UsageError(
@@ -99,9 +100,9 @@ def read_bench(path: str, method: str = "draft") -> tuple[float | None, float | 
         raise UsageError(f"--from-bench {path}: {exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UsageError(
-            f"--from-bench {path}: not the JSON of `neuron-spec bench --json` (it needs "
-            "'speculative' rows with 'alpha' and 'c', and their 'speedup' or "
-            "'best_draft_tokens')"
+            f"--from-bench {path}: not the JSON of `neuron-spec bench --json` or a `neuron-spec "
+            "verify` report (it needs 'speculative' rows with 'alpha' and 'c', and their "
+            "'speedup' or 'best_draft_tokens')"
         ) from None
     lookup = method != "draft"  # a lookup's c is 0; a draft model always costs something
     low = "[0" if lookup else "(0"
@@ -114,6 +115,22 @@ def read_bench(path: str, method: str = "draft") -> tuple[float | None, float | 
     if c < 0 or (c == 0 and not lookup):
         raise problem
     return float(alpha), float(c)
+
+
+def _refuse_failed_verify(path: str, report: Any) -> None:
+    """A verify report is read like bench's JSON, unless a check failed: its figures then do
+    not describe a working deployment (or there are none)."""
+    from .verify import KIND
+
+    if not isinstance(report, dict) or report.get("kind") != KIND or report.get("ok") is True:
+        return
+    failed = report.get("failed")
+    names = ", ".join(str(n) for n in failed) if isinstance(failed, list) and failed else "?"
+    raise UsageError(
+        f"--from-bench {path}: this verify report failed its checks ({names[:200]}), so its "
+        "figures do not describe a working deployment; fix what failed and run `neuron-spec "
+        "verify` again"
+    )
 
 
 def _fastest(rows: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
