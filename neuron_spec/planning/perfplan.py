@@ -74,7 +74,8 @@ def inputs(
     )
 
 
-MAX_BENCH_BYTES = 1 << 20  # a bench report is a few kB
+MAX_BENCH_BYTES = 1 << 20  # a bench report is a few kB; a verify report some tens
+VERIFY_KIND = "neuron-spec verify"  # a verify report's "kind": read like bench's JSON
 MAX_C = 10.0  # draft step / target step: a draft 10x slower than its target is a wrong file
 
 
@@ -120,9 +121,7 @@ def read_bench(path: str, method: str = "draft") -> tuple[float | None, float | 
 def _refuse_failed_verify(path: str, report: Any) -> None:
     """A verify report is read like bench's JSON, unless a check failed: its figures then do
     not describe a working deployment (or there are none)."""
-    from .verify import KIND
-
-    if not isinstance(report, dict) or report.get("kind") != KIND or report.get("ok") is True:
+    if not isinstance(report, dict) or report.get("kind") != VERIFY_KIND or report.get("ok"):
         return
     failed = report.get("failed")
     names = ", ".join(str(n) for n in failed) if isinstance(failed, list) and failed else "?"

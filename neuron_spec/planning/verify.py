@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NeuronSpecError
 from .agreement import agreement
 from .bench import TARGET, Setting, bench_row, speculative_row
+from .perfplan import VERIFY_KIND
 from .verify_figures import measured, pooled_alpha, predicted, side_by_side
 from .verify_prompts import PROMPT_SET, PROMPTS
 
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from ..host.facts import HostFacts
 
 FORMAT = 1  # of the JSON report; a reader checks "kind" and this
-KIND = "neuron-spec verify"
 DEFAULT_NEW_TOKENS = 64
 WARMUP_TOKENS = 4
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -150,7 +150,7 @@ def _header(
     spec = cfg.spec
     sp = spec.speculation
     return {
-        "kind": KIND,
+        "kind": VERIFY_KIND,
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": str(cfg.path),
