@@ -264,8 +264,9 @@ def test_a_host_the_doctor_refuses_stops_before_loading(tmp_path, monkeypatch, p
     use_nxdi_double(monkeypatch, tmp_path / "meta", "0.8.16251")
     recorded_host(monkeypatch, "inf2.48xlarge-sdk2.25")  # transformers-neuronx only: no NxDI
     config = write_config(tmp_path, pair, "nxdi", "trn1.32xlarge", 32)
-    code, report = verify(config, tmp_path / "report.json")
+    code, report = verify(config, tmp_path / "report.json", "--json")
     assert code == 1 and report["failed"] == ["doctor"]
+    assert json.loads(capsys.readouterr().out) == report  # --json: the report on stdout
     assert list(report["checks"]) == ["doctor"]
     assert "nxdi-missing" in report["checks"]["doctor"]["summary"]
     assert not (tmp_path / "compiled").exists()  # nothing was compiled or loaded
@@ -289,7 +290,7 @@ def test_a_report_path_that_cannot_be_written_is_refused_before_anything_runs(
 
 def test_a_failed_write_leaves_the_earlier_report_whole(tmp_path, monkeypatch, pair, capsys):
     use_nxdi_double(monkeypatch, tmp_path / "meta", "0.8.16251")
-    recorded_host(monkeypatch, "trn1.32xlarge-sdk2.28")
+    recorded_host(monkeypatch, "inf2.48xlarge-sdk2.25")  # the doctor stops it: nothing loads
     config = write_config(tmp_path, pair, "nxdi", "trn1.32xlarge", 32)
     out = tmp_path / "reports" / "verify.json"
     out.parent.mkdir()
@@ -301,7 +302,8 @@ def test_a_failed_write_leaves_the_earlier_report_whole(tmp_path, monkeypatch, p
     monkeypatch.setattr(os, "replace", full_disk)
     code = main(["verify", str(config), "--out", str(out), "--max-new-tokens", "2"])
     assert code == 2
-    assert "No space left on device" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the report could not be written (No space left on device)" in err
     assert out.read_text() == '{"earlier": true}\n'
     assert [p.name for p in out.parent.iterdir()] == ["verify.json"]  # no temporary left
 
