@@ -126,6 +126,11 @@ def render_summary(console: Console, v: Verification, out: Path) -> None:
         console.print(f"  {c.name:<10} {c.status:<8} {c.seconds:8.1f} s  {c.summary}", markup=False)
     if "comparison" in r:
         console.print(_figures_table(r))
+        steps = r["measured"]["speculative"]["alpha_steps"]
+        console.print(
+            f"alpha: from the {steps} step(s) that proposed all {sp['draft_tokens']} tokens",
+            markup=False,
+        )
         if r.get("prediction_note"):
             console.print(f"predicted: none ({r['prediction_note']})", markup=False)
     _divergences(console, r)

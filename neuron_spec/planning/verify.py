@@ -29,7 +29,7 @@ from ..errors import NeuronSpecError
 from .agreement import agreement
 from .bench import TARGET, Setting, bench_row, speculative_row
 from .perfplan import VERIFY_KIND
-from .verify_figures import measured, pooled_alpha, predicted, side_by_side
+from .verify_figures import full_steps, measured, pooled_alpha, predicted, side_by_side
 from .verify_prompts import PROMPT_SET, PROMPTS
 
 if TYPE_CHECKING:
@@ -318,6 +318,7 @@ def _figures(
     row = speculative_row(gen, bench_row(setting, runs["speculative"]), base, alpha)
     spec_m, target_m = measured(runs["speculative"]), measured(runs["target"])
     spec_m["alpha"], spec_m["speedup"] = row["alpha"], row["speedup"]
+    spec_m["alpha_steps"] = full_steps(runs["speculative"], sp.draft_tokens)  # its sample
     prompt_tokens = round(sum(r.metrics.prompt_tokens for r in runs["target"]) / len(prompts))
     pred, why = predicted(cfg.spec, host, cfg.base_dir, max(prompt_tokens, 1), max_new)
     return {

@@ -53,6 +53,12 @@ def measured(results: Sequence[Generation]) -> dict[str, Any]:
     }
 
 
+def full_steps(results: Sequence[Generation], gamma: int) -> int:
+    """How many row steps proposed all gamma tokens: what pooled_alpha is estimated from."""
+    drafted = [r.metrics.per_position_drafted for r in results]
+    return sum(d[gamma - 1] for d in drafted if 0 < gamma <= len(d))
+
+
 def pooled_alpha(results: Sequence[Generation], gamma: int) -> float | None:
     """alpha over the prompt set, as `generate` estimates it for one call: from the mean
     tokens per target pass of the steps that proposed all gamma tokens (an adaptive length's
