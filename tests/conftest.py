@@ -36,6 +36,7 @@ _TORCH_MODULES = [
     "test_tnx_double.py",
     "test_nxdi_double.py",
     "test_nxdi.py",
+    "test_verify.py",
 ]
 
 

@@ -21,6 +21,7 @@ from ..engine.generation import (
     TextCallback,
     TextStream,
     compute_metrics,
+    output_token_seconds,
 )
 from ..engine.loop import Batch, Decode, EngineResult, ProposerFactory, Row
 from ..engine.policy import LengthPolicy
@@ -41,6 +42,10 @@ class Backend(Protocol):
     # the engine has measured it: a CPU's matrix products grow with the width, an
     # accelerator's memory-bound pass barely does
     width_cost: float
+    # what loading did, model by model, in order: (role, "loaded" | "compiled"), where the
+    # backend compiles (a compiled-artifact cache hit loads, a miss compiles); empty where
+    # nothing is compiled (reference)
+    events: list[tuple[str, str]]
 
     def decode(
         self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
@@ -61,6 +66,11 @@ class Backend(Protocol):
 
     def warnings(self) -> list[str]:
         """What the backend could not do but worked around (never fatal, never silent)."""
+        ...
+
+    def device_memory_peak(self) -> int | None:
+        """The most device memory the models have held, in bytes, where the device says
+        (a CUDA GPU); None where it does not (the CPU, NeuronCores through these libraries)."""
         ...
 
 
@@ -186,7 +196,9 @@ class Generator:
         res = self.backend.decode(ids, acceptor, how)
         texts = stream.finish(res.tokens)
         metrics = compute_metrics(res, sum(len(p) for p in ids), gamma, chosen)
-        return Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+        out = Generation(texts, res.tokens, res.finished_by_eos, metrics, ids, stream.stopped)
+        out.token_seconds = output_token_seconds(res)
+        return out
 
     def open_batch(self, slots: int) -> Batch | None:
         """A continuous batch of `slots` rows on this pair, or None when the backend decodes

@@ -170,6 +170,7 @@ class ReferenceBackend:
     def __init__(self, target: HFRunner, draft: HFRunner | None, device: str):
         self.target, self.draft, self.device = target, draft, device
         self.width_cost = 0.5 if device == "cpu" else 0.05
+        self.events: list[tuple[str, str]] = []  # checkpoints load as they are: nothing compiles
 
     def decode(
         self, prompts: Sequence[Sequence[int]], acceptor: Acceptor, how: Decode
@@ -184,6 +185,11 @@ class ReferenceBackend:
 
     def warnings(self) -> list[str]:
         return []
+
+    def device_memory_peak(self) -> int | None:
+        if not self.device.startswith("cuda"):
+            return None  # the models are in host memory
+        return int(torch.cuda.max_memory_allocated(self.device))
 
 
 def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:

@@ -34,6 +34,7 @@ examples:
   neuron-spec generate configs/demo-cpu.yaml --prompt "The sea is" --stream
   neuron-spec generate configs/trn1-llama2-70b-7b-bf16.yaml --dry-run
   neuron-spec bench configs/demo-cpu.yaml --draft-tokens 2,4,6
+  neuron-spec verify configs/demo-cpu.yaml --out verify.json
   neuron-spec serve configs/demo-cpu.yaml --port 8080
   neuron-spec schema > neuron-spec.schema.json
 
@@ -284,6 +285,40 @@ def _bench(sub: Sub) -> None:
     _quiet(b)
 
 
+def _verify(sub: Sub) -> None:
+    vf = _with_config(
+        sub,
+        "verify",
+        "prove a deployment on this host: checks, timings, agreement, one report",
+        "Run on the host the config will serve from, last, once `validate` and `generate` "
+        "work there. In order, stopping at the first check that fails: the host check "
+        "(`doctor`; Neuron backends), the preflight, loading (compiled or loaded from the "
+        "artifact cache, timed), then a fixed prompt set shipped with neuron-spec, decoded "
+        "greedily with the configured speculation and with the target alone. Reports TTFT, "
+        "TPOT p50/p90, tokens/s, acceptance and alpha, the speedup over the target alone, "
+        "the planner's prediction beside each figure, whether the speculative output equals "
+        "the target's token for token (and where it first differs), host and device memory "
+        "peaks, and the exact versions. Writes one JSON report (`plan --from-bench` reads "
+        "it) and prints a short summary to paste into a bug report. Exit 0 when every check "
+        "passes; 1 when one fails (the host check, the preflight, loading, generation, or "
+        "the outputs differ); 2 when the command cannot run as given (a bad flag or config, "
+        "a report path that cannot be written, a prompt the config's lengths cannot hold).",
+    )
+    vf.add_argument(
+        "--max-new-tokens",
+        type=new_tokens,
+        metavar="N",
+        help="tokens generated per prompt and way of decoding (default 64, or the config's "
+        "generation.max_new_tokens if fewer)",
+    )
+    vf.add_argument(
+        "--out",
+        metavar="PATH",
+        help="where the JSON report goes (default verify-<config name>-<UTC time>.json in "
+        "this directory); written whole or not at all, even when a check fails",
+    )
+
+
 def _serve(sub: Sub) -> None:
     sv = _with_config(
         sub,
@@ -524,6 +559,7 @@ SUBCOMMANDS: dict[str, Callable[[Sub], None]] = {
     "plan": _plan,
     "generate": _generate,
     "bench": _bench,
+    "verify": _verify,
     "serve": _serve,
     "deploy": _deploy,
     "env": _env,

@@ -57,7 +57,7 @@ def _exit_code(report: Any) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..planning.perfplan import compare, inputs, section
+    from ..planning.perfplan import compare, inputs, performance_tp, section
     from ..planning.plan import plan
     from ..preflight.base import build_context
     from ..preflight.check import preflight
@@ -95,7 +95,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     report = preflight(cfg.spec, host, cfg.base_dir)
     ctx = build_context(cfg.spec, host, cfg.base_dir)
     archs = {role: ctx.arch(role) for role, _ in cfg.spec.models()}
-    tp = plan_view.performance_tp(cfg.spec, p)
+    tp = performance_tp(cfg.spec, p)
     perf, money, why = section(cfg.spec, host, archs, tp, inp)
     if args.json:
         out = {

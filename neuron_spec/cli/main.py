@@ -1,7 +1,7 @@
 """The `neuron-spec` command: parse the command line, run the subcommand, turn errors into
 messages and exit codes. The subcommands live in cli_check (validate, plan, schema, env,
-doctor), cli_run (generate, bench, serve) and cli_deploy (deploy, cache); cli_args describes
-their arguments.
+doctor), cli_run (generate, bench, serve), cli_verify (verify) and cli_deploy (deploy, cache);
+cli_args describes their arguments.
 
 Exit codes (docs/exit-codes.md): 0 ok; 1 the checks found errors, or the work failed;
 2 the command cannot run as given (usage, config, input, or something on this machine to
@@ -34,6 +34,7 @@ COMMANDS = {
     "doctor": "check:cmd_doctor",
     "generate": "run:cmd_generate",
     "bench": "run:cmd_bench",
+    "verify": "verify:cmd_verify",
     "serve": "run:cmd_serve",
     "deploy": "deploy:cmd_deploy",
     "cache": "deploy:cmd_cache",

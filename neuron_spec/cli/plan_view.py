@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .term import Console, Table, escape, host_line
 
 if TYPE_CHECKING:
-    from ..config.spec import ConfigFile, DeploymentSpec
+    from ..config.spec import ConfigFile
     from ..planning.plan import Plan
     from ..preflight.base import Report
 
@@ -109,21 +109,6 @@ def _render_speedup(console: Console, p: Plan) -> None:
     for spec_row in sp.rows:
         st.add_row(*(str(spec_row[k]) for k in keys))
     console.print(st)
-
-
-def performance_tp(spec: DeploymentSpec, p: Plan) -> int | None:
-    """The tp the prediction is for: the config's when draft and target share it and the pair
-    fits there; otherwise the recommended one (None when the pair fits nowhere)."""
-    from ..config.catalog import TP_RULES
-
-    rec = p.recommendation
-    tp = spec.target.tp_degree
-    fits = p.layout is not None and p.layout.per_core_bytes <= p.layout.budget_per_core
-    valid = p.host.platform is not None and TP_RULES[p.host.platform].allowed(tp)
-    shared = all(m.tp_degree == tp for _role, m in spec.models())
-    if shared and fits and valid and tp <= p.host.cores:
-        return tp
-    return rec.target_tp if rec else None
 
 
 def render_performance(

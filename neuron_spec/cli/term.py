@@ -159,10 +159,10 @@ class Console:
         self.stream.flush()
 
     @contextmanager
-    def status(self, message: str) -> Iterator[_Status]:
+    def status(self, message: str) -> Iterator[StatusLine]:
         """One line saying what is happening, rewritten in place on a terminal (nothing is
         written to a pipe); erased at the end."""
-        status = _Status(self)
+        status = StatusLine(self)
         status.update(message)
         try:
             yield status
@@ -170,7 +170,7 @@ class Console:
             status.clear()
 
 
-class _Status:
+class StatusLine:
     def __init__(self, console: Console):
         self.console, self.shown = console, False
 
@@ -185,6 +185,7 @@ class _Status:
         if self.shown:
             self.console.stream.write("\r\x1b[2K")
             self.console.stream.flush()
+            self.shown = False
 
 
 def console(stderr: bool = False) -> Console:

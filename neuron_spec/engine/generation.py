@@ -19,7 +19,7 @@ def _first_stop(text: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
@@ -58,18 +58,29 @@ class Metrics:
         return asdict(self)
 
 
+def output_token_seconds(res: EngineResult) -> list[float]:
+    """The time of each output token after the first of its row: a step's time shared by the
+    tokens it emitted (the first step, which holds the prompt's encoding, is left out)."""
+    out: list[float] = []
+    for step in res.steps[1:]:
+        for emitted in step.emitted:
+            if emitted:
+                out.extend([step.seconds / emitted] * emitted)
+    return out
+
+
 def compute_metrics(
     res: EngineResult, prompt_tokens: int, gamma: int, method: str = "draft"
 ) -> Metrics:
     new_tokens = sum(len(t) for t in res.tokens)
     seconds = max(res.end - res.start, 1e-9)
     firsts = [t - res.start for t in res.first_token_at if t is not None]
-    per_token: list[float] = []
+    per_token = output_token_seconds(res)
     drafted = accepted = row_steps = full_row_steps = full_accepted = 0
     pos_drafted = [0] * gamma
     pos_accepted = [0] * gamma
     per_row = [{"drafted": 0, "accepted": 0} for _ in res.tokens]
-    for i, step in enumerate(res.steps):
+    for step in res.steps:
         for b, (acc, emitted) in enumerate(zip(step.accepted, step.emitted, strict=True)):
             if emitted == 0:
                 continue  # the row had finished
@@ -85,8 +96,6 @@ def compute_metrics(
             for j in range(drafts):
                 pos_drafted[j] += 1
                 pos_accepted[j] += int(acc > j)
-            if i > 0:
-                per_token.extend([step.seconds / emitted] * emitted)
     mean_l = (full_accepted + full_row_steps) / full_row_steps if full_row_steps else None
     alpha = alpha_from_mean_tokens(mean_l, gamma) if (mean_l is not None and gamma > 0) else None
     return Metrics(
@@ -96,9 +105,9 @@ def compute_metrics(
         time_to_first_token_s=statistics.fmean(firsts) if firsts else None,
         time_per_output_token_s={
             "mean": statistics.fmean(per_token) if per_token else None,
-            "p50": _percentile(per_token, 0.50),
-            "p90": _percentile(per_token, 0.90),
-            "p99": _percentile(per_token, 0.99),
+            "p50": percentile(per_token, 0.50),
+            "p90": percentile(per_token, 0.90),
+            "p99": percentile(per_token, 0.99),
         },
         tokens_per_s=new_tokens / seconds,
         target_passes=len(res.steps),
@@ -134,6 +143,8 @@ class Generation:
     prompt_token_ids: list[list[int]] = field(default_factory=list)
     finished_by_stop: list[bool] = field(default_factory=list)
     logprobs: list[list[TokenLogprob]] | None = None  # per row, when asked for
+    # each output token's time after its row's first (all rows), for percentiles over calls
+    token_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self, single: bool = False) -> dict[str, Any]:
         if single and len(self.text) == 1:

@@ -97,6 +97,11 @@ def _run(gen: Generator, prompts: Sequence[str], s: Setting, max_new: int) -> Be
             adaptive=s.adaptive,
         )  # fmt: skip
         results.append(out)
+    return bench_row(s, results)
+
+
+def bench_row(s: Setting, results: Sequence[Generation]) -> BenchRow:
+    """The totals of one setting's generations (one per prompt)."""
     m = [r.metrics for r in results]
     d_ms = [x.draft_step_ms for x in m if x.draft_step_ms is not None]
     t_ms = [x.target_step_ms for x in m if x.target_step_ms is not None]
@@ -152,7 +157,7 @@ def run_bench(
             runs[s].append(_run(gen, prompts, s, max_new))
             tick(s.label)
     base = _median_row(runs[TARGET])
-    rows = [_speculative_row(gen, _median_row(runs[s]), base) for s in plan[1:]]
+    rows = [speculative_row(gen, _median_row(runs[s]), base) for s in plan[1:]]
     for s, row in zip(plan[1:], rows, strict=True):
         row.update(_spread(runs[s]))
     best = max(rows, key=lambda x: x["speedup"])
@@ -195,11 +200,17 @@ def advice(best: dict[str, Any]) -> str:
     )
 
 
-def _speculative_row(gen: Generator, r: BenchRow, base: BenchRow) -> dict[str, Any]:
+def speculative_row(
+    gen: Generator, r: BenchRow, base: BenchRow, alpha: float | None = None
+) -> dict[str, Any]:
+    """A speculative setting's figures beside the target alone's: what `plan --from-bench`
+    reads (alpha, c, speedup) and what bench shows. `alpha`: a better estimate the caller has
+    (else it is estimated from tokens per target pass)."""
     gamma = r.setting.draft_tokens
     steps = r.target_passes
     mean_l = (r.accepted + steps) / steps if steps else None
-    alpha = alpha_from_mean_tokens(mean_l, gamma) if mean_l else None
+    if alpha is None:
+        alpha = alpha_from_mean_tokens(mean_l, gamma) if mean_l else None
     if r.setting.method == "draft":
         has_ms = r.draft_step_ms and base.target_step_ms
         c = r.draft_step_ms / base.target_step_ms if has_ms else None  # type: ignore[operator]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ..config.catalog import INSTANCES, Architecture
+from ..config.catalog import INSTANCES, TP_RULES, Architecture
 from ..config.spec import DeploymentSpec
 from ..config.yamlread import show
 from ..engine.speedup import MAX_GAMMA, mean_tokens_per_pass
@@ -23,6 +23,9 @@ from ..host.facts import HostFacts
 from ..preflight.memory import model_memory
 from .perf import FAMILIES, Family, decode_step_s, floor_s, prefill_s, verify_step_s
 from .pricing import DEFAULT_REGION, price, usd_per_million_tokens
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 GAMMAS = tuple(range(1, MAX_GAMMA + 1))  # searched; the table shows 1..8, or past the best
 SHOWN_GAMMAS = 8
@@ -71,19 +74,21 @@ def inputs(
     )
 
 
-MAX_BENCH_BYTES = 1 << 20  # a bench report is a few kB
+MAX_BENCH_BYTES = 1 << 20  # a bench report is a few kB; a verify report some tens
+VERIFY_KIND = "neuron-spec verify"  # a verify report's "kind": read like bench's JSON
 MAX_C = 10.0  # draft step / target step: a draft 10x slower than its target is a wrong file
 
 
 def read_bench(path: str, method: str = "draft") -> tuple[float | None, float | None]:
-    """(alpha, c) of the fastest row of a `neuron-spec bench --json` file for `method` (rows
-    written before bench compared methods are the draft model's): alpha in [0, 1], c in
-    (0, MAX_C] ([0, MAX_C] for a lookup), both finite; anything else is a UsageError naming
-    the file."""
+    """(alpha, c) of the fastest row of a `neuron-spec bench --json` file or a `neuron-spec
+    verify` report for `method` (rows written before bench compared methods are the draft
+    model's): alpha in [0, 1], c in (0, MAX_C] ([0, MAX_C] for a lookup), both finite; a verify
+    report whose checks failed, or anything else, is a UsageError naming the file."""
     from ..util.safeio import Unreadable, read_json
 
     try:
         report = read_json(Path(path), MAX_BENCH_BYTES)
+        _refuse_failed_verify(path, report)
         rows = [r for r in report["speculative"] if r.get("method", "draft") == method]
         if not rows:
             raise UsageError(
@@ -96,9 +101,9 @@ def read_bench(path: str, method: str = "draft") -> tuple[float | None, float | 
         raise UsageError(f"--from-bench {path}: {exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UsageError(
-            f"--from-bench {path}: not the JSON of `neuron-spec bench --json` (it needs "
-            "'speculative' rows with 'alpha' and 'c', and their 'speedup' or "
-            "'best_draft_tokens')"
+            f"--from-bench {path}: not the JSON of `neuron-spec bench --json` or a `neuron-spec "
+            "verify` report (it needs 'speculative' rows with 'alpha' and 'c', and their "
+            "'speedup' or 'best_draft_tokens')"
         ) from None
     lookup = method != "draft"  # a lookup's c is 0; a draft model always costs something
     low = "[0" if lookup else "(0"
@@ -111,6 +116,20 @@ def read_bench(path: str, method: str = "draft") -> tuple[float | None, float | 
     if c < 0 or (c == 0 and not lookup):
         raise problem
     return float(alpha), float(c)
+
+
+def _refuse_failed_verify(path: str, report: Any) -> None:
+    """A verify report is read like bench's JSON, unless a check failed: its figures then do
+    not describe a working deployment (or there are none)."""
+    if not isinstance(report, dict) or report.get("kind") != VERIFY_KIND or report.get("ok"):
+        return
+    failed = report.get("failed")
+    names = ", ".join(str(n) for n in failed) if isinstance(failed, list) and failed else "?"
+    raise UsageError(
+        f"--from-bench {path}: this verify report failed its checks ({names[:200]}), so its "
+        "figures do not describe a working deployment; fix what failed and run `neuron-spec "
+        "verify` again"
+    )
 
 
 def _fastest(rows: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +145,24 @@ def _number(value: Any) -> TypeGuard[float]:
 
 def _request_s(ttft_s: float, tpot_s: float, new_tokens: int) -> float:
     return ttft_s + max(new_tokens - 1, 0) * tpot_s
+
+
+def request_tokens_per_s(ttft_s: float, tpot_s: float, new_tokens: int) -> float:
+    """Output tokens per second of one request timed whole: TTFT, then new_tokens - 1 steps."""
+    return new_tokens / _request_s(ttft_s, tpot_s, new_tokens)
+
+
+def performance_tp(spec: DeploymentSpec, p: Plan) -> int | None:
+    """The tp the prediction is for: the config's when draft and target share it and the pair
+    fits there; otherwise the recommended one (None when the pair fits nowhere)."""
+    rec = p.recommendation
+    tp = spec.target.tp_degree
+    fits = p.layout is not None and p.layout.per_core_bytes <= p.layout.budget_per_core
+    valid = p.host.platform is not None and TP_RULES[p.host.platform].allowed(tp)
+    shared = all(m.tp_degree == tp for _role, m in spec.models())
+    if shared and fits and valid and tp <= p.host.cores:
+        return tp
+    return rec.target_tp if rec else None
 
 
 def draft_runs(gamma: int, alpha: float, mode: str | None) -> float:

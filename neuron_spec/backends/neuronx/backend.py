@@ -310,6 +310,9 @@ class NeuronxPair:
     def warnings(self) -> list[str]:
         return list(self.cache.warnings)
 
+    def device_memory_peak(self) -> int | None:
+        return None  # transformers-neuronx does not say what the cores hold (neuron-top does)
+
     def vocab_size(self) -> int:
         config = getattr(self.target, "config", None)
         if isinstance(config, dict):

@@ -207,6 +207,9 @@ class NxdiPair:
     def warnings(self) -> list[str]:
         return list(self.cache.warnings)
 
+    def device_memory_peak(self) -> int | None:
+        return None  # NxD Inference does not report what the NeuronCores hold (neuron-top does)
+
     @property
     def vocab_size(self) -> int:
         return int(self.target.config.vocab_size)
