@@ -130,8 +130,9 @@ def assert_complete(report: dict, backend: str) -> None:
         assert m["tpot_ms"]["p90"] >= m["tpot_ms"]["p50"]
     spec = report["measured"]["speculative"]
     assert spec["drafted"] > 0 and 0 <= spec["acceptance_rate"] <= 1
-    if not report["speculation"]["adaptive"]:  # every step proposes gamma: alpha's sample
-        assert spec["alpha_steps"] == spec["target_passes"] - spec["prompts"]
+    # alpha's sample: the steps that proposed (each row step here, but where the budget left
+    # no room), whatever their length
+    assert 0 < spec["alpha_steps"] <= spec["target_passes"] and 0 <= spec["alpha"] <= 1
     assert report["measured"]["target_only"]["drafted"] == 0
     assert {row["figure"] for row in report["comparison"]} == FIGURES
     agree = checks["agreement"]["data"]

@@ -302,8 +302,9 @@ def _render_bench(console: Console, report: dict[str, Any]) -> None:
         console.print(f"[bold]speculation does not pay here[/bold]: {escape(report['advice'])}")
     console.print(
         "[dim]acceptance: the share of proposed tokens the target accepted. alpha: the chance "
-        "that one proposed token is accepted given those before it were, estimated from "
-        "tokens per pass (for an adaptive length, at its longest); c: a proposal's cost as a "
+        "that one proposed token is accepted given those before it were, estimated from every "
+        "step's proposals, whatever their length (accepted / (accepted + refused)); c: a "
+        "proposal's cost as a "
         "share of a target step (0 for lookups, which run no model).[/dim]"
     )
 

@@ -128,7 +128,7 @@ def render_summary(console: Console, v: Verification, out: Path) -> None:
         console.print(_figures_table(r))
         steps = r["measured"]["speculative"]["alpha_steps"]
         console.print(
-            f"alpha: from the {steps} step(s) that proposed all {sp['draft_tokens']} tokens",
+            f"alpha: from the proposals of {steps} step(s) (accepted / (accepted + refused))",
             markup=False,
         )
         if r.get("prediction_note"):

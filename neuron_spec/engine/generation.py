@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .loop import EngineResult, TokenLogprob
-from .speedup import alpha_from_mean_tokens
+from .speedup import alpha_from_counts
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -47,12 +47,13 @@ class Metrics:
     per_position_acceptance: list[float]  # P(draft i accepted | drafted), i = 1..gamma
     per_position_drafted: list[int]  # how often position i was drafted
     per_position_accepted: list[int]  # how often position i was accepted
-    alpha: float | None  # per-token acceptance probability, from L
+    alpha: float | None  # per-token acceptance probability: accepted / (accepted + refused)
     draft_step_ms: float | None  # mean time of a 1-token draft pass
     target_step_ms: float | None  # mean time of a target pass
     per_row: list[dict[str, int]] = field(default_factory=list)  # {drafted, accepted} per prompt
     max_batch_rows: int = 1  # the most rows that decoded together in any step
     method: str = "draft"  # where proposals came from: draft, ngram or suffix
+    refused: int = 0  # row steps in which a proposal was refused (alpha's failed trials)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +77,7 @@ def compute_metrics(
     seconds = max(res.end - res.start, 1e-9)
     firsts = [t - res.start for t in res.first_token_at if t is not None]
     per_token = output_token_seconds(res)
-    drafted = accepted = row_steps = full_row_steps = full_accepted = 0
+    drafted = accepted = row_steps = refused = 0
     pos_drafted = [0] * gamma
     pos_accepted = [0] * gamma
     per_row = [{"drafted": 0, "accepted": 0} for _ in res.tokens]
@@ -90,14 +91,10 @@ def compute_metrics(
             row_steps += 1
             drafted += drafts
             accepted += acc
-            if drafts == gamma:
-                full_row_steps += 1
-                full_accepted += acc
+            refused += int(acc < drafts)
             for j in range(drafts):
                 pos_drafted[j] += 1
                 pos_accepted[j] += int(acc > j)
-    mean_l = (full_accepted + full_row_steps) / full_row_steps if full_row_steps else None
-    alpha = alpha_from_mean_tokens(mean_l, gamma) if (mean_l is not None and gamma > 0) else None
     return Metrics(
         prompt_tokens=prompt_tokens,
         new_tokens=new_tokens,
@@ -121,7 +118,7 @@ def compute_metrics(
         ],
         per_position_drafted=pos_drafted,
         per_position_accepted=pos_accepted,
-        alpha=alpha,
+        alpha=alpha_from_counts(accepted, refused),
         draft_step_ms=statistics.fmean(res.draft_step_seconds) * 1e3
         if res.draft_step_seconds
         else None,
@@ -131,6 +128,7 @@ def compute_metrics(
         per_row=per_row,
         max_batch_rows=max((step.rows for step in res.steps), default=1),
         method=method,
+        refused=refused,
     )
 
 

@@ -38,6 +38,15 @@ def best_gamma(alpha: float, c: float, max_gamma: int = MAX_GAMMA) -> tuple[int,
     )
 
 
+def alpha_from_counts(accepted: int, refused: int) -> float | None:
+    """alpha's maximum-likelihood estimate from steps of any proposal length: each step offers
+    its proposals in order until the first refused one, so its likelihood is alpha^accepted x
+    (1 - alpha)^(1 if one was refused), and over every step alpha = accepted / (accepted +
+    refused). None before any proposal was judged."""
+    judged = accepted + refused
+    return accepted / judged if judged else None
+
+
 def alpha_from_mean_tokens(mean_tokens: float, gamma: int, tol: float = 1e-10) -> float:
     """Invert L = (1 - alpha^(gamma+1)) / (1 - alpha) for alpha by bisection (L is monotone).
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..engine.speedup import alpha_from_mean_tokens, expected_speedup
+from ..engine.speedup import alpha_from_counts, expected_speedup
 
 if TYPE_CHECKING:  # the report's helpers (advice, rendering) run in the light install
     from ..backends.base import Generator
@@ -53,6 +53,7 @@ class BenchRow:
     target_passes: int
     drafted: int
     accepted: int
+    refused: int  # row steps in which a proposal was refused
     draft_step_ms: float | None
     target_step_ms: float | None
     outputs: list[list[int]]
@@ -112,6 +113,7 @@ def bench_row(s: Setting, results: Sequence[Generation]) -> BenchRow:
         target_passes=sum(x.target_passes for x in m),
         drafted=sum(x.drafted for x in m),
         accepted=sum(x.accepted for x in m),
+        refused=sum(x.refused for x in m),
         draft_step_ms=sum(d_ms) / len(d_ms) if d_ms else None,
         target_step_ms=sum(t_ms) / len(t_ms) if t_ms else None,
         outputs=[r.token_ids[0] for r in results],
@@ -205,12 +207,13 @@ def speculative_row(
 ) -> dict[str, Any]:
     """A speculative setting's figures beside the target alone's: what `plan --from-bench`
     reads (alpha, c, speedup) and what bench shows. `alpha`: a better estimate the caller has
-    (else it is estimated from tokens per target pass)."""
+    (else the maximum-likelihood estimate from its accepted and refused proposals, right for
+    any mix of proposal lengths)."""
     gamma = r.setting.draft_tokens
     steps = r.target_passes
     mean_l = (r.accepted + steps) / steps if steps else None
     if alpha is None:
-        alpha = alpha_from_mean_tokens(mean_l, gamma) if mean_l else None
+        alpha = alpha_from_counts(r.accepted, r.refused)
     if r.setting.method == "draft":
         has_ms = r.draft_step_ms and base.target_step_ms
         c = r.draft_step_ms / base.target_step_ms if has_ms else None  # type: ignore[operator]

@@ -29,7 +29,7 @@ from ..errors import NeuronSpecError
 from .agreement import agreement
 from .bench import TARGET, Setting, bench_row, speculative_row
 from .perfplan import VERIFY_KIND
-from .verify_figures import full_steps, measured, pooled_alpha, predicted, side_by_side
+from .verify_figures import measured, pooled_alpha, predicted, proposing_steps, side_by_side
 from .verify_prompts import PROMPT_SET, PROMPTS
 
 if TYPE_CHECKING:
@@ -314,11 +314,11 @@ def _figures(
     sp = cfg.spec.speculation
     setting = Setting(sp.method, sp.draft_tokens, sp.adaptive)
     base = bench_row(TARGET, runs["target"])
-    alpha = pooled_alpha(runs["speculative"], sp.draft_tokens)
+    alpha = pooled_alpha(runs["speculative"])
     row = speculative_row(gen, bench_row(setting, runs["speculative"]), base, alpha)
     spec_m, target_m = measured(runs["speculative"]), measured(runs["target"])
     spec_m["alpha"], spec_m["speedup"] = row["alpha"], row["speedup"]
-    spec_m["alpha_steps"] = full_steps(runs["speculative"], sp.draft_tokens)  # its sample
+    spec_m["alpha_steps"] = proposing_steps(runs["speculative"])  # its sample
     prompt_tokens = round(sum(r.metrics.prompt_tokens for r in runs["target"]) / len(prompts))
     pred, why = predicted(cfg.spec, host, cfg.base_dir, max(prompt_tokens, 1), max_new)
     return {

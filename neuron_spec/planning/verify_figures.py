@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engine.speedup import alpha_from_mean_tokens, mean_tokens_per_pass
+from ..engine.speedup import alpha_from_counts, mean_tokens_per_pass
 
 if TYPE_CHECKING:
     from ..config.spec import DeploymentSpec
@@ -53,27 +53,18 @@ def measured(results: Sequence[Generation]) -> dict[str, Any]:
     }
 
 
-def full_steps(results: Sequence[Generation], gamma: int) -> int:
-    """How many row steps proposed all gamma tokens: what pooled_alpha is estimated from."""
-    drafted = [r.metrics.per_position_drafted for r in results]
-    return sum(d[gamma - 1] for d in drafted if 0 < gamma <= len(d))
+def proposing_steps(results: Sequence[Generation]) -> int:
+    """How many row steps proposed at least one token: the sample pooled_alpha comes from."""
+    return sum(r.metrics.per_position_drafted[0] for r in results if r.metrics.per_position_drafted)
 
 
-def pooled_alpha(results: Sequence[Generation], gamma: int) -> float | None:
-    """alpha over the prompt set, as `generate` estimates it for one call: from the mean
-    tokens per target pass of the steps that proposed all gamma tokens (an adaptive length's
-    shorter steps left out), each call's steps weighted by their number."""
-    weights, means = [], []
-    for r in results:
-        m = r.metrics
-        full = m.per_position_drafted[gamma - 1] if 0 < gamma <= len(m.per_position_drafted) else 0
-        if full and m.alpha is not None:
-            weights.append(full)
-            means.append(mean_tokens_per_pass(m.alpha, gamma))
-    if not weights:
-        return None
-    mean = sum(w * x for w, x in zip(weights, means, strict=True)) / sum(weights)
-    return round(alpha_from_mean_tokens(mean, gamma), 4)
+def pooled_alpha(results: Sequence[Generation]) -> float | None:
+    """alpha over the prompt set, as `generate` estimates it for one call: every proposal's
+    outcome pooled (accepted / (accepted + refused)), whatever each step's length."""
+    accepted = sum(r.metrics.accepted for r in results)
+    refused = sum(r.metrics.refused for r in results)
+    alpha = alpha_from_counts(accepted, refused)
+    return None if alpha is None else round(alpha, 4)
 
 
 NO_MODEL = (
