@@ -325,6 +325,14 @@ def _serve(sub: Sub) -> None:
         "cancelled (default 30)",
     )
     sv.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browser pages of ORIGIN (scheme://host[:port]) call the API (CORS); "
+        "repeat for more origins; default: none",
+    )
+    sv.add_argument(
         "--api-key",
         metavar="KEY",
         help="require 'Authorization: Bearer KEY' on every /v1 route (401 otherwise); "
