@@ -378,6 +378,9 @@ class ChatRequest(_Sampling):
     top_logprobs: int | None = None
     parallel_tool_calls: bool | None = None  # meaningless without tools: any value is neutral
     metadata: dict[str, str] | None = None
+    # identifiers and cache hints for the provider: they change no answer, any value is neutral
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
 
     @field_validator("messages")
     @classmethod
