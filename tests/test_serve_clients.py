@@ -419,3 +419,15 @@ def test_cors_origin_must_be_an_origin(origin):
     with pytest.raises(UsageError, match="scheme://host"):
         check_origin(origin)
     assert check_origin("http://localhost:3000") == "http://localhost:3000"
+
+
+def test_cors_origin_is_repeatable_and_checked_before_anything_loads(capsys, pair):
+    from neuron_spec.cli.args import build_parser
+    from neuron_spec.cli.main import main
+
+    argv = ["serve", str(pair), "--cors-origin", "https://a.example", "--cors-origin",
+            "http://localhost:3000"]  # fmt: skip
+    assert build_parser(argv).parse_args(argv).cors_origin == argv[3::2]
+    assert build_parser(argv[:2]).parse_args(argv[:2]).cors_origin == []
+    assert main(["serve", str(pair), "--port", "1", "--cors-origin", "*"]) == 2
+    assert "--cors-origin '*'" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """`neuron-spec serve`: an OpenAI-compatible server (Starlette + uvicorn).
 
-- POST /v1/completions: prompt (string or list), max_tokens, temperature, top_p, stop, seed,
-  stream (server-sent events ending in `data: [DONE]`); `usage` in every response and the
-  request's speculation figures under `speculation`.
+- POST /v1/completions: prompt (text or token ids, one or a list), max_tokens, temperature,
+  top_p, stop, seed, stream (server-sent events ending in `data: [DONE]`), echo and logprobs
+  (scoring); `usage` in every response and the request's speculation figures under
+  `speculation`. vLLM's extensions and the policy for other fields: openai_api.py and
+  docs/clients.md.
 - POST /v1/chat/completions: messages rendered with the tokenizer's chat template, the same
   settings (max_completion_tokens too), plain or streamed as chat.completion.chunk events.
 - GET /v1/models and /v1/models/{id}: the one model served; a request naming another model is
@@ -16,9 +18,11 @@
 This module is the HTTP side: routes, request parsing (frontdoor.py) and the wire format of
 answers (openai_api.py). The work runs in scheduler.py: one worker thread, continuous batching
 where the backend batches (every prompt and each of its `n` choices a row of one engine batch of
-`--batch-size` slots), one request at a time otherwise. What does not fit waits in a bounded
-queue: a full queue answers 429 with Retry-After, and /health says "saturated" (503) while it
-is full. Every request is bounded: prompt tokens + max_tokens
+`--batch-size` slots), one request at a time otherwise. What does not fit waits in a queue: a
+request is admitted while running + queued requests are fewer than the slots + --queue-size,
+however a burst is timed; beyond that it gets 429 with Retry-After, and /health says
+"saturated" (503) meanwhile. --cors-origin lets browser pages of the listed origins call the
+API (Starlette's CORSMiddleware). Every request is bounded: prompt tokens + max_tokens
 must fit n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
 disconnects, streaming or not, has its generation cancelled at the next step. Client errors are
 4xx in OpenAI's error shape, counted in /metrics. SIGTERM stops accepting work, answers queued
