@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .tiny_model import InProcessServer, slowed_loader, tiny_pair_yaml
+from .tiny_model import InProcessServer, tiny_pair_yaml
 
 pytestmark = pytest.mark.reference
 PROMPT = "The capital of France is"
@@ -359,24 +361,49 @@ def test_openai_sdk_stream_helper_gives_every_choice_whole(server):
 # --- admission -----------------------------------------------------------------------------------
 
 
-def _burst(server: InProcessServer, count: int) -> list[httpx.Response]:
-    body = {"prompt": PROMPT, "max_tokens": 30, "temperature": 0.0, "ignore_eos": True}
+def _burst(server: InProcessServer, count: int, gate: threading.Event) -> list[httpx.Response]:
+    """`count` requests at once while the worker is held in its first target pass (the
+    first prompts being processed); the gate opens once every request has been admitted or
+    refused."""
+    body = {"prompt": PROMPT, "max_tokens": 4, "temperature": 0.0, "ignore_eos": True}
+    gate.clear()
     with cf.ThreadPoolExecutor(count) as pool:
-        return list(pool.map(lambda _: server.complete(**body), range(count)))
+        futures = [pool.submit(server.complete, **body) for _ in range(count)]
+        deadline = time.monotonic() + 60
+        room = server.state.capacity
+        while server.state.admitted + sum(f.done() for f in futures) < count:
+            assert time.monotonic() < deadline and server.state.admitted <= room
+            time.sleep(0.01)
+        gate.set()
+        return [f.result(timeout=120) for f in futures]
 
 
 def test_a_burst_is_admitted_while_there_is_room(pair):
-    """24 at once to 8 slots and a queue of 16: every one is answered, however the burst
-    meets the first prompts' processing; 30: 24 answered, 6 refused 429 with Retry-After."""
-    s = InProcessServer(pair, slots=8, queue_size=16, loader=slowed_loader(0.05))
+    """24 at once to 8 slots and a queue of 16 while the first prompts are still being
+    processed: every one is answered; 30: 24 answered, 6 refused 429 with Retry-After."""
+    from neuron_spec.backends import load_generator
+
+    gate = threading.Event()
+    gate.set()
+
+    def hold(*_args) -> None:
+        gate.wait(60)
+
+    def held(cfg):
+        gen = load_generator(cfg)
+        gen.backend.target.model.register_forward_pre_hook(hold)
+        return gen
+
+    s = InProcessServer(pair, slots=8, queue_size=16, loader=held)
     try:
-        assert [r.status_code for r in _burst(s, 24)] == [200] * 24
-        got = _burst(s, 30)
-        codes = sorted(r.status_code for r in got)
-        assert codes == [200] * 24 + [429] * 6
-        assert all(r.headers.get("Retry-After") for r in got if r.status_code == 429)
+        assert s.state.capacity == 24
+        assert [r.status_code for r in _burst(s, 24, gate)] == [200] * 24
+        got = _burst(s, 30, gate)
+        assert sorted(r.status_code for r in got) == [200] * 24 + [429] * 6
+        assert all(r.headers["Retry-After"].isdigit() for r in got if r.status_code == 429)
         assert s.state.admitted == 0  # every answered request left the count
     finally:
+        gate.set()
         s.stop()
 
 
