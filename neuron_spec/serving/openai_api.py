@@ -341,13 +341,14 @@ class Message(_Nullable):
     def _supported(self) -> Message:
         if self.role in ("tool", "function"):
             raise FieldProblem(
-                "messages",
-                f"messages: role {self.role!r} is not supported by neuron-spec (it serves "
+                "messages.role",
+                f"messages.role {self.role!r} is not supported by neuron-spec (it serves "
                 "text without tools); leave tool results out",
             )
         if self.role not in ROLES:
             raise FieldProblem(
-                "messages", f"messages: role {clip(self.role)}: give one of {', '.join(ROLES)}"
+                "messages.role",
+                f"messages.role {clip(self.role)}: give one of {', '.join(ROLES)}",
             )
         for name in ("tool_calls", "function_call", "tool_call_id"):
             if getattr(self, name) not in (None, []):

@@ -204,7 +204,8 @@ def predict_fn(request: Request, generator: Generator) -> dict[str, Any]:
         totals["drafted"] += m.drafted
         totals["accepted"] += m.accepted
         alphas.append(m.alpha)
-    single = not isinstance(getattr(request, "prompt", None), list)
+    prompt = getattr(request, "prompt", None)
+    single = not isinstance(prompt, list) or isinstance(prompt[0], int)  # one text or id list
     return {
         "text": outputs[0] if single else outputs,
         "usage": {
