@@ -256,6 +256,9 @@ def test_token_id_prompts_answer_as_their_text(server, tokenizer):
     refused(server.complete(prompt=[[5], []]), "prompt", "empty")
     refused(server.complete(prompt=[]), "prompt")
     refused(server.complete(prompt=[5] * 600), "prompt", "n_positions")  # as long text
+    t0 = time.monotonic()
+    refused(server.complete(prompt=[5] * 200_000), "prompt", "n_positions")  # a body's worth
+    assert time.monotonic() - t0 < 10
 
 
 def _target_logprobs(pair: Path, ids: list[int]) -> list[float]:

@@ -112,6 +112,14 @@ def prompts(generator: Generator, req: Request) -> tuple[list[str], list[list[in
                 texts = [str(p) for p in given]
                 return texts, generator.encode(texts)
             rows: list[list[int]] = [list(p) for p in given]
+            longest = max(len(row) for row in rows)
+            if longest >= generator.n_positions:  # before decoding a body's worth of ids
+                raise RequestError(
+                    400,
+                    f"the prompt is {longest} tokens; n_positions={generator.n_positions} "
+                    "leaves no room to generate",
+                    "prompt",
+                )
             _check_ids("prompt", [t for row in rows for t in row], vocab)
             return [generator.tokenizer.decode(row) for row in rows], rows
         tok = generator.tokenizer
