@@ -288,6 +288,11 @@ def test_the_entry_point_serves_a_pair_from_s3(aws, tmp_path, monkeypatch):
     assert content_type == "application/json"
     assert out["usage"]["completion_tokens"] >= 1 and isinstance(out["text"], str)
     assert (tmp_path / "downloaded" / "target" / "config.json").is_file()
+    ids = {"prompt": [5, 6, 7], "max_tokens": 6, "temperature": 0.0, "ignore_eos": True}
+    answer = entry.predict_fn(entry.input_fn(json.dumps(ids)), model)
+    by_ids = json.loads(entry.output_fn(answer)[0])
+    assert isinstance(by_ids["text"], str) and by_ids["usage"]["completion_tokens"] == 6
+    assert by_ids["usage"]["prompt_tokens"] == 3
     with pytest.raises(entry.InvalidRequest) as exc:
         entry.input_fn("{}", "application/json")
     assert exc.value.status_code == 400 and json.loads(exc.value.phrase)["error"]["param"]
@@ -314,7 +319,9 @@ def _entry_module():
         ({"prompt": "hi", "temperature": 5e-324}, "temperature"),
         ({"prompt": "hi", "seed": 2**70}, "seed"),
         ({"prompt": "hi", "stop": 5}, "stop"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": [1, "a"]}, "prompt"),
+        ({"prompt": [-1, 2]}, "prompt"),
+        ({"prompt": "hi", "echo": True}, "echo"),
         ({"prompt": {"text": "hi"}}, "prompt"),
         ({"prompt": "\ud800"}, "prompt"),
         ({"prompt": ["p"] * 64}, "prompt"),

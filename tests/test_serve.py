@@ -231,7 +231,7 @@ def test_metrics_count_the_request(server):
         ({"prompt": PROMPT, "n": 17}, "n"),
         ({"prompt": [PROMPT] * 4, "n": 5}, "n"),
         ({"prompt": PROMPT, "best_of": 2}, "best_of"),
-        ({"prompt": PROMPT, "echo": True}, "echo"),
+        ({"prompt": PROMPT, "suffix": "and so on"}, "suffix"),
         ({"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty"),
         ({"prompt": PROMPT, "logprobs": 99}, "logprobs"),
         ({"prompt": PROMPT, "frobnicate": 1}, "frobnicate"),
@@ -674,7 +674,7 @@ def test_top_k_in_extra_body_n_and_image_parts_in_plain_words(server):
         client.chat.completions.create(model=MODEL, messages=image, max_tokens=2)
     assert "only text content" in exc.value.body["message"]
     assert exc.value.body["param"] == "messages"
-    r = server.complete(prompt=PROMPT, echo=True)
+    r = server.complete(prompt=PROMPT, suffix="and so on")
     assert "leave it out" in r.json()["error"]["message"]
     assert "send leave" not in r.json()["error"]["message"]
 

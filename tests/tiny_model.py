@@ -104,6 +104,7 @@ class InProcessServer:
         queue_size: int = 16,
         api_key: str | None = None,
         loader: Any = None,
+        cors_origins: list[str] | None = None,
     ):
         import uvicorn
 
@@ -113,7 +114,7 @@ class InProcessServer:
         from neuron_spec.serving.server import build_app, listen
 
         self.state = Scheduler(load_config(config), queue_size, slots=slots)
-        app = build_app(self.state, loader or load_generator, api_key)
+        app = build_app(self.state, loader or load_generator, api_key, cors_origins)
         self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ..config.spec import ConfigFile, SamplingSpec
 from ..engine.acceptors import Acceptor, make_acceptor
 from ..engine.generation import (
+    Ending,
     Generation,
     RequestTooLong,
     TextCallback,
@@ -23,7 +24,16 @@ from ..engine.generation import (
     compute_metrics,
     output_token_seconds,
 )
-from ..engine.loop import Batch, Decode, EngineResult, ProposerFactory, Row
+from ..engine.loop import (
+    Batch,
+    Decode,
+    EngineResult,
+    ProposerFactory,
+    Row,
+    StreamCallback,
+    TokenLogprob,
+    logprobs_of,
+)
 from ..engine.policy import LengthPolicy
 from ..engine.proposers import PromptLookup, SuffixLookup, SuffixStore
 from ..engine.runner import Runner
@@ -164,12 +174,17 @@ class Generator:
         cancelled: Callable[[], bool] | None = None,
         method: str | None = None,
         adaptive: bool | None = None,
+        ending: Ending | None = None,
+        on_tokens: StreamCallback | None = None,
     ) -> Generation:
         """Generate for one prompt or a batch. `method` and `adaptive` override the config's
         speculation.method and speculation.adaptive for this call. `on_text(row, delta)`
         receives text as tokens are accepted; `stop` strings end a row (the text is cut
         before the stop string, which is not returned); `cancelled()` is polled between steps
-        and aborts the call with GenerationCancelled when it turns true."""
+        and aborts the call with GenerationCancelled when it turns true. `ending` gives the
+        stop strings (instead of `stop`) and how rows end (engine.generation.Ending);
+        `on_tokens(row, new)` sees each row's accepted tokens before their text."""
+        ending = _ending(stop, ending)
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = (
             [list(p) for p in prompt_token_ids]
@@ -182,16 +197,17 @@ class Generator:
         acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
         gamma = self.spec.speculation.draft_tokens if draft_tokens is None else draft_tokens
         chosen = self.method(method)
-        stream = TextStream(self.tokenizer, len(ids), on_text, [s for s in stop if s])
+        stream = TextStream(self.tokenizer, len(ids), on_text, ending)
         how = Decode(
             draft_tokens=gamma,
             max_new_tokens=max_new,
-            eos_token_ids=self.eos_token_ids,
+            eos_token_ids=sorted(ending.finishing_ids(self.eos_token_ids)),
             pad_token_id=self.pad_token_id,
-            on_tokens=stream.on_tokens if stream.active else None,
+            on_tokens=_watched(stream, on_tokens),
             cancelled=cancelled,
             lookup=self.lookup(chosen),
             policy=self.policy(chosen, gamma, adaptive),
+            min_new_tokens=ending.min_tokens,
         )
         res = self.backend.decode(ids, acceptor, how)
         texts = stream.finish(res.tokens)
@@ -233,21 +249,25 @@ class Generator:
         on_text: Callable[[str], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
         logprobs: int | None = None,
+        ending: Ending | None = None,
     ) -> tuple[Row, Callable[[], Generation]]:
         """One request as a row of a continuous batch (see `open_batch`), with its own
         sampling, seed, stop strings and budget; and the function that turns the finished
         row into its Generation. `logprobs`: N to record each emitted token's log-probability
-        under the target and the N most likely alternatives (None: not recorded)."""
+        under the target and the N most likely alternatives (None: not recorded). `ending`:
+        as in `generate`."""
+        ending = _ending(stop, ending)
         ids = [list(prompt_ids)]
         max_new = max_new_tokens or self.spec.generation.max_new_tokens
         self.check_lengths(ids, max_new)
         sampling = self._sampling(temperature, top_k, top_p, seed)
         acceptor = make_acceptor(self.spec.speculation.acceptor, sampling)
         text_cb = None if on_text is None else (lambda _row, delta: on_text(delta))
-        stream = TextStream(self.tokenizer, 1, text_cb, [s for s in stop if s])
+        stream = TextStream(self.tokenizer, 1, text_cb, ending)
         callback = (lambda new: stream.on_tokens(0, new)) if stream.active else None
-        eos = frozenset(self.eos_token_ids)
+        eos = ending.finishing_ids(self.eos_token_ids)
         row = Row(ids[0], max_new, eos, acceptor, callback, cancelled, logprobs=logprobs)
+        row.min_new = ending.min_tokens
         # a request that gives its own seed and samples always drafts, so it draws its random
         # numbers as it does alone (its output equals the output alone only while its logits
         # do too: see max_batch_rows in the metrics)
@@ -263,6 +283,26 @@ class Generator:
             return gen
 
         return row, finish
+
+    @property
+    def scores_prompts(self) -> bool:
+        """Whether the backend returns the target's logits over a prompt (`prompt_logprobs`)."""
+        return hasattr(self.backend, "prompt_logits")
+
+    def prompt_logprobs(self, ids: Sequence[int], top: int) -> list[TokenLogprob | None]:
+        """Each prompt token's log-probability under the target given the tokens before it,
+        and the `top` most likely tokens there; None for the first token, which has no
+        context. NotImplementedError where the backend cannot return prompt logits."""
+        scorer = getattr(self.backend, "prompt_logits", None)
+        if scorer is None:
+            raise NotImplementedError(
+                f"the {self.backend.name} backend returns the logits of a prompt's last "
+                "position only"
+            )
+        out: list[TokenLogprob | None] = [None]
+        for logits in scorer(ids):  # (n, V): the next tokens' logits
+            out += logprobs_of(logits, list(ids[len(out) : len(out) + len(logits)]), top)
+        return out
 
     def _sampling(
         self,
@@ -304,3 +344,24 @@ class Generator:
                 "the models were configured for. Fix: shorten the prompt, lower "
                 "max_new_tokens, or raise n_positions in the config."
             )
+
+
+def _ending(stop: Sequence[str], ending: Ending | None) -> Ending:
+    """The call's Ending: `ending`, or `stop` strings alone (never both)."""
+    if ending is None:
+        return Ending(stop=tuple(s for s in stop if s))
+    if stop:
+        raise ValueError("give stop strings in `ending` or in `stop`, not both")
+    return ending
+
+
+def _watched(stream: TextStream, on_tokens: StreamCallback | None) -> StreamCallback | None:
+    """The engine's token callback: `on_tokens` (when given), then the text stream's."""
+    if on_tokens is None:
+        return stream.on_tokens if stream.active else None
+
+    def both(row: int, new: list[int]) -> bool:
+        on_tokens(row, new)
+        return stream.on_tokens(row, new) if stream.active else False
+
+    return both

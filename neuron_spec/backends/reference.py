@@ -7,7 +7,7 @@ runs them through neuron-spec's speculative engine with real KV caches.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ def _crop(cache: Any, length: int) -> None:
 
 
 COMPACT_MIN_COLUMNS = 64
+SCORE_CHUNK = 256  # prompt positions per pass when scoring: their logits are (256, V) floats
 
 
 def _holds_rows(layer: Any) -> bool:
@@ -182,6 +183,18 @@ class ReferenceBackend:
 
     def batch_runners(self, slots: int) -> RunnerPair | None:
         return self.target, self.draft
+
+    def prompt_logits(self, ids: Sequence[int]) -> Iterator[torch.Tensor]:
+        """The target's logits after each prompt token but the last ((n, V) per chunk of at
+        most SCORE_CHUNK positions, in order), through a cache of its own: the batch's rows
+        are left as they are."""
+        runner = HFRunner(self.target.model, self.device)
+        runner.reset(1)
+        with torch.inference_mode():
+            for at in range(0, len(ids) - 1, SCORE_CHUNK):
+                part = torch.tensor([list(ids[at : min(at + SCORE_CHUNK, len(ids) - 1)])])
+                live = torch.ones_like(part, dtype=torch.bool)
+                yield runner.feed(part, live, part.shape[1])[0]
 
     def warnings(self) -> list[str]:
         return []

@@ -331,7 +331,10 @@ def _serve(sub: Sub) -> None:
         "GET /metrics (Prometheus). A request naming another model gets 404 model_not_found. "
         "Up to --batch-size requests decode together (continuous batching: a request joins "
         "the running batch at the next step and leaves it when done); the rest wait in a "
-        "bounded queue, and a full queue answers 429 with Retry-After. SIGTERM drains: "
+        "queue: a request is admitted while running + queued requests are fewer than "
+        "--batch-size + --queue-size, beyond that 429 with Retry-After. vLLM's extension "
+        "fields, token-id prompts and echo scoring are honoured; unknown fields are refused "
+        "by name (docs/clients.md). SIGTERM drains: "
         "running requests get --drain-timeout seconds, then are cancelled; exit 0.",
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -358,6 +361,14 @@ def _serve(sub: Sub) -> None:
         metavar="S",
         help="on SIGTERM, seconds the running requests may take to finish before they are "
         "cancelled (default 30)",
+    )
+    sv.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browser pages of ORIGIN (scheme://host[:port]) call the API (CORS); "
+        "repeat for more origins; default: none",
     )
     sv.add_argument(
         "--api-key",

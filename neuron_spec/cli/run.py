@@ -355,9 +355,10 @@ def _render_plan(console: Console, view: PlanView) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..serving.server import serve
+    from ..serving.server import check_origin, serve
 
     key = _api_key(args.api_key)  # before anything else: a blank key must never serve
+    origins = [check_origin(o) for o in args.cors_origin]
     cfg = load(args.config, args.backend)
     if preflight_or_stop(cfg, args.instance, False, quiet=args.quiet) is None:
         return EXIT_FAILED
@@ -367,7 +368,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--batch-size applies to the reference backend; the {cfg.spec.backend} backend "
             "decodes with the batch size its graphs were compiled for (target.batch_size)."
         )
-    return serve(cfg, args.host, args.port, args.queue_size, args.drain_timeout, key, slots)
+    return serve(
+        cfg, args.host, args.port, args.queue_size, args.drain_timeout, key, slots, origins
+    )
 
 
 def _api_key(given: str | None) -> str | None:

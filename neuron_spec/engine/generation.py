@@ -13,9 +13,10 @@ from .loop import EngineResult, TokenLogprob
 from .speedup import alpha_from_counts
 
 
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Index of the earliest stop string in text, or None."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+def _first_stop(text: str, stops: Sequence[str], after: int = 0) -> tuple[int, int] | None:
+    """(start, length) of the earliest stop string in text that ends past character `after`,
+    or None."""
+    hits = [(i, len(s)) for s in stops if (i := text.find(s, max(0, after - len(s) + 1))) >= 0]
     return min(hits) if hits else None
 
 
@@ -172,32 +173,70 @@ class RequestTooLong(ValueError):
 TextCallback = Callable[[int, str], None]
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a request's rows end and what their text shows: OpenAI's stop strings, and vLLM's
+    extensions (https://docs.vllm.ai/en/latest/api/vllm/sampling_params.html): stop token
+    ids, ignore_eos, min_tokens (neither EOS nor a stop id nor a stop string ends a row before
+    it has that many tokens), include_stop_str_in_output, skip_special_tokens."""
+
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    include_stop: bool = False
+    skip_special: bool = True
+
+    def finishing_ids(self, eos: Sequence[int]) -> frozenset[int]:
+        """The token ids that end a row: EOS (unless ignored) and the stop token ids."""
+        return frozenset(() if self.ignore_eos else eos) | frozenset(self.stop_token_ids)
+
+
 class TextStream:
     """Text as tokens are accepted, for `on_text` and stop strings. Text that may be the start
     of a stop string, or an incomplete multi-byte character, is held back until it is known
-    not to be; a row that reaches a stop string ends there, the stop string not included."""
+    not to be; a row that reaches a stop string ends there, the stop string not included
+    (unless `ending.include_stop`)."""
 
     def __init__(
-        self, tokenizer: Any, rows: int, on_text: TextCallback | None, stops: list[str]
+        self, tokenizer: Any, rows: int, on_text: TextCallback | None, ending: Ending
     ) -> None:
-        self.tokenizer, self.on_text, self.stops = tokenizer, on_text, stops
+        self.tokenizer, self.on_text, self.ending = tokenizer, on_text, ending
+        self.stops = [s for s in ending.stop if s]
         self.so_far: list[list[int]] = [[] for _ in range(rows)]
         self.shown = [""] * rows
         self.stopped = [False] * rows
-        self.hold = max((len(s) for s in stops), default=1) - 1  # may be the start of a stop
+        self.hold = max((len(s) for s in self.stops), default=1) - 1  # may start a stop
+        self.stop_from: list[int | None] = [None if ending.min_tokens else 0] * rows
 
     @property
     def active(self) -> bool:
         return self.on_text is not None or bool(self.stops)
 
+    def decode(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=self.ending.skip_special))
+
+    def _cut(self, row: int, tokens: list[int], text: str) -> str:
+        """The text up to the row's first stop string (through it, with include_stop), and
+        whether one was found (then the row is marked stopped). Before min_tokens tokens no
+        stop string counts; after, only one ending past the text of those tokens."""
+        after = self.stop_from[row]
+        if after is None:
+            if len(tokens) < self.ending.min_tokens:
+                return text
+            after = self.stop_from[row] = len(self.decode(tokens[: self.ending.min_tokens]))
+        hit = _first_stop(text, self.stops, after)
+        if hit is None:
+            return text
+        self.stopped[row] = True
+        start, length = hit
+        return text[: start + length] if self.ending.include_stop else text[:start]
+
     def on_tokens(self, row: int, new: list[int]) -> bool:
         """The engine's callback: True ends the row."""
         self.so_far[row].extend(new)
-        text = self.tokenizer.decode(self.so_far[row], skip_special_tokens=True)
-        cut = _first_stop(text, self.stops)
-        if cut is not None:
-            text, self.stopped[row] = text[:cut], True
-        elif text.endswith("\ufffd"):
+        text = self._cut(row, self.so_far[row], self.decode(self.so_far[row]))
+        if not self.stopped[row] and text.endswith("\ufffd"):
             return False  # an incomplete multi-byte character: wait for the rest
         shown = self.shown[row]
         safe = len(text) if self.stopped[row] else max(len(shown), len(text) - self.hold)
@@ -208,11 +247,10 @@ class TextStream:
 
     def finish(self, tokens: list[list[int]]) -> list[str]:
         """Each row's whole text, cut at its first stop string; what was held back is sent."""
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-        for row, text in enumerate(texts):
-            cut = _first_stop(text, self.stops)
-            if cut is not None:
-                texts[row], self.stopped[row] = text[:cut], True
-            elif self.on_text is not None and len(text) > len(self.shown[row]):
+        texts = []
+        for row, toks in enumerate(tokens):
+            text = self._cut(row, toks, self.decode(toks))
+            if self.on_text is not None and len(text) > len(self.shown[row]):
                 self.on_text(row, text[len(self.shown[row]) :])  # flush what was held back
+            texts.append(text)
         return texts

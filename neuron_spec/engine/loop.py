@@ -81,7 +81,7 @@ class TokenLogprob:
     top: list[tuple[int, float]]
 
 
-def _logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+def logprobs_of(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
     """logits (n, V) of the positions that emitted `tokens` (n)."""
     lsm = torch.log_softmax(logits.float(), dim=-1)
     out = []
@@ -112,6 +112,8 @@ class Row:
     # log-probabilities under the target's distribution: None = not wanted, N = each emitted
     # token's and the N most likely alternatives at its position
     logprobs: int | None = None
+    # no `eos` id is emitted before the row has this many tokens (vLLM's min_tokens)
+    min_new: int = 0
     token_logprobs: list[TokenLogprob] = field(default_factory=list)
     acceptance: RowAcceptance = field(default_factory=RowAcceptance)
     result: EngineResult = field(init=False)
@@ -308,7 +310,7 @@ class Batch:
         marks = (len(self.draft_step_seconds), len(self.target_step_seconds))
         proposal = self._propose(lengths, acceptor)
         t_logits, t_first, t_seconds = self._verify(proposal.ids)
-        emitted, counts = acceptor.accept(proposal.ids, proposal.logits, t_logits)
+        emitted, counts = acceptor.accept(proposal.ids, proposal.logits, _banned(rows, t_logits))
         n_acc = torch.minimum((counts - 1).clamp(min=0), torch.tensor(lengths))
         idle = torch.tensor([r is None for r in rows])
         self.target.invalidate_from(torch.where(idle, 0, t_first + n_acc))
@@ -440,7 +442,7 @@ class Batch:
             new = [int(x) for x in emitted[p, : int(counts[p])]]
             keep = _commit_row(row, new, now)
             if row.logprobs is not None and keep:
-                row.token_logprobs += _logprobs(t_logits[p, : len(keep)], keep, row.logprobs)
+                row.token_logprobs += logprobs_of(t_logits[p, : len(keep)], keep, row.logprobs)
             accepted = int(n_acc[p])
             record.accepted[b], record.emitted[b] = accepted, len(keep)
             self._record(row, record, b)
@@ -502,6 +504,19 @@ class Batch:
         row.result.target_step_seconds.extend(self._times[1])
 
 
+def _banned(rows: Sequence[Row | None], logits: torch.Tensor) -> torch.Tensor:
+    """The target's logits (B, w, V) with each row's `eos` ids impossible at the positions
+    before its `min_new`-th token (a copy; the originals give the logprobs)."""
+    out = logits
+    for p, row in enumerate(rows):
+        short = 0 if row is None or not row.eos else row.min_new - len(row.tokens)
+        if row is not None and short > 0:
+            out = out.clone() if out is logits else out
+            ids = torch.tensor(sorted(row.eos), dtype=torch.long)
+            out[p, :short, ids] = float("-inf")
+    return out
+
+
 def _commit_row(row: Row, new: list[int], now: float) -> list[int]:
     """Append what the row may keep of a step's new tokens (up to its budget, through its
     first EOS); returns them."""
@@ -536,6 +551,7 @@ class Decode:
     cancelled: Callable[[], bool] | None = None
     lookup: ProposerFactory | None = None
     policy: LengthPolicy | None = None
+    min_new_tokens: int = 0  # no EOS id before this many tokens
 
     def run(
         self,
@@ -562,6 +578,7 @@ class Decode:
             on_tokens=on_tokens or self.on_tokens,
             cancelled=self.cancelled,
             policy=self.policy,
+            min_new_tokens=self.min_new_tokens,
         )
 
 
@@ -580,11 +597,13 @@ def speculative_generate(
     cancelled: Callable[[], bool] | None = None,
     acceptors: Sequence[Acceptor] | None = None,
     policy: LengthPolicy | None = None,
+    min_new_tokens: int = 0,
 ) -> EngineResult:
     """Generate up to max_new_tokens per prompt, all prompts as one batch. `proposer`: a
     Proposer or a draft model's Runner; None or draft_tokens=0: the target alone. `acceptors`,
     one per prompt, give each row its own sampling (else `acceptor` serves every row);
-    `policy` chooses each step's proposal length (else always up to draft_tokens)."""
+    `policy` chooses each step's proposal length (else always up to draft_tokens);
+    `min_new_tokens`: no EOS id is emitted before a row has that many tokens."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     batch = Batch(
@@ -601,7 +620,7 @@ def speculative_generate(
     for b, prompt in enumerate(prompts):
         callback = None if on_tokens is None else (lambda t, b=b: on_tokens(b, t))
         own = acceptors[b] if acceptors is not None else None
-        rows.append(Row(list(prompt), max_new_tokens, eos, own, callback))
+        rows.append(Row(list(prompt), max_new_tokens, eos, own, callback, min_new=min_new_tokens))
         batch.admit(rows[-1], b)
     start = time.perf_counter()
     while batch.busy:

@@ -16,6 +16,7 @@ from .openai_api import ChatRequest, CompletionRequest, FieldProblem, clip
 
 if TYPE_CHECKING:
     from ..backends.base import Generator
+    from ..engine.generation import Ending
 
 MAX_BODY_BYTES = 1 << 20
 Request = CompletionRequest | ChatRequest
@@ -61,7 +62,12 @@ def validate(payload: Any, schema: type[Request]) -> Request:
         if isinstance(problem, FieldProblem):
             raise RequestError(400, str(problem), problem.field) from None
         if first["type"] == "extra_forbidden":
-            raise RequestError(400, f"unknown field {param!r}", param) from None
+            raise RequestError(
+                400,
+                f"unknown field {param!r}: neuron-spec does not know it; leave it out "
+                "(docs/clients.md lists the fields it accepts)",
+                param,
+            ) from None
         got = clip(first.get("input"))
         raise RequestError(400, f"{param}: {first['msg']} (got {got})", param) from None
     refused = body.unsupported()
@@ -94,12 +100,28 @@ def _param(loc: tuple[Any, ...]) -> str | None:
 
 def prompts(generator: Generator, req: Request) -> tuple[list[str], list[list[int]]]:
     """The request's prompt texts and tokens; a chat goes through the tokenizer's chat
-    template, its content kept as text (chat.py). RequestError (400) when it cannot."""
+    template, its content kept as text (chat.py); token-id prompts are checked against the
+    vocabulary and decoded for their text. RequestError (400) when it cannot."""
     where = "messages" if isinstance(req, ChatRequest) else "prompt"
     try:
+        vocab = len(generator.tokenizer)
+        _check_ids("stop_token_ids", req.stop_token_ids or [], vocab)
         if isinstance(req, CompletionRequest):
-            texts = req.prompts()
-            return texts, generator.encode(texts)
+            given: list[Any] = req.prompts()
+            if isinstance(given[0], str):
+                texts = [str(p) for p in given]
+                return texts, generator.encode(texts)
+            rows: list[list[int]] = [list(p) for p in given]
+            longest = max(len(row) for row in rows)
+            if longest >= generator.n_positions:  # before decoding a body's worth of ids
+                raise RequestError(
+                    400,
+                    f"the prompt is {longest} tokens; n_positions={generator.n_positions} "
+                    "leaves no room to generate",
+                    "prompt",
+                )
+            _check_ids("prompt", [t for row in rows for t in row], vocab)
+            return [generator.tokenizer.decode(row) for row in rows], rows
         tok = generator.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ValueError(
@@ -110,6 +132,15 @@ def prompts(generator: Generator, req: Request) -> tuple[list[str], list[list[in
         return [text], [ids]
     except ValueError as exc:
         raise RequestError(400, str(exc), where) from None
+
+
+def _check_ids(field: str, ids: list[int], vocab: int) -> None:
+    """Every id names a token of the vocabulary (RequestError 400 naming `field`)."""
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise RequestError(
+            400, f"{field}: token id {bad} is outside the vocabulary (0 to {vocab - 1})", field
+        )
 
 
 def new_tokens(req: Request, ids: list[list[int]], n_positions: int, default: int) -> int:
@@ -126,12 +157,34 @@ def new_tokens(req: Request, ids: list[list[int]], n_positions: int, default: in
         )
     wanted = req.new_tokens
     if wanted is None:
-        return min(default, room)
-    if wanted > room:
+        wanted = min(default, room)
+    elif wanted > room:
         raise RequestError(
             400,
             f"the prompt ({longest} tokens) + {req.new_tokens_field} ({wanted}) exceeds "
             f"n_positions={n_positions}: at most {room} new tokens fit",
             req.new_tokens_field,
         )
+    if req.min_tokens > wanted:
+        raise RequestError(
+            400,
+            f"min_tokens={req.min_tokens} is more than the {wanted} new tokens of this request "
+            f"({req.new_tokens_field}); send at most {wanted}",
+            "min_tokens",
+        )
     return wanted
+
+
+def ending(req: Request) -> Ending:
+    """How the request's rows end and what their text shows (stop strings, stop token ids,
+    ignore_eos, min_tokens, include_stop_str_in_output, skip_special_tokens)."""
+    from ..engine.generation import Ending
+
+    return Ending(
+        stop=tuple(req.stops()),
+        stop_token_ids=tuple(req.stop_token_ids or ()),
+        ignore_eos=req.ignore_eos,
+        min_tokens=req.min_tokens,
+        include_stop=req.include_stop_str_in_output,
+        skip_special=req.skip_special_tokens,
+    )

@@ -1,10 +1,15 @@
 """The OpenAI API surface neuron-spec serves: request schemas and response shapes for
-/v1/completions and /v1/chat/completions (https://platform.openai.com/docs/api-reference).
+/v1/completions and /v1/chat/completions (https://platform.openai.com/docs/api-reference), with
+the sampling and output extensions vLLM-compatible servers accept and load testers and
+evaluation harnesses send (https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html).
 
-Fields clients send with neutral values (echo false, penalties 0, logprobs null or false, no
-tools, text response format, ...) are accepted, so unmodified clients and frameworks work.
-A non-neutral value of a field neuron-spec does not implement is refused with a 400 naming the
-field; an unknown field too. Nothing is silently ignored.
+The policy for fields (docs/clients.md):
+- implemented fields are honoured, `null` meaning the field's default, as in OpenAI's API;
+- fields clients send with neutral values (penalties 0, no tools, text response format, ...)
+  are accepted with those values, so unmodified clients and frameworks work; any other value
+  is refused with a 400 that names the field and says it is not supported;
+- a field this module does not know is refused by name too: ignoring it would change what
+  the client gets without a word. Nothing is silently ignored.
 """
 
 from __future__ import annotations
@@ -17,27 +22,43 @@ from typing import Any, ClassVar, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPTS = 16
-MAX_STOPS = 4
+MAX_STOPS = 32  # stop strings per request (evaluation tasks send 5 or 6)
+MAX_STOP_CHARS = 256  # each; streamed text is held back by the longest stop string
+MAX_STOP_TOKEN_IDS = 32
 MAX_MESSAGES = 256
 MIN_TEMPERATURE = 1e-4
 MAX_LOGPROBS = 20  # alternatives per position, as OpenAI's chat top_logprobs
 
 # field -> the values that change nothing (the default behaviour), for fields not implemented.
 # Numbers compare by value (0 == 0.0); None is always neutral.
-NEUTRAL_COMPLETION: dict[str, tuple[Any, ...]] = {
-    "echo": (False,),
+NEUTRAL_BOTH: dict[str, tuple[Any, ...]] = {
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
-    "best_of": (1,),
     "logit_bias": ({},),
-    "suffix": ("",),
     "min_p": (0,),
     "repetition_penalty": (1,),
+    # vLLM's extensions, at their defaults
+    "use_beam_search": (False,),
+    "length_penalty": (1,),
+    "spaces_between_special_tokens": (True,),
+    "prompt_logprobs": (),
+    "truncate_prompt_tokens": (),
+    "guided_json": (),
+    "guided_regex": (),
+    "guided_choice": (),
+    "guided_grammar": (),
+    "priority": (0,),
+    "return_tokens_as_token_ids": (False,),
+}
+NEUTRAL_COMPLETION: dict[str, tuple[Any, ...]] = {
+    **NEUTRAL_BOTH,
+    "best_of": (1,),
+    "suffix": ("",),
+    "add_special_tokens": (True,),  # a text prompt is tokenized with them
+    "response_format": ({"type": "text"},),
 }
 NEUTRAL_CHAT: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (0,),
-    "frequency_penalty": (0,),
-    "logit_bias": ({},),
+    **NEUTRAL_BOTH,
     "response_format": ({"type": "text"},),
     "tools": ([],),
     "tool_choice": ("none", "auto"),  # with no tools, both mean: answer in text
@@ -46,8 +67,17 @@ NEUTRAL_CHAT: dict[str, tuple[Any, ...]] = {
     "modalities": (["text"],),
     "store": (False,),
     "service_tier": ("auto", "default"),
-    "min_p": (0,),
-    "repetition_penalty": (1,),
+    "prediction": (),
+    "audio": (),
+    "web_search_options": (),
+    "reasoning_effort": (),
+    "add_special_tokens": (False,),  # the chat template writes them
+    "add_generation_prompt": (True,),
+    "continue_final_message": (False,),
+    "echo": (False,),
+    "chat_template": (),
+    "chat_template_kwargs": ({},),
+    "documents": (),
 }
 
 
@@ -70,55 +100,90 @@ def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
-class StreamOptions(BaseModel):
+def not_supported(name: str, value: Any, neutral: tuple[Any, ...]) -> str:
+    """The refusal of a field neuron-spec does not implement, set to `value`."""
+    allowed = " or ".join(repr(n) for n in neutral)
+    fix = f"send {allowed}, or leave it out" if neutral else "leave it out"
+    return f"{name}={clip(value)} is not supported by neuron-spec; {fix}"
+
+
+class _Nullable(BaseModel):
+    """`null` is the field's default, as OpenAI's API reads it: the key is dropped before
+    validation (only for fields whose default is not None)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            k: v
+            for k, v in data.items()
+            if not (v is None and k in fields and fields[k].default is not None)
+        }
+
+
+class StreamOptions(_Nullable):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False  # OpenAI: a last chunk with usage and no choices, when true
+    continuous_usage_stats: bool = False  # vLLM: usage so far on every chunk, when true
 
 
-class _Sampling(BaseModel):
-    """What both endpoints implement, plus the neutral-only fields of each."""
+class _Sampling(_Nullable):
+    """What both endpoints implement; fields not declared here go to `model_extra` and are
+    checked by `unsupported` against the endpoint's NEUTRAL values."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True)
     NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)  # vLLM's extension; 0 = off
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    top_k: int | None = Field(default=None, ge=-1, le=2**31 - 1)  # vLLM's; 0 or -1 = off
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1  # choices per prompt, each a batch row
     user: str | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    # vLLM's extensions (docs/clients.md)
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
+    stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
     def unsupported(self) -> tuple[str, str] | None:
         """(field, message) for the first field set to a value neuron-spec does not
-        implement; None when every field is supported or neutral."""
-        for name, neutral in self.NEUTRAL.items():
-            value = getattr(self, name, None)
+        implement, or that it does not know; None when every field is supported or
+        neutral."""
+        for name, value in (self.model_extra or {}).items():
+            if name not in self.NEUTRAL:
+                shown = name if len(name) <= 80 else name[:79] + "…"
+                return shown, (
+                    f"unknown field {shown!r}: neuron-spec does not know it, and ignoring it "
+                    "could change the answer without a word; leave it out (docs/clients.md "
+                    "lists the fields it accepts)"
+                )
+            neutral = self.NEUTRAL[name]
             if value is not None and not any(value == n for n in neutral):
-                allowed = " or ".join(repr(n) for n in neutral)
-                fix = f"send {allowed}, or leave it out" if neutral else "leave it out"
-                return name, f"{name}={clip(value)} is not supported by neuron-spec; {fix}"
-        return None
-
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> _Sampling:
+                return name, not_supported(name, value, neutral)
         if self.stream_options is not None and not self.stream:
-            raise FieldProblem(
-                "stream_options", "stream_options is only allowed when stream is true"
+            return "stream_options", "stream_options is only allowed when stream is true"
+        if not self.skip_special_tokens and self.logprob_count() is not None:
+            return "skip_special_tokens", (
+                "skip_special_tokens=false is not supported together with logprobs; send one"
             )
-        return self
+        return None
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     @field_validator("n")
     @classmethod
@@ -141,10 +206,19 @@ class _Sampling(BaseModel):
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
         items = [v] if isinstance(v, str) else (v or [])
-        if len(items) > MAX_STOPS or any(not s for s in items):
-            raise ValueError(f"give up to {MAX_STOPS} non-empty stop strings")
+        if len(items) > MAX_STOPS:
+            raise FieldProblem("stop", f"{len(items)} stop strings: give at most {MAX_STOPS}")
+        if any(not s or len(s) > MAX_STOP_CHARS for s in items):
+            raise FieldProblem("stop", f"each stop string needs 1 to {MAX_STOP_CHARS} characters")
         if any(_has_surrogate(x) for x in items):
             raise ValueError("stop strings must be valid Unicode (a lone surrogate is not)")
+        return v
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _stop_ids(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(i < 0 for i in v):
+            raise FieldProblem("stop_token_ids", "token ids are 0 or more")
         return v
 
     def stops(self) -> list[str]:
@@ -163,33 +237,48 @@ class _Sampling(BaseModel):
         """None: no log-probabilities wanted; N: each token's and N alternatives."""
         raise NotImplementedError
 
+    @property
+    def top_k_value(self) -> int | None:
+        """top_k as the engine takes it (0 = off; vLLM's -1 is off too)."""
+        return 0 if self.top_k == -1 else self.top_k
+
+
+TokenPrompt = list[int]
+
 
 class CompletionRequest(_Sampling):
-    """POST /v1/completions."""
+    """POST /v1/completions: a prompt is text or token ids (OpenAI's `prompt` takes a string,
+    a list of strings, a list of token ids, or a list of such lists)."""
 
     NEUTRAL = NEUTRAL_COMPLETION
 
-    prompt: str | list[str]
-    max_tokens: int | None = Field(default=None, ge=1)
-    echo: bool | None = None
+    prompt: str | list[str] | TokenPrompt | list[TokenPrompt]
+    max_tokens: int | None = Field(default=None, ge=0)
+    echo: bool = False
     logprobs: int | None = None
-    best_of: int | None = None
-    suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, v: str | list[str]) -> str | list[str]:
-        items = [v] if isinstance(v, str) else v
+    def _prompt(cls, v: Any) -> Any:
+        items = [v] if isinstance(v, str) or (v and isinstance(v[0], int)) else v
         if not items or len(items) > MAX_PROMPTS:
             raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
-        if any(not p for p in items):
+        if any(len(p) == 0 for p in items):
             raise ValueError("prompts must not be empty")
-        if any(_has_surrogate(p) for p in items):
+        if any(isinstance(p, str) and _has_surrogate(p) for p in items):
             raise ValueError("prompts must be valid Unicode (a lone surrogate is not)")
+        if any(t < 0 for p in items if not isinstance(p, str) for t in p):
+            raise ValueError("token ids are 0 or more")
         return v
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompts: texts, or token-id lists."""
+        v: Any = self.prompt
+        if isinstance(v, str):
+            return [v]
+        if isinstance(v[0], int):
+            return [list(v)]
+        return list(v)
 
     def logprob_count(self) -> int | None:
         return self.logprobs
@@ -211,6 +300,14 @@ class CompletionRequest(_Sampling):
                 f"{len(self.prompts())} prompts x n={self.n} choices is over {MAX_PROMPTS} "
                 "sequences per request; send fewer prompts or a smaller n",
             )
+        if self.max_tokens == 0 and not self.echo:
+            raise FieldProblem(
+                "max_tokens", "max_tokens=0 generates nothing: it needs echo: true (scoring)"
+            )
+        if self.echo and self.stream:
+            raise FieldProblem(
+                "echo", "echo with stream is not supported by neuron-spec; send stream false"
+            )
         return self
 
     @property
@@ -224,16 +321,50 @@ class TextPart(BaseModel):
     text: str
 
 
-class Message(BaseModel):
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class Message(_Nullable):
+    """A chat message: text from a system, developer, user or assistant. Tool calls, tool
+    results and function messages are refused as not supported, naming the field."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: str
+    content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: Any = None
+    tool_call_id: Any = None
+    function_call: Any = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> Message:
+        if self.role in ("tool", "function"):
+            raise FieldProblem(
+                "messages.role",
+                f"messages.role {self.role!r} is not supported by neuron-spec (it serves "
+                "text without tools); leave tool results out",
+            )
+        if self.role not in ROLES:
+            raise FieldProblem(
+                "messages.role",
+                f"messages.role {clip(self.role)}: give one of {', '.join(ROLES)}",
+            )
+        for name in ("tool_calls", "function_call", "tool_call_id"):
+            if getattr(self, name) not in (None, []):
+                raise FieldProblem(
+                    f"messages.{name}",
+                    f"messages.{name} is not supported by neuron-spec (it serves text without "
+                    "tools); leave it out",
+                )
+        if self.content is None:
+            raise FieldProblem("messages.content", "messages.content is required (text)")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "".join(p.text for p in self.content or [])
 
 
 class ChatRequest(_Sampling):
@@ -246,16 +377,11 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    response_format: dict[str, str] | None = None
-    tools: list[Any] | None = None
-    tool_choice: str | None = None
     parallel_tool_calls: bool | None = None  # meaningless without tools: any value is neutral
-    functions: list[Any] | None = None
-    function_call: str | None = None
-    modalities: list[str] | None = None
-    store: bool | None = None
-    service_tier: str | None = None
     metadata: dict[str, str] | None = None
+    # identifiers and cache hints for the provider: they change no answer, any value is neutral
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
 
     @field_validator("messages")
     @classmethod

@@ -1,6 +1,7 @@
 """A job's answer assembled from its choices' Generations: the choices (text, finish reason,
-log-probabilities), usage as OpenAI counts it, and the request's speculation figures; and which
-log-probabilities each streamed text delta carries."""
+log-probabilities), usage as OpenAI counts it, and the request's speculation figures; the
+prompt in front of each choice for echo (with its tokens' log-probabilities when scored); and
+which log-probabilities each streamed text delta carries."""
 
 from __future__ import annotations
 
@@ -45,6 +46,62 @@ def answer(results: list[Generation], n: int = 1, shape: Shape | None = None) ->
     spec["method"] = results[0].metrics.method if results else None
     spec["acceptance_rate"] = spec["accepted"] / spec["drafted"] if spec["drafted"] else None
     return {"choices": choices, "usage": usage, "speculation": spec}
+
+
+def prompt_only(ids: list[list[int]], n: int, logprobs: bool) -> dict[str, Any]:
+    """The answer of a request that generates nothing (max_tokens 0 with echo): each choice
+    empty, to which `echoed` puts the prompt in front."""
+    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    choices: list[dict[str, Any]] = [
+        {"text": "", "index": c, "logprobs": {k: [] for k in keys} if logprobs else None,
+         "finish_reason": "length"}
+        for c in range(len(ids) * n)
+    ]  # fmt: skip
+    prompt = sum(len(row) for row in ids)
+    usage = {"prompt_tokens": prompt, "completion_tokens": 0, "total_tokens": prompt,
+             "proposed_tokens": 0, "accepted_tokens": 0}  # fmt: skip
+    spec = {"drafted": 0, "accepted": 0, "target_passes": 0, "max_batch_rows": 1,
+            "method": None, "acceptance_rate": None}  # fmt: skip
+    return {"choices": choices, "usage": usage, "speculation": spec}
+
+
+def echoed(
+    body: dict[str, Any],
+    texts: list[str],
+    ids: list[list[int]],
+    n: int,
+    scored: list[list[TokenLogprob | None]] | None,
+    pieces: TokenBytes,
+) -> dict[str, Any]:
+    """`body` with each completion choice's prompt in front of its text (echo), and, when the
+    prompts were scored, the prompt's tokens in front of its logprobs: the first token's
+    log-probability null, as OpenAI's legacy completions gave it; the completion's text
+    offsets moved past the prompt's text."""
+    for choice in body["choices"]:
+        p = choice["index"] // n
+        choice["text"] = texts[p] + choice["text"]
+        part = choice["logprobs"]
+        if part is not None and scored is not None:
+            head = _prompt_part(ids[p], scored[p], pieces)
+            shift = len(texts[p])
+            part = {**part, "text_offset": [at + shift for at in part["text_offset"]]}
+            choice["logprobs"] = {key: head[key] + part[key] for key in head}
+    return body
+
+
+def _prompt_part(
+    ids: list[int], scored: list[TokenLogprob | None], pieces: TokenBytes
+) -> dict[str, Any]:
+    """A prompt's tokens in the completions logprobs shape."""
+    offsets = TextOffsets(pieces, pieces.lead(ids[0]))
+    return {
+        "tokens": [pieces.text(t) for t in ids],
+        "token_logprobs": [None if e is None else e.logprob for e in scored],
+        "top_logprobs": [
+            None if e is None else {pieces.text(t): lp for t, lp in e.top} for e in scored
+        ],
+        "text_offset": [offsets.advance(t) for t in ids],
+    }
 
 
 class StreamedLogprobs:

@@ -156,6 +156,10 @@ def input_fn(body: bytes | str, content_type: str = "application/json") -> Reque
             raise frontdoor.RequestError(
                 400, "logprobs are not returned by this endpoint; leave them out", "logprobs"
             )
+        if isinstance(request, CompletionRequest) and request.echo:
+            raise frontdoor.RequestError(
+                400, "echo is not available here: send it false (or use serve)", "echo"
+            )
         if request.n != 1:
             raise frontdoor.RequestError(
                 400,
@@ -189,9 +193,9 @@ def predict_fn(request: Request, generator: Generator) -> dict[str, Any]:
             max_new_tokens=max_new,
             temperature=request.temperature,
             top_p=request.top_p,
-            top_k=request.top_k,
+            top_k=request.top_k_value,
             seed=request.seed,
-            stop=request.stops(),
+            ending=frontdoor.ending(request),
         )
         m = result.metrics
         outputs.append(result.text[0])
@@ -200,7 +204,8 @@ def predict_fn(request: Request, generator: Generator) -> dict[str, Any]:
         totals["drafted"] += m.drafted
         totals["accepted"] += m.accepted
         alphas.append(m.alpha)
-    single = not isinstance(getattr(request, "prompt", None), list)
+    prompt = getattr(request, "prompt", None)
+    single = not isinstance(prompt, list) or isinstance(prompt[0], int)  # one text or id list
     return {
         "text": outputs[0] if single else outputs,
         "usage": {

@@ -25,11 +25,12 @@ from typing import Any
 from ..backends.base import Generator
 from ..config.spec import ConfigFile
 from ..engine.generation import Generation, TextCallback
-from ..engine.loop import Batch, GenerationCancelled, Row
+from ..engine.loop import Batch, GenerationCancelled, Row, StreamCallback, TokenLogprob
+from ..errors import UsageError
 from . import frontdoor
 from .metrics import Metrics
-from .openai_api import ChatRequest, logprobs_part, new_id, now
-from .responses import StreamedLogprobs, answer, logprob_shape
+from .openai_api import ChatRequest, CompletionRequest, logprobs_part, new_id, now
+from .responses import Shape, StreamedLogprobs, answer, echoed, logprob_shape, prompt_only
 from .token_bytes import TokenBytes
 
 SEED_RANGE = 1 << 63  # seeds are 0 .. 2^63 - 1 (openai_api, config)
@@ -51,6 +52,9 @@ class Job:
     prompts: list[str]  # the texts behind ids (a chat is its rendered template)
     cancelled: threading.Event = field(default_factory=threading.Event)
     sent_logprobs: dict[int, int] = field(default_factory=dict)  # choice -> tokens streamed
+    # per prompt, with echo and logprobs: its tokens' log-probabilities (the first None)
+    scored: list[list[TokenLogprob | None]] | None = None
+    released: bool = False  # no longer counted against the server's capacity
     id: str = ""
     created: int = field(default_factory=now)
     arrived: float = field(default_factory=time.monotonic)
@@ -83,11 +87,15 @@ class Job:
             "max_new_tokens": self.max_new,
             "temperature": req.temperature,
             "top_p": req.top_p,
-            "top_k": req.top_k,
+            "top_k": req.top_k_value,
             "seed": self.choice(k)[1],
-            "stop": req.stops(),
+            "ending": frontdoor.ending(req),
             "cancelled": self.cancelled.is_set,
         }
+
+    @property
+    def echo(self) -> bool:
+        return isinstance(self.request, CompletionRequest) and self.request.echo
 
     def push(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
@@ -111,7 +119,13 @@ class Scheduler:
         slots: int | None = None,
     ):
         self.cfg = cfg
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        # Admission counts requests, not queue places: a request is admitted while those
+        # running and queued are fewer than the slots plus `queue_size`, however a burst is
+        # timed (the worker may still be busy with the first prompts while slots are free).
+        self.queue_size = queue_size
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.admitted = 0  # requests queued or running
+        self._admission = threading.Lock()
         self.retry_after_s = retry_after_s
         self.metrics = Metrics()
         self.generator: Generator | None = None
@@ -156,6 +170,7 @@ class Scheduler:
             except queue.Empty:
                 break
             if job is not None:
+                self.release(job)
                 job.push("error", (503, "the server is shutting down"))
         with contextlib.suppress(queue.Full):
             self.jobs.put_nowait(None)
@@ -169,8 +184,14 @@ class Scheduler:
         return self.generator is not None and not self.shutting_down
 
     @property
+    def capacity(self) -> int:
+        """Requests the server holds at once: one per slot (one in all where the backend
+        decodes one request at a time) and the queue's."""
+        return (self.slots if self.batch is not None else 1) + self.queue_size
+
+    @property
     def saturated(self) -> bool:
-        return self.jobs.full()
+        return self.admitted >= self.capacity
 
     def stop_worker(self, timeout_s: float) -> None:
         """Cancel what runs and wait for the worker to leave the models: a process must not
@@ -197,12 +218,21 @@ class Scheduler:
     # --- work ------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> bool:
-        try:
+        """Queue the job, unless the server holds `capacity` requests (or is stopping)."""
+        with self._admission:
+            if self.shutting_down or self.admitted >= self.capacity:
+                return False
+            self.admitted += 1
             self.jobs.put_nowait(job)
-        except queue.Full:
-            return False
         self._gauge_queue()
         return True
+
+    def release(self, job: Job) -> None:
+        """The job no longer counts against the capacity (once, however it ended)."""
+        with self._admission:
+            if not job.released:
+                job.released = True
+                self.admitted -= 1
 
     def _work(self) -> None:
         if self.batch is None:
@@ -223,6 +253,7 @@ class Scheduler:
                 return STOP
             if not job.cancelled.is_set():
                 return job
+            self.release(job)
             self.metrics.requests.labels("cancelled").inc()
 
     def _gauge_queue(self) -> None:
@@ -232,11 +263,15 @@ class Scheduler:
     def finish_job(self, job: Job, outcome: Outcome) -> None:
         """Answer a job: its result, or the error that ended it; counted in /metrics."""
         self.running.discard(job)
+        self.release(job)
         self.metrics.running.set(len(self.running))
         if isinstance(outcome, dict):
             job.push("done", outcome)
             self.metrics.requests.labels("ok").inc()
             self.metrics.e2e.observe(time.monotonic() - job.arrived)
+        elif isinstance(outcome, UsageError):  # what the request asks, this backend cannot
+            self.metrics.requests.labels("invalid").inc()
+            job.push("error", (400, str(outcome)))
         elif isinstance(outcome, GenerationCancelled):
             self.metrics.requests.labels("cancelled").inc()
             why = "shutting down" if self.shutting_down else "cancelled"
@@ -266,29 +301,48 @@ class Scheduler:
             except Exception as exc:
                 self.finish_job(job, exc)
 
-    def _run(self, job: Job) -> dict[str, Any]:
+    def _run(self, job: Job) -> Outcome:
         req, gen = job.request, self.loaded()
         results = []
-        for index in range(job.choices):
+        for index in range(job.choices if job.max_new else 0):
             began = time.monotonic()
+            on_text, on_tokens = _deltas(job, index) if req.stream else (None, None)
             result = gen.generate(
                 "",
                 prompt_token_ids=[job.choice(index)[0]],
                 **job.settings(index),
-                on_text=_deltas(job, index) if req.stream else None,
+                on_text=on_text,
+                on_tokens=on_tokens,
             )
             self.metrics.observe(result.metrics, began - job.arrived)  # TTFT from arrival
             results.append(result)
-        return answer(results, req.n)
+        return self.reply(job, results)
+
+    def reply(
+        self, job: Job, results: list[Generation], shape: Shape | None = None
+    ) -> dict[str, Any]:
+        """The job's answer from its choices' Generations (none: max_tokens 0, the prompt
+        alone), the prompt in front of each text with echo."""
+        req = job.request
+        wanted = req.logprob_count() is not None
+        body = answer(results, req.n, shape) if results else prompt_only(job.ids, req.n, wanted)
+        if job.echo and self.pieces is not None:
+            body = echoed(body, job.prompts, job.ids, req.n, job.scored, self.pieces)
+        return body
 
 
-def _deltas(job: Job, index: int) -> TextCallback:
-    """A Generator's text callback that streams choice `index` of the job."""
+def _deltas(job: Job, index: int) -> tuple[TextCallback, StreamCallback]:
+    """A Generator's text and token callbacks that stream choice `index` of the job, each
+    delta with the choice's tokens so far."""
+    tokens = [0]
+
+    def count(_row: int, new: list[int]) -> None:
+        tokens[0] += len(new)
 
     def push(_row: int, delta: str) -> None:
-        job.push("delta", (index, delta, None))
+        job.push("delta", (index, delta, None, tokens[0]))
 
-    return push
+    return push, count
 
 
 @dataclass
@@ -345,11 +399,29 @@ class BatchLoop:
                     self.stopping = True
                     return
                 self.scheduler.start_job(job)
+                if not self._begin(job):
+                    continue
                 self.results[job] = [None] * job.choices
                 self.pending.extend((job, i) for i in range(job.choices))
             job, index = self.pending.popleft()
             if job in self.results:
                 self._admit(job, index)
+
+    def _begin(self, job: Job) -> bool:
+        """Score the job's prompts when it asks for echo with logprobs; answer it at once
+        when it generates nothing (max_tokens 0). False when it is answered."""
+        req = job.request
+        try:
+            if job.echo and req.logprob_count() is not None:
+                top = req.logprob_count() or 0
+                job.scored = [self.generator.prompt_logprobs(ids, top) for ids in job.ids]
+        except Exception as exc:
+            self.scheduler.finish_job(job, exc)
+            return False
+        if job.max_new == 0:
+            self.scheduler.finish_job(job, self.scheduler.reply(job, []))
+            return False
+        return True
 
     def _admit(self, job: Job, index: int) -> None:
         req = job.request
@@ -370,19 +442,25 @@ class BatchLoop:
 
     def _on_text(self, job: Job, index: int, holder: list[Row]) -> Callable[[str], None]:
         """The stream callback of choice `index`: each text delta with the logprobs of the
-        tokens whose bytes it completes (when asked for)."""
+        tokens whose bytes it completes (when asked for) and the choice's tokens so far."""
         pieces = self.scheduler.pieces
-        if job.request.logprob_count() is None or pieces is None:
-            return lambda d: job.push("delta", (index, d, None))
-        stream = StreamedLogprobs(pieces, frozenset(self.generator.eos_token_ids))
+        stream = None
+        if job.request.logprob_count() is not None and pieces is not None:
+            stream = StreamedLogprobs(pieces, self._finishing(job))
 
         def on_text(delta: str) -> None:
-            take, offsets = stream.take(holder[0].token_logprobs, delta)
-            job.sent_logprobs[index] = stream.sent
-            part = logprobs_part(job.chat, take, pieces, offsets) if take else None
-            job.push("delta", (index, delta, part))
+            row, part = holder[0], None
+            if stream is not None and pieces is not None:
+                take, offsets = stream.take(row.token_logprobs, delta)
+                job.sent_logprobs[index] = stream.sent
+                part = logprobs_part(job.chat, take, pieces, offsets) if take else None
+            job.push("delta", (index, delta, part, len(row.tokens)))
 
         return on_text
+
+    def _finishing(self, job: Job) -> frozenset[int]:
+        """The ids that end the job's rows, which its logprobs do not list."""
+        return frontdoor.ending(job.request).finishing_ids(self.generator.eos_token_ids)
 
     def _row_done(self, row: Row) -> None:
         slot = self.rows.pop(id(row))
@@ -393,10 +471,9 @@ class BatchLoop:
         done = self.results[slot.job]
         done[slot.index] = result
         if all(r is not None for r in done):
-            eos = frozenset(self.generator.eos_token_ids)
-            shape = logprob_shape(slot.job.chat, self.scheduler.pieces, eos)
+            shape = logprob_shape(slot.job.chat, self.scheduler.pieces, self._finishing(slot.job))
             results = [r for r in done if r is not None]
-            self._end(slot.job, answer(results, slot.job.request.n, shape))
+            self._end(slot.job, self.scheduler.reply(slot.job, results, shape))
 
     def _cancelled(self, job: Job) -> None:
         if job in self.results:

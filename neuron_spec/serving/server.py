@@ -1,8 +1,10 @@
 """`neuron-spec serve`: an OpenAI-compatible server (Starlette + uvicorn).
 
-- POST /v1/completions: prompt (string or list), max_tokens, temperature, top_p, stop, seed,
-  stream (server-sent events ending in `data: [DONE]`); `usage` in every response and the
-  request's speculation figures under `speculation`.
+- POST /v1/completions: prompt (text or token ids, one or a list), max_tokens, temperature,
+  top_p, stop, seed, stream (server-sent events ending in `data: [DONE]`), echo and logprobs
+  (scoring); `usage` in every response and the request's speculation figures under
+  `speculation`. vLLM's extensions and the policy for other fields: openai_api.py and
+  docs/clients.md.
 - POST /v1/chat/completions: messages rendered with the tokenizer's chat template, the same
   settings (max_completion_tokens too), plain or streamed as chat.completion.chunk events.
 - GET /v1/models and /v1/models/{id}: the one model served; a request naming another model is
@@ -16,9 +18,11 @@
 This module is the HTTP side: routes, request parsing (frontdoor.py) and the wire format of
 answers (openai_api.py). The work runs in scheduler.py: one worker thread, continuous batching
 where the backend batches (every prompt and each of its `n` choices a row of one engine batch of
-`--batch-size` slots), one request at a time otherwise. What does not fit waits in a bounded
-queue: a full queue answers 429 with Retry-After, and /health says "saturated" (503) while it
-is full. Every request is bounded: prompt tokens + max_tokens
+`--batch-size` slots), one request at a time otherwise. What does not fit waits in a queue: a
+request is admitted while running + queued requests are fewer than the slots + --queue-size,
+however a burst is timed; beyond that it gets 429 with Retry-After, and /health says
+"saturated" (503) meanwhile. --cors-origin lets browser pages of the listed origins call the
+API (Starlette's CORSMiddleware). Every request is bounded: prompt tokens + max_tokens
 must fit n_positions (400 naming the limit; max_tokens defaults to what fits). A client that
 disconnects, streaming or not, has its generation cancelled at the next step. Client errors are
 4xx in OpenAI's error shape, counted in /metrics. SIGTERM stops accepting work, answers queued
@@ -137,7 +141,7 @@ class Routes:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         if not st.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
-        queue_info = {"depth": st.jobs.qsize(), "capacity": st.jobs.maxsize}
+        queue_info = {"depth": st.jobs.qsize(), "capacity": st.queue_size}
         if st.saturated:
             body = {"status": "saturated", "queue": queue_info}
             return JSONResponse(body, 503, headers={"Retry-After": str(st.retry_after_s)})
@@ -201,14 +205,9 @@ class Routes:
             return self.reject(503, "the server is shutting down")
         if not st.ready:
             return self.reject(503, "the models are still loading; poll /health")
-        if body.logprob_count() is not None and st.batch is None:
-            backend = st.cfg.spec.backend
-            return self.reject(
-                400,
-                f"logprobs are not returned by the {backend} backend yet (the reference "
-                "backend returns them); leave logprobs out",
-                "logprobs",
-            )
+        refused = self.cannot(body)
+        if refused is not None:
+            return self.reject(400, refused[1], refused[0])
         try:
             prompts, ids, max_new = st.prepare(body)
         except frontdoor.RequestError as exc:
@@ -225,6 +224,22 @@ class Routes:
                 headers={"Cache-Control": "no-cache"},
             )
         return await self.wait(job, request)
+
+    def cannot(self, body: Request) -> tuple[str, str] | None:
+        """(field, message) when the loaded backend cannot honour what the request asks."""
+        st, backend = self.scheduler, self.scheduler.cfg.spec.backend
+        if body.logprob_count() is not None and st.batch is None:
+            return "logprobs", (
+                f"logprobs are not returned by the {backend} backend yet (the reference "
+                "backend returns them); leave logprobs out"
+            )
+        scoring = isinstance(body, CompletionRequest) and body.echo
+        if scoring and body.logprob_count() is not None and not st.loaded().scores_prompts:
+            return "echo", (
+                f"echo with logprobs is not supported by the {backend} backend: its compiled "
+                "context encoding returns the logits of a prompt's last position only"
+            )
+        return None
 
     async def wait(self, job: Job, request: HttpRequest) -> Response:
         """The result of a non-streaming job; a client that goes away cancels it."""
@@ -249,36 +264,34 @@ class Routes:
             raise
         if kind == "error":
             status, message = payload
-            return _error(status, message, kind="server_error")
+            why = "invalid_request_error" if status == 400 else "server_error"
+            return _error(status, message, kind=why)
         model = self.model_name
         return JSONResponse(full_body(job.chat, job.id, job.created, model, payload))
 
     async def stream(self, job: Job) -> AsyncIterator[str]:
-        """Server-sent events as OpenAI sends them: (chat: a role delta first,) text deltas,
-        one finishing event per choice (the last one also carrying `speculation`), then, only
-        with stream_options.include_usage, usage (choices: []), then [DONE]."""
+        """Server-sent events as OpenAI sends them: (chat: each choice's role delta first,)
+        text deltas, one finishing event per choice (the last one also carrying
+        `speculation`), then, only with stream_options.include_usage, usage (choices: []),
+        then [DONE]. With stream_options.continuous_usage_stats every event carries the usage
+        so far (vLLM's extension)."""
         head = (job.chat, job.id, job.created, self.model_name)
+        usage = _RunningUsage(job) if job.request.continuous_usage else None
         try:
             if job.chat:
-                yield _sse(chunk(*head, 0, None))
+                for index in range(job.choices):
+                    yield _sse(_with(usage, chunk(*head, index, None)))
             while True:
                 kind, payload = await job.events.get()
                 if kind == "delta":
-                    index, text, logprobs = payload
-                    yield _sse(chunk(*head, index, text, logprobs=logprobs))
+                    index, text, logprobs, tokens = payload
+                    if usage is not None:
+                        usage.tokens[index] = tokens
+                    yield _sse(_with(usage, chunk(*head, index, text, logprobs=logprobs)))
                     continue
                 if kind == "done":
-                    for n, choice in enumerate(payload["choices"], 1):
-                        sent = job.sent_logprobs.get(choice["index"], 0)
-                        rest = logprobs_after(job.chat, choice["logprobs"], sent)
-                        last = chunk(
-                            *head, choice["index"], "", choice["finish_reason"], logprobs=rest
-                        )
-                        if n == len(payload["choices"]):
-                            last["speculation"] = payload["speculation"]
-                        yield _sse(last)
-                    if job.request.include_usage:
-                        yield _sse(usage_chunk(*head, payload))
+                    for event in self._finish(job, payload, usage):
+                        yield event
                 else:
                     status, message = payload
                     yield _sse(error_body(message, "server_error", code=status))
@@ -287,12 +300,55 @@ class Routes:
         finally:
             job.cancelled.set()  # the client went away, or we are done: free the worker
 
+    def _finish(self, job: Job, payload: dict[str, Any], usage: _RunningUsage | None) -> list[str]:
+        """The finishing event of each choice, then the usage event when asked for."""
+        head = (job.chat, job.id, job.created, self.model_name)
+        if usage is not None:
+            usage.final = payload["usage"]
+        events = []
+        for n, choice in enumerate(payload["choices"], 1):
+            sent = job.sent_logprobs.get(choice["index"], 0)
+            rest = logprobs_after(job.chat, choice["logprobs"], sent)
+            last = chunk(*head, choice["index"], "", choice["finish_reason"], logprobs=rest)
+            if n == len(payload["choices"]):
+                last["speculation"] = payload["speculation"]
+            events.append(_sse(_with(usage, last)))
+        if job.request.include_usage:
+            events.append(_sse(usage_chunk(*head, payload)))
+        return events
+
     async def not_found(self, request: HttpRequest, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         what = "method not allowed on" if status == 405 else "no such route:"
         path = request.url.path
         path = path if len(path) <= 200 else path[:199] + "…"
         return _error(status, f"{what} {request.method} {path}; see GET /v1/models")
+
+
+class _RunningUsage:
+    """A streamed job's usage so far, for continuous_usage_stats: the prompts' tokens (each
+    prompt once, as OpenAI counts them) and each choice's tokens so far; the final usage
+    once the job is done."""
+
+    def __init__(self, job: Job):
+        self.prompt = sum(len(ids) for ids in job.ids)
+        self.tokens: dict[int, int] = {}
+        self.final: dict[str, Any] | None = None
+
+    def now(self) -> dict[str, int]:
+        if self.final is not None:
+            return {k: self.final[k] for k in ("prompt_tokens", "completion_tokens",
+                                               "total_tokens")}  # fmt: skip
+        done = sum(self.tokens.values())
+        return {"prompt_tokens": self.prompt, "completion_tokens": done,
+                "total_tokens": self.prompt + done}  # fmt: skip
+
+
+def _with(usage: _RunningUsage | None, event: dict[str, Any]) -> dict[str, Any]:
+    """The event, with the usage so far when the client asked for it on every event."""
+    if usage is not None:
+        event["usage"] = usage.now()
+    return event
 
 
 class _ApiKey:
@@ -346,11 +402,57 @@ def check_api_key(key: str, source: str) -> str:
     return key
 
 
-def build_app(scheduler: Scheduler, loader: Loader, api_key: str | None = None) -> Starlette:
+def check_origin(origin: str) -> str:
+    """A --cors-origin value: scheme://host[:port], as browsers send the Origin header
+    (RFC 6454); a UsageError otherwise (a path, a trailing slash or a wildcard never matches
+    what a browser sends, or would open the server to every site)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(origin)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or origin != f"{parts.scheme}://{parts.netloc}"
+        or "@" in parts.netloc
+    ):
+        raise UsageError(
+            f"--cors-origin {origin!r}: give an origin as a browser sends it, "
+            "scheme://host[:port] with no path (e.g. https://app.example.com)"
+        )
+    return origin
+
+
+def _middleware(api_key: str | None, cors_origins: list[str]) -> list[Any]:
+    """CORS for the listed origins (Starlette's CORSMiddleware, outermost, so a browser's
+    preflight needs no key), then the API key check."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    stack = []
+    if cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        )
+    if api_key:
+        stack.append(Middleware(_ApiKey, key=api_key))
+    return stack
+
+
+def build_app(
+    scheduler: Scheduler,
+    loader: Loader,
+    api_key: str | None = None,
+    cors_origins: list[str] | None = None,
+) -> Starlette:
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
-    from starlette.middleware import Middleware
     from starlette.routing import Route
 
     h = Routes(scheduler)
@@ -373,7 +475,7 @@ def build_app(scheduler: Scheduler, loader: Loader, api_key: str | None = None) 
         ],
         exception_handlers={404: h.not_found, 405: h.not_found},
         lifespan=lifespan,
-        middleware=[Middleware(_ApiKey, key=api_key)] if api_key else [],
+        middleware=_middleware(api_key, cors_origins or []),
     )
 
 
@@ -415,6 +517,7 @@ def serve(
     drain_timeout_s: float = 30.0,
     api_key: str | None = None,
     slots: int | None = None,
+    cors_origins: list[str] | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT, then drain: queued requests get 503, the running
     one has drain_timeout_s to finish before it is cancelled. Returns the exit code (0)."""
@@ -428,7 +531,7 @@ def serve(
 
     sock = listen(host, port)  # before anything loads: a busy port is a clear exit 2 at once
     scheduler = Scheduler(cfg, queue_size, slots=slots)
-    app = build_app(scheduler, load_generator, api_key)
+    app = build_app(scheduler, load_generator, api_key, cors_origins)
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

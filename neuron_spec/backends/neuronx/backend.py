@@ -326,6 +326,11 @@ class NeuronxPair:
         how: Decode,
         callback: StreamCallback | None,
     ) -> EngineResult:
+        if how.min_new_tokens:
+            raise UsageError(
+                "min_tokens is not supported by the library loop (speculation.loop: library), "
+                "whose speculative loop stops at EOS itself; use speculation.loop: engine"
+            )
         pair = LibraryPair(self.draft, self.target, self.api, self.plan.window, self.n_positions)
         rec, start = run_library(
             pair,

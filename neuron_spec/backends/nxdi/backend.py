@@ -264,6 +264,11 @@ class NxdiPair:
             target = self._runner(self._plain(), pad, window=None, length=plan.n_positions)
             return how.run(target, None, acceptor, [prompt], callback)
         if plan.mode == "fused":
+            if how.min_new_tokens:
+                raise UsageError(
+                    "min_tokens is not supported by fused speculation, which accepts and stops "
+                    "at EOS on the device; set nxdi: {speculation_mode: unfused}"
+                )
             return fused_generate(
                 self.target, prompt, window=plan.window,
                 context_length=int(self.target.neuron_config.max_context_length),
