@@ -3,9 +3,9 @@
 
 Both servers load once and serve one unmeasured warm-up round at the highest level (a
 server is long-lived: with `speculation.adaptive`, the engine learns there what a step of each
-proposal length costs at each occupancy, see engine/policy.py); then for each concurrency level (1, 4, 8, 16 by default) and each
-round, the batch-1 server and the batched one take turns, so a busy machine slows both
-alike. Every client streams one greedy completion of its own prompt. Printed as JSON, per
+proposal length costs at each occupancy, see engine/policy.py); then for each concurrency
+level (1, 4, 8, 16 by default) and each round, the batch-1 server and the batched one take
+turns, so a busy machine slows both alike. Every client streams one greedy completion of its own prompt. Printed as JSON, per
 server and level: aggregate output tokens/s, p50/p99 time to first token (from sending)
 and time per output token, and how many batched outputs equal the batch-1 server's for the
 same prompt (greedy decoding is deterministic; a difference comes from floating-point
