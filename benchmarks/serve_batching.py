@@ -1,15 +1,16 @@
 """Continuous batching against one request at a time: `neuron-spec serve` with
 `--batch-size B` beside the same server at `--batch-size 1`, on loopback.
 
-Both servers load once and serve one unmeasured warm-up round at the highest level (a
-server is long-lived: with `speculation.adaptive`, the engine learns there what a step of each
+Both servers load once and serve one unmeasured warm-up round at the highest level (a server
+is long-lived: with `speculation.adaptive`, the engine learns there what a step of each
 proposal length costs at each occupancy, see engine/policy.py); then for each concurrency
 level (1, 4, 8, 16 by default) and each round, the batch-1 server and the batched one take
-turns, so a busy machine slows both alike. Every client streams one greedy completion of its own prompt. Printed as JSON, per
-server and level: aggregate output tokens/s, p50/p99 time to first token (from sending)
-and time per output token, and how many batched outputs equal the batch-1 server's for the
-same prompt (greedy decoding is deterministic; a difference comes from floating-point
-rounding, which batching may change). Only 127.0.0.1 is contacted.
+turns, so a busy machine slows both alike. Every client streams one greedy completion of its
+own prompt. Printed as JSON, per server and level: aggregate output tokens/s, p50/p99 time
+to first token (from sending) and time per output token, and how many batched outputs equal
+the batch-1 server's for the same prompt (greedy decoding is deterministic; a difference
+comes from floating-point rounding, which batching may change).
+Only 127.0.0.1 is contacted.
 
     python benchmarks/serve_batching.py [--config configs/demo-cpu.yaml] [--batch-size 8]
         [--clients 1,4,8,16] [--max-tokens 48] [--rounds 1]
