@@ -66,8 +66,24 @@ def test_unmeasured_widths_are_interpolated_then_tried():
     policy = _policy_with({1: 0.010, 9: 0.050}, gamma_max=8)
     assert policy.verify_seconds(1, 5) == pytest.approx(0.030)
     assert policy.verify_seconds(1, 11) == pytest.approx(0.060)
-    assert policy.verify_seconds(4, 1) is None  # nothing known at 4 rows
-    assert policy.choose(4, [_plan(0.5)] * 4) == 6  # so the longest it can is tried first
+    assert LengthPolicy(8).verify_seconds(4, 1) is None  # nothing known at all
+    assert LengthPolicy(8).choose(4, [_plan(0.5)] * 4) == 6  # so the longest is tried first
+
+
+def test_an_unmeasured_occupancy_borrows_the_nearest_measured_one():
+    """A batch that reaches 8 rows only in steps that encode prompts (which measure nothing)
+    decides at 8 rows from what it measured at 7 and 2, not by trying the longest."""
+    policy = LengthPolicy(4, draft_passes=True)
+    for rows, (one, five) in {7: (0.114, 0.195), 2: (0.060, 0.090)}.items():
+        policy.observe_verify(rows, 1, one)
+        policy.observe_verify(rows, 5, five)
+    policy.observe_draft(7, 0.25)  # a bf16 draft at 7 rows: dearer than the target's pass
+    policy.observe_draft(2, 0.03)
+    assert policy.verify_seconds(8, 1) == pytest.approx(0.114)
+    assert policy.step_seconds(8, 4) == pytest.approx(0.195 + 4 * 0.25)
+    assert policy.choose(8, [_plan(0.8)] * 8) == 0
+    assert policy.step_seconds(3, 4) == pytest.approx(0.090 + 4 * 0.03)  # 2 is nearer
+    assert policy.choose(3, [_plan(0.8)] * 3) > 0
 
 
 def test_a_draft_model_is_re_tried_ever_more_rarely_and_cheaply():

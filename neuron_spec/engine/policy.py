@@ -14,8 +14,11 @@ width), of a draft pass per rows, and of the host's time per step. A width not y
 this occupancy is estimated from the widths that are (linear in the width), else from a prior
 that a token of width costs `token_share` of a one-token pass (the backend's guess: a CPU's
 matrix products grow with the width, an accelerator's memory-bound pass barely does); the first
-step that uses it measures it. At an occupancy with nothing measured yet, the longest
-proposal is tried first. Acceptance rates come from the rows (`RowAcceptance`): from what was
+step that uses it measures it. At an occupancy with nothing measured yet, the costs measured at
+the nearest occupancy stand in for its own (the choice compares lengths at one occupancy, so
+the shape of the costs is what counts): a batch that only ever reaches its widest occupancy in
+the steps that encode new prompts, which measure nothing, still chooses from what it knows.
+With nothing measured at all, the longest proposal is tried first. Acceptance rates come from the rows (`RowAcceptance`): from what was
 accepted, and for proposals that cost nothing (prompt lookup, suffix matching) also from the
 proposal a row did not offer, checked against the token the target then emitted. A draft
 model's rows learn only when they propose, so when the policy has stopped proposing it re-tries
@@ -73,6 +76,11 @@ class _Average:
         self.value = x if self.value is None else self.value + weight * (x - self.value)
 
 
+def _nearest(rows: int, measured: set[int]) -> int | None:
+    """The measured occupancy nearest to `rows` (itself when measured; a tie: the larger)."""
+    return min(measured, key=lambda r: (abs(r - rows), -r), default=None)
+
+
 @dataclass
 class RowPlan:
     """What the policy knows of one row for one step."""
@@ -118,7 +126,9 @@ class LengthPolicy:
 
     def verify_seconds(self, rows: int, width: int) -> float | None:
         """The target pass at (rows, width): measured, else interpolated in the width, else
-        from the one-token pass and the prior; None when nothing is known at these rows."""
+        from the one-token pass and the prior; at the nearest measured occupancy when nothing
+        is known at these rows; None when nothing is known at all."""
+        rows = _nearest(rows, {r for r, _ in self.verify}) or rows
         known = sorted(
             (w, a.value) for (r, w), a in self.verify.items() if r == rows and a.value is not None
         )
@@ -144,10 +154,10 @@ class LengthPolicy:
         verify = self.verify_seconds(rows, self.verify_width(gamma))
         if verify is None:
             return None
-        host = self.host.get(rows)
+        host = self.host.get(_nearest(rows, set(self.host)) or rows)
         extra = host.value if host is not None and host.value is not None else 0.0
         if self.draft_passes and gamma > 0:
-            draft = self.draft.get(rows)
+            draft = self.draft.get(_nearest(rows, set(self.draft)) or rows)
             one = draft.value if draft is not None and draft.value is not None else verify / 2
             extra += gamma * one
         return verify + extra
@@ -163,7 +173,7 @@ class LengthPolicy:
         alphas = [p.acceptance.alpha(prior) for p in plans]
         best, best_rate = 0, -1.0
         for gamma in range(longest + 1):
-            # nothing measured at this occupancy: every length looks as cheap, so the longest
+            # nothing measured at any occupancy: every length looks as cheap, so the longest
             # (the most tokens) is tried first, and its step measures the pass
             seconds = self.step_seconds(rows, gamma) or 1.0
             tokens = sum(
