@@ -2,7 +2,7 @@
 
 Each test names a behaviour of the real Python code (aws-neuron/transformers-neuronx:
 speculation.py, sampling.py, llama/model.py, base.py, decoder.py, bucket.py at the commits
-listed in shared/neuron-api.md); the backend's tests then run against exactly that.
+of each release the double reproduces); the backend's tests then run against exactly that.
 """
 
 from __future__ import annotations

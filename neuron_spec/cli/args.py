@@ -234,7 +234,7 @@ def _generate(sub: Sub) -> None:
         "--dry-run",
         action="store_true",
         help="print the load plan (calls, keyword arguments, environment) and stop; "
-        "imports nothing from transformers-neuronx",
+        "imports nothing from transformers-neuronx or NxD Inference",
     )
 
 
@@ -302,7 +302,9 @@ def _verify(sub: Sub) -> None:
         "it) and prints a short summary to paste into a bug report. Exit 0 when every check "
         "passes; 1 when one fails (the host check, the preflight, loading, generation, or "
         "the outputs differ); 2 when the command cannot run as given (a bad flag or config, "
-        "a report path that cannot be written, a prompt the config's lengths cannot hold).",
+        "a report path that cannot be written, a prompt the config's lengths cannot hold) "
+        "or when the check that fails is a config problem (a preflight error of that kind, "
+        "a library whose API the backend cannot drive).",
     )
     vf.add_argument(
         "--max-new-tokens",
@@ -489,8 +491,9 @@ def _cache(sub: Sub) -> None:
     cache = sub.add_parser(
         "cache",
         help="list or prune compiled artifacts",
-        description="The compiled-artifact cache holds the NEFFs transformers-neuronx saves, one "
-        "verified entry per cache key (everything that shapes the compiled graphs).",
+        description="The compiled-artifact cache holds what either Neuron library compiles "
+        "(transformers-neuronx's NEFFs, NxD Inference's compiled model), one verified entry per "
+        "cache key (everything that shapes the compiled graphs).",
     )
     _hidden_debug(cache)
     csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=Parser)
@@ -526,8 +529,8 @@ def _doctor(sub: Sub) -> None:
     d = sub.add_parser(
         "doctor",
         help="check this host: Neuron components and versions, busy cores, RAM and disk",
-        description="Report the Neuron components of this host (transformers-neuronx, "
-        "torch-neuronx, neuronx-cc, runtime, driver) and their versions, combinations no "
+        description="Report the Neuron components of this host (transformers-neuronx, NxD "
+        "Inference and its release, torch-neuronx, neuronx-cc, runtime, driver) and their versions, combinations no "
         "Neuron SDK release shipped together, NeuronCores already held by other processes, "
         "and host RAM and disk against what loading and compiling CONFIG's pair needs. "
         "Every finding comes with a fix. Exit 0 when there are no errors, 1 when there are. "
@@ -668,13 +671,6 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not >= 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 

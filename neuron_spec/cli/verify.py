@@ -38,11 +38,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         v = run_verify(cfg, host, max_new, watcher)
     finally:
         watcher.close()
-    _write(out, v.report)
+    # what was measured reaches the terminal first: a report that then cannot be written
+    # (the disk filled during the run) loses nothing the user saw
     if args.json:
         print(json.dumps(v.report, indent=2))
     else:
         render_summary(stdout_console(), v, out)
+    _write(out, v.report)
     stderr_console().print(f"[dim]report written to {out}[/dim]")
     return v.exit_code
 

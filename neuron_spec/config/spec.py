@@ -225,7 +225,8 @@ class ModelSpec(Record):
     model: str = spec(
         Str(),
         description="A catalog name (e.g. llama-2-70b), a local checkpoint directory holding "
-        "config.json, or a .gguf file. Relative paths are relative to the config file.",
+        "config.json, a .gguf file, a Hugging Face Hub repo id (ORG/NAME) or an s3:// URL. "
+        "Relative paths are relative to the config file.",
         checks=(_not_blank, _known_model),
     )
     architecture: str | None = spec(
@@ -310,7 +311,8 @@ class SpeculationSpec(Record):
         Int(ge=0, le=MAX_SUFFIX_TOKENS),
         262144,
         "suffix: how many tokens of earlier outputs the server keeps to match against (the "
-        "oldest are forgotten first; about 100 bytes each with the index).",
+        "oldest are forgotten first; up to about 500 bytes each with the index, so the "
+        "default holds at most about 120 MB). 0: keep none (match the request alone).",
     )
     acceptor: str = spec(
         Str(),
@@ -453,7 +455,7 @@ class DeploymentSpec(Record):
         Choice(*get_args(Backend)),
         "neuronx",
         "neuronx: transformers-neuronx on NeuronCores (Neuron SDK up to 2.25). nxdi: NxD "
-        "Inference on NeuronCores (SDK 2.28, the Inf2/Trn1 pin). reference: PyTorch + "
+        "Inference 0.8 to 0.10 on NeuronCores (SDK 2.28 to 2.31). reference: PyTorch + "
         "transformers on CPU or CUDA.",
     )
     target: ModelSpec = spec(Nested(ModelSpec), description=ModelSpec.__doc__ or "")

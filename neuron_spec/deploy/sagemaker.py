@@ -128,8 +128,8 @@ def validate(cfg: ConfigFile, opts: DeployOptions) -> list[str]:
         problems.append(f"--instance-type {opts.instance_type!r} is not a SageMaker instance type")
     if cfg.spec.backend == "nxdi" and not opts.image_uri:
         problems.append(
-            "backend: nxdi needs --image-uri: a Neuron container with NxD Inference 0.8 (SDK "
-            "2.28) inside; the default image is AWS's transformers-neuronx container"
+            "backend: nxdi needs --image-uri: a Neuron container with NxD Inference 0.8 to 0.10 "
+            "(SDK 2.28 to 2.31) inside; the default image is AWS's transformers-neuronx container"
         )
     if opts.initial_instance_count < 1:
         problems.append("--initial-instance-count must be at least 1")

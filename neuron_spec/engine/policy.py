@@ -6,8 +6,7 @@ L(α_r, g_r) = (1 - α_r^(g_r + 1)) / (1 - α_r) tokens, where α_r is the row's
 rate and g_r = min(g, what the row can propose). The step costs the target's pass at the width
 the backend verifies g with (g + 1 on the reference backend; the compiled window k on Neuron,
 whatever g is), plus g passes of a draft model when there is one, plus the host's own time.
-The length chosen is the one with the most expected tokens per second (speculative.md,
-"Choosing the length at run time").
+The length chosen is the one with the most expected tokens per second.
 
 Every cost is measured, not assumed: moving averages of the target's pass time per (rows,
 width), of a draft pass per rows, and of the host's time per step. A width not yet measured at
@@ -18,11 +17,13 @@ step that uses it measures it. At an occupancy with nothing measured yet, the co
 the nearest occupancy stand in for its own (the choice compares lengths at one occupancy, so
 the shape of the costs is what counts): a batch that only ever reaches its widest occupancy in
 the steps that encode new prompts, which measure nothing, still chooses from what it knows.
-With nothing measured at all, the longest proposal is tried first. Acceptance rates come from the rows (`RowAcceptance`): from what was
-accepted, and for proposals that cost nothing (prompt lookup, suffix matching) also from the
-proposal a row did not offer, checked against the token the target then emitted. A draft
-model's rows learn only when they propose, so when the policy has stopped proposing it re-tries
-now and then, ever more rarely while the tries confirm it (as TCP backs off).
+With nothing measured at all, the longest proposal is tried first.
+
+Acceptance rates come from the rows (`RowAcceptance`): from what was accepted, and for
+proposals that cost nothing (prompt lookup, suffix matching) also from the proposal a row did
+not offer, checked against the token the target then emitted. A draft model's rows learn only
+when they propose, so when the policy has stopped proposing it re-tries now and then, ever more
+rarely while the tries confirm it (as TCP backs off).
 """
 
 from __future__ import annotations

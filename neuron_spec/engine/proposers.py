@@ -180,7 +180,7 @@ class DraftModel:
         return None  # the row's own record
 
     def learn(self, slot: int, accepted: int, offered: int) -> None:
-        pass
+        """Nothing to learn here: a draft model's rows keep their own record."""
 
     def commit(self, slot: int, new: list[int], accepted: int, offered: int) -> None:
         if self._gamma > 0:
@@ -283,16 +283,12 @@ class PromptLookup:
         return Proposal(ids, list(lengths))
 
     def settle(self, slots: Sequence[int], accepted: torch.Tensor, idle: torch.Tensor) -> None:
-        pass
+        """Nothing to roll back: a lookup holds no cache, only the committed tokens."""
 
     def commit(self, slot: int, new: list[int], accepted: int, offered: int) -> None:
         index = self.rows.get(slot)
         if index is not None:
             index.extend(new)
-
-    def proposed(self, slot: int) -> list[int]:
-        """What the row could have proposed at the start of the step (for a shadow check)."""
-        return self._proposed.get(slot, [])
 
 
 class SuffixStore:

@@ -45,24 +45,3 @@ def alpha_from_counts(accepted: int, refused: int) -> float | None:
     refused). None before any proposal was judged."""
     judged = accepted + refused
     return accepted / judged if judged else None
-
-
-def alpha_from_mean_tokens(mean_tokens: float, gamma: int, tol: float = 1e-10) -> float:
-    """Invert L = (1 - alpha^(gamma+1)) / (1 - alpha) for alpha by bisection (L is monotone).
-
-    L is clamped to [1, gamma + 1]: 1 means nothing is ever accepted, gamma + 1 everything.
-    """
-    if gamma < 1:
-        raise ValueError(f"gamma must be >= 1, got {gamma}")
-    if mean_tokens <= 1.0:
-        return 0.0
-    if mean_tokens >= gamma + 1:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    while hi - lo > tol:
-        mid = (lo + hi) / 2
-        if mean_tokens_per_pass(mid, gamma) < mean_tokens:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2

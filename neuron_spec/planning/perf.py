@@ -77,7 +77,7 @@ class Published:
 
 _N218 = (
     "Neuron 2.18 docs, transformers-neuronx inference performance, inf2.48xlarge, bf16, "
-    "batch 1, p50 (hardware.md)"
+    "batch 1, p50"
 )
 # The rows the free constants are fitted on.
 PUBLISHED: tuple[Published, ...] = (

@@ -19,8 +19,8 @@ from ..config.catalog import GB, GIB, Architecture
 BYTES_PER_ELEMENT = {"f32": 4, "f16": 2, "bf16": 2}
 
 # Per-core runtime overhead. The Neuron docs do not publish it; this value is calibrated so
-# that every observation of the project's seed (hardware.md: Llama-2-70B and -7B on
-# trn1.32xlarge at tp 32, counted as size / 16 GB per core) holds with n_positions 2048:
+# that every published sizing holds (the transformers-neuronx developer guide's Llama-2-70B
+# and -7B on trn1.32xlarge at tp 32, counted as size / 16 GB per core) holds with n_positions 2048:
 # bf16 70B > 10 cores, 7B > 2, both ~200 GB; fp32 70B > 18, 7B > 3, both ~360 GB.
 # tests/test_memory.py pins those figures.
 RUNTIME_OVERHEAD_PER_CORE = int(0.75 * GIB)

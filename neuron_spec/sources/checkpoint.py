@@ -22,7 +22,8 @@ from ..util.safeio import Unreadable, read_json
 
 Kind = Literal["catalog", "directory", "gguf", "s3", "hub"]
 
-# transformers-neuronx's loader priority (neuron-api.md); the first three load lazily.
+# transformers-neuronx's loader priority (its PretrainedModel.from_pretrained); the first three
+# load lazily.
 WEIGHT_FORMATS: tuple[tuple[str, bool], ...] = (
     ("model.safetensors", True),
     ("model.safetensors.index.json", True),

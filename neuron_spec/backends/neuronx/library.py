@@ -1,5 +1,5 @@
 """The `library` loop on transformers-neuronx: SpeculativeGenerator.sample, with every defect
-that can be fixed from outside fixed (neuron-api.md, "Speculation"; docs/neuron.md).
+that can be fixed from outside fixed (docs/neuron.md, the quirks table).
 
 The library's loop is driven through its streamer, which sees every token it commits:
 - v2 streams the prompt first (skipped here) and then zero-padded (1, k) blocks; the library

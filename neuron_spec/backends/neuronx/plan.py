@@ -5,7 +5,7 @@ never passed through from the user: LlamaForSampling.from_pretrained silently ig
 keyword arguments, so a typo would compile the wrong model without a word.
 
 The plan is what `neuron-spec generate CONFIG --dry-run` prints and what backend.py executes, in
-this order (neuron-api.md):
+this order (transformers-neuronx's speculative decoding guide):
   draft:  from_pretrained -> [load(cached dir)] -> to_neuron -> [save(new cache entry)]
   target: from_pretrained -> enable_speculative_decoder(window) -> [load] -> to_neuron -> [save]
   SpeculativeGenerator(draft, target, window, acceptor).sample(...)
