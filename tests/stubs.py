@@ -54,3 +54,55 @@ def next_token_table(fn, vocab: int, sharp: float = 20.0) -> torch.Tensor:
     for prev in range(vocab):
         table[prev, fn(prev)] = sharp
     return table
+
+
+class ChainLookup:
+    """A free proposer (as prompt lookup is: no model, a point mass) whose proposals follow
+    `follow(token)` from the row's last token. A free slot of a fixed batch (no row) proposes
+    nothing."""
+
+    name = "chain"
+    free = True
+    runner = None
+
+    def __init__(self) -> None:
+        self.last: dict[int, int] = {}
+        self._c: dict[int, list[int]] = {}
+
+    def follow(self, token: int) -> int:
+        raise NotImplementedError  # each stub says what comes after a token
+
+    def admit(self, slot, prompt):
+        self.last[slot] = prompt[-1]
+
+    def leave(self, slot, output):
+        self.last.pop(slot, None)
+
+    def candidates(self, slots, limit):
+        self._c = {}
+        for b in slots:
+            x, row = self.last.get(b), []
+            for _ in range(limit if x is not None else 0):
+                x = self.follow(x)
+                row.append(x)
+            self._c[b] = row
+        return [self._c[b] for b in slots]
+
+    def propose(self, slots, lengths, acceptor):
+        from neuron_spec.engine.proposers import Proposal
+
+        g = max(lengths)
+        rows = [(self._c[b][:g] + [0] * g)[:g] for b in slots]
+        return Proposal(torch.tensor(rows, dtype=torch.long), list(lengths))
+
+    def settle(self, slots, accepted, idle):
+        """Nothing to roll back."""
+
+    def acceptance(self, slot):
+        return None
+
+    def learn(self, slot, accepted, offered):
+        """Nothing to learn."""
+
+    def commit(self, slot, new, accepted, offered):
+        self.last[slot] = new[-1]

@@ -137,55 +137,6 @@ class _Timed:
         self.inner.invalidate_from(start)
 
 
-class _Fixed:
-    """A free proposer that proposes `tokens(prev)`: right or wrong by construction."""
-
-    name = "fixed"
-    free = True
-    runner = None
-
-    def __init__(self, right: bool):
-        self.right, self.last = right, {}
-
-    def admit(self, slot, prompt):
-        self.last[slot] = prompt[-1]
-
-    def leave(self, slot, output):
-        self.last.pop(slot, None)
-
-    def candidates(self, slots, limit):
-        out = []
-        for b in slots:  # a free slot of a fixed batch has no row: it proposes nothing
-            x, row = self.last.get(b), []
-            for _ in range(limit if x is not None else 0):
-                x = (x + 1) % V if self.right else (x + 5) % V
-                row.append(x)
-            out.append(row)
-        self._cands = dict(zip(slots, out, strict=True))
-        return out
-
-    def propose(self, slots, lengths, acceptor):
-        import torch
-
-        from neuron_spec.engine.proposers import Proposal
-
-        gamma = max(lengths)
-        rows = [(self._cands[b][:gamma] + [0] * gamma)[:gamma] for b in slots]
-        return Proposal(torch.tensor(rows, dtype=torch.long), list(lengths))
-
-    def settle(self, slots, accepted, idle):
-        pass
-
-    def acceptance(self, slot):
-        return None
-
-    def learn(self, slot, accepted, offered):
-        pass
-
-    def commit(self, slot, new, accepted, offered):
-        self.last[slot] = new[-1]
-
-
 @pytest.mark.reference
 @pytest.mark.parametrize("right", [True, False])
 def test_the_engine_learns_whether_proposing_pays(right, monkeypatch):
@@ -196,7 +147,11 @@ def test_the_engine_learns_whether_proposing_pays(right, monkeypatch):
     from neuron_spec.engine.acceptors import GreedyAcceptor
     from neuron_spec.engine.loop import speculative_generate
 
-    from .stubs import StubRunner, next_token_table
+    from .stubs import ChainLookup, StubRunner, next_token_table
+
+    class Fixed(ChainLookup):  # always right or always wrong, by construction
+        def follow(self, token):
+            return (token + 1) % V if right else (token + 5) % V
 
     clock = _Clock()
     for module in ("loop", "runner", "proposers"):
@@ -205,7 +160,7 @@ def test_the_engine_learns_whether_proposing_pays(right, monkeypatch):
     target = _Timed(StubRunner(table), fixed=0.006, per_token=0.002, clock=clock)
     policy = LengthPolicy(6)
     res = speculative_generate(
-        target, _Fixed(right), GreedyAcceptor(), [[0]], draft_tokens=6, max_new_tokens=150,
+        target, Fixed(), GreedyAcceptor(), [[0]], draft_tokens=6, max_new_tokens=150,
         policy=policy,
     )  # fmt: skip
     assert res.tokens[0] == [(i + 1) % V for i in range(150)]

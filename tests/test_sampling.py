@@ -17,7 +17,7 @@ from neuron_spec.engine.acceptors import (
 from neuron_spec.engine.loop import speculative_generate
 from neuron_spec.engine.sampling import greedy_step, speculative_step, speculative_step_loop, warp
 
-from .stubs import StubRunner
+from .stubs import ChainLookup, StubRunner
 
 pytestmark = pytest.mark.reference
 
@@ -245,51 +245,16 @@ def test_the_point_mass_step_is_the_speculative_step_with_one_hot_q():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-class _ChainLookup:
-    """A free proposer that proposes the draft chain's argmax continuation: deterministic, so a
-    point mass, and often right."""
-
-    name = "chain"
-    free = True
-    runner = None
+class _DraftChain(ChainLookup):
+    """Proposes the draft chain's argmax continuation: deterministic, so a point mass, and
+    often right."""
 
     def __init__(self, table: torch.Tensor):
-        self.table, self.last = table, {}
+        super().__init__()
+        self.table = table
 
-    def admit(self, slot, prompt):
-        self.last[slot] = prompt[-1]
-
-    def leave(self, slot, output):
-        self.last.pop(slot, None)
-
-    def candidates(self, slots, limit):
-        self._c = {}
-        for b in slots:  # a free slot of a fixed batch has no row: it proposes nothing
-            x, row = self.last.get(b), []
-            for _ in range(limit if x is not None else 0):
-                x = int(self.table[x].argmax())
-                row.append(x)
-            self._c[b] = row
-        return [self._c[b] for b in slots]
-
-    def propose(self, slots, lengths, acceptor):
-        from neuron_spec.engine.proposers import Proposal
-
-        g = max(lengths)
-        rows = [(self._c[b][:g] + [0] * g)[:g] for b in slots]
-        return Proposal(torch.tensor(rows, dtype=torch.long), list(lengths))
-
-    def settle(self, slots, accepted, idle):
-        pass
-
-    def acceptance(self, slot):
-        return None
-
-    def learn(self, slot, accepted, offered):
-        pass
-
-    def commit(self, slot, new, accepted, offered):
-        self.last[slot] = new[-1]
+    def follow(self, token):
+        return int(self.table[token].argmax())
 
 
 @pytest.mark.parametrize("name", SETTINGS)
@@ -303,7 +268,7 @@ def test_lossless_with_point_mass_proposals_matches_the_target_distribution(name
     sampling = SETTINGS[name]
     target, draft = chains(seed=3)
     prompt = [1, 2, 3, 4, 1, 0, 2, 0]  # unigram matches: prompt lookup proposes often
-    make = (lambda: _ChainLookup(draft)) if proposer == "chain" else (lambda: PromptLookup(1, 2))
+    make = (lambda: _DraftChain(draft)) if proposer == "chain" else (lambda: PromptLookup(1, 2))
     res = speculative_generate(
         StubRunner(target), make(), LosslessAcceptor(sampling), [prompt] * ROWS,
         draft_tokens=3, max_new_tokens=STEPS,
