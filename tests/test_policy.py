@@ -90,13 +90,13 @@ def test_a_draft_model_is_re_tried_ever_more_rarely_and_cheaply():
     policy = _policy_with({1: 0.010, 5: 0.012}, gamma_max=4, draft_passes=True)
     policy.observe_draft(1, 0.1)  # a proposed token costs 10 target passes: never worth it
     plans = [_plan(0.5)]
-    chosen = [policy.choose(1, plans) for _ in range(20000)]
+    chosen = [policy.choose(1, plans) for _ in range(60000)]
     tries = [i for i, g in enumerate(chosen) if g > 0]
     gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert tries and gaps == sorted(gaps) and gaps[-1] > 7 * gaps[0]  # backoff doubles to 16x
     spent = len(tries) * policy.step_seconds(1, 4)
     total = spent + (len(chosen) - len(tries)) * policy.step_seconds(1, 0)
-    assert spent < 0.1 * total  # re-trying costs at most about a tenth of the time
+    assert spent < 0.04 * total  # re-trying costs at most about a thirtieth of the time
 
 
 # --- on stub models ------------------------------------------------------------------------

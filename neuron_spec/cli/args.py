@@ -529,13 +529,14 @@ def _doctor(sub: Sub) -> None:
     d = sub.add_parser(
         "doctor",
         help="check this host: Neuron components and versions, busy cores, RAM and disk",
-        description="Report the Neuron components of this host (transformers-neuronx, NxD "
-        "Inference and its release, torch-neuronx, neuronx-cc, runtime, driver) and their versions, combinations no "
-        "Neuron SDK release shipped together, NeuronCores already held by other processes, "
-        "and host RAM and disk against what loading and compiling CONFIG's pair needs. "
-        "Every finding comes with a fix. Exit 0 when there are no errors, 1 when there are. "
-        "Reads neuron-ls, the Python packages of the running interpreter, dpkg or rpm, "
-        "/proc/meminfo and df; --record saves those outputs, --from reads saved ones.",
+        description="Report the Neuron components of this host (transformers-neuronx, "
+        "NxD Inference and its release, torch-neuronx, neuronx-cc, runtime, driver) and "
+        "their versions, combinations no Neuron SDK release shipped together, NeuronCores "
+        "already held by other processes, and host RAM and disk against what loading and "
+        "compiling CONFIG's pair needs. Every finding comes with a fix. Exit 0 when there "
+        "are no errors, 1 when there are. Reads neuron-ls, the Python packages of the "
+        "running interpreter, dpkg or rpm, /proc/meminfo and df; --record saves those "
+        "outputs, --from reads saved ones.",
     )
     d.add_argument("config", metavar="CONFIG", nargs="?", help="the deployment to check for")
     d.add_argument("--json", action="store_true", help="print machine-readable JSON")

@@ -35,7 +35,7 @@ PRIOR_ALPHA = 0.5  # acceptance before a row or the batch has evidence
 PRIOR_TRIALS = 2.0  # weight of the batch-wide estimate in a row's own
 DECAY = 0.97  # of old evidence per new trial (about 30 trials remembered)
 WEIGHT = 0.3  # of a new measurement in a cost's moving average
-PROBE_RATIO = 10.0  # time without proposing per second a re-try costs (doubled, up to x16)
+PROBE_RATIO = 30.0  # time without proposing per second a re-try costs (doubled, up to x16)
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:
@@ -189,7 +189,8 @@ class LengthPolicy:
         """A draft model's acceptance is learned only by proposing: after a stretch of steps
         without, propose once. A re-try happens once the time spent without proposing is
         PROBE_RATIO x backoff times what the re-try costs, so re-trying takes at most about a
-        tenth of the time; each re-try that does not win proposing back doubles the backoff
+        thirtieth of the time (a draft that does not pay costs at most ~3 % over the target
+        alone); each re-try that does not win proposing back doubles the backoff
         (up to 16x)."""
         if not self.draft_passes:
             return chosen
