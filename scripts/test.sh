@@ -26,4 +26,4 @@ ns_log "mypy"
 # checkpoint) are built once.
 workers="${NEURON_SPEC_TEST_WORKERS:-$(n="$(nproc 2>/dev/null || echo 2)"; echo $((n > 8 ? 8 : n)))}"
 ns_log "pytest ($workers parallel workers)"
-NEURON_SPEC_REQUIRE_TORCH=1 "$venv/bin/python" -m pytest -n "$workers" --dist loadfile "$@"
+NEURON_SPEC_REQUIRE_ALL=1 "$venv/bin/python" -m pytest -n "$workers" --dist loadfile "$@"
