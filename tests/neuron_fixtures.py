@@ -3,9 +3,11 @@ tokenizer (built here, no download), and the transformers_neuronx test double.""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 DOUBLE = Path(__file__).parent / "tnx_double"
@@ -138,3 +140,20 @@ def drive_continuous_batch(batch, pending, alone) -> bool:
         assert steps < 200
     assert not done
     return joined_late
+
+
+@pytest.fixture(autouse=True)
+def clean_neuron_env(monkeypatch):
+    """Autouse in every module that imports it: the Neuron backends export the planned layout
+    for the runtime (NEURON_*), undone after each test, and the library doubles are unloaded
+    (the next test picks its own release)."""
+    for name in list(os.environ):
+        if name.startswith("NEURON_"):
+            monkeypatch.delenv(name)
+    yield
+    for name in list(os.environ):
+        if name.startswith("NEURON_"):
+            del os.environ[name]
+    for name in list(sys.modules):
+        if name.startswith(("transformers_neuronx", "neuronx_distributed_inference")):
+            del sys.modules[name]

@@ -5,8 +5,6 @@ the reference backend's greedy tokens, at batch 1 and at batch 4."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,12 @@ from neuron_spec.backends import load_generator
 from neuron_spec.config.spec import load_config
 from neuron_spec.errors import UsageError
 
-from .neuron_fixtures import make_checkpoint, use_double, use_nxdi_double
+from .neuron_fixtures import (
+    clean_neuron_env,  # noqa: F401  (autouse: the Neuron environment undone)
+    make_checkpoint,
+    use_double,
+    use_nxdi_double,
+)
 
 pytestmark = pytest.mark.reference
 # repeated runs in the prompts: prompt lookup has something to propose from the first step
@@ -25,20 +28,6 @@ PROMPTS = ["w1 w2 w3 w4 w1 w2 w3", "w7 w8 w7 w8 w7", "w40 w41 w42 w43 w44 w40 w4
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("lookup") / "target", seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("NEURON_"):
-            monkeypatch.delenv(name)
-    yield
-    for name in list(os.environ):
-        if name.startswith("NEURON_"):
-            del os.environ[name]
-    for name in list(sys.modules):
-        if name.startswith(("transformers_neuronx", "neuronx_distributed_inference")):
-            del sys.modules[name]
 
 
 def lookup_config(tmp_path: Path, target: Path, backend: str, *, batch: int = 1,

@@ -13,7 +13,13 @@ from neuron_spec.backends.artifacts import verify
 from neuron_spec.config.spec import load_config
 from neuron_spec.errors import BackendUnavailableError
 
-from .neuron_fixtures import drive_continuous_batch, make_checkpoint, reset_cores, use_double
+from .neuron_fixtures import (
+    clean_neuron_env,  # noqa: F401  (autouse: the Neuron environment undone)
+    drive_continuous_batch,
+    make_checkpoint,
+    reset_cores,
+    use_double,
+)
 
 pytestmark = pytest.mark.reference
 V1, V2 = "0.11.351", "0.13.322"
@@ -26,22 +32,6 @@ def pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
     target = make_checkpoint(root / "target", seed=0)
     draft = make_checkpoint(root / "draft", seed=0, noise=0.003, base=target)
     return target, draft
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    import sys
-
-    for name in list(os.environ):
-        if name.startswith("NEURON_"):
-            monkeypatch.delenv(name)
-    yield
-    for name in list(os.environ):  # the backend exports the planned layout for the runtime
-        if name.startswith("NEURON_"):
-            del os.environ[name]
-    for name in list(sys.modules):  # unload the double: the next test picks its own version
-        if name.startswith("transformers_neuronx"):
-            del sys.modules[name]
 
 
 def write_config(

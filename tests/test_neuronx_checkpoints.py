@@ -4,7 +4,6 @@ double of every release: a `.bin` (split), a GGUF file (de-quantized to safetens
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,27 +11,16 @@ import pytest
 from neuron_spec.backends import load_generator
 from neuron_spec.config.spec import load_config
 
-from .neuron_fixtures import make_checkpoint, reset_cores, use_double
+from .neuron_fixtures import (
+    clean_neuron_env,  # noqa: F401  (autouse: the Neuron environment undone)
+    make_checkpoint,
+    reset_cores,
+    use_double,
+)
 
 pytestmark = pytest.mark.reference
 RELEASES = ["0.11.351", "0.12.313", "0.13.322"]
 PROMPT = "w1 w5 w9 w3"
-
-
-@pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    import sys
-
-    for name in list(os.environ):
-        if name.startswith("NEURON_"):
-            monkeypatch.delenv(name)
-    yield
-    for name in list(os.environ):
-        if name.startswith("NEURON_"):
-            del os.environ[name]
-    for name in list(sys.modules):
-        if name.startswith("transformers_neuronx"):
-            del sys.modules[name]
 
 
 @pytest.fixture(scope="module")

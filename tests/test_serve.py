@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .openai_checks import assert_streamed_logprobs_are_the_plain_ones
 from .tiny_model import InProcessServer, slowed_loader, tiny_pair_yaml
 
 pytestmark = pytest.mark.reference
@@ -719,17 +720,4 @@ def test_logprobs_from_the_targets_distribution(server):
     r = server.complete(prompt=PROMPT, max_tokens=2, logprobs=21)
     assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
     assert "Input should" not in r.json()["error"]["message"]
-    # streamed: each event carries the logprobs of the tokens its text completes; together
-    # they are the non-streamed request's
-    stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Name a colour."}],
-        max_tokens=8, temperature=0.0, logprobs=True, top_logprobs=2, stream=True,
-    )  # fmt: skip
-    streamed, text = [], ""
-    for event in stream:
-        choice = event.choices[0]
-        text += choice.delta.content or ""
-        if choice.logprobs is not None and choice.logprobs.content:
-            streamed.extend(choice.logprobs.content)
-    assert text == out.choices[0].message.content
-    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+    assert_streamed_logprobs_are_the_plain_ones(client, MODEL, out)

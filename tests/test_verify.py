@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,12 @@ from neuron_spec.planning.verify import cache_outcome
 from neuron_spec.planning.verify_prompts import PROMPTS
 
 from .conftest import ROOT
-from .neuron_fixtures import make_checkpoint, use_double, use_nxdi_double
+from .neuron_fixtures import (
+    clean_neuron_env,  # noqa: F401  (autouse: the Neuron environment undone)
+    make_checkpoint,
+    use_double,
+    use_nxdi_double,
+)
 
 pytestmark = pytest.mark.reference
 HOSTS = Path(__file__).parent / "hosts"
@@ -65,22 +69,6 @@ def pair(tmp_path_factory):
     target = make_checkpoint(root / "target", seed=0)
     draft = make_checkpoint(root / "draft", seed=0, noise=0.003, base=target)
     return target, draft
-
-
-@pytest.fixture(autouse=True)
-def _clean_neuron_env(monkeypatch):
-    """The Neuron backends export the planned layout for the runtime: undone after each test,
-    and the transformers-neuronx double unloaded (the next test picks its own release)."""
-    for name in list(os.environ):
-        if name.startswith("NEURON_"):
-            monkeypatch.delenv(name)
-    yield
-    for name in list(os.environ):
-        if name.startswith("NEURON_"):
-            del os.environ[name]
-    for name in list(sys.modules):
-        if name.startswith("transformers_neuronx"):
-            del sys.modules[name]
 
 
 def recorded_host(monkeypatch, name: str) -> None:
