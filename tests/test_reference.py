@@ -134,17 +134,6 @@ def test_sampled_generation_is_seeded_and_reproducible(pair):
     assert once(5) != once(6)
 
 
-def test_cpu_threads_leave_room_for_a_busy_machine():
-    from neuron_spec.backends.reference import cpu_threads
-    from neuron_spec.errors import UsageError
-
-    assert cpu_threads({}, 2) == 1 and cpu_threads({}, 1) == 1 and cpu_threads({}, 16) == 8
-    assert cpu_threads({"NEURON_SPEC_THREADS": "3"}, 2) == 3
-    assert cpu_threads({"OMP_NUM_THREADS": "2"}, 16) is None  # the user's choice stands
-    with pytest.raises(UsageError, match="NEURON_SPEC_THREADS"):
-        cpu_threads({"NEURON_SPEC_THREADS": "many"}, 2)
-
-
 def test_a_tokenizer_class_this_transformers_lacks_loads_from_tokenizer_json(tmp_path):
     """transformers 5 writes `TokenizersBackend`, which 4.57 lacks: the tokenizer still loads."""
     import json

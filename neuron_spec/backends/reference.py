@@ -7,7 +7,7 @@ runs them through neuron-spec's speculative engine with real KV caches.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,12 @@ import torch
 from ..config.spec import ConfigFile
 from ..engine.acceptors import Acceptor
 from ..engine.loop import Decode, EngineResult
-from ..errors import ConfigError, ConfigProblem, UsageError
+from ..errors import ConfigError, ConfigProblem
 from ..sources.hf import eos_ids, load_model, pad_id, require_torch
 from .base import Generator, Progress, RunnerPair
+from .cpu_linear import ENV as CPU_LINEAR_ENV
+from .cpu_linear import pack_linears
+from .cpu_threads import THREADS_ENV, ThreadChooser, usable_cores
 
 
 def pick_device() -> str:
@@ -50,8 +53,9 @@ def _holds_rows(layer: Any) -> bool:
 class HFRunner:
     """One transformers causal LM with a DynamicCache and a per-row live-column mask."""
 
-    def __init__(self, model: Any, device: str | None = None):
+    def __init__(self, model: Any, device: str | None = None, threads: ThreadChooser | None = None):
         self.model = model
+        self.threads = threads  # on the CPU: how many threads each pass uses
         # transformers 5.x names the cache argument and output `cache`; 4.x `past_key_values`
         import inspect
 
@@ -77,14 +81,21 @@ class HFRunner:
     def feed(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
         positions = (self.n_live.unsqueeze(1) + mask.long().cumsum(dim=1) - 1).clamp(min=0)
         full_mask = torch.cat([self.mask, mask], dim=1)
-        out = self.model(
-            input_ids=tokens.to(self.device),
-            attention_mask=full_mask.long().to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=True,
-            logits_to_keep=keep,
-            **{self.cache_name: self.cache},
-        )
+
+        def forward() -> Any:
+            return self.model(
+                input_ids=tokens.to(self.device),
+                attention_mask=full_mask.long().to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                logits_to_keep=keep,
+                **{self.cache_name: self.cache},
+            )
+
+        if self.threads is None:
+            out = forward()
+        else:
+            out = self.threads.run(id(self.model), tokens.numel(), forward)
         self.cache = getattr(out, self.cache_name)
         self.mask = full_mask
         self.n_live = self.n_live + mask.long().sum(dim=1)
@@ -135,33 +146,6 @@ class HFRunner:
         self.mask = self.mask[:, index]
 
 
-THREADS_ENV = "NEURON_SPEC_THREADS"
-
-
-def cpu_threads(environ: Mapping[str, str], usable_cores: int) -> int | None:
-    """How many threads torch should use on the CPU, or None to leave its choice alone.
-
-    A small model's step is short, so torch's default (one thread per core) loses far more
-    to waiting for a core than it gains: on a 2-core machine with another process busy, one
-    thread generated 8-13x faster than two. So half the usable cores, at least one, unless
-    the user said otherwise (NEURON_SPEC_THREADS, or OMP_NUM_THREADS, which torch reads)."""
-    given = environ.get(THREADS_ENV, "").strip()
-    if given:
-        if not given.isdigit() or int(given) < 1:
-            raise UsageError(f"{THREADS_ENV}={given!r}: give a whole number of threads, 1 or more")
-        return int(given)
-    if environ.get("OMP_NUM_THREADS", "").strip():
-        return None
-    return max(1, usable_cores // 2)
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 class ReferenceBackend:
     """The pair as transformers models on the CPU or a GPU: the engine drives their caches
     directly, and a continuous batch of any size uses the same two runners."""
@@ -188,7 +172,7 @@ class ReferenceBackend:
         """The target's logits after each prompt token but the last ((n, V) per chunk of at
         most SCORE_CHUNK positions, in order), through a cache of its own: the batch's rows
         are left as they are."""
-        runner = HFRunner(self.target.model, self.device)
+        runner = HFRunner(self.target.model, self.device, self.target.threads)
         runner.reset(1)
         with torch.inference_mode():
             for at in range(0, len(ids) - 1, SCORE_CHUNK):
@@ -211,16 +195,23 @@ def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     spec = cfg.spec
     say = progress or (lambda _msg: None)
     device = pick_device()
-    threads = cpu_threads(os.environ, _usable_cores()) if device == "cpu" else None
+    threads = None
+    if device == "cpu":
+        threads = ThreadChooser.for_machine(os.environ, usable_cores(), torch.set_num_threads)
     if threads is not None:
-        torch.set_num_threads(threads)
-        say(f"CPU threads: {threads} (set {THREADS_ENV} to change)")
+        torch.set_num_threads(threads.counts[0])
+        counts = " or ".join(map(str, threads.counts))
+        say(f"CPU threads: {counts}, measured per pass (set {THREADS_ENV} to fix)")
     loaded = {}
     for role, m in spec.models():  # the draft only when proposals come from it
         say(f"loading {role} {m.model} ({m.amp}, {device})")
         path_field = f"{role}.model"
         loaded[role] = load_model(m.model, m.amp, cfg.base_dir, m.tokenizer, device, path_field)
     target, draft = loaded["target"], loaded.get("draft")
+    if device == "cpu":
+        for role, model in loaded.items():
+            if pack_linears(model.model, os.environ):
+                say(f"{role}: linear layers on oneDNN (set {CPU_LINEAR_ENV}=default to change)")
     t_vocab = target.model.config.vocab_size
     d_vocab = t_vocab if draft is None else draft.model.config.vocab_size
     if t_vocab != d_vocab:
@@ -238,6 +229,6 @@ def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     eos = eos_ids(
         spec.generation.eos_token_id, where if where.is_dir() else None, tok, target.model
     )
-    draft_runner = None if draft is None else HFRunner(draft.model, device)
-    backend = ReferenceBackend(HFRunner(target.model, device), draft_runner, device)
+    draft_runner = None if draft is None else HFRunner(draft.model, device, threads)
+    backend = ReferenceBackend(HFRunner(target.model, device, threads), draft_runner, device)
     return Generator(cfg, backend, tok, eos, pad_id(tok, eos))

@@ -1,0 +1,129 @@
+"""The reference backend on the CPU: oneDNN-packed linear layers and the measured thread count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from neuron_spec.backends.cpu_linear import PackedLinear, pack_linears
+from neuron_spec.backends.cpu_threads import FIRST_GAP, ThreadChooser, cpu_threads, size_class
+from neuron_spec.backends.reference import HFRunner
+from neuron_spec.engine.acceptors import GreedyAcceptor
+from neuron_spec.engine.loop import speculative_generate
+from neuron_spec.errors import UsageError
+
+pytestmark = pytest.mark.reference
+
+
+def small_llama(dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def test_cpu_threads_leave_room_for_a_busy_machine():
+    assert cpu_threads({}, 2) == 1 and cpu_threads({}, 1) == 1 and cpu_threads({}, 16) == 8
+    assert cpu_threads({"NEURON_SPEC_THREADS": "3"}, 2) == 3
+    assert cpu_threads({"OMP_NUM_THREADS": "2"}, 16) is None  # the user's choice stands
+    with pytest.raises(UsageError, match="NEURON_SPEC_THREADS"):
+        cpu_threads({"NEURON_SPEC_THREADS": "many"}, 2)
+
+
+def test_the_chooser_offers_half_and_all_cores_unless_the_user_fixed_a_count():
+    set_to: list[int] = []
+    assert ThreadChooser.for_machine({}, 8, set_to.append).counts == (4, 8)  # type: ignore[union-attr]
+    assert ThreadChooser.for_machine({}, 1, set_to.append).counts == (1,)  # type: ignore[union-attr]
+    fixed = ThreadChooser.for_machine({"NEURON_SPEC_THREADS": "2"}, 8, set_to.append)
+    assert fixed is not None and fixed.counts == (2,)
+    assert ThreadChooser.for_machine({"OMP_NUM_THREADS": "3"}, 8, set_to.append) is None
+
+
+class Machine:
+    """A fake machine: a pass's seconds depend on the thread count and on how busy it is."""
+
+    def __init__(self) -> None:
+        self.now, self.threads, self.busy = 0.0, 1, False
+        self.used: list[int] = []
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def clock(self) -> float:
+        return self.now
+
+    def chooser(self) -> ThreadChooser:
+        return ThreadChooser((1, 2), self.set_threads, self.clock)
+
+    def pass_(self) -> None:
+        quiet = {1: 0.10, 2: 0.06}  # two threads win when the machine is quiet
+        busy = {1: 0.11, 2: 0.30}  # and collapse when another process takes a core
+        self.now += (busy if self.busy else quiet)[self.threads]
+        self.used.append(self.threads)
+
+
+def test_the_chooser_uses_the_faster_count_and_follows_the_machine_when_it_turns_busy():
+    m = Machine()
+    chooser = m.chooser()
+    for _ in range(40):
+        chooser.run(1, 8, m.pass_)
+    assert m.used[:2] == [1, 2]  # each count measured once
+    assert m.used[2:].count(2) >= 36  # then two threads, save the re-tries of one
+    m.busy = True
+    m.used.clear()
+    for _ in range(200):
+        chooser.run(1, 8, m.pass_)
+    # the collapse shows at once in the average; later re-tries of two threads back off
+    assert m.used[:3].count(1) >= 2
+    assert m.used[20:].count(2) <= 5
+    m.busy, m.used = False, []
+    for _ in range(600):
+        chooser.run(1, 8, m.pass_)
+    assert m.used[-100:].count(2) >= 95  # quiet again: noticed at a re-try
+
+
+def test_the_chooser_keeps_each_pass_size_and_model_apart():
+    m = Machine()
+    chooser = m.chooser()
+    chooser.run(1, 1, m.pass_)
+    chooser.run(1, 16, m.pass_)
+    chooser.run(2, 1, m.pass_)
+    assert m.used == [1, 1, 1]  # three new (model, size) pairs, each tried at one thread first
+    assert size_class(1) == size_class(1) != size_class(2) != size_class(4)
+    assert size_class(3) == size_class(4) and size_class(5) == size_class(8)
+    assert len(chooser.records) == 3 and all(r.gap == FIRST_GAP for r in chooser.records.values())
+
+
+def test_a_packed_linear_computes_what_torch_does():
+    linear = torch.nn.Linear(64, 96)
+    x = torch.randn(2, 5, 64)
+    try:
+        packed = PackedLinear(linear)
+    except RuntimeError as exc:  # the path is PyTorch's; pack_linears declines it then
+        pytest.skip(f"this PyTorch has no oneDNN linear path: {exc}")
+    with torch.inference_mode():
+        assert torch.allclose(packed(x), linear(x), atol=1e-5)
+        assert packed(x).shape == (2, 5, 96)
+
+
+def test_packing_keeps_greedy_decoding_and_declines_what_it_cannot_do():
+    model = small_llama()
+    plain = small_llama()
+    count = pack_linears(model, {})
+    if count == 0:
+        pytest.skip("this PyTorch has no oneDNN linear path")
+    assert count == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the head
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    prompts = [[1, 5, 9, 3], [2, 7, 7, 7, 7]]
+
+    def greedy(m: LlamaForCausalLM) -> list[list[int]]:
+        return speculative_generate(
+            HFRunner(m), None, GreedyAcceptor(), prompts, draft_tokens=0, max_new_tokens=12
+        ).tokens
+
+    assert greedy(model) == greedy(plain)
+    assert pack_linears(small_llama(), {"NEURON_SPEC_CPU_LINEAR": "default"}) == 0
+    assert pack_linears(small_llama(torch.float64), {}) == 0  # f32 only
