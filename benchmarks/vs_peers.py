@@ -11,6 +11,10 @@ each reports its median round. The suffix proposer's memory of earlier outputs i
 before each setting's pass over the prompts: it learns from the answers to the earlier prompts
 of that pass, as a server would, never from an answer to the same prompt.
 
+Every setting runs on the same model objects, so on the same kernels (on the CPU: the linear
+layers neuron-spec packs for oneDNN) and on one fixed thread count (`--threads`, default
+neuron-spec's fewest: half the cores), so that the differences are the methods' own.
+
 Prints JSON: per setting, tokens/s, speedup over the target alone (transformers), tokens per
 target pass, and whether every output equals the target's greedy decoding; and the machine's
 load average before and after.
@@ -104,6 +108,9 @@ def main() -> int:
     ap.add_argument("--draft-tokens", type=int, default=8, help="neuron-spec's lookups")
     ap.add_argument("--prompt-lookup-tokens", type=int, default=10, help="transformers'")
     ap.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for every setting (0: half the cores)"
+    )
+    ap.add_argument(
         "--only",
         default="",
         help="run only the settings whose names contain one of these |-separated words",
@@ -112,6 +119,8 @@ def main() -> int:
     fetch_demo_checkpoint()
     prompts = json.loads((ROOT / "benchmarks" / "prompts" / f"{args.prompts}.json").read_text())
     load_before = os.getloadavg()
+    threads = args.threads or max(1, len(os.sched_getaffinity(0)) // 2)
+    os.environ["NEURON_SPEC_THREADS"] = str(threads)  # one count for every setting
     gen = load_generator(load_config(args.config))
     tok = gen.tokenizer
     target, draft = gen.backend.target.model, gen.backend.draft.model
