@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # run can never skip them silently.
 _TORCH_MODULES = [
     "test_cli_reference.py",
+    "test_cpu_kernels.py",
     "test_engine.py",
     "test_launch.py",
     "test_lookup_backends.py",
