@@ -127,3 +127,28 @@ def test_packing_keeps_greedy_decoding_and_declines_what_it_cannot_do():
     assert greedy(model) == greedy(plain)
     assert pack_linears(small_llama(), {"NEURON_SPEC_CPU_LINEAR": "default"}) == 0
     assert pack_linears(small_llama(torch.float64), {}) == 0  # f32 only
+
+
+def test_loading_on_the_cpu_packs_f32_models_and_says_how_threads_are_chosen(tmp_path, monkeypatch):
+    from neuron_spec.backends import reference
+    from neuron_spec.backends.base import Generator
+    from neuron_spec.backends.cpu_linear import PackedLinear as Packed
+    from neuron_spec.config.spec import load_config
+    from tests.tiny_model import tiny_pair_yaml
+
+    monkeypatch.setenv("NEURON_SPEC_DEVICE", "cpu")
+    for name in ("NEURON_SPEC_THREADS", "OMP_NUM_THREADS", "NEURON_SPEC_CPU_LINEAR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(reference, "usable_cores", lambda: 4)
+    monkeypatch.setattr(torch, "set_num_threads", lambda _n: None)  # the suite's own stays
+    said: list[str] = []
+    gen: Generator = reference.load(load_config(tiny_pair_yaml(tmp_path)), said.append)
+    assert "CPU threads: 2 or 4, measured per pass (set NEURON_SPEC_THREADS to fix)" in said
+    backend = gen.backend
+    assert isinstance(backend, reference.ReferenceBackend) and backend.draft is not None
+    assert backend.target.threads is backend.draft.threads is not None
+    packed = any(isinstance(m, Packed) for m in backend.target.model.modules())
+    assert packed == any("linear layers on oneDNN" in line for line in said)
+    out = gen.generate("Hello", max_new_tokens=6, temperature=0.0)
+    assert len(out.token_ids[0]) == 6 or out.finished_by_eos[0]
+    assert backend.target.threads.records  # the passes were measured
