@@ -1,7 +1,8 @@
 """The CPU demo beside another CPU-heavy process: does the reference backend's thread choice keep
 generation from collapsing when the machine is busy?
 
-For each thread setting (neuron-spec's default, and torch's own: one per core), loads the demo
+For each thread setting (neuron-spec's default: half or all of the cores, whichever each pass
+measured faster lately; and torch's own: one per core, fixed), loads the demo
 pair once in a child process and times a greedy 32-token generation, alternating idle and
 busy (one process spinning on a core beside it), best of --repeat each. Prints JSON with the
 seconds, tokens/s and the busy/idle ratio. Target: with neuron-spec's default, busy is at most
@@ -43,7 +44,9 @@ for _ in range(repeat):
         if burner is not None:
             burner.kill()
             burner.wait()
-print(json.dumps({"threads": torch.get_num_threads(), "times": times,
+chooser = gen.backend.target.threads
+counts = list(chooser.counts) if chooser is not None else [torch.get_num_threads()]
+print(json.dumps({"threads": counts, "times": times,
                   "new_tokens": len(out.token_ids[0])}))
 """
 
