@@ -152,3 +152,17 @@ def test_loading_on_the_cpu_packs_f32_models_and_says_how_threads_are_chosen(tmp
     out = gen.generate("Hello", max_new_tokens=6, temperature=0.0)
     assert len(out.token_ids[0]) == 6 or out.finished_by_eos[0]
     assert backend.target.threads.records  # the passes were measured
+
+
+def test_the_chooser_sets_the_count_in_each_thread_that_runs_a_pass():
+    """PyTorch's count is per OS thread: a serving thread must set its own."""
+    import threading
+
+    set_in: list[tuple[int, int]] = []
+    chooser = ThreadChooser((1,), lambda n: set_in.append((threading.get_ident(), n)))
+    chooser.run(1, 1, lambda: None)
+    chooser.run(1, 1, lambda: None)
+    worker = threading.Thread(target=lambda: chooser.run(1, 1, lambda: None))
+    worker.start()
+    worker.join()
+    assert [n for _t, n in set_in] == [1, 1] and set_in[0][0] != set_in[1][0]

@@ -17,6 +17,7 @@ NEURON_SPEC_THREADS fixes the count; OMP_NUM_THREADS leaves PyTorch's own choice
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,7 +80,9 @@ class ThreadChooser:
     ):
         self.counts = tuple(sorted(set(counts)))
         self.set_threads, self.clock = set_threads, clock
-        self.current: int | None = None
+        # PyTorch keeps the count per OS thread (a thread started later takes the last one
+        # set anywhere), so what was set is remembered per thread
+        self.current: dict[int, int] = {}
         self.records: dict[tuple[int, int], _Record] = {}
 
     @classmethod
@@ -112,9 +115,9 @@ class ThreadChooser:
             else None
         )
         n = self.choose(record)
-        if n != self.current:
+        if self.current.get(threading.get_ident()) != n:
             self.set_threads(n)
-            self.current = n
+            self.current[threading.get_ident()] = n
         start = self.clock()
         out = fn()
         self._learn(record, n, self.clock() - start, best_before)
