@@ -166,3 +166,8 @@ def test_the_chooser_sets_the_count_in_each_thread_that_runs_a_pass():
     worker.start()
     worker.join()
     assert [n for _t, n in set_in] == [1, 1] and set_in[0][0] != set_in[1][0]
+
+
+def test_a_mistyped_linear_choice_is_refused_with_its_name():
+    with pytest.raises(UsageError, match=r"NEURON_SPEC_CPU_LINEAR='mkl'.*onednn"):
+        pack_linears(small_llama(), {"NEURON_SPEC_CPU_LINEAR": "mkl"})

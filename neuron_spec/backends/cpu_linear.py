@@ -12,7 +12,7 @@ library: no maintained package offers it without a compiler at start-up.
 The ops are private to PyTorch, so nothing is assumed: `pack_linears` checks each op on the
 first layer against `torch.nn.functional.linear` and leaves the model untouched when an op is
 missing, refuses the dtype (bf16 needs AVX512-BF16 or AVX-NE-CONVERT) or disagrees beyond
-rounding. NEURON_SPEC_CPU_LINEAR=default keeps PyTorch's own path.
+rounding. NEURON_SPEC_CPU_LINEAR=default keeps PyTorch's own path (=onednn, or unset: this one).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from ..errors import UsageError
 
 ENV = "NEURON_SPEC_CPU_LINEAR"
 ROWS_HINT = 8  # the row count oneDNN lays the weight out for (best of 1, 8, 32 measured)
@@ -56,12 +58,21 @@ def _agrees(linear: torch.nn.Linear) -> bool:
     return bool(float((got - want).abs().max()) <= 1e-4 * scale)
 
 
+def wanted(environ: Mapping[str, str]) -> bool:
+    """Whether NEURON_SPEC_CPU_LINEAR asks for packing (unset or onednn) or not (default);
+    another value is refused, before anything loads."""
+    given = environ.get(ENV, "").strip().lower()
+    if given not in ("", "onednn", "default"):
+        raise UsageError(f"{ENV}={given[:40]!r}: give onednn (the default) or default (PyTorch's)")
+    return given != "default"
+
+
 def pack_linears(model: Any, environ: Mapping[str, str]) -> int:
     """Replace every `nn.Linear` of an f32 CPU model with a PackedLinear; returns how many
     (0 when the path is unavailable, declined, or the model is not f32 on the CPU). A weight
     shared with another module (tied embeddings) stays where it is; the linear gets a packed
     copy."""
-    if environ.get(ENV, "").strip().lower() == "default":
+    if not wanted(environ):
         return 0
     linears = [
         (parent, name, child)

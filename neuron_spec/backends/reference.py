@@ -20,7 +20,7 @@ from ..errors import ConfigError, ConfigProblem
 from ..sources.hf import eos_ids, load_model, pad_id, require_torch
 from .base import Generator, Progress, RunnerPair
 from .cpu_linear import ENV as CPU_LINEAR_ENV
-from .cpu_linear import pack_linears
+from .cpu_linear import pack_linears, wanted
 from .cpu_threads import THREADS_ENV, ThreadChooser, usable_cores
 
 
@@ -195,8 +195,9 @@ def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     spec = cfg.spec
     say = progress or (lambda _msg: None)
     device = pick_device()
-    threads = None
+    threads, pack = None, False
     if device == "cpu":
+        pack = wanted(os.environ)  # a mistyped value stops here, before anything loads
         threads = ThreadChooser.for_machine(os.environ, usable_cores(), torch.set_num_threads)
     if threads is not None:
         torch.set_num_threads(threads.counts[0])
@@ -208,7 +209,7 @@ def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
         path_field = f"{role}.model"
         loaded[role] = load_model(m.model, m.amp, cfg.base_dir, m.tokenizer, device, path_field)
     target, draft = loaded["target"], loaded.get("draft")
-    if device == "cpu":
+    if device == "cpu" and pack:
         for role, model in loaded.items():
             if pack_linears(model.model, os.environ):
                 say(f"{role}: linear layers on oneDNN (set {CPU_LINEAR_ENV}=default to change)")
