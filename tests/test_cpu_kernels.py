@@ -171,3 +171,20 @@ def test_the_chooser_sets_the_count_in_each_thread_that_runs_a_pass():
 def test_a_mistyped_linear_choice_is_refused_with_its_name():
     with pytest.raises(UsageError, match=r"NEURON_SPEC_CPU_LINEAR='mkl'.*onednn"):
         pack_linears(small_llama(), {"NEURON_SPEC_CPU_LINEAR": "mkl"})
+
+
+def test_a_new_pass_size_starts_with_what_its_nearest_size_chose_then_checks_it():
+    m = Machine()
+    chooser = m.chooser()
+    for _ in range(20):
+        chooser.run(1, 8, m.pass_)  # two threads learned faster at 5-8 tokens
+    m.used.clear()
+    for _ in range(FIRST_GAP + 2):
+        chooser.run(1, 40, m.pass_)  # a prompt-sized pass, never seen
+    assert m.used[0] == 2  # borrowed
+    assert 1 in m.used  # and the other count measured within the first re-try gap
+    assert chooser.records[(1, size_class(40))].best() == 2
+    m.used.clear()
+    chooser.run(2, 40, m.pass_)  # another model borrows nothing: the fewest, then the other
+    chooser.run(2, 40, m.pass_)
+    assert m.used == [1, 2]

@@ -68,6 +68,9 @@ class _Record:
     since_try: int = 0
     gap: int = FIRST_GAP
 
+    def best(self) -> int | None:
+        return min(self.seconds, key=lambda n: self.seconds[n]) if self.seconds else None
+
 
 class ThreadChooser:
     """Runs each pass on the thread count measured fastest for its model and size."""
@@ -97,24 +100,34 @@ class ThreadChooser:
         fixed = bool(environ.get(THREADS_ENV, "").strip())
         return cls((few,) if fixed else (few, max(few, cores)), set_threads)
 
-    def choose(self, record: _Record) -> int:
-        untried = [n for n in self.counts if n not in record.seconds]
-        if untried:
-            return untried[0]
-        best = min(self.counts, key=lambda n: record.seconds[n])
+    def choose(self, model_key: int, size: int, record: _Record) -> int:
+        best = record.best()
+        if best is None:  # a new size: the count its model's nearest measured size chose
+            near = self._nearest(model_key, size)
+            return self.counts[0] if near is None else near
         if len(self.counts) > 1 and record.since_try >= record.gap:
-            return next(n for n in self.counts if n != best)  # a re-try
+            others = [n for n in self.counts if n != best]
+            return ([n for n in others if n not in record.seconds] or others)[0]  # a re-try
         return best
+
+    def _nearest(self, model_key: int, size: int) -> int | None:
+        measured = [
+            (abs(s - size), r.best()) for (m, s), r in self.records.items()
+            if m == model_key and s != size and r.best() is not None
+        ]  # fmt: skip
+        return min(measured)[1] if measured else None
 
     def run(self, model_key: int, tokens: int, fn: Callable[[], T]) -> T:
         """fn() on the chosen count; its time is learned for (model_key, size of tokens)."""
-        record = self.records.setdefault((model_key, size_class(tokens)), _Record())
-        best_before = (
-            min(self.counts, key=lambda n: record.seconds[n])
-            if len(record.seconds) == len(self.counts)
-            else None
-        )
-        n = self.choose(record)
+        size = size_class(tokens)
+        record = self.records.get((model_key, size))
+        if record is None:
+            record = _Record()
+            if self._nearest(model_key, size) is None:  # nothing to borrow: measure both now
+                record.since_try = record.gap
+            self.records[(model_key, size)] = record
+        best_before = record.best()
+        n = self.choose(model_key, size, record)
         if self.current.get(threading.get_ident()) != n:
             self.set_threads(n)
             self.current[threading.get_ident()] = n
@@ -132,5 +145,5 @@ class ThreadChooser:
             record.since_try += 1
             return
         record.since_try = 0
-        best_now = min(self.counts, key=lambda k: record.seconds[k])
+        best_now = record.best()
         record.gap = min(MAX_GAP, record.gap * 2) if best_now == best_before else FIRST_GAP
