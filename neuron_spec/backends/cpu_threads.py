@@ -121,11 +121,8 @@ class ThreadChooser:
         """fn() on the chosen count; its time is learned for (model_key, size of tokens)."""
         size = size_class(tokens)
         record = self.records.get((model_key, size))
-        if record is None:
-            record = _Record()
-            if self._nearest(model_key, size) is None:  # nothing to borrow: measure both now
-                record.since_try = record.gap
-            self.records[(model_key, size)] = record
+        if record is None:  # its second pass measures the other count (a size may be rare)
+            record = self.records[(model_key, size)] = _Record(since_try=FIRST_GAP)
         best_before = record.best()
         n = self.choose(model_key, size, record)
         if self.current.get(threading.get_ident()) != n:
