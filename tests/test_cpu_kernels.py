@@ -187,3 +187,39 @@ def test_a_new_pass_size_starts_with_what_its_nearest_size_chose_then_checks_it(
     chooser.run(2, 40, m.pass_)  # another model borrows nothing: the fewest, then the other
     chooser.run(2, 40, m.pass_)
     assert m.used == [1, 2]
+
+
+def test_row_counts_round_up_to_a_few_per_doubling():
+    from neuron_spec.backends.cpu_linear import padded_rows
+
+    assert [padded_rows(n) for n in (1, 8, 16)] == [1, 8, 16]
+    assert [padded_rows(n) for n in (17, 20, 21, 33, 300, 1000)] == [20, 20, 24, 40, 320, 1024]
+    assert all(n <= padded_rows(n) <= n * 1.25 for n in range(1, 5000))
+    counts = {padded_rows(n) for n in range(1, 4097)}
+    assert len(counts) <= 16 + 4 * 8  # every prompt length up to 4096 meets at most these
+
+
+def test_a_packed_linear_pads_odd_row_counts_and_returns_only_the_real_rows():
+    linear = torch.nn.Linear(64, 32)
+    try:
+        packed = PackedLinear(linear)
+    except RuntimeError as exc:
+        pytest.skip(f"this PyTorch has no oneDNN linear path: {exc}")
+    x = torch.randn(1, 37, 64)  # 37 rows run as 40
+    with torch.inference_mode():
+        assert packed(x).shape == (1, 37, 32)
+        assert torch.allclose(packed(x), linear(x), atol=1e-5)
+
+
+def test_packing_releases_the_checkpoint_memory_and_keeps_the_rest_of_the_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    small_llama().save_pretrained(tmp_path)  # safetensors: loaded through a file mapping
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    embed = model.get_input_embeddings().weight
+    before = embed.data_ptr()
+    if pack_linears(model, {}) == 0:
+        pytest.skip("this PyTorch has no oneDNN linear path")
+    after = model.get_input_embeddings().weight
+    assert after is embed and after.data_ptr() != before  # the same parameter, its own memory
+    assert torch.equal(after, small_llama().get_input_embeddings().weight)

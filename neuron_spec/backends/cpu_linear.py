@@ -26,6 +26,19 @@ from ..errors import UsageError
 
 ENV = "NEURON_SPEC_CPU_LINEAR"
 ROWS_HINT = 8  # the row count oneDNN lays the weight out for (best of 1, 8, 32 measured)
+EXACT_ROWS = 16  # up to this many rows a product runs at its own size
+
+
+def padded_rows(rows: int) -> int:
+    """The row count a product runs at: its own up to EXACT_ROWS, else rounded up to a
+    quarter of its power of two (at most a quarter more rows). oneDNN keeps code and state
+    for every row count it has run, about 3 MB per count for a 135M model: a server that met
+    every prompt length would grow without end, and with this rounding it meets at most about
+    four counts per doubling."""
+    if rows <= EXACT_ROWS:
+        return rows
+    step = 1 << (rows.bit_length() - 3)
+    return -(-rows // step) * step
 
 
 class PackedLinear(torch.nn.Module):
@@ -40,8 +53,12 @@ class PackedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
+        rows = flat.shape[0]
+        padded = padded_rows(rows)
+        if padded != rows:
+            flat = torch.cat([flat, flat.new_zeros((padded - rows, self.in_features))])
         out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
-        shaped: torch.Tensor = out.reshape(*x.shape[:-1], self.out_features)
+        shaped: torch.Tensor = out[:rows].reshape(*x.shape[:-1], self.out_features)
         return shaped
 
 
@@ -71,7 +88,9 @@ def pack_linears(model: Any, environ: Mapping[str, str]) -> int:
     """Replace every `nn.Linear` of an f32 CPU model with a PackedLinear; returns how many
     (0 when the path is unavailable, declined, or the model is not f32 on the CPU). A weight
     shared with another module (tied embeddings) stays where it is; the linear gets a packed
-    copy."""
+    copy. The other parameters are copied out of the checkpoint's memory-mapped file, so that
+    the mapping, whose pages the packing read, is released: the process then holds the
+    packed weights, not both (measured on the 135M demo: 1.43 GB resident before, 1.03 after)."""
     if not wanted(environ):
         return 0
     linears = [
@@ -89,4 +108,7 @@ def pack_linears(model: Any, environ: Mapping[str, str]) -> int:
         return 0
     for parent, name, child in linears:
         setattr(parent, name, PackedLinear(child))
+    with torch.no_grad():  # the rest leaves the checkpoint's file mapping, which then closes
+        for param in model.parameters():
+            param.data = param.data.clone()
     return len(linears)
