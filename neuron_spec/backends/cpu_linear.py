@@ -9,10 +9,12 @@ compiler (`torch.ops.mkldnn._reorder_linear_weight` / `_linear_pointwise`); this
 for eager transformers models, which is why it is written here rather than taken from a
 library: no maintained package offers it without a compiler at start-up.
 
-The ops are private to PyTorch, so nothing is assumed: `pack_linears` checks each op on the
-first layer against `torch.nn.functional.linear` and leaves the model untouched when an op is
-missing, refuses the dtype (bf16 needs AVX512-BF16 or AVX-NE-CONVERT) or disagrees beyond
-rounding. NEURON_SPEC_CPU_LINEAR=default keeps PyTorch's own path (=onednn, or unset: this one).
+Only f32 layers on the CPU are packed (oneDNN's bf16 path needs AVX512-BF16 or
+AVX-NE-CONVERT, and PyTorch's own bf16 products are what a bf16 model gets elsewhere). The ops
+are private to PyTorch, so nothing is assumed: `pack_linears` checks them on the first such
+layer against `torch.nn.functional.linear` and leaves the model untouched when an op is
+missing or disagrees beyond rounding. NEURON_SPEC_CPU_LINEAR=default keeps PyTorch's own
+path (=onednn, or unset: this one).
 """
 
 from __future__ import annotations
@@ -42,14 +44,21 @@ def padded_rows(rows: int) -> int:
 
 
 class PackedLinear(torch.nn.Module):
-    """An inference-only `nn.Linear` whose weight is held in oneDNN's layout."""
+    """An inference-only `nn.Linear` whose weight is held in oneDNN's layout (a buffer left
+    out of `state_dict`: the layout is this machine's, not a checkpoint's)."""
+
+    packed: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
         weight = linear.weight.detach()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, ROWS_HINT)
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.register_buffer(
+            "packed", torch.ops.mkldnn._reorder_linear_weight(weight, ROWS_HINT), persistent=False
+        )
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -85,30 +94,32 @@ def wanted(environ: Mapping[str, str]) -> bool:
 
 
 def pack_linears(model: Any, environ: Mapping[str, str]) -> int:
-    """Replace every `nn.Linear` of an f32 CPU model with a PackedLinear; returns how many
-    (0 when the path is unavailable, declined, or the model is not f32 on the CPU). A weight
+    """Replace every f32 `nn.Linear` (the class itself, not subclasses, whose forward may
+    differ) of a CPU model with a PackedLinear; returns how many (0 when the path is
+    unavailable or declined). A weight
     shared with another module (tied embeddings) stays where it is; the linear gets a packed
     copy. The other parameters are copied out of the checkpoint's memory-mapped file, so that
     the mapping, whose pages the packing read, is released: the process then holds the
     packed weights, not both (measured on the 135M demo: 1.43 GB resident before, 1.03 after)."""
     if not wanted(environ):
         return 0
-    linears = [
-        (parent, name, child)
+    places = [
+        (parent, name)
         for parent in model.modules()
         for name, child in parent.named_children()
         if type(child) is torch.nn.Linear
-    ]
-    if not linears:
+        and child.weight.device.type == "cpu"
+        and child.weight.dtype == torch.float32
+    ]  # where, not the layers: each original is freed as soon as its packed copy exists
+    if not places or not _agrees(getattr(*places[0])):
         return 0
-    first = linears[0][2]
-    if first.weight.device.type != "cpu" or first.weight.dtype != torch.float32:
-        return 0
-    if not _agrees(first):
-        return 0
-    for parent, name, child in linears:
-        setattr(parent, name, PackedLinear(child))
+    for parent, name in places:
+        setattr(parent, name, PackedLinear(getattr(parent, name)))
     with torch.no_grad():  # the rest leaves the checkpoint's file mapping, which then closes
         for param in model.parameters():
             param.data = param.data.clone()
-    return len(linears)
+        for module in model.modules():
+            for key, buffer in module.named_buffers(recurse=False):
+                if buffer is not None and not isinstance(module, PackedLinear):
+                    setattr(module, key, buffer.clone())
+    return len(places)

@@ -85,7 +85,7 @@ class ThreadChooser:
         self.set_threads, self.clock = set_threads, clock
         # PyTorch keeps the count per OS thread (a thread started later takes the last one
         # set anywhere), so what was set is remembered per thread
-        self.current: dict[int, int] = {}
+        self.current = threading.local()
         self.records: dict[tuple[int, int], _Record] = {}
 
     @classmethod
@@ -125,9 +125,9 @@ class ThreadChooser:
             record = self.records[(model_key, size)] = _Record(since_try=FIRST_GAP)
         best_before = record.best()
         n = self.choose(model_key, size, record)
-        if self.current.get(threading.get_ident()) != n:
+        if getattr(self.current, "count", None) != n:
             self.set_threads(n)
-            self.current[threading.get_ident()] = n
+            self.current.count = n
         start = self.clock()
         out = fn()
         self._learn(record, n, self.clock() - start, best_before)
@@ -142,5 +142,7 @@ class ThreadChooser:
             record.since_try += 1
             return
         record.since_try = 0
+        if old is None:  # the other count's first measurement: nothing confirmed yet
+            return
         best_now = record.best()
         record.gap = min(MAX_GAP, record.gap * 2) if best_now == best_before else FIRST_GAP
