@@ -105,7 +105,7 @@ def main() -> int:
     ap.add_argument("--prompts", default="grounded", help="grounded or chat (benchmarks/prompts)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--draft-tokens", type=int, default=8, help="neuron-spec's lookups")
+    ap.add_argument("--draft-tokens", type=int, default=16, help="neuron-spec's lookups")
     ap.add_argument("--prompt-lookup-tokens", type=int, default=10, help="transformers'")
     ap.add_argument(
         "--threads", type=int, default=0, help="CPU threads for every setting (0: half the cores)"

@@ -27,13 +27,40 @@ def test_expected_tokens_is_the_truncated_geometric_mean():
 
 def test_a_rows_acceptance_follows_its_recent_trials():
     acc = RowAcceptance()
-    assert acc.alpha(prior=0.3) == pytest.approx(0.3)  # no evidence: the prior
+    assert acc.alphas((0.3, 0.4)) == pytest.approx((0.3, 0.4))  # no evidence: the priors
     for _ in range(20):
         acc.add(accepted=4, offered=4)  # every proposal kept
-    assert acc.alpha(prior=0.3) > 0.9
+    assert min(acc.alphas((0.3, 0.3))) > 0.9
     for _ in range(100):
         acc.add(accepted=0, offered=4)  # then none: the old evidence fades
-    assert acc.alpha(prior=0.3) < 0.15
+    assert acc.alphas((0.3, 0.3))[0] < 0.15
+
+
+def test_two_rates_expected_tokens():
+    # the first proposal kept half the time, each later one (once reached) always
+    assert expected_tokens(0.5, 4, later=1.0) == pytest.approx(1 + 0.5 * 4, rel=1e-4)
+    assert expected_tokens(0.5, 2, later=0.5) == expected_tokens(0.5, 2)
+    assert expected_tokens(0.0, 4, later=1.0) == 1.0
+
+
+def test_first_and_later_positions_are_learned_apart():
+    acc = RowAcceptance()
+    for _ in range(60):
+        acc.add(accepted=0, offered=8)  # a wrong guess half the time...
+        acc.add(accepted=8, offered=8)  # ...and a span followed to the end when right
+    first, later = acc.alphas((0.5, 0.5))
+    assert first == pytest.approx(0.5, abs=0.05)
+    assert later > 0.95
+
+
+def test_a_guessed_first_token_does_not_cut_a_reliable_span():
+    """Lookups: the first proposal is kept 60 % of the time, the next ones 90 %. One pooled
+    rate (about 0.8) makes a long proposal look poorer than it is; the two rates choose it."""
+    policy = _policy_with({1: 0.062, 17: 0.102}, gamma_max=16)  # 2.5 ms a token of width
+    pooled = RowPlan(RowAcceptance.known(0.8), 16)
+    split = RowPlan(RowAcceptance.known(0.6, later=0.9), 16)
+    assert policy.choose(1, [split]) > policy.choose(1, [pooled])
+    assert policy.choose(1, [split]) >= 12
 
 
 def _policy_with(costs: dict[int, float], gamma_max: int = 6, **kw) -> LengthPolicy:
@@ -45,7 +72,7 @@ def _policy_with(costs: dict[int, float], gamma_max: int = 6, **kw) -> LengthPol
 
 def _plan(alpha: float, cap: int = 6) -> RowPlan:
     """A row with plenty of evidence that each proposal is kept with probability alpha."""
-    return RowPlan(RowAcceptance(successes=100 * alpha, trials=100.0), cap)
+    return RowPlan(RowAcceptance.known(alpha), cap)
 
 
 def test_poor_acceptance_and_costly_width_choose_no_speculation():
@@ -169,3 +196,33 @@ def test_the_engine_learns_whether_proposing_pays(right, monkeypatch):
         assert sorted(late)[len(late) // 2] == 6 and len(res.steps) < 40
     else:
         assert sum(g > 0 for g in late) <= 2 and len(res.steps) >= 140
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("next_kept", [True, False])
+def test_a_cut_proposal_still_learns_whether_it_would_have_gone_on(next_kept):
+    """A lookup row offered 2 of its 4 proposed tokens and both were kept: the token the
+    target emitted after them is checked against the third, so the row learns whether a
+    longer proposal would have paid (without this, a length once cut would stay cut)."""
+    from types import SimpleNamespace
+
+    from neuron_spec.engine.acceptors import GreedyAcceptor
+    from neuron_spec.engine.loop import Batch
+
+    from .stubs import ChainLookup, StubRunner, next_token_table
+
+    table = next_token_table(lambda p: (p + 1) % V, V)
+    batch = Batch(
+        StubRunner(table), ChainLookup(), 1, draft_tokens=6, acceptor=GreedyAcceptor(),
+        policy=LengthPolicy(6),
+    )  # fmt: skip
+    row = SimpleNamespace(acceptance=RowAcceptance())
+    bonus = 3 if next_kept else 7
+    batch._acceptance(0, row, accepted=2, offered=2, candidate=[1, 2, 3, 4], new=[1, 2, bonus])
+    assert row.acceptance.first.successes == 1 and row.acceptance.first.trials == 1
+    assert row.acceptance.later.successes == (2 if next_kept else 1)
+    assert row.acceptance.later.trials == 2
+    # one refused within what was offered: nothing is known past it
+    row = SimpleNamespace(acceptance=RowAcceptance())
+    batch._acceptance(0, row, accepted=1, offered=2, candidate=[1, 2, 3, 4], new=[1, 9])
+    assert (row.acceptance.later.successes, row.acceptance.later.trials) == (0, 1)

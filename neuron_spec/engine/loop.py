@@ -467,11 +467,15 @@ class Batch:
         candidate: list[int] | None,
         new: list[int],
     ) -> None:
-        """What this step says of the row's acceptance: its offered proposals, or, when it
-        offered none, the free proposal it had, checked against the token the target emitted
-        (a point mass is accepted exactly when the target's token equals it)."""
-        if offered == 0 and candidate:
-            accepted, offered = int(candidate[0] == new[0]), 1
+        """What this step says of the row's acceptance: its offered proposals and, when every
+        one was kept and its free proposal had more (or it offered none), the next token of
+        that proposal checked against the token the target then emitted (a point mass is
+        accepted exactly when the target's token equals it), so a proposal cut short still
+        says whether it would have gone on."""
+        more = candidate is not None and len(candidate) > offered and len(new) > offered
+        if more and accepted == offered:
+            assert candidate is not None
+            accepted, offered = accepted + int(candidate[offered] == new[offered]), offered + 1
         row.acceptance.add(accepted, offered)
         if self.proposer is not None:
             self.proposer.learn(slot, accepted, offered)
