@@ -8,9 +8,10 @@ what the row can propose). The two differ for lookups: the first token is a gues
 earlier occurrence the one that continues here?) and the later ones follow a span once it is
 found (on the demo's input-grounded prompts: 0.6 for the first, 0.85-0.95 for the next
 fifteen), so one rate for all would cut proposals that would have been kept. For a draft
-model they come out about equal (the classic (1 - α^(g + 1)) / (1 - α)). The step costs the target's pass at the width
-the backend verifies g with (g + 1 on the reference backend; the compiled window k on Neuron,
-whatever g is), plus g passes of a draft model when there is one, plus the host's own time.
+model they come out about equal (the classic (1 - α^(g + 1)) / (1 - α)). The step costs the
+target's pass at the width the backend verifies g with (g + 1 on the reference backend; the
+compiled window k on Neuron, whatever g is), plus g passes of a draft model when there is one,
+plus the host's own time.
 The length chosen is the one with the most expected tokens per second.
 
 Every cost is measured, not assumed: moving averages of the target's pass time per (rows,
