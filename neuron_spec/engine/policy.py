@@ -83,7 +83,9 @@ class RowAcceptance:
     later: Trials = field(default_factory=Trials)
 
     @classmethod
-    def known(cls, first: float, later: float | None = None, trials: float = 100.0):
+    def known(
+        cls, first: float, later: float | None = None, trials: float = 100.0
+    ) -> RowAcceptance:
         """Evidence of `trials` steps that kept the first proposal at rate `first` and each
         later one at `later` (default: `first`)."""
         later = first if later is None else later
