@@ -206,7 +206,7 @@ def test_a_cut_proposal_still_learns_whether_it_would_have_gone_on(next_kept):
     longer proposal would have paid (without this, a length once cut would stay cut)."""
     from types import SimpleNamespace
 
-    from neuron_spec.engine.acceptors import GreedyAcceptor
+    from neuron_spec.engine.acceptors import CallableAcceptor, GreedyAcceptor
     from neuron_spec.engine.loop import Batch
 
     from .stubs import ChainLookup, StubRunner, next_token_table
@@ -216,13 +216,31 @@ def test_a_cut_proposal_still_learns_whether_it_would_have_gone_on(next_kept):
         StubRunner(table), ChainLookup(), 1, draft_tokens=6, acceptor=GreedyAcceptor(),
         policy=LengthPolicy(6),
     )  # fmt: skip
-    row = SimpleNamespace(acceptance=RowAcceptance())
+
+    def row(acceptor=None):
+        return SimpleNamespace(acceptance=RowAcceptance(), acceptor=acceptor)
+
+    def later(r):
+        return (r.acceptance.later.successes, r.acceptance.later.trials)
+
+    r = row()
     bonus = 3 if next_kept else 7
-    batch._acceptance(0, row, accepted=2, offered=2, candidate=[1, 2, 3, 4], new=[1, 2, bonus])
-    assert row.acceptance.first.successes == 1 and row.acceptance.first.trials == 1
-    assert row.acceptance.later.successes == (2 if next_kept else 1)
-    assert row.acceptance.later.trials == 2
+    batch._acceptance(0, r, accepted=2, offered=2, candidate=[1, 2, 3, 4], new=[1, 2, bonus])
+    assert (r.acceptance.first.successes, r.acceptance.first.trials) == (1, 1)
+    assert later(r) == ((2 if next_kept else 1), 2)
     # one refused within what was offered: nothing is known past it
-    row = SimpleNamespace(acceptance=RowAcceptance())
-    batch._acceptance(0, row, accepted=1, offered=2, candidate=[1, 2, 3, 4], new=[1, 9])
-    assert (row.acceptance.later.successes, row.acceptance.later.trials) == (0, 1)
+    r = row()
+    batch._acceptance(0, r, accepted=1, offered=2, candidate=[1, 2, 3, 4], new=[1, 9])
+    assert later(r) == (0, 1)
+    # the whole candidate offered: nothing past it to check
+    r = row()
+    batch._acceptance(0, r, accepted=2, offered=2, candidate=[1, 2], new=[1, 2, 3])
+    assert later(r) == (1, 1)
+    # none offered: its first token is checked
+    r = row()
+    batch._acceptance(0, r, accepted=0, offered=0, candidate=[1, 2], new=[1 if next_kept else 5])
+    assert r.acceptance.first.successes == (1 if next_kept else 0)
+    # a user's acceptor may keep a point mass by its own rule: nothing past what was offered
+    r = row(CallableAcceptor(lambda *a: None))
+    batch._acceptance(0, r, accepted=2, offered=2, candidate=[1, 2, 3, 4], new=[1, 2, 3])
+    assert later(r) == (1, 1)

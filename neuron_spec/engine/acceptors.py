@@ -51,6 +51,9 @@ class _Base:
     """Shared plumbing: the transformers-neuronx call convention on top of `accept`."""
 
     samples_draft = False
+    # a point-mass proposal x is kept exactly as often as the target's own next token is x
+    # (true of greedy, lossless and transformers-neuronx's rule; not known of a user's)
+    keeps_point_mass_as_drawn = True
 
     def __init__(
         self, sampling: SamplingSpec | None = None, generator: torch.Generator | None = None
@@ -184,6 +187,7 @@ class CallableAcceptor(_Base):
     """
 
     name = "custom"
+    keeps_point_mass_as_drawn = False
 
     def __init__(self, inner: Any, sampling: SamplingSpec | None = None):
         super().__init__(sampling)

@@ -471,9 +471,12 @@ class Batch:
         one was kept and its free proposal had more (or it offered none), the next token of
         that proposal checked against the token the target then emitted (a point mass is
         accepted exactly when the target's token equals it), so a proposal cut short still
-        says whether it would have gone on."""
+        says whether it would have gone on. Past what was offered, only with an acceptor known
+        to keep a point mass that way (not a user's)."""
         more = candidate is not None and len(candidate) > offered and len(new) > offered
-        if more and accepted == offered:
+        acceptor = row.acceptor or self.shared
+        as_drawn = offered == 0 or getattr(acceptor, "keeps_point_mass_as_drawn", False)
+        if more and accepted == offered and as_drawn:
             assert candidate is not None
             accepted, offered = accepted + int(candidate[offered] == new[offered]), offered + 1
         row.acceptance.add(accepted, offered)
