@@ -11,15 +11,19 @@ each reports its median round. The suffix proposer's memory of earlier outputs i
 before each setting's pass over the prompts: it learns from the answers to the earlier prompts
 of that pass, as a server would, never from an answer to the same prompt.
 
-Every setting runs on the same model objects, so on the same kernels (on the CPU: the linear
-layers neuron-spec packs for oneDNN) and on one fixed thread count (`--threads`, default
-neuron-spec's fewest: half the cores), so that the differences are the methods' own.
+By default every setting runs on the same model objects, so on the same kernels (on the CPU:
+the linear layers neuron-spec packs for oneDNN) and on one fixed thread count (`--threads`,
+default neuron-spec's fewest: half the cores), so that the differences are the methods' own.
+`--as-shipped` compares the products instead, each as its users get it: transformers' settings
+on models loaded by transformers alone (its own kernels) at PyTorch's default thread count,
+neuron-spec's as `generate` runs them (packed kernels, the thread count measured per pass).
 
 Prints JSON: per setting, tokens/s, speedup over the target alone (transformers), tokens per
 target pass, and whether every output equals the target's greedy decoding; and the machine's
 load average before and after.
 
     python benchmarks/vs_peers.py [--prompts grounded|chat] [--max-new-tokens 128] [--rounds 3]
+                                  [--as-shipped]
 """
 
 from __future__ import annotations
@@ -70,8 +74,11 @@ def chat_ids(tok: Any, prompt: str) -> list[int]:
     return list(tok(text, add_special_tokens=False).input_ids)
 
 
-def hf_setting(model: Any, counter: PassCounter, eos: list[int], pad: int, **extra: Any):
+def hf_setting(
+    model: Any, counter: PassCounter, eos: list[int], pad: int, threads: int, **extra: Any
+):
     def run(ids: list[int], max_new: int) -> tuple[list[int], int]:
+        torch.set_num_threads(threads)  # neuron-spec's passes may have set another count
         before = counter.count
         x = torch.tensor([ids])
         out = model.generate(
@@ -115,26 +122,41 @@ def main() -> int:
         default="",
         help="run only the settings whose names contain one of these |-separated words",
     )
+    ap.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="each product as its users get it: transformers' settings on models loaded by "
+        "transformers alone at PyTorch's default thread count, neuron-spec's with its packed "
+        "kernels and measured thread count (default: the same models and threads for all)",
+    )
     args = ap.parse_args()
     fetch_demo_checkpoint()
     prompts = json.loads((ROOT / "benchmarks" / "prompts" / f"{args.prompts}.json").read_text())
     load_before = os.getloadavg()
+    torch_threads = torch.get_num_threads()  # PyTorch's default, before anything sets it
     threads = args.threads or max(1, len(os.sched_getaffinity(0)) // 2)
-    os.environ["NEURON_SPEC_THREADS"] = str(threads)  # one count for every setting
-    gen = load_generator(load_config(args.config))
+    if args.as_shipped:
+        threads = torch_threads
+    else:
+        os.environ["NEURON_SPEC_THREADS"] = str(threads)  # one count for every setting
+    cfg = load_config(args.config)
+    gen = load_generator(cfg)
     tok = gen.tokenizer
-    target, draft = gen.backend.target.model, gen.backend.draft.model
+    if args.as_shipped:
+        target, draft = stock_models(cfg)
+    else:
+        target, draft = gen.backend.target.model, gen.backend.draft.model
     counter = PassCounter(target)
     eos, pad = gen.eos_token_ids, gen.pad_token_id
     g = args.draft_tokens
     draft_g = gen.spec.speculation.draft_tokens
     settings = {
-        "target alone (transformers)": hf_setting(target, counter, eos, pad),
+        "target alone (transformers)": hf_setting(target, counter, eos, pad, threads),
         "prompt lookup (transformers)": hf_setting(
-            target, counter, eos, pad, prompt_lookup_num_tokens=args.prompt_lookup_tokens
+            target, counter, eos, pad, threads, prompt_lookup_num_tokens=args.prompt_lookup_tokens
         ),
         "assisted generation (transformers)": hf_setting(
-            target, counter, eos, pad, assistant_model=draft
+            target, counter, eos, pad, threads, assistant_model=draft
         ),
         "target alone (neuron-spec)": ours_setting(gen, None, 0, False),
         "draft model, fixed (neuron-spec)": ours_setting(gen, "draft", draft_g, False),
@@ -164,8 +186,23 @@ def main() -> int:
                 res.passes += passes
                 res.outputs.append(out)
             rounds[name].append(res)
+    args.threads_used = threads
     print(json.dumps(report(rounds, args, prompts, load_before), indent=2))
     return 0
+
+
+def stock_models(cfg: Any) -> tuple[Any, Any]:
+    """The config's target and draft as transformers alone loads them (its own kernels)."""
+    from neuron_spec.sources.hf import load_model
+
+    spec = cfg.spec
+    roles = {"target": spec.target, "draft": spec.draft}
+    loaded = {
+        role: load_model(m.model, m.amp, cfg.base_dir, m.tokenizer, "cpu").model.eval()
+        for role, m in roles.items()
+        if m is not None
+    }
+    return loaded["target"], loaded.get("draft")
 
 
 def forget(gen: Any) -> None:
@@ -220,7 +257,12 @@ def report(
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "threads": torch.get_num_threads(),
+        "mode": "as shipped" if args.as_shipped else "same models, kernels and threads",
+        "threads": (
+            {"transformers": args.threads_used, "neuron-spec": "measured per pass"}
+            if args.as_shipped
+            else args.threads_used
+        ),
         "settings": rows,
         "summary": summary,
         "median_of": statistics.median(range(1, args.rounds + 1)),

@@ -159,7 +159,11 @@ def test_loading_on_the_cpu_packs_f32_models_and_says_how_threads_are_chosen(tmp
     if not _onednn_here():
         pytest.skip("this PyTorch has no oneDNN linear path")
     assert any(isinstance(m, Packed) for m in backend.target.model.modules())
-    assert "target: linear layers on oneDNN (set NEURON_SPEC_CPU_LINEAR=default to change)" in said
+    assert any(
+        line.startswith("target: linear layers on oneDNN")
+        and line.endswith("(set NEURON_SPEC_CPU_LINEAR to change)")
+        for line in said
+    ), said
     out = gen.generate("Hello", max_new_tokens=6, temperature=0.0)
     assert len(out.token_ids[0]) == 6 or out.finished_by_eos[0]
     assert backend.target.threads.records  # the passes were measured
@@ -253,3 +257,71 @@ def test_packing_releases_the_checkpoint_file_and_keeps_the_model_exact(tmp_path
     with torch.inference_mode():
         assert torch.allclose(model(ids).logits, plain(ids).logits, atol=1e-4)
     assert all(not k.endswith("packed") for k in model.state_dict())
+
+
+def test_a_kept_plain_weight_serves_one_row_products_exactly_and_packed_the_rest():
+    linear = torch.nn.Linear(64, 96)
+    try:
+        packed = PackedLinear(linear, keep_plain=True)
+    except RuntimeError as exc:
+        pytest.skip(f"this PyTorch has no oneDNN linear path: {exc}")
+    one, three = torch.randn(1, 1, 64), torch.randn(1, 3, 64)
+    with torch.inference_mode():
+        assert torch.equal(packed(one), torch.nn.functional.linear(one, linear.weight, linear.bias))
+        assert packed(one).shape == (1, 1, 96)
+        assert torch.allclose(packed(three), linear(three), atol=1e-5)
+        bare = PackedLinear(linear)  # no plain weight: one row goes through oneDNN too
+        assert bare.plain is None and torch.allclose(bare(one), linear(one), atol=1e-5)
+    assert set(packed.state_dict()) == set()  # this machine's layouts, not a checkpoint's
+
+
+def _plain_kept(model: LlamaForCausalLM) -> dict[str, bool]:
+    return {n: m.plain is not None for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+
+
+def test_plain_weights_are_kept_only_where_one_row_measured_faster_and_they_fit(monkeypatch):
+    from neuron_spec.backends import cpu_linear
+
+    if not _onednn_here():
+        pytest.skip("this PyTorch has no oneDNN linear path")
+    monkeypatch.setattr(cpu_linear, "plain_one_row_faster", lambda _layers: True)
+    model = small_llama()
+    assert pack_linears(model, {}) == 2 * 7 + 1 and cpu_linear.one_row_plain(model)
+    kept = _plain_kept(model)
+    assert kept.pop("lm_head") is False  # the head's one-row products: the same time either way
+    assert len(kept) == 2 * 7 and all(kept.values())
+    for env in ({"NEURON_SPEC_CPU_LINEAR": "onednn"}, {"NEURON_SPEC_CPU_LINEAR": " ONEDNN "}):
+        model = small_llama()
+        assert pack_linears(model, env) == 15 and not cpu_linear.one_row_plain(model)
+    monkeypatch.setattr(cpu_linear, "_memory_bytes", lambda: 400_000)  # the copies: 295 kB
+    model = small_llama()
+    assert pack_linears(model, {"NEURON_SPEC_CPU_LINEAR": "auto"}) == 15
+    assert not cpu_linear.one_row_plain(model)
+    monkeypatch.setattr(cpu_linear, "_memory_bytes", lambda: None)  # unknown: not a reason
+    monkeypatch.setattr(cpu_linear, "plain_one_row_faster", lambda _layers: False)
+    model = small_llama()
+    assert pack_linears(model, {}) == 15 and not cpu_linear.one_row_plain(model)
+
+
+@pytest.mark.parametrize(
+    ("plain_s", "packed_s", "faster"), [(1.0, 2.0, True), (0.95, 1.0, False), (2.0, 1.0, False)]
+)
+def test_the_one_row_choice_keeps_pytorchs_path_only_when_clearly_faster(
+    monkeypatch, plain_s, packed_s, faster
+):
+    from neuron_spec.backends import cpu_linear
+
+    if not _onednn_here():
+        pytest.skip("this PyTorch has no oneDNN linear path")
+    timed: list[str] = []
+
+    def seconds(run):
+        run()  # each round still runs
+        timed.append(run.__name__)
+        return plain_s if run.__name__ == "plain_round" else packed_s
+
+    monkeypatch.setattr(cpu_linear, "_seconds", seconds)
+    layers = [torch.nn.Linear(64, 96), torch.nn.Linear(96, 64)]
+    assert cpu_linear.plain_one_row_faster(layers) is faster
+    assert timed[:2] == ["plain_round", "packed_round"]  # taking turns
+    assert timed.count("plain_round") == timed.count("packed_round") == cpu_linear.ONE_ROW_ROUNDS

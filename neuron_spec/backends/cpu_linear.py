@@ -9,17 +9,29 @@ compiler (`torch.ops.mkldnn._reorder_linear_weight` / `_linear_pointwise`); this
 for eager transformers models, which is why it is written here rather than taken from a
 library: no maintained package offers it without a compiler at start-up.
 
+A one-row product (one sequence, no proposal) is another matter: each oneDNN call costs about
+15 us of its own and its one-row kernel is not always the faster (measured on a 2-core Intel
+Xeon with AVX-512: MKL's took 0.70-0.86 of the time on the demo's layer matrices, a whole
+one-token pass 56 ms against 64 at one thread, 34 against 43 at two; on the AMD EPYC above,
+1.9x as long). So it is measured at load: the layers of the first decoder block, one row,
+both paths, best of several rounds; where PyTorch's own is clearly faster (by a tenth) each
+layer keeps its plain weight beside the packed one for one-row products, unless those copies
+would take more than a quarter of the machine's memory (the output head, often the input
+embedding's weight, is left out: its one-row products take the same time either way).
+
 Only f32 layers on the CPU are packed (oneDNN's bf16 path needs AVX512-BF16 or
 AVX-NE-CONVERT, and PyTorch's own bf16 products are what a bf16 model gets elsewhere). The ops
 are private to PyTorch, so nothing is assumed: `pack_linears` checks them on the first such
 layer against `torch.nn.functional.linear` and leaves the model untouched when an op is
-missing or disagrees beyond rounding. NEURON_SPEC_CPU_LINEAR=default keeps PyTorch's own
-path (=onednn, or unset: this one).
+missing or disagrees beyond rounding. NEURON_SPEC_CPU_LINEAR chooses: unset or `auto` (the
+above), `onednn` (packed for every row count), `default` (PyTorch's own path throughout).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +41,11 @@ from ..errors import UsageError
 ENV = "NEURON_SPEC_CPU_LINEAR"
 ROWS_HINT = 8  # the row count oneDNN lays the weight out for (best of 1, 8, 32 measured)
 EXACT_ROWS = 16  # up to this many rows a product runs at its own size
+CHOICES = ("auto", "onednn", "default")
+ONE_ROW_MARGIN = 0.9  # PyTorch's one-row path is kept only when it takes under this share
+ONE_ROW_ROUNDS = 15  # timed rounds per path (the best of each is compared)
+PLAIN_MEMORY_SHARE = 4  # plain copies are kept only within 1/this of the machine's memory
+BLOCK_LAYERS = 7  # a Llama decoder block's linear layers: q, k, v, o, gate, up, down
 
 
 def padded_rows(rows: int) -> int:
@@ -48,21 +65,26 @@ class PackedLinear(torch.nn.Module):
     out of `state_dict`: the layout is this machine's, not a checkpoint's)."""
 
     packed: torch.Tensor
+    plain: torch.Tensor | None
     bias: torch.Tensor | None
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, keep_plain: bool = False):
+        """`keep_plain`: also keep the weight as it is, for one-row products."""
         super().__init__()
         weight = linear.weight.detach()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer(
             "packed", torch.ops.mkldnn._reorder_linear_weight(weight, ROWS_HINT), persistent=False
         )
+        self.register_buffer("plain", weight.clone() if keep_plain else None, persistent=False)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
+        if rows == 1 and self.plain is not None:
+            return torch.nn.functional.linear(x, self.plain, self.bias)
         padded = padded_rows(rows)
         if padded != rows:
             flat = torch.cat([flat, flat.new_zeros((padded - rows, self.in_features))])
@@ -84,13 +106,72 @@ def _agrees(linear: torch.nn.Linear) -> bool:
     return bool(float((got - want).abs().max()) <= 1e-4 * scale)
 
 
+def choice(environ: Mapping[str, str]) -> str:
+    """NEURON_SPEC_CPU_LINEAR's choice (unset: auto); another value is refused, before
+    anything loads."""
+    given = environ.get(ENV, "").strip().lower() or "auto"
+    if given not in CHOICES:
+        raise UsageError(
+            f"{ENV}={given[:40]!r}: give auto (the default: oneDNN, one-row products on "
+            "whichever path measured faster here), onednn (oneDNN throughout) or default "
+            "(PyTorch's own path)"
+        )
+    return given
+
+
 def wanted(environ: Mapping[str, str]) -> bool:
-    """Whether NEURON_SPEC_CPU_LINEAR asks for packing (unset or onednn) or not (default);
-    another value is refused, before anything loads."""
-    given = environ.get(ENV, "").strip().lower()
-    if given not in ("", "onednn", "default"):
-        raise UsageError(f"{ENV}={given[:40]!r}: give onednn (the default) or default (PyTorch's)")
-    return given != "default"
+    """Whether NEURON_SPEC_CPU_LINEAR asks for packing (anything but default)."""
+    return choice(environ) != "default"
+
+
+def _seconds(run: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def plain_one_row_faster(layers: list[torch.nn.Linear]) -> bool:
+    """Whether one-row products through these layers take clearly less time (under
+    ONE_ROW_MARGIN) on PyTorch's own path than packed: best of ONE_ROW_ROUNDS rounds of each,
+    the two taking turns so that a machine turning busy touches both."""
+    packed = [PackedLinear(layer) for layer in layers]
+    inputs = [torch.randn((1, layer.in_features)) for layer in layers]
+    pairs = list(zip(layers, packed, inputs, strict=True))
+
+    def plain_round() -> None:
+        for layer, _p, x in pairs:
+            torch.nn.functional.linear(x, layer.weight, layer.bias)
+
+    def packed_round() -> None:
+        for _l, p, x in pairs:
+            p(x)
+
+    with torch.inference_mode():
+        plain_round()  # first calls pay one-off costs
+        packed_round()
+        plain_s = packed_s = float("inf")
+        for _ in range(ONE_ROW_ROUNDS):
+            plain_s = min(plain_s, _seconds(plain_round))
+            packed_s = min(packed_s, _seconds(packed_round))
+    return plain_s < ONE_ROW_MARGIN * packed_s
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _plain_copies_fit(layers: list[torch.nn.Linear]) -> bool:
+    need = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers)
+    memory = _memory_bytes()
+    return memory is None or need <= memory // PLAIN_MEMORY_SHARE
+
+
+def one_row_plain(model: Any) -> bool:
+    """Whether a packed model runs its one-row products on PyTorch's own path."""
+    return any(isinstance(m, PackedLinear) and m.plain is not None for m in model.modules())
 
 
 def pack_linears(model: Any, environ: Mapping[str, str]) -> int:
@@ -100,8 +181,10 @@ def pack_linears(model: Any, environ: Mapping[str, str]) -> int:
     shared with another module (tied embeddings) stays where it is; the linear gets a packed
     copy. The other parameters are copied out of the checkpoint's memory-mapped file, so that
     the mapping, whose pages the packing read, is released: the process then holds the
-    packed weights, not both (measured on the 135M demo: 1.43 GB resident before, 1.03 after)."""
-    if not wanted(environ):
+    packed weights, not both (measured on the 135M demo: 1.43 GB resident before, 1.03 after),
+    and the plain ones as well only where one-row products measured faster on them (`auto`)."""
+    mode = choice(environ)
+    if mode == "default":
         return 0
     places = [
         (parent, name)
@@ -113,8 +196,17 @@ def pack_linears(model: Any, environ: Mapping[str, str]) -> int:
     ]  # where, not the layers: each original is freed as soon as its packed copy exists
     if not places or not _agrees(getattr(*places[0])):
         return 0
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    layers = [getattr(*place) for place in places if getattr(*place) is not head]
+    keep = (
+        mode == "auto"
+        and bool(layers)
+        and _plain_copies_fit(layers)
+        and plain_one_row_faster(layers[:BLOCK_LAYERS])
+    )
     for parent, name in places:
-        setattr(parent, name, PackedLinear(getattr(parent, name)))
+        linear = getattr(parent, name)
+        setattr(parent, name, PackedLinear(linear, keep_plain=keep and linear is not head))
     with torch.no_grad():  # the rest leaves the checkpoint's file mapping, which then closes
         for param in model.parameters():
             param.data = param.data.clone()

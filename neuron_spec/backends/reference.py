@@ -20,7 +20,7 @@ from ..errors import ConfigError, ConfigProblem
 from ..sources.hf import eos_ids, load_model, pad_id, require_torch
 from .base import Generator, Progress, RunnerPair
 from .cpu_linear import ENV as CPU_LINEAR_ENV
-from .cpu_linear import pack_linears, wanted
+from .cpu_linear import one_row_plain, pack_linears, wanted
 from .cpu_threads import THREADS_ENV, ThreadChooser, usable_cores
 
 
@@ -212,7 +212,9 @@ def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
     if device == "cpu" and pack:
         for role, model in loaded.items():
             if pack_linears(model.model, os.environ):
-                say(f"{role}: linear layers on oneDNN (set {CPU_LINEAR_ENV}=default to change)")
+                one = ", one-row products on PyTorch's (faster here)"
+                one = one if one_row_plain(model.model) else ""
+                say(f"{role}: linear layers on oneDNN{one} (set {CPU_LINEAR_ENV} to change)")
     t_vocab = target.model.config.vocab_size
     d_vocab = t_vocab if draft is None else draft.model.config.vocab_size
     if t_vocab != d_vocab:
