@@ -9,6 +9,7 @@ import itertools
 import pytest
 
 from neuron_spec.engine.policy import (
+    FRESH_PASSES,
     LengthPolicy,
     RowAcceptance,
     RowPlan,
@@ -95,6 +96,32 @@ def test_unmeasured_widths_are_interpolated_then_tried():
     assert policy.verify_seconds(1, 11) == pytest.approx(0.060)
     assert LengthPolicy(8).verify_seconds(4, 1) is None  # nothing known at all
     assert LengthPolicy(8).choose(4, [_plan(0.5)] * 4) == 6  # so the longest is tried first
+
+
+def test_a_pass_slowed_by_contention_stops_counting_once_other_widths_are_measured_since():
+    """A width measured once during a moment of contention looks dear and so is not chosen,
+    which would never measure it again: after FRESH_PASSES passes at other widths it is
+    estimated from those, is chosen again and measured afresh."""
+    policy = _policy_with({1: 0.010, 5: 0.012, 9: 0.014}, gamma_max=8)  # memory-bound
+    row = _plan(0.95, cap=8)
+    assert policy.choose(1, [row]) == 8
+    policy.observe_verify(1, 9, 0.900)  # a spike at width 9: 0.280 after the moving average
+    assert policy.verify_seconds(1, 9) > 0.2 and policy.choose(1, [row]) == 4
+    for _ in range(FRESH_PASSES - 1):
+        policy.observe_verify(1, 5, 0.012)  # the policy's choice, measured as before
+    assert policy.verify_seconds(1, 9) > 0.2  # still recent
+    policy.observe_verify(1, 1, 0.010)
+    assert policy.verify_seconds(1, 9) == pytest.approx(0.014)  # from widths 1 and 5
+    assert policy.choose(1, [row]) == 8
+    policy.observe_verify(1, 9, 0.015)  # measured afresh: the spike is forgotten
+    assert policy.verify_seconds(1, 9) == pytest.approx(0.015)
+    for _ in range(2 * FRESH_PASSES):
+        policy.observe_verify(2, 5, 0.020)  # another occupancy's passes age nothing here
+    assert policy.verify_seconds(1, 9) == pytest.approx(0.015)
+    only = _policy_with({9: 0.900})
+    for _ in range(2 * FRESH_PASSES):
+        only.observe_verify(2, 1, 0.010)
+    assert only.verify_seconds(1, 9) == pytest.approx(0.900)  # nothing fresher: the old stands
 
 
 def test_an_unmeasured_occupancy_borrows_the_nearest_measured_one():

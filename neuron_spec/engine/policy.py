@@ -15,8 +15,13 @@ plus the host's own time.
 The length chosen is the one with the most expected tokens per second.
 
 Every cost is measured, not assumed: moving averages of the target's pass time per (rows,
-width), of a draft pass per rows, and of the host's time per step. A width not yet measured at
-this occupancy is estimated from the widths that are (linear in the width), else from a prior
+width), of a draft pass per rows, and of the host's time per step. A width's average counts
+only while it is recent (measured within the last FRESH_PASSES passes at its occupancy; once
+not, its next measurement starts it afresh): a pass slowed by a moment of contention would
+otherwise make its width look dear for good, since a width that looks dear is not chosen and
+so never measured again. A width not measured (or
+not lately) at this occupancy is estimated from the widths that are (linear in the width),
+else from a prior
 that a token of width costs `token_share` of a one-token pass (the backend's guess: a CPU's
 matrix products grow with the width, an accelerator's memory-bound pass barely does); the first
 step that uses it measures it. At an occupancy with nothing measured yet, the costs measured at
@@ -43,6 +48,7 @@ PRIOR_TRIALS = 2.0  # weight of the batch-wide estimate in a row's own
 DECAY = 0.97  # of old evidence per new trial (about 30 trials remembered)
 WEIGHT = 0.3  # of a new measurement in a cost's moving average
 PROBE_RATIO = 30.0  # time without proposing per second a re-try costs (doubled, up to x16)
+FRESH_PASSES = 64  # a width's measured cost counts while measured within this many passes
 
 
 def expected_tokens(first: float, gamma: int, later: float | None = None) -> float:
@@ -146,11 +152,17 @@ class LengthPolicy:
     batch_acceptance: RowAcceptance = field(default_factory=RowAcceptance)
     idle_seconds: float = 0.0  # step time since a draft model last proposed
     backoff: int = 1
+    passes: dict[int, int] = field(default_factory=dict)  # target passes measured per rows
+    measured_at: dict[tuple[int, int], int] = field(default_factory=dict)  # (rows, width)
 
     # --- measurements ------------------------------------------------------------------------
 
     def observe_verify(self, rows: int, width: int, seconds: float) -> None:
-        self.verify.setdefault((rows, width), _Average()).add(seconds)
+        key, now = (rows, width), self.passes.get(rows, 0)
+        if now - self.measured_at.get(key, now) >= FRESH_PASSES:
+            del self.verify[key]  # not counted any more: the new measurement starts afresh
+        self.verify.setdefault(key, _Average()).add(seconds)
+        self.passes[rows] = self.measured_at[key] = now + 1
 
     def observe_draft(self, rows: int, seconds: float) -> None:
         self.draft.setdefault(rows, _Average()).add(seconds)
@@ -168,9 +180,7 @@ class LengthPolicy:
         from the one-token pass and the prior; at the nearest measured occupancy when nothing
         is known at these rows; None when nothing is known at all."""
         rows = _nearest(rows, {r for r, _ in self.verify}) or rows
-        known = sorted(
-            (w, a.value) for (r, w), a in self.verify.items() if r == rows and a.value is not None
-        )
+        known = self._recent(rows)
         exact = dict(known).get(width)
         if exact is not None:
             return exact
@@ -188,6 +198,16 @@ class LengthPolicy:
         )  # fmt: skip
         slope = max((v2 - v1) / (w2 - w1), 0.0)
         return max(v1 + slope * (width - w1), 0.0)
+
+    def _recent(self, rows: int) -> list[tuple[int, float]]:
+        """(width, seconds) measured at `rows`, by width: those measured within FRESH_PASSES
+        passes, or every one when none was."""
+        known = sorted(
+            (w, a.value) for (r, w), a in self.verify.items() if r == rows and a.value is not None
+        )
+        now = self.passes.get(rows, 0)
+        fresh = [(w, v) for w, v in known if now - self.measured_at[(rows, w)] < FRESH_PASSES]
+        return fresh or known
 
     def step_seconds(self, rows: int, gamma: int) -> float | None:
         verify = self.verify_seconds(rows, self.verify_width(gamma))
