@@ -19,16 +19,15 @@ width), of a draft pass per rows, and of the host's time per step. A width's ave
 only while it is recent (measured within the last FRESH_PASSES passes at its occupancy; once
 not, its next measurement starts it afresh): a pass slowed by a moment of contention would
 otherwise make its width look dear for good, since a width that looks dear is not chosen and
-so never measured again. A width not measured (or
-not lately) at this occupancy is estimated from the widths that are (linear in the width),
-else from a prior
-that a token of width costs `token_share` of a one-token pass (the backend's guess: a CPU's
-matrix products grow with the width, an accelerator's memory-bound pass barely does); the first
-step that uses it measures it. At an occupancy with nothing measured yet, the costs measured at
-the nearest occupancy stand in for its own (the choice compares lengths at one occupancy, so
-the shape of the costs is what counts): a batch that only ever reaches its widest occupancy in
-the steps that encode new prompts, which measure nothing, still chooses from what it knows.
-With nothing measured at all, the longest proposal is tried first.
+so never measured again. A width not measured (or not lately) at this occupancy is estimated
+from the widths that are (linear in the width), else from a prior that a token of width costs
+`token_share` of a one-token pass (the backend's guess: a CPU's matrix products grow with the
+width, an accelerator's memory-bound pass barely does); the first step that uses it measures
+it. At an occupancy with nothing measured yet, the costs measured at the nearest occupancy
+stand in for its own (the choice compares lengths at one occupancy, so the shape of the costs
+is what counts): a batch that only ever reaches its widest occupancy in the steps that encode
+new prompts, which measure nothing, still chooses from what it knows. With nothing measured
+at all, the longest proposal is tried first.
 
 Acceptance rates come from the rows (`RowAcceptance`): from what was accepted, and for
 proposals that cost nothing (prompt lookup, suffix matching) also from the part of a proposal
