@@ -285,12 +285,13 @@ def test_plain_weights_are_kept_only_where_one_row_measured_faster_and_they_fit(
     if not _onednn_here():
         pytest.skip("this PyTorch has no oneDNN linear path")
     monkeypatch.setattr(cpu_linear, "plain_one_row_faster", lambda _layers: True)
+    auto = {"NEURON_SPEC_CPU_LINEAR": "auto"}
     model = small_llama()
-    assert pack_linears(model, {}) == 2 * 7 + 1 and cpu_linear.one_row_plain(model)
+    assert pack_linears(model, auto) == 2 * 7 + 1 and cpu_linear.one_row_plain(model)
     kept = _plain_kept(model)
     assert kept.pop("lm_head") is False  # the head's one-row products: the same time either way
     assert len(kept) == 2 * 7 and all(kept.values())
-    for env in ({"NEURON_SPEC_CPU_LINEAR": "onednn"}, {"NEURON_SPEC_CPU_LINEAR": " ONEDNN "}):
+    for env in ({}, {"NEURON_SPEC_CPU_LINEAR": "onednn"}, {"NEURON_SPEC_CPU_LINEAR": " ONEDNN "}):
         model = small_llama()
         assert pack_linears(model, env) == 15 and not cpu_linear.one_row_plain(model)
     monkeypatch.setattr(cpu_linear, "_memory_bytes", lambda: 400_000)  # the copies: 295 kB
@@ -300,7 +301,7 @@ def test_plain_weights_are_kept_only_where_one_row_measured_faster_and_they_fit(
     monkeypatch.setattr(cpu_linear, "_memory_bytes", lambda: None)  # unknown: not a reason
     monkeypatch.setattr(cpu_linear, "plain_one_row_faster", lambda _layers: False)
     model = small_llama()
-    assert pack_linears(model, {}) == 15 and not cpu_linear.one_row_plain(model)
+    assert pack_linears(model, auto) == 15 and not cpu_linear.one_row_plain(model)
 
 
 @pytest.mark.parametrize(

@@ -17,14 +17,18 @@ one-token pass 56 ms against 64 at one thread, 34 against 43 at two; on the AMD 
 both paths, best of several rounds; where PyTorch's own is clearly faster (by a tenth) each
 layer keeps its plain weight beside the packed one for one-row products, unless those copies
 would take more than a quarter of the machine's memory (the output head, often the input
-embedding's weight, is left out: its one-row products take the same time either way).
+embedding's weight, is left out: its one-row products take the same time either way). This is
+asked for (`auto`), not the default: on that Xeon it made the demo's draft model look worth
+running at idle, and beside a process spinning on a core its passes, and the thread count's
+re-tries at two threads, took 4-4.6x the idle time (`benchmarks/busy_cpu.py`; 1.6x packed).
 
 Only f32 layers on the CPU are packed (oneDNN's bf16 path needs AVX512-BF16 or
 AVX-NE-CONVERT, and PyTorch's own bf16 products are what a bf16 model gets elsewhere). The ops
 are private to PyTorch, so nothing is assumed: `pack_linears` checks them on the first such
 layer against `torch.nn.functional.linear` and leaves the model untouched when an op is
-missing or disagrees beyond rounding. NEURON_SPEC_CPU_LINEAR chooses: unset or `auto` (the
-above), `onednn` (packed for every row count), `default` (PyTorch's own path throughout).
+missing or disagrees beyond rounding. NEURON_SPEC_CPU_LINEAR chooses: unset or `onednn`
+(packed for every row count), `auto` (one-row products measured, above), `default` (PyTorch's
+own path throughout).
 """
 
 from __future__ import annotations
@@ -107,13 +111,13 @@ def _agrees(linear: torch.nn.Linear) -> bool:
 
 
 def choice(environ: Mapping[str, str]) -> str:
-    """NEURON_SPEC_CPU_LINEAR's choice (unset: auto); another value is refused, before
+    """NEURON_SPEC_CPU_LINEAR's choice (unset: onednn); another value is refused, before
     anything loads."""
-    given = environ.get(ENV, "").strip().lower() or "auto"
+    given = environ.get(ENV, "").strip().lower() or "onednn"
     if given not in CHOICES:
         raise UsageError(
-            f"{ENV}={given[:40]!r}: give auto (the default: oneDNN, one-row products on "
-            "whichever path measured faster here), onednn (oneDNN throughout) or default "
+            f"{ENV}={given[:40]!r}: give onednn (the default: oneDNN throughout), auto "
+            "(oneDNN, one-row products on whichever path measured faster here) or default "
             "(PyTorch's own path)"
         )
     return given
