@@ -20,7 +20,7 @@ would take more than a quarter of the machine's memory (the output head, often t
 embedding's weight, is left out: its one-row products take the same time either way). This is
 asked for (`auto`), not the default: on that Xeon it made the demo's draft model look worth
 running at idle, and beside a process spinning on a core its passes, and the thread count's
-re-tries at two threads, took 4-4.6x the idle time (`benchmarks/busy_cpu.py`; 1.6x packed).
+re-tries at two threads, took 3.7-4.6x the idle time (`benchmarks/busy_cpu.py`; 1.6x packed).
 
 Only f32 layers on the CPU are packed (oneDNN's bf16 path needs AVX512-BF16 or
 AVX-NE-CONVERT, and PyTorch's own bf16 products are what a bf16 model gets elsewhere). The ops
