@@ -23,6 +23,7 @@ _TORCH_MODULES = [
     "test_cli_reference.py",
     "test_cpu_kernels.py",
     "test_engine.py",
+    "test_kv_cache.py",
     "test_launch.py",
     "test_lookup_backends.py",
     "test_model.py",

@@ -19,6 +19,7 @@ from ..engine.loop import Decode, EngineResult
 from ..errors import ConfigError, ConfigProblem
 from ..sources.hf import eos_ids, load_model, pad_id, require_torch
 from .base import Generator, Progress, RunnerPair
+from .cpu_attention import use_grouped_attention
 from .cpu_linear import ENV as CPU_LINEAR_ENV
 from .cpu_linear import one_row_plain, pack_linears, wanted
 from .cpu_threads import THREADS_ENV, ThreadChooser, usable_cores
@@ -50,8 +51,20 @@ def _holds_rows(layer: Any) -> bool:
     return keys is not None and keys.dim() == 4
 
 
+def _new_cache() -> Any:
+    """A cache that grows in place (`kv_cache`), or transformers' own where it has no cache
+    layers to grow (before 4.56)."""
+    try:
+        from .kv_cache import growing_cache
+    except ImportError:
+        from transformers import DynamicCache
+
+        return DynamicCache()
+    return growing_cache()
+
+
 class HFRunner:
-    """One transformers causal LM with a DynamicCache and a per-row live-column mask."""
+    """One transformers causal LM with a KV cache (`kv_cache`) and a per-row live-column mask."""
 
     def __init__(self, model: Any, device: str | None = None, threads: ThreadChooser | None = None):
         self.model = model
@@ -68,9 +81,7 @@ class HFRunner:
         self.n_live = torch.zeros(0, dtype=torch.long)
 
     def reset(self, batch: int) -> None:
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache()
+        self.cache = _new_cache()
         self.mask = torch.zeros((batch, 0), dtype=torch.bool)
         self.n_live = torch.zeros(batch, dtype=torch.long)
 
@@ -209,6 +220,10 @@ def load(cfg: ConfigFile, progress: Progress | None = None) -> Generator:
         path_field = f"{role}.model"
         loaded[role] = load_model(m.model, m.amp, cfg.base_dir, m.tokenizer, device, path_field)
     target, draft = loaded["target"], loaded.get("draft")
+    if device == "cpu":
+        for role, model in loaded.items():
+            if use_grouped_attention(model.model):
+                say(f"{role}: grouped-query attention reads shared key/value heads in place")
     if device == "cpu" and pack:
         for role, model in loaded.items():
             if pack_linears(model.model, os.environ):
