@@ -37,7 +37,7 @@ def test_the_cache_is_written_in_place_and_keeps_room_bounded(model, monkeypatch
     assert isinstance(layer, kv_cache.GrowingLayer)
     buffer = layer.keys.data_ptr()
     assert layer.key_buffer.shape[-2] == 40 + 10  # a quarter more than it holds
-    for step in range(3):
+    for _ in range(3):
         _feed(runner, [[5, 6, 7]], keep=3)
         runner.invalidate_from(torch.tensor([runner.length - 2]))  # two proposals refused
         assert layer.keys.data_ptr() == buffer

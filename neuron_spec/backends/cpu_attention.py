@@ -4,9 +4,9 @@ Models with grouped-query attention (Llama-2-70B, Llama 3, the demo's SmolLM2) k
 and value heads than query heads. transformers' SDPA attention lets PyTorch's kernel read the
 shared heads directly only while no mask is given: a pass of several new tokens over a cache
 (a speculative verification) has a mask, so it first copies every cached key and value once
-per query head that shares it (`repeat_kv`). On the demo target at one CPU thread that copy
-was about a tenth of a 9-token pass at 600 cached tokens (2026-12-07, this machine: 98.6
-against 111.8 ms, best of 10).
+per query head that shares it (`repeat_kv`). On the demo target at one CPU thread, with the
+cache of `kv_cache.py`, a 9-token pass took 0.89 of transformers' time over 600 cached tokens
+and 0.70 over 3000 (`benchmarks/pass_cost.py`, 2-CPU Intel Xeon, 2026-12-07, medians of 10).
 
 `use_grouped_attention` registers `neuron_spec_sdpa`, which gives such passes to PyTorch's
 `scaled_dot_product_attention` with `enable_gqa=True` and the same mask, and every other pass

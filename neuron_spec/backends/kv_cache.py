@@ -1,11 +1,12 @@
 """A transformers KV cache layer that grows in place, for the reference backend.
 
 transformers' `DynamicLayer` appends a pass's keys and values by concatenating them to the
-whole cache, so every pass copies every cached column of every layer: on the demo target at one
-CPU thread that is 2-5 % of a pass at 600 columns and 15-20 % at 3000 (one-token and 9-token
-passes, 2026-12-07), and it grows with the context - the long documents that prompt lookup pays
-most on. `StaticCache` avoids the copy but needs its length up front and cannot drop the rows
-and columns that a continuous batch drops (`HFRunner.arrange`, `_compact`).
+whole cache, so every pass copies every cached column of every layer, a cost that grows with
+the context - the long documents that prompt lookup pays most on. On the demo target at one CPU
+thread (`benchmarks/pass_cost.py`, 2-CPU Intel Xeon, 2026-12-07, medians of 10) a one-token
+pass took 0.93 of transformers' time over 600 cached tokens and 0.84 over 3000. `StaticCache`
+avoids the copy but needs its length up front and cannot drop the rows and columns that a
+continuous batch drops (`HFRunner.arrange`, `_compact`).
 
 `GrowingLayer` keeps each layer's keys and values in a buffer with room to spare and writes a
 pass's columns into it; `keys`/`values` are views of the buffer's first columns, so what reads
@@ -43,9 +44,11 @@ def _view_of(view: Any, buffer: torch.Tensor | None) -> bool:
     )
 
 
-class GrowingLayer(DynamicLayer):
+class GrowingLayer(DynamicLayer):  # type: ignore[misc]  # transformers is untyped here
     """A `DynamicLayer` whose columns are written into a buffer with room to spare."""
 
+    keys: Any
+    values: Any
     key_buffer: torch.Tensor | None = None
     value_buffer: torch.Tensor | None = None
 
