@@ -148,3 +148,41 @@ def test_only_sdpa_models_with_grouped_heads_switch():
     eager = llama(2, "eager")
     assert not use_grouped_attention(eager)  # a user's choice of attention stands
     assert eager.config._attn_implementation == "eager"
+
+
+def test_a_cache_made_in_inference_mode_still_serves_passes_outside_it(model):
+    """Buffers of inference mode cannot be written outside it: a pass there gets new ones."""
+    grown, plain = HFRunner(model), HFRunner(model)
+    plain_cache = DynamicCache()
+    grown.reset(1)
+    plain.reset(1)
+    plain.cache = plain_cache
+    with torch.inference_mode():
+        a = _feed(grown, [[1, 2, 3, 4]], keep=4)
+        b = _feed(plain, [[1, 2, 3, 4]], keep=4)
+    assert torch.equal(a, b)
+    with torch.no_grad():
+        a = _feed(grown, [[5, 6]], keep=2)
+        b = _feed(plain, [[5, 6]], keep=2)
+    assert torch.equal(a, b)
+    assert not grown.cache.layers[0].key_buffer.is_inference()
+
+
+def test_grouped_attention_is_left_to_model_types_known_to_need_nothing_else(monkeypatch):
+    """A model type whose code checks the attention's name (Gemma's family does) keeps
+    transformers' own; so does everything under PyTorch 2.5 (no grouped heads in SDPA)."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from neuron_spec.backends import cpu_attention
+
+    cfg = GemmaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=4,
+    )  # fmt: skip
+    gemma = GemmaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    assert not cpu_attention.use_grouped_attention(gemma)
+    assert gemma.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(torch, "__version__", "2.4.1+cpu")
+    llama = tiny_llama(6)
+    assert not cpu_attention.use_grouped_attention(llama)
+    assert llama.config._attn_implementation == "sdpa"

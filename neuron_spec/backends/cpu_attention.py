@@ -12,7 +12,11 @@ and 0.70 over 3000 (`benchmarks/pass_cost.py`, 2-CPU Intel Xeon, 2026-12-07, med
 `scaled_dot_product_attention` with `enable_gqa=True` and the same mask, and every other pass
 to transformers' own SDPA attention; masks are made as for SDPA. The results are the same
 numbers (the same kernel reads the same heads; the tests compare logits bit for bit). On CUDA
-PyTorch's fused kernels do not take a mask with grouped heads, so only CPU models switch.
+PyTorch's fused kernels do not take a mask with grouped heads, so only CPU models switch; and
+only the model types in MODEL_TYPES, whose modeling code does nothing else by the attention's
+name (some, such as Gemma 4's, check for "sdpa" by name and would compute differently), with
+PyTorch 2.5 or later (`enable_gqa`). A pass with any setting this path does not honour goes to
+transformers' own.
 
 Written here because transformers chooses grouped heads from the mask alone and has no
 setting for it.
@@ -25,6 +29,10 @@ from typing import Any
 import torch
 
 NAME = "neuron_spec_sdpa"
+MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+# what transformers may pass that this path honours (or that is not about attention); a pass
+# with anything else set goes to transformers' own SDPA attention
+_HONOURED = frozenset({"position_ids", "cache_position", "use_cache", "sliding_window"})
 
 
 def _attention(
@@ -41,13 +49,13 @@ def _attention(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     grouped = getattr(module, "num_key_value_groups", 1) > 1
+    unknown = any(v is not None and v is not False for k, v in kwargs.items() if k not in _HONOURED)
     if (
         not grouped
+        or unknown
         or attention_mask is None
         or query.shape[2] == 1
         or query.device.type != "cpu"
-        or kwargs.get("position_bias") is not None
-        or kwargs.get("softcap") is not None
         or key.shape[-1] != value.shape[-1]
     ):
         out: tuple[torch.Tensor, None] = sdpa_attention_forward(
@@ -62,7 +70,11 @@ def _attention(
 
 
 def _register() -> bool:
-    """Make NAME known to transformers; False where this transformers cannot take it."""
+    """Make NAME known to transformers; False where this transformers or PyTorch cannot take
+    it."""
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 5):
+        return False  # no enable_gqa
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -74,9 +86,11 @@ def _register() -> bool:
 
 
 def use_grouped_attention(model: Any) -> bool:
-    """Switch a CPU model that uses transformers' SDPA attention and has grouped key/value
-    heads to NAME; True when it switched."""
+    """Switch a CPU model of MODEL_TYPES that uses transformers' SDPA attention and has
+    grouped key/value heads to NAME; True when it switched."""
     config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in MODEL_TYPES:
+        return False
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     if getattr(config, "_attn_implementation", None) != "sdpa" or not heads or kv_heads == heads:

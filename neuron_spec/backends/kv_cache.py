@@ -14,8 +14,11 @@ them (attention, `crop`, the runner's row and column moves) sees a `DynamicLayer
 keeps the view of fewer columns, and the next pass overwrites the dropped ones in place. When
 the view is no longer one of the buffer (the runner replaced it: rows joined or left, dead
 columns dropped) or the buffer is full, the next pass copies the held columns into a new buffer
-a quarter larger than needed (at least `MIN_SPARE` columns more), so the copies amortise to a
-few per column and the spare memory stays under about a quarter of the cache.
+a quarter larger than needed, and at least `MIN_SPARE` columns larger, so the copies amortise
+to a few per column; the room to spare is a quarter of the cache, or MIN_SPARE columns a row
+on a short one, plus what refused proposals were cropped from (the buffer does not shrink
+until it is replaced). The buffers are made in inference mode when the pass runs in it (as
+the engine's do), and afresh when a later pass does not.
 
 Written here because transformers has no growable, croppable, row-movable cache layer.
 """
@@ -60,7 +63,13 @@ class GrowingLayer(DynamicLayer):  # type: ignore[misc]  # transformers is untyp
         held = self.keys.shape[-2] if self.keys is not None and self.keys.dim() == 4 else 0
         end = held + key_states.shape[-2]
         in_place = _view_of(self.keys, self.key_buffer) and _view_of(self.values, self.value_buffer)
-        if not in_place or self.key_buffer is None or end > self.key_buffer.shape[-2]:
+        if not in_place:
+            self.key_buffer = self.value_buffer = None  # replaced: freed before a new one
+        if (
+            self.key_buffer is None
+            or end > self.key_buffer.shape[-2]
+            or (self.key_buffer.is_inference() and not torch.is_inference_mode_enabled())
+        ):
             self._rebuffer(held, end, key_states, value_states)
         assert self.key_buffer is not None and self.value_buffer is not None
         self.key_buffer[:, :, held:end].copy_(key_states)
@@ -86,12 +95,21 @@ class GrowingLayer(DynamicLayer):  # type: ignore[misc]  # transformers is untyp
         super().reset()
 
 
+def _layers_as_here() -> bool:
+    """Whether this transformers' `DynamicLayer` is initialised from both keys and values, as
+    `update` calls it (4.56 and 4.57 took the keys alone)."""
+    import inspect
+
+    return "value_states" in inspect.signature(DynamicLayer.lazy_initialization).parameters
+
+
 def growing_cache() -> Any:
     """An empty transformers `DynamicCache` whose layers are `GrowingLayer`s (a plain
-    `DynamicCache` where this transformers does not make its layers from a class)."""
+    `DynamicCache` where this transformers does not make its layers from a class, or makes
+    them otherwise)."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
+    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer and _layers_as_here():
         cache.layer_class_to_replicate = GrowingLayer
     return cache

@@ -52,8 +52,8 @@ def _holds_rows(layer: Any) -> bool:
 
 
 def _new_cache() -> Any:
-    """A cache that grows in place (`kv_cache`), or transformers' own where it has no cache
-    layers to grow (before 4.56)."""
+    """A cache that grows in place (`kv_cache`), or transformers' own where its cache layers
+    are not made as `kv_cache` expects (transformers 4.x)."""
     try:
         from .kv_cache import growing_cache
     except ImportError:
