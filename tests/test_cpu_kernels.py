@@ -290,7 +290,8 @@ def test_plain_weights_are_kept_only_where_one_row_measured_faster_and_they_fit(
     assert pack_linears(model, auto) == 2 * 7 + 1 and cpu_linear.one_row_plain(model)
     kept = _plain_kept(model)
     assert kept.pop("lm_head") is False  # the head's one-row products: the same time either way
-    assert len(kept) == 2 * 7 and all(kept.values())
+    # per block: q, k and v stacked as one, o, gate and up stacked as one, down
+    assert len(kept) == 2 * 4 and all(kept.values())
     for env in ({}, {"NEURON_SPEC_CPU_LINEAR": "onednn"}, {"NEURON_SPEC_CPU_LINEAR": " ONEDNN "}):
         model = small_llama()
         assert pack_linears(model, env) == 15 and not cpu_linear.one_row_plain(model)
@@ -326,3 +327,100 @@ def test_the_one_row_choice_keeps_pytorchs_path_only_when_clearly_faster(
     assert cpu_linear.plain_one_row_faster(layers) is faster
     assert timed[:2] == ["plain_round", "packed_round"]  # taking turns
     assert timed.count("plain_round") == timed.count("packed_round") == cpu_linear.ONE_ROW_ROUNDS
+
+
+def _fused_pair(bias: bool = False) -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    if not _onednn_here():
+        pytest.skip("this PyTorch has no oneDNN linear path")
+    model, plain = small_llama(bias=bias), small_llama(bias=bias)
+    assert pack_linears(model, {}) == 2 * 7 + 1
+    return model, plain
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_sibling_layers_are_packed_as_one_and_compute_what_they_did(bias):
+    from neuron_spec.backends.cpu_linear import FusedPart
+
+    model, plain = _fused_pair(bias)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    parts = [attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj]
+    assert all(isinstance(p, FusedPart) for p in parts)
+    assert attn.q_proj.group is attn.k_proj.group is attn.v_proj.group
+    assert mlp.gate_proj.group is mlp.up_proj.group is not attn.q_proj.group
+    assert isinstance(attn.o_proj, PackedLinear) and isinstance(mlp.down_proj, PackedLinear)
+    ids = torch.tensor([[1, 5, 9, 3, 7, 7, 2]])
+    with torch.inference_mode():
+        assert torch.allclose(model(ids).logits, plain(ids).logits, atol=1e-5)
+    x = torch.randn(1, 3, 64)  # outside inference mode too, and each part against its layer
+    ref = plain.model.layers[0].self_attn
+    for part, layer in ((attn.q_proj, ref.q_proj), (attn.k_proj, ref.k_proj)):
+        assert part(x).shape == layer(x).shape
+        assert torch.allclose(part(x), layer(x), atol=1e-5)
+    assert set(model.state_dict()) <= set(plain.state_dict())  # no layout saved
+
+
+def test_a_part_reuses_its_groups_product_only_for_the_same_tensor_once(monkeypatch):
+    model, plain = _fused_pair()
+    attn, ref = model.model.layers[0].self_attn, plain.model.layers[0].self_attn
+    group = attn.q_proj.group
+    products: list[int] = []
+    inner = group.packed.forward
+    monkeypatch.setattr(group.packed, "forward", lambda x: products.append(1) or inner(x))
+    x, y = torch.randn(1, 2, 64), torch.randn(1, 2, 64)
+    with torch.inference_mode():
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        assert len(products) == 1  # one product for the three
+        assert group.pending.source is None  # all taken: nothing held
+        for got, layer in ((q, ref.q_proj), (k, ref.k_proj), (v, ref.v_proj)):
+            assert torch.allclose(got, layer(x), atol=1e-5)
+        q = attn.q_proj(x)
+        assert torch.allclose(attn.k_proj(y), ref.k_proj(y), atol=1e-5)  # another tensor
+        assert torch.allclose(attn.q_proj(x), ref.q_proj(x), atol=1e-5)  # q taken already
+        assert len(products) == 4
+    z = torch.randn(1, 2, 64)
+    attn.q_proj(z)
+    z.mul_(2)  # changed in place between the parts: counted outside inference mode
+    assert torch.allclose(attn.v_proj(z), ref.v_proj(z), atol=1e-5)
+
+
+def test_siblings_that_differ_are_packed_one_by_one():
+    if not _onednn_here():
+        pytest.skip("this PyTorch has no oneDNN linear path")
+    from neuron_spec.backends.cpu_linear import FusedPart
+
+    model = small_llama()
+    attn = model.model.layers[0].self_attn
+    attn.k_proj = torch.nn.Linear(64, 32, bias=True)  # a bias where q and v have none
+    model.model.layers[1].mlp.up_proj = torch.nn.Linear(64, 128).double()  # not packed
+    assert pack_linears(model, {}) == 2 * 7 + 1 - 1
+    assert not isinstance(attn.q_proj, FusedPart) and isinstance(attn.k_proj, PackedLinear)
+    mlp = model.model.layers[1].mlp
+    assert isinstance(mlp.gate_proj, PackedLinear) and type(mlp.up_proj) is torch.nn.Linear
+    assert isinstance(model.model.layers[1].self_attn.q_proj, FusedPart)
+
+
+def test_each_thread_keeps_its_own_pending_product(monkeypatch):
+    import threading
+
+    model, plain = _fused_pair()
+    attn, ref = model.model.layers[0].self_attn, plain.model.layers[0].self_attn
+    group = attn.q_proj.group
+    products: list[int] = []
+    inner = group.packed.forward
+    monkeypatch.setattr(group.packed, "forward", lambda x: products.append(1) or inner(x))
+    x, y = torch.randn(1, 2, 64), torch.randn(1, 2, 64)
+    got: list[torch.Tensor] = []
+    with torch.inference_mode():
+        attn.q_proj(x)  # this thread now holds x's k and v
+
+        def other() -> None:
+            with torch.inference_mode():
+                attn.q_proj(y)
+                got.append(attn.k_proj(y))
+
+        worker = threading.Thread(target=other)
+        worker.start()
+        worker.join()
+        assert torch.allclose(got[0], ref.k_proj(y), atol=1e-5)
+        assert torch.allclose(attn.k_proj(x), ref.k_proj(x), atol=1e-5)
+    assert len(products) == 2  # one per thread: neither thread's product displaced the other's
