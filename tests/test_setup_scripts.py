@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV_SH = ROOT / "scripts" / "_env.sh"
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a suite started in the background by a shell without
+    job control inherits SIGINT ignored, and an ignored signal stays ignored across exec (a
+    script cannot even trap it), so the scripts under test would never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _bash(script: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["bash", "-c", f"set -euo pipefail; source {ENV_SH}; {script}"],
@@ -27,6 +34,7 @@ def _bash(script: str, **env: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group: the signal reaches it, not pytest
+        preexec_fn=_as_from_a_terminal,
         env={**os.environ, "NO_COLOR": "1", **env},
     )
 
@@ -140,6 +148,7 @@ def test_launch_sh_stops_with_the_signals_status(tmp_path, sig, status):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_as_from_a_terminal,
         env={**os.environ, "PYTHON": str(hang), "NEURON_SPEC_VENV": str(tmp_path / "v")},
     )
     _wait_for(tmp_path / "probing")
