@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -359,13 +361,20 @@ def test_sibling_layers_are_packed_as_one_and_compute_what_they_did(bias):
     assert set(model.state_dict()) <= set(plain.state_dict())  # no layout saved
 
 
-def test_a_part_reuses_its_groups_product_only_for_the_same_tensor_once(monkeypatch):
+def _counted_attention(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Any, list[int]]:
+    """A packed model's first attention, the plain one's, its q/k/v group, and a list that
+    grows by one for each product the group computes."""
     model, plain = _fused_pair()
     attn, ref = model.model.layers[0].self_attn, plain.model.layers[0].self_attn
     group = attn.q_proj.group
     products: list[int] = []
     inner = group.packed.forward
     monkeypatch.setattr(group.packed, "forward", lambda x: products.append(1) or inner(x))
+    return attn, ref, group, products
+
+
+def test_a_part_reuses_its_groups_product_only_for_the_same_tensor_once(monkeypatch):
+    attn, ref, group, products = _counted_attention(monkeypatch)
     x, y = torch.randn(1, 2, 64), torch.randn(1, 2, 64)
     with torch.inference_mode():
         q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
@@ -402,12 +411,7 @@ def test_siblings_that_differ_are_packed_one_by_one():
 def test_each_thread_keeps_its_own_pending_product(monkeypatch):
     import threading
 
-    model, plain = _fused_pair()
-    attn, ref = model.model.layers[0].self_attn, plain.model.layers[0].self_attn
-    group = attn.q_proj.group
-    products: list[int] = []
-    inner = group.packed.forward
-    monkeypatch.setattr(group.packed, "forward", lambda x: products.append(1) or inner(x))
+    attn, ref, _group, products = _counted_attention(monkeypatch)
     x, y = torch.randn(1, 2, 64), torch.randn(1, 2, 64)
     got: list[torch.Tensor] = []
     with torch.inference_mode():
