@@ -1,9 +1,15 @@
 """Continuous batching against one request at a time: `neuron-spec serve` with
 `--batch-size B` beside the same server at `--batch-size 1`, on loopback.
 
-Both servers load once and serve one unmeasured warm-up round at the highest level (a server
-is long-lived: with `speculation.adaptive`, the engine learns there what a step of each
-proposal length costs at each occupancy, see engine/policy.py); then for each concurrency
+Both servers load once and warm up unmeasured at the highest level, each for at least
+--warmup rounds and --warmup-seconds of serving (a server is long-lived: with
+`speculation.adaptive`, the engine learns there what a step of each proposal length costs at
+each occupancy, see engine/policy.py, and the CPU backend how many threads each pass size
+wants). The warm-up is timed, not counted in rounds, because a round of the batched server is
+a fraction of the batch-1 server's: one round gave the batch-1 server about 320 steps to
+learn from and the batch of 8 about 50, and in one process without HTTP the batch of 8 made
+132 tokens/s in its second round and 140-148 from its third on (AMD EPYC, 2026-12-07). The
+JSON says how many warm-up rounds and seconds each server had. Then for each concurrency
 level (1, 4, 8, 16 by default) and each round, the batch-1 server and the batched one take
 turns, so a busy machine slows both alike. Every client streams one greedy completion of its
 own prompt. Printed as JSON, per server and level: aggregate output tokens/s, p50/p99 time
@@ -13,7 +19,7 @@ comes from floating-point rounding, which batching may change).
 Only 127.0.0.1 is contacted.
 
     python benchmarks/serve_batching.py [--config configs/demo-cpu.yaml] [--batch-size 8]
-        [--clients 1,4,8,16] [--max-tokens 48] [--rounds 1]
+        [--clients 1,4,8,16] [--max-tokens 48] [--rounds 2] [--warmup 1] [--warmup-seconds 10]
 """
 
 from __future__ import annotations
@@ -134,6 +140,17 @@ def level(
     return figures, [r["text"] for r in runs]
 
 
+def warm_up(client: httpx.Client, url: str, clients: int, args: argparse.Namespace) -> dict:
+    """Unmeasured rounds until the server has had --warmup rounds and --warmup-seconds."""
+    rounds, spent = 0, 0.0
+    while rounds < args.warmup or spent < args.warmup_seconds:
+        start = time.perf_counter()
+        level(client, url, clients, args.max_tokens)
+        spent += time.perf_counter() - start
+        rounds += 1
+    return {"rounds": rounds, "seconds": round(spent, 1)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo-cpu.yaml"))
@@ -141,7 +158,11 @@ def main() -> int:
     ap.add_argument("--clients", default="1,4,8,16", help="concurrency levels, comma-separated")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=2, help="alternations per level")
-    ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first, at least")
+    ap.add_argument(
+        "--warmup-seconds", type=float, default=10.0,
+        help="each server warms up until it has served this long (and --warmup rounds)",
+    )  # fmt: skip
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     queue = max(levels) + 1
@@ -158,12 +179,13 @@ def main() -> int:
         client = httpx.Client(limits=limits)
         for proc, url in servers.values():
             wait_ready(proc, url)
-        for _ in range(args.warmup):
-            for _, url in servers.values():
-                level(client, url, max(levels), args.max_tokens)
+        warmup = {
+            name: warm_up(client, url, max(levels), args)
+            for name, (_, url) in servers.items()
+        }  # fmt: skip
         out: dict[str, Any] = {"config": args.config, "max_tokens": args.max_tokens,
                                "batch_size": args.batch_size, "rounds": args.rounds,
-                               "warmup_rounds": args.warmup, "levels": {}}  # fmt: skip
+                               "warmup": warmup, "levels": {}}  # fmt: skip
         for clients in levels:
             row: dict[str, Any] = {name: [] for name in servers}
             texts: dict[str, list[str]] = {}
