@@ -7,9 +7,11 @@ Both servers load once and warm up unmeasured at the highest level, each for at 
 each occupancy, see engine/policy.py, and the CPU backend how many threads each pass size
 wants). The warm-up is timed, not counted in rounds, because a round of the batched server is
 a fraction of the batch-1 server's: one round gave the batch-1 server about 320 steps to
-learn from and the batch of 8 about 50, and in one process without HTTP the batch of 8 made
-132 tokens/s in its second round and 140-148 from its third on (AMD EPYC, 2026-12-07). The
-JSON says how many warm-up rounds and seconds each server had. Then for each concurrency
+learn from and the batch of 8 about 50. In one process without HTTP the batch of 8 made
+132-139 tokens/s in its second round and 145-156 in most later ones (AMD EPYC, 2026-12-07,
+three runs); beside a process spinning on one core, the server's batch of 8 made 70-99 in
+the two rounds after one warm-up round and 96-108 after 10 s. The JSON says how many warm-up
+rounds and seconds each server had. Then for each concurrency
 level (1, 4, 8, 16 by default) and each round, the batch-1 server and the batched one take
 turns, so a busy machine slows both alike. Every client streams one greedy completion of its
 own prompt. Printed as JSON, per server and level: aggregate output tokens/s, p50/p99 time
