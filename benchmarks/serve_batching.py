@@ -9,7 +9,7 @@ wants). The warm-up is timed, not counted in rounds, because a round of the batc
 a fraction of the batch-1 server's: one round gave the batch-1 server about 320 steps to
 learn from and the batch of 8 about 50. In one process without HTTP the batch of 8 made
 132-139 tokens/s in its second round and 145-156 in most later ones (AMD EPYC, 2026-12-07,
-three runs); beside a process spinning on one core, the server's batch of 8 made 70-99 in
+four runs); beside a process spinning on one core, the server's batch of 8 made 70-99 in
 the two rounds after one warm-up round and 96-108 after 10 s. The JSON says how many warm-up
 rounds and seconds each server had. Then for each concurrency
 level (1, 4, 8, 16 by default) and each round, the batch-1 server and the batched one take
