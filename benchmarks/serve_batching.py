@@ -6,7 +6,7 @@ Both servers load once and warm up unmeasured at the highest level, each for at 
 `speculation.adaptive`, the engine learns there what a step of each proposal length costs at
 each occupancy, see engine/policy.py, and the CPU backend how many threads each pass size
 wants). The warm-up is timed, not counted in rounds, because a round of the batched server is
-a fraction of the batch-1 server's: one round gave the batch-1 server about 320 steps to
+a fraction of the batch-1 server's: one round gave the batch-1 server about 300 steps to
 learn from and the batch of 8 about 50. In one process without HTTP the batch of 8 made
 132-139 tokens/s in its second round and 145-156 in most later ones (AMD EPYC, 2026-12-07,
 four runs); beside a process spinning on one core, the server's batch of 8 made 70-99 in
